@@ -1,0 +1,46 @@
+//! Sotto's sans-I/O core.
+//!
+//! Everything here takes bytes and state and returns bytes and state: no sockets, no async
+//! runtime, no database of its own. The client library and the server both build on it.
+//!
+//! - [`Address`] — `local@domain` account addresses, normalised and validated.
+//! - [`DeviceRef`] — one device of an account, as it appears in MLS credentials.
+//! - [`auth`] — the byte strings a device signs to prove possession of its key.
+//! - [`content`] — the plaintext format carried inside MLS application messages.
+//! - [`mls`] — the MLS seam: the only module that names the MLS library. Callers pass a
+//!   storage provider (the client's SQLite database) and get back bytes and Sotto types.
+//!
+//! ```
+//! use sotto_core::{Address, DeviceRef};
+//! let alice: Address = "Alice@Example.org".parse().unwrap();
+//! assert_eq!(alice.as_str(), "alice@example.org");
+//! let device = DeviceRef { address: alice, device_id: 7 };
+//! assert_eq!(device.to_string(), "alice@example.org/7");
+//! assert_eq!(device.to_string().parse::<DeviceRef>().unwrap(), device);
+//! ```
+#![forbid(unsafe_code)]
+
+mod address;
+pub mod auth;
+pub mod content;
+mod error;
+pub mod mls;
+
+pub use address::{Address, DeviceRef};
+pub use error::Error;
+
+/// `n` bytes from a cryptographically secure random generator (the MLS crypto backend's).
+pub fn random_bytes(n: usize) -> Result<Vec<u8>, Error> {
+    use openmls_traits::random::OpenMlsRand as _;
+    openmls_rust_crypto::RustCrypto::default()
+        .random_vec(n)
+        .map_err(|_| Error::Internal("random generator failed"))
+}
+
+/// The current time in seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

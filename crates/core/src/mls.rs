@@ -1,0 +1,511 @@
+//! The MLS seam (RFC 9420).
+//!
+//! This is the only module of Sotto that names the MLS library (openmls today). Everything it
+//! exposes speaks in bytes and Sotto types — [`DeviceRef`], group ids as byte strings, epochs as
+//! integers — so that the ciphersuite, and even the library, can change behind it.
+//!
+//! State lives in the storage provider the caller hands in ([`Provider::new`]). The client passes
+//! a provider over its SQLite transaction, so a message's new MLS state commits (or rolls back)
+//! together with the caller's own rows.
+//!
+//! Every device's credential is a basic credential whose identity is its [`DeviceRef`]
+//! (`alice@example.org/3`) and whose signature key is the device key, which also authenticates
+//! the device to the server (see [`crate::auth`]).
+
+use std::fmt;
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::RustCrypto;
+use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
+
+use crate::{Address, DeviceRef, Error};
+
+/// The ciphersuite every group and key package uses.
+pub const CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
+
+/// How many past epochs' secrets a member keeps, so that application messages sent just before
+/// a commit still decrypt after it.
+const MAX_PAST_EPOCHS: usize = 5;
+
+/// Length of a fresh group id in bytes.
+pub const GROUP_ID_LEN: usize = 16;
+
+/// An MLS provider: RustCrypto for cryptography and randomness, and the caller's storage.
+pub struct Provider<S> {
+    crypto: RustCrypto,
+    storage: S,
+}
+
+impl<S> fmt::Debug for Provider<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider").finish_non_exhaustive()
+    }
+}
+
+impl<S: StorageProvider<CURRENT_VERSION>> Provider<S> {
+    /// A provider over `storage`.
+    pub fn new(storage: S) -> Self {
+        Provider { crypto: RustCrypto::default(), storage }
+    }
+
+    /// `n` random bytes from the provider's cryptographic generator.
+    pub fn random(&self, n: usize) -> Result<Vec<u8>, Error> {
+        self.crypto.random_vec(n).map_err(|_| Error::Internal("random generator failed"))
+    }
+}
+
+impl<S: StorageProvider<CURRENT_VERSION>> OpenMlsProvider for Provider<S> {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = S;
+
+    fn storage(&self) -> &S {
+        &self.storage
+    }
+    fn crypto(&self) -> &RustCrypto {
+        &self.crypto
+    }
+    fn rand(&self) -> &RustCrypto {
+        &self.crypto
+    }
+}
+
+fn mls_err(e: impl fmt::Display) -> Error {
+    Error::Mls(e.to_string())
+}
+
+fn storage_err(e: impl fmt::Display) -> Error {
+    Error::Storage(e.to_string())
+}
+
+/// A device's signing key (Ed25519). The private half zeroizes on drop and never prints.
+pub struct DeviceKey(SignatureKeyPair);
+
+impl fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceKey")
+            .field("public", &hex::encode(self.0.public()))
+            .field("private", &"[redacted]")
+            .finish()
+    }
+}
+
+impl DeviceKey {
+    /// A fresh random key.
+    pub fn generate() -> Result<Self, Error> {
+        SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
+            .map(DeviceKey)
+            .map_err(|_| Error::Internal("key generation failed"))
+    }
+
+    /// The public key (32 bytes).
+    pub fn public(&self) -> &[u8] {
+        self.0.public()
+    }
+
+    /// Signs `payload` (build payloads with [`crate::auth`]).
+    pub fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, Error> {
+        use openmls_traits::signatures::Signer;
+        self.0.sign(payload).map_err(|_| Error::Internal("signing failed"))
+    }
+
+    /// Saves the key in the provider's storage.
+    pub fn store<S: StorageProvider<CURRENT_VERSION>>(&self, p: &Provider<S>) -> Result<(), Error> {
+        self.0.store(&p.storage).map_err(storage_err)
+    }
+
+    /// Loads the key whose public half is `public`.
+    pub fn load<S: StorageProvider<CURRENT_VERSION>>(
+        p: &Provider<S>,
+        public: &[u8],
+    ) -> Option<Self> {
+        SignatureKeyPair::read(&p.storage, public, CIPHERSUITE.signature_algorithm()).map(DeviceKey)
+    }
+}
+
+/// A device's MLS identity: who it is and the key it signs with.
+#[derive(Debug)]
+pub struct Identity {
+    /// The device, as named in its credential.
+    pub device: DeviceRef,
+    /// The device's signing key.
+    pub key: DeviceKey,
+}
+
+impl Identity {
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(self.device.to_string().into_bytes()).into(),
+            signature_key: self.key.public().to_vec().into(),
+        }
+    }
+}
+
+/// A key package that passed validation, ready to add to a group.
+#[derive(Debug, Clone)]
+pub struct ValidKeyPackage {
+    package: KeyPackage,
+    /// The device the key package belongs to.
+    pub device: DeviceRef,
+}
+
+/// What a commit produced: send `commit` to the group's other members and `welcome` (if any)
+/// to the added ones, tagged with `epoch` so the server can order commits.
+#[derive(Debug)]
+pub struct CommitOutput {
+    /// The epoch the commit was made in; the group moves to `epoch + 1` once it is accepted.
+    pub epoch: u64,
+    /// The commit message.
+    pub commit: Vec<u8>,
+    /// The welcome for added members.
+    pub welcome: Option<Vec<u8>>,
+}
+
+/// What processing an incoming message did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// A welcome: this device joined a group.
+    Joined {
+        /// The group joined.
+        group_id: Vec<u8>,
+        /// The member who added this device, when known.
+        inviter: Option<DeviceRef>,
+    },
+    /// An application message.
+    Application {
+        /// The group it belongs to.
+        group_id: Vec<u8>,
+        /// Its authenticated sender.
+        sender: DeviceRef,
+        /// The decrypted content.
+        plaintext: Vec<u8>,
+    },
+    /// A commit, now merged.
+    Commit {
+        /// The group it belongs to.
+        group_id: Vec<u8>,
+        /// The committer.
+        sender: Option<DeviceRef>,
+        /// Devices added by the commit.
+        added: Vec<DeviceRef>,
+        /// Devices removed by the commit.
+        removed: Vec<DeviceRef>,
+        /// Whether this device was removed.
+        self_removed: bool,
+    },
+    /// A proposal, stored until someone commits it.
+    Proposal {
+        /// The group it belongs to.
+        group_id: Vec<u8>,
+        /// The proposer.
+        sender: Option<DeviceRef>,
+    },
+}
+
+fn device_of(credential: &Credential) -> Option<DeviceRef> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    std::str::from_utf8(basic.identity()).ok()?.parse().ok()
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+fn load<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<MlsGroup, Error> {
+    MlsGroup::load(&p.storage, &GroupId::from_slice(group_id))
+        .map_err(storage_err)?
+        .ok_or_else(|| Error::UnknownGroup(hex::encode(group_id)))
+}
+
+fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, Error> {
+    msg.tls_serialize_detached().map_err(|_| Error::Internal("MLS serialization failed"))
+}
+
+/// Creates `count` one-time key packages, or one last-resort key package if `last_resort`.
+pub fn key_packages<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    me: &Identity,
+    count: usize,
+    last_resort: bool,
+) -> Result<Vec<Vec<u8>>, Error> {
+    (0..count)
+        .map(|_| {
+            let mut builder = KeyPackage::builder();
+            if last_resort {
+                builder = builder.mark_as_last_resort();
+            }
+            let bundle =
+                builder.build(CIPHERSUITE, p, &me.key.0, me.credential()).map_err(mls_err)?;
+            bundle
+                .key_package()
+                .tls_serialize_detached()
+                .map_err(|_| Error::Internal("key package serialization failed"))
+        })
+        .collect()
+}
+
+/// Decodes and validates a key package handed out for an account, checking that its
+/// credential names a device of `expected` and, if given, exactly `device_id`.
+pub fn validate_key_package<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    bytes: &[u8],
+    expected: &Address,
+    device_id: Option<u64>,
+) -> Result<ValidKeyPackage, Error> {
+    let mut slice = bytes;
+    let kp_in = KeyPackageIn::tls_deserialize(&mut slice)
+        .map_err(|e| Error::MalformedMls(e.to_string()))?;
+    if !slice.is_empty() {
+        return Err(Error::MalformedMls("trailing bytes after key package".into()));
+    }
+    let package = kp_in
+        .validate(p.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| Error::InvalidKeyPackage(e.to_string()))?;
+    if package.ciphersuite() != CIPHERSUITE {
+        return Err(Error::InvalidKeyPackage("unsupported ciphersuite".into()));
+    }
+    let device = device_of(package.leaf_node().credential());
+    match device {
+        Some(d) if &d.address == expected && device_id.is_none_or(|id| id == d.device_id) => {
+            Ok(ValidKeyPackage { package, device: d })
+        }
+        other => Err(Error::KeyPackageMismatch {
+            expected: expected.to_string(),
+            found: other.map(|d| d.to_string()).unwrap_or_else(|| "an unreadable credential".into()),
+        }),
+    }
+}
+
+/// Creates a new group with only this device in it, at epoch 0, and returns its id.
+pub fn create_group<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    me: &Identity,
+) -> Result<Vec<u8>, Error> {
+    let id = p.random(GROUP_ID_LEN)?;
+    MlsGroup::new_with_group_id(
+        p,
+        &me.key.0,
+        &create_config(),
+        GroupId::from_slice(&id),
+        me.credential(),
+    )
+    .map_err(mls_err)?;
+    Ok(id)
+}
+
+/// Adds devices to a group. The commit stays pending until [`merge_pending_commit`].
+pub fn add_members<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+    packages: &[ValidKeyPackage],
+) -> Result<CommitOutput, Error> {
+    let mut group = load(p, group_id)?;
+    let epoch = group.epoch().as_u64();
+    let kps: Vec<KeyPackage> = packages.iter().map(|k| k.package.clone()).collect();
+    let (commit, welcome, _) = group.add_members(p, &me.key.0, &kps).map_err(mls_err)?;
+    Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome: Some(serialize(&welcome)?) })
+}
+
+/// Removes every device of the given accounts from a group. The commit stays pending until
+/// [`merge_pending_commit`].
+pub fn remove_accounts<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+    accounts: &[Address],
+) -> Result<CommitOutput, Error> {
+    let mut group = load(p, group_id)?;
+    let epoch = group.epoch().as_u64();
+    let mut leaves = Vec::new();
+    for account in accounts {
+        let before = leaves.len();
+        for m in group.members() {
+            if device_of(&m.credential).is_some_and(|d| &d.address == account) {
+                leaves.push(m.index);
+            }
+        }
+        if leaves.len() == before {
+            return Err(Error::NotAMember(account.to_string()));
+        }
+    }
+    let (commit, welcome, _) =
+        group.remove_members(p, &me.key.0, &leaves).map_err(mls_err)?;
+    let welcome = welcome.as_ref().map(serialize).transpose()?;
+    Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome })
+}
+
+/// Commits the proposals other members sent (for example a member leaving), if there are any.
+pub fn commit_pending_proposals<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+) -> Result<Option<CommitOutput>, Error> {
+    let mut group = load(p, group_id)?;
+    if group.pending_proposals().next().is_none() || !group.is_active() {
+        return Ok(None);
+    }
+    let epoch = group.epoch().as_u64();
+    let (commit, welcome, _) =
+        group.commit_to_pending_proposals(p, &me.key.0).map_err(mls_err)?;
+    let welcome = welcome.as_ref().map(serialize).transpose()?;
+    Ok(Some(CommitOutput { epoch, commit: serialize(&commit)?, welcome }))
+}
+
+/// Applies this device's own pending commit once the server has accepted it.
+pub fn merge_pending_commit<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<(), Error> {
+    load(p, group_id)?.merge_pending_commit(p).map_err(mls_err)
+}
+
+/// Creates a proposal to remove this device from the group; another member commits it.
+/// Returns the epoch it was made in and the message.
+pub fn leave<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+) -> Result<(u64, Vec<u8>), Error> {
+    let mut group = load(p, group_id)?;
+    let epoch = group.epoch().as_u64();
+    let msg = group.leave_group(p, &me.key.0).map_err(mls_err)?;
+    Ok((epoch, serialize(&msg)?))
+}
+
+/// Deletes a group's local state.
+pub fn delete_group<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<(), Error> {
+    match MlsGroup::load(&p.storage, &GroupId::from_slice(group_id)).map_err(storage_err)? {
+        Some(mut g) => g.delete(&p.storage).map_err(storage_err),
+        None => Ok(()),
+    }
+}
+
+/// Encrypts an application message for the group.
+pub fn encrypt<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let mut group = load(p, group_id)?;
+    let msg = group.create_message(p, &me.key.0, plaintext).map_err(mls_err)?;
+    serialize(&msg)
+}
+
+/// The devices in a group, in leaf order.
+pub fn members<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<Vec<DeviceRef>, Error> {
+    Ok(load(p, group_id)?.members().filter_map(|m| device_of(&m.credential)).collect())
+}
+
+/// The group's current epoch.
+pub fn epoch<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<u64, Error> {
+    Ok(load(p, group_id)?.epoch().as_u64())
+}
+
+/// Whether this device is still a member of the group.
+pub fn is_active<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<bool, Error> {
+    Ok(load(p, group_id)?.is_active())
+}
+
+/// The group a protocol message belongs to, without processing it; `None` for a welcome.
+pub fn group_of(bytes: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    match decode(bytes)?.extract() {
+        MlsMessageBodyIn::Welcome(_) => Ok(None),
+        MlsMessageBodyIn::PrivateMessage(m) => {
+            Ok(Some(ProtocolMessage::from(m).group_id().as_slice().to_vec()))
+        }
+        MlsMessageBodyIn::PublicMessage(m) => {
+            Ok(Some(ProtocolMessage::from(m).group_id().as_slice().to_vec()))
+        }
+        _ => Err(Error::UnexpectedMls("neither a welcome nor a group message")),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<MlsMessageIn, Error> {
+    let mut slice = bytes;
+    let msg =
+        MlsMessageIn::tls_deserialize(&mut slice).map_err(|e| Error::MalformedMls(e.to_string()))?;
+    if !slice.is_empty() {
+        return Err(Error::MalformedMls("trailing bytes after message".into()));
+    }
+    Ok(msg)
+}
+
+/// Processes one incoming message: joins on a welcome, decrypts an application message,
+/// merges a commit, or stores a proposal.
+pub fn process<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    bytes: &[u8],
+) -> Result<Incoming, Error> {
+    let protocol: ProtocolMessage = match decode(bytes)?.extract() {
+        MlsMessageBodyIn::Welcome(welcome) => {
+            let staged = StagedWelcome::new_from_welcome(p, &join_config(), welcome, None)
+                .map_err(mls_err)?;
+            let inviter = staged.welcome_sender().ok().and_then(|l| device_of(l.credential()));
+            let group = staged.into_group(p).map_err(mls_err)?;
+            return Ok(Incoming::Joined { group_id: group.group_id().as_slice().to_vec(), inviter });
+        }
+        MlsMessageBodyIn::PrivateMessage(m) => m.into(),
+        MlsMessageBodyIn::PublicMessage(m) => m.into(),
+        _ => return Err(Error::UnexpectedMls("neither a welcome nor a group message")),
+    };
+    let group_id = protocol.group_id().as_slice().to_vec();
+    let mut group = load(p, &group_id)?;
+    let processed = group.process_message(p, protocol).map_err(mls_err)?;
+    let sender = device_of(processed.credential());
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(app) => {
+            let sender = sender.ok_or(Error::UnexpectedMls("sender has no Sotto credential"))?;
+            Ok(Incoming::Application { group_id, sender, plaintext: app.into_bytes() })
+        }
+        ProcessedMessageContent::ProposalMessage(proposal) => {
+            group.store_pending_proposal(&p.storage, *proposal).map_err(storage_err)?;
+            Ok(Incoming::Proposal { group_id, sender })
+        }
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            let added = staged
+                .add_proposals()
+                .filter_map(|a| device_of(a.add_proposal().key_package().leaf_node().credential()))
+                .collect();
+            let removed = staged
+                .remove_proposals()
+                .filter_map(|r| group.member(r.remove_proposal().removed()).and_then(device_of))
+                .collect();
+            let self_removed = staged.self_removed();
+            group.merge_staged_commit(p, *staged).map_err(mls_err)?;
+            Ok(Incoming::Commit { group_id, sender, added, removed, self_removed })
+        }
+        _ => Err(Error::UnexpectedMls("external proposals are not supported")),
+    }
+}

@@ -1,0 +1,368 @@
+//! Sotto's wire types: every request and response body exchanged between `sotto-server` and
+//! its clients, over HTTP (JSON) and WebSocket (JSON text frames). Only this crate knows the
+//! encoding; binary fields travel as standard base64 strings ([`Bytes`]).
+//!
+//! All paths are under `/v1`. Authenticated endpoints take `Authorization: Bearer TOKEN`, a
+//! token obtained by signing a challenge with the device key ([`ChallengeRequest`],
+//! [`TokenRequest`]). Errors are [`ErrorBody`] with a stable [`ErrorCode`].
+//!
+//! ```
+//! use sotto_proto::{Bytes, AckRequest};
+//! let b = Bytes(vec![0, 1, 2]);
+//! assert_eq!(serde_json::to_string(&b).unwrap(), "\"AAEC\"");
+//! let ack: AckRequest = serde_json::from_str(r#"{"up_to": 9}"#).unwrap();
+//! assert_eq!(ack.up_to, 9);
+//! ```
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The API version prefix.
+pub const PREFIX: &str = "/v1";
+
+/// Binary data, base64 on the wire. Its `Debug` shows only the length: these are ciphertexts,
+/// keys and signatures, and none of them belongs in a log.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(s.as_bytes()).map(Bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `GET /v1/info`, unauthenticated: what this server is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The domain of the addresses this server hosts.
+    pub domain: String,
+    /// The server's version.
+    pub version: String,
+    /// How accounts are created.
+    pub registration: RegistrationMode,
+}
+
+/// How accounts are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationMode {
+    /// Only with an invite code minted by the operator.
+    Invite,
+    /// Anyone may register (development).
+    Open,
+}
+
+/// `POST /v1/register`: create an account and its first device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The address to register, on this server's domain.
+    pub address: String,
+    /// The invite code (required unless registration is open).
+    #[serde(default)]
+    pub invite: Option<String>,
+    /// The device's Ed25519 public key.
+    pub device_key: Bytes,
+    /// Signature of `sotto_core::auth::registration_payload` with the device key.
+    pub signature: Bytes,
+}
+
+/// Answer to [`RegisterRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The normalised address.
+    pub address: String,
+    /// The id of the new device.
+    pub device_id: u64,
+}
+
+/// `POST /v1/auth/challenge`: ask for a nonce to sign.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeRequest {
+    /// The device that will sign.
+    pub device_id: u64,
+}
+
+/// Answer to [`ChallengeRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    /// A single-use random nonce, valid for a short time.
+    pub nonce: Bytes,
+}
+
+/// `POST /v1/auth/token`: exchange a signed nonce for a bearer token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// The device.
+    pub device_id: u64,
+    /// The nonce from [`ChallengeResponse`].
+    pub nonce: Bytes,
+    /// Signature of `sotto_core::auth::challenge_payload`.
+    pub signature: Bytes,
+}
+
+/// Answer to [`TokenRequest`]. The token is a secret: never log it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The bearer token.
+    pub token: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+impl fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// `POST /v1/keypackages`: publish key packages for the authenticated device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadKeyPackages {
+    /// One-time key packages.
+    #[serde(default)]
+    pub key_packages: Vec<Bytes>,
+    /// A last-resort key package, handed out when the one-time ones run out (replaces the
+    /// previous one).
+    #[serde(default)]
+    pub last_resort: Option<Bytes>,
+}
+
+/// `GET /v1/keypackages` and answer to [`UploadKeyPackages`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyPackageCount {
+    /// One-time key packages still unclaimed.
+    pub remaining: u64,
+    /// Whether a last-resort key package is on file.
+    pub last_resort: bool,
+}
+
+/// `POST /v1/keypackages/claim`: take one key package of every device of an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// The account.
+    pub address: String,
+}
+
+/// One claimed key package.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimedKeyPackage {
+    /// The device it belongs to.
+    pub device_id: u64,
+    /// The key package (MLS wire format).
+    pub key_package: Bytes,
+}
+
+/// Answer to [`ClaimRequest`]. Devices with no key package at all are left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    /// The normalised address.
+    pub address: String,
+    /// One key package per device.
+    pub key_packages: Vec<ClaimedKeyPackage>,
+}
+
+/// One device of an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Its id.
+    pub device_id: u64,
+    /// Its Ed25519 public key.
+    pub device_key: Bytes,
+    /// When it registered (Unix seconds).
+    pub created_at: u64,
+}
+
+/// `GET /v1/users/{address}/devices`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevicesResponse {
+    /// The normalised address.
+    pub address: String,
+    /// Its devices.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// What kind of MLS message a submission carries; decides how the server orders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitKind {
+    /// An application message: queued as is.
+    Application,
+    /// A commit made in `epoch`: accepted only if the group is at `epoch`, which then
+    /// advances by one. A stale commit gets [`ErrorCode::StaleEpoch`].
+    Commit,
+    /// A proposal made in `epoch`: accepted only if the group is at `epoch`.
+    Proposal,
+}
+
+/// A message and the devices it goes to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Recipient device ids.
+    pub recipients: Vec<u64>,
+    /// The MLS message.
+    pub message: Bytes,
+}
+
+/// `POST /v1/messages`: submit an MLS message for a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The MLS group id.
+    pub group_id: Bytes,
+    /// How the server orders it.
+    pub kind: SubmitKind,
+    /// The epoch the message was made in (checked for commits and proposals).
+    pub epoch: u64,
+    /// The message for the group's other members.
+    pub delivery: Delivery,
+    /// A welcome for devices added by a commit, queued in the same transaction.
+    #[serde(default)]
+    pub welcome: Option<Delivery>,
+}
+
+/// Answer to [`SubmitRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// The group's epoch after the submission.
+    pub epoch: u64,
+}
+
+/// A message waiting in a device's queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    /// Its position; strictly increasing within a queue.
+    pub seq: u64,
+    /// The MLS message.
+    pub message: Bytes,
+}
+
+/// `GET /v1/queue?after=SEQ&limit=N`: the authenticated device's queue, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueResponse {
+    /// Up to `limit` messages after `after`.
+    pub messages: Vec<QueuedMessage>,
+    /// Whether more messages follow.
+    pub more: bool,
+}
+
+/// Query of `GET /v1/queue`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueQuery {
+    /// Only messages with a greater seq.
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (the server caps it).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// `POST /v1/queue/ack`: remove every message up to and including `up_to` from the queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckRequest {
+    /// The highest seq processed.
+    pub up_to: u64,
+}
+
+/// Answer to [`AckRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckResponse {
+    /// How many messages left the queue.
+    pub removed: u64,
+}
+
+/// Frames the server sends on `GET /v1/ws` (JSON text frames).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// A queued message; it stays queued until acknowledged.
+    Message(QueuedMessage),
+    /// An acknowledgement was applied.
+    Acked(AckResponse),
+    /// The request was refused; the connection closes.
+    Error(ErrorBody),
+}
+
+/// Frames a client sends on `GET /v1/ws`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Acknowledge every message up to and including `up_to`.
+    Ack(AckRequest),
+}
+
+/// Stable error codes; clients match on these, never on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request body or query is not what the endpoint takes.
+    BadRequest,
+    /// An address is malformed.
+    InvalidAddress,
+    /// An address belongs to another domain.
+    WrongDomain,
+    /// The address is already registered.
+    AddressTaken,
+    /// Registration needs an invite and none was given.
+    InviteRequired,
+    /// The invite code is unknown.
+    InviteInvalid,
+    /// The invite has expired.
+    InviteExpired,
+    /// The invite has no uses left.
+    InviteUsedUp,
+    /// A signature does not verify.
+    BadSignature,
+    /// No token, or an unknown or expired one.
+    Unauthorized,
+    /// The challenge nonce is unknown, used or expired.
+    ChallengeInvalid,
+    /// No such account.
+    UnknownUser,
+    /// A recipient device does not exist.
+    UnknownDevice,
+    /// A commit or proposal was made in an epoch the group has left.
+    StaleEpoch,
+    /// The body is larger than the server accepts.
+    TooLarge,
+    /// The server failed; the details are in its log.
+    Internal,
+}
+
+/// Every error response: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error inside [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+    /// For [`ErrorCode::StaleEpoch`]: the group's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+}

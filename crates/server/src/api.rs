@@ -1,0 +1,572 @@
+//! The HTTP and WebSocket API. Handlers validate input, call the store on a blocking thread
+//! and map every failure to an [`ApiError`] in one place.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sotto_core::{Address, auth, unix_now};
+use sotto_proto::{self as proto, Bytes, ErrorCode};
+use tokio::sync::watch;
+
+use crate::Config;
+use crate::secret_hash;
+use crate::store::{NewAccount, Ordering, Store, StoreError, Submission};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 2 * 1024 * 1024;
+/// Most key packages in one upload, and most a device may have on file.
+const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;
+const MAX_KEY_PACKAGES_STOCK: u64 = 1000;
+/// Largest single key package.
+const MAX_KEY_PACKAGE_LEN: usize = 16 * 1024;
+/// Most recipients of one submission, across its deliveries.
+const MAX_RECIPIENTS: usize = 10_000;
+/// Default and largest page of a queue fetch.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
+/// How long a login challenge stays valid.
+const CHALLENGE_TTL_SECS: u64 = 60;
+
+/// Wakes WebSocket connections of devices whose queue received something.
+#[derive(Debug, Default)]
+pub(crate) struct Notifier {
+    devices: Mutex<HashMap<u64, watch::Sender<()>>>,
+}
+
+impl Notifier {
+    fn subscribe(&self, device: u64) -> watch::Receiver<()> {
+        let mut map = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(device).or_insert_with(|| watch::channel(()).0).subscribe()
+    }
+
+    fn notify(&self, devices: impl IntoIterator<Item = u64>) {
+        let mut map = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        for device in devices {
+            if let Some(tx) = map.get(&device) {
+                if tx.receiver_count() == 0 {
+                    map.remove(&device);
+                } else {
+                    tx.send_replace(());
+                }
+            }
+        }
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Config,
+    pub(crate) notifier: Notifier,
+}
+
+type Shared = Arc<AppState>;
+
+/// An error answer: status, stable code and message. Built in one place from store errors.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    epoch: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), epoch: None }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+    }
+
+    fn internal(context: &str, detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%detail, "{context}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal server error")
+    }
+
+    fn body(&self) -> proto::ErrorBody {
+        proto::ErrorBody {
+            error: proto::ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+                epoch: self.epoch,
+            },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        use StatusCode as S;
+        match e {
+            StoreError::AddressTaken => {
+                Self::new(S::CONFLICT, ErrorCode::AddressTaken, "address already registered")
+            }
+            StoreError::InviteInvalid => {
+                Self::new(S::FORBIDDEN, ErrorCode::InviteInvalid, "unknown invite code")
+            }
+            StoreError::InviteExpired => {
+                Self::new(S::FORBIDDEN, ErrorCode::InviteExpired, "invite code has expired")
+            }
+            StoreError::InviteUsedUp => {
+                Self::new(S::FORBIDDEN, ErrorCode::InviteUsedUp, "invite code has no uses left")
+            }
+            StoreError::DeviceKeyTaken => {
+                Self::bad_request("this device key is already registered")
+            }
+            StoreError::StaleEpoch { current } => ApiError {
+                epoch: Some(current),
+                ..Self::new(
+                    S::CONFLICT,
+                    ErrorCode::StaleEpoch,
+                    format!("the group has moved on to epoch {current}; catch up and retry"),
+                )
+            },
+            StoreError::UnknownDevice(d) => {
+                Self::new(S::NOT_FOUND, ErrorCode::UnknownDevice, format!("unknown device {d}"))
+            }
+            other => Self::internal("store failed", &other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+/// `Json` whose rejections are [`ApiError`]s.
+pub(crate) struct ApiJson<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::BytesRejection(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::TooLarge,
+                    format!("request body larger than {MAX_BODY} bytes"),
+                ))
+            }
+            Err(r) => Err(ApiError::bad_request(r.body_text())),
+        }
+    }
+}
+
+/// The device a request's bearer token belongs to.
+pub(crate) struct AuthDevice(u64);
+
+impl FromRequestParts<Shared> for AuthDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer TOKEN"))?;
+        let hash = secret_hash(token);
+        let device = blocking(state, move |s| s.token_device(&hash, unix_now())).await?;
+        device.map(AuthDevice).ok_or_else(|| ApiError::unauthorized("unknown or expired token"))
+    }
+}
+
+/// Runs a store call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    state: &Shared,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal("store task failed", &e)),
+    }
+}
+
+fn parse_address(state: &Shared, text: &str) -> Result<Address, ApiError> {
+    let address: Address = text
+        .parse()
+        .map_err(|e: sotto_core::Error| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidAddress, e.to_string()))?;
+    if address.domain() != state.config.domain {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::WrongDomain,
+            format!("this server hosts @{} addresses, not @{}", state.config.domain, address.domain()),
+        ));
+    }
+    Ok(address)
+}
+
+fn random(n: usize) -> Result<Vec<u8>, ApiError> {
+    sotto_core::random_bytes(n).map_err(|e| ApiError::internal("random generator failed", &e))
+}
+
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/register", post(register))
+        .route("/v1/auth/challenge", post(challenge))
+        .route("/v1/auth/token", post(token))
+        .route("/v1/keypackages", post(upload_key_packages).get(key_package_stock))
+        .route("/v1/keypackages/claim", post(claim_key_packages))
+        .route("/v1/users/{address}/devices", get(devices))
+        .route("/v1/messages", post(submit))
+        .route("/v1/queue", get(fetch))
+        .route("/v1/queue/ack", post(ack))
+        .route("/v1/ws", get(websocket))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn info(State(state): State<Shared>) -> Json<proto::ServerInfo> {
+    Json(proto::ServerInfo {
+        domain: state.config.domain.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        registration: state.config.registration,
+    })
+}
+
+async fn register(
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<proto::RegisterRequest>,
+) -> Result<Json<proto::RegisterResponse>, ApiError> {
+    let address = parse_address(&state, &req.address)?;
+    if req.device_key.0.len() != 32 {
+        return Err(ApiError::bad_request("device_key must be a 32-byte Ed25519 public key"));
+    }
+    let payload = auth::registration_payload(&address, &req.device_key.0);
+    if !auth::verify(&req.device_key.0, &payload, &req.signature.0) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::BadSignature,
+            "registration signature does not verify with the device key",
+        ));
+    }
+    let invite_hash = match (state.config.registration, req.invite.as_deref()) {
+        (proto::RegistrationMode::Open, _) => None,
+        (proto::RegistrationMode::Invite, None | Some("")) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::InviteRequired,
+                "this server registers by invite only; ask its operator for an invite code",
+            ));
+        }
+        (proto::RegistrationMode::Invite, Some(code)) => Some(secret_hash(code.trim())),
+    };
+    let addr = address.to_string();
+    let key = req.device_key.0;
+    let device_id = blocking(&state, move |s| {
+        s.register(
+            &NewAccount { address: &addr, device_key: &key, invite_hash: invite_hash.as_deref() },
+            unix_now(),
+        )
+    })
+    .await?;
+    tracing::info!(device_id, "registered a new account");
+    Ok(Json(proto::RegisterResponse { address: address.to_string(), device_id }))
+}
+
+async fn challenge(
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<proto::ChallengeRequest>,
+) -> Result<Json<proto::ChallengeResponse>, ApiError> {
+    let nonce = random(32)?;
+    let stored = nonce.clone();
+    let device_id = req.device_id;
+    let known = blocking(&state, move |s| {
+        if s.device(device_id)?.is_none() {
+            return Ok(false);
+        }
+        s.put_challenge(device_id, &stored, unix_now() + CHALLENGE_TTL_SECS)?;
+        Ok(true)
+    })
+    .await?;
+    if !known {
+        return Err(StoreError::UnknownDevice(device_id).into());
+    }
+    Ok(Json(proto::ChallengeResponse { nonce: Bytes(nonce) }))
+}
+
+async fn token(
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<proto::TokenRequest>,
+) -> Result<Json<proto::TokenResponse>, ApiError> {
+    let device_id = req.device_id;
+    let nonce = req.nonce.0.clone();
+    let device = blocking(&state, move |s| {
+        // The nonce is consumed whatever follows: each can be tried once.
+        if !s.take_challenge(device_id, &nonce, unix_now())? {
+            return Ok(None);
+        }
+        s.device(device_id)
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::ChallengeInvalid,
+            "unknown, used or expired challenge; request a new one",
+        )
+    })?;
+    let payload = auth::challenge_payload(&state.config.domain, device_id, &req.nonce.0);
+    if !auth::verify(&device.device_key, &payload, &req.signature.0) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::BadSignature,
+            "challenge signature does not verify with the device key",
+        ));
+    }
+    let token = hex::encode(random(32)?);
+    let hash = secret_hash(&token);
+    let ttl = state.config.token_ttl_secs;
+    blocking(&state, move |s| s.put_token(&hash, device_id, unix_now() + ttl)).await?;
+    Ok(Json(proto::TokenResponse { token, expires_in: ttl }))
+}
+
+async fn upload_key_packages(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<proto::UploadKeyPackages>,
+) -> Result<Json<proto::KeyPackageCount>, ApiError> {
+    if req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_KEY_PACKAGES_PER_UPLOAD} key packages per upload"
+        )));
+    }
+    let all = req.key_packages.iter().chain(req.last_resort.iter());
+    if all.clone().any(|k| k.0.is_empty() || k.0.len() > MAX_KEY_PACKAGE_LEN) {
+        return Err(ApiError::bad_request(format!(
+            "each key package must be 1 to {MAX_KEY_PACKAGE_LEN} bytes"
+        )));
+    }
+    let one_time: Vec<Vec<u8>> = req.key_packages.into_iter().map(|k| k.0).collect();
+    let last_resort = req.last_resort.map(|k| k.0);
+    let stock = blocking(&state, move |s| {
+        let stock = s.key_package_stock(device)?;
+        if stock.remaining + one_time.len() as u64 > MAX_KEY_PACKAGES_STOCK {
+            return Ok(Err(stock));
+        }
+        s.add_key_packages(device, &one_time, last_resort.as_deref()).map(Ok)
+    })
+    .await?
+    .map_err(|stock| {
+        ApiError::bad_request(format!(
+            "a device may keep at most {MAX_KEY_PACKAGES_STOCK} key packages ({} on file)",
+            stock.remaining
+        ))
+    })?;
+    Ok(Json(proto::KeyPackageCount { remaining: stock.remaining, last_resort: stock.last_resort }))
+}
+
+async fn key_package_stock(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+) -> Result<Json<proto::KeyPackageCount>, ApiError> {
+    let stock = blocking(&state, move |s| s.key_package_stock(device)).await?;
+    Ok(Json(proto::KeyPackageCount { remaining: stock.remaining, last_resort: stock.last_resort }))
+}
+
+fn unknown_user(address: &Address) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::UnknownUser, format!("no account {address}"))
+}
+
+async fn claim_key_packages(
+    State(state): State<Shared>,
+    AuthDevice(_): AuthDevice,
+    ApiJson(req): ApiJson<proto::ClaimRequest>,
+) -> Result<Json<proto::ClaimResponse>, ApiError> {
+    let address = parse_address(&state, &req.address)?;
+    let addr = address.to_string();
+    let (exists, claimed) = blocking(&state, move |s| {
+        let exists = !s.devices(&addr)?.is_empty();
+        Ok((exists, if exists { s.claim_key_packages(&addr)? } else { Vec::new() }))
+    })
+    .await?;
+    if !exists {
+        return Err(unknown_user(&address));
+    }
+    Ok(Json(proto::ClaimResponse {
+        address: address.to_string(),
+        key_packages: claimed
+            .into_iter()
+            .map(|(device_id, kp)| proto::ClaimedKeyPackage { device_id, key_package: Bytes(kp) })
+            .collect(),
+    }))
+}
+
+async fn devices(
+    State(state): State<Shared>,
+    AuthDevice(_): AuthDevice,
+    Path(address): Path<String>,
+) -> Result<Json<proto::DevicesResponse>, ApiError> {
+    let address = parse_address(&state, &address)?;
+    let addr = address.to_string();
+    let devices = blocking(&state, move |s| s.devices(&addr)).await?;
+    if devices.is_empty() {
+        return Err(unknown_user(&address));
+    }
+    Ok(Json(proto::DevicesResponse {
+        address: address.to_string(),
+        devices: devices
+            .into_iter()
+            .map(|d| proto::DeviceInfo {
+                device_id: d.device_id,
+                device_key: Bytes(d.device_key),
+                created_at: d.created_at,
+            })
+            .collect(),
+    }))
+}
+
+async fn submit(
+    State(state): State<Shared>,
+    AuthDevice(_): AuthDevice,
+    ApiJson(req): ApiJson<proto::SubmitRequest>,
+) -> Result<Json<proto::SubmitResponse>, ApiError> {
+    if req.group_id.0.is_empty() || req.group_id.0.len() > 64 {
+        return Err(ApiError::bad_request("group_id must be 1 to 64 bytes"));
+    }
+    let deliveries: Vec<proto::Delivery> =
+        std::iter::once(req.delivery).chain(req.welcome).collect();
+    let recipients: usize = deliveries.iter().map(|d| d.recipients.len()).sum();
+    if recipients > MAX_RECIPIENTS {
+        return Err(ApiError::bad_request(format!("at most {MAX_RECIPIENTS} recipients")));
+    }
+    if deliveries.iter().any(|d| d.message.0.is_empty()) {
+        return Err(ApiError::bad_request("empty message"));
+    }
+    let ordering = match req.kind {
+        proto::SubmitKind::Application => Ordering::None,
+        proto::SubmitKind::Commit => Ordering::Advance(req.epoch),
+        proto::SubmitKind::Proposal => Ordering::AtEpoch(req.epoch),
+    };
+    let notify: Vec<u64> = deliveries.iter().flat_map(|d| d.recipients.iter().copied()).collect();
+    let group_id = req.group_id.0;
+    let epoch = blocking(&state, move |s| {
+        let submission = Submission {
+            group_id: &group_id,
+            ordering,
+            deliveries: deliveries
+                .iter()
+                .map(|d| (d.recipients.as_slice(), d.message.0.as_slice()))
+                .collect(),
+        };
+        s.submit(&submission, unix_now())
+    })
+    .await?;
+    state.notifier.notify(notify);
+    Ok(Json(proto::SubmitResponse { epoch }))
+}
+
+async fn fetch(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    query: Result<Query<proto::QueueQuery>, QueryRejection>,
+) -> Result<Json<proto::QueueResponse>, ApiError> {
+    let Query(q) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let (messages, more) = blocking(&state, move |s| s.fetch(device, q.after, limit)).await?;
+    Ok(Json(proto::QueueResponse {
+        messages: messages
+            .into_iter()
+            .map(|(seq, m)| proto::QueuedMessage { seq, message: Bytes(m) })
+            .collect(),
+        more,
+    }))
+}
+
+async fn ack(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<proto::AckRequest>,
+) -> Result<Json<proto::AckResponse>, ApiError> {
+    let removed = blocking(&state, move |s| s.ack(device, req.up_to)).await?;
+    Ok(Json(proto::AckResponse { removed }))
+}
+
+async fn websocket(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| live_delivery(state, device, socket))
+}
+
+fn frame(f: &proto::ServerFrame) -> WsMessage {
+    WsMessage::Text(serde_json::to_string(f).unwrap_or_default().into())
+}
+
+/// Streams a device's queue over a WebSocket: everything queued, then each new message as it
+/// arrives. Messages stay queued until the client acknowledges them.
+async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
+    let mut wake = state.notifier.subscribe(device);
+    let mut sent = 0u64;
+    loop {
+        wake.borrow_and_update();
+        let page = blocking(&state, move |s| s.fetch(device, sent, DEFAULT_PAGE)).await;
+        let (messages, more) = match page {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = socket.send(frame(&proto::ServerFrame::Error(e.body()))).await;
+                return;
+            }
+        };
+        for (seq, message) in messages {
+            sent = seq;
+            let f = proto::ServerFrame::Message(proto::QueuedMessage { seq, message: Bytes(message) });
+            if socket.send(frame(&f)).await.is_err() {
+                return;
+            }
+        }
+        if more || wake.has_changed().unwrap_or(false) {
+            continue;
+        }
+        tokio::select! {
+            changed = wake.changed() => if changed.is_err() { return },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let reply = match serde_json::from_str::<proto::ClientFrame>(&text) {
+                        Ok(proto::ClientFrame::Ack(a)) => {
+                            match blocking(&state, move |s| s.ack(device, a.up_to)).await {
+                                Ok(removed) => proto::ServerFrame::Acked(proto::AckResponse { removed }),
+                                Err(e) => proto::ServerFrame::Error(e.body()),
+                            }
+                        }
+                        Err(e) => proto::ServerFrame::Error(ApiError::bad_request(format!("bad frame: {e}")).body()),
+                    };
+                    if socket.send(frame(&reply)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,46 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sotto_proto::RegistrationMode;
+
+/// A certificate chain and private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// What the server serves and where.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the database lives.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The domain of the addresses this server hosts.
+    pub domain: String,
+    /// Invite-only or open registration.
+    pub registration: RegistrationMode,
+    /// Serve HTTPS with these files.
+    pub tls: Option<TlsFiles>,
+    /// Allow plain HTTP on a non-loopback address (for a TLS-terminating proxy in front).
+    pub danger_allow_plain_http: bool,
+    /// Lifetime of a bearer token, in seconds.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("sotto-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            domain: "localhost".into(),
+            registration: RegistrationMode::Invite,
+            tls: None,
+            danger_allow_plain_http: false,
+            token_ttl_secs: 3600,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Listening: plain HTTP on loopback, HTTPS (rustls) anywhere, graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{self, pki_types};
+use tower::ServiceExt as _;
+
+use crate::api::{AppState, Notifier, router};
+use crate::store::Store;
+use crate::{Config, Error, TlsFiles};
+
+/// How long in-flight requests get to finish after shutdown is asked for.
+const DRAIN: Duration = Duration::from_secs(10);
+
+fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, Error> {
+    use pki_types::pem::PemObject;
+    let certs = pki_types::CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Tls(format!("reading {}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!("no certificate in {}", files.cert.display())));
+    }
+    let key = pki_types::PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| Error::Tls(format!("reading {}: {e}", files.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Binds the configured address, refusing plain HTTP off loopback unless forced.
+pub async fn bind(config: &Config) -> Result<TcpListener, Error> {
+    if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.danger_allow_plain_http
+    {
+        return Err(Error::Config(format!(
+            "refusing to serve plain HTTP on {}: give --tls-cert and --tls-key, or listen on \
+             loopback, or pass --danger-allow-plain-http behind a TLS-terminating proxy",
+            config.listen
+        )));
+    }
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    let state = Arc::new(AppState { store, config, notifier: Notifier::default() });
+    let app = router(state);
+    let Some(acceptor) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| Error::Io(e.to_string()));
+    };
+
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => { backoff = Duration::from_millis(5); a }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then try again.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(DRAIN, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections did not finish in time");
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The storage seam: the few primitive operations the server needs from a database.
+//!
+//! Every method is synchronous and atomic on its own; the server calls them from blocking
+//! threads, never on the async executor. [`SqliteStore`] is the embedded default; a
+//! PostgreSQL backend implements the same trait (the SQL is kept portable). The shared
+//! conformance tests in `tests.rs` run against every backend.
+
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+pub use sqlite::SqliteStore;
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its id.
+    pub device_id: u64,
+    /// The account it belongs to.
+    pub address: String,
+    /// Its Ed25519 public key.
+    pub device_key: Vec<u8>,
+    /// When it registered (Unix seconds).
+    pub created_at: u64,
+}
+
+/// A new account with its first device.
+#[derive(Debug, Clone)]
+pub struct NewAccount<'a> {
+    /// The normalised address.
+    pub address: &'a str,
+    /// The first device's public key.
+    pub device_key: &'a [u8],
+    /// SHA-256 of the invite code, or `None` in open registration.
+    pub invite_hash: Option<&'a [u8]>,
+}
+
+/// How a submission is ordered against the group's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// No check.
+    None,
+    /// The group must be at this epoch, and stays there (a proposal).
+    AtEpoch(u64),
+    /// The group must be at this epoch, and moves to the next (a commit).
+    Advance(u64),
+}
+
+/// A message for a group, with its recipients, and an optional welcome, stored atomically.
+#[derive(Debug, Clone)]
+pub struct Submission<'a> {
+    /// The MLS group id.
+    pub group_id: &'a [u8],
+    /// Ordering rule.
+    pub ordering: Ordering,
+    /// Recipients and message.
+    pub deliveries: Vec<(&'a [u64], &'a [u8])>,
+}
+
+/// Key package stock of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPackageStock {
+    /// Unclaimed one-time key packages.
+    pub remaining: u64,
+    /// Whether a last-resort key package is on file.
+    pub last_resort: bool,
+}
+
+/// Errors from a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The address is registered already.
+    #[error("address already registered")]
+    AddressTaken,
+    /// No invite with that code.
+    #[error("unknown invite")]
+    InviteInvalid,
+    /// The invite has expired.
+    #[error("invite expired")]
+    InviteExpired,
+    /// The invite has no uses left.
+    #[error("invite used up")]
+    InviteUsedUp,
+    /// The device key is registered already.
+    #[error("device key already registered")]
+    DeviceKeyTaken,
+    /// A commit or proposal for an epoch the group is not at.
+    #[error("stale epoch; the group is at epoch {current}")]
+    StaleEpoch {
+        /// The group's epoch.
+        current: u64,
+    },
+    /// A recipient device does not exist.
+    #[error("unknown device {0}")]
+    UnknownDevice(u64),
+    /// The database failed.
+    #[error("database: {0}")]
+    Backend(String),
+}
+
+/// The primitive operations of a server store.
+pub trait Store: Send + Sync + 'static {
+    /// Records an invite.
+    fn create_invite(&self, code_hash: &[u8], expires_at: u64, uses: u32, now: u64)
+    -> Result<(), StoreError>;
+
+    /// Creates an account and its first device, consuming one use of the invite (if any).
+    /// Returns the device id.
+    fn register(&self, account: &NewAccount<'_>, now: u64) -> Result<u64, StoreError>;
+
+    /// A device by id.
+    fn device(&self, device_id: u64) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// The devices of an account, oldest first; empty if the account does not exist.
+    fn devices(&self, address: &str) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Records a login nonce for a device.
+    fn put_challenge(&self, device_id: u64, nonce: &[u8], expires_at: u64)
+    -> Result<(), StoreError>;
+
+    /// Consumes a login nonce; true if it existed for that device and had not expired.
+    fn take_challenge(&self, device_id: u64, nonce: &[u8], now: u64) -> Result<bool, StoreError>;
+
+    /// Records a bearer token (by its hash).
+    fn put_token(&self, token_hash: &[u8], device_id: u64, expires_at: u64)
+    -> Result<(), StoreError>;
+
+    /// The device a live token belongs to.
+    fn token_device(&self, token_hash: &[u8], now: u64) -> Result<Option<u64>, StoreError>;
+
+    /// Adds one-time key packages and replaces the last-resort one, if given.
+    fn add_key_packages(
+        &self,
+        device_id: u64,
+        one_time: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> Result<KeyPackageStock, StoreError>;
+
+    /// A device's key package stock.
+    fn key_package_stock(&self, device_id: u64) -> Result<KeyPackageStock, StoreError>;
+
+    /// Takes one key package per device of the account: a one-time one (deleted) if any is
+    /// left, else the last-resort one (kept).
+    fn claim_key_packages(&self, address: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// Checks the ordering rule and queues every delivery, all or nothing. Returns the
+    /// group's epoch afterwards.
+    fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError>;
+
+    /// Up to `limit` queued messages of a device with seq > `after`, oldest first, and
+    /// whether more follow.
+    fn fetch(
+        &self,
+        device_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<(u64, Vec<u8>)>, bool), StoreError>;
+
+    /// Removes a device's queued messages with seq <= `up_to`; returns how many.
+    fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,456 @@
+//! The embedded SQLite store.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    DeviceRecord, KeyPackageStock, NewAccount, Ordering, Store, StoreError, Submission,
+};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+/// Never edit one that has shipped: add a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE invites (
+    code_hash BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    uses_left INTEGER NOT NULL
+);
+CREATE TABLE accounts (
+    address TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE devices (
+    device_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    address TEXT NOT NULL REFERENCES accounts(address),
+    device_key BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX devices_by_address ON devices(address);
+CREATE TABLE challenges (
+    nonce BLOB PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE tokens (
+    token_hash BLOB PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE key_packages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    last_resort INTEGER NOT NULL
+);
+CREATE INDEX key_packages_by_device ON key_packages(device_id, last_resort, id);
+CREATE TABLE groups (
+    group_id BLOB PRIMARY KEY,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX queue_by_device ON queue(device_id, seq);
+"#];
+
+/// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
+/// transaction is on disk).
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::from_connection(Connection::open(path).map_err(backend)?)
+    }
+
+    /// An in-memory database, for unit tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::from_connection(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn from_connection(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", true).map_err(backend)?;
+        let version: i64 =
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::Backend(format!(
+                "database schema version {version} is newer than this server ({known}); \
+                 upgrade sotto-server"
+            )));
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(to_u64(version) as usize) {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute_batch(migration).map_err(backend)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back on drop), so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        device_id: to_u64(r.get(0)?),
+        address: r.get(1)?,
+        device_key: r.get(2)?,
+        created_at: to_u64(r.get(3)?),
+    })
+}
+
+impl Store for SqliteStore {
+    fn create_invite(
+        &self,
+        code_hash: &[u8],
+        expires_at: u64,
+        uses: u32,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO invites (code_hash, created_at, expires_at, uses_left) VALUES (?1, ?2, ?3, ?4)",
+                params![code_hash, to_i64(now), to_i64(expires_at), uses],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn register(&self, account: &NewAccount<'_>, now: u64) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        if let Some(hash) = account.invite_hash {
+            let invite: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT expires_at, uses_left FROM invites WHERE code_hash = ?1",
+                    [hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            match invite {
+                None => return Err(StoreError::InviteInvalid),
+                Some((expires, _)) if to_u64(expires) <= now => {
+                    return Err(StoreError::InviteExpired);
+                }
+                Some((_, uses)) if uses <= 0 => return Err(StoreError::InviteUsedUp),
+                Some(_) => {}
+            }
+        }
+        let taken: bool = tx
+            .query_row("SELECT 1 FROM accounts WHERE address = ?1", [account.address], |_| Ok(()))
+            .optional()
+            .map_err(backend)?
+            .is_some();
+        if taken {
+            return Err(StoreError::AddressTaken);
+        }
+        let key_taken = tx
+            .query_row("SELECT 1 FROM devices WHERE device_key = ?1", [account.device_key], |_| {
+                Ok(())
+            })
+            .optional()
+            .map_err(backend)?
+            .is_some();
+        if key_taken {
+            return Err(StoreError::DeviceKeyTaken);
+        }
+        if let Some(hash) = account.invite_hash {
+            tx.execute("UPDATE invites SET uses_left = uses_left - 1 WHERE code_hash = ?1", [hash])
+                .map_err(backend)?;
+        }
+        tx.execute(
+            "INSERT INTO accounts (address, created_at) VALUES (?1, ?2)",
+            params![account.address, to_i64(now)],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO devices (address, device_key, created_at) VALUES (?1, ?2, ?3)",
+            params![account.address, account.device_key, to_i64(now)],
+        )
+        .map_err(backend)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(backend)?;
+        Ok(to_u64(id))
+    }
+
+    fn device(&self, device_id: u64) -> Result<Option<DeviceRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT device_id, address, device_key, created_at FROM devices WHERE device_id = ?1",
+                [to_i64(device_id)],
+                device_row,
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn devices(&self, address: &str) -> Result<Vec<DeviceRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT device_id, address, device_key, created_at FROM devices
+                 WHERE address = ?1 ORDER BY device_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt.query_map([address], device_row).map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn put_challenge(
+        &self,
+        device_id: u64,
+        nonce: &[u8],
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        // Expired challenges are useless; sweep them whenever a new one is made.
+        conn.execute(
+            "DELETE FROM challenges WHERE expires_at < ?1",
+            [to_i64(expires_at.saturating_sub(3600))],
+        )
+        .map_err(backend)?;
+        conn.execute(
+            "INSERT INTO challenges (nonce, device_id, expires_at) VALUES (?1, ?2, ?3)",
+            params![nonce, to_i64(device_id), to_i64(expires_at)],
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn take_challenge(&self, device_id: u64, nonce: &[u8], now: u64) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM challenges WHERE nonce = ?1 AND device_id = ?2 AND expires_at > ?3",
+                params![nonce, to_i64(device_id), to_i64(now)],
+            )
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    fn put_token(
+        &self,
+        token_hash: &[u8],
+        device_id: u64,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM tokens WHERE expires_at < ?1",
+            [to_i64(expires_at.saturating_sub(86_400))],
+        )
+        .map_err(backend)?;
+        conn.execute(
+            "INSERT INTO tokens (token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
+            params![token_hash, to_i64(device_id), to_i64(expires_at)],
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    fn token_device(&self, token_hash: &[u8], now: u64) -> Result<Option<u64>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT device_id FROM tokens WHERE token_hash = ?1 AND expires_at > ?2",
+                params![token_hash, to_i64(now)],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|d| d.map(to_u64))
+            .map_err(backend)
+    }
+
+    fn add_key_packages(
+        &self,
+        device_id: u64,
+        one_time: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> Result<KeyPackageStock, StoreError> {
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(backend)?;
+            for kp in one_time {
+                tx.execute(
+                    "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 0)",
+                    params![to_i64(device_id), kp],
+                )
+                .map_err(backend)?;
+            }
+            if let Some(kp) = last_resort {
+                tx.execute(
+                    "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
+                    [to_i64(device_id)],
+                )
+                .map_err(backend)?;
+                tx.execute(
+                    "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 1)",
+                    params![to_i64(device_id), kp],
+                )
+                .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)?;
+        }
+        self.key_package_stock(device_id)
+    }
+
+    fn key_package_stock(&self, device_id: u64) -> Result<KeyPackageStock, StoreError> {
+        let (remaining, last_resort): (i64, i64) = self
+            .conn()
+            .query_row(
+                "SELECT COALESCE(SUM(1 - last_resort), 0), COALESCE(SUM(last_resort), 0)
+                 FROM key_packages WHERE device_id = ?1",
+                [to_i64(device_id)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(backend)?;
+        Ok(KeyPackageStock { remaining: to_u64(remaining), last_resort: last_resort > 0 })
+    }
+
+    fn claim_key_packages(&self, address: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let devices: Vec<i64> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT device_id FROM devices WHERE address = ?1 ORDER BY device_id")
+                .map_err(backend)?;
+            let rows = stmt.query_map([address], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        let mut claimed = Vec::with_capacity(devices.len());
+        for device in devices {
+            // One-time packages first (last_resort = 0 sorts first), oldest first.
+            let found: Option<(i64, Vec<u8>, bool)> = tx
+                .query_row(
+                    "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1
+                     ORDER BY last_resort, id LIMIT 1",
+                    [device],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some((id, data, last_resort)) = found {
+                if !last_resort {
+                    tx.execute("DELETE FROM key_packages WHERE id = ?1", [id]).map_err(backend)?;
+                }
+                claimed.push((to_u64(device), data));
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(claimed)
+    }
+
+    fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let current: Option<i64> = tx
+            .query_row("SELECT epoch FROM groups WHERE group_id = ?1", [submission.group_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?;
+        let current_epoch = current.map(to_u64).unwrap_or(0);
+        let epoch = match submission.ordering {
+            Ordering::None => current_epoch,
+            Ordering::AtEpoch(e) | Ordering::Advance(e) if e != current_epoch => {
+                return Err(StoreError::StaleEpoch { current: current_epoch });
+            }
+            Ordering::AtEpoch(e) => e,
+            Ordering::Advance(e) => {
+                tx.execute(
+                    "INSERT INTO groups (group_id, epoch) VALUES (?1, ?2)
+                     ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch",
+                    params![submission.group_id, to_i64(e + 1)],
+                )
+                .map_err(backend)?;
+                e + 1
+            }
+        };
+        {
+            let mut exists = tx
+                .prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1")
+                .map_err(backend)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO queue (device_id, message, created_at) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(backend)?;
+            for (recipients, message) in &submission.deliveries {
+                for &device in *recipients {
+                    if !exists.exists([to_i64(device)]).map_err(backend)? {
+                        return Err(StoreError::UnknownDevice(device));
+                    }
+                    insert
+                        .execute(params![to_i64(device), message, to_i64(now)])
+                        .map_err(backend)?;
+                }
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(epoch)
+    }
+
+    fn fetch(
+        &self,
+        device_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<(u64, Vec<u8>)>, bool), StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, message FROM queue WHERE device_id = ?1 AND seq > ?2
+                 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![to_i64(device_id), to_i64(after), i64::from(limit) + 1], |r| {
+                Ok((to_u64(r.get(0)?), r.get(1)?))
+            })
+            .map_err(backend)?;
+        let mut messages: Vec<(u64, Vec<u8>)> = rows.collect::<Result<_, _>>().map_err(backend)?;
+        let more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        Ok((messages, more))
+    }
+
+    fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2",
+                params![to_i64(device_id), to_i64(up_to)],
+            )
+            .map_err(backend)?;
+        Ok(n as u64)
+    }
+}

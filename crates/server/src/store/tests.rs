@@ -1,0 +1,129 @@
+//! Conformance tests every [`Store`] backend must pass. Add a backend to `backends!`: an
+//! expression giving the store and a guard that must outlive it.
+
+use super::*;
+
+fn account<'a>(address: &'a str, key: &'a [u8], invite: Option<&'a [u8]>) -> NewAccount<'a> {
+    NewAccount { address, device_key: key, invite_hash: invite }
+}
+
+fn registration_and_invites(store: &dyn Store) {
+    store.create_invite(b"inv", 100, 2, 0).expect("invite");
+    store.create_invite(b"old", 10, 5, 0).expect("invite");
+    let alice = store.register(&account("alice@x", b"ka", Some(b"inv")), 50).expect("alice");
+    assert!(matches!(
+        store.register(&account("alice@x", b"kz", Some(b"inv")), 50),
+        Err(StoreError::AddressTaken)
+    ));
+    assert!(matches!(
+        store.register(&account("eve@x", b"ka", None), 50),
+        Err(StoreError::DeviceKeyTaken)
+    ));
+    store.register(&account("bob@x", b"kb", Some(b"inv")), 50).expect("bob");
+    assert!(matches!(
+        store.register(&account("carol@x", b"kc", Some(b"inv")), 50),
+        Err(StoreError::InviteUsedUp)
+    ));
+    assert!(matches!(
+        store.register(&account("carol@x", b"kc", Some(b"old")), 50),
+        Err(StoreError::InviteExpired)
+    ));
+    assert!(matches!(
+        store.register(&account("carol@x", b"kc", Some(b"nope")), 50),
+        Err(StoreError::InviteInvalid)
+    ));
+    // A refused registration leaves nothing behind.
+    assert!(store.devices("carol@x").expect("devices").is_empty());
+    let d = store.device(alice).expect("device").expect("exists");
+    assert_eq!((d.address.as_str(), d.device_key.as_slice()), ("alice@x", &b"ka"[..]));
+    assert_eq!(store.devices("alice@x").expect("devices"), vec![d]);
+}
+
+fn challenges_and_tokens(store: &dyn Store) {
+    store.put_challenge(1, b"n1", 100).expect("put");
+    assert!(!store.take_challenge(2, b"n1", 50).expect("take"), "other device");
+    assert!(store.take_challenge(1, b"n1", 50).expect("take"));
+    assert!(!store.take_challenge(1, b"n1", 50).expect("take"), "single use");
+    store.put_challenge(1, b"n2", 100).expect("put");
+    assert!(!store.take_challenge(1, b"n2", 100).expect("take"), "expired");
+    store.put_token(b"t", 7, 100).expect("token");
+    assert_eq!(store.token_device(b"t", 99).expect("lookup"), Some(7));
+    assert_eq!(store.token_device(b"t", 100).expect("lookup"), None);
+    assert_eq!(store.token_device(b"u", 1).expect("lookup"), None);
+}
+
+fn key_packages(store: &dyn Store) {
+    let d = store.register(&account("kp@x", b"k1", None), 1).expect("register");
+    let stock = store.add_key_packages(d, &[b"a".to_vec(), b"b".to_vec()], Some(b"L")).expect("add");
+    assert_eq!(stock, KeyPackageStock { remaining: 2, last_resort: true });
+    let claim = |s: &dyn Store| s.claim_key_packages("kp@x").expect("claim");
+    assert_eq!(claim(store), vec![(d, b"a".to_vec())]);
+    assert_eq!(claim(store), vec![(d, b"b".to_vec())]);
+    assert_eq!(claim(store), vec![(d, b"L".to_vec())]);
+    assert_eq!(claim(store), vec![(d, b"L".to_vec())], "last resort is kept");
+    store.add_key_packages(d, &[], Some(b"M")).expect("replace");
+    assert_eq!(claim(store), vec![(d, b"M".to_vec())]);
+    assert!(store.claim_key_packages("nobody@x").expect("claim").is_empty());
+}
+
+fn queues_and_ordering(store: &dyn Store) {
+    let a = store.register(&account("qa@x", b"qa", None), 1).expect("a");
+    let b = store.register(&account("qb@x", b"qb", None), 1).expect("b");
+    let g = b"group";
+    let commit = |epoch, msg: &'static [u8]| Submission {
+        group_id: g,
+        ordering: Ordering::Advance(epoch),
+        deliveries: vec![(&[a][..], msg)],
+    };
+    assert_eq!(store.submit(&commit(0, b"c0"), 1).expect("first commit"), 1);
+    assert!(matches!(store.submit(&commit(0, b"x"), 1), Err(StoreError::StaleEpoch { current: 1 })));
+    assert!(matches!(store.submit(&commit(5, b"x"), 1), Err(StoreError::StaleEpoch { current: 1 })));
+    let proposal =
+        Submission { group_id: g, ordering: Ordering::AtEpoch(1), deliveries: vec![(&[a], b"p")] };
+    assert_eq!(store.submit(&proposal, 1).expect("proposal"), 1);
+    let app = Submission {
+        group_id: g,
+        ordering: Ordering::None,
+        deliveries: vec![(&[a, b][..], &b"m1"[..]), (&[b][..], &b"w"[..])],
+    };
+    assert_eq!(store.submit(&app, 1).expect("app"), 1);
+    // One unknown recipient refuses the whole submission.
+    let bad = Submission { group_id: g, ordering: Ordering::None, deliveries: vec![(&[a, 999], b"z")] };
+    assert!(matches!(store.submit(&bad, 1), Err(StoreError::UnknownDevice(999))));
+
+    let (msgs, more) = store.fetch(a, 0, 2).expect("fetch");
+    assert!(more);
+    let bodies: Vec<&[u8]> = msgs.iter().map(|(_, m)| m.as_slice()).collect();
+    assert_eq!(bodies, vec![&b"c0"[..], b"p"]);
+    let (rest, more) = store.fetch(a, msgs[1].0, 10).expect("fetch");
+    assert!(!more);
+    assert_eq!(rest.iter().map(|(_, m)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..]]);
+    assert!(msgs[0].0 < msgs[1].0 && msgs[1].0 < rest[0].0, "seq increases");
+    // b sees only its own queue.
+    let (bq, _) = store.fetch(b, 0, 10).expect("fetch");
+    assert_eq!(bq.iter().map(|(_, m)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..], b"w"]);
+    // Acknowledging removes exactly what was acknowledged, and only from the own queue.
+    assert_eq!(store.ack(a, msgs[1].0).expect("ack"), 2);
+    assert_eq!(store.fetch(a, 0, 10).expect("fetch").0.len(), 1);
+    assert_eq!(store.fetch(b, 0, 10).expect("fetch").0.len(), 2);
+}
+
+macro_rules! backends {
+    ($($backend:ident => $make:expr;)*) => {$(
+        mod $backend {
+            use super::*;
+            #[test] fn registration_and_invites() { let (s, _g) = $make; super::registration_and_invites(&s) }
+            #[test] fn challenges_and_tokens() { let (s, _g) = $make; super::challenges_and_tokens(&s) }
+            #[test] fn key_packages() { let (s, _g) = $make; super::key_packages(&s) }
+            #[test] fn queues_and_ordering() { let (s, _g) = $make; super::queues_and_ordering(&s) }
+        }
+    )*};
+}
+
+backends! {
+    sqlite_memory => (SqliteStore::in_memory().expect("store"), None::<tempfile::TempDir>);
+    sqlite_file => {
+        let dir = tempfile::tempdir().expect("tempdir");
+        (SqliteStore::open(&dir.path().join("t.db")).expect("store"), Some(dir))
+    };
+}
