@@ -70,25 +70,26 @@ fn queues_and_ordering(store: &dyn Store) {
     let a = store.register(&account("qa@x", b"qa", None), 1).expect("a");
     let b = store.register(&account("qb@x", b"qb", None), 1).expect("b");
     let g = b"group";
+    let (only_a, a_and_b, only_b, a_and_ghost) = ([a], [a, b], [b], [a, 999]);
     let commit = |epoch, msg: &'static [u8]| Submission {
         group_id: g,
         ordering: Ordering::Advance(epoch),
-        deliveries: vec![(&[a][..], msg)],
+        deliveries: vec![(&only_a[..], msg)],
     };
     assert_eq!(store.submit(&commit(0, b"c0"), 1).expect("first commit"), 1);
     assert!(matches!(store.submit(&commit(0, b"x"), 1), Err(StoreError::StaleEpoch { current: 1 })));
     assert!(matches!(store.submit(&commit(5, b"x"), 1), Err(StoreError::StaleEpoch { current: 1 })));
     let proposal =
-        Submission { group_id: g, ordering: Ordering::AtEpoch(1), deliveries: vec![(&[a], b"p")] };
+        Submission { group_id: g, ordering: Ordering::AtEpoch(1), deliveries: vec![(&only_a, b"p")] };
     assert_eq!(store.submit(&proposal, 1).expect("proposal"), 1);
     let app = Submission {
         group_id: g,
         ordering: Ordering::None,
-        deliveries: vec![(&[a, b][..], &b"m1"[..]), (&[b][..], &b"w"[..])],
+        deliveries: vec![(&a_and_b[..], &b"m1"[..]), (&only_b[..], &b"w"[..])],
     };
     assert_eq!(store.submit(&app, 1).expect("app"), 1);
     // One unknown recipient refuses the whole submission.
-    let bad = Submission { group_id: g, ordering: Ordering::None, deliveries: vec![(&[a, 999], b"z")] };
+    let bad = Submission { group_id: g, ordering: Ordering::None, deliveries: vec![(&a_and_ghost, b"z")] };
     assert!(matches!(store.submit(&bad, 1), Err(StoreError::UnknownDevice(999))));
 
     let (msgs, more) = store.fetch(a, 0, 2).expect("fetch");
