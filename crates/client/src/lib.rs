@@ -1,1 +1,993 @@
+//! Sotto's client library.
+//!
+//! A [`Client`] is one device of one account, living in a *home* directory that holds a single
+//! SQLite database: the device's keys and MLS state (through openmls's SQLite storage
+//! provider) and Sotto's own rows — the account, chats, messages and the sync position.
+//!
+//! Every incoming message is processed in one transaction: the new MLS state, the stored
+//! plaintext and the position in the server queue commit together, and the server is told to
+//! drop the message only afterwards. A crash at any point therefore either redoes the whole
+//! message or finds it done; nothing is lost and nothing is stored twice.
+//!
+//! Commits go through the server's per-group ordering: if another member's commit won the
+//! epoch, the server answers `stale_epoch`, the local attempt is rolled back, the client
+//! catches up and tries again.
+//!
+//! The library is blocking (ureq for HTTP, tungstenite for the WebSocket), which suits the
+//! CLI and keeps the async runtime out of clients that do not need one.
+#![forbid(unsafe_code)]
 
+mod api;
+mod db;
+mod error;
+mod live;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde::Serialize;
+use sotto_core::content::{Body, ChatKind, Message, VERSION};
+use sotto_core::mls::{self, CommitOutput, DeviceKey, Identity, Incoming, Provider, ValidKeyPackage};
+use sotto_core::{Address, DeviceRef, auth, unix_now};
+use sotto_proto::{self as proto, Bytes};
+
+use crate::api::Api;
+use crate::db::{AccountRow, Storage};
+pub use crate::error::Error;
+
+/// One-time key packages uploaded at a time.
+const KEY_PACKAGE_BATCH: usize = 50;
+/// Upload more when fewer than this remain on the server.
+const KEY_PACKAGE_LOW_WATER: u64 = 10;
+/// Attempts at a commit that keeps losing the race for an epoch.
+const MAX_COMMIT_ATTEMPTS: usize = 8;
+/// Queue page size when catching up.
+const SYNC_PAGE: u32 = 200;
+
+/// A chat as listed by [`Client::chats`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatSummary {
+    /// The chat id (the MLS group id, hex).
+    pub id: String,
+    /// `direct` or `group`.
+    pub kind: String,
+    /// The group's name (groups).
+    pub name: Option<String>,
+    /// The other account (direct chats).
+    pub peer: Option<String>,
+    /// `active`, `left` or `removed`.
+    pub state: String,
+    /// Member accounts, this one included (active chats only).
+    pub members: Vec<String>,
+    /// How many messages the chat holds.
+    pub messages: u64,
+    /// When the last message was sent (Unix milliseconds).
+    pub last_message_at: Option<u64>,
+}
+
+/// A message or event as shown to the user.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    /// The chat id.
+    pub chat: String,
+    /// What to call the chat: the peer of a direct chat, a group's name.
+    pub chat_name: String,
+    /// The message id chosen by its sender (events: `event-…`).
+    pub id: String,
+    /// The sending account.
+    pub sender: String,
+    /// `text`, or `event` for membership changes.
+    pub kind: String,
+    /// The text.
+    pub body: String,
+    /// `received`; for this account's own messages `sent`, `pending` or `failed`.
+    pub status: String,
+    /// The sender's clock (Unix milliseconds).
+    pub sent_at: u64,
+    /// When this device stored it (Unix milliseconds).
+    pub received_at: u64,
+}
+
+/// A message that arrived but could not be processed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// Its position in the server queue.
+    pub seq: u64,
+    /// Why (never the content).
+    pub reason: String,
+}
+
+/// What [`Client::sync`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    /// New messages and events, oldest first.
+    pub messages: Vec<MessageView>,
+    /// Messages that arrived and could not be processed.
+    pub failures: Vec<Failure>,
+    /// How many queued messages were processed.
+    pub processed: u64,
+}
+
+/// The account a home holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountInfo {
+    /// The address.
+    pub address: String,
+    /// This device's id.
+    pub device_id: u64,
+    /// The server URL.
+    pub server: String,
+    /// This device's public key (hex).
+    pub device_key: String,
+}
+
+/// Where to send a message.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The direct chat with this account (created on first use).
+    Address(Address),
+    /// A chat by id, id prefix or group name.
+    Chat(String),
+}
+
+/// One device's client.
+pub struct Client {
+    home: PathBuf,
+    conn: Connection,
+    account: AccountRow,
+    me: Identity,
+    api: Api,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("home", &self.home)
+            .field("device", &self.me.device)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn begin(conn: &Connection) -> Result<Transaction<'_>, Error> {
+    Ok(Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?)
+}
+
+fn random_hex(n: usize) -> Result<String, Error> {
+    Ok(hex::encode(sotto_core::random_bytes(n)?))
+}
+
+impl Client {
+    /// Creates an account on `server` and this home's device, and publishes key packages.
+    pub fn register(
+        home: &Path,
+        server: &str,
+        address: &str,
+        invite: Option<&str>,
+        ca_cert: Option<&str>,
+    ) -> Result<Client, Error> {
+        if db::exists(home) {
+            let conn = db::open(home, false)?;
+            if let Some(a) = db::account(&conn)? {
+                return Err(Error::AlreadyRegistered(home.display().to_string(), a.address));
+            }
+        }
+        let address: Address = address.parse()?;
+        let api = Api::new(server, ca_cert)?;
+        let info: proto::ServerInfo = api.get("/v1/info", None)?;
+        if info.domain != address.domain() {
+            return Err(Error::Invalid(format!(
+                "{} hosts @{} addresses; {address} belongs elsewhere",
+                api.base(),
+                info.domain
+            )));
+        }
+        let key = DeviceKey::generate()?;
+        let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
+        let reg: proto::RegisterResponse = api.post(
+            "/v1/register",
+            &proto::RegisterRequest {
+                address: address.to_string(),
+                invite: invite.map(str::to_owned),
+                device_key: Bytes(key.public().to_vec()),
+                signature: Bytes(signature),
+            },
+            None,
+        )?;
+        let conn = db::open(home, true)?;
+        let account = AccountRow {
+            address: address.to_string(),
+            device_id: reg.device_id,
+            server: api.base().to_string(),
+            ca_cert: ca_cert.map(str::to_owned),
+            device_key: key.public().to_vec(),
+        };
+        {
+            let tx = begin(&conn)?;
+            key.store(&db::provider(&tx))?;
+            db::insert_account(&tx, &account, unix_now())?;
+            tx.commit()?;
+        }
+        let me = Identity { device: DeviceRef { address, device_id: reg.device_id }, key };
+        let mut client = Client { home: home.to_path_buf(), conn, account, me, api };
+        client.replenish_key_packages()?;
+        Ok(client)
+    }
+
+    /// Opens the account in `home`.
+    pub fn open(home: &Path) -> Result<Client, Error> {
+        let conn = db::open(home, false)?;
+        let account =
+            db::account(&conn)?.ok_or_else(|| Error::NotRegistered(home.display().to_string()))?;
+        let key = DeviceKey::load(&db::provider(&conn), &account.device_key)
+            .ok_or(Error::Io("the device key is missing from the local database".into()))?;
+        let address: Address = account.address.parse()?;
+        let me = Identity { device: DeviceRef { address, device_id: account.device_id }, key };
+        let api = Api::new(&account.server, account.ca_cert.as_deref())?;
+        Ok(Client { home: home.to_path_buf(), conn, account, me, api })
+    }
+
+    /// The account this home holds.
+    pub fn account(&self) -> AccountInfo {
+        AccountInfo {
+            address: self.account.address.clone(),
+            device_id: self.account.device_id,
+            server: self.account.server.clone(),
+            device_key: hex::encode(&self.account.device_key),
+        }
+    }
+
+    fn token(&mut self) -> Result<String, Error> {
+        let domain = self.me.device.address.domain().to_string();
+        self.api.token(&domain, self.me.device.device_id, &self.me.key)
+    }
+
+    fn replenish_key_packages(&mut self) -> Result<(), Error> {
+        let token = self.token()?;
+        let stock: proto::KeyPackageCount = self.api.get("/v1/keypackages", Some(&token))?;
+        if stock.remaining >= KEY_PACKAGE_LOW_WATER && stock.last_resort {
+            return Ok(());
+        }
+        let (one_time, last_resort) = {
+            let tx = begin(&self.conn)?;
+            let p = db::provider(&tx);
+            let one_time = if stock.remaining < KEY_PACKAGE_LOW_WATER {
+                mls::key_packages(&p, &self.me, KEY_PACKAGE_BATCH, false)?
+            } else {
+                Vec::new()
+            };
+            let last_resort = if stock.last_resort {
+                None
+            } else {
+                mls::key_packages(&p, &self.me, 1, true)?.pop()
+            };
+            tx.commit()?;
+            (one_time, last_resort)
+        };
+        let _: proto::KeyPackageCount = self.api.post(
+            "/v1/keypackages",
+            &proto::UploadKeyPackages {
+                key_packages: one_time.into_iter().map(Bytes).collect(),
+                last_resort: last_resort.map(Bytes),
+            },
+            Some(&token),
+        )?;
+        Ok(())
+    }
+
+    /// Claims and validates one key package per device of `address`.
+    fn claim(&mut self, address: &Address) -> Result<Vec<ValidKeyPackage>, Error> {
+        let token = self.token()?;
+        let claimed: proto::ClaimResponse = self.api.post(
+            "/v1/keypackages/claim",
+            &proto::ClaimRequest { address: address.to_string() },
+            Some(&token),
+        )?;
+        let p = db::provider(&self.conn);
+        let packages: Vec<ValidKeyPackage> = claimed
+            .key_packages
+            .iter()
+            .filter(|c| !(address == &self.me.device.address && c.device_id == self.me.device.device_id))
+            .map(|c| mls::validate_key_package(&p, &c.key_package.0, address, Some(c.device_id)))
+            .collect::<Result<_, _>>()?;
+        if packages.is_empty() && address != &self.me.device.address {
+            return Err(Error::NoKeyPackages(address.to_string()));
+        }
+        Ok(packages)
+    }
+
+    fn parse_addresses(&self, list: &[String]) -> Result<Vec<Address>, Error> {
+        let mut out: Vec<Address> = Vec::new();
+        for a in list {
+            let a: Address = a.parse()?;
+            if a == self.me.device.address {
+                return Err(Error::Invalid("you are always a member of your own chats".into()));
+            }
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- chats ----
+
+    fn chat_row(
+        &self,
+        group_id: &[u8],
+    ) -> Result<Option<(String, Option<String>, Option<String>, String)>, Error> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT kind, name, peer, state FROM chats WHERE group_id = ?1",
+                [group_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?)
+    }
+
+    /// Finds a chat by id, id prefix, group name, or (with `@`) the direct chat with an account.
+    fn resolve(&self, spec: &str) -> Result<Vec<u8>, Error> {
+        let spec = spec.trim();
+        if spec.contains('@') {
+            let peer: Address = spec.parse()?;
+            return self.direct_chat(&peer)?.ok_or_else(|| Error::UnknownChat(spec.into()));
+        }
+        let rows: Vec<(Vec<u8>, Option<String>)> = {
+            let mut stmt = self.conn.prepare("SELECT group_id, name FROM chats ORDER BY created_at")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let lower = spec.to_ascii_lowercase();
+        if let Some((id, _)) = rows.iter().find(|(id, _)| hex::encode(id) == lower) {
+            return Ok(id.clone());
+        }
+        let by_prefix: Vec<&Vec<u8>> = rows
+            .iter()
+            .filter(|(id, _)| lower.len() >= 4 && hex::encode(id).starts_with(&lower))
+            .map(|(id, _)| id)
+            .collect();
+        let by_name: Vec<&Vec<u8>> =
+            rows.iter().filter(|(_, n)| n.as_deref() == Some(spec)).map(|(id, _)| id).collect();
+        for candidates in [by_prefix, by_name] {
+            match candidates.len() {
+                0 => continue,
+                1 => return Ok(candidates[0].clone()),
+                _ => return Err(Error::AmbiguousChat(spec.into())),
+            }
+        }
+        Err(Error::UnknownChat(spec.into()))
+    }
+
+    /// The active direct chat with `peer`. If both sides created one at once, both settle
+    /// on the one with the smallest id.
+    fn direct_chat(&self, peer: &Address) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT group_id FROM chats WHERE kind = 'direct' AND peer = ?1 AND state = 'active'
+                 ORDER BY group_id LIMIT 1",
+                [peer.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn require_active(&self, group_id: &[u8]) -> Result<(), Error> {
+        match self.chat_row(group_id)? {
+            Some((_, _, _, state)) if state == "active" => Ok(()),
+            Some((_, _, _, state)) => Err(Error::NotActive(state)),
+            None => Err(Error::UnknownChat(hex::encode(group_id))),
+        }
+    }
+
+    /// All chats, most recently active first.
+    pub fn chats(&self) -> Result<Vec<ChatSummary>, Error> {
+        let ids: Vec<Vec<u8>> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT c.group_id FROM chats c
+                 ORDER BY COALESCE((SELECT MAX(m.id) FROM messages m WHERE m.group_id = c.group_id), 0) DESC,
+                          c.created_at DESC",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        ids.iter().map(|id| self.chat_summary(id)).collect()
+    }
+
+    fn chat_summary(&self, group_id: &[u8]) -> Result<ChatSummary, Error> {
+        let (kind, name, peer, state) =
+            self.chat_row(group_id)?.ok_or_else(|| Error::UnknownChat(hex::encode(group_id)))?;
+        let members = if state == "active" {
+            let p = db::provider(&self.conn);
+            let set: BTreeSet<String> =
+                mls::members(&p, group_id)?.into_iter().map(|d| d.address.to_string()).collect();
+            set.into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        let (messages, last): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT COUNT(*), MAX(sent_at) FROM messages WHERE group_id = ?1 AND kind = 'text'",
+            [group_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(ChatSummary {
+            id: hex::encode(group_id),
+            kind,
+            name,
+            peer,
+            state,
+            members,
+            messages: messages as u64,
+            last_message_at: last.map(|l| l as u64),
+        })
+    }
+
+    /// The messages of a chat, oldest first; at most the last `limit`.
+    pub fn history(&self, chat: &str, limit: usize) -> Result<Vec<MessageView>, Error> {
+        let group_id = self.resolve(chat)?;
+        let mut views = self.message_views(
+            "WHERE m.group_id = ?1 ORDER BY m.id DESC LIMIT ?2",
+            params![group_id, limit as i64],
+        )?;
+        views.reverse();
+        Ok(views)
+    }
+
+    fn message_views(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<MessageView>, Error> {
+        let sql = format!(
+            "SELECT m.group_id, c.kind, c.name, c.peer, m.msg_id, m.sender, m.kind, m.body,
+                    m.status, m.sent_at, m.received_at
+             FROM messages m JOIN chats c ON c.group_id = m.group_id {filter}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(args, |r| {
+            let group_id: Vec<u8> = r.get(0)?;
+            let kind: String = r.get(1)?;
+            let name: Option<String> = r.get(2)?;
+            let peer: Option<String> = r.get(3)?;
+            let chat_name = match (kind.as_str(), peer, name) {
+                ("direct", Some(p), _) => p,
+                (_, _, Some(n)) => n,
+                _ => "(unnamed group)".into(),
+            };
+            Ok(MessageView {
+                chat: hex::encode(group_id),
+                chat_name,
+                id: r.get(4)?,
+                sender: r.get(5)?,
+                kind: r.get(6)?,
+                body: r.get(7)?,
+                status: r.get(8)?,
+                sent_at: r.get::<_, i64>(9)? as u64,
+                received_at: r.get::<_, i64>(10)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- sending ----
+
+    fn recipients(&self, p: &Provider<Storage<'_>>, group_id: &[u8]) -> Result<Vec<u64>, Error> {
+        Ok(mls::members(p, group_id)?
+            .into_iter()
+            .filter(|d| d != &self.me.device)
+            .map(|d| d.device_id)
+            .collect())
+    }
+
+    /// Sends a text message; creates the direct chat on first use.
+    pub fn send_text(&mut self, target: &Target, text: &str) -> Result<MessageView, Error> {
+        if text.is_empty() {
+            return Err(Error::Invalid("empty message".into()));
+        }
+        if text.len() > sotto_core::content::MAX_TEXT_LEN {
+            return Err(Error::Invalid(format!(
+                "message longer than {} bytes",
+                sotto_core::content::MAX_TEXT_LEN
+            )));
+        }
+        let group_id = match target {
+            Target::Chat(spec) => self.resolve(spec)?,
+            Target::Address(peer) if peer == &self.me.device.address => {
+                return Err(Error::Invalid("cannot start a direct chat with yourself".into()));
+            }
+            Target::Address(peer) => match self.direct_chat(peer)? {
+                Some(id) => id,
+                None => self.start_direct(peer)?,
+            },
+        };
+        self.send_body(&group_id, Body::Text { text: text.to_string() })?
+            .ok_or(Error::Internal("text message without a stored row"))
+    }
+
+    fn start_direct(&mut self, peer: &Address) -> Result<Vec<u8>, Error> {
+        let packages = self.claim(peer)?;
+        let group_id = self.new_group(ChatKind::Direct, None, Some(peer))?;
+        self.commit(&group_id, |p, me| {
+            let out = mls::add_members(p, &group_id, me, &packages)?;
+            Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
+        })?;
+        self.send_body(&group_id, Body::ChatInfo { kind: ChatKind::Direct, name: None })?;
+        Ok(group_id)
+    }
+
+    fn new_group(
+        &mut self,
+        kind: ChatKind,
+        name: Option<&str>,
+        peer: Option<&Address>,
+    ) -> Result<Vec<u8>, Error> {
+        let tx = begin(&self.conn)?;
+        let group_id = mls::create_group(&db::provider(&tx), &self.me)?;
+        tx.execute(
+            "INSERT INTO chats (group_id, kind, name, peer, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
+            params![group_id, kind.as_str(), name, peer.map(Address::as_str), now_ms() as i64],
+        )?;
+        tx.commit()?;
+        Ok(group_id)
+    }
+
+    /// Encrypts and submits an application message. The ratchet state is committed before
+    /// the message leaves, so a lost answer can never make us reuse a key; the stored row is
+    /// marked `failed` if the server did not take it.
+    fn send_body(&mut self, group_id: &[u8], body: Body) -> Result<Option<MessageView>, Error> {
+        self.require_active(group_id)?;
+        let token = self.token()?;
+        let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now_ms(), body };
+        let text = match &msg.body {
+            Body::Text { text } => Some(text.clone()),
+            _ => None,
+        };
+        let (ciphertext, recipients, epoch) = {
+            let tx = begin(&self.conn)?;
+            let p = db::provider(&tx);
+            let ciphertext = mls::encrypt(&p, group_id, &self.me, &msg.encode())?;
+            let recipients = self.recipients(&p, group_id)?;
+            let epoch = mls::epoch(&p, group_id)?;
+            if let Some(text) = &text {
+                tx.execute(
+                    "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
+                                           received_at, reported)
+                     VALUES (?1, ?2, ?3, 'text', ?4, 'pending', ?5, ?5, 1)",
+                    params![group_id, msg.id, self.account.address, text, msg.sent_at as i64],
+                )?;
+            }
+            tx.commit()?;
+            (ciphertext, recipients, epoch)
+        };
+        let result = if recipients.is_empty() {
+            Ok(())
+        } else {
+            self.api
+                .post::<_, proto::SubmitResponse>(
+                    "/v1/messages",
+                    &proto::SubmitRequest {
+                        group_id: Bytes(group_id.to_vec()),
+                        kind: proto::SubmitKind::Application,
+                        epoch,
+                        delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
+                        welcome: None,
+                    },
+                    Some(&token),
+                )
+                .map(|_| ())
+        };
+        let status = if result.is_ok() { "sent" } else { "failed" };
+        self.conn.execute(
+            "UPDATE messages SET status = ?1 WHERE group_id = ?2 AND msg_id = ?3",
+            params![status, group_id, msg.id],
+        )?;
+        result?;
+        if text.is_none() {
+            return Ok(None);
+        }
+        let mut views = self.message_views(
+            "WHERE m.group_id = ?1 AND m.msg_id = ?2",
+            params![group_id, msg.id],
+        )?;
+        Ok(views.pop())
+    }
+
+    /// Makes a commit with `make` and submits it; on a stale epoch rolls it back, catches up
+    /// and tries again. `make` returns the commit and the devices that get its welcome.
+    fn commit(
+        &mut self,
+        group_id: &[u8],
+        mut make: impl FnMut(&Provider<Storage<'_>>, &Identity) -> Result<(CommitOutput, Vec<u64>), Error>,
+    ) -> Result<(), Error> {
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            match self.commit_once(group_id, &mut make)? {
+                true => return Ok(()),
+                false => {
+                    self.catch_up()?;
+                    self.require_active(group_id)?;
+                }
+            }
+        }
+        Err(Error::TooManyRetries)
+    }
+
+    /// One attempt: true if the server accepted the commit, false if the epoch was stale.
+    fn commit_once(
+        &mut self,
+        group_id: &[u8],
+        make: &mut impl FnMut(&Provider<Storage<'_>>, &Identity) -> Result<(CommitOutput, Vec<u64>), Error>,
+    ) -> Result<bool, Error> {
+        let token = self.token()?;
+        // The transaction stays open across the submission: if the server refuses, dropping
+        // it rolls the pending commit back as if it had never been made.
+        let tx = begin(&self.conn)?;
+        let p = db::provider(&tx);
+        let recipients = self.recipients(&p, group_id)?;
+        let (out, welcome_to) = make(&p, &self.me)?;
+        let request = proto::SubmitRequest {
+            group_id: Bytes(group_id.to_vec()),
+            kind: proto::SubmitKind::Commit,
+            epoch: out.epoch,
+            delivery: proto::Delivery { recipients, message: Bytes(out.commit) },
+            welcome: out
+                .welcome
+                .filter(|_| !welcome_to.is_empty())
+                .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
+        };
+        match self.api.post::<_, proto::SubmitResponse>("/v1/messages", &request, Some(&token)) {
+            Ok(_) => {
+                mls::merge_pending_commit(&p, group_id)?;
+                drop(p);
+                tx.commit()?;
+                Ok(true)
+            }
+            Err(e) if e.is_stale_epoch() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- groups ----
+
+    /// Creates a named group with the given members.
+    pub fn create_group(&mut self, name: &str, members: &[String]) -> Result<ChatSummary, Error> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::Invalid("a group name is 1 to 256 bytes".into()));
+        }
+        let addresses = self.parse_addresses(members)?;
+        let mut packages = Vec::new();
+        for a in &addresses {
+            packages.extend(self.claim(a)?);
+        }
+        let group_id = self.new_group(ChatKind::Group, Some(name), None)?;
+        if !packages.is_empty() {
+            self.commit(&group_id, |p, me| {
+                let out = mls::add_members(p, &group_id, me, &packages)?;
+                Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
+            })?;
+        }
+        self.send_body(&group_id, Body::ChatInfo { kind: ChatKind::Group, name: Some(name.into()) })?;
+        self.chat_summary(&group_id)
+    }
+
+    fn group_info(&self, group_id: &[u8]) -> Result<Body, Error> {
+        let (kind, name, _, _) =
+            self.chat_row(group_id)?.ok_or_else(|| Error::UnknownChat(hex::encode(group_id)))?;
+        let kind = if kind == "direct" { ChatKind::Direct } else { ChatKind::Group };
+        Ok(Body::ChatInfo { kind, name })
+    }
+
+    /// Adds accounts to a group. They read messages sent from now on, not earlier ones.
+    pub fn add_members(&mut self, chat: &str, members: &[String]) -> Result<ChatSummary, Error> {
+        let group_id = self.resolve(chat)?;
+        self.require_active(&group_id)?;
+        let addresses = self.parse_addresses(members)?;
+        let current: BTreeSet<Address> = mls::members(&db::provider(&self.conn), &group_id)?
+            .into_iter()
+            .map(|d| d.address)
+            .collect();
+        if let Some(a) = addresses.iter().find(|a| current.contains(*a)) {
+            return Err(Error::Invalid(format!("{a} is already a member")));
+        }
+        let mut packages = Vec::new();
+        for a in &addresses {
+            packages.extend(self.claim(a)?);
+        }
+        self.commit(&group_id, |p, me| {
+            let out = mls::add_members(p, &group_id, me, &packages)?;
+            Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
+        })?;
+        let info = self.group_info(&group_id)?;
+        self.send_body(&group_id, info)?;
+        self.chat_summary(&group_id)
+    }
+
+    /// Removes accounts from a group; they cannot read anything sent afterwards.
+    pub fn remove_members(&mut self, chat: &str, members: &[String]) -> Result<ChatSummary, Error> {
+        let group_id = self.resolve(chat)?;
+        self.require_active(&group_id)?;
+        let addresses = self.parse_addresses(members)?;
+        if addresses.is_empty() {
+            return Err(Error::Invalid("name at least one member to remove".into()));
+        }
+        self.commit(&group_id, |p, me| {
+            Ok((mls::remove_accounts(p, &group_id, me, &addresses)?, Vec::new()))
+        })?;
+        self.chat_summary(&group_id)
+    }
+
+    /// Leaves a chat: proposes this device's removal (the next member to sync commits it)
+    /// and deletes the chat's keys here.
+    pub fn leave(&mut self, chat: &str) -> Result<ChatSummary, Error> {
+        let group_id = self.resolve(chat)?;
+        self.require_active(&group_id)?;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let token = self.token()?;
+            let tx = begin(&self.conn)?;
+            let p = db::provider(&tx);
+            let recipients = self.recipients(&p, &group_id)?;
+            let (epoch, proposal) = mls::leave(&p, &group_id, &self.me)?;
+            let request = proto::SubmitRequest {
+                group_id: Bytes(group_id.clone()),
+                kind: proto::SubmitKind::Proposal,
+                epoch,
+                delivery: proto::Delivery { recipients, message: Bytes(proposal) },
+                welcome: None,
+            };
+            match self.api.post::<_, proto::SubmitResponse>("/v1/messages", &request, Some(&token)) {
+                Ok(_) => {
+                    mls::delete_group(&p, &group_id)?;
+                    drop(p);
+                    tx.execute("UPDATE chats SET state = 'left' WHERE group_id = ?1", [&group_id])?;
+                    tx.commit()?;
+                    return self.chat_summary(&group_id);
+                }
+                Err(e) if e.is_stale_epoch() => {
+                    drop(p);
+                    drop(tx);
+                    self.catch_up()?;
+                    self.require_active(&group_id)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::TooManyRetries)
+    }
+
+    // ---- receiving ----
+
+    /// Fetches and processes everything queued for this device, commits proposals other
+    /// members made (such as a member leaving), tops up key packages, and returns what is new.
+    pub fn sync(&mut self) -> Result<SyncReport, Error> {
+        let processed = self.catch_up()?;
+        self.finish_batch(processed)
+    }
+
+    fn finish_batch(&mut self, processed: u64) -> Result<SyncReport, Error> {
+        self.commit_proposals()?;
+        self.replenish_key_packages()?;
+        let mut report = self.unreported()?;
+        report.processed = processed;
+        Ok(report)
+    }
+
+    /// Processes the whole queue; returns how many messages it processed.
+    fn catch_up(&mut self) -> Result<u64, Error> {
+        let mut processed = 0;
+        let leftover = db::last_seq(&self.conn)?;
+        if leftover > 0 {
+            // Messages processed before a crash but never acknowledged.
+            self.ack(leftover)?;
+        }
+        loop {
+            let token = self.token()?;
+            let after = db::last_seq(&self.conn)?;
+            let page: proto::QueueResponse =
+                self.api.get(&format!("/v1/queue?after={after}&limit={SYNC_PAGE}"), Some(&token))?;
+            for m in &page.messages {
+                self.process_one(m.seq, &m.message.0)?;
+                processed += 1;
+            }
+            if let Some(last) = page.messages.last() {
+                self.ack(last.seq)?;
+            }
+            if !page.more || page.messages.is_empty() {
+                return Ok(processed);
+            }
+        }
+    }
+
+    fn ack(&mut self, up_to: u64) -> Result<(), Error> {
+        let token = self.token()?;
+        let _: proto::AckResponse =
+            self.api.post("/v1/queue/ack", &proto::AckRequest { up_to }, Some(&token))?;
+        Ok(())
+    }
+
+    /// Processes one queued message in one transaction with the new sync position.
+    fn process_one(&self, seq: u64, data: &[u8]) -> Result<(), Error> {
+        let tx = begin(&self.conn)?;
+        if seq <= db::last_seq(&tx)? {
+            return Ok(());
+        }
+        let outcome = mls::process(&db::provider(&tx), data);
+        match outcome {
+            Ok(incoming) => self.apply(&tx, seq, incoming)?,
+            Err(e) => {
+                // Roll back whatever processing wrote, then record the failure alone.
+                drop(tx);
+                let tx = begin(&self.conn)?;
+                if !self.expected_failure(&tx, data)? {
+                    record_failure(&tx, seq, &e.to_string())?;
+                }
+                db::set_last_seq(&tx, seq)?;
+                tx.commit()?;
+                return Ok(());
+            }
+        }
+        db::set_last_seq(&tx, seq)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether a message that failed to process belongs to a chat this device has left, where
+    /// failing is expected.
+    fn expected_failure(&self, tx: &Transaction<'_>, data: &[u8]) -> Result<bool, Error> {
+        let Ok(Some(group_id)) = mls::group_of(data) else { return Ok(false) };
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM chats WHERE group_id = ?1", [group_id], |r| r.get(0))
+            .optional()?;
+        Ok(matches!(state.as_deref(), Some("left" | "removed")))
+    }
+
+    fn apply(&self, tx: &Transaction<'_>, seq: u64, incoming: Incoming) -> Result<(), Error> {
+        let now = now_ms() as i64;
+        let event = |group_id: &[u8], n: usize, sender: &str, body: String| {
+            tx.execute(
+                "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
+                                                 sent_at, received_at)
+                 VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?5)",
+                params![group_id, format!("event-{seq}-{n}"), sender, body, now],
+            )
+        };
+        match incoming {
+            Incoming::Joined { group_id, inviter } => {
+                tx.execute(
+                    "INSERT INTO chats (group_id, kind, state, created_at)
+                     VALUES (?1, 'group', 'active', ?2)
+                     ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
+                    params![group_id, now],
+                )?;
+                let who = inviter.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
+                event(&group_id, 0, &who, format!("{who} added you"))?;
+            }
+            Incoming::Application { group_id, sender, plaintext } => {
+                match Message::decode(&plaintext) {
+                    Ok(Message { id, sent_at, body: Body::Text { text }, .. }) => {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
+                                                             status, sent_at, received_at)
+                             VALUES (?1, ?2, ?3, 'text', ?4, 'received', ?5, ?6)",
+                            params![group_id, id, sender.address.as_str(), text, sent_at as i64, now],
+                        )?;
+                    }
+                    Ok(Message { body: Body::ChatInfo { kind, name }, .. }) => {
+                        let peer = match kind {
+                            ChatKind::Direct => self.direct_peer(tx, &group_id, &sender)?,
+                            ChatKind::Group => None,
+                        };
+                        tx.execute(
+                            "UPDATE chats SET kind = ?1, name = ?2, peer = ?3 WHERE group_id = ?4",
+                            params![kind.as_str(), name, peer, group_id],
+                        )?;
+                    }
+                    Ok(_) => record_failure(tx, seq, "unsupported message type")?,
+                    Err(e) => record_failure(tx, seq, &e.to_string())?,
+                }
+            }
+            Incoming::Commit { group_id, sender, added, removed, left, self_removed } => {
+                let who = sender.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
+                let accounts = |devices: Vec<DeviceRef>| -> BTreeSet<String> {
+                    devices.into_iter().map(|d| d.address.to_string()).collect()
+                };
+                let mut n = 0;
+                for a in accounts(added) {
+                    event(&group_id, n, &who, format!("{who} added {a}"))?;
+                    n += 1;
+                }
+                let me = &self.account.address;
+                for a in accounts(removed).into_iter().filter(|a| a != me) {
+                    event(&group_id, n, &who, format!("{who} removed {a}"))?;
+                    n += 1;
+                }
+                for a in accounts(left).into_iter().filter(|a| a != me) {
+                    event(&group_id, n, &a, format!("{a} left"))?;
+                    n += 1;
+                }
+                if self_removed {
+                    event(&group_id, n, &who, format!("{who} removed you"))?;
+                    mls::delete_group(&db::provider(tx), &group_id)?;
+                    tx.execute("UPDATE chats SET state = 'removed' WHERE group_id = ?1", [&group_id])?;
+                }
+            }
+            Incoming::Proposal { .. } => {}
+            _ => record_failure(tx, seq, "unsupported MLS message")?,
+        }
+        Ok(())
+    }
+
+    /// The other account of a direct chat.
+    fn direct_peer(
+        &self,
+        tx: &Transaction<'_>,
+        group_id: &[u8],
+        sender: &DeviceRef,
+    ) -> Result<Option<String>, Error> {
+        if sender.address != self.me.device.address {
+            return Ok(Some(sender.address.to_string()));
+        }
+        Ok(mls::members(&db::provider(tx), group_id)?
+            .into_iter()
+            .map(|d| d.address)
+            .find(|a| a != &self.me.device.address)
+            .map(|a| a.to_string()))
+    }
+
+    /// Commits pending proposals (members leaving) in every active chat that has them. A lost
+    /// race is fine: the winner's commit covers the same proposals.
+    fn commit_proposals(&mut self) -> Result<(), Error> {
+        let ids: Vec<Vec<u8>> = {
+            let mut stmt = self.conn.prepare("SELECT group_id FROM chats WHERE state = 'active'")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for group_id in ids {
+            if !mls::has_pending_proposals(&db::provider(&self.conn), &group_id)? {
+                continue;
+            }
+            self.commit_once(&group_id, &mut |p, me| {
+                let out = mls::commit_pending_proposals(p, &group_id, me)?
+                    .ok_or(Error::Internal("pending proposals vanished"))?;
+                Ok((out, Vec::new()))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn unreported(&self) -> Result<SyncReport, Error> {
+        let messages = self.message_views("WHERE m.reported = 0 ORDER BY m.id", [])?;
+        self.conn.execute("UPDATE messages SET reported = 1 WHERE reported = 0", [])?;
+        let failures = {
+            let mut stmt =
+                self.conn.prepare("SELECT seq, reason FROM failures WHERE reported = 0 ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Failure { seq: r.get::<_, i64>(0)? as u64, reason: r.get(1)? })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        self.conn.execute("UPDATE failures SET reported = 1 WHERE reported = 0", [])?;
+        Ok(SyncReport { messages, failures, processed: 0 })
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+}
+
+fn record_failure(tx: &Transaction<'_>, seq: u64, reason: &str) -> Result<(), Error> {
+    tx.execute(
+        "INSERT OR REPLACE INTO failures (seq, reason, at, reported) VALUES (?1, ?2, ?3, 0)",
+        params![seq as i64, reason, now_ms() as i64],
+    )?;
+    Ok(())
+}

@@ -192,8 +192,10 @@ pub enum Incoming {
         sender: Option<DeviceRef>,
         /// Devices added by the commit.
         added: Vec<DeviceRef>,
-        /// Devices removed by the commit.
+        /// Devices removed by another member.
         removed: Vec<DeviceRef>,
+        /// Devices removed at their own request (they left).
+        left: Vec<DeviceRef>,
         /// Whether this device was removed.
         self_removed: bool,
     },
@@ -430,6 +432,15 @@ pub fn epoch<S: StorageProvider<CURRENT_VERSION>>(
     Ok(load(p, group_id)?.epoch().as_u64())
 }
 
+/// Whether the group holds proposals waiting for a commit.
+pub fn has_pending_proposals<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<bool, Error> {
+    let group = load(p, group_id)?;
+    Ok(group.is_active() && group.pending_proposals().next().is_some())
+}
+
 /// Whether this device is still a member of the group.
 pub fn is_active<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,
@@ -498,13 +509,18 @@ pub fn process<S: StorageProvider<CURRENT_VERSION>>(
                 .add_proposals()
                 .filter_map(|a| device_of(a.add_proposal().key_package().leaf_node().credential()))
                 .collect();
-            let removed = staged
-                .remove_proposals()
-                .filter_map(|r| group.member(r.remove_proposal().removed()).and_then(device_of))
-                .collect();
+            let (mut removed, mut left) = (Vec::new(), Vec::new());
+            for r in staged.remove_proposals() {
+                let leaf = r.remove_proposal().removed();
+                let Some(device) = group.member(leaf).and_then(device_of) else { continue };
+                match r.sender() {
+                    Sender::Member(by) if *by == leaf => left.push(device),
+                    _ => removed.push(device),
+                }
+            }
             let self_removed = staged.self_removed();
             group.merge_staged_commit(p, *staged).map_err(mls_err)?;
-            Ok(Incoming::Commit { group_id, sender, added, removed, self_removed })
+            Ok(Incoming::Commit { group_id, sender, added, removed, left, self_removed })
         }
         _ => Err(Error::UnexpectedMls("external proposals are not supported")),
     }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 pub use config::{Config, TlsFiles};
 pub use error::Error;
 pub use net::{bind, serve};
+pub use sotto_proto::RegistrationMode;
 use sha2::{Digest, Sha256};
 use store::Store;
 
@@ -49,18 +50,21 @@ pub fn create_invite(store: &dyn Store, ttl_secs: u64, uses: u32) -> Result<Invi
     const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let mut bits = 0u32;
     let mut acc = 0u32;
-    let mut code = String::new();
+    let mut chars = Vec::with_capacity(24);
     for b in raw {
         acc = (acc << 8) | u32::from(b);
         bits += 8;
         while bits >= 5 {
             bits -= 5;
-            code.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
-            if code.len() % 7 == 6 && code.len() < 34 {
-                code.push('-');
-            }
+            chars.push(ALPHABET[((acc >> bits) & 31) as usize]);
         }
     }
+    // Four groups of six: xxxxxx-xxxxxx-xxxxxx-xxxxxx.
+    let code = chars
+        .chunks(6)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("-");
     let now = sotto_core::unix_now();
     let expires_at = now.saturating_add(ttl_secs);
     store.create_invite(&secret_hash(&code), expires_at, uses, now)?;
@@ -85,7 +89,8 @@ mod tests {
         let a = create_invite(&store, 60, 1).expect("invite");
         let b = create_invite(&store, 60, 1).expect("invite");
         assert_ne!(a.code, b.code);
-        assert_eq!(a.code.len(), 28, "{}", a.code);
+        assert_eq!(a.code.len(), 27, "{}", a.code);
+        assert_eq!(a.code.split('-').map(str::len).collect::<Vec<_>>(), vec![6, 6, 6, 6]);
         assert!(a.code.chars().all(|c| c == '-' || c.is_ascii_alphanumeric()));
         let acct = store::NewAccount {
             address: "a@x",

@@ -1,1 +1,193 @@
-fn main() {}
+//! `sotto-server`: runs the server, and mints invites for the operator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use sotto_server::{Config, RegistrationMode, TlsFiles};
+
+/// Sotto's server: relays end-to-end encrypted messages it cannot read.
+///
+/// With no arguments it serves on 127.0.0.1:7700 for addresses @localhost, keeping its
+/// database in ./sotto-data. Registration is by invite: mint one with `sotto-server invite create`.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Directory of the server's database.
+    #[arg(long, env = "SOTTO_DATA", default_value = "sotto-data", global = true)]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address and port to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, env = "SOTTO_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// The domain of the addresses this server hosts (alice@DOMAIN).
+    #[arg(long, env = "SOTTO_DOMAIN", default_value = "localhost")]
+    domain: String,
+    /// Who may register: `invite` (with a code from `invite create`) or `open` (anyone; for
+    /// development).
+    #[arg(long, env = "SOTTO_REGISTRATION", value_enum, default_value_t = Registration::Invite)]
+    registration: Registration,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, env = "SOTTO_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SOTTO_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+    #[arg(long)]
+    danger_allow_plain_http: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Registration {
+    Invite,
+    Open,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Manage invite codes.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum InviteCommand {
+    /// Mint an invite code and print it.
+    Create {
+        /// How long the code stays valid: a number with s, m, h, d or w (e.g. 30m, 7d).
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        expires: u64,
+        /// How many accounts the code can create.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        uses: u32,
+        /// Print JSON: {"code", "expires_at", "uses"}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30m or 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m, h, d or w")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err("the duration must be positive and under a few billion years".into()),
+        Some(v) => Ok(v),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = Config {
+        data_dir: cli.data.clone(),
+        listen: cli.serve.listen,
+        domain: cli.serve.domain.trim().to_ascii_lowercase(),
+        registration: match cli.serve.registration {
+            Registration::Invite => RegistrationMode::Invite,
+            Registration::Open => RegistrationMode::Open,
+        },
+        tls: match (cli.serve.tls_cert, cli.serve.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None,
+        },
+        danger_allow_plain_http: cli.serve.danger_allow_plain_http,
+        ..Config::default()
+    };
+    if format!("x@{}", config.domain).parse::<sotto_core::Address>().is_err() {
+        bail!("--domain {:?} is not a valid host name", config.domain);
+    }
+    let store = sotto_server::open_store(&config)?;
+    match cli.command {
+        Some(Command::Invite(InviteCommand::Create { expires, uses, json })) => {
+            let invite = sotto_server::create_invite(store.as_ref(), expires, uses)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "code": invite.code, "expires_at": invite.expires_at, "uses": invite.uses
+                    })
+                );
+            } else {
+                println!("{}", invite.code);
+                eprintln!(
+                    "valid for {} registration(s) until {} (Unix time {})",
+                    invite.uses,
+                    sotto::format_time(invite.expires_at * 1000),
+                    invite.expires_at
+                );
+            }
+            Ok(())
+        }
+        None | Some(Command::Serve) => serve(config, store),
+    }
+}
+
+fn serve(config: Config, store: std::sync::Arc<dyn sotto_server::store::Store>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = sotto_server::bind(&config).await?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        println!("sotto-server listening on {scheme}://{addr} (domain {})", config.domain);
+        tracing::info!(
+            data = %config.data_dir.display(),
+            registration = ?config.registration,
+            "serving"
+        );
+        sotto_server::serve(config, store, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,155 @@
+//! HTTP calls to the server (blocking, through ureq), with device authentication.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sotto_core::auth;
+use sotto_core::mls::DeviceKey;
+use sotto_proto as proto;
+use ureq::Agent;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+
+use crate::Error;
+
+/// A connection to one server.
+pub(crate) struct Api {
+    base: String,
+    agent: Agent,
+    ca_certs: Vec<Certificate<'static>>,
+    token: Option<(String, Instant)>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+/// Reads the PEM certificates of an extra trusted CA.
+pub(crate) fn read_ca(path: &str) -> Result<Vec<Certificate<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {path}: {e}")))?;
+    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::Io(format!("no PEM certificate in {path}")));
+    }
+    Ok(certs)
+}
+
+impl Api {
+    pub(crate) fn new(server: &str, ca_cert: Option<&str>) -> Result<Self, Error> {
+        let base = server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Invalid(format!(
+                "server URL {server:?} must start with http:// or https://"
+            )));
+        }
+        let ca_certs = ca_cert.map(read_ca).transpose()?.unwrap_or_default();
+        let mut tls = TlsConfig::builder();
+        if !ca_certs.is_empty() {
+            // An explicitly given CA replaces the public roots: the server is pinned to it.
+            tls = tls.root_certs(RootCerts::new_with_certs(&ca_certs));
+        }
+        let agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .user_agent(concat!("sotto/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(Api { base, agent, ca_certs, token: None })
+    }
+
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub(crate) fn ca_certs(&self) -> &[Certificate<'static>] {
+        &self.ca_certs
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> Error {
+        Error::Unreachable { url: self.base.clone(), reason: e.to_string() }
+    }
+
+    fn finish<R: DeserializeOwned>(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<R, Error> {
+        let mut resp = result.map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return resp
+                .body_mut()
+                .read_json::<R>()
+                .map_err(|e| Error::Protocol(format!("bad response body: {e}")));
+        }
+        match resp.body_mut().read_json::<proto::ErrorBody>() {
+            Ok(body) => Err(Error::Server {
+                status,
+                code: serde_json::to_value(body.error.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "unknown".into()),
+                message: body.error.message,
+                epoch: body.error.epoch,
+            }),
+            Err(_) => Err(Error::Protocol(format!(
+                "HTTP {status} without a Sotto error body; is {} a Sotto server?",
+                self.base
+            ))),
+        }
+    }
+
+    pub(crate) fn get<R: DeserializeOwned>(&self, path: &str, token: Option<&str>) -> Result<R, Error> {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        self.finish(req.call())
+    }
+
+    pub(crate) fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        token: Option<&str>,
+    ) -> Result<R, Error> {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        self.finish(req.send_json(body))
+    }
+
+    /// A valid bearer token, logging in with the device key when needed.
+    pub(crate) fn token(
+        &mut self,
+        domain: &str,
+        device_id: u64,
+        key: &DeviceKey,
+    ) -> Result<String, Error> {
+        if let Some((t, until)) = &self.token {
+            if Instant::now() < *until {
+                return Ok(t.clone());
+            }
+        }
+        let ch: proto::ChallengeResponse =
+            self.post("/v1/auth/challenge", &proto::ChallengeRequest { device_id }, None)?;
+        let signature = key.sign(&auth::challenge_payload(domain, device_id, &ch.nonce.0))?;
+        let tok: proto::TokenResponse = self.post(
+            "/v1/auth/token",
+            &proto::TokenRequest { device_id, nonce: ch.nonce, signature: proto::Bytes(signature) },
+            None,
+        )?;
+        // Renew a little before the server's expiry.
+        let until = Instant::now() + Duration::from_secs(tok.expires_in.saturating_sub(30));
+        self.token = Some((tok.token.clone(), until));
+        Ok(tok.token)
+    }
+}

@@ -1,0 +1,175 @@
+//! The client's local database: openmls's tables (through its SQLite storage provider) and
+//! Sotto's own rows, in one SQLite file per home, so one transaction covers both.
+
+use std::path::Path;
+
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use rusqlite::{Connection, OptionalExtension, params};
+use sotto_core::mls::Provider;
+
+use crate::Error;
+
+/// The codec openmls's storage uses for its values.
+#[derive(Debug, Default)]
+pub(crate) struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+pub(crate) type Storage<'c> = SqliteStorageProvider<JsonCodec, &'c Connection>;
+
+/// An MLS provider over this connection (or transaction).
+pub(crate) fn provider(conn: &Connection) -> Provider<Storage<'_>> {
+    Provider::new(SqliteStorageProvider::new(conn))
+}
+
+/// Sotto's own schema; `PRAGMA user_version` counts the migrations applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE account (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    address TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    server TEXT NOT NULL,
+    ca_cert TEXT,
+    device_key BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE sync_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq INTEGER NOT NULL
+);
+INSERT INTO sync_state (id, last_seq) VALUES (1, 0);
+CREATE TABLE chats (
+    group_id BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT,
+    peer TEXT,
+    state TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id BLOB NOT NULL,
+    msg_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (group_id, msg_id)
+);
+CREATE INDEX messages_by_chat ON messages(group_id, id);
+CREATE TABLE failures (
+    seq INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0
+);
+"#];
+
+const DB_FILE: &str = "sotto.db";
+
+/// Whether `home` holds a database.
+pub(crate) fn exists(home: &Path) -> bool {
+    home.join(DB_FILE).exists()
+}
+
+/// Opens (creating if asked) the database in `home` and brings both schemas up to date.
+pub(crate) fn open(home: &Path, create: bool) -> Result<Connection, Error> {
+    let path = home.join(DB_FILE);
+    if !create && !path.exists() {
+        return Err(Error::NotRegistered(home.display().to_string()));
+    }
+    if create {
+        std::fs::create_dir_all(home)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", home.display())))?;
+        restrict(home, 0o700);
+    }
+    let mut conn = Connection::open(&path)?;
+    restrict(&path, 0o600);
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
+        .run_migrations()
+        .map_err(|e| Error::Io(format!("migrating MLS storage: {e}")))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(Error::Io(format!(
+            "{} was written by a newer sotto (schema {version}); upgrade sotto",
+            path.display()
+        )));
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(conn)
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+#[cfg(not(unix))]
+fn restrict(_: &Path, _: u32) {}
+
+/// The account row.
+#[derive(Debug, Clone)]
+pub(crate) struct AccountRow {
+    pub address: String,
+    pub device_id: u64,
+    pub server: String,
+    pub ca_cert: Option<String>,
+    pub device_key: Vec<u8>,
+}
+
+pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>, Error> {
+    Ok(conn
+        .query_row(
+            "SELECT address, device_id, server, ca_cert, device_key FROM account WHERE id = 1",
+            [],
+            |r| {
+                Ok(AccountRow {
+                    address: r.get(0)?,
+                    device_id: r.get::<_, i64>(1)? as u64,
+                    server: r.get(2)?,
+                    ca_cert: r.get(3)?,
+                    device_key: r.get(4)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+pub(crate) fn insert_account(conn: &Connection, a: &AccountRow, now: u64) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO account (id, address, device_id, server, ca_cert, device_key, created_at)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+        params![a.address, a.device_id as i64, a.server, a.ca_cert, a.device_key, now as i64],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn last_seq(conn: &Connection) -> Result<u64, Error> {
+    Ok(conn.query_row("SELECT last_seq FROM sync_state WHERE id = 1", [], |r| r.get::<_, i64>(0))?
+        as u64)
+}
+
+pub(crate) fn set_last_seq(conn: &Connection, seq: u64) -> Result<(), Error> {
+    conn.execute("UPDATE sync_state SET last_seq = ?1 WHERE id = 1", [seq as i64])?;
+    Ok(())
+}

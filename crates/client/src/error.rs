@@ -1,0 +1,101 @@
+use sotto_proto::ErrorCode;
+
+/// Errors from the client library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The home directory holds no account yet.
+    #[error("no account in {0}; run `sotto register` first")]
+    NotRegistered(String),
+    /// The home directory already holds an account.
+    #[error("{0} already holds the account {1}")]
+    AlreadyRegistered(String, String),
+    /// The server could not be reached.
+    #[error("cannot reach the server at {url}: {reason}")]
+    Unreachable {
+        /// The server's URL.
+        url: String,
+        /// What failed (connection refused, timeout, TLS).
+        reason: String,
+    },
+    /// The server refused the request.
+    #[error("server refused: {message} ({code})")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// The server's explanation.
+        message: String,
+        /// For a stale epoch: the group's current epoch.
+        epoch: Option<u64>,
+    },
+    /// The server answered something that is not the protocol.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// An address, chat or argument given by the user is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// No chat matches what the user named.
+    #[error("no chat matches {0:?}; `sotto chats` lists them")]
+    UnknownChat(String),
+    /// More than one chat matches what the user named.
+    #[error("{0:?} matches several chats; give more of the id")]
+    AmbiguousChat(String),
+    /// The account exists but has no key packages left to start a conversation with.
+    #[error("{0} has no key packages on the server; they must sync once before they can be added")]
+    NoKeyPackages(String),
+    /// The chat is not active any more.
+    #[error("you are no longer a member of this chat ({0})")]
+    NotActive(String),
+    /// Commits kept losing races with other members.
+    #[error("the group kept changing under us; try again")]
+    TooManyRetries,
+    /// The core (addresses, MLS) refused.
+    #[error(transparent)]
+    Core(#[from] sotto_core::Error),
+    /// The local database failed.
+    #[error("local database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A bug: a state that should be impossible.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl Error {
+    /// The server's error code, if the server refused.
+    pub fn server_code(&self) -> Option<&str> {
+        match self {
+            Error::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_stale_epoch(&self) -> bool {
+        matches!(self, Error::Server { code, .. } if code == code_name(ErrorCode::StaleEpoch))
+    }
+}
+
+pub(crate) fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadRequest => "bad_request",
+        ErrorCode::InvalidAddress => "invalid_address",
+        ErrorCode::WrongDomain => "wrong_domain",
+        ErrorCode::AddressTaken => "address_taken",
+        ErrorCode::InviteRequired => "invite_required",
+        ErrorCode::InviteInvalid => "invite_invalid",
+        ErrorCode::InviteExpired => "invite_expired",
+        ErrorCode::InviteUsedUp => "invite_used_up",
+        ErrorCode::BadSignature => "bad_signature",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::ChallengeInvalid => "challenge_invalid",
+        ErrorCode::UnknownUser => "unknown_user",
+        ErrorCode::UnknownDevice => "unknown_device",
+        ErrorCode::StaleEpoch => "stale_epoch",
+        ErrorCode::TooLarge => "too_large",
+        _ => "internal",
+    }
+}
