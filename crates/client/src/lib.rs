@@ -541,50 +541,37 @@ impl Client {
     }
 
     /// Encrypts and submits an application message. The ratchet state is committed before
-    /// the message leaves, so a lost answer can never make us reuse a key; the stored row is
-    /// marked `failed` if the server did not take it.
+    /// the message leaves, so a lost answer can never make us reuse a key. If the group moved
+    /// on meanwhile, the client catches up and encrypts again in the new epoch. The stored
+    /// row is marked `failed` if the server did not take it.
     fn send_body(&mut self, group_id: &[u8], body: Body) -> Result<Option<MessageView>, Error> {
         self.require_active(group_id)?;
-        let token = self.token()?;
         let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now_ms(), body };
         let text = match &msg.body {
             Body::Text { text } => Some(text.clone()),
             _ => None,
         };
-        let (ciphertext, recipients, epoch) = {
-            let tx = begin(&self.conn)?;
-            let p = db::provider(&tx);
-            let ciphertext = mls::encrypt(&p, group_id, &self.me, &msg.encode())?;
-            let recipients = self.recipients(&p, group_id)?;
-            let epoch = mls::epoch(&p, group_id)?;
-            if let Some(text) = &text {
-                tx.execute(
-                    "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
-                                           received_at, reported)
-                     VALUES (?1, ?2, ?3, 'text', ?4, 'pending', ?5, ?5, 1)",
-                    params![group_id, msg.id, self.account.address, text, msg.sent_at as i64],
-                )?;
+        if let Some(text) = &text {
+            self.conn.execute(
+                "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
+                                       received_at, reported)
+                 VALUES (?1, ?2, ?3, 'text', ?4, 'pending', ?5, ?5, 1)",
+                params![group_id, msg.id, self.account.address, text, msg.sent_at as i64],
+            )?;
+        }
+        let mut result = Err(Error::TooManyRetries);
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            result = self.submit_application(group_id, &msg);
+            match &result {
+                Err(e) if e.is_stale_epoch() => {
+                    if let Err(e) = self.catch_up().and_then(|_| self.require_active(group_id)) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                _ => break,
             }
-            tx.commit()?;
-            (ciphertext, recipients, epoch)
-        };
-        let result = if recipients.is_empty() {
-            Ok(())
-        } else {
-            self.api
-                .post::<_, proto::SubmitResponse>(
-                    "/v1/messages",
-                    &proto::SubmitRequest {
-                        group_id: Bytes(group_id.to_vec()),
-                        kind: proto::SubmitKind::Application,
-                        epoch,
-                        delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
-                        welcome: None,
-                    },
-                    Some(&token),
-                )
-                .map(|_| ())
-        };
+        }
         let status = if result.is_ok() { "sent" } else { "failed" };
         self.conn.execute(
             "UPDATE messages SET status = ?1 WHERE group_id = ?2 AND msg_id = ?3",
@@ -599,6 +586,35 @@ impl Client {
             params![group_id, msg.id],
         )?;
         Ok(views.pop())
+    }
+
+    fn submit_application(&mut self, group_id: &[u8], msg: &Message) -> Result<(), Error> {
+        let token = self.token()?;
+        let (ciphertext, recipients, epoch) = {
+            let tx = begin(&self.conn)?;
+            let p = db::provider(&tx);
+            let ciphertext = mls::encrypt(&p, group_id, &self.me, &msg.encode())?;
+            let recipients = self.recipients(&p, group_id)?;
+            let epoch = mls::epoch(&p, group_id)?;
+            drop(p);
+            tx.commit()?;
+            (ciphertext, recipients, epoch)
+        };
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let _: proto::SubmitResponse = self.api.post(
+            "/v1/messages",
+            &proto::SubmitRequest {
+                group_id: Bytes(group_id.to_vec()),
+                kind: proto::SubmitKind::Application,
+                epoch,
+                delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
+                welcome: None,
+            },
+            Some(&token),
+        )?;
+        Ok(())
     }
 
     /// Makes a commit with `make` and submits it; on a stale epoch rolls it back, catches up

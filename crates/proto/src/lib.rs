@@ -205,7 +205,8 @@ pub struct DevicesResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubmitKind {
-    /// An application message: queued as is.
+    /// An application message made in `epoch`: refused with [`ErrorCode::StaleEpoch`] if
+    /// the group has moved past it (members added since could not read it).
     Application,
     /// A commit made in `epoch`: accepted only if the group is at `epoch`, which then
     /// advances by one. A stale commit gets [`ErrorCode::StaleEpoch`].
@@ -230,7 +231,7 @@ pub struct SubmitRequest {
     pub group_id: Bytes,
     /// How the server orders it.
     pub kind: SubmitKind,
-    /// The epoch the message was made in (checked for commits and proposals).
+    /// The epoch the message was made in.
     pub epoch: u64,
     /// The message for the group's other members.
     pub delivery: Delivery,

@@ -460,7 +460,7 @@ async fn submit(
         return Err(ApiError::bad_request("empty message"));
     }
     let ordering = match req.kind {
-        proto::SubmitKind::Application => Ordering::None,
+        proto::SubmitKind::Application => Ordering::NotBefore(req.epoch),
         proto::SubmitKind::Commit => Ordering::Advance(req.epoch),
         proto::SubmitKind::Proposal => Ordering::AtEpoch(req.epoch),
     };

@@ -40,6 +40,9 @@ pub struct NewAccount<'a> {
 pub enum Ordering {
     /// No check.
     None,
+    /// The group must not have moved past this epoch (an application message: members who
+    /// joined since could not read it).
+    NotBefore(u64),
     /// The group must be at this epoch, and stays there (a proposal).
     AtEpoch(u64),
     /// The group must be at this epoch, and moves to the next (a commit).

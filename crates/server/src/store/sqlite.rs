@@ -381,6 +381,10 @@ impl Store for SqliteStore {
         let current_epoch = current.map(to_u64).unwrap_or(0);
         let epoch = match submission.ordering {
             Ordering::None => current_epoch,
+            Ordering::NotBefore(e) if e < current_epoch => {
+                return Err(StoreError::StaleEpoch { current: current_epoch });
+            }
+            Ordering::NotBefore(_) => current_epoch,
             Ordering::AtEpoch(e) | Ordering::Advance(e) if e != current_epoch => {
                 return Err(StoreError::StaleEpoch { current: current_epoch });
             }

@@ -88,6 +88,11 @@ fn queues_and_ordering(store: &dyn Store) {
         deliveries: vec![(&a_and_b[..], &b"m1"[..]), (&only_b[..], &b"w"[..])],
     };
     assert_eq!(store.submit(&app, 1).expect("app"), 1);
+    // An application message from an epoch the group has left is refused.
+    let old_app = Submission { group_id: g, ordering: Ordering::NotBefore(0), deliveries: vec![(&only_a, b"x")] };
+    assert!(matches!(store.submit(&old_app, 1), Err(StoreError::StaleEpoch { current: 1 })));
+    let new_app = Submission { group_id: g, ordering: Ordering::NotBefore(1), deliveries: vec![] };
+    assert_eq!(store.submit(&new_app, 1).expect("current epoch"), 1);
     // One unknown recipient refuses the whole submission.
     let bad = Submission { group_id: g, ordering: Ordering::None, deliveries: vec![(&a_and_ghost, b"z")] };
     assert!(matches!(store.submit(&bad, 1), Err(StoreError::UnknownDevice(999))));

@@ -1,0 +1,204 @@
+//! Test harness: starts the real `sotto-server` binary on a free loopback port and drives
+//! real `sotto` processes, each user in a home directory of its own.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const SERVER: &str = env!("CARGO_BIN_EXE_sotto-server");
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_sotto");
+
+/// A running server; killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server with a fresh data directory and the given extra arguments.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut s = Server::start_in(&data, "127.0.0.1:0", extra);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts a server on `data` listening on `listen`.
+    pub fn start_in(data: &Path, listen: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(SERVER)
+            .arg("--data")
+            .arg(data)
+            .args(["--listen", listen])
+            .args(extra)
+            .env("SOTTO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sotto-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read banner");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no URL in server banner {line:?}"))
+            .to_string();
+        Server { child, url, data: data.to_path_buf(), _dir: None }
+    }
+
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+    }
+
+    /// Mints an invite with `sotto-server invite create`.
+    pub fn invite(&self, extra: &[&str]) -> String {
+        let out = Command::new(SERVER)
+            .arg("--data")
+            .arg(&self.data)
+            .args(["invite", "create"])
+            .args(extra)
+            .output()
+            .expect("run invite create");
+        assert!(out.status.success(), "invite create failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    }
+
+    /// Stops the server with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A raw HTTP/1.1 request; returns the status and the parsed JSON body.
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read");
+        let text = String::from_utf8_lossy(&raw);
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        // Tolerate chunked encoding: take the JSON between the first '{' and the last '}'.
+        let json = match (body.find('{'), body.rfind('}')) {
+            (Some(a), Some(b)) => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        (status, json)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One user's device: a home directory.
+#[derive(Debug)]
+pub struct User {
+    pub address: String,
+    pub home: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl User {
+    pub fn new(name: &str) -> User {
+        let dir = tempfile::tempdir().expect("tempdir");
+        User { address: format!("{name}@localhost"), home: dir.path().join(name), _dir: dir }
+    }
+
+    /// Registers on `server` with `invite`.
+    pub fn register(name: &str, server: &Server, invite: &str) -> User {
+        let u = User::new(name);
+        let v = u.ok(&["register", &u.address, "--server", &server.url, "--invite", invite]);
+        assert_eq!(v["address"], u.address.as_str());
+        u
+    }
+
+    /// Runs `sotto --json ARGS` in this home.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(CLIENT)
+            .arg("--home")
+            .arg(&self.home)
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run sotto")
+    }
+
+    /// Runs a command that must succeed; returns its JSON.
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "sotto {args:?} failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {stdout}"))
+    }
+
+    /// Runs a command that must fail; returns its error code.
+    pub fn err(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "sotto {args:?} should have failed: {stdout}");
+        let v: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("bad error JSON from {args:?}: {e}: {stdout}"));
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        v["error"]["code"].as_str().expect("code").to_string()
+    }
+
+    /// Syncs; returns the texts of new text messages as (sender, body).
+    pub fn sync(&self) -> Vec<(String, String)> {
+        let v = self.ok(&["sync"]);
+        assert!(v["failures"].as_array().is_some_and(|f| f.is_empty()), "failures: {v}");
+        texts(&v["messages"])
+    }
+
+    /// The text messages of a chat, as (sender, body).
+    pub fn history(&self, chat: &str) -> Vec<(String, String)> {
+        texts(&self.ok(&["history", chat, "--limit", "1000"]))
+    }
+
+    pub fn send(&self, to: &str, text: &str) -> Value {
+        self.ok(&["send", to, text])
+    }
+
+    pub fn send_group(&self, chat: &str, text: &str) -> Value {
+        self.ok(&["send", "--group", chat, text])
+    }
+}
+
+/// (sender, body) of the text messages in a JSON array of messages.
+pub fn texts(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .expect("array of messages")
+        .iter()
+        .filter(|m| m["kind"] == "text")
+        .map(|m| (m["sender"].as_str().unwrap_or("").into(), m["body"].as_str().unwrap_or("").into()))
+        .collect()
+}
+
+pub fn pair(sender: &User, body: &str) -> (String, String) {
+    (sender.address.clone(), body.to_string())
+}

@@ -1,0 +1,208 @@
+//! End to end: real `sotto-server`, real `sotto` processes, one home per user.
+
+mod common;
+
+use common::{Server, User, pair};
+
+#[test]
+fn one_to_one_both_ways_and_offline_recipient() {
+    let server = Server::start(&[]);
+    let invite = server.invite(&["--uses", "3"]);
+    let alice = User::register("alice", &server, &invite);
+    let bob = User::register("bob", &server, &invite);
+    let carol = User::register("carol", &server, &invite);
+
+    let sent = alice.send(&bob.address, "hello bob");
+    assert_eq!(sent["status"], "sent");
+    assert_eq!(bob.sync(), vec![pair(&alice, "hello bob")]);
+    bob.send(&alice.address, "hi alice");
+    assert_eq!(alice.sync(), vec![pair(&bob, "hi alice")]);
+    assert!(alice.sync().is_empty(), "a second sync brings nothing new");
+
+    // carol is offline while both write to her.
+    alice.send(&carol.address, "carol, from alice");
+    bob.send(&carol.address, "carol, from bob");
+    alice.send(&carol.address, "carol, again from alice");
+    assert_eq!(
+        carol.sync(),
+        vec![
+            pair(&alice, "carol, from alice"),
+            pair(&bob, "carol, from bob"),
+            pair(&alice, "carol, again from alice")
+        ]
+    );
+    carol.send(&bob.address, "thanks bob");
+    assert_eq!(bob.sync(), vec![pair(&carol, "thanks bob")]);
+
+    // Both sides keep the same history of their direct chat.
+    let expected = vec![pair(&alice, "hello bob"), pair(&bob, "hi alice")];
+    assert_eq!(alice.history(&bob.address), expected);
+    assert_eq!(bob.history(&alice.address), expected);
+
+    let chats = carol.ok(&["chats"]);
+    let peers: Vec<&str> = chats.as_array().expect("chats").iter().filter_map(|c| c["peer"].as_str()).collect();
+    assert_eq!(peers.len(), 2);
+    assert!(peers.contains(&"alice@localhost") && peers.contains(&"bob@localhost"));
+}
+
+#[test]
+fn messages_survive_a_server_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(&data, "127.0.0.1:0", &["--registration", "open"]);
+    let listen = format!("127.0.0.1:{}", server.port());
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    alice.send(&bob.address, "before the crash");
+    server.kill();
+    assert_eq!(bob.err(&["sync"]), "unreachable");
+    let _server = Server::start_in(&data, &listen, &["--registration", "open"]);
+    alice.send(&bob.address, "after the restart");
+    assert_eq!(
+        bob.sync(),
+        vec![pair(&alice, "before the crash"), pair(&alice, "after the restart")]
+    );
+}
+
+#[test]
+fn group_add_remove_leave() {
+    let server = Server::start(&["--registration", "open"]);
+    let [alice, bob, carol, dave] =
+        ["alice", "bob", "carol", "dave"].map(|n| User::register(n, &server, ""));
+
+    let group = alice.ok(&["group", "create", "team", "--members", "bob@localhost,carol@localhost"]);
+    let id = group["id"].as_str().expect("id").to_string();
+    assert_eq!(group["members"], serde_json::json!(["alice@localhost", "bob@localhost", "carol@localhost"]));
+    alice.send_group(&id, "hello team");
+    assert_eq!(bob.sync(), vec![pair(&alice, "hello team")]);
+    assert_eq!(carol.sync(), vec![pair(&alice, "hello team")]);
+    // The group's name travelled inside the encrypted messages.
+    bob.send_group("team", "hi from bob");
+    assert_eq!(carol.sync(), vec![pair(&bob, "hi from bob")]);
+    assert_eq!(alice.sync(), vec![pair(&bob, "hi from bob")]);
+
+    // carol is removed: she cannot read what follows, the others can.
+    alice.ok(&["group", "remove", &id, "carol@localhost"]);
+    alice.send_group(&id, "without carol");
+    assert_eq!(bob.sync(), vec![pair(&alice, "without carol")]);
+    assert!(carol.sync().is_empty());
+    assert!(!carol.history(&id).iter().any(|(_, b)| b == "without carol"));
+    let carol_chat = &carol.ok(&["chats"])[0];
+    assert_eq!(carol_chat["state"], "removed");
+    assert_eq!(carol.err(&["send", "--group", &id, "let me in"]), "not_a_member");
+
+    // dave is added: he reads new messages, not old ones.
+    alice.ok(&["group", "add", &id, "dave@localhost"]);
+    bob.send_group(&id, "welcome dave");
+    assert_eq!(dave.sync(), vec![pair(&bob, "welcome dave")]);
+    assert_eq!(dave.history(&id), vec![pair(&bob, "welcome dave")]);
+    assert_eq!(alice.sync(), vec![pair(&bob, "welcome dave")]);
+    assert!(carol.sync().is_empty());
+
+    // bob leaves; the next member to sync commits his removal.
+    bob.ok(&["group", "leave", &id]);
+    dave.sync();
+    alice.sync();
+    alice.send_group(&id, "bob is gone");
+    assert_eq!(dave.sync(), vec![pair(&alice, "bob is gone")]);
+    assert!(bob.sync().is_empty());
+    let info = alice.ok(&["chats"]);
+    let team = info.as_array().expect("chats").iter().find(|c| c["id"] == id.as_str()).expect("team");
+    assert_eq!(team["members"], serde_json::json!(["alice@localhost", "dave@localhost"]));
+    let events: Vec<String> = alice.ok(&["history", &id])
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|m| m["kind"] == "event")
+        .map(|m| m["body"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(events.contains(&"bob@localhost left".to_string()), "{events:?}");
+}
+
+#[test]
+fn stale_commits_are_retried_after_catching_up() {
+    let server = Server::start(&["--registration", "open"]);
+    let [alice, bob, carol, dave] =
+        ["alice", "bob", "carol", "dave"].map(|n| User::register(n, &server, ""));
+    let id = alice.ok(&["group", "create", "race", "--members", "bob@localhost"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    bob.sync();
+    // alice moves the group on; bob, not yet synced, commits against the old epoch.
+    alice.ok(&["group", "add", &id, "carol@localhost"]);
+    let group = bob.ok(&["group", "add", &id, "dave@localhost"]);
+    assert_eq!(
+        group["members"],
+        serde_json::json!(["alice@localhost", "bob@localhost", "carol@localhost", "dave@localhost"])
+    );
+    bob.send_group(&id, "all four of us");
+    for u in [&alice, &carol, &dave] {
+        assert_eq!(u.sync(), vec![pair(&bob, "all four of us")], "{}", u.address);
+    }
+}
+
+#[test]
+fn live_delivery_over_websocket() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    alice.send(&bob.address, "queued before listening");
+    let listener = std::process::Command::new(common::CLIENT)
+        .arg("--home")
+        .arg(&bob.home)
+        // Three items: the event of bob's being added, then the two texts.
+        .args(["--json", "listen", "--count", "3", "--timeout", "60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("listen");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    alice.send(&bob.address, "live");
+    let out = listener.wait_with_output().expect("listen output");
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let bodies: Vec<&str> = lines.iter().filter(|m| m["kind"] == "text").filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["queued before listening", "live"]);
+    assert!(bob.sync().is_empty(), "listen acknowledged what it showed");
+}
+
+#[test]
+fn server_files_hold_no_plaintext() {
+    let server = Server::start(&["--registration", "open"]);
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| User::register(n, &server, ""));
+    let secrets = [
+        "the-eagle-lands-at-midnight",
+        "direct-reply-7f3a9c",
+        "group-secret-b81d2e",
+        "secret-group-name-91c",
+    ];
+    alice.send(&bob.address, secrets[0]);
+    bob.sync();
+    bob.send(&alice.address, secrets[1]);
+    let id = alice.ok(&["group", "create", secrets[3], "--members", "bob@localhost,carol@localhost"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    alice.send_group(&id, secrets[2]);
+    // Leave some messages queued (carol has not synced) and some acknowledged (bob syncs).
+    bob.sync();
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(&server.data).expect("data dir") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        scanned += bytes.len();
+        for s in secrets {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{s:?} found in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(scanned > 10_000, "the database files were found and read ({scanned} bytes)");
+    // The clients themselves did store the messages.
+    assert!(carol.sync().iter().any(|(_, b)| b == secrets[2]));
+}
