@@ -30,7 +30,7 @@ mod tests {
     #[test]
     fn formats_utc() {
         assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::format_time(1_795_689_000_000), "2026-11-26 09:10:00");
+        assert_eq!(super::format_time(1_795_689_000_000), "2026-11-26 10:30:00");
         assert_eq!(super::format_time(951_782_400_000), "2000-02-29 00:00:00");
     }
 }
