@@ -31,6 +31,27 @@ pub struct Config {
     pub token_ttl_secs: u64,
 }
 
+impl Config {
+    /// Refuses configurations that cannot or must not run: an invalid domain, or plain HTTP
+    /// on a non-loopback address unless explicitly allowed.
+    pub fn check(&self) -> Result<(), crate::Error> {
+        if format!("x@{}", self.domain).parse::<sotto_core::Address>().is_err() {
+            return Err(crate::Error::Config(format!(
+                "{:?} is not a valid domain (a lower-case host name)",
+                self.domain
+            )));
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.danger_allow_plain_http {
+            return Err(crate::Error::Config(format!(
+                "refusing to serve plain HTTP on {}: give --tls-cert and --tls-key, or listen on \
+                 loopback, or pass --danger-allow-plain-http behind a TLS-terminating proxy",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

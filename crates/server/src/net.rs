@@ -40,16 +40,9 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, Error> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Binds the configured address, refusing plain HTTP off loopback unless forced.
+/// Binds the configured address (after [`Config::check`]).
 pub async fn bind(config: &Config) -> Result<TcpListener, Error> {
-    if config.tls.is_none() && !config.listen.ip().is_loopback() && !config.danger_allow_plain_http
-    {
-        return Err(Error::Config(format!(
-            "refusing to serve plain HTTP on {}: give --tls-cert and --tls-key, or listen on \
-             loopback, or pass --danger-allow-plain-http behind a TLS-terminating proxy",
-            config.listen
-        )));
-    }
+    config.check()?;
     TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sotto_server::{Config, RegistrationMode, TlsFiles};
 
@@ -121,8 +121,8 @@ fn main() -> anyhow::Result<()> {
         danger_allow_plain_http: cli.serve.danger_allow_plain_http,
         ..Config::default()
     };
-    if format!("x@{}", config.domain).parse::<sotto_core::Address>().is_err() {
-        bail!("--domain {:?} is not a valid host name", config.domain);
+    if matches!(cli.command, None | Some(Command::Serve)) {
+        config.check()?;
     }
     let store = sotto_server::open_store(&config)?;
     match cli.command {

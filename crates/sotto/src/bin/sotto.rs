@@ -139,6 +139,7 @@ fn error_code(e: &Error) -> String {
         Error::NotActive(_) => "not_a_member".into(),
         Error::TooManyRetries => "too_many_retries".into(),
         Error::Core(sotto_core::Error::InvalidAddress(_)) => "invalid_address".into(),
+        Error::Core(sotto_core::Error::NotAMember(_)) => "unknown_member".into(),
         Error::Core(_) => "crypto".into(),
         Error::Database(_) => "local_database".into(),
         _ => "internal".into(),

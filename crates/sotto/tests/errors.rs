@@ -1,0 +1,200 @@
+//! Hostile and mistaken input: every error path answers with its documented code, and
+//! nothing stored is lost.
+
+mod common;
+
+use base64::Engine as _;
+use common::{Server, User, pair};
+use serde_json::{Value, json};
+use sotto_core::auth;
+use sotto_core::mls::DeviceKey;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+/// Registers a device straight through the API and logs it in; returns (device id, token).
+fn api_device(server: &Server, address: &str, invite: Option<&str>) -> (u64, String, DeviceKey) {
+    let key = DeviceKey::generate().expect("key");
+    let sig = key.sign(&auth::registration_payload(&address.parse().expect("address"), key.public())).expect("sign");
+    let body = json!({"address": address, "invite": invite, "device_key": b64(key.public()), "signature": b64(&sig)});
+    let (status, v) = server.http("POST", "/v1/register", None, &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    let device = v["device_id"].as_u64().expect("device id");
+    let token = login(server, device, &key).expect("login");
+    (device, token, key)
+}
+
+fn challenge(server: &Server, device: u64) -> Vec<u8> {
+    let (status, v) = server.http("POST", "/v1/auth/challenge", None, &json!({"device_id": device}).to_string());
+    assert_eq!(status, 200, "{v}");
+    base64::engine::general_purpose::STANDARD.decode(v["nonce"].as_str().expect("nonce")).expect("b64")
+}
+
+fn login(server: &Server, device: u64, key: &DeviceKey) -> Result<String, Value> {
+    let nonce = challenge(server, device);
+    let sig = key.sign(&auth::challenge_payload("localhost", device, &nonce)).expect("sign");
+    let body = json!({"device_id": device, "nonce": b64(&nonce), "signature": b64(&sig)});
+    let (status, v) = server.http("POST", "/v1/auth/token", None, &body.to_string());
+    if status == 200 { Ok(v["token"].as_str().expect("token").to_string()) } else { Err(v) }
+}
+
+#[test]
+fn registration_errors() {
+    let server = Server::start(&[]);
+    let u = User::new("alice");
+    let reg = |u: &User, invite: Option<&str>| {
+        let mut args = vec!["register", u.address.as_str(), "--server", server.url.as_str()];
+        if let Some(i) = invite {
+            args.extend(["--invite", i]);
+        }
+        u.err(&args)
+    };
+    assert_eq!(reg(&u, None), "invite_required");
+    assert_eq!(reg(&u, Some("no-such-code")), "invite_invalid");
+    let expired = server.invite(&["--expires", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(reg(&u, Some(&expired)), "invite_expired");
+    let once = server.invite(&["--uses", "1"]);
+    let alice = User::register("alice", &server, &once);
+    assert_eq!(reg(&User::new("bob"), Some(&once)), "invite_used_up");
+    let more = server.invite(&["--uses", "5"]);
+    assert_eq!(reg(&User::new("alice"), Some(&more)), "address_taken");
+    assert_eq!(alice.err(&["register", "alice2@localhost", "--server", &server.url, "--invite", &more]), "already_registered");
+    let other = User::new("x");
+    assert_eq!(other.err(&["register", "x@example.org", "--server", &server.url, "--invite", &more]), "invalid_input");
+    assert_eq!(other.err(&["register", "not an address", "--server", &server.url, "--invite", &more]), "invalid_address");
+    assert_eq!(other.err(&["register", "x@localhost", "--server", "ftp://nowhere", "--invite", &more]), "invalid_input");
+    // The invite still has its uses: failed attempts consumed none.
+    User::register("bob", &server, &more);
+    // Bad invite flags are refused by the operator command.
+    let out = std::process::Command::new(common::SERVER)
+        .arg("--data").arg(&server.data)
+        .args(["invite", "create", "--expires", "soon"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("duration"));
+}
+
+#[test]
+fn client_errors() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    assert_eq!(User::new("nobody").err(&["sync"]), "not_registered");
+    assert_eq!(alice.err(&["send", "nobody@localhost", "hello?"]), "unknown_user");
+    assert_eq!(alice.err(&["send", "nobody@elsewhere.org", "hello?"]), "wrong_domain");
+    assert_eq!(alice.err(&["send", &alice.address, "me"]), "invalid_input");
+    assert_eq!(alice.err(&["send", &bob.address, ""]), "invalid_input");
+    assert_eq!(alice.err(&["send", "--group", "feedbeef", "x"]), "unknown_chat");
+    assert_eq!(alice.err(&["history", "nosuchgroup"]), "unknown_chat");
+    assert_eq!(alice.err(&["group", "create", "  "]), "invalid_input");
+    let id = alice.ok(&["group", "create", "g", "--members", "bob@localhost"])["id"].as_str().expect("id").to_string();
+    assert_eq!(alice.err(&["group", "add", &id, "bob@localhost"]), "invalid_input");
+    assert_eq!(alice.err(&["group", "remove", &id, "nobody@localhost"]), "unknown_member");
+    // Nothing above disturbed the chat.
+    alice.send_group(&id, "still fine");
+    assert_eq!(bob.sync(), vec![pair(&alice, "still fine")]);
+
+    // A stopped server is reported as unreachable, and nothing is lost locally.
+    drop(server);
+    assert_eq!(alice.err(&["send", "--group", &id, "into the void"]), "unreachable");
+    let history = alice.ok(&["history", &id]);
+    let last = history.as_array().and_then(|h| h.last()).expect("message");
+    assert_eq!((last["body"].as_str(), last["status"].as_str()), (Some("into the void"), Some("failed")));
+    assert_eq!(bob.err(&["sync"]), "unreachable");
+}
+
+#[test]
+fn hostile_api_requests() {
+    let server = Server::start(&["--registration", "open"]);
+    let (mallory, token, key) = api_device(&server, "mallory@localhost", None);
+
+    let (s, v) = server.http("POST", "/v1/register", None, "{not json");
+    assert_eq!((s, code(&v)), (400, "bad_request"));
+    let (s, v) = server.http("POST", "/v1/register", None, r#"{"address": 5}"#);
+    assert_eq!((s, code(&v)), (400, "bad_request"));
+    let other = DeviceKey::generate().expect("key");
+    let forged = other.sign(b"something else").expect("sign");
+    let body = json!({"address": "eve@localhost", "device_key": b64(other.public()), "signature": b64(&forged)});
+    let (s, v) = server.http("POST", "/v1/register", None, &body.to_string());
+    assert_eq!((s, code(&v)), (401, "bad_signature"));
+    let body = json!({"address": "eve@elsewhere.org", "device_key": b64(other.public()), "signature": b64(&forged)});
+    let (s, v) = server.http("POST", "/v1/register", None, &body.to_string());
+    assert_eq!((s, code(&v)), (400, "wrong_domain"));
+
+    // Log-in: a signature by another key is refused; a nonce is good once only.
+    let nonce = challenge(&server, mallory);
+    let bad = other.sign(&auth::challenge_payload("localhost", mallory, &nonce)).expect("sign");
+    let body = json!({"device_id": mallory, "nonce": b64(&nonce), "signature": b64(&bad)});
+    let (s, v) = server.http("POST", "/v1/auth/token", None, &body.to_string());
+    assert_eq!((s, code(&v)), (401, "bad_signature"));
+    let good = key.sign(&auth::challenge_payload("localhost", mallory, &nonce)).expect("sign");
+    let body = json!({"device_id": mallory, "nonce": b64(&nonce), "signature": b64(&good)});
+    let (s, v) = server.http("POST", "/v1/auth/token", None, &body.to_string());
+    assert_eq!((s, code(&v)), (401, "challenge_invalid"), "a replayed nonce");
+    let (s, v) = server.http("POST", "/v1/auth/challenge", None, r#"{"device_id": 424242}"#);
+    assert_eq!((s, code(&v)), (404, "unknown_device"));
+
+    // No token, a made-up token: refused.
+    let (s, v) = server.http("GET", "/v1/queue", None, "");
+    assert_eq!((s, code(&v)), (401, "unauthorized"));
+    let (s, v) = server.http("GET", "/v1/queue", Some("deadbeef"), "");
+    assert_eq!((s, code(&v)), (401, "unauthorized"));
+    let (s, v) = server.http("GET", "/v1/queue?after=banana", Some(&token), "");
+    assert_eq!((s, code(&v)), (400, "bad_request"));
+    let (s, v) = server.http("GET", "/v1/nothing-here", None, "");
+    assert_eq!(s, 404, "{v}");
+
+    // Oversized bodies are refused before they are read whole.
+    let huge = format!(r#"{{"key_packages": ["{}"]}}"#, "A".repeat(3 * 1024 * 1024));
+    let (s, v) = server.http("POST", "/v1/keypackages", Some(&token), &huge);
+    assert_eq!((s, code(&v)), (413, "too_large"));
+
+    // A submission naming a device that does not exist is refused whole.
+    let body = json!({"group_id": b64(b"g"), "kind": "application", "epoch": 0,
+                      "delivery": {"recipients": [mallory, 999_999], "message": b64(b"x")}});
+    let (s, v) = server.http("POST", "/v1/messages", Some(&token), &body.to_string());
+    assert_eq!((s, code(&v)), (404, "unknown_device"));
+    let (_, v) = server.http("GET", "/v1/queue", Some(&token), "");
+    assert_eq!(v["messages"], json!([]), "nothing was queued");
+
+    // A device reads only its own queue.
+    let bob = User::register("bob", &server, "");
+    let alice = User::register("alice", &server, "");
+    alice.send(&bob.address, "for bob only");
+    let (_, v) = server.http("GET", "/v1/queue", Some(&token), "");
+    assert_eq!(v["messages"], json!([]));
+
+    // Garbage where an MLS message should be: bob's client reports it and carries on.
+    let bob_device = bob.ok(&["whoami"])["device_id"].as_u64().expect("id");
+    let body = json!({"group_id": b64(b"junk"), "kind": "application", "epoch": 0,
+                      "delivery": {"recipients": [bob_device], "message": b64(b"\x00\x01garbage")}});
+    let (s, v) = server.http("POST", "/v1/messages", Some(&token), &body.to_string());
+    assert_eq!(s, 200, "{v}");
+    alice.send(&bob.address, "still readable");
+    let report = bob.ok(&["sync"]);
+    assert_eq!(common::texts(&report["messages"]), vec![pair(&alice, "for bob only"), pair(&alice, "still readable")]);
+    let failures = report["failures"].as_array().expect("failures");
+    assert_eq!(failures.len(), 1, "{report}");
+    assert!(failures[0]["reason"].as_str().is_some_and(|r| r.contains("malformed")), "{report}");
+    assert!(bob.sync().is_empty(), "the failure was acknowledged, not retried forever");
+}
+
+#[test]
+fn plain_http_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(common::SERVER)
+        .arg("--data")
+        .arg(dir.path())
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve plain HTTP"));
+}
