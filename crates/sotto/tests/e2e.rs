@@ -206,3 +206,67 @@ fn server_files_hold_no_plaintext() {
     // The clients themselves did store the messages.
     assert!(carol.sync().iter().any(|(_, b)| b == secrets[2]));
 }
+
+#[test]
+fn tls_with_a_pinned_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(path("leaf.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        .expect("write ext");
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let openssl = |args: Vec<String>| {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl must be installed (.ci/run installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let owned = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // A private CA, and a server certificate it signs.
+    let mut ca = owned(&["req", "-x509"]);
+    ca.extend(owned(&ec));
+    ca.extend(owned(&["-days", "2", "-subj", "/CN=Sotto test CA", "-keyout"]));
+    ca.extend([path("ca.key"), "-out".into(), path("ca.pem")]);
+    openssl(ca);
+    let mut csr = owned(&["req"]);
+    csr.extend(owned(&ec));
+    csr.extend(owned(&["-subj", "/CN=localhost", "-keyout"]));
+    csr.extend([path("key.pem"), "-out".into(), path("leaf.csr")]);
+    openssl(csr);
+    openssl(vec![
+        "x509".into(), "-req".into(), "-in".into(), path("leaf.csr"), "-CA".into(), path("ca.pem"),
+        "-CAkey".into(), path("ca.key"), "-CAcreateserial".into(), "-days".into(), "2".into(),
+        "-out".into(), path("cert.pem"), "-extfile".into(), path("leaf.ext"),
+    ]);
+    let (c, k) = (path("cert.pem"), path("key.pem"));
+    let server = Server::start(&["--registration", "open", "--tls-cert", &c, "--tls-key", &k]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+
+    // Without the CA the certificate is not trusted.
+    let stranger = User::new("stranger");
+    assert_eq!(stranger.err(&["register", "stranger@localhost", "--server", &server.url]), "unreachable");
+
+    let register = |name: &str| {
+        let u = User::new(name);
+        u.ok(&["register", &u.address, "--server", &server.url, "--ca-cert", &path("ca.pem")]);
+        u
+    };
+    let alice = register("alice");
+    let bob = register("bob");
+    alice.send(&bob.address, "over TLS");
+    assert_eq!(bob.sync(), vec![pair(&alice, "over TLS")]);
+
+    // Live delivery over wss:// as well.
+    let listener = std::process::Command::new(common::CLIENT)
+        .arg("--home")
+        .arg(&bob.home)
+        .args(["--json", "listen", "--count", "1", "--timeout", "60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("listen");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    alice.send(&bob.address, "live over TLS");
+    let out = listener.wait_with_output().expect("listen output");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("live over TLS"));
+}
