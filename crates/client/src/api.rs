@@ -106,7 +106,11 @@ impl Api {
         }
     }
 
-    pub(crate) fn get<R: DeserializeOwned>(&self, path: &str, token: Option<&str>) -> Result<R, Error> {
+    pub(crate) fn get<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<R, Error> {
         let mut req = self.agent.get(format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
@@ -134,10 +138,10 @@ impl Api {
         device_id: u64,
         key: &DeviceKey,
     ) -> Result<String, Error> {
-        if let Some((t, until)) = &self.token {
-            if Instant::now() < *until {
-                return Ok(t.clone());
-            }
+        if let Some((t, until)) = &self.token
+            && Instant::now() < *until
+        {
+            return Ok(t.clone());
         }
         let ch: proto::ChallengeResponse =
             self.post("/v1/auth/challenge", &proto::ChallengeRequest { device_id }, None)?;

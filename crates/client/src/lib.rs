@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 use sotto_core::content::{Body, ChatKind, Message, VERSION};
-use sotto_core::mls::{self, CommitOutput, DeviceKey, Identity, Incoming, Provider, ValidKeyPackage};
+use sotto_core::mls::{
+    self, CommitOutput, DeviceKey, Identity, Incoming, Provider, ValidKeyPackage,
+};
 use sotto_core::{Address, DeviceRef, auth, unix_now};
 use sotto_proto::{self as proto, Bytes};
 
@@ -129,6 +131,14 @@ pub enum Target {
     Address(Address),
     /// A chat by id, id prefix or group name.
     Chat(String),
+}
+
+/// A row of the chats table.
+struct ChatRow {
+    kind: String,
+    name: Option<String>,
+    peer: Option<String>,
+    state: String,
 }
 
 /// One device's client.
@@ -294,7 +304,9 @@ impl Client {
         let packages: Vec<ValidKeyPackage> = claimed
             .key_packages
             .iter()
-            .filter(|c| !(address == &self.me.device.address && c.device_id == self.me.device.device_id))
+            .filter(|c| {
+                !(address == &self.me.device.address && c.device_id == self.me.device.device_id)
+            })
             .map(|c| mls::validate_key_package(&p, &c.key_package.0, address, Some(c.device_id)))
             .collect::<Result<_, _>>()?;
         if packages.is_empty() && address != &self.me.device.address {
@@ -319,18 +331,22 @@ impl Client {
 
     // ---- chats ----
 
-    fn chat_row(
-        &self,
-        group_id: &[u8],
-    ) -> Result<Option<(String, Option<String>, Option<String>, String)>, Error> {
-        Ok(self
-            .conn
+    fn chat_row(&self, group_id: &[u8]) -> Result<ChatRow, Error> {
+        self.conn
             .query_row(
                 "SELECT kind, name, peer, state FROM chats WHERE group_id = ?1",
                 [group_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| {
+                    Ok(ChatRow {
+                        kind: r.get(0)?,
+                        name: r.get(1)?,
+                        peer: r.get(2)?,
+                        state: r.get(3)?,
+                    })
+                },
             )
-            .optional()?)
+            .optional()?
+            .ok_or_else(|| Error::UnknownChat(hex::encode(group_id)))
     }
 
     /// Finds a chat by id, id prefix, group name, or (with `@`) the direct chat with an account.
@@ -341,7 +357,8 @@ impl Client {
             return self.direct_chat(&peer)?.ok_or_else(|| Error::UnknownChat(spec.into()));
         }
         let rows: Vec<(Vec<u8>, Option<String>)> = {
-            let mut stmt = self.conn.prepare("SELECT group_id, name FROM chats ORDER BY created_at")?;
+            let mut stmt =
+                self.conn.prepare("SELECT group_id, name FROM chats ORDER BY created_at")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
@@ -381,10 +398,9 @@ impl Client {
     }
 
     fn require_active(&self, group_id: &[u8]) -> Result<(), Error> {
-        match self.chat_row(group_id)? {
-            Some((_, _, _, state)) if state == "active" => Ok(()),
-            Some((_, _, _, state)) => Err(Error::NotActive(state)),
-            None => Err(Error::UnknownChat(hex::encode(group_id))),
+        match self.chat_row(group_id)?.state {
+            state if state == "active" => Ok(()),
+            state => Err(Error::NotActive(state)),
         }
     }
 
@@ -403,8 +419,7 @@ impl Client {
     }
 
     fn chat_summary(&self, group_id: &[u8]) -> Result<ChatSummary, Error> {
-        let (kind, name, peer, state) =
-            self.chat_row(group_id)?.ok_or_else(|| Error::UnknownChat(hex::encode(group_id)))?;
+        let ChatRow { kind, name, peer, state } = self.chat_row(group_id)?;
         let members = if state == "active" {
             let p = db::provider(&self.conn);
             let set: BTreeSet<String> =
@@ -581,10 +596,8 @@ impl Client {
         if text.is_none() {
             return Ok(None);
         }
-        let mut views = self.message_views(
-            "WHERE m.group_id = ?1 AND m.msg_id = ?2",
-            params![group_id, msg.id],
-        )?;
+        let mut views = self
+            .message_views("WHERE m.group_id = ?1 AND m.msg_id = ?2", params![group_id, msg.id])?;
         Ok(views.pop())
     }
 
@@ -596,7 +609,6 @@ impl Client {
             let ciphertext = mls::encrypt(&p, group_id, &self.me, &msg.encode())?;
             let recipients = self.recipients(&p, group_id)?;
             let epoch = mls::epoch(&p, group_id)?;
-            drop(p);
             tx.commit()?;
             (ciphertext, recipients, epoch)
         };
@@ -622,7 +634,10 @@ impl Client {
     fn commit(
         &mut self,
         group_id: &[u8],
-        mut make: impl FnMut(&Provider<Storage<'_>>, &Identity) -> Result<(CommitOutput, Vec<u64>), Error>,
+        mut make: impl FnMut(
+            &Provider<Storage<'_>>,
+            &Identity,
+        ) -> Result<(CommitOutput, Vec<u64>), Error>,
     ) -> Result<(), Error> {
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             match self.commit_once(group_id, &mut make)? {
@@ -640,7 +655,10 @@ impl Client {
     fn commit_once(
         &mut self,
         group_id: &[u8],
-        make: &mut impl FnMut(&Provider<Storage<'_>>, &Identity) -> Result<(CommitOutput, Vec<u64>), Error>,
+        make: &mut impl FnMut(
+            &Provider<Storage<'_>>,
+            &Identity,
+        ) -> Result<(CommitOutput, Vec<u64>), Error>,
     ) -> Result<bool, Error> {
         let token = self.token()?;
         // The transaction stays open across the submission: if the server refuses, dropping
@@ -662,7 +680,6 @@ impl Client {
         match self.api.post::<_, proto::SubmitResponse>("/v1/messages", &request, Some(&token)) {
             Ok(_) => {
                 mls::merge_pending_commit(&p, group_id)?;
-                drop(p);
                 tx.commit()?;
                 Ok(true)
             }
@@ -691,13 +708,15 @@ impl Client {
                 Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
             })?;
         }
-        self.send_body(&group_id, Body::ChatInfo { kind: ChatKind::Group, name: Some(name.into()) })?;
+        self.send_body(
+            &group_id,
+            Body::ChatInfo { kind: ChatKind::Group, name: Some(name.into()) },
+        )?;
         self.chat_summary(&group_id)
     }
 
     fn group_info(&self, group_id: &[u8]) -> Result<Body, Error> {
-        let (kind, name, _, _) =
-            self.chat_row(group_id)?.ok_or_else(|| Error::UnknownChat(hex::encode(group_id)))?;
+        let ChatRow { kind, name, .. } = self.chat_row(group_id)?;
         let kind = if kind == "direct" { ChatKind::Direct } else { ChatKind::Group };
         Ok(Body::ChatInfo { kind, name })
     }
@@ -759,16 +778,15 @@ impl Client {
                 delivery: proto::Delivery { recipients, message: Bytes(proposal) },
                 welcome: None,
             };
-            match self.api.post::<_, proto::SubmitResponse>("/v1/messages", &request, Some(&token)) {
+            match self.api.post::<_, proto::SubmitResponse>("/v1/messages", &request, Some(&token))
+            {
                 Ok(_) => {
                     mls::delete_group(&p, &group_id)?;
-                    drop(p);
                     tx.execute("UPDATE chats SET state = 'left' WHERE group_id = ?1", [&group_id])?;
                     tx.commit()?;
                     return self.chat_summary(&group_id);
                 }
                 Err(e) if e.is_stale_epoch() => {
-                    drop(p);
                     drop(tx);
                     self.catch_up()?;
                     self.require_active(&group_id)?;
@@ -807,8 +825,9 @@ impl Client {
         loop {
             let token = self.token()?;
             let after = db::last_seq(&self.conn)?;
-            let page: proto::QueueResponse =
-                self.api.get(&format!("/v1/queue?after={after}&limit={SYNC_PAGE}"), Some(&token))?;
+            let page: proto::QueueResponse = self
+                .api
+                .get(&format!("/v1/queue?after={after}&limit={SYNC_PAGE}"), Some(&token))?;
             for m in &page.messages {
                 self.process_one(m.seq, &m.message.0)?;
                 processed += 1;
@@ -883,7 +902,8 @@ impl Client {
                      ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
                     params![group_id, now],
                 )?;
-                let who = inviter.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
+                let who =
+                    inviter.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
                 event(&group_id, 0, &who, format!("{who} added you"))?;
             }
             Incoming::Application { group_id, sender, plaintext } => {
@@ -893,7 +913,14 @@ impl Client {
                             "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
                                                              status, sent_at, received_at)
                              VALUES (?1, ?2, ?3, 'text', ?4, 'received', ?5, ?6)",
-                            params![group_id, id, sender.address.as_str(), text, sent_at as i64, now],
+                            params![
+                                group_id,
+                                id,
+                                sender.address.as_str(),
+                                text,
+                                sent_at as i64,
+                                now
+                            ],
                         )?;
                     }
                     Ok(Message { body: Body::ChatInfo { kind, name }, .. }) => {
@@ -932,7 +959,10 @@ impl Client {
                 if self_removed {
                     event(&group_id, n, &who, format!("{who} removed you"))?;
                     mls::delete_group(&db::provider(tx), &group_id)?;
-                    tx.execute("UPDATE chats SET state = 'removed' WHERE group_id = ?1", [&group_id])?;
+                    tx.execute(
+                        "UPDATE chats SET state = 'removed' WHERE group_id = ?1",
+                        [&group_id],
+                    )?;
                 }
             }
             Incoming::Proposal { .. } => {}
@@ -962,7 +992,8 @@ impl Client {
     /// race is fine: the winner's commit covers the same proposals.
     fn commit_proposals(&mut self) -> Result<(), Error> {
         let ids: Vec<Vec<u8>> = {
-            let mut stmt = self.conn.prepare("SELECT group_id FROM chats WHERE state = 'active'")?;
+            let mut stmt =
+                self.conn.prepare("SELECT group_id FROM chats WHERE state = 'active'")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
@@ -983,8 +1014,9 @@ impl Client {
         let messages = self.message_views("WHERE m.reported = 0 ORDER BY m.id", [])?;
         self.conn.execute("UPDATE messages SET reported = 1 WHERE reported = 0", [])?;
         let failures = {
-            let mut stmt =
-                self.conn.prepare("SELECT seq, reason FROM failures WHERE reported = 0 ORDER BY seq")?;
+            let mut stmt = self
+                .conn
+                .prepare("SELECT seq, reason FROM failures WHERE reported = 0 ORDER BY seq")?;
             let rows = stmt.query_map([], |r| {
                 Ok(Failure { seq: r.get::<_, i64>(0)? as u64, reason: r.get(1)? })
             })?;

@@ -34,7 +34,8 @@ impl Client {
             .map_err(|_| Error::Internal("token is not a valid header value"))?;
         request.headers_mut().insert("Authorization", auth);
         let host = request.uri().host().unwrap_or("localhost").trim_matches(['[', ']']).to_string();
-        let port = request.uri().port_u16().unwrap_or(if url.starts_with("wss") { 443 } else { 80 });
+        let port =
+            request.uri().port_u16().unwrap_or(if url.starts_with("wss") { 443 } else { 80 });
         let stream = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
             .map_err(|e| unreachable(e.to_string()))?
             .find_map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok())

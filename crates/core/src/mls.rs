@@ -291,7 +291,9 @@ pub fn validate_key_package<S: StorageProvider<CURRENT_VERSION>>(
         }
         other => Err(Error::KeyPackageMismatch {
             expected: expected.to_string(),
-            found: other.map(|d| d.to_string()).unwrap_or_else(|| "an unreadable credential".into()),
+            found: other
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "an unreadable credential".into()),
         }),
     }
 }
@@ -349,8 +351,7 @@ pub fn remove_accounts<S: StorageProvider<CURRENT_VERSION>>(
             return Err(Error::NotAMember(account.to_string()));
         }
     }
-    let (commit, welcome, _) =
-        group.remove_members(p, &me.key.0, &leaves).map_err(mls_err)?;
+    let (commit, welcome, _) = group.remove_members(p, &me.key.0, &leaves).map_err(mls_err)?;
     let welcome = welcome.as_ref().map(serialize).transpose()?;
     Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome })
 }
@@ -366,8 +367,7 @@ pub fn commit_pending_proposals<S: StorageProvider<CURRENT_VERSION>>(
         return Ok(None);
     }
     let epoch = group.epoch().as_u64();
-    let (commit, welcome, _) =
-        group.commit_to_pending_proposals(p, &me.key.0).map_err(mls_err)?;
+    let (commit, welcome, _) = group.commit_to_pending_proposals(p, &me.key.0).map_err(mls_err)?;
     let welcome = welcome.as_ref().map(serialize).transpose()?;
     Ok(Some(CommitOutput { epoch, commit: serialize(&commit)?, welcome }))
 }
@@ -465,8 +465,8 @@ pub fn group_of(bytes: &[u8]) -> Result<Option<Vec<u8>>, Error> {
 
 fn decode(bytes: &[u8]) -> Result<MlsMessageIn, Error> {
     let mut slice = bytes;
-    let msg =
-        MlsMessageIn::tls_deserialize(&mut slice).map_err(|e| Error::MalformedMls(e.to_string()))?;
+    let msg = MlsMessageIn::tls_deserialize(&mut slice)
+        .map_err(|e| Error::MalformedMls(e.to_string()))?;
     if !slice.is_empty() {
         return Err(Error::MalformedMls("trailing bytes after message".into()));
     }
@@ -485,7 +485,10 @@ pub fn process<S: StorageProvider<CURRENT_VERSION>>(
                 .map_err(mls_err)?;
             let inviter = staged.welcome_sender().ok().and_then(|l| device_of(l.credential()));
             let group = staged.into_group(p).map_err(mls_err)?;
-            return Ok(Incoming::Joined { group_id: group.group_id().as_slice().to_vec(), inviter });
+            return Ok(Incoming::Joined {
+                group_id: group.group_id().as_slice().to_vec(),
+                inviter,
+            });
         }
         MlsMessageBodyIn::PrivateMessage(m) => m.into(),
         MlsMessageBodyIn::PublicMessage(m) => m.into(),

@@ -158,7 +158,9 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(JsonRejection::BytesRejection(r))
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     ErrorCode::TooLarge,
@@ -205,14 +207,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn parse_address(state: &Shared, text: &str) -> Result<Address, ApiError> {
-    let address: Address = text
-        .parse()
-        .map_err(|e: sotto_core::Error| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidAddress, e.to_string()))?;
+    let address: Address = text.parse().map_err(|e: sotto_core::Error| {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidAddress, e.to_string())
+    })?;
     if address.domain() != state.config.domain {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::WrongDomain,
-            format!("this server hosts @{} addresses, not @{}", state.config.domain, address.domain()),
+            format!(
+                "this server hosts @{} addresses, not @{}",
+                state.config.domain,
+                address.domain()
+            ),
         ));
     }
     Ok(address)
@@ -539,7 +545,8 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
         };
         for (seq, message) in messages {
             sent = seq;
-            let f = proto::ServerFrame::Message(proto::QueuedMessage { seq, message: Bytes(message) });
+            let f =
+                proto::ServerFrame::Message(proto::QueuedMessage { seq, message: Bytes(message) });
             if socket.send(frame(&f)).await.is_err() {
                 return;
             }

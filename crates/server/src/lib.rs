@@ -22,8 +22,8 @@ use std::sync::Arc;
 pub use config::{Config, TlsFiles};
 pub use error::Error;
 pub use net::{bind, serve};
-pub use sotto_proto::RegistrationMode;
 use sha2::{Digest, Sha256};
+pub use sotto_proto::RegistrationMode;
 use store::Store;
 
 /// SHA-256 of a secret (invite code or token). Only hashes are stored, so a copy of the

@@ -40,7 +40,8 @@ fn one_to_one_both_ways_and_offline_recipient() {
     assert_eq!(bob.history(&alice.address), expected);
 
     let chats = carol.ok(&["chats"]);
-    let peers: Vec<&str> = chats.as_array().expect("chats").iter().filter_map(|c| c["peer"].as_str()).collect();
+    let peers: Vec<&str> =
+        chats.as_array().expect("chats").iter().filter_map(|c| c["peer"].as_str()).collect();
     assert_eq!(peers.len(), 2);
     assert!(peers.contains(&"alice@localhost") && peers.contains(&"bob@localhost"));
 }
@@ -70,9 +71,13 @@ fn group_add_remove_leave() {
     let [alice, bob, carol, dave] =
         ["alice", "bob", "carol", "dave"].map(|n| User::register(n, &server, ""));
 
-    let group = alice.ok(&["group", "create", "team", "--members", "bob@localhost,carol@localhost"]);
+    let group =
+        alice.ok(&["group", "create", "team", "--members", "bob@localhost,carol@localhost"]);
     let id = group["id"].as_str().expect("id").to_string();
-    assert_eq!(group["members"], serde_json::json!(["alice@localhost", "bob@localhost", "carol@localhost"]));
+    assert_eq!(
+        group["members"],
+        serde_json::json!(["alice@localhost", "bob@localhost", "carol@localhost"])
+    );
     alice.send_group(&id, "hello team");
     assert_eq!(bob.sync(), vec![pair(&alice, "hello team")]);
     assert_eq!(carol.sync(), vec![pair(&alice, "hello team")]);
@@ -107,9 +112,11 @@ fn group_add_remove_leave() {
     assert_eq!(dave.sync(), vec![pair(&alice, "bob is gone")]);
     assert!(bob.sync().is_empty());
     let info = alice.ok(&["chats"]);
-    let team = info.as_array().expect("chats").iter().find(|c| c["id"] == id.as_str()).expect("team");
+    let team =
+        info.as_array().expect("chats").iter().find(|c| c["id"] == id.as_str()).expect("team");
     assert_eq!(team["members"], serde_json::json!(["alice@localhost", "dave@localhost"]));
-    let events: Vec<String> = alice.ok(&["history", &id])
+    let events: Vec<String> = alice
+        .ok(&["history", &id])
         .as_array()
         .expect("history")
         .iter()
@@ -134,7 +141,12 @@ fn stale_commits_are_retried_after_catching_up() {
     let group = bob.ok(&["group", "add", &id, "dave@localhost"]);
     assert_eq!(
         group["members"],
-        serde_json::json!(["alice@localhost", "bob@localhost", "carol@localhost", "dave@localhost"])
+        serde_json::json!([
+            "alice@localhost",
+            "bob@localhost",
+            "carol@localhost",
+            "dave@localhost"
+        ])
     );
     bob.send_group(&id, "all four of us");
     for u in [&alice, &carol, &dave] {
@@ -164,7 +176,8 @@ fn live_delivery_over_websocket() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
-    let bodies: Vec<&str> = lines.iter().filter(|m| m["kind"] == "text").filter_map(|m| m["body"].as_str()).collect();
+    let bodies: Vec<&str> =
+        lines.iter().filter(|m| m["kind"] == "text").filter_map(|m| m["body"].as_str()).collect();
     assert_eq!(bodies, vec!["queued before listening", "live"]);
     assert!(bob.sync().is_empty(), "listen acknowledged what it showed");
 }
@@ -182,7 +195,13 @@ fn server_files_hold_no_plaintext() {
     alice.send(&bob.address, secrets[0]);
     bob.sync();
     bob.send(&alice.address, secrets[1]);
-    let id = alice.ok(&["group", "create", secrets[3], "--members", "bob@localhost,carol@localhost"])["id"]
+    let id = alice.ok(&[
+        "group",
+        "create",
+        secrets[3],
+        "--members",
+        "bob@localhost,carol@localhost",
+    ])["id"]
         .as_str()
         .expect("id")
         .to_string();
@@ -211,8 +230,11 @@ fn server_files_hold_no_plaintext() {
 fn tls_with_a_pinned_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = |name: &str| dir.path().join(name).display().to_string();
-    std::fs::write(path("leaf.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-        .expect("write ext");
+    std::fs::write(
+        path("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write ext");
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let openssl = |args: Vec<String>| {
         let out = std::process::Command::new("openssl")
@@ -234,9 +256,21 @@ fn tls_with_a_pinned_ca() {
     csr.extend([path("key.pem"), "-out".into(), path("leaf.csr")]);
     openssl(csr);
     openssl(vec![
-        "x509".into(), "-req".into(), "-in".into(), path("leaf.csr"), "-CA".into(), path("ca.pem"),
-        "-CAkey".into(), path("ca.key"), "-CAcreateserial".into(), "-days".into(), "2".into(),
-        "-out".into(), path("cert.pem"), "-extfile".into(), path("leaf.ext"),
+        "x509".into(),
+        "-req".into(),
+        "-in".into(),
+        path("leaf.csr"),
+        "-CA".into(),
+        path("ca.pem"),
+        "-CAkey".into(),
+        path("ca.key"),
+        "-CAcreateserial".into(),
+        "-days".into(),
+        "2".into(),
+        "-out".into(),
+        path("cert.pem"),
+        "-extfile".into(),
+        path("leaf.ext"),
     ]);
     let (c, k) = (path("cert.pem"), path("key.pem"));
     let server = Server::start(&["--registration", "open", "--tls-cert", &c, "--tls-key", &k]);
@@ -244,7 +278,10 @@ fn tls_with_a_pinned_ca() {
 
     // Without the CA the certificate is not trusted.
     let stranger = User::new("stranger");
-    assert_eq!(stranger.err(&["register", "stranger@localhost", "--server", &server.url]), "unreachable");
+    assert_eq!(
+        stranger.err(&["register", "stranger@localhost", "--server", &server.url]),
+        "unreachable"
+    );
 
     let register = |name: &str| {
         let u = User::new(name);

@@ -20,7 +20,9 @@ fn code(v: &Value) -> &str {
 /// Registers a device straight through the API and logs it in; returns (device id, token).
 fn api_device(server: &Server, address: &str, invite: Option<&str>) -> (u64, String, DeviceKey) {
     let key = DeviceKey::generate().expect("key");
-    let sig = key.sign(&auth::registration_payload(&address.parse().expect("address"), key.public())).expect("sign");
+    let sig = key
+        .sign(&auth::registration_payload(&address.parse().expect("address"), key.public()))
+        .expect("sign");
     let body = json!({"address": address, "invite": invite, "device_key": b64(key.public()), "signature": b64(&sig)});
     let (status, v) = server.http("POST", "/v1/register", None, &body.to_string());
     assert_eq!(status, 200, "{v}");
@@ -30,9 +32,12 @@ fn api_device(server: &Server, address: &str, invite: Option<&str>) -> (u64, Str
 }
 
 fn challenge(server: &Server, device: u64) -> Vec<u8> {
-    let (status, v) = server.http("POST", "/v1/auth/challenge", None, &json!({"device_id": device}).to_string());
+    let (status, v) =
+        server.http("POST", "/v1/auth/challenge", None, &json!({"device_id": device}).to_string());
     assert_eq!(status, 200, "{v}");
-    base64::engine::general_purpose::STANDARD.decode(v["nonce"].as_str().expect("nonce")).expect("b64")
+    base64::engine::general_purpose::STANDARD
+        .decode(v["nonce"].as_str().expect("nonce"))
+        .expect("b64")
 }
 
 fn login(server: &Server, device: u64, key: &DeviceKey) -> Result<String, Value> {
@@ -64,16 +69,29 @@ fn registration_errors() {
     assert_eq!(reg(&User::new("bob"), Some(&once)), "invite_used_up");
     let more = server.invite(&["--uses", "5"]);
     assert_eq!(reg(&User::new("alice"), Some(&more)), "address_taken");
-    assert_eq!(alice.err(&["register", "alice2@localhost", "--server", &server.url, "--invite", &more]), "already_registered");
+    assert_eq!(
+        alice.err(&["register", "alice2@localhost", "--server", &server.url, "--invite", &more]),
+        "already_registered"
+    );
     let other = User::new("x");
-    assert_eq!(other.err(&["register", "x@example.org", "--server", &server.url, "--invite", &more]), "invalid_input");
-    assert_eq!(other.err(&["register", "not an address", "--server", &server.url, "--invite", &more]), "invalid_address");
-    assert_eq!(other.err(&["register", "x@localhost", "--server", "ftp://nowhere", "--invite", &more]), "invalid_input");
+    assert_eq!(
+        other.err(&["register", "x@example.org", "--server", &server.url, "--invite", &more]),
+        "invalid_input"
+    );
+    assert_eq!(
+        other.err(&["register", "not an address", "--server", &server.url, "--invite", &more]),
+        "invalid_address"
+    );
+    assert_eq!(
+        other.err(&["register", "x@localhost", "--server", "ftp://nowhere", "--invite", &more]),
+        "invalid_input"
+    );
     // The invite still has its uses: failed attempts consumed none.
     User::register("bob", &server, &more);
     // Bad invite flags are refused by the operator command.
     let out = std::process::Command::new(common::SERVER)
-        .arg("--data").arg(&server.data)
+        .arg("--data")
+        .arg(&server.data)
         .args(["invite", "create", "--expires", "soon"])
         .output()
         .expect("run");
@@ -94,7 +112,10 @@ fn client_errors() {
     assert_eq!(alice.err(&["send", "--group", "feedbeef", "x"]), "unknown_chat");
     assert_eq!(alice.err(&["history", "nosuchgroup"]), "unknown_chat");
     assert_eq!(alice.err(&["group", "create", "  "]), "invalid_input");
-    let id = alice.ok(&["group", "create", "g", "--members", "bob@localhost"])["id"].as_str().expect("id").to_string();
+    let id = alice.ok(&["group", "create", "g", "--members", "bob@localhost"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     assert_eq!(alice.err(&["group", "add", &id, "bob@localhost"]), "invalid_input");
     assert_eq!(alice.err(&["group", "remove", &id, "nobody@localhost"]), "unknown_member");
     // Nothing above disturbed the chat.
@@ -106,7 +127,10 @@ fn client_errors() {
     assert_eq!(alice.err(&["send", "--group", &id, "into the void"]), "unreachable");
     let history = alice.ok(&["history", &id]);
     let last = history.as_array().and_then(|h| h.last()).expect("message");
-    assert_eq!((last["body"].as_str(), last["status"].as_str()), (Some("into the void"), Some("failed")));
+    assert_eq!(
+        (last["body"].as_str(), last["status"].as_str()),
+        (Some("into the void"), Some("failed"))
+    );
     assert_eq!(bob.err(&["sync"]), "unreachable");
 }
 
@@ -179,7 +203,10 @@ fn hostile_api_requests() {
     assert_eq!(s, 200, "{v}");
     alice.send(&bob.address, "still readable");
     let report = bob.ok(&["sync"]);
-    assert_eq!(common::texts(&report["messages"]), vec![pair(&alice, "for bob only"), pair(&alice, "still readable")]);
+    assert_eq!(
+        common::texts(&report["messages"]),
+        vec![pair(&alice, "for bob only"), pair(&alice, "still readable")]
+    );
     let failures = report["failures"].as_array().expect("failures");
     assert_eq!(failures.len(), 1, "{report}");
     assert!(failures[0]["reason"].as_str().is_some_and(|r| r.contains("malformed")), "{report}");

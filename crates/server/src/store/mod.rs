@@ -60,6 +60,9 @@ pub struct Submission<'a> {
     pub deliveries: Vec<(&'a [u64], &'a [u8])>,
 }
 
+/// A page of a device's queue: (seq, message) pairs, oldest first, and whether more follow.
+pub type QueuePage = (Vec<(u64, Vec<u8>)>, bool);
+
 /// Key package stock of a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPackageStock {
@@ -105,8 +108,13 @@ pub enum StoreError {
 /// The primitive operations of a server store.
 pub trait Store: Send + Sync + 'static {
     /// Records an invite.
-    fn create_invite(&self, code_hash: &[u8], expires_at: u64, uses: u32, now: u64)
-    -> Result<(), StoreError>;
+    fn create_invite(
+        &self,
+        code_hash: &[u8],
+        expires_at: u64,
+        uses: u32,
+        now: u64,
+    ) -> Result<(), StoreError>;
 
     /// Creates an account and its first device, consuming one use of the invite (if any).
     /// Returns the device id.
@@ -119,15 +127,23 @@ pub trait Store: Send + Sync + 'static {
     fn devices(&self, address: &str) -> Result<Vec<DeviceRecord>, StoreError>;
 
     /// Records a login nonce for a device.
-    fn put_challenge(&self, device_id: u64, nonce: &[u8], expires_at: u64)
-    -> Result<(), StoreError>;
+    fn put_challenge(
+        &self,
+        device_id: u64,
+        nonce: &[u8],
+        expires_at: u64,
+    ) -> Result<(), StoreError>;
 
     /// Consumes a login nonce; true if it existed for that device and had not expired.
     fn take_challenge(&self, device_id: u64, nonce: &[u8], now: u64) -> Result<bool, StoreError>;
 
     /// Records a bearer token (by its hash).
-    fn put_token(&self, token_hash: &[u8], device_id: u64, expires_at: u64)
-    -> Result<(), StoreError>;
+    fn put_token(
+        &self,
+        token_hash: &[u8],
+        device_id: u64,
+        expires_at: u64,
+    ) -> Result<(), StoreError>;
 
     /// The device a live token belongs to.
     fn token_device(&self, token_hash: &[u8], now: u64) -> Result<Option<u64>, StoreError>;
@@ -153,12 +169,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` queued messages of a device with seq > `after`, oldest first, and
     /// whether more follow.
-    fn fetch(
-        &self,
-        device_id: u64,
-        after: u64,
-        limit: u32,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, bool), StoreError>;
+    fn fetch(&self, device_id: u64, after: u64, limit: u32) -> Result<QueuePage, StoreError>;
 
     /// Removes a device's queued messages with seq <= `up_to`; returns how many.
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError>;

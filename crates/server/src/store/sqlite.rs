@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    DeviceRecord, KeyPackageStock, NewAccount, Ordering, Store, StoreError, Submission,
+    DeviceRecord, KeyPackageStock, NewAccount, Ordering, QueuePage, Store, StoreError, Submission,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -341,7 +341,9 @@ impl Store for SqliteStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
         let devices: Vec<i64> = {
             let mut stmt = tx
-                .prepare_cached("SELECT device_id FROM devices WHERE address = ?1 ORDER BY device_id")
+                .prepare_cached(
+                    "SELECT device_id FROM devices WHERE address = ?1 ORDER BY device_id",
+                )
                 .map_err(backend)?;
             let rows = stmt.query_map([address], |r| r.get(0)).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
@@ -400,9 +402,8 @@ impl Store for SqliteStore {
             }
         };
         {
-            let mut exists = tx
-                .prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1")
-                .map_err(backend)?;
+            let mut exists =
+                tx.prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1").map_err(backend)?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO queue (device_id, message, created_at) VALUES (?1, ?2, ?3)",
@@ -423,12 +424,7 @@ impl Store for SqliteStore {
         Ok(epoch)
     }
 
-    fn fetch(
-        &self,
-        device_id: u64,
-        after: u64,
-        limit: u32,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, bool), StoreError> {
+    fn fetch(&self, device_id: u64, after: u64, limit: u32) -> Result<QueuePage, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(

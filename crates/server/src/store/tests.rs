@@ -54,7 +54,8 @@ fn challenges_and_tokens(store: &dyn Store) {
 
 fn key_packages(store: &dyn Store) {
     let d = store.register(&account("kp@x", b"k1", None), 1).expect("register");
-    let stock = store.add_key_packages(d, &[b"a".to_vec(), b"b".to_vec()], Some(b"L")).expect("add");
+    let stock =
+        store.add_key_packages(d, &[b"a".to_vec(), b"b".to_vec()], Some(b"L")).expect("add");
     assert_eq!(stock, KeyPackageStock { remaining: 2, last_resort: true });
     let claim = |s: &dyn Store| s.claim_key_packages("kp@x").expect("claim");
     assert_eq!(claim(store), vec![(d, b"a".to_vec())]);
@@ -77,10 +78,19 @@ fn queues_and_ordering(store: &dyn Store) {
         deliveries: vec![(&only_a[..], msg)],
     };
     assert_eq!(store.submit(&commit(0, b"c0"), 1).expect("first commit"), 1);
-    assert!(matches!(store.submit(&commit(0, b"x"), 1), Err(StoreError::StaleEpoch { current: 1 })));
-    assert!(matches!(store.submit(&commit(5, b"x"), 1), Err(StoreError::StaleEpoch { current: 1 })));
-    let proposal =
-        Submission { group_id: g, ordering: Ordering::AtEpoch(1), deliveries: vec![(&only_a, b"p")] };
+    assert!(matches!(
+        store.submit(&commit(0, b"x"), 1),
+        Err(StoreError::StaleEpoch { current: 1 })
+    ));
+    assert!(matches!(
+        store.submit(&commit(5, b"x"), 1),
+        Err(StoreError::StaleEpoch { current: 1 })
+    ));
+    let proposal = Submission {
+        group_id: g,
+        ordering: Ordering::AtEpoch(1),
+        deliveries: vec![(&only_a, b"p")],
+    };
     assert_eq!(store.submit(&proposal, 1).expect("proposal"), 1);
     let app = Submission {
         group_id: g,
@@ -89,12 +99,20 @@ fn queues_and_ordering(store: &dyn Store) {
     };
     assert_eq!(store.submit(&app, 1).expect("app"), 1);
     // An application message from an epoch the group has left is refused.
-    let old_app = Submission { group_id: g, ordering: Ordering::NotBefore(0), deliveries: vec![(&only_a, b"x")] };
+    let old_app = Submission {
+        group_id: g,
+        ordering: Ordering::NotBefore(0),
+        deliveries: vec![(&only_a, b"x")],
+    };
     assert!(matches!(store.submit(&old_app, 1), Err(StoreError::StaleEpoch { current: 1 })));
     let new_app = Submission { group_id: g, ordering: Ordering::NotBefore(1), deliveries: vec![] };
     assert_eq!(store.submit(&new_app, 1).expect("current epoch"), 1);
     // One unknown recipient refuses the whole submission.
-    let bad = Submission { group_id: g, ordering: Ordering::None, deliveries: vec![(&a_and_ghost, b"z")] };
+    let bad = Submission {
+        group_id: g,
+        ordering: Ordering::None,
+        deliveries: vec![(&a_and_ghost, b"z")],
+    };
     assert!(matches!(store.submit(&bad, 1), Err(StoreError::UnknownDevice(999))));
 
     let (msgs, more) = store.fetch(a, 0, 2).expect("fetch");

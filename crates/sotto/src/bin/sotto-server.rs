@@ -150,7 +150,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(config: Config, store: std::sync::Arc<dyn sotto_server::store::Store>) -> anyhow::Result<()> {
+fn serve(
+    config: Config,
+    store: std::sync::Arc<dyn sotto_server::store::Store>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -229,7 +229,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Send { group, args } => {
             let (target, text) = match (group, args.as_slice()) {
                 (Some(g), [text]) => (Target::Chat(g), text.clone()),
-                (None, [to, text]) => (Target::Address(to.parse().map_err(Error::Core)?), text.clone()),
+                (None, [to, text]) => {
+                    (Target::Address(to.parse().map_err(Error::Core)?), text.clone())
+                }
                 (Some(_), _) => {
                     return Err(Error::Invalid("with --group, give only the text".into()));
                 }

@@ -69,7 +69,11 @@ impl Server {
             .args(extra)
             .output()
             .expect("run invite create");
-        assert!(out.status.success(), "invite create failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "invite create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf8").trim().to_string()
     }
 
@@ -154,7 +158,8 @@ impl User {
             "sotto {args:?} failed: {stdout} {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {stdout}"))
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {stdout}"))
     }
 
     /// Runs a command that must fail; returns its error code.
@@ -195,7 +200,9 @@ pub fn texts(v: &Value) -> Vec<(String, String)> {
         .expect("array of messages")
         .iter()
         .filter(|m| m["kind"] == "text")
-        .map(|m| (m["sender"].as_str().unwrap_or("").into(), m["body"].as_str().unwrap_or("").into()))
+        .map(|m| {
+            (m["sender"].as_str().unwrap_or("").into(), m["body"].as_str().unwrap_or("").into())
+        })
         .collect()
 }
 
