@@ -528,3 +528,136 @@ pub fn process<S: StorageProvider<CURRENT_VERSION>>(
         _ => Err(Error::UnexpectedMls("external proposals are not supported")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openmls_memory_storage::MemoryStorage;
+
+    use super::*;
+
+    type InMemProvider = Provider<MemoryStorage>;
+
+    fn device(name: &str, id: u64) -> (InMemProvider, Identity) {
+        let p = Provider::new(MemoryStorage::default());
+        let key = DeviceKey::generate().expect("key");
+        key.store(&p).expect("store key");
+        let device = DeviceRef { address: format!("{name}@localhost").parse().expect("addr"), device_id: id };
+        (p, Identity { device, key })
+    }
+
+    fn package(from: &(InMemProvider, Identity), checker: &InMemProvider) -> ValidKeyPackage {
+        let kp = key_packages(&from.0, &from.1, 1, false).expect("kp").pop().expect("one");
+        validate_key_package(checker, &kp, &from.1.device.address, Some(from.1.device.device_id))
+            .expect("valid")
+    }
+
+    #[test]
+    fn key_packages_are_checked_against_the_claimed_device() {
+        let (alice, bob) = (device("alice", 1), device("bob", 2));
+        let kp = key_packages(&bob.0, &bob.1, 1, false).expect("kp").pop().expect("one");
+        let eve: Address = "eve@localhost".parse().expect("addr");
+        assert!(matches!(
+            validate_key_package(&alice.0, &kp, &eve, None),
+            Err(Error::KeyPackageMismatch { .. })
+        ));
+        assert!(matches!(
+            validate_key_package(&alice.0, &kp, &bob.1.device.address, Some(3)),
+            Err(Error::KeyPackageMismatch { .. })
+        ));
+        assert!(matches!(
+            validate_key_package(&alice.0, b"\x00\x01junk", &bob.1.device.address, None),
+            Err(Error::MalformedMls(_))
+        ));
+        let mut trailing = kp.clone();
+        trailing.push(0);
+        assert!(validate_key_package(&alice.0, &trailing, &bob.1.device.address, None).is_err());
+        let mut tampered = kp.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(validate_key_package(&alice.0, &tampered, &bob.1.device.address, None).is_err());
+    }
+
+    #[test]
+    fn a_group_lives_through_add_message_and_leave() {
+        let (alice, bob, carol) = (device("alice", 1), device("bob", 2), device("carol", 3));
+        let gid = create_group(&alice.0, &alice.1).expect("group");
+        let kps = [package(&bob, &alice.0), package(&carol, &alice.0)];
+        let out = add_members(&alice.0, &gid, &alice.1, &kps).expect("add");
+        assert_eq!(out.epoch, 0);
+        merge_pending_commit(&alice.0, &gid).expect("merge");
+        let welcome = out.welcome.expect("welcome");
+        for member in [&bob, &carol] {
+            match process(&member.0, &welcome).expect("join") {
+                Incoming::Joined { group_id, inviter } => {
+                    assert_eq!(group_id, gid);
+                    assert_eq!(inviter, Some(alice.1.device.clone()));
+                }
+                other => panic!("expected a join, got {other:?}"),
+            }
+        }
+        assert_eq!(epoch(&bob.0, &gid).expect("epoch"), 1);
+
+        let ct = encrypt(&alice.0, &gid, &alice.1, b"hello").expect("encrypt");
+        assert!(!ct.windows(5).any(|w| w == b"hello"));
+        match process(&bob.0, &ct).expect("decrypt") {
+            Incoming::Application { sender, plaintext, .. } => {
+                assert_eq!(sender, alice.1.device);
+                assert_eq!(plaintext, b"hello");
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+        // Processing the same ciphertext twice fails: no replays.
+        assert!(process(&bob.0, &ct).is_err());
+
+        // carol leaves; bob commits her proposal; everyone sees who left.
+        let (e, proposal) = leave(&carol.0, &gid, &carol.1).expect("leave");
+        assert_eq!(e, 1);
+        for m in [&alice, &bob] {
+            assert!(matches!(process(&m.0, &proposal).expect("proposal"), Incoming::Proposal { .. }));
+        }
+        assert!(has_pending_proposals(&bob.0, &gid).expect("pending"));
+        let commit = commit_pending_proposals(&bob.0, &gid, &bob.1).expect("commit").expect("some");
+        merge_pending_commit(&bob.0, &gid).expect("merge");
+        match process(&alice.0, &commit.commit).expect("commit") {
+            Incoming::Commit { left, removed, self_removed, .. } => {
+                assert_eq!(left, vec![carol.1.device.clone()]);
+                assert!(removed.is_empty() && !self_removed);
+            }
+            other => panic!("expected a commit, got {other:?}"),
+        }
+        match process(&carol.0, &commit.commit).expect("carol sees her removal") {
+            Incoming::Commit { self_removed, .. } => assert!(self_removed),
+            other => panic!("expected a commit, got {other:?}"),
+        }
+        let members = members(&alice.0, &gid).expect("members");
+        assert_eq!(members, vec![alice.1.device.clone(), bob.1.device.clone()]);
+
+        // alice removes bob: bob learns it and can read nothing afterwards.
+        let bob_addr = bob.1.device.address.clone();
+        let out = remove_accounts(&alice.0, &gid, &alice.1, &[bob_addr]).expect("remove");
+        merge_pending_commit(&alice.0, &gid).expect("merge");
+        match process(&bob.0, &out.commit).expect("commit") {
+            Incoming::Commit { self_removed, .. } => assert!(self_removed),
+            other => panic!("expected a commit, got {other:?}"),
+        }
+        let after = encrypt(&alice.0, &gid, &alice.1, b"bob is gone").expect("encrypt");
+        assert!(process(&bob.0, &after).is_err());
+        let nobody: Address = "nobody@localhost".parse().expect("addr");
+        assert!(matches!(
+            remove_accounts(&alice.0, &gid, &alice.1, &[nobody]),
+            Err(Error::NotAMember(_))
+        ));
+    }
+
+    #[test]
+    fn device_keys_never_print() {
+        let key = DeviceKey::generate().expect("key");
+        let shown = format!("{key:?}");
+        assert!(shown.contains("[redacted]"));
+        // Only the public half and the placeholder appear.
+        assert_eq!(
+            shown,
+            format!("DeviceKey {{ public: {:?}, private: \"[redacted]\" }}", hex::encode(key.public()))
+        );
+    }
+}
