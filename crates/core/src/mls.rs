@@ -541,7 +541,10 @@ mod tests {
         let p = Provider::new(MemoryStorage::default());
         let key = DeviceKey::generate().expect("key");
         key.store(&p).expect("store key");
-        let device = DeviceRef { address: format!("{name}@localhost").parse().expect("addr"), device_id: id };
+        let device = DeviceRef {
+            address: format!("{name}@localhost").parse().expect("addr"),
+            device_id: id,
+        };
         (p, Identity { device, key })
     }
 
@@ -613,7 +616,10 @@ mod tests {
         let (e, proposal) = leave(&carol.0, &gid, &carol.1).expect("leave");
         assert_eq!(e, 1);
         for m in [&alice, &bob] {
-            assert!(matches!(process(&m.0, &proposal).expect("proposal"), Incoming::Proposal { .. }));
+            assert!(matches!(
+                process(&m.0, &proposal).expect("proposal"),
+                Incoming::Proposal { .. }
+            ));
         }
         assert!(has_pending_proposals(&bob.0, &gid).expect("pending"));
         let commit = commit_pending_proposals(&bob.0, &gid, &bob.1).expect("commit").expect("some");
@@ -657,7 +663,10 @@ mod tests {
         // Only the public half and the placeholder appear.
         assert_eq!(
             shown,
-            format!("DeviceKey {{ public: {:?}, private: \"[redacted]\" }}", hex::encode(key.public()))
+            format!(
+                "DeviceKey {{ public: {:?}, private: \"[redacted]\" }}",
+                hex::encode(key.public())
+            )
         );
     }
 }
