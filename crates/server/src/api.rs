@@ -66,6 +66,8 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: Config,
     pub(crate) notifier: Notifier,
+    /// Becomes true when the server is shutting down.
+    pub(crate) stopping: watch::Receiver<bool>,
 }
 
 type Shared = Arc<AppState>;
@@ -532,8 +534,16 @@ fn frame(f: &proto::ServerFrame) -> WsMessage {
 /// arrives. Messages stay queued until the client acknowledges them.
 async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
     let mut wake = state.notifier.subscribe(device);
+    let mut stopping = state.stopping.clone();
     let mut sent = 0u64;
     loop {
+        if *stopping.borrow_and_update() {
+            // Going away (1001): clients reconnect to the next instance.
+            let close =
+                axum::extract::ws::CloseFrame { code: 1001, reason: "server shutting down".into() };
+            let _ = socket.send(WsMessage::Close(Some(close))).await;
+            return;
+        }
         wake.borrow_and_update();
         let page = blocking(&state, move |s| s.fetch(device, sent, DEFAULT_PAGE)).await;
         let (messages, more) = match page {
@@ -555,6 +565,7 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
             continue;
         }
         tokio::select! {
+            stop = stopping.changed() => if stop.is_err() { return },
             changed = wake.changed() => if changed.is_err() { return },
             incoming = socket.recv() => match incoming {
                 Some(Ok(WsMessage::Text(text))) => {

@@ -8,6 +8,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, pki_types};
 use tower::ServiceExt as _;
@@ -56,13 +57,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
-    let state = Arc::new(AppState { store, config, notifier: Notifier::default() });
+    // `stopping` tells long-lived tasks (WebSocket deliveries) to wind down.
+    let (stop_tx, stopping) = watch::channel(false);
+    let mut stopped = stopping.clone();
+    let state = Arc::new(AppState { store, config, notifier: Notifier::default(), stopping });
     let app = router(state);
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    };
     let Some(acceptor) = tls else {
-        return axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::Io(e.to_string()));
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+        return tokio::select! {
+            r = server => r.map_err(|e| Error::Io(e.to_string())),
+            () = async {
+                let _ = stopped.wait_for(|s| *s).await;
+                tokio::time::sleep(DRAIN).await;
+            } => {
+                tracing::warn!("some requests did not finish in time");
+                Ok(())
+            }
+        };
     };
 
     let graceful = GracefulShutdown::new();

@@ -307,3 +307,36 @@ fn tls_with_a_pinned_ca() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("live over TLS"));
 }
+
+#[test]
+fn graceful_shutdown_with_live_listeners() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(&data, "127.0.0.1:0", &["--registration", "open"]);
+    let listen = format!("127.0.0.1:{}", server.port());
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    alice.send(&bob.address, "first");
+    let listener = std::process::Command::new(common::CLIENT)
+        .arg("--home")
+        .arg(&bob.home)
+        .args(["--json", "listen", "--count", "3", "--timeout", "60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("listen");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SIGTERM: the server closes the WebSocket and exits promptly, with success.
+    assert!(server.terminate(std::time::Duration::from_secs(8)), "server did not stop in time");
+    // The listener reconnects on its own once the server is back.
+    let _server = Server::start_in(&data, &listen, &["--registration", "open"]);
+    alice.send(&bob.address, "second");
+    let out = listener.wait_with_output().expect("listen output");
+    assert!(out.status.success());
+    let bodies: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["kind"] == "text")
+        .filter_map(|m| m["body"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(bodies, vec!["first", "second"]);
+}

@@ -77,6 +77,22 @@ impl Server {
         String::from_utf8(out.stdout).expect("utf8").trim().to_string()
     }
 
+    /// Sends SIGTERM and waits up to `within` for the server to exit; returns whether it
+    /// exited successfully in time.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Stops the server with SIGKILL and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
