@@ -404,18 +404,29 @@ impl Client {
         }
     }
 
-    /// All chats, most recently active first.
+    /// All chats, most recently active first; one entry per direct correspondent.
     pub fn chats(&self) -> Result<Vec<ChatSummary>, Error> {
-        let ids: Vec<Vec<u8>> = {
+        let rows: Vec<(Vec<u8>, Option<String>)> = {
             let mut stmt = self.conn.prepare(
-                "SELECT c.group_id FROM chats c
+                "SELECT c.group_id, CASE WHEN c.kind = 'direct' THEN c.peer END FROM chats c
                  ORDER BY COALESCE((SELECT MAX(m.id) FROM messages m WHERE m.group_id = c.group_id), 0) DESC,
                           c.created_at DESC",
             )?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
-        ids.iter().map(|id| self.chat_summary(id)).collect()
+        let mut peers = BTreeSet::new();
+        let mut out = Vec::new();
+        for (id, peer) in rows {
+            let id = match peer {
+                Some(p) if !peers.insert(p.clone()) => continue,
+                // The chat messages to this account go to, if there is an active one.
+                Some(p) => self.direct_chat(&p.parse()?)?.unwrap_or(id),
+                None => id,
+            };
+            out.push(self.chat_summary(&id)?);
+        }
+        Ok(out)
     }
 
     fn chat_summary(&self, group_id: &[u8]) -> Result<ChatSummary, Error> {
@@ -429,8 +440,9 @@ impl Client {
             Vec::new()
         };
         let (messages, last): (i64, Option<i64>) = self.conn.query_row(
-            "SELECT COUNT(*), MAX(sent_at) FROM messages WHERE group_id = ?1 AND kind = 'text'",
-            [group_id],
+            "SELECT COUNT(*), MAX(m.sent_at) FROM messages m JOIN chats c ON c.group_id = m.group_id
+             WHERE m.kind = 'text' AND (m.group_id = ?1 OR (?2 IS NOT NULL AND c.kind = 'direct' AND c.peer = ?2))",
+            params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(ChatSummary {
@@ -446,12 +458,22 @@ impl Client {
     }
 
     /// The messages of a chat, oldest first; at most the last `limit`.
+    ///
+    /// A direct chat's history covers every direct chat with the same account: when both sides
+    /// start one at the same moment there are two MLS groups, but one conversation.
     pub fn history(&self, chat: &str, limit: usize) -> Result<Vec<MessageView>, Error> {
         let group_id = self.resolve(chat)?;
-        let mut views = self.message_views(
-            "WHERE m.group_id = ?1 ORDER BY m.id DESC LIMIT ?2",
-            params![group_id, limit as i64],
-        )?;
+        let row = self.chat_row(&group_id)?;
+        let mut views = match (row.kind.as_str(), row.peer) {
+            ("direct", Some(peer)) => self.message_views(
+                "WHERE c.kind = 'direct' AND c.peer = ?1 ORDER BY m.id DESC LIMIT ?2",
+                params![peer, limit as i64],
+            )?,
+            _ => self.message_views(
+                "WHERE m.group_id = ?1 ORDER BY m.id DESC LIMIT ?2",
+                params![group_id, limit as i64],
+            )?,
+        };
         views.reverse();
         Ok(views)
     }

@@ -340,3 +340,36 @@ fn graceful_shutdown_with_live_listeners() {
         .collect();
     assert_eq!(bodies, vec!["first", "second"]);
 }
+
+#[test]
+fn simultaneous_first_messages_converge_on_one_chat() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    // Both start the conversation before hearing from the other: two MLS groups exist.
+    alice.send(&bob.address, "hi bob");
+    bob.send(&alice.address, "hi alice");
+    assert_eq!(alice.sync(), vec![pair(&bob, "hi alice")]);
+    assert_eq!(bob.sync(), vec![pair(&alice, "hi bob")]);
+    // From now on both send in the same one, and each side shows one conversation.
+    let a = alice.send(&bob.address, "again from alice");
+    let b = bob.send(&alice.address, "again from bob");
+    assert_eq!(a["chat"], b["chat"]);
+    alice.sync();
+    bob.sync();
+    for (me, peer) in [(&alice, &bob), (&bob, &alice)] {
+        let chats = me.ok(&["chats"]);
+        assert_eq!(chats.as_array().map(Vec::len), Some(1), "{chats}");
+        assert_eq!(chats[0]["messages"], 4);
+        let mut h = me.history(&peer.address);
+        h.sort();
+        let mut expected = vec![
+            pair(&alice, "hi bob"),
+            pair(&bob, "hi alice"),
+            pair(&alice, "again from alice"),
+            pair(&bob, "again from bob"),
+        ];
+        expected.sort();
+        assert_eq!(h, expected);
+    }
+}
