@@ -43,9 +43,10 @@ CREATE TABLE account (
 );
 CREATE TABLE sync_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    last_seq INTEGER NOT NULL
+    last_seq INTEGER NOT NULL,
+    last_acked INTEGER NOT NULL
 );
-INSERT INTO sync_state (id, last_seq) VALUES (1, 0);
+INSERT INTO sync_state (id, last_seq, last_acked) VALUES (1, 0, 0);
 CREATE TABLE chats (
     group_id BLOB PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -167,6 +168,21 @@ pub(crate) fn insert_account(conn: &Connection, a: &AccountRow, now: u64) -> Res
 pub(crate) fn last_seq(conn: &Connection) -> Result<u64, Error> {
     Ok(conn.query_row("SELECT last_seq FROM sync_state WHERE id = 1", [], |r| r.get::<_, i64>(0))?
         as u64)
+}
+
+/// The highest seq the server confirmed removing from the queue.
+pub(crate) fn last_acked(conn: &Connection) -> Result<u64, Error> {
+    Ok(conn
+        .query_row("SELECT last_acked FROM sync_state WHERE id = 1", [], |r| r.get::<_, i64>(0))?
+        as u64)
+}
+
+pub(crate) fn set_last_acked(conn: &Connection, seq: u64) -> Result<(), Error> {
+    conn.execute(
+        "UPDATE sync_state SET last_acked = MAX(last_acked, ?1) WHERE id = 1",
+        [seq as i64],
+    )?;
+    Ok(())
 }
 
 pub(crate) fn set_last_seq(conn: &Connection, seq: u64) -> Result<(), Error> {

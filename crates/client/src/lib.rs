@@ -839,10 +839,10 @@ impl Client {
     /// Processes the whole queue; returns how many messages it processed.
     fn catch_up(&mut self) -> Result<u64, Error> {
         let mut processed = 0;
-        let leftover = db::last_seq(&self.conn)?;
-        if leftover > 0 {
-            // Messages processed before a crash but never acknowledged.
-            self.ack(leftover)?;
+        let processed_up_to = db::last_seq(&self.conn)?;
+        if processed_up_to > db::last_acked(&self.conn)? {
+            // Messages processed before a crash or a lost connection, never acknowledged.
+            self.ack(processed_up_to)?;
         }
         loop {
             let token = self.token()?;
@@ -867,7 +867,7 @@ impl Client {
         let token = self.token()?;
         let _: proto::AckResponse =
             self.api.post("/v1/queue/ack", &proto::AckRequest { up_to }, Some(&token))?;
-        Ok(())
+        db::set_last_acked(&self.conn, up_to)
     }
 
     /// Processes one queued message in one transaction with the new sync position.

@@ -142,7 +142,7 @@ impl Client {
                     let report = self.finish_batch(1)?;
                     report.messages.iter().for_each(&mut *on_message);
                 }
-                Ok(proto::ServerFrame::Acked(_)) => {}
+                Ok(proto::ServerFrame::Acked(a)) => crate::db::set_last_acked(&self.conn, a.up_to)?,
                 Ok(proto::ServerFrame::Error(e)) => {
                     return Err(Error::Server {
                         status: 0,

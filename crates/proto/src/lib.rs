@@ -286,6 +286,8 @@ pub struct AckRequest {
 /// Answer to [`AckRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AckResponse {
+    /// The `up_to` of the request answered.
+    pub up_to: u64,
     /// How many messages left the queue.
     pub removed: u64,
 }

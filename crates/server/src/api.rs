@@ -513,7 +513,7 @@ async fn ack(
     ApiJson(req): ApiJson<proto::AckRequest>,
 ) -> Result<Json<proto::AckResponse>, ApiError> {
     let removed = blocking(&state, move |s| s.ack(device, req.up_to)).await?;
-    Ok(Json(proto::AckResponse { removed }))
+    Ok(Json(proto::AckResponse { up_to: req.up_to, removed }))
 }
 
 async fn websocket(
@@ -572,7 +572,7 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
                     let reply = match serde_json::from_str::<proto::ClientFrame>(&text) {
                         Ok(proto::ClientFrame::Ack(a)) => {
                             match blocking(&state, move |s| s.ack(device, a.up_to)).await {
-                                Ok(removed) => proto::ServerFrame::Acked(proto::AckResponse { removed }),
+                                Ok(removed) => proto::ServerFrame::Acked(proto::AckResponse { up_to: a.up_to, removed }),
                                 Err(e) => proto::ServerFrame::Error(e.body()),
                             }
                         }
