@@ -225,3 +225,106 @@ fn plain_http_is_refused_off_loopback() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve plain HTTP"));
 }
+
+/// Builds a group as mallory (through the core, in memory) with bob's claimed key package;
+/// returns (group id, welcome, an application message).
+fn mallory_invites_bob(
+    server: &Server,
+    token: &str,
+    mallory: u64,
+    key: DeviceKey,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    use sotto_core::DeviceRef;
+    use sotto_core::mls::{self, Identity, Provider};
+    let p = Provider::new(openmls_memory_storage::MemoryStorage::default());
+    key.store(&p).expect("store key");
+    let me = Identity {
+        device: DeviceRef {
+            address: "mallory@localhost".parse().expect("addr"),
+            device_id: mallory,
+        },
+        key,
+    };
+    let (s, v) = server.http(
+        "POST",
+        "/v1/keypackages/claim",
+        Some(token),
+        r#"{"address": "bob@localhost"}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    let claimed = &v["key_packages"][0];
+    let kp_bytes = base64::engine::general_purpose::STANDARD
+        .decode(claimed["key_package"].as_str().expect("kp"))
+        .expect("b64");
+    let bob: sotto_core::Address = "bob@localhost".parse().expect("addr");
+    let kp = mls::validate_key_package(&p, &kp_bytes, &bob, claimed["device_id"].as_u64())
+        .expect("valid");
+    let gid = mls::create_group(&p, &me).expect("group");
+    let out = mls::add_members(&p, &gid, &me, &[kp]).expect("add");
+    mls::merge_pending_commit(&p, &gid).expect("merge");
+    let text = sotto_core::content::Message {
+        v: sotto_core::content::VERSION,
+        id: "m1".into(),
+        sent_at: 1,
+        body: sotto_core::content::Body::Text { text: "hello from mallory".into() },
+    };
+    let msg = mls::encrypt(&p, &gid, &me, &text.encode()).expect("encrypt");
+    (gid, out.welcome.expect("welcome"), msg)
+}
+
+fn deliver(server: &Server, token: &str, group: &[u8], to: u64, message: &[u8]) {
+    let body = json!({"group_id": b64(group), "kind": "application", "epoch": 1,
+                      "delivery": {"recipients": [to], "message": b64(message)}});
+    let (s, v) = server.http("POST", "/v1/messages", Some(token), &body.to_string());
+    assert_eq!(s, 200, "{v}");
+}
+
+#[test]
+fn a_corrupted_welcome_rolls_back_and_the_genuine_one_still_joins() {
+    let server = Server::start(&["--registration", "open"]);
+    let bob = User::register("bob", &server, "");
+    let bob_device = bob.ok(&["whoami"])["device_id"].as_u64().expect("id");
+    let (mallory, token, key) = api_device(&server, "mallory@localhost", None);
+    let (gid, welcome, message) = mallory_invites_bob(&server, &token, mallory, key);
+    // Corrupt the encrypted group info at the end: openmls finds bob's key package and deletes
+    // its private key before it discovers the damage. Bob's transaction must undo that.
+    let mut corrupted = welcome.clone();
+    let at = corrupted.len() - 20;
+    corrupted[at] ^= 0x40;
+    deliver(&server, &token, &gid, bob_device, &corrupted);
+    deliver(&server, &token, &gid, bob_device, &welcome);
+    deliver(&server, &token, &gid, bob_device, &message);
+    let report = bob.ok(&["sync"]);
+    assert_eq!(report["failures"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(
+        common::texts(&report["messages"]),
+        vec![("mallory@localhost".to_string(), "hello from mallory".to_string())]
+    );
+}
+
+#[test]
+fn exhausted_one_time_key_packages_fall_back_to_last_resort() {
+    let server = Server::start(&["--registration", "open"]);
+    let bob = User::register("bob", &server, "");
+    let (_, token, _) = api_device(&server, "mallory@localhost", None);
+    // Drain every one-time key package bob published.
+    let (_, stock) = server.http("GET", "/v1/keypackages", Some(&token), "");
+    assert_eq!(stock["remaining"], 0, "mallory's own stock is empty: {stock}");
+    for _ in 0..60 {
+        let (s, _) = server.http(
+            "POST",
+            "/v1/keypackages/claim",
+            Some(&token),
+            r#"{"address": "bob@localhost"}"#,
+        );
+        assert_eq!(s, 200);
+    }
+    // alice still reaches bob, through his last-resort key package.
+    let alice = User::register("alice", &server, "");
+    alice.send(&bob.address, "through the last resort");
+    assert_eq!(bob.sync(), vec![pair(&alice, "through the last resort")]);
+    // Bob's sync published fresh one-time key packages.
+    let carol = User::register("carol", &server, "");
+    carol.send(&bob.address, "fresh ones");
+    assert_eq!(bob.sync(), vec![pair(&carol, "fresh ones")]);
+}
