@@ -41,6 +41,13 @@ pub(crate) fn read_ca(path: &str) -> Result<Vec<Certificate<'static>>, Error> {
     Ok(certs)
 }
 
+fn authorize<B>(req: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
+    match token {
+        Some(t) => req.header("Authorization", format!("Bearer {t}")),
+        None => req,
+    }
+}
+
 impl Api {
     pub(crate) fn new(server: &str, ca_cert: Option<&str>) -> Result<Self, Error> {
         let base = server.trim_end_matches('/').to_string();
@@ -111,11 +118,7 @@ impl Api {
         path: &str,
         token: Option<&str>,
     ) -> Result<R, Error> {
-        let mut req = self.agent.get(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        self.finish(req.call())
+        self.finish(authorize(self.agent.get(format!("{}{path}", self.base)), token).call())
     }
 
     pub(crate) fn post<B: Serialize, R: DeserializeOwned>(
@@ -124,11 +127,9 @@ impl Api {
         body: &B,
         token: Option<&str>,
     ) -> Result<R, Error> {
-        let mut req = self.agent.post(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        self.finish(req.send_json(body))
+        self.finish(
+            authorize(self.agent.post(format!("{}{path}", self.base)), token).send_json(body),
+        )
     }
 
     /// A valid bearer token, logging in with the device key when needed.

@@ -48,16 +48,13 @@ fn one_to_one_both_ways_and_offline_recipient() {
 
 #[test]
 fn messages_survive_a_server_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let mut server = Server::start_in(&data, "127.0.0.1:0", &["--registration", "open"]);
-    let listen = format!("127.0.0.1:{}", server.port());
+    let mut server = Server::start(&["--registration", "open"]);
     let alice = User::register("alice", &server, "");
     let bob = User::register("bob", &server, "");
     alice.send(&bob.address, "before the crash");
     server.kill();
     assert_eq!(bob.err(&["sync"]), "unreachable");
-    let _server = Server::start_in(&data, &listen, &["--registration", "open"]);
+    server.restart(&["--registration", "open"]);
     alice.send(&bob.address, "after the restart");
     assert_eq!(
         bob.sync(),
@@ -160,25 +157,11 @@ fn live_delivery_over_websocket() {
     let alice = User::register("alice", &server, "");
     let bob = User::register("bob", &server, "");
     alice.send(&bob.address, "queued before listening");
-    let listener = std::process::Command::new(common::CLIENT)
-        .arg("--home")
-        .arg(&bob.home)
-        // Three items: the event of bob's being added, then the two texts.
-        .args(["--json", "listen", "--count", "3", "--timeout", "60"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("listen");
+    // Three items: the event of bob's being added, then the two texts.
+    let listener = bob.listen(&["--count", "3", "--timeout", "60"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     alice.send(&bob.address, "live");
-    let out = listener.wait_with_output().expect("listen output");
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
-    let bodies: Vec<&str> =
-        lines.iter().filter(|m| m["kind"] == "text").filter_map(|m| m["body"].as_str()).collect();
-    assert_eq!(bodies, vec!["queued before listening", "live"]);
+    assert_eq!(common::listened_texts(listener), vec!["queued before listening", "live"]);
     assert!(bob.sync().is_empty(), "listen acknowledged what it showed");
 }
 
@@ -294,51 +277,26 @@ fn tls_with_a_pinned_ca() {
     assert_eq!(bob.sync(), vec![pair(&alice, "over TLS")]);
 
     // Live delivery over wss:// as well.
-    let listener = std::process::Command::new(common::CLIENT)
-        .arg("--home")
-        .arg(&bob.home)
-        .args(["--json", "listen", "--count", "1", "--timeout", "60"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("listen");
+    let listener = bob.listen(&["--count", "1", "--timeout", "60"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     alice.send(&bob.address, "live over TLS");
-    let out = listener.wait_with_output().expect("listen output");
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("live over TLS"));
+    assert_eq!(common::listened_texts(listener), vec!["live over TLS"]);
 }
 
 #[test]
 fn graceful_shutdown_with_live_listeners() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let mut server = Server::start_in(&data, "127.0.0.1:0", &["--registration", "open"]);
-    let listen = format!("127.0.0.1:{}", server.port());
+    let mut server = Server::start(&["--registration", "open"]);
     let alice = User::register("alice", &server, "");
     let bob = User::register("bob", &server, "");
     alice.send(&bob.address, "first");
-    let listener = std::process::Command::new(common::CLIENT)
-        .arg("--home")
-        .arg(&bob.home)
-        .args(["--json", "listen", "--count", "3", "--timeout", "60"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("listen");
+    let listener = bob.listen(&["--count", "3", "--timeout", "60"]);
     std::thread::sleep(std::time::Duration::from_millis(700));
     // SIGTERM: the server closes the WebSocket and exits promptly, with success.
     assert!(server.terminate(std::time::Duration::from_secs(8)), "server did not stop in time");
     // The listener reconnects on its own once the server is back.
-    let _server = Server::start_in(&data, &listen, &["--registration", "open"]);
+    server.restart(&["--registration", "open"]);
     alice.send(&bob.address, "second");
-    let out = listener.wait_with_output().expect("listen output");
-    assert!(out.status.success());
-    let bodies: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["kind"] == "text")
-        .filter_map(|m| m["body"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(bodies, vec!["first", "second"]);
+    assert_eq!(common::listened_texts(listener), vec!["first", "second"]);
 }
 
 #[test]

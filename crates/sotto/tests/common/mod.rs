@@ -34,25 +34,16 @@ impl Server {
 
     /// Starts a server on `data` listening on `listen`.
     pub fn start_in(data: &Path, listen: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(SERVER)
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", listen])
-            .args(extra)
-            .env("SOTTO_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sotto-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read banner");
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-            .unwrap_or_else(|| panic!("no URL in server banner {line:?}"))
-            .to_string();
+        let (child, url) = spawn(data, listen, extra);
         Server { child, url, data: data.to_path_buf(), _dir: None }
+    }
+
+    /// Starts the server again on the same data directory and port (stopping it first if it
+    /// still runs).
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.kill();
+        let listen = format!("127.0.0.1:{}", self.port());
+        (self.child, self.url) = spawn(&self.data, &listen, extra);
     }
 
     /// The listening port.
@@ -124,6 +115,29 @@ impl Server {
         };
         (status, json)
     }
+}
+
+/// Spawns `sotto-server` and reads the URL it announces.
+fn spawn(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(SERVER)
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", listen])
+        .args(extra)
+        .env("SOTTO_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start sotto-server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read banner");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no URL in server banner {line:?}"))
+        .to_string();
+    (child, url)
 }
 
 impl Drop for Server {
@@ -201,6 +215,18 @@ impl User {
         texts(&self.ok(&["history", chat, "--limit", "1000"]))
     }
 
+    /// Starts `sotto --json listen ARGS` in the background.
+    pub fn listen(&self, args: &[&str]) -> Child {
+        Command::new(CLIENT)
+            .arg("--home")
+            .arg(&self.home)
+            .args(["--json", "listen"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start sotto listen")
+    }
+
     pub fn send(&self, to: &str, text: &str) -> Value {
         self.ok(&["send", to, text])
     }
@@ -219,6 +245,19 @@ pub fn texts(v: &Value) -> Vec<(String, String)> {
         .map(|m| {
             (m["sender"].as_str().unwrap_or("").into(), m["body"].as_str().unwrap_or("").into())
         })
+        .collect()
+}
+
+/// Waits for a `listen` process to finish successfully; returns the bodies of the text
+/// messages it printed (one JSON object per line).
+pub fn listened_texts(listener: Child) -> Vec<String> {
+    let out = listener.wait_with_output().expect("listen output");
+    assert!(out.status.success(), "listen failed: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object per line"))
+        .filter(|m| m["kind"] == "text")
+        .filter_map(|m| m["body"].as_str().map(str::to_owned))
         .collect()
 }
 
