@@ -946,10 +946,13 @@ impl Client {
                         )?;
                     }
                     Ok(Message { body: Body::ChatInfo { kind, name }, .. }) => {
+                        // A chat is shown as direct only while it really holds two accounts:
+                        // otherwise a third party could listen in on what looks like a 1:1 chat.
                         let peer = match kind {
-                            ChatKind::Direct => self.direct_peer(tx, &group_id, &sender)?,
+                            ChatKind::Direct => self.direct_peer(tx, &group_id)?,
                             ChatKind::Group => None,
                         };
+                        let kind = if peer.is_some() { ChatKind::Direct } else { ChatKind::Group };
                         tx.execute(
                             "UPDATE chats SET kind = ?1, name = ?2, peer = ?3 WHERE group_id = ?4",
                             params![kind.as_str(), name, peer, group_id],
@@ -965,6 +968,14 @@ impl Client {
                     devices.into_iter().map(|d| d.address.to_string()).collect()
                 };
                 let mut n = 0;
+                if !added.is_empty() {
+                    // A direct chat that gains a member is a group from now on.
+                    tx.execute(
+                        "UPDATE chats SET kind = 'group', peer = NULL
+                         WHERE group_id = ?1 AND kind = 'direct'",
+                        [&group_id],
+                    )?;
+                }
                 for a in accounts(added) {
                     event(&group_id, n, &who, format!("{who} added {a}"))?;
                     n += 1;
@@ -993,21 +1004,15 @@ impl Client {
         Ok(())
     }
 
-    /// The other account of a direct chat.
-    fn direct_peer(
-        &self,
-        tx: &Transaction<'_>,
-        group_id: &[u8],
-        sender: &DeviceRef,
-    ) -> Result<Option<String>, Error> {
-        if sender.address != self.me.device.address {
-            return Ok(Some(sender.address.to_string()));
-        }
-        Ok(mls::members(&db::provider(tx), group_id)?
-            .into_iter()
-            .map(|d| d.address)
-            .find(|a| a != &self.me.device.address)
-            .map(|a| a.to_string()))
+    /// The other account of a chat that holds exactly two accounts, this one included.
+    fn direct_peer(&self, tx: &Transaction<'_>, group_id: &[u8]) -> Result<Option<String>, Error> {
+        let accounts: BTreeSet<Address> =
+            mls::members(&db::provider(tx), group_id)?.into_iter().map(|d| d.address).collect();
+        let mut others = accounts.iter().filter(|a| *a != &self.me.device.address);
+        Ok(match (others.next(), others.next(), accounts.contains(&self.me.device.address)) {
+            (Some(peer), None, true) => Some(peer.to_string()),
+            _ => None,
+        })
     }
 
     /// Commits pending proposals (members leaving) in every active chat that has them. A lost

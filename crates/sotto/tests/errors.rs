@@ -226,50 +226,59 @@ fn plain_http_is_refused_off_loopback() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve plain HTTP"));
 }
 
-/// Builds a group as mallory (through the core, in memory) with bob's claimed key package;
-/// returns (group id, welcome, an application message).
-fn mallory_invites_bob(
+/// Builds a group as mallory (through the core, in memory) with one claimed key package per
+/// invitee; returns the group id, the welcome, and `bodies` encrypted as application messages.
+fn mallory_invites(
     server: &Server,
     token: &str,
     mallory: u64,
     key: DeviceKey,
-) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    invitees: &[&str],
+    bodies: Vec<sotto_core::content::Body>,
+) -> (Vec<u8>, Vec<u8>, Vec<Vec<u8>>) {
     use sotto_core::DeviceRef;
     use sotto_core::mls::{self, Identity, Provider};
     let p = Provider::new(openmls_memory_storage::MemoryStorage::default());
     key.store(&p).expect("store key");
-    let me = Identity {
-        device: DeviceRef {
-            address: "mallory@localhost".parse().expect("addr"),
-            device_id: mallory,
-        },
-        key,
-    };
-    let (s, v) = server.http(
-        "POST",
-        "/v1/keypackages/claim",
-        Some(token),
-        r#"{"address": "bob@localhost"}"#,
-    );
-    assert_eq!(s, 200, "{v}");
-    let claimed = &v["key_packages"][0];
-    let kp_bytes = base64::engine::general_purpose::STANDARD
-        .decode(claimed["key_package"].as_str().expect("kp"))
-        .expect("b64");
-    let bob: sotto_core::Address = "bob@localhost".parse().expect("addr");
-    let kp = mls::validate_key_package(&p, &kp_bytes, &bob, claimed["device_id"].as_u64())
-        .expect("valid");
+    let device =
+        DeviceRef { address: "mallory@localhost".parse().expect("addr"), device_id: mallory };
+    let me = Identity { device, key };
+    let mut packages = Vec::new();
+    for invitee in invitees {
+        let body = json!({ "address": invitee }).to_string();
+        let (s, v) = server.http("POST", "/v1/keypackages/claim", Some(token), &body);
+        assert_eq!(s, 200, "{v}");
+        let claimed = &v["key_packages"][0];
+        let kp = base64::engine::general_purpose::STANDARD
+            .decode(claimed["key_package"].as_str().expect("kp"))
+            .expect("b64");
+        let address: sotto_core::Address = invitee.parse().expect("addr");
+        packages.push(
+            mls::validate_key_package(&p, &kp, &address, claimed["device_id"].as_u64())
+                .expect("valid"),
+        );
+    }
     let gid = mls::create_group(&p, &me).expect("group");
-    let out = mls::add_members(&p, &gid, &me, &[kp]).expect("add");
+    let out = mls::add_members(&p, &gid, &me, &packages).expect("add");
     mls::merge_pending_commit(&p, &gid).expect("merge");
-    let text = sotto_core::content::Message {
-        v: sotto_core::content::VERSION,
-        id: "m1".into(),
-        sent_at: 1,
-        body: sotto_core::content::Body::Text { text: "hello from mallory".into() },
-    };
-    let msg = mls::encrypt(&p, &gid, &me, &text.encode()).expect("encrypt");
-    (gid, out.welcome.expect("welcome"), msg)
+    let messages = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let m = sotto_core::content::Message {
+                v: sotto_core::content::VERSION,
+                id: format!("m{i}"),
+                sent_at: 1,
+                body,
+            };
+            mls::encrypt(&p, &gid, &me, &m.encode()).expect("encrypt")
+        })
+        .collect();
+    (gid, out.welcome.expect("welcome"), messages)
+}
+
+fn text(t: &str) -> sotto_core::content::Body {
+    sotto_core::content::Body::Text { text: t.into() }
 }
 
 fn deliver(server: &Server, token: &str, group: &[u8], to: u64, message: &[u8]) {
@@ -285,7 +294,14 @@ fn a_corrupted_welcome_rolls_back_and_the_genuine_one_still_joins() {
     let bob = User::register("bob", &server, "");
     let bob_device = bob.ok(&["whoami"])["device_id"].as_u64().expect("id");
     let (mallory, token, key) = api_device(&server, "mallory@localhost", None);
-    let (gid, welcome, message) = mallory_invites_bob(&server, &token, mallory, key);
+    let (gid, welcome, messages) = mallory_invites(
+        &server,
+        &token,
+        mallory,
+        key,
+        &["bob@localhost"],
+        vec![text("hello from mallory")],
+    );
     // Corrupt the encrypted group info at the end: openmls finds bob's key package and deletes
     // its private key before it discovers the damage. Bob's transaction must undo that.
     let mut corrupted = welcome.clone();
@@ -293,7 +309,7 @@ fn a_corrupted_welcome_rolls_back_and_the_genuine_one_still_joins() {
     corrupted[at] ^= 0x40;
     deliver(&server, &token, &gid, bob_device, &corrupted);
     deliver(&server, &token, &gid, bob_device, &welcome);
-    deliver(&server, &token, &gid, bob_device, &message);
+    deliver(&server, &token, &gid, bob_device, &messages[0]);
     let report = bob.ok(&["sync"]);
     assert_eq!(report["failures"].as_array().map(Vec::len), Some(1), "{report}");
     assert_eq!(
@@ -327,4 +343,35 @@ fn exhausted_one_time_key_packages_fall_back_to_last_resort() {
     let carol = User::register("carol", &server, "");
     carol.send(&bob.address, "fresh ones");
     assert_eq!(bob.sync(), vec![pair(&carol, "fresh ones")]);
+}
+
+#[test]
+fn a_group_posing_as_a_direct_chat_is_shown_as_a_group() {
+    use sotto_core::content::{Body, ChatKind};
+    let server = Server::start(&["--registration", "open"]);
+    let bob = User::register("bob", &server, "");
+    let _eve = User::register("eve", &server, "");
+    let bob_device = bob.ok(&["whoami"])["device_id"].as_u64().expect("id");
+    let (mallory, token, key) = api_device(&server, "mallory@localhost", None);
+    // mallory adds bob and, silently, eve, and labels the group a direct chat.
+    let info = Body::ChatInfo { kind: ChatKind::Direct, name: None };
+    let (gid, welcome, messages) = mallory_invites(
+        &server,
+        &token,
+        mallory,
+        key,
+        &["bob@localhost", "eve@localhost"],
+        vec![info, text("just between us")],
+    );
+    deliver(&server, &token, &gid, bob_device, &welcome);
+    for m in &messages {
+        deliver(&server, &token, &gid, bob_device, m);
+    }
+    bob.sync();
+    let chats = bob.ok(&["chats"]);
+    assert_eq!(chats[0]["kind"], "group", "{chats}");
+    assert_eq!(chats[0]["peer"], Value::Null);
+    assert_eq!(chats[0]["members"], json!(["bob@localhost", "eve@localhost", "mallory@localhost"]));
+    // Writing to mallory opens a real direct chat instead of using the crowded one.
+    assert_eq!(bob.err(&["history", "mallory@localhost"]), "unknown_chat");
 }
