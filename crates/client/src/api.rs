@@ -9,6 +9,7 @@ use sotto_core::mls::DeviceKey;
 use sotto_proto as proto;
 use ureq::Agent;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use zeroize::Zeroizing;
 
 use crate::Error;
 
@@ -17,7 +18,7 @@ pub(crate) struct Api {
     base: String,
     agent: Agent,
     ca_certs: Vec<Certificate<'static>>,
-    token: Option<(String, Instant)>,
+    token: Option<(Zeroizing<String>, Instant)>,
 }
 
 impl std::fmt::Debug for Api {
@@ -142,7 +143,7 @@ impl Api {
         if let Some((t, until)) = &self.token
             && Instant::now() < *until
         {
-            return Ok(t.clone());
+            return Ok(t.to_string());
         }
         let ch: proto::ChallengeResponse =
             self.post("/v1/auth/challenge", &proto::ChallengeRequest { device_id }, None)?;
@@ -154,7 +155,8 @@ impl Api {
         )?;
         // Renew a little before the server's expiry.
         let until = Instant::now() + Duration::from_secs(tok.expires_in.saturating_sub(30));
-        self.token = Some((tok.token.clone(), until));
-        Ok(tok.token)
+        let token = tok.token.clone();
+        self.token = Some((Zeroizing::new(tok.token), until));
+        Ok(token)
     }
 }

@@ -68,8 +68,8 @@ pub struct ChatSummary {
     pub last_message_at: Option<u64>,
 }
 
-/// A message or event as shown to the user.
-#[derive(Debug, Clone, Serialize)]
+/// A message or event as shown to the user. `Debug` leaves the body out.
+#[derive(Clone, Serialize)]
 pub struct MessageView {
     /// The chat id.
     pub chat: String,
@@ -89,6 +89,20 @@ pub struct MessageView {
     pub sent_at: u64,
     /// When this device stored it (Unix milliseconds).
     pub received_at: u64,
+}
+
+impl std::fmt::Debug for MessageView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageView")
+            .field("chat", &self.chat)
+            .field("id", &self.id)
+            .field("sender", &self.sender)
+            .field("kind", &self.kind)
+            .field("body", &format_args!("[{} bytes]", self.body.len()))
+            .field("status", &self.status)
+            .field("sent_at", &self.sent_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A message that arrived but could not be processed.

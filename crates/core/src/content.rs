@@ -34,8 +34,8 @@ impl ChatKind {
     }
 }
 
-/// The typed part of a message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The typed part of a message. Its `Debug` output leaves the text out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Body {
@@ -53,6 +53,15 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Text { text } => write!(f, "Text([{} bytes])", text.len()),
+            Body::ChatInfo { kind, .. } => write!(f, "ChatInfo({kind:?})"),
+        }
+    }
 }
 
 /// One application message's plaintext.
@@ -78,8 +87,10 @@ impl Message {
 
     /// Decodes and checks a message.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let msg: Message =
-            serde_json::from_slice(bytes).map_err(|e| Error::MalformedContent(e.to_string()))?;
+        // serde's messages can quote the input; report only what kind of error and where.
+        let msg: Message = serde_json::from_slice(bytes).map_err(|e| {
+            Error::MalformedContent(format!("{:?} error at byte {}", e.classify(), e.column()))
+        })?;
         if msg.v != VERSION {
             return Err(Error::MalformedContent(format!("unsupported version {}", msg.v)));
         }
@@ -118,6 +129,10 @@ mod tests {
             body: Body::ChatInfo { kind: ChatKind::Group, name: Some("team".into()) },
         };
         assert_eq!(Message::decode(&info.encode()).expect("decodes"), info);
+        let secret = br#"{"v":1,"id":"a","sent_at":1,"type":"text","text":7,"x":"top secret"}"#;
+        let err = Message::decode(secret).expect_err("text must be a string").to_string();
+        assert!(!err.contains("secret") && !err.contains('7'), "{err}");
+        assert!(!format!("{m:?}").contains("héllo"));
         for bad in [
             &b"not json"[..],
             br#"{"v":2,"id":"a","sent_at":1,"type":"text","text":"x"}"#,

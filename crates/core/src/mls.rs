@@ -164,8 +164,7 @@ pub struct CommitOutput {
     pub welcome: Option<Vec<u8>>,
 }
 
-/// What processing an incoming message did.
-#[derive(Debug)]
+/// What processing an incoming message did. `Debug` leaves the plaintext out.
 #[non_exhaustive]
 pub enum Incoming {
     /// A welcome: this device joined a group.
@@ -206,6 +205,30 @@ pub enum Incoming {
         /// The proposer.
         sender: Option<DeviceRef>,
     },
+}
+
+impl fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Incoming::Joined { group_id, inviter } => {
+                write!(f, "Joined({}, by {inviter:?})", hex::encode(group_id))
+            }
+            Incoming::Application { group_id, sender, plaintext } => write!(
+                f,
+                "Application({}, from {sender}, [{} bytes])",
+                hex::encode(group_id),
+                plaintext.len()
+            ),
+            Incoming::Commit { group_id, added, removed, left, .. } => write!(
+                f,
+                "Commit({}, added {added:?}, removed {removed:?}, left {left:?})",
+                hex::encode(group_id)
+            ),
+            Incoming::Proposal { group_id, sender } => {
+                write!(f, "Proposal({}, from {sender:?})", hex::encode(group_id))
+            }
+        }
+    }
 }
 
 fn device_of(credential: &Credential) -> Option<DeviceRef> {

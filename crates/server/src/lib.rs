@@ -75,6 +75,12 @@ pub fn create_invite(store: &dyn Store, ttl_secs: u64, uses: u32) -> Result<Invi
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    #[cfg(unix)]
+    {
+        // Only ciphertext and public keys, but also who talks to whom: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
     let store = store::SqliteStore::open(&config.data_dir.join("sotto.db"))?;
     Ok(Arc::new(store))
 }
