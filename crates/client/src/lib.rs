@@ -147,6 +147,15 @@ pub enum Target {
     Chat(String),
 }
 
+/// What processing a batch of messages left to do.
+#[derive(Debug, Default)]
+struct Touched {
+    /// Groups that received proposals.
+    proposals: BTreeSet<Vec<u8>>,
+    /// Whether a welcome consumed a key package.
+    joined: bool,
+}
+
 /// A row of the chats table.
 struct ChatRow {
     kind: String,
@@ -162,6 +171,7 @@ pub struct Client {
     account: AccountRow,
     me: Identity,
     api: Api,
+    touched: std::cell::RefCell<Touched>,
 }
 
 impl std::fmt::Debug for Client {
@@ -240,7 +250,14 @@ impl Client {
             tx.commit()?;
         }
         let me = Identity { device: DeviceRef { address, device_id: reg.device_id }, key };
-        let mut client = Client { home: home.to_path_buf(), conn, account, me, api };
+        let mut client = Client {
+            home: home.to_path_buf(),
+            conn,
+            account,
+            me,
+            api,
+            touched: Default::default(),
+        };
         client.replenish_key_packages()?;
         Ok(client)
     }
@@ -255,7 +272,7 @@ impl Client {
         let address: Address = account.address.parse()?;
         let me = Identity { device: DeviceRef { address, device_id: account.device_id }, key };
         let api = Api::new(&account.server, account.ca_cert.as_deref())?;
-        Ok(Client { home: home.to_path_buf(), conn, account, me, api })
+        Ok(Client { home: home.to_path_buf(), conn, account, me, api, touched: Default::default() })
     }
 
     /// The account this home holds.
@@ -839,15 +856,27 @@ impl Client {
     /// members made (such as a member leaving), tops up key packages, and returns what is new.
     pub fn sync(&mut self) -> Result<SyncReport, Error> {
         let processed = self.catch_up()?;
-        self.finish_batch(processed)
+        self.finish_batch(processed, true)
     }
 
-    fn finish_batch(&mut self, processed: u64) -> Result<SyncReport, Error> {
-        self.commit_proposals()?;
-        self.replenish_key_packages()?;
+    /// After processing: commits pending proposals and tops up key packages — everywhere if
+    /// `thorough`, else only where the batch made it necessary — and collects what is new.
+    fn finish_batch(&mut self, processed: u64, thorough: bool) -> Result<SyncReport, Error> {
+        let touched = self.touched.take();
+        let groups = if thorough { self.active_chats()? } else { touched.proposals };
+        self.commit_proposals(groups)?;
+        if thorough || touched.joined {
+            self.replenish_key_packages()?;
+        }
         let mut report = self.unreported()?;
         report.processed = processed;
         Ok(report)
+    }
+
+    fn active_chats(&self) -> Result<BTreeSet<Vec<u8>>, Error> {
+        let mut stmt = self.conn.prepare("SELECT group_id FROM chats WHERE state = 'active'")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Processes the whole queue; returns how many messages it processed.
@@ -932,6 +961,8 @@ impl Client {
         };
         match incoming {
             Incoming::Joined { group_id, inviter } => {
+                // Joining consumed one of this device's key packages.
+                self.touched.borrow_mut().joined = true;
                 tx.execute(
                     "INSERT INTO chats (group_id, kind, state, created_at)
                      VALUES (?1, 'group', 'active', ?2)
@@ -1012,7 +1043,9 @@ impl Client {
                     )?;
                 }
             }
-            Incoming::Proposal { .. } => {}
+            Incoming::Proposal { group_id, .. } => {
+                self.touched.borrow_mut().proposals.insert(group_id);
+            }
             _ => record_failure(tx, seq, "unsupported MLS message")?,
         }
         Ok(())
@@ -1029,16 +1062,10 @@ impl Client {
         })
     }
 
-    /// Commits pending proposals (members leaving) in every active chat that has them. A lost
-    /// race is fine: the winner's commit covers the same proposals.
-    fn commit_proposals(&mut self) -> Result<(), Error> {
-        let ids: Vec<Vec<u8>> = {
-            let mut stmt =
-                self.conn.prepare("SELECT group_id FROM chats WHERE state = 'active'")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for group_id in ids {
+    /// Commits pending proposals (members leaving) in those of `groups` that have them. A
+    /// lost race is fine: the winner's commit covers the same proposals.
+    fn commit_proposals(&mut self, groups: BTreeSet<Vec<u8>>) -> Result<(), Error> {
+        for group_id in groups {
             if !mls::has_pending_proposals(&db::provider(&self.conn), &group_id)? {
                 continue;
             }

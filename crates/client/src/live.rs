@@ -139,7 +139,7 @@ impl Client {
                     if socket.send(WsMessage::Text(text.into())).is_err() {
                         return Ok(());
                     }
-                    let report = self.finish_batch(1)?;
+                    let report = self.finish_batch(1, false)?;
                     report.messages.iter().for_each(&mut *on_message);
                 }
                 Ok(proto::ServerFrame::Acked(a)) => crate::db::set_last_acked(&self.conn, a.up_to)?,
