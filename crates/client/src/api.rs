@@ -42,6 +42,27 @@ pub(crate) fn read_ca(path: &str) -> Result<Vec<Certificate<'static>>, Error> {
     Ok(certs)
 }
 
+/// How long a submission whose fate is unknown is retried.
+const SUBMIT_RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// Whether a failed request certainly never reached the server (so its outcome is known).
+fn surely_not_sent(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::AddrNotAvailable
+                | std::io::ErrorKind::NotFound
+        ),
+        ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_) => true,
+        _ => false,
+    }
+}
+
 fn authorize<B>(req: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
     match token {
         Some(t) => req.header("Authorization", format!("Bearer {t}")),
@@ -83,6 +104,41 @@ impl Api {
 
     fn unreachable(&self, e: ureq::Error) -> Error {
         Error::Unreachable { url: self.base.clone(), reason: e.to_string() }
+    }
+
+    /// Submits a message, idempotently: it gets a random submission id, and if the request
+    /// may have reached the server but no answer came back (connection reset, timeout), the
+    /// identical request is sent again with backoff for up to [`SUBMIT_RETRY_WINDOW`]. The
+    /// server answers a repeat with its first answer, so nothing is queued twice and the
+    /// caller learns the true outcome. A request that surely never arrived fails at once.
+    pub(crate) fn submit(
+        &self,
+        mut request: proto::SubmitRequest,
+        token: &str,
+    ) -> Result<proto::SubmitResponse, Error> {
+        if request.submission_id.is_none() {
+            request.submission_id = Some(proto::Bytes(sotto_core::random_bytes(16)?));
+        }
+        let url = format!("{}/v1/messages", self.base);
+        let deadline = Instant::now() + SUBMIT_RETRY_WINDOW;
+        let mut delay = Duration::from_millis(100);
+        let mut uncertain = false;
+        loop {
+            match authorize(self.agent.post(&url), Some(token)).send_json(&request) {
+                Ok(resp) => return self.finish(Ok(resp)),
+                Err(e) => {
+                    uncertain |= !surely_not_sent(&e);
+                    if !uncertain || Instant::now() >= deadline {
+                        return Err(self.unreachable(e));
+                    }
+                    let jitter = Duration::from_millis(u64::from(
+                        sotto_core::random_bytes(1).map(|b| b[0]).unwrap_or(0) / 4,
+                    ));
+                    std::thread::sleep(delay + jitter);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     fn finish<R: DeserializeOwned>(

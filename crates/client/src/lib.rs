@@ -668,16 +668,16 @@ impl Client {
         if recipients.is_empty() {
             return Ok(());
         }
-        let _: proto::SubmitResponse = self.api.post(
-            "/v1/messages",
-            &proto::SubmitRequest {
+        self.api.submit(
+            proto::SubmitRequest {
+                submission_id: None,
                 group_id: Bytes(group_id.to_vec()),
                 kind: proto::SubmitKind::Application,
                 epoch,
                 delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
                 welcome: None,
             },
-            Some(&token),
+            &token,
         )?;
         Ok(())
     }
@@ -721,6 +721,7 @@ impl Client {
         let recipients = self.recipients(&p, group_id)?;
         let (out, welcome_to) = make(&p, &self.me)?;
         let request = proto::SubmitRequest {
+            submission_id: None,
             group_id: Bytes(group_id.to_vec()),
             kind: proto::SubmitKind::Commit,
             epoch: out.epoch,
@@ -730,7 +731,7 @@ impl Client {
                 .filter(|_| !welcome_to.is_empty())
                 .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
         };
-        match self.api.post::<_, proto::SubmitResponse>("/v1/messages", &request, Some(&token)) {
+        match self.api.submit(request, &token) {
             Ok(_) => {
                 mls::merge_pending_commit(&p, group_id)?;
                 tx.commit()?;
@@ -825,14 +826,14 @@ impl Client {
             let recipients = self.recipients(&p, &group_id)?;
             let (epoch, proposal) = mls::leave(&p, &group_id, &self.me)?;
             let request = proto::SubmitRequest {
+                submission_id: None,
                 group_id: Bytes(group_id.clone()),
                 kind: proto::SubmitKind::Proposal,
                 epoch,
                 delivery: proto::Delivery { recipients, message: Bytes(proposal) },
                 welcome: None,
             };
-            match self.api.post::<_, proto::SubmitResponse>("/v1/messages", &request, Some(&token))
-            {
+            match self.api.submit(request, &token) {
                 Ok(_) => {
                     mls::delete_group(&p, &group_id)?;
                     tx.execute("UPDATE chats SET state = 'left' WHERE group_id = ?1", [&group_id])?;

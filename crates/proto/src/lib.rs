@@ -225,8 +225,14 @@ pub struct Delivery {
 }
 
 /// `POST /v1/messages`: submit an MLS message for a group.
+///
+/// Submissions are idempotent by `submission_id`: sending the same request again (after a
+/// lost answer) returns the first answer and queues nothing twice.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitRequest {
+    /// A random id (16 bytes) the client chooses per submission; retries reuse it.
+    #[serde(default)]
+    pub submission_id: Option<Bytes>,
     /// The MLS group id.
     pub group_id: Bytes,
     /// How the server orders it.

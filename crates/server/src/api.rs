@@ -452,12 +452,16 @@ async fn devices(
 
 async fn submit(
     State(state): State<Shared>,
-    AuthDevice(_): AuthDevice,
+    AuthDevice(sender): AuthDevice,
     ApiJson(req): ApiJson<proto::SubmitRequest>,
 ) -> Result<Json<proto::SubmitResponse>, ApiError> {
     if req.group_id.0.is_empty() || req.group_id.0.len() > 64 {
         return Err(ApiError::bad_request("group_id must be 1 to 64 bytes"));
     }
+    if req.submission_id.as_ref().is_some_and(|id| id.0.is_empty() || id.0.len() > 64) {
+        return Err(ApiError::bad_request("submission_id must be 1 to 64 bytes"));
+    }
+    let submission_id = req.submission_id.map(|id| id.0);
     let deliveries: Vec<proto::Delivery> =
         std::iter::once(req.delivery).chain(req.welcome).collect();
     let recipients: usize = deliveries.iter().map(|d| d.recipients.len()).sum();
@@ -476,6 +480,8 @@ async fn submit(
     let group_id = req.group_id.0;
     let epoch = blocking(&state, move |s| {
         let submission = Submission {
+            sender,
+            id: submission_id.as_deref(),
             group_id: &group_id,
             ordering,
             deliveries: deliveries

@@ -60,6 +60,7 @@ pub async fn serve(
     // `stopping` tells long-lived tasks (WebSocket deliveries) to wind down.
     let (stop_tx, stopping) = watch::channel(false);
     let mut stopped = stopping.clone();
+    let sweeper = tokio::spawn(sweep_periodically(store.clone()));
     let state = Arc::new(AppState { store, config, notifier: Notifier::default(), stopping });
     let app = router(state);
     let shutdown = async move {
@@ -69,7 +70,7 @@ pub async fn serve(
     };
     let Some(acceptor) = tls else {
         let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-        return tokio::select! {
+        let result = tokio::select! {
             r = server => r.map_err(|e| Error::Io(e.to_string())),
             () = async {
                 let _ = stopped.wait_for(|s| *s).await;
@@ -79,6 +80,8 @@ pub async fn serve(
                 Ok(())
             }
         };
+        sweeper.abort();
+        return result;
     };
 
     let graceful = GracefulShutdown::new();
@@ -125,5 +128,29 @@ pub async fn serve(
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("some connections did not finish in time");
     }
+    sweeper.abort();
     Ok(())
+}
+
+/// How often expired rows are swept, and how long submission ids are remembered.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+const KEEP_SUBMISSIONS: u64 = 7 * 86_400;
+
+/// Deletes expired challenges, tokens and old idempotency records, now and every hour.
+async fn sweep_periodically(store: Arc<dyn Store>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let now = sotto_core::unix_now();
+            store.sweep(now, now.saturating_sub(KEEP_SUBMISSIONS))
+        })
+        .await;
+        match swept {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping expired rows failed"),
+            Err(e) => tracing::warn!(error = %e, "sweeper task failed"),
+        }
+    }
 }

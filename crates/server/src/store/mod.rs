@@ -52,6 +52,10 @@ pub enum Ordering {
 /// A message for a group, with its recipients, and an optional welcome, stored atomically.
 #[derive(Debug, Clone)]
 pub struct Submission<'a> {
+    /// The submitting device.
+    pub sender: u64,
+    /// The sender's idempotency key: a submission seen before is not stored again.
+    pub id: Option<&'a [u8]>,
     /// The MLS group id.
     pub group_id: &'a [u8],
     /// Ordering rule.
@@ -164,7 +168,8 @@ pub trait Store: Send + Sync + 'static {
     fn claim_key_packages(&self, address: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
     /// Checks the ordering rule and queues every delivery, all or nothing. Returns the
-    /// group's epoch afterwards.
+    /// group's epoch afterwards. A submission whose (sender, id) was stored before is not
+    /// checked or stored again: the epoch recorded then is returned.
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError>;
 
     /// Up to `limit` queued messages of a device with seq > `after`, oldest first, and
@@ -173,4 +178,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a device's queued messages with seq <= `up_to`; returns how many.
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError>;
+
+    /// Deletes what has expired by `now`: challenges, tokens, and idempotency records older
+    /// than `keep_submissions_until`.
+    fn sweep(&self, now: u64, keep_submissions_until: u64) -> Result<(), StoreError>;
 }

@@ -57,6 +57,14 @@ CREATE TABLE queue (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX queue_by_device ON queue(device_id, seq);
+CREATE TABLE submissions (
+    device_id INTEGER NOT NULL,
+    submission_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (device_id, submission_id)
+);
+CREATE INDEX submissions_by_age ON submissions(created_at);
 "#];
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
@@ -232,18 +240,12 @@ impl Store for SqliteStore {
         nonce: &[u8],
         expires_at: u64,
     ) -> Result<(), StoreError> {
-        let conn = self.conn();
-        // Expired challenges are useless; sweep them whenever a new one is made.
-        conn.execute(
-            "DELETE FROM challenges WHERE expires_at < ?1",
-            [to_i64(expires_at.saturating_sub(3600))],
-        )
-        .map_err(backend)?;
-        conn.execute(
-            "INSERT INTO challenges (nonce, device_id, expires_at) VALUES (?1, ?2, ?3)",
-            params![nonce, to_i64(device_id), to_i64(expires_at)],
-        )
-        .map_err(backend)?;
+        self.conn()
+            .execute(
+                "INSERT INTO challenges (nonce, device_id, expires_at) VALUES (?1, ?2, ?3)",
+                params![nonce, to_i64(device_id), to_i64(expires_at)],
+            )
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -264,17 +266,12 @@ impl Store for SqliteStore {
         device_id: u64,
         expires_at: u64,
     ) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.execute(
-            "DELETE FROM tokens WHERE expires_at < ?1",
-            [to_i64(expires_at.saturating_sub(86_400))],
-        )
-        .map_err(backend)?;
-        conn.execute(
-            "INSERT INTO tokens (token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
-            params![token_hash, to_i64(device_id), to_i64(expires_at)],
-        )
-        .map_err(backend)?;
+        self.conn()
+            .execute(
+                "INSERT INTO tokens (token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
+                params![token_hash, to_i64(device_id), to_i64(expires_at)],
+            )
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -374,6 +371,19 @@ impl Store for SqliteStore {
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        if let Some(id) = submission.id {
+            let seen: Option<i64> = tx
+                .query_row(
+                    "SELECT epoch FROM submissions WHERE device_id = ?1 AND submission_id = ?2",
+                    params![to_i64(submission.sender), id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some(epoch) = seen {
+                return Ok(to_u64(epoch));
+            }
+        }
         let current: Option<i64> = tx
             .query_row("SELECT epoch FROM groups WHERE group_id = ?1", [submission.group_id], |r| {
                 r.get(0)
@@ -420,6 +430,14 @@ impl Store for SqliteStore {
                 }
             }
         }
+        if let Some(id) = submission.id {
+            tx.execute(
+                "INSERT INTO submissions (device_id, submission_id, epoch, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![to_i64(submission.sender), id, to_i64(epoch), to_i64(now)],
+            )
+            .map_err(backend)?;
+        }
         tx.commit().map_err(backend)?;
         Ok(epoch)
     }
@@ -441,6 +459,20 @@ impl Store for SqliteStore {
         let more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
         Ok((messages, more))
+    }
+
+    fn sweep(&self, now: u64, keep_submissions_until: u64) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM challenges WHERE expires_at <= ?1", [to_i64(now)])
+            .map_err(backend)?;
+        conn.execute("DELETE FROM tokens WHERE expires_at <= ?1", [to_i64(now)])
+            .map_err(backend)?;
+        conn.execute(
+            "DELETE FROM submissions WHERE created_at < ?1",
+            [to_i64(keep_submissions_until)],
+        )
+        .map_err(backend)?;
+        Ok(())
     }
 
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError> {

@@ -73,6 +73,8 @@ fn queues_and_ordering(store: &dyn Store) {
     let g = b"group";
     let (only_a, a_and_b, only_b, a_and_ghost) = ([a], [a, b], [b], [a, 999]);
     let commit = |epoch, msg: &'static [u8]| Submission {
+        sender: a,
+        id: None,
         group_id: g,
         ordering: Ordering::Advance(epoch),
         deliveries: vec![(&only_a[..], msg)],
@@ -87,12 +89,16 @@ fn queues_and_ordering(store: &dyn Store) {
         Err(StoreError::StaleEpoch { current: 1 })
     ));
     let proposal = Submission {
+        sender: a,
+        id: None,
         group_id: g,
         ordering: Ordering::AtEpoch(1),
         deliveries: vec![(&only_a, b"p")],
     };
     assert_eq!(store.submit(&proposal, 1).expect("proposal"), 1);
     let app = Submission {
+        sender: a,
+        id: None,
         group_id: g,
         ordering: Ordering::None,
         deliveries: vec![(&a_and_b[..], &b"m1"[..]), (&only_b[..], &b"w"[..])],
@@ -100,15 +106,25 @@ fn queues_and_ordering(store: &dyn Store) {
     assert_eq!(store.submit(&app, 1).expect("app"), 1);
     // An application message from an epoch the group has left is refused.
     let old_app = Submission {
+        sender: a,
+        id: None,
         group_id: g,
         ordering: Ordering::NotBefore(0),
         deliveries: vec![(&only_a, b"x")],
     };
     assert!(matches!(store.submit(&old_app, 1), Err(StoreError::StaleEpoch { current: 1 })));
-    let new_app = Submission { group_id: g, ordering: Ordering::NotBefore(1), deliveries: vec![] };
+    let new_app = Submission {
+        sender: a,
+        id: None,
+        group_id: g,
+        ordering: Ordering::NotBefore(1),
+        deliveries: vec![],
+    };
     assert_eq!(store.submit(&new_app, 1).expect("current epoch"), 1);
     // One unknown recipient refuses the whole submission.
     let bad = Submission {
+        sender: a,
+        id: None,
         group_id: g,
         ordering: Ordering::None,
         deliveries: vec![(&a_and_ghost, b"z")],
@@ -140,6 +156,7 @@ macro_rules! backends {
             #[test] fn challenges_and_tokens() { let (s, _g) = $make; super::challenges_and_tokens(&s) }
             #[test] fn key_packages() { let (s, _g) = $make; super::key_packages(&s) }
             #[test] fn queues_and_ordering() { let (s, _g) = $make; super::queues_and_ordering(&s) }
+            #[test] fn submissions_are_idempotent() { let (s, _g) = $make; super::submissions_are_idempotent(&s) }
         }
     )*};
 }
@@ -150,4 +167,35 @@ backends! {
         let dir = tempfile::tempdir().expect("tempdir");
         (SqliteStore::open(&dir.path().join("t.db")).expect("store"), Some(dir))
     };
+}
+
+fn submissions_are_idempotent(store: &dyn Store) {
+    let a = store.register(&account("ia@x", b"ia", None), 1).expect("a");
+    let b = store.register(&account("ib@x", b"ib", None), 1).expect("b");
+    let to_b = [b];
+    let commit = |id: &'static [u8], epoch| Submission {
+        sender: a,
+        id: Some(id),
+        group_id: b"g",
+        ordering: Ordering::Advance(epoch),
+        deliveries: vec![(&to_b[..], &b"c"[..])],
+    };
+    assert_eq!(store.submit(&commit(b"s1", 0), 1).expect("first"), 1);
+    // The same submission again (its answer was lost): same answer, nothing queued twice.
+    assert_eq!(store.submit(&commit(b"s1", 0), 2).expect("retry"), 1);
+    assert_eq!(store.fetch(b, 0, 10).expect("fetch").0.len(), 1);
+    // A different submission for the old epoch is stale.
+    assert!(matches!(
+        store.submit(&commit(b"s2", 0), 3),
+        Err(StoreError::StaleEpoch { current: 1 })
+    ));
+    // Another device may use the same id.
+    let from_b = Submission { sender: b, ..commit(b"s1", 1) };
+    assert_eq!(store.submit(&from_b, 4).expect("b's own"), 2);
+    // Records are swept once old; a refused submission left none.
+    store.sweep(10, 5).expect("sweep");
+    assert!(matches!(
+        store.submit(&commit(b"s1", 0), 11),
+        Err(StoreError::StaleEpoch { current: 2 })
+    ));
 }
