@@ -212,7 +212,7 @@ impl User {
 
     /// The text messages of a chat, as (sender, body).
     pub fn history(&self, chat: &str) -> Vec<(String, String)> {
-        texts(&self.ok(&["history", chat, "--limit", "1000"]))
+        texts(&self.ok(&["history", chat, "--limit", "1000000"]))
     }
 
     /// Starts `sotto --json listen ARGS` in the background.
