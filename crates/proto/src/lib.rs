@@ -353,6 +353,12 @@ pub enum ErrorCode {
     StaleEpoch,
     /// The body is larger than the server accepts.
     TooLarge,
+    /// A recipient's queue is at its limit until that device catches up.
+    QueueFull,
+    /// The server cannot store anything new right now (disk full or read-only).
+    StorageFull,
+    /// Too many requests; retry after the number of seconds in `Retry-After`.
+    RateLimited,
     /// The server failed; the details are in its log.
     Internal,
 }

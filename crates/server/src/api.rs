@@ -2,11 +2,14 @@
 //! and map every failure to an [`ApiError`] in one place.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
+};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +20,7 @@ use sotto_proto::{self as proto, Bytes, ErrorCode};
 use tokio::sync::watch;
 
 use crate::Config;
+use crate::limits::{PeerAddr, RateLimiter};
 use crate::secret_hash;
 use crate::store::{NewAccount, Ordering, Store, StoreError, Submission};
 
@@ -32,12 +36,16 @@ const MAX_RECIPIENTS: usize = 10_000;
 /// Default and largest page of a queue fetch.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
+/// Page size on the WebSocket: small, so a slow reader holds little server memory.
+const LIVE_PAGE: u32 = 16;
+/// How long one WebSocket send may take before the reader counts as gone.
+const LIVE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a login challenge stays valid.
 const CHALLENGE_TTL_SECS: u64 = 60;
 
 /// Wakes WebSocket connections of devices whose queue received something.
 #[derive(Debug, Default)]
-pub(crate) struct Notifier {
+struct Notifier {
     devices: Mutex<HashMap<u64, watch::Sender<()>>>,
 }
 
@@ -63,11 +71,34 @@ impl Notifier {
 
 /// What every handler shares.
 pub(crate) struct AppState {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) config: Config,
-    pub(crate) notifier: Notifier,
+    store: Arc<dyn Store>,
+    config: Config,
+    notifier: Notifier,
     /// Becomes true when the server is shutting down.
-    pub(crate) stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
+    /// Requests per authenticated device.
+    device_rate: RateLimiter<u64>,
+    /// Registration attempts per client IP address.
+    registration_rate: RateLimiter<IpAddr>,
+}
+
+impl AppState {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        config: Config,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        let per_second = f64::from(config.device_requests_per_second);
+        let per_hour = f64::from(config.registrations_per_hour_per_ip);
+        AppState {
+            store,
+            notifier: Notifier::default(),
+            stopping,
+            device_rate: RateLimiter::new(per_second, per_second * 10.0),
+            registration_rate: RateLimiter::new(per_hour / 3600.0, per_hour),
+            config,
+        }
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -79,11 +110,24 @@ pub(crate) struct ApiError {
     code: ErrorCode,
     message: String,
     epoch: Option<u64>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), epoch: None }
+        ApiError { status, code, message: message.into(), epoch: None, retry_after: None }
+    }
+
+    fn rate_limited(what: &str, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + 1;
+        ApiError {
+            retry_after: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!("too many {what}; retry in {secs} s"),
+            )
+        }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -140,6 +184,19 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownDevice(d) => {
                 Self::new(S::NOT_FOUND, ErrorCode::UnknownDevice, format!("unknown device {d}"))
             }
+            StoreError::QueueFull { device } => Self::new(
+                S::INSUFFICIENT_STORAGE,
+                ErrorCode::QueueFull,
+                format!("the queue of device {device} is full until that device catches up"),
+            ),
+            StoreError::Unwritable(detail) => {
+                tracing::error!(%detail, "storage cannot be written; refusing new data");
+                Self::new(
+                    S::INSUFFICIENT_STORAGE,
+                    ErrorCode::StorageFull,
+                    "the server cannot store anything new right now (storage full or read-only)",
+                )
+            }
             other => Self::internal("store failed", &other),
         }
     }
@@ -147,7 +204,11 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -191,8 +252,11 @@ impl FromRequestParts<Shared> for AuthDevice {
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer TOKEN"))?;
         let hash = secret_hash(token);
-        let device = blocking(state, move |s| s.token_device(&hash, unix_now())).await?;
-        device.map(AuthDevice).ok_or_else(|| ApiError::unauthorized("unknown or expired token"))
+        let device = blocking(state, move |s| s.token_device(&hash, unix_now()))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("unknown or expired token"))?;
+        state.device_rate.check(device).map_err(|wait| ApiError::rate_limited("requests", wait))?;
+        Ok(AuthDevice(device))
     }
 }
 
@@ -260,8 +324,14 @@ async fn info(State(state): State<Shared>) -> Json<proto::ServerInfo> {
 
 async fn register(
     State(state): State<Shared>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     ApiJson(req): ApiJson<proto::RegisterRequest>,
 ) -> Result<Json<proto::RegisterResponse>, ApiError> {
+    // Every attempt counts, successful or not: this also slows down guessing invite codes.
+    state
+        .registration_rate
+        .check(peer.ip())
+        .map_err(|wait| ApiError::rate_limited("registrations from this address", wait))?;
     let address = parse_address(&state, &req.address)?;
     if req.device_key.0.len() != 32 {
         return Err(ApiError::bad_request("device_key must be a 32-byte Ed25519 public key"));
@@ -478,12 +548,14 @@ async fn submit(
     };
     let notify: Vec<u64> = deliveries.iter().flat_map(|d| d.recipients.iter().copied()).collect();
     let group_id = req.group_id.0;
+    let limits = state.config.queue_limits;
     let epoch = blocking(&state, move |s| {
         let submission = Submission {
             sender,
             id: submission_id.as_deref(),
             group_id: &group_id,
             ordering,
+            limits,
             deliveries: deliveries
                 .iter()
                 .map(|d| (d.recipients.as_slice(), d.message.0.as_slice()))
@@ -503,7 +575,9 @@ async fn fetch(
 ) -> Result<Json<proto::QueueResponse>, ApiError> {
     let Query(q) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let (messages, more) = blocking(&state, move |s| s.fetch(device, q.after, limit)).await?;
+    let not_before = unix_now().saturating_sub(state.config.message_ttl_secs);
+    let (messages, more) =
+        blocking(&state, move |s| s.fetch(device, q.after, limit, not_before)).await?;
     Ok(Json(proto::QueueResponse {
         messages: messages
             .into_iter()
@@ -551,7 +625,8 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
             return;
         }
         wake.borrow_and_update();
-        let page = blocking(&state, move |s| s.fetch(device, sent, DEFAULT_PAGE)).await;
+        let not_before = unix_now().saturating_sub(state.config.message_ttl_secs);
+        let page = blocking(&state, move |s| s.fetch(device, sent, LIVE_PAGE, not_before)).await;
         let (messages, more) = match page {
             Ok(page) => page,
             Err(e) => {
@@ -563,8 +638,10 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
             sent = seq;
             let f =
                 proto::ServerFrame::Message(proto::QueuedMessage { seq, message: Bytes(message) });
-            if socket.send(frame(&f)).await.is_err() {
-                return;
+            // A reader that takes no data for this long is gone; its messages stay queued.
+            match tokio::time::timeout(LIVE_SEND_TIMEOUT, socket.send(frame(&f))).await {
+                Ok(Ok(())) => {}
+                _ => return,
             }
         }
         if more || wake.has_changed().unwrap_or(false) {

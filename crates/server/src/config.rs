@@ -3,6 +3,8 @@ use std::path::PathBuf;
 
 use sotto_proto::RegistrationMode;
 
+use crate::store::QueueLimits;
+
 /// A certificate chain and private key, PEM files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -29,6 +31,18 @@ pub struct Config {
     pub danger_allow_plain_http: bool,
     /// Lifetime of a bearer token, in seconds.
     pub token_ttl_secs: u64,
+    /// Bounds on each device's queue.
+    pub queue_limits: QueueLimits,
+    /// How long an undelivered message waits in a queue before it expires, in seconds.
+    pub message_ttl_secs: u64,
+    /// Most simultaneous connections; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Requests per second each device may make (sustained; bursts of ten times that).
+    pub device_requests_per_second: u32,
+    /// Registrations per hour from one IP address.
+    pub registrations_per_hour_per_ip: u32,
+    /// How often expired rows are swept, in seconds.
+    pub sweep_interval_secs: u64,
 }
 
 impl Config {
@@ -62,6 +76,12 @@ impl Default for Config {
             tls: None,
             danger_allow_plain_http: false,
             token_ttl_secs: 3600,
+            queue_limits: QueueLimits { max_messages: 10_000, max_bytes: 256 * 1024 * 1024 },
+            message_ttl_secs: 30 * 86_400,
+            max_connections: 10_000,
+            device_requests_per_second: 200,
+            registrations_per_hour_per_ip: 30,
+            sweep_interval_secs: 300,
         }
     }
 }

@@ -14,6 +14,7 @@
 mod api;
 mod config;
 mod error;
+mod limits;
 mod net;
 pub mod store;
 

@@ -13,7 +13,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, pki_types};
 use tower::ServiceExt as _;
 
-use crate::api::{AppState, Notifier, router};
+use crate::api::{AppState, router};
+use crate::limits::{CappedListener, PeerAddr};
 use crate::store::Store;
 use crate::{Config, Error, TlsFiles};
 
@@ -60,8 +61,9 @@ pub async fn serve(
     // `stopping` tells long-lived tasks (WebSocket deliveries) to wind down.
     let (stop_tx, stopping) = watch::channel(false);
     let mut stopped = stopping.clone();
-    let sweeper = tokio::spawn(sweep_periodically(store.clone()));
-    let state = Arc::new(AppState { store, config, notifier: Notifier::default(), stopping });
+    let sweeper = tokio::spawn(sweep_periodically(store.clone(), config.clone()));
+    let listener = CappedListener::new(listener, config.max_connections);
+    let state = Arc::new(AppState::new(store, config, stopping));
     let app = router(state);
     let shutdown = async move {
         shutdown.await;
@@ -69,6 +71,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     };
     let Some(acceptor) = tls else {
+        let app = app.into_make_service_with_connect_info::<PeerAddr>();
         let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
         let result = tokio::select! {
             r = server => r.map_err(|e| Error::Io(e.to_string())),
@@ -86,22 +89,11 @@ pub async fn serve(
 
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut backoff = Duration::from_millis(5);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => { backoff = Duration::from_millis(5); a }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, then try again.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
+            accepted = listener.accept_capped() => accepted,
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
@@ -114,10 +106,12 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(PeerAddr(peer)));
                     app.clone().oneshot(req.map(axum::body::Body::new))
-                });
+                },
+            );
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -132,23 +126,26 @@ pub async fn serve(
     Ok(())
 }
 
-/// How often expired rows are swept, and how long submission ids are remembered.
-const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How long submission ids are remembered for idempotent retries.
 const KEEP_SUBMISSIONS: u64 = 7 * 86_400;
 
-/// Deletes expired challenges, tokens and old idempotency records, now and every hour.
-async fn sweep_periodically(store: Arc<dyn Store>) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+/// Deletes expired challenges, tokens, idempotency records and queued messages, at start and
+/// then every `sweep_interval_secs`.
+async fn sweep_periodically(store: Arc<dyn Store>, config: Config) {
+    let every = Duration::from_secs(config.sweep_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let store = store.clone();
+        let ttl = config.message_ttl_secs;
         let swept = tokio::task::spawn_blocking(move || {
             let now = sotto_core::unix_now();
-            store.sweep(now, now.saturating_sub(KEEP_SUBMISSIONS))
+            store.sweep(now, now.saturating_sub(KEEP_SUBMISSIONS), now.saturating_sub(ttl))
         })
         .await;
         match swept {
-            Ok(Ok(())) => {}
+            Ok(Ok(0)) => {}
+            Ok(Ok(expired)) => tracing::info!(expired, "undelivered messages expired"),
             Ok(Err(e)) => tracing::warn!(error = %e, "sweeping expired rows failed"),
             Err(e) => tracing::warn!(error = %e, "sweeper task failed"),
         }

@@ -49,6 +49,20 @@ pub enum Ordering {
     Advance(u64),
 }
 
+/// Bounds on one device's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most messages waiting.
+    pub max_messages: u64,
+    /// Most bytes waiting.
+    pub max_bytes: u64,
+}
+
+impl QueueLimits {
+    /// No bounds (tests).
+    pub const UNLIMITED: QueueLimits = QueueLimits { max_messages: u64::MAX, max_bytes: u64::MAX };
+}
+
 /// A message for a group, with its recipients, and an optional welcome, stored atomically.
 #[derive(Debug, Clone)]
 pub struct Submission<'a> {
@@ -62,6 +76,8 @@ pub struct Submission<'a> {
     pub ordering: Ordering,
     /// Recipients and message.
     pub deliveries: Vec<(&'a [u64], &'a [u8])>,
+    /// No recipient's queue may grow past these.
+    pub limits: QueueLimits,
 }
 
 /// A page of a device's queue: (seq, message) pairs, oldest first, and whether more follow.
@@ -104,6 +120,15 @@ pub enum StoreError {
     /// A recipient device does not exist.
     #[error("unknown device {0}")]
     UnknownDevice(u64),
+    /// A recipient's queue is at its limit.
+    #[error("the queue of device {device} is full")]
+    QueueFull {
+        /// The recipient.
+        device: u64,
+    },
+    /// The database cannot be written: the disk is full or read-only, or failing.
+    #[error("storage cannot be written: {0}")]
+    Unwritable(String),
     /// The database failed.
     #[error("database: {0}")]
     Backend(String),
@@ -172,14 +197,26 @@ pub trait Store: Send + Sync + 'static {
     /// checked or stored again: the epoch recorded then is returned.
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError>;
 
-    /// Up to `limit` queued messages of a device with seq > `after`, oldest first, and
-    /// whether more follow.
-    fn fetch(&self, device_id: u64, after: u64, limit: u32) -> Result<QueuePage, StoreError>;
+    /// Up to `limit` queued messages of a device with seq > `after` that were queued at or
+    /// after `not_before` (older ones have expired), oldest first, and whether more follow.
+    fn fetch(
+        &self,
+        device_id: u64,
+        after: u64,
+        limit: u32,
+        not_before: u64,
+    ) -> Result<QueuePage, StoreError>;
 
     /// Removes a device's queued messages with seq <= `up_to`; returns how many.
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError>;
 
-    /// Deletes what has expired by `now`: challenges, tokens, and idempotency records older
-    /// than `keep_submissions_until`.
-    fn sweep(&self, now: u64, keep_submissions_until: u64) -> Result<(), StoreError>;
+    /// Deletes what has expired by `now`: challenges, tokens, idempotency records older than
+    /// `keep_submissions_until` and queued messages older than `expire_messages_before`.
+    /// Returns how many queued messages expired.
+    fn sweep(
+        &self,
+        now: u64,
+        keep_submissions_until: u64,
+        expire_messages_before: u64,
+    ) -> Result<u64, StoreError>;
 }

@@ -65,6 +65,12 @@ CREATE TABLE submissions (
     PRIMARY KEY (device_id, submission_id)
 );
 CREATE INDEX submissions_by_age ON submissions(created_at);
+CREATE INDEX queue_by_age ON queue(created_at);
+CREATE TABLE queue_stats (
+    device_id INTEGER PRIMARY KEY,
+    messages INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
 "#];
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
@@ -75,7 +81,13 @@ pub struct SqliteStore {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DiskFull | C::ReadOnly | C::SystemIoFailure) => {
+            StoreError::Unwritable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -134,6 +146,22 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         device_key: r.get(2)?,
         created_at: to_u64(r.get(3)?),
     })
+}
+
+/// Takes messages that left a queue off its counters.
+fn uncount(
+    tx: &rusqlite::Transaction<'_>,
+    device: i64,
+    messages: i64,
+    bytes: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE queue_stats SET messages = MAX(messages - ?2, 0), bytes = MAX(bytes - ?3, 0)
+         WHERE device_id = ?1",
+        params![device, messages, bytes],
+    )
+    .map_err(backend)?;
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -414,19 +442,42 @@ impl Store for SqliteStore {
         {
             let mut exists =
                 tx.prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1").map_err(backend)?;
+            let mut stats = tx
+                .prepare_cached("SELECT messages, bytes FROM queue_stats WHERE device_id = ?1")
+                .map_err(backend)?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO queue (device_id, message, created_at) VALUES (?1, ?2, ?3)",
                 )
                 .map_err(backend)?;
+            let mut count = tx
+                .prepare_cached(
+                    "INSERT INTO queue_stats (device_id, messages, bytes) VALUES (?1, 1, ?2)
+                     ON CONFLICT (device_id) DO UPDATE
+                     SET messages = messages + 1, bytes = bytes + excluded.bytes",
+                )
+                .map_err(backend)?;
+            let limits = submission.limits;
             for (recipients, message) in &submission.deliveries {
+                let len = message.len() as u64;
                 for &device in *recipients {
                     if !exists.exists([to_i64(device)]).map_err(backend)? {
                         return Err(StoreError::UnknownDevice(device));
                     }
+                    let (messages, bytes): (i64, i64) = stats
+                        .query_row([to_i64(device)], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                        .map_err(backend)?
+                        .unwrap_or((0, 0));
+                    if to_u64(messages) >= limits.max_messages
+                        || to_u64(bytes).saturating_add(len) > limits.max_bytes
+                    {
+                        return Err(StoreError::QueueFull { device });
+                    }
                     insert
                         .execute(params![to_i64(device), message, to_i64(now)])
                         .map_err(backend)?;
+                    count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
                 }
             }
         }
@@ -442,47 +493,87 @@ impl Store for SqliteStore {
         Ok(epoch)
     }
 
-    fn fetch(&self, device_id: u64, after: u64, limit: u32) -> Result<QueuePage, StoreError> {
+    fn fetch(
+        &self,
+        device_id: u64,
+        after: u64,
+        limit: u32,
+        not_before: u64,
+    ) -> Result<QueuePage, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT seq, message FROM queue WHERE device_id = ?1 AND seq > ?2
-                 ORDER BY seq LIMIT ?3",
+                 AND created_at >= ?4 ORDER BY seq LIMIT ?3",
             )
             .map_err(backend)?;
-        let rows = stmt
-            .query_map(params![to_i64(device_id), to_i64(after), i64::from(limit) + 1], |r| {
-                Ok((to_u64(r.get(0)?), r.get(1)?))
-            })
-            .map_err(backend)?;
+        let args =
+            params![to_i64(device_id), to_i64(after), i64::from(limit) + 1, to_i64(not_before)];
+        let rows = stmt.query_map(args, |r| Ok((to_u64(r.get(0)?), r.get(1)?))).map_err(backend)?;
         let mut messages: Vec<(u64, Vec<u8>)> = rows.collect::<Result<_, _>>().map_err(backend)?;
         let more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
         Ok((messages, more))
     }
 
-    fn sweep(&self, now: u64, keep_submissions_until: u64) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM challenges WHERE expires_at <= ?1", [to_i64(now)])
+    fn sweep(
+        &self,
+        now: u64,
+        keep_submissions_until: u64,
+        expire_messages_before: u64,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        tx.execute("DELETE FROM challenges WHERE expires_at <= ?1", [to_i64(now)])
             .map_err(backend)?;
-        conn.execute("DELETE FROM tokens WHERE expires_at <= ?1", [to_i64(now)])
-            .map_err(backend)?;
-        conn.execute(
+        tx.execute("DELETE FROM tokens WHERE expires_at <= ?1", [to_i64(now)]).map_err(backend)?;
+        tx.execute(
             "DELETE FROM submissions WHERE created_at < ?1",
             [to_i64(keep_submissions_until)],
         )
         .map_err(backend)?;
-        Ok(())
+        let expired: Vec<(i64, i64, i64)> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT device_id, COUNT(*), SUM(LENGTH(message)) FROM queue
+                     WHERE created_at < ?1 GROUP BY device_id",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([to_i64(expire_messages_before)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        tx.execute("DELETE FROM queue WHERE created_at < ?1", [to_i64(expire_messages_before)])
+            .map_err(backend)?;
+        for (device, messages, bytes) in &expired {
+            uncount(&tx, *device, *messages, *bytes)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(expired.iter().map(|(_, m, _)| to_u64(*m)).sum())
     }
 
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
-        let n = self
-            .conn()
-            .execute(
-                "DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2",
-                params![to_i64(device_id), to_i64(up_to)],
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let args = params![to_i64(device_id), to_i64(up_to)];
+        let (messages, bytes): (i64, i64) = tx
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(message)), 0) FROM queue
+                 WHERE device_id = ?1 AND seq <= ?2",
+                args,
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(backend)?;
-        Ok(n as u64)
+        if messages == 0 {
+            return Ok(0);
+        }
+        tx.execute("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2", args)
+            .map_err(backend)?;
+        uncount(&tx, to_i64(device_id), messages, bytes)?;
+        tx.commit().map_err(backend)?;
+        Ok(to_u64(messages))
     }
 }

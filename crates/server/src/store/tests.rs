@@ -78,6 +78,7 @@ fn queues_and_ordering(store: &dyn Store) {
         group_id: g,
         ordering: Ordering::Advance(epoch),
         deliveries: vec![(&only_a[..], msg)],
+        limits: QueueLimits::UNLIMITED,
     };
     assert_eq!(store.submit(&commit(0, b"c0"), 1).expect("first commit"), 1);
     assert!(matches!(
@@ -94,6 +95,7 @@ fn queues_and_ordering(store: &dyn Store) {
         group_id: g,
         ordering: Ordering::AtEpoch(1),
         deliveries: vec![(&only_a, b"p")],
+        limits: QueueLimits::UNLIMITED,
     };
     assert_eq!(store.submit(&proposal, 1).expect("proposal"), 1);
     let app = Submission {
@@ -102,6 +104,7 @@ fn queues_and_ordering(store: &dyn Store) {
         group_id: g,
         ordering: Ordering::None,
         deliveries: vec![(&a_and_b[..], &b"m1"[..]), (&only_b[..], &b"w"[..])],
+        limits: QueueLimits::UNLIMITED,
     };
     assert_eq!(store.submit(&app, 1).expect("app"), 1);
     // An application message from an epoch the group has left is refused.
@@ -111,6 +114,7 @@ fn queues_and_ordering(store: &dyn Store) {
         group_id: g,
         ordering: Ordering::NotBefore(0),
         deliveries: vec![(&only_a, b"x")],
+        limits: QueueLimits::UNLIMITED,
     };
     assert!(matches!(store.submit(&old_app, 1), Err(StoreError::StaleEpoch { current: 1 })));
     let new_app = Submission {
@@ -119,6 +123,7 @@ fn queues_and_ordering(store: &dyn Store) {
         group_id: g,
         ordering: Ordering::NotBefore(1),
         deliveries: vec![],
+        limits: QueueLimits::UNLIMITED,
     };
     assert_eq!(store.submit(&new_app, 1).expect("current epoch"), 1);
     // One unknown recipient refuses the whole submission.
@@ -128,24 +133,25 @@ fn queues_and_ordering(store: &dyn Store) {
         group_id: g,
         ordering: Ordering::None,
         deliveries: vec![(&a_and_ghost, b"z")],
+        limits: QueueLimits::UNLIMITED,
     };
     assert!(matches!(store.submit(&bad, 1), Err(StoreError::UnknownDevice(999))));
 
-    let (msgs, more) = store.fetch(a, 0, 2).expect("fetch");
+    let (msgs, more) = store.fetch(a, 0, 2, 0).expect("fetch");
     assert!(more);
     let bodies: Vec<&[u8]> = msgs.iter().map(|(_, m)| m.as_slice()).collect();
     assert_eq!(bodies, vec![&b"c0"[..], b"p"]);
-    let (rest, more) = store.fetch(a, msgs[1].0, 10).expect("fetch");
+    let (rest, more) = store.fetch(a, msgs[1].0, 10, 0).expect("fetch");
     assert!(!more);
     assert_eq!(rest.iter().map(|(_, m)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..]]);
     assert!(msgs[0].0 < msgs[1].0 && msgs[1].0 < rest[0].0, "seq increases");
     // b sees only its own queue.
-    let (bq, _) = store.fetch(b, 0, 10).expect("fetch");
+    let (bq, _) = store.fetch(b, 0, 10, 0).expect("fetch");
     assert_eq!(bq.iter().map(|(_, m)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..], b"w"]);
     // Acknowledging removes exactly what was acknowledged, and only from the own queue.
     assert_eq!(store.ack(a, msgs[1].0).expect("ack"), 2);
-    assert_eq!(store.fetch(a, 0, 10).expect("fetch").0.len(), 1);
-    assert_eq!(store.fetch(b, 0, 10).expect("fetch").0.len(), 2);
+    assert_eq!(store.fetch(a, 0, 10, 0).expect("fetch").0.len(), 1);
+    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 2);
 }
 
 macro_rules! backends {
@@ -157,6 +163,7 @@ macro_rules! backends {
             #[test] fn key_packages() { let (s, _g) = $make; super::key_packages(&s) }
             #[test] fn queues_and_ordering() { let (s, _g) = $make; super::queues_and_ordering(&s) }
             #[test] fn submissions_are_idempotent() { let (s, _g) = $make; super::submissions_are_idempotent(&s) }
+            #[test] fn queue_limits_and_expiry() { let (s, _g) = $make; super::queue_limits_and_expiry(&s) }
         }
     )*};
 }
@@ -179,11 +186,12 @@ fn submissions_are_idempotent(store: &dyn Store) {
         group_id: b"g",
         ordering: Ordering::Advance(epoch),
         deliveries: vec![(&to_b[..], &b"c"[..])],
+        limits: QueueLimits::UNLIMITED,
     };
     assert_eq!(store.submit(&commit(b"s1", 0), 1).expect("first"), 1);
     // The same submission again (its answer was lost): same answer, nothing queued twice.
     assert_eq!(store.submit(&commit(b"s1", 0), 2).expect("retry"), 1);
-    assert_eq!(store.fetch(b, 0, 10).expect("fetch").0.len(), 1);
+    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 1);
     // A different submission for the old epoch is stale.
     assert!(matches!(
         store.submit(&commit(b"s2", 0), 3),
@@ -193,9 +201,46 @@ fn submissions_are_idempotent(store: &dyn Store) {
     let from_b = Submission { sender: b, ..commit(b"s1", 1) };
     assert_eq!(store.submit(&from_b, 4).expect("b's own"), 2);
     // Records are swept once old; a refused submission left none.
-    store.sweep(10, 5).expect("sweep");
+    store.sweep(10, 5, 0).expect("sweep");
     assert!(matches!(
         store.submit(&commit(b"s1", 0), 11),
         Err(StoreError::StaleEpoch { current: 2 })
     ));
+}
+
+fn queue_limits_and_expiry(store: &dyn Store) {
+    let a = store.register(&account("la@x", b"la", None), 1).expect("a");
+    let b = store.register(&account("lb@x", b"lb", None), 1).expect("b");
+    let to_b = [b];
+    let limits = QueueLimits { max_messages: 3, max_bytes: 10 };
+    let send = |msg: &'static [u8], now| {
+        let s = Submission {
+            sender: a,
+            id: None,
+            group_id: b"g",
+            ordering: Ordering::None,
+            deliveries: vec![(&to_b[..], msg)],
+            limits,
+        };
+        store.submit(&s, now)
+    };
+    send(b"1234", 10).expect("1");
+    send(b"1234", 10).expect("2");
+    assert!(
+        matches!(send(b"123", 10), Err(StoreError::QueueFull { device }) if device == b),
+        "bytes"
+    );
+    send(b"12", 20).expect("3");
+    assert!(matches!(send(b"", 20), Err(StoreError::QueueFull { .. })), "count");
+    // Acknowledging frees room.
+    let (first, _) = store.fetch(b, 0, 1, 0).expect("fetch");
+    assert_eq!(store.ack(b, first[0].0).expect("ack"), 1);
+    send(b"1", 30).expect("room again");
+    // Expiry: messages older than the cut-off are not handed out and are swept.
+    assert_eq!(store.fetch(b, 0, 10, 15).expect("fetch").0.len(), 2);
+    assert_eq!(store.sweep(40, 0, 15).expect("sweep"), 1);
+    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 2);
+    // The counters followed: two in, room for one more.
+    send(b"1", 40).expect("third");
+    assert!(matches!(send(b"1", 40), Err(StoreError::QueueFull { .. })));
 }

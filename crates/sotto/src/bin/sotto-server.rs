@@ -44,6 +44,27 @@ struct ServeArgs {
     /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
     #[arg(long)]
     danger_allow_plain_http: bool,
+    /// Most messages waiting in one device's queue; senders then get `queue_full`.
+    #[arg(long, env = "SOTTO_QUEUE_MAX_MESSAGES", default_value_t = 10_000)]
+    queue_max_messages: u64,
+    /// Most bytes waiting in one device's queue (a number with K, M or G).
+    #[arg(long, env = "SOTTO_QUEUE_MAX_BYTES", default_value = "256M", value_parser = parse_size)]
+    queue_max_bytes: u64,
+    /// How long an undelivered message waits before it expires (e.g. 30d, 12h).
+    #[arg(long, env = "SOTTO_MESSAGE_TTL", default_value = "30d", value_parser = parse_duration)]
+    message_ttl: u64,
+    /// Most simultaneous connections; further ones wait until one closes.
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Requests per second one device may make (bursts of ten times that).
+    #[arg(long, env = "SOTTO_DEVICE_RATE", default_value_t = 200)]
+    device_rate: u32,
+    /// Registration attempts per hour from one IP address.
+    #[arg(long, env = "SOTTO_REGISTRATION_RATE", default_value_t = 30)]
+    registration_rate: u32,
+    /// How often expired messages and sessions are swept (e.g. 5m).
+    #[arg(long, env = "SOTTO_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    sweep_interval: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -96,6 +117,21 @@ fn parse_duration(s: &str) -> Result<u64, String> {
     }
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 512K or 256M"))?;
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("unknown unit {unit:?}: use K, M or G")),
+    };
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| "the size must be positive".into())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -119,6 +155,15 @@ fn main() -> anyhow::Result<()> {
             _ => None,
         },
         danger_allow_plain_http: cli.serve.danger_allow_plain_http,
+        queue_limits: sotto_server::store::QueueLimits {
+            max_messages: cli.serve.queue_max_messages.max(1),
+            max_bytes: cli.serve.queue_max_bytes,
+        },
+        message_ttl_secs: cli.serve.message_ttl,
+        max_connections: cli.serve.max_connections.max(1),
+        device_requests_per_second: cli.serve.device_rate.max(1),
+        registrations_per_hour_per_ip: cli.serve.registration_rate.max(1),
+        sweep_interval_secs: cli.serve.sweep_interval,
         ..Config::default()
     };
     if matches!(cli.command, None | Some(Command::Serve)) {
