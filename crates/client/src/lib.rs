@@ -907,11 +907,20 @@ impl Client {
         }
     }
 
+    /// Tells the server to drop what was processed. A server whose storage is full cannot
+    /// delete either; the messages are safe here, so that is no failure: the next sync
+    /// acknowledges them again.
     fn ack(&mut self, up_to: u64) -> Result<(), Error> {
         let token = self.token()?;
-        let _: proto::AckResponse =
-            self.api.post("/v1/queue/ack", &proto::AckRequest { up_to }, Some(&token))?;
-        db::set_last_acked(&self.conn, up_to)
+        match self.api.post::<_, proto::AckResponse>(
+            "/v1/queue/ack",
+            &proto::AckRequest { up_to },
+            Some(&token),
+        ) {
+            Ok(_) => db::set_last_acked(&self.conn, up_to),
+            Err(e) if e.server_code() == Some("storage_full") => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Processes one queued message in one transaction with the new sync position.

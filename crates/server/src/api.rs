@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::Config;
 use crate::limits::{PeerAddr, RateLimiter};
 use crate::secret_hash;
+use crate::session::Sessions;
 use crate::store::{NewAccount, Ordering, Store, StoreError, Submission};
 
 /// Largest request body accepted.
@@ -40,8 +41,6 @@ const MAX_PAGE: u32 = 500;
 const LIVE_PAGE: u32 = 16;
 /// How long one WebSocket send may take before the reader counts as gone.
 const LIVE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long a login challenge stays valid.
-const CHALLENGE_TTL_SECS: u64 = 60;
 
 /// Wakes WebSocket connections of devices whose queue received something.
 #[derive(Debug, Default)]
@@ -80,12 +79,15 @@ pub(crate) struct AppState {
     device_rate: RateLimiter<u64>,
     /// Registration attempts per client IP address.
     registration_rate: RateLimiter<IpAddr>,
+    /// Challenges and tokens.
+    sessions: Sessions,
 }
 
 impl AppState {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         config: Config,
+        sessions: Sessions,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         let per_second = f64::from(config.device_requests_per_second);
@@ -96,6 +98,7 @@ impl AppState {
             stopping,
             device_rate: RateLimiter::new(per_second, per_second * 10.0),
             registration_rate: RateLimiter::new(per_hour / 3600.0, per_hour),
+            sessions,
             config,
         }
     }
@@ -251,9 +254,9 @@ impl FromRequestParts<Shared> for AuthDevice {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer TOKEN"))?;
-        let hash = secret_hash(token);
-        let device = blocking(state, move |s| s.token_device(&hash, unix_now()))
-            .await?
+        let device = state
+            .sessions
+            .verify(token, unix_now())
             .ok_or_else(|| ApiError::unauthorized("unknown or expired token"))?;
         state.device_rate.check(device).map_err(|wait| ApiError::rate_limited("requests", wait))?;
         Ok(AuthDevice(device))
@@ -288,10 +291,6 @@ fn parse_address(state: &Shared, text: &str) -> Result<Address, ApiError> {
         ));
     }
     Ok(address)
-}
-
-fn random(n: usize) -> Result<Vec<u8>, ApiError> {
-    sotto_core::random_bytes(n).map_err(|e| ApiError::internal("random generator failed", &e))
 }
 
 pub(crate) fn router(state: Shared) -> Router {
@@ -372,20 +371,14 @@ async fn challenge(
     State(state): State<Shared>,
     ApiJson(req): ApiJson<proto::ChallengeRequest>,
 ) -> Result<Json<proto::ChallengeResponse>, ApiError> {
-    let nonce = random(32)?;
-    let stored = nonce.clone();
     let device_id = req.device_id;
-    let known = blocking(&state, move |s| {
-        if s.device(device_id)?.is_none() {
-            return Ok(false);
-        }
-        s.put_challenge(device_id, &stored, unix_now() + CHALLENGE_TTL_SECS)?;
-        Ok(true)
-    })
-    .await?;
-    if !known {
+    if blocking(&state, move |s| s.device(device_id)).await?.is_none() {
         return Err(StoreError::UnknownDevice(device_id).into());
     }
+    let nonce = state
+        .sessions
+        .challenge(device_id, unix_now())
+        .map_err(|e| ApiError::internal("making a challenge failed", &e))?;
     Ok(Json(proto::ChallengeResponse { nonce: Bytes(nonce) }))
 }
 
@@ -394,15 +387,12 @@ async fn token(
     ApiJson(req): ApiJson<proto::TokenRequest>,
 ) -> Result<Json<proto::TokenResponse>, ApiError> {
     let device_id = req.device_id;
-    let nonce = req.nonce.0.clone();
-    let device = blocking(&state, move |s| {
-        // The nonce is consumed whatever follows: each can be tried once.
-        if !s.take_challenge(device_id, &nonce, unix_now())? {
-            return Ok(None);
-        }
-        s.device(device_id)
-    })
-    .await?
+    // The nonce is consumed whatever follows: each can be tried once.
+    let device = if state.sessions.redeem(device_id, &req.nonce.0, unix_now()) {
+        blocking(&state, move |s| s.device(device_id)).await?
+    } else {
+        None
+    }
     .ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -418,10 +408,8 @@ async fn token(
             "challenge signature does not verify with the device key",
         ));
     }
-    let token = hex::encode(random(32)?);
-    let hash = secret_hash(&token);
     let ttl = state.config.token_ttl_secs;
-    blocking(&state, move |s| s.put_token(&hash, device_id, unix_now() + ttl)).await?;
+    let token = state.sessions.token(device_id, unix_now() + ttl);
     Ok(Json(proto::TokenResponse { token, expires_in: ttl }))
 }
 

@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod limits;
 mod net;
+mod session;
 pub mod store;
 
 use std::sync::Arc;
@@ -27,8 +28,8 @@ use sha2::{Digest, Sha256};
 pub use sotto_proto::RegistrationMode;
 use store::Store;
 
-/// SHA-256 of a secret (invite code or token). Only hashes are stored, so a copy of the
-/// database does not give working codes or tokens.
+/// SHA-256 of an invite code. Only hashes are stored, so a copy of the database does not
+/// give working codes.
 pub(crate) fn secret_hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }

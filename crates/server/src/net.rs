@@ -15,6 +15,7 @@ use tower::ServiceExt as _;
 
 use crate::api::{AppState, router};
 use crate::limits::{CappedListener, PeerAddr};
+use crate::session::Sessions;
 use crate::store::Store;
 use crate::{Config, Error, TlsFiles};
 
@@ -58,12 +59,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    let sessions = Sessions::load_or_create(&config.data_dir.join("session.key"))?;
     // `stopping` tells long-lived tasks (WebSocket deliveries) to wind down.
     let (stop_tx, stopping) = watch::channel(false);
     let mut stopped = stopping.clone();
     let sweeper = tokio::spawn(sweep_periodically(store.clone(), config.clone()));
     let listener = CappedListener::new(listener, config.max_connections);
-    let state = Arc::new(AppState::new(store, config, stopping));
+    let state = Arc::new(AppState::new(store, config, sessions, stopping));
     let app = router(state);
     let shutdown = async move {
         shutdown.await;
@@ -129,8 +131,8 @@ pub async fn serve(
 /// How long submission ids are remembered for idempotent retries.
 const KEEP_SUBMISSIONS: u64 = 7 * 86_400;
 
-/// Deletes expired challenges, tokens, idempotency records and queued messages, at start and
-/// then every `sweep_interval_secs`.
+/// Deletes old idempotency records and expired queued messages, at start and then every
+/// `sweep_interval_secs`.
 async fn sweep_periodically(store: Arc<dyn Store>, config: Config) {
     let every = Duration::from_secs(config.sweep_interval_secs.max(1));
     let mut tick = tokio::time::interval(every);
@@ -140,7 +142,7 @@ async fn sweep_periodically(store: Arc<dyn Store>, config: Config) {
         let ttl = config.message_ttl_secs;
         let swept = tokio::task::spawn_blocking(move || {
             let now = sotto_core::unix_now();
-            store.sweep(now, now.saturating_sub(KEEP_SUBMISSIONS), now.saturating_sub(ttl))
+            store.sweep(now.saturating_sub(KEEP_SUBMISSIONS), now.saturating_sub(ttl))
         })
         .await;
         match swept {

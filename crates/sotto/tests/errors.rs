@@ -4,49 +4,10 @@
 mod common;
 
 use base64::Engine as _;
-use common::{Server, User, pair};
+use common::{Server, User, api_device, b64, challenge, code, pair};
 use serde_json::{Value, json};
 use sotto_core::auth;
 use sotto_core::mls::DeviceKey;
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("<no code>")
-}
-
-/// Registers a device straight through the API and logs it in; returns (device id, token).
-fn api_device(server: &Server, address: &str, invite: Option<&str>) -> (u64, String, DeviceKey) {
-    let key = DeviceKey::generate().expect("key");
-    let sig = key
-        .sign(&auth::registration_payload(&address.parse().expect("address"), key.public()))
-        .expect("sign");
-    let body = json!({"address": address, "invite": invite, "device_key": b64(key.public()), "signature": b64(&sig)});
-    let (status, v) = server.http("POST", "/v1/register", None, &body.to_string());
-    assert_eq!(status, 200, "{v}");
-    let device = v["device_id"].as_u64().expect("device id");
-    let token = login(server, device, &key).expect("login");
-    (device, token, key)
-}
-
-fn challenge(server: &Server, device: u64) -> Vec<u8> {
-    let (status, v) =
-        server.http("POST", "/v1/auth/challenge", None, &json!({"device_id": device}).to_string());
-    assert_eq!(status, 200, "{v}");
-    base64::engine::general_purpose::STANDARD
-        .decode(v["nonce"].as_str().expect("nonce"))
-        .expect("b64")
-}
-
-fn login(server: &Server, device: u64, key: &DeviceKey) -> Result<String, Value> {
-    let nonce = challenge(server, device);
-    let sig = key.sign(&auth::challenge_payload("localhost", device, &nonce)).expect("sign");
-    let body = json!({"device_id": device, "nonce": b64(&nonce), "signature": b64(&sig)});
-    let (status, v) = server.http("POST", "/v1/auth/token", None, &body.to_string());
-    if status == 200 { Ok(v["token"].as_str().expect("token").to_string()) } else { Err(v) }
-}
 
 #[test]
 fn registration_errors() {

@@ -155,28 +155,6 @@ pub trait Store: Send + Sync + 'static {
     /// The devices of an account, oldest first; empty if the account does not exist.
     fn devices(&self, address: &str) -> Result<Vec<DeviceRecord>, StoreError>;
 
-    /// Records a login nonce for a device.
-    fn put_challenge(
-        &self,
-        device_id: u64,
-        nonce: &[u8],
-        expires_at: u64,
-    ) -> Result<(), StoreError>;
-
-    /// Consumes a login nonce; true if it existed for that device and had not expired.
-    fn take_challenge(&self, device_id: u64, nonce: &[u8], now: u64) -> Result<bool, StoreError>;
-
-    /// Records a bearer token (by its hash).
-    fn put_token(
-        &self,
-        token_hash: &[u8],
-        device_id: u64,
-        expires_at: u64,
-    ) -> Result<(), StoreError>;
-
-    /// The device a live token belongs to.
-    fn token_device(&self, token_hash: &[u8], now: u64) -> Result<Option<u64>, StoreError>;
-
     /// Adds one-time key packages and replaces the last-resort one, if given.
     fn add_key_packages(
         &self,
@@ -210,12 +188,10 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a device's queued messages with seq <= `up_to`; returns how many.
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError>;
 
-    /// Deletes what has expired by `now`: challenges, tokens, idempotency records older than
-    /// `keep_submissions_until` and queued messages older than `expire_messages_before`.
-    /// Returns how many queued messages expired.
+    /// Deletes idempotency records older than `keep_submissions_until` and queued messages
+    /// older than `expire_messages_before`. Returns how many queued messages expired.
     fn sweep(
         &self,
-        now: u64,
         keep_submissions_until: u64,
         expire_messages_before: u64,
     ) -> Result<u64, StoreError>;

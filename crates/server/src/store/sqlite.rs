@@ -29,16 +29,6 @@ CREATE TABLE devices (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX devices_by_address ON devices(address);
-CREATE TABLE challenges (
-    nonce BLOB PRIMARY KEY,
-    device_id INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
-);
-CREATE TABLE tokens (
-    token_hash BLOB PRIMARY KEY,
-    device_id INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
-);
 CREATE TABLE key_packages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id INTEGER NOT NULL,
@@ -262,59 +252,6 @@ impl Store for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(backend)
     }
 
-    fn put_challenge(
-        &self,
-        device_id: u64,
-        nonce: &[u8],
-        expires_at: u64,
-    ) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO challenges (nonce, device_id, expires_at) VALUES (?1, ?2, ?3)",
-                params![nonce, to_i64(device_id), to_i64(expires_at)],
-            )
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn take_challenge(&self, device_id: u64, nonce: &[u8], now: u64) -> Result<bool, StoreError> {
-        let n = self
-            .conn()
-            .execute(
-                "DELETE FROM challenges WHERE nonce = ?1 AND device_id = ?2 AND expires_at > ?3",
-                params![nonce, to_i64(device_id), to_i64(now)],
-            )
-            .map_err(backend)?;
-        Ok(n == 1)
-    }
-
-    fn put_token(
-        &self,
-        token_hash: &[u8],
-        device_id: u64,
-        expires_at: u64,
-    ) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO tokens (token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
-                params![token_hash, to_i64(device_id), to_i64(expires_at)],
-            )
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn token_device(&self, token_hash: &[u8], now: u64) -> Result<Option<u64>, StoreError> {
-        self.conn()
-            .query_row(
-                "SELECT device_id FROM tokens WHERE token_hash = ?1 AND expires_at > ?2",
-                params![token_hash, to_i64(now)],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|d| d.map(to_u64))
-            .map_err(backend)
-    }
-
     fn add_key_packages(
         &self,
         device_id: u64,
@@ -518,15 +455,11 @@ impl Store for SqliteStore {
 
     fn sweep(
         &self,
-        now: u64,
         keep_submissions_until: u64,
         expire_messages_before: u64,
     ) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        tx.execute("DELETE FROM challenges WHERE expires_at <= ?1", [to_i64(now)])
-            .map_err(backend)?;
-        tx.execute("DELETE FROM tokens WHERE expires_at <= ?1", [to_i64(now)]).map_err(backend)?;
         tx.execute(
             "DELETE FROM submissions WHERE created_at < ?1",
             [to_i64(keep_submissions_until)],

@@ -39,19 +39,6 @@ fn registration_and_invites(store: &dyn Store) {
     assert_eq!(store.devices("alice@x").expect("devices"), vec![d]);
 }
 
-fn challenges_and_tokens(store: &dyn Store) {
-    store.put_challenge(1, b"n1", 100).expect("put");
-    assert!(!store.take_challenge(2, b"n1", 50).expect("take"), "other device");
-    assert!(store.take_challenge(1, b"n1", 50).expect("take"));
-    assert!(!store.take_challenge(1, b"n1", 50).expect("take"), "single use");
-    store.put_challenge(1, b"n2", 100).expect("put");
-    assert!(!store.take_challenge(1, b"n2", 100).expect("take"), "expired");
-    store.put_token(b"t", 7, 100).expect("token");
-    assert_eq!(store.token_device(b"t", 99).expect("lookup"), Some(7));
-    assert_eq!(store.token_device(b"t", 100).expect("lookup"), None);
-    assert_eq!(store.token_device(b"u", 1).expect("lookup"), None);
-}
-
 fn key_packages(store: &dyn Store) {
     let d = store.register(&account("kp@x", b"k1", None), 1).expect("register");
     let stock =
@@ -159,7 +146,6 @@ macro_rules! backends {
         mod $backend {
             use super::*;
             #[test] fn registration_and_invites() { let (s, _g) = $make; super::registration_and_invites(&s) }
-            #[test] fn challenges_and_tokens() { let (s, _g) = $make; super::challenges_and_tokens(&s) }
             #[test] fn key_packages() { let (s, _g) = $make; super::key_packages(&s) }
             #[test] fn queues_and_ordering() { let (s, _g) = $make; super::queues_and_ordering(&s) }
             #[test] fn submissions_are_idempotent() { let (s, _g) = $make; super::submissions_are_idempotent(&s) }
@@ -201,7 +187,7 @@ fn submissions_are_idempotent(store: &dyn Store) {
     let from_b = Submission { sender: b, ..commit(b"s1", 1) };
     assert_eq!(store.submit(&from_b, 4).expect("b's own"), 2);
     // Records are swept once old; a refused submission left none.
-    store.sweep(10, 5, 0).expect("sweep");
+    store.sweep(5, 0).expect("sweep");
     assert!(matches!(
         store.submit(&commit(b"s1", 0), 11),
         Err(StoreError::StaleEpoch { current: 2 })
@@ -238,7 +224,7 @@ fn queue_limits_and_expiry(store: &dyn Store) {
     send(b"1", 30).expect("room again");
     // Expiry: messages older than the cut-off are not handed out and are swept.
     assert_eq!(store.fetch(b, 0, 10, 15).expect("fetch").0.len(), 2);
-    assert_eq!(store.sweep(40, 0, 15).expect("sweep"), 1);
+    assert_eq!(store.sweep(0, 15).expect("sweep"), 1);
     assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 2);
     // The counters followed: two in, room for one more.
     send(b"1", 40).expect("third");

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sotto_core::auth;
+use sotto_core::mls::DeviceKey;
 
 pub const SERVER: &str = env!("CARGO_BIN_EXE_sotto-server");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_sotto");
@@ -92,9 +95,27 @@ impl Server {
 
     /// A raw HTTP/1.1 request; returns the status and the parsed JSON body.
     pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-        let addr = self.url.trim_start_matches("http://");
+        self.http_within(method, path, token, body, Duration::from_secs(20))
+            .expect("the server did not answer in time")
+    }
+
+    /// The address to connect to.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// A raw HTTP/1.1 request that may go unanswered for `within`: `None` then.
+    pub fn http_within(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+        within: Duration,
+    ) -> Option<(u16, Value)> {
+        let addr = self.addr();
         let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        stream.set_read_timeout(Some(within)).expect("timeout");
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         write!(
             stream,
@@ -104,7 +125,9 @@ impl Server {
         )
         .expect("write");
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read");
+        if stream.read_to_end(&mut raw).is_err() && raw.is_empty() {
+            return None;
+        }
         let text = String::from_utf8_lossy(&raw);
         let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
@@ -113,7 +136,7 @@ impl Server {
             (Some(a), Some(b)) => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
             _ => Value::Null,
         };
-        (status, json)
+        Some((status, json))
     }
 }
 
@@ -263,4 +286,47 @@ pub fn listened_texts(listener: Child) -> Vec<String> {
 
 pub fn pair(sender: &User, body: &str) -> (String, String) {
     (sender.address.clone(), body.to_string())
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+/// Registers a device straight through the API and logs it in; returns (device id, token).
+pub fn api_device(
+    server: &Server,
+    address: &str,
+    invite: Option<&str>,
+) -> (u64, String, DeviceKey) {
+    let key = DeviceKey::generate().expect("key");
+    let sig = key
+        .sign(&auth::registration_payload(&address.parse().expect("address"), key.public()))
+        .expect("sign");
+    let body = json!({"address": address, "invite": invite, "device_key": b64(key.public()), "signature": b64(&sig)});
+    let (status, v) = server.http("POST", "/v1/register", None, &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    let device = v["device_id"].as_u64().expect("device id");
+    let token = login(server, device, &key).expect("login");
+    (device, token, key)
+}
+
+pub fn challenge(server: &Server, device: u64) -> Vec<u8> {
+    let (status, v) =
+        server.http("POST", "/v1/auth/challenge", None, &json!({"device_id": device}).to_string());
+    assert_eq!(status, 200, "{v}");
+    base64::engine::general_purpose::STANDARD
+        .decode(v["nonce"].as_str().expect("nonce"))
+        .expect("b64")
+}
+
+pub fn login(server: &Server, device: u64, key: &DeviceKey) -> Result<String, Value> {
+    let nonce = challenge(server, device);
+    let sig = key.sign(&auth::challenge_payload("localhost", device, &nonce)).expect("sign");
+    let body = json!({"device_id": device, "nonce": b64(&nonce), "signature": b64(&sig)});
+    let (status, v) = server.http("POST", "/v1/auth/token", None, &body.to_string());
+    if status == 200 { Ok(v["token"].as_str().expect("token").to_string()) } else { Err(v) }
 }
