@@ -168,3 +168,47 @@ fn a_full_disk_refuses_new_messages_and_keeps_what_it_has() {
     alice.send(&bob.address, "after space was freed");
     assert_eq!(bob.sync(), vec![pair(&alice, "after space was freed")]);
 }
+
+/// The server's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_reader_that_never_reads_does_not_fill_server_memory() {
+    use tungstenite::client::IntoClientRequest;
+    let server = Server::start(&["--registration", "open"]);
+    let (slow, slow_token, _) = api_device(&server, "slow@localhost", None);
+    let (_, token, _) = api_device(&server, "fast@localhost", None);
+    // 24 MiB waits in the slow device's queue.
+    let blob = common::b64(&vec![9u8; 256 * 1024]);
+    let body = json!({"group_id": common::b64(b"flood"), "kind": "application", "epoch": 0,
+                      "delivery": {"recipients": [slow], "message": blob}})
+    .to_string();
+    for _ in 0..96 {
+        assert_eq!(server.http("POST", "/v1/messages", Some(&token), &body).0, 200);
+    }
+    let before = rss_kib(server.pid());
+    // Connect, then never read.
+    let mut request =
+        format!("ws://{}/v1/ws", server.addr()).into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {slow_token}").parse().expect("header"));
+    let (socket, _) = tungstenite::connect(request).expect("websocket");
+    std::thread::sleep(Duration::from_secs(2));
+    let during = rss_kib(server.pid());
+    assert!(
+        during < before + 12 * 1024,
+        "server memory grew from {before} KiB to {during} KiB for one stalled reader"
+    );
+    drop(socket);
+    // The messages are still queued for when the device reads.
+    let (_, page) = server.http("GET", "/v1/queue?limit=500", Some(&slow_token), "");
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(96));
+}

@@ -49,6 +49,11 @@ impl Server {
         (self.child, self.url) = spawn(&self.data, &listen, extra);
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The listening port.
     pub fn port(&self) -> u16 {
         self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
