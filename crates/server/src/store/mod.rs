@@ -80,6 +80,10 @@ pub struct Submission<'a> {
     pub limits: QueueLimits,
 }
 
+/// Most bytes of messages in one page of a queue (a single larger message still comes alone),
+/// so a fetch never loads a whole queue into memory.
+pub const PAGE_MAX_BYTES: usize = 8 * 1024 * 1024;
+
 /// A page of a device's queue: (seq, message) pairs, oldest first, and whether more follow.
 pub type QueuePage = (Vec<(u64, Vec<u8>)>, bool);
 
@@ -175,8 +179,9 @@ pub trait Store: Send + Sync + 'static {
     /// checked or stored again: the epoch recorded then is returned.
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError>;
 
-    /// Up to `limit` queued messages of a device with seq > `after` that were queued at or
-    /// after `not_before` (older ones have expired), oldest first, and whether more follow.
+    /// Up to `limit` queued messages (and about [`PAGE_MAX_BYTES`]) of a device with
+    /// seq > `after` that were queued at or after `not_before` (older ones have expired),
+    /// oldest first, and whether more follow.
     fn fetch(
         &self,
         device_id: u64,

@@ -6,7 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    DeviceRecord, KeyPackageStock, NewAccount, Ordering, QueuePage, Store, StoreError, Submission,
+    DeviceRecord, KeyPackageStock, NewAccount, Ordering, PAGE_MAX_BYTES, QueuePage, Store,
+    StoreError, Submission,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -446,11 +447,22 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         let args =
             params![to_i64(device_id), to_i64(after), i64::from(limit) + 1, to_i64(not_before)];
-        let rows = stmt.query_map(args, |r| Ok((to_u64(r.get(0)?), r.get(1)?))).map_err(backend)?;
-        let mut messages: Vec<(u64, Vec<u8>)> = rows.collect::<Result<_, _>>().map_err(backend)?;
-        let more = messages.len() > limit as usize;
-        messages.truncate(limit as usize);
-        Ok((messages, more))
+        let mut rows = stmt
+            .query_map(args, |r| Ok((to_u64(r.get(0)?), r.get::<_, Vec<u8>>(1)?)))
+            .map_err(backend)?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows.by_ref() {
+            let (seq, message) = row.map_err(backend)?;
+            if messages.len() == limit as usize
+                || (!messages.is_empty() && bytes + message.len() > PAGE_MAX_BYTES)
+            {
+                return Ok((messages, true));
+            }
+            bytes += message.len();
+            messages.push((seq, message));
+        }
+        Ok((messages, false))
     }
 
     fn sweep(

@@ -150,6 +150,7 @@ macro_rules! backends {
             #[test] fn queues_and_ordering() { let (s, _g) = $make; super::queues_and_ordering(&s) }
             #[test] fn submissions_are_idempotent() { let (s, _g) = $make; super::submissions_are_idempotent(&s) }
             #[test] fn queue_limits_and_expiry() { let (s, _g) = $make; super::queue_limits_and_expiry(&s) }
+            #[test] fn pages_are_bounded_in_bytes() { let (s, _g) = $make; super::pages_are_bounded_in_bytes(&s) }
         }
     )*};
 }
@@ -192,6 +193,27 @@ fn submissions_are_idempotent(store: &dyn Store) {
         store.submit(&commit(b"s1", 0), 11),
         Err(StoreError::StaleEpoch { current: 2 })
     ));
+}
+
+fn pages_are_bounded_in_bytes(store: &dyn Store) {
+    let a = store.register(&account("pa@x", b"pa", None), 1).expect("a");
+    let to_a = [a];
+    let big = vec![0u8; PAGE_MAX_BYTES / 2 + 1];
+    for _ in 0..3 {
+        let s = Submission {
+            sender: a,
+            id: None,
+            group_id: b"g",
+            ordering: Ordering::None,
+            deliveries: vec![(&to_a[..], &big[..])],
+            limits: QueueLimits::UNLIMITED,
+        };
+        store.submit(&s, 1).expect("submit");
+    }
+    let (page, more) = store.fetch(a, 0, 100, 0).expect("fetch");
+    assert_eq!((page.len(), more), (1, true), "two would exceed the byte budget");
+    let (rest, more) = store.fetch(a, page[0].0, 100, 0).expect("fetch");
+    assert_eq!((rest.len(), more), (1, true));
 }
 
 fn queue_limits_and_expiry(store: &dyn Store) {
