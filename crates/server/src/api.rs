@@ -387,19 +387,18 @@ async fn token(
     ApiJson(req): ApiJson<proto::TokenRequest>,
 ) -> Result<Json<proto::TokenResponse>, ApiError> {
     let device_id = req.device_id;
-    // The nonce is consumed whatever follows: each can be tried once.
-    let device = if state.sessions.redeem(device_id, &req.nonce.0, unix_now()) {
-        blocking(&state, move |s| s.device(device_id)).await?
-    } else {
-        None
-    }
-    .ok_or_else(|| {
+    let now = unix_now();
+    let invalid = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::ChallengeInvalid,
             "unknown, used or expired challenge; request a new one",
         )
-    })?;
+    };
+    if !state.sessions.check(device_id, &req.nonce.0, now) {
+        return Err(invalid());
+    }
+    let device = blocking(&state, move |s| s.device(device_id)).await?.ok_or_else(invalid)?;
     let payload = auth::challenge_payload(&state.config.domain, device_id, &req.nonce.0);
     if !auth::verify(&device.device_key, &payload, &req.signature.0) {
         return Err(ApiError::new(
@@ -407,6 +406,10 @@ async fn token(
             ErrorCode::BadSignature,
             "challenge signature does not verify with the device key",
         ));
+    }
+    // A correctly signed nonce gives one token: a replay of the same answer is refused.
+    if !state.sessions.consume(&req.nonce.0, now) {
+        return Err(invalid());
     }
     let ttl = state.config.token_ttl_secs;
     let token = state.sessions.token(device_id, unix_now() + ttl);

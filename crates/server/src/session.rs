@@ -83,24 +83,27 @@ impl Sessions {
         Ok(nonce)
     }
 
-    /// Whether `nonce` was issued by this server for `device_id`, is fresh, and was not
-    /// redeemed before; it is redeemed by this call.
-    pub(crate) fn redeem(&self, device_id: u64, nonce: &[u8], now: u64) -> bool {
+    /// Whether `nonce` was issued by this server for `device_id` and is still fresh.
+    pub(crate) fn check(&self, device_id: u64, nonce: &[u8], now: u64) -> bool {
         let Ok(nonce) = <[u8; NONCE_LEN]>::try_from(nonce) else { return false };
         let (body, tag) = nonce.split_at(8 + RANDOM_LEN);
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&body[..8]);
         let issued = u64::from_be_bytes(ts);
         let mac = self.tag(&[b"sotto/challenge/v1", &device_id.to_be_bytes(), body]);
-        if mac.verify_truncated_left(tag).is_err()
-            || issued > now
-            || now - issued >= CHALLENGE_TTL_SECS
-        {
-            return false;
-        }
-        let mut redeemed = self.redeemed.lock().unwrap_or_else(|p| p.into_inner());
-        redeemed.retain(|_, expires| *expires > now);
-        redeemed.insert(nonce, issued + CHALLENGE_TTL_SECS).is_none()
+        mac.verify_truncated_left(tag).is_ok() && issued <= now && now - issued < CHALLENGE_TTL_SECS
+    }
+
+    /// Marks a checked nonce as used; false if it was used before. Only nonces answered with
+    /// a valid signature get here, so the set grows only with genuine log-ins.
+    pub(crate) fn consume(&self, nonce: &[u8], now: u64) -> bool {
+        let Ok(nonce) = <[u8; NONCE_LEN]>::try_from(nonce) else { return false };
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&nonce[..8]);
+        let expires = u64::from_be_bytes(ts).saturating_add(CHALLENGE_TTL_SECS);
+        let mut used = self.redeemed.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, e| *e > now);
+        used.insert(nonce, expires).is_none()
     }
 
     /// A bearer token for `device_id`, valid until `expires_at`.
@@ -165,14 +168,15 @@ mod tests {
     fn challenges_are_bound_fresh_and_single_use() {
         let (_d, s) = sessions();
         let n = s.challenge(7, 1000).expect("nonce");
-        assert!(!s.redeem(8, &n, 1001), "another device");
-        assert!(!s.redeem(7, &n, 1000 + CHALLENGE_TTL_SECS), "expired");
-        assert!(s.redeem(7, &n, 1010));
-        assert!(!s.redeem(7, &n, 1011), "used");
+        assert!(!s.check(8, &n, 1001), "another device");
+        assert!(!s.check(7, &n, 1000 + CHALLENGE_TTL_SECS), "expired");
+        assert!(s.check(7, &n, 1010));
+        assert!(s.consume(&n, 1010));
+        assert!(!s.consume(&n, 1011), "used");
         let mut forged = s.challenge(7, 1000).expect("nonce");
         forged[3] ^= 1;
-        assert!(!s.redeem(7, &forged, 1001));
-        assert!(!s.redeem(7, b"short", 1001));
+        assert!(!s.check(7, &forged, 1001));
+        assert!(!s.check(7, b"short", 1001));
     }
 
     #[test]
