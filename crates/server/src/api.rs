@@ -20,8 +20,8 @@ use sotto_proto::{self as proto, Bytes, ErrorCode};
 use tokio::sync::watch;
 
 use crate::Config;
+use crate::invite_hash;
 use crate::limits::{PeerAddr, RateLimiter};
-use crate::secret_hash;
 use crate::session::Sessions;
 use crate::store::{NewAccount, Ordering, Store, StoreError, Submission};
 
@@ -352,7 +352,7 @@ async fn register(
                 "this server registers by invite only; ask its operator for an invite code",
             ));
         }
-        (proto::RegistrationMode::Invite, Some(code)) => Some(secret_hash(code.trim())),
+        (proto::RegistrationMode::Invite, Some(code)) => Some(invite_hash(code.trim())),
     };
     let addr = address.to_string();
     let key = req.device_key.0;

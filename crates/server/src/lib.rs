@@ -30,7 +30,7 @@ use store::Store;
 
 /// SHA-256 of an invite code. Only hashes are stored, so a copy of the database does not
 /// give working codes.
-pub(crate) fn secret_hash(secret: &str) -> Vec<u8> {
+pub(crate) fn invite_hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
@@ -69,7 +69,7 @@ pub fn create_invite(store: &dyn Store, ttl_secs: u64, uses: u32) -> Result<Invi
         .join("-");
     let now = sotto_core::unix_now();
     let expires_at = now.saturating_add(ttl_secs);
-    store.create_invite(&secret_hash(&code), expires_at, uses, now)?;
+    store.create_invite(&invite_hash(&code), expires_at, uses, now)?;
     Ok(Invite { code, expires_at, uses })
 }
 
@@ -103,7 +103,7 @@ mod tests {
         let acct = store::NewAccount {
             address: "a@x",
             device_key: b"k",
-            invite_hash: Some(&secret_hash(&a.code)),
+            invite_hash: Some(&invite_hash(&a.code)),
         };
         store.register(&acct, sotto_core::unix_now()).expect("code works");
     }
