@@ -1,0 +1,136 @@
+//! `sotto-bench`: runs the relay workload against Sotto and peer servers and writes a report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sotto_bench::jetstream::NatsServer;
+use sotto_bench::report::{self, Machine, Report};
+use sotto_bench::sotto::SottoServer;
+use sotto_bench::{RelayParams, jetstream, sotto};
+
+/// Sotto's load generator: the same workload against Sotto and peers, in one run.
+///
+/// Peers are installed by `scripts/install-peers.sh`. Results go to OUT/results.json and
+/// OUT/report.md.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// A seconds-long run that only checks that everything works (for CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Systems to measure: sotto, jetstream (default sync), jetstream-fsync (sync always).
+    #[arg(long, value_delimiter = ',', default_value = "sotto,jetstream-fsync,jetstream")]
+    systems: Vec<String>,
+    /// Simulated devices.
+    #[arg(long, default_value_t = 16)]
+    devices: usize,
+    /// Windows (submissions in flight per device) to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    windows: Vec<usize>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Warm-up seconds per run.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Where to write the results.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// The sotto-server binary [default: next to this program].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The nats-server binary [default: from PATH].
+    #[arg(long, default_value = "nats-server")]
+    nats_bin: PathBuf,
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().context("no directory for this program")?;
+    // Tests run from target/*/deps; binaries live one level up.
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let candidate = d.join(name);
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!("{name} not found next to {}; build it or pass --server-bin", me.display())
+}
+
+fn found(bin: &PathBuf) -> bool {
+    std::process::Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut a = Args::parse();
+    if a.smoke {
+        a.devices = a.devices.min(4);
+        a.windows = vec![1, 4];
+        a.seconds = 1;
+        a.warmup = 0;
+    }
+    let server_bin = match &a.server_bin {
+        Some(p) => p.clone(),
+        None => sibling("sotto-server")?,
+    };
+    let mut report = Report {
+        at: sotto_core::unix_now(),
+        machine: Machine::here(),
+        smoke: a.smoke,
+        relay: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let params = |window: usize| RelayParams {
+        devices: a.devices.max(2),
+        window: window.max(1),
+        warmup: Duration::from_millis(if a.smoke { 300 } else { a.warmup * 1000 }),
+        measure: Duration::from_secs(a.seconds.max(1)),
+    };
+    for system in &a.systems {
+        match system.as_str() {
+            "sotto" => {
+                for &w in &a.windows {
+                    // A fresh server per run: no run inherits another's queues.
+                    let server = SottoServer::start(&server_bin)?;
+                    let r = sotto::relay(&server, &params(w)).await?;
+                    eprintln!(
+                        "{:>16} window {:>3}: {:>8.0} msgs/s  p99 {:>6} µs",
+                        r.system, w, r.msgs_per_sec, r.p99_us
+                    );
+                    report.relay.push(r);
+                }
+            }
+            "jetstream" | "jetstream-fsync" => {
+                if !found(&a.nats_bin) {
+                    let why =
+                        format!("{} not found; run scripts/install-peers.sh", a.nats_bin.display());
+                    if a.smoke {
+                        eprintln!("skipping {system}: {why}");
+                        report.skipped.push((system.clone(), why));
+                        continue;
+                    }
+                    anyhow::bail!(why);
+                }
+                for &w in &a.windows {
+                    let server = NatsServer::start(&a.nats_bin, system == "jetstream-fsync")?;
+                    let r = jetstream::relay(&server, &params(w)).await?;
+                    eprintln!(
+                        "{:>16} window {:>3}: {:>8.0} msgs/s  p99 {:>6} µs",
+                        r.system, w, r.msgs_per_sec, r.p99_us
+                    );
+                    report.relay.push(r);
+                }
+            }
+            other => {
+                anyhow::bail!("unknown system {other:?}: use sotto, jetstream, jetstream-fsync")
+            }
+        }
+    }
+    report::write(&report, &a.out)?;
+    println!("{}", report::markdown(&report));
+    eprintln!("wrote {}/results.json and report.md", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The results file and the Markdown report.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::RelayResult;
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// The machine.
+    pub machine: Machine,
+    /// Whether this was the seconds-long smoke mode (figures not meaningful).
+    pub smoke: bool,
+    /// Relay runs, by system and window.
+    pub relay: Vec<RelayResult>,
+    /// Systems requested but not run, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// What the figures were measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPU model.
+    pub cpu: String,
+    /// Logical cores.
+    pub cores: usize,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads this machine's description.
+    pub fn here() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            / 1024;
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|k| k.trim().to_string())
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Machine { cpu, cores, memory_mib, kernel }
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 { format!("{:.2}×", a / b) } else { "–".into() }
+}
+
+/// Writes `results.json` and `report.md` into `dir`.
+pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(report)?)?;
+    std::fs::write(dir.join("report.md"), markdown(report))?;
+    Ok(())
+}
+
+/// The report as Markdown.
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let m = &r.machine;
+    let _ = writeln!(md, "# Sotto relay benchmark\n");
+    if r.smoke {
+        let _ = writeln!(md, "**Smoke run: seconds long, figures not meaningful.**\n");
+    }
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} cores, {} MiB, Linux {}). Load generator and servers share it.\n",
+        m.cpu, m.cores, m.memory_mib, m.kernel
+    );
+    let _ = writeln!(
+        md,
+        "Workload: each device sends 1 KiB payloads to the next device with `window` submissions \
+         in flight, each waiting for the server's acknowledgement; receivers acknowledge every \
+         message. Latency is end to end, from submission to the receiver.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| system | devices | window | msgs/s | vs jetstream-fsync | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU % | server peak RSS MiB | errors |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for x in &r.relay {
+        let reference = r
+            .relay
+            .iter()
+            .find(|y| {
+                y.system == "jetstream-fsync" && y.window == x.window && y.devices == x.devices
+            })
+            .map(|y| y.msgs_per_sec)
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} |",
+            x.system,
+            x.devices,
+            x.window,
+            x.msgs_per_sec,
+            ratio(x.msgs_per_sec, reference),
+            x.p50_us,
+            x.p90_us,
+            x.p99_us,
+            x.p999_us,
+            x.server_cpu_percent,
+            x.server_peak_rss_kib as f64 / 1024.0,
+            x.errors
+        );
+    }
+    if !r.skipped.is_empty() {
+        let _ = writeln!(md, "\nNot run:");
+        for (system, why) in &r.skipped {
+            let _ = writeln!(md, "- {system}: {why}");
+        }
+    }
+    md
+}

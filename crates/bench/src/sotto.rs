@@ -1,0 +1,252 @@
+//! The relay workload against a real `sotto-server`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sotto_core::auth;
+use sotto_core::mls::DeviceKey;
+use sotto_proto as proto;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::proc_stats::{CpuMeter, peak_rss_kib};
+use crate::{Recorder, RelayParams, RelayResult, Scratch};
+
+/// A running `sotto-server`, killed when dropped.
+#[derive(Debug)]
+pub struct SottoServer {
+    child: Child,
+    addr: SocketAddr,
+    _data: Scratch,
+}
+
+impl SottoServer {
+    /// Starts `bin` on a free loopback port with limits lifted for load.
+    pub fn start(bin: &Path) -> anyhow::Result<SottoServer> {
+        let data = Scratch::new("sotto")?;
+        let mut child = Command::new(bin)
+            .arg("--data")
+            .arg(&data.0)
+            .args(["--listen", "127.0.0.1:0", "--registration", "open"])
+            .args(["--device-rate", "1000000", "--registration-rate", "1000000"])
+            .args(["--queue-max-messages", "100000000", "--queue-max-bytes", "1000G"])
+            .args(["--max-connections", "200000"])
+            .env("SOTTO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        let url = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http://"))
+            .with_context(|| format!("no address in the server's banner {line:?}"))?;
+        Ok(SottoServer { addr: url.parse()?, child, _data: data })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SottoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+fn http_client() -> Http {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector)
+}
+
+async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+    http: &Http,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &B,
+) -> anyhow::Result<R> {
+    let mut req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+    let resp = http.request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// A registered, logged-in device.
+#[derive(Debug)]
+struct Device {
+    id: u64,
+    token: String,
+}
+
+async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow::Result<Device> {
+    let key = DeviceKey::generate()?;
+    let address: sotto_core::Address = format!("bench{n}@localhost").parse()?;
+    let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
+    let reg: proto::RegisterResponse = post(
+        http,
+        addr,
+        "/v1/register",
+        None,
+        &proto::RegisterRequest {
+            address: address.to_string(),
+            invite: None,
+            device_key: proto::Bytes(key.public().to_vec()),
+            signature: proto::Bytes(signature),
+        },
+    )
+    .await?;
+    let id = reg.device_id;
+    let ch: proto::ChallengeResponse =
+        post(http, addr, "/v1/auth/challenge", None, &proto::ChallengeRequest { device_id: id })
+            .await?;
+    let signature = key.sign(&auth::challenge_payload("localhost", id, &ch.nonce.0))?;
+    let tok: proto::TokenResponse = post(
+        http,
+        addr,
+        "/v1/auth/token",
+        None,
+        &proto::TokenRequest { device_id: id, nonce: ch.nonce, signature: proto::Bytes(signature) },
+    )
+    .await?;
+    Ok(Device { id, token: tok.token })
+}
+
+/// Receives a device's queue over the WebSocket, acknowledging each message, until `stop`.
+async fn receive(
+    addr: SocketAddr,
+    token: String,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    while !stop.load(Ordering::Relaxed) {
+        let next = tokio::time::timeout(std::time::Duration::from_millis(200), ws.next()).await;
+        let frame = match next {
+            Err(_) => continue,
+            Ok(None) => break,
+            Ok(Some(frame)) => frame?,
+        };
+        let WsMessage::Text(text) = frame else { continue };
+        if let Ok(proto::ServerFrame::Message(m)) = serde_json::from_str(&text) {
+            recorder.delivered(&m.message.0);
+            let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
+            ws.send(WsMessage::Text(serde_json::to_string(&ack)?.into())).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One submission slot: sends to `to` again and again, each after the previous was accepted.
+async fn send_loop(
+    http: Http,
+    addr: SocketAddr,
+    token: String,
+    to: u64,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    counter: Arc<AtomicU64>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let request = proto::SubmitRequest {
+            submission_id: Some(proto::Bytes(n.to_le_bytes().to_vec())),
+            group_id: proto::Bytes(b"bench".to_vec()),
+            kind: proto::SubmitKind::Application,
+            epoch: 0,
+            delivery: proto::Delivery {
+                recipients: vec![to],
+                message: proto::Bytes(recorder.payload()),
+            },
+            welcome: None,
+        };
+        let sent: anyhow::Result<proto::SubmitResponse> =
+            post(&http, addr, "/v1/messages", Some(&token), &request).await;
+        if sent.is_err() {
+            recorder.error();
+        }
+    }
+}
+
+/// Runs the relay workload once.
+pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<RelayResult> {
+    let http = http_client();
+    let addr = server.addr;
+    let mut devices = Vec::with_capacity(p.devices);
+    for n in 0..p.devices {
+        devices.push(register(&http, addr, n).await.context("registering a device")?);
+    }
+    let recorder = Arc::new(Recorder::new(p.warmup, p.measure));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    for d in &devices {
+        receivers.push(tokio::spawn(receive(
+            addr,
+            d.token.clone(),
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let to = devices[(i + 1) % devices.len()].id;
+        for _ in 0..p.window {
+            senders.push(tokio::spawn(send_loop(
+                http.clone(),
+                addr,
+                d.token.clone(),
+                to,
+                recorder.clone(),
+                stop.clone(),
+                counter.clone(),
+            )));
+        }
+    }
+    recorder.wait_until_measuring().await;
+    let cpu = CpuMeter::start(server.pid());
+    recorder.wait_until_done().await;
+    let cpu = cpu.percent();
+    stop.store(true, Ordering::Relaxed);
+    for t in senders {
+        let _ = t.await;
+    }
+    for t in receivers {
+        match t.await {
+            Ok(Err(e)) => bail!("a receiver failed: {e}"),
+            Err(e) => bail!("a receiver panicked: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    Ok(recorder.result("sotto", p, cpu, peak_rss_kib(server.pid())))
+}

@@ -1,0 +1,39 @@
+//! The bench's seconds-long smoke mode keeps working: real servers, real load, a report.
+//! It asserts what was produced, never how fast.
+
+#[test]
+fn smoke_run_writes_a_report() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_sotto-bench"))
+        .args(["--smoke", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("run sotto-bench");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let results: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("results.json")).expect("results.json"),
+    )
+    .expect("json");
+    let sotto: Vec<&serde_json::Value> = results["relay"]
+        .as_array()
+        .expect("relay runs")
+        .iter()
+        .filter(|r| r["system"] == "sotto")
+        .collect();
+    assert_eq!(sotto.len(), 2, "one run per smoke window: {results}");
+    for r in &sotto {
+        assert!(r["delivered"].as_u64().is_some_and(|d| d > 0), "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["p50_us"].as_u64().is_some_and(|p| p > 0), "{r}");
+    }
+    let report = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
+    assert!(report.contains("| sotto | 4 | 1 |"), "{report}");
+    // Peers either ran or say why not.
+    for system in ["jetstream", "jetstream-fsync"] {
+        let ran =
+            results["relay"].as_array().is_some_and(|r| r.iter().any(|x| x["system"] == system));
+        let skipped =
+            results["skipped"].as_array().is_some_and(|s| s.iter().any(|x| x[0] == system));
+        assert!(ran || skipped, "{system} neither ran nor was skipped");
+    }
+}
