@@ -1,13 +1,13 @@
 //! The embedded SQLite store.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    DeviceRecord, KeyPackageStock, NewAccount, Ordering, PAGE_MAX_BYTES, QueuePage, Store,
-    StoreError, Submission,
+    DeviceRecord, KeyPackageStock, NewAccount, Ordering, PAGE_MAX_BYTES, QueueLimits, QueuePage,
+    Store, StoreError, Submission,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -68,7 +68,9 @@ CREATE TABLE queue_stats (
 /// transaction is on disk).
 #[derive(Debug)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
+    /// Submissions and acknowledgements go through the writer thread (group commit).
+    writer: mpsc::Sender<(Job, Reply)>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -120,7 +122,25 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i as i64 + 1).map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        let conn = Arc::new(Mutex::new(conn));
+        let (tx, rx) = mpsc::channel();
+        let shared = conn.clone();
+        std::thread::Builder::new()
+            .name("sotto-store-writer".into())
+            .spawn(move || writer(shared, rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore { conn, writer: tx })
+    }
+
+    /// Hands a write to the writer thread and waits until it is committed (or refused).
+    fn write(&self, job: Job) -> Result<u64, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.writer
+            .send((job, reply))
+            .map_err(|_| StoreError::Backend("the store's writer thread stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| StoreError::Backend("the store's writer thread stopped".into()))?
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -140,12 +160,7 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
 }
 
 /// Takes messages that left a queue off its counters.
-fn uncount(
-    tx: &rusqlite::Transaction<'_>,
-    device: i64,
-    messages: i64,
-    bytes: i64,
-) -> Result<(), StoreError> {
+fn uncount(tx: &Connection, device: i64, messages: i64, bytes: i64) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE queue_stats SET messages = MAX(messages - ?2, 0), bytes = MAX(bytes - ?3, 0)
          WHERE device_id = ?1",
@@ -153,6 +168,228 @@ fn uncount(
     )
     .map_err(backend)?;
     Ok(())
+}
+
+/// Most jobs committed together.
+const MAX_BATCH: usize = 512;
+
+/// An owned copy of a [`Submission`], to hand to the writer thread.
+#[derive(Debug)]
+struct OwnedSubmission {
+    sender: u64,
+    id: Option<Vec<u8>>,
+    group_id: Vec<u8>,
+    ordering: Ordering,
+    deliveries: Vec<(Vec<u64>, Vec<u8>)>,
+    limits: QueueLimits,
+}
+
+impl From<&Submission<'_>> for OwnedSubmission {
+    fn from(s: &Submission<'_>) -> Self {
+        OwnedSubmission {
+            sender: s.sender,
+            id: s.id.map(<[u8]>::to_vec),
+            group_id: s.group_id.to_vec(),
+            ordering: s.ordering,
+            deliveries: s.deliveries.iter().map(|(r, m)| (r.to_vec(), m.to_vec())).collect(),
+            limits: s.limits,
+        }
+    }
+}
+
+impl OwnedSubmission {
+    fn borrowed(&self) -> Submission<'_> {
+        Submission {
+            sender: self.sender,
+            id: self.id.as_deref(),
+            group_id: &self.group_id,
+            ordering: self.ordering,
+            deliveries: self.deliveries.iter().map(|(r, m)| (r.as_slice(), m.as_slice())).collect(),
+            limits: self.limits,
+        }
+    }
+}
+
+/// A write for the writer thread.
+#[derive(Debug)]
+enum Job {
+    Submit(OwnedSubmission, u64),
+    Ack(u64, u64),
+}
+
+type Reply = mpsc::SyncSender<Result<u64, StoreError>>;
+
+/// The writer thread: takes every job waiting, runs each in a savepoint of one transaction and
+/// commits once, so concurrent writers share one fsync (group commit). Each job answers only
+/// after the commit that made it durable; a failed job rolls back alone.
+fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<(Job, Reply)>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let results = run_batch(&mut conn, &batch);
+        drop(conn);
+        for ((_, reply), result) in batch.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: &[(Job, Reply)]) -> Vec<Result<u64, StoreError>> {
+    let fail_all = |e: rusqlite::Error| {
+        let e = backend(e);
+        batch.iter().map(|_| Err(clone_error(&e))).collect()
+    };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(e),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for (job, _) in batch {
+        let sp = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => return fail_all(e),
+        };
+        let result = match job {
+            Job::Submit(s, now) => submit_in(&sp, &s.borrowed(), *now),
+            Job::Ack(device, up_to) => ack_in(&sp, *device, *up_to),
+        };
+        // Dropping the savepoint without committing it rolls this job back alone.
+        if result.is_ok()
+            && let Err(e) = sp.commit()
+        {
+            return fail_all(e);
+        }
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => fail_all(e),
+    }
+}
+
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unwritable(m) => StoreError::Unwritable(m.clone()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// Stores one submission inside the writer's transaction (see [`Store::submit`]).
+fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError> {
+    if let Some(id) = submission.id {
+        let seen: Option<i64> = tx
+            .query_row(
+                "SELECT epoch FROM submissions WHERE device_id = ?1 AND submission_id = ?2",
+                params![to_i64(submission.sender), id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        if let Some(epoch) = seen {
+            return Ok(to_u64(epoch));
+        }
+    }
+    let current: Option<i64> = tx
+        .query_row("SELECT epoch FROM groups WHERE group_id = ?1", [submission.group_id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(backend)?;
+    let current_epoch = current.map(to_u64).unwrap_or(0);
+    let epoch = match submission.ordering {
+        Ordering::None => current_epoch,
+        Ordering::NotBefore(e) if e < current_epoch => {
+            return Err(StoreError::StaleEpoch { current: current_epoch });
+        }
+        Ordering::NotBefore(_) => current_epoch,
+        Ordering::AtEpoch(e) | Ordering::Advance(e) if e != current_epoch => {
+            return Err(StoreError::StaleEpoch { current: current_epoch });
+        }
+        Ordering::AtEpoch(e) => e,
+        Ordering::Advance(e) => {
+            tx.execute(
+                "INSERT INTO groups (group_id, epoch) VALUES (?1, ?2)
+                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch",
+                params![submission.group_id, to_i64(e + 1)],
+            )
+            .map_err(backend)?;
+            e + 1
+        }
+    };
+    {
+        let mut exists =
+            tx.prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1").map_err(backend)?;
+        let mut stats = tx
+            .prepare_cached("SELECT messages, bytes FROM queue_stats WHERE device_id = ?1")
+            .map_err(backend)?;
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO queue (device_id, message, created_at) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(backend)?;
+        let mut count = tx
+            .prepare_cached(
+                "INSERT INTO queue_stats (device_id, messages, bytes) VALUES (?1, 1, ?2)
+                 ON CONFLICT (device_id) DO UPDATE
+                 SET messages = messages + 1, bytes = bytes + excluded.bytes",
+            )
+            .map_err(backend)?;
+        let limits = submission.limits;
+        for (recipients, message) in &submission.deliveries {
+            let len = message.len() as u64;
+            for &device in *recipients {
+                if !exists.exists([to_i64(device)]).map_err(backend)? {
+                    return Err(StoreError::UnknownDevice(device));
+                }
+                let (messages, bytes): (i64, i64) = stats
+                    .query_row([to_i64(device)], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(backend)?
+                    .unwrap_or((0, 0));
+                if to_u64(messages) >= limits.max_messages
+                    || to_u64(bytes).saturating_add(len) > limits.max_bytes
+                {
+                    return Err(StoreError::QueueFull { device });
+                }
+                insert.execute(params![to_i64(device), message, to_i64(now)]).map_err(backend)?;
+                count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
+            }
+        }
+    }
+    if let Some(id) = submission.id {
+        tx.execute(
+            "INSERT INTO submissions (device_id, submission_id, epoch, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![to_i64(submission.sender), id, to_i64(epoch), to_i64(now)],
+        )
+        .map_err(backend)?;
+    }
+    Ok(epoch)
+}
+
+/// Removes acknowledged messages inside the writer's transaction (see [`Store::ack`]).
+fn ack_in(tx: &Connection, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
+    let args = params![to_i64(device_id), to_i64(up_to)];
+    let (messages, bytes): (i64, i64) = tx
+        .query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(message)), 0) FROM queue
+             WHERE device_id = ?1 AND seq <= ?2",
+            args,
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(backend)?;
+    if messages == 0 {
+        return Ok(0);
+    }
+    tx.execute("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2", args).map_err(backend)?;
+    uncount(tx, to_i64(device_id), messages, bytes)?;
+    Ok(to_u64(messages))
 }
 
 impl Store for SqliteStore {
@@ -335,100 +572,7 @@ impl Store for SqliteStore {
     }
 
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        if let Some(id) = submission.id {
-            let seen: Option<i64> = tx
-                .query_row(
-                    "SELECT epoch FROM submissions WHERE device_id = ?1 AND submission_id = ?2",
-                    params![to_i64(submission.sender), id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(backend)?;
-            if let Some(epoch) = seen {
-                return Ok(to_u64(epoch));
-            }
-        }
-        let current: Option<i64> = tx
-            .query_row("SELECT epoch FROM groups WHERE group_id = ?1", [submission.group_id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(backend)?;
-        let current_epoch = current.map(to_u64).unwrap_or(0);
-        let epoch = match submission.ordering {
-            Ordering::None => current_epoch,
-            Ordering::NotBefore(e) if e < current_epoch => {
-                return Err(StoreError::StaleEpoch { current: current_epoch });
-            }
-            Ordering::NotBefore(_) => current_epoch,
-            Ordering::AtEpoch(e) | Ordering::Advance(e) if e != current_epoch => {
-                return Err(StoreError::StaleEpoch { current: current_epoch });
-            }
-            Ordering::AtEpoch(e) => e,
-            Ordering::Advance(e) => {
-                tx.execute(
-                    "INSERT INTO groups (group_id, epoch) VALUES (?1, ?2)
-                     ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch",
-                    params![submission.group_id, to_i64(e + 1)],
-                )
-                .map_err(backend)?;
-                e + 1
-            }
-        };
-        {
-            let mut exists =
-                tx.prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1").map_err(backend)?;
-            let mut stats = tx
-                .prepare_cached("SELECT messages, bytes FROM queue_stats WHERE device_id = ?1")
-                .map_err(backend)?;
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO queue (device_id, message, created_at) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(backend)?;
-            let mut count = tx
-                .prepare_cached(
-                    "INSERT INTO queue_stats (device_id, messages, bytes) VALUES (?1, 1, ?2)
-                     ON CONFLICT (device_id) DO UPDATE
-                     SET messages = messages + 1, bytes = bytes + excluded.bytes",
-                )
-                .map_err(backend)?;
-            let limits = submission.limits;
-            for (recipients, message) in &submission.deliveries {
-                let len = message.len() as u64;
-                for &device in *recipients {
-                    if !exists.exists([to_i64(device)]).map_err(backend)? {
-                        return Err(StoreError::UnknownDevice(device));
-                    }
-                    let (messages, bytes): (i64, i64) = stats
-                        .query_row([to_i64(device)], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                        .map_err(backend)?
-                        .unwrap_or((0, 0));
-                    if to_u64(messages) >= limits.max_messages
-                        || to_u64(bytes).saturating_add(len) > limits.max_bytes
-                    {
-                        return Err(StoreError::QueueFull { device });
-                    }
-                    insert
-                        .execute(params![to_i64(device), message, to_i64(now)])
-                        .map_err(backend)?;
-                    count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
-                }
-            }
-        }
-        if let Some(id) = submission.id {
-            tx.execute(
-                "INSERT INTO submissions (device_id, submission_id, epoch, created_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![to_i64(submission.sender), id, to_i64(epoch), to_i64(now)],
-            )
-            .map_err(backend)?;
-        }
-        tx.commit().map_err(backend)?;
-        Ok(epoch)
+        self.write(Job::Submit(OwnedSubmission::from(submission), now))
     }
 
     fn fetch(
@@ -501,24 +645,6 @@ impl Store for SqliteStore {
     }
 
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        let args = params![to_i64(device_id), to_i64(up_to)];
-        let (messages, bytes): (i64, i64) = tx
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(message)), 0) FROM queue
-                 WHERE device_id = ?1 AND seq <= ?2",
-                args,
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(backend)?;
-        if messages == 0 {
-            return Ok(0);
-        }
-        tx.execute("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2", args)
-            .map_err(backend)?;
-        uncount(&tx, to_i64(device_id), messages, bytes)?;
-        tx.commit().map_err(backend)?;
-        Ok(to_u64(messages))
+        self.write(Job::Ack(device_id, up_to))
     }
 }
