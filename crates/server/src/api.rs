@@ -37,6 +37,8 @@ const MAX_RECIPIENTS: usize = 10_000;
 /// Default and largest page of a queue fetch.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
+/// Store writes in flight on blocking threads; more wait their turn without a thread.
+const MAX_CONCURRENT_WRITES: usize = 128;
 /// Page size on the WebSocket: small, so a slow reader holds little server memory.
 const LIVE_PAGE: u32 = 16;
 /// How long one WebSocket send may take before the reader counts as gone.
@@ -81,6 +83,8 @@ pub(crate) struct AppState {
     registration_rate: RateLimiter<IpAddr>,
     /// Challenges and tokens.
     sessions: Sessions,
+    /// Bounds the writes waiting on blocking threads.
+    writes: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -99,6 +103,7 @@ impl AppState {
             device_rate: RateLimiter::new(per_second, per_second * 10.0),
             registration_rate: RateLimiter::new(per_hour / 3600.0, per_hour),
             sessions,
+            writes: tokio::sync::Semaphore::new(MAX_CONCURRENT_WRITES),
             config,
         }
     }
@@ -261,6 +266,18 @@ impl FromRequestParts<Shared> for AuthDevice {
         state.device_rate.check(device).map_err(|wait| ApiError::rate_limited("requests", wait))?;
         Ok(AuthDevice(device))
     }
+}
+
+/// Runs a store write on a blocking thread, at most [`MAX_CONCURRENT_WRITES`] at a time. Writes
+/// wait for a shared commit; bounding them keeps blocking threads free for reads, so a flood of
+/// submissions cannot starve deliveries.
+async fn blocking_write<T: Send + 'static>(
+    state: &Shared,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit =
+        state.writes.acquire().await.map_err(|e| ApiError::internal("write limiter closed", &e))?;
+    blocking(state, f).await
 }
 
 /// Runs a store call on a blocking thread.
@@ -540,7 +557,7 @@ async fn submit(
     let notify: Vec<u64> = deliveries.iter().flat_map(|d| d.recipients.iter().copied()).collect();
     let group_id = req.group_id.0;
     let limits = state.config.queue_limits;
-    let epoch = blocking(&state, move |s| {
+    let epoch = blocking_write(&state, move |s| {
         let submission = Submission {
             sender,
             id: submission_id.as_deref(),
@@ -583,7 +600,7 @@ async fn ack(
     AuthDevice(device): AuthDevice,
     ApiJson(req): ApiJson<proto::AckRequest>,
 ) -> Result<Json<proto::AckResponse>, ApiError> {
-    let removed = blocking(&state, move |s| s.ack(device, req.up_to)).await?;
+    let removed = blocking_write(&state, move |s| s.ack(device, req.up_to)).await?;
     Ok(Json(proto::AckResponse { up_to: req.up_to, removed }))
 }
 
@@ -645,7 +662,7 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
                 Some(Ok(WsMessage::Text(text))) => {
                     let reply = match serde_json::from_str::<proto::ClientFrame>(&text) {
                         Ok(proto::ClientFrame::Ack(a)) => {
-                            match blocking(&state, move |s| s.ack(device, a.up_to)).await {
+                            match blocking_write(&state, move |s| s.ack(device, a.up_to)).await {
                                 Ok(removed) => proto::ServerFrame::Acked(proto::AckResponse { up_to: a.up_to, removed }),
                                 Err(e) => proto::ServerFrame::Error(e.body()),
                             }
