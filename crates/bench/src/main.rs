@@ -8,7 +8,7 @@ use clap::Parser;
 use sotto_bench::jetstream::NatsServer;
 use sotto_bench::report::{self, Machine, Report};
 use sotto_bench::sotto::SottoServer;
-use sotto_bench::{RelayParams, jetstream, sotto};
+use sotto_bench::{RelayParams, idle, jetstream, sotto};
 
 /// Sotto's load generator: the same workload against Sotto and peers, in one run.
 ///
@@ -35,6 +35,10 @@ struct Args {
     /// Warm-up seconds per run.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Idle-connection counts to measure Sotto's memory at (empty: skip). The open-file limit
+    /// of this machine caps them.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,15000")]
+    idle: Vec<usize>,
     /// Where to write the results.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
     if a.smoke {
         a.devices = a.devices.min(4);
         a.windows = vec![1, 4];
+        a.idle = vec![200];
         a.seconds = 1;
         a.warmup = 0;
     }
@@ -81,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         machine: Machine::here(),
         smoke: a.smoke,
         relay: Vec::new(),
+        idle: Vec::new(),
         skipped: Vec::new(),
     };
     let params = |window: usize| RelayParams {
@@ -128,6 +134,11 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("unknown system {other:?}: use sotto, jetstream, jetstream-fsync")
             }
         }
+    }
+    let steps: Vec<usize> = a.idle.iter().copied().filter(|n| *n > 0).collect();
+    if !steps.is_empty() {
+        let server = SottoServer::start(&server_bin)?;
+        report.idle = idle::idle(&server, &steps).await?;
     }
     report::write(&report, &a.out)?;
     println!("{}", report::markdown(&report));

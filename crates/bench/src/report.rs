@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::RelayResult;
+use crate::idle::IdleResult;
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -18,6 +19,8 @@ pub struct Report {
     pub smoke: bool,
     /// Relay runs, by system and window.
     pub relay: Vec<RelayResult>,
+    /// Server memory with idle connections.
+    pub idle: Vec<IdleResult>,
     /// Systems requested but not run, and why.
     pub skipped: Vec<(String, String)>,
 }
@@ -33,6 +36,8 @@ pub struct Machine {
     pub memory_mib: u64,
     /// Kernel release.
     pub kernel: String,
+    /// This process's open-file limit (caps the idle-connection count).
+    pub open_files_limit: String,
 }
 
 impl Machine {
@@ -57,7 +62,15 @@ impl Machine {
             .map(|k| k.trim().to_string())
             .unwrap_or_default();
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Machine { cpu, cores, memory_mib, kernel }
+        let open_files_limit = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|l| {
+                l.lines()
+                    .find(|l| l.starts_with("Max open files"))
+                    .map(|l| l.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" / "))
+            })
+            .unwrap_or_default();
+        Machine { cpu, cores, memory_mib, kernel, open_files_limit }
     }
 }
 
@@ -122,6 +135,25 @@ pub fn markdown(r: &Report) -> String {
             x.server_peak_rss_kib as f64 / 1024.0,
             x.errors
         );
+    }
+    if !r.idle.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nIdle authenticated WebSocket connections (open-file limit here: {} soft / hard):\n",
+            r.machine.open_files_limit
+        );
+        let _ = writeln!(md, "| system | connections | server RSS MiB | bytes per connection |");
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for x in &r.idle {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.0} |",
+                x.system,
+                x.connections,
+                x.server_rss_kib as f64 / 1024.0,
+                x.bytes_per_connection
+            );
+        }
     }
     if !r.skipped.is_empty() {
         let _ = writeln!(md, "\nNot run:");

@@ -59,6 +59,11 @@ impl SottoServer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }
 
 impl Drop for SottoServer {
@@ -68,9 +73,9 @@ impl Drop for SottoServer {
     }
 }
 
-type Http = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type Http = Client<HttpConnector, Full<Bytes>>;
 
-fn http_client() -> Http {
+pub(crate) fn http_client() -> Http {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector)
@@ -100,12 +105,12 @@ async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
 
 /// A registered, logged-in device.
 #[derive(Debug)]
-struct Device {
-    id: u64,
-    token: String,
+pub(crate) struct Device {
+    pub(crate) id: u64,
+    pub(crate) token: String,
 }
 
-async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow::Result<Device> {
+pub(crate) async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow::Result<Device> {
     let key = DeviceKey::generate()?;
     let address: sotto_core::Address = format!("bench{n}@localhost").parse()?;
     let signature = key.sign(&auth::registration_payload(&address, key.public()))?;

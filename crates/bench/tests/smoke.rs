@@ -26,6 +26,9 @@ fn smoke_run_writes_a_report() {
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["p50_us"].as_u64().is_some_and(|p| p > 0), "{r}");
     }
+    let idle = results["idle"].as_array().expect("idle runs");
+    assert_eq!(idle.len(), 1, "{results}");
+    assert_eq!(idle[0]["connections"], 200);
     let report = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(report.contains("| sotto | 4 | 1 |"), "{report}");
     // Peers either ran or say why not.

@@ -609,8 +609,13 @@ async fn websocket(
     AuthDevice(device): AuthDevice,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Idle connections dominate a messaging server's memory: keep per-connection buffers
+    // small (the default read buffer alone is 128 KiB, touched at allocation). Clients only
+    // send small acknowledgement frames; messages go out as they are written.
     upgrade
         .max_message_size(64 * 1024)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| live_delivery(state, device, socket))
 }
 
