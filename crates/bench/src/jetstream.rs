@@ -151,3 +151,103 @@ pub async fn relay(server: &NatsServer, p: &RelayParams) -> anyhow::Result<Relay
     let _ = admin.delete_stream(&name).await;
     Ok(recorder.result(server.name(), p, cpu, peak_rss_kib(pid)))
 }
+
+/// The backlog workload: streams for offline consumers are filled, then drained in batches,
+/// acknowledging the last message of each batch (`AckPolicy::All`, like Sotto's `up_to`).
+pub async fn backlog(
+    server: &NatsServer,
+    devices: usize,
+    per_device: usize,
+) -> anyhow::Result<crate::BacklogResult> {
+    let admin = jetstream::new(connect(&server.url).await?);
+    let stream = admin
+        .create_stream(stream::Config {
+            name: "BACKLOG".into(),
+            subjects: vec!["backlog.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let mut consumers = Vec::new();
+    let mut contexts = Vec::new();
+    for i in 0..devices {
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(format!("b{i}")),
+                filter_subject: format!("backlog.d{i}"),
+                ack_policy: consumer::AckPolicy::All,
+                ..Default::default()
+            })
+            .await?;
+        consumers.push(consumer);
+        contexts.push(jetstream::new(connect(&server.url).await?));
+    }
+    let recorder = Arc::new(Recorder::new(Duration::ZERO, Duration::from_secs(3600)));
+    let started = std::time::Instant::now();
+    let mut senders = Vec::new();
+    for (i, js) in contexts.iter().enumerate() {
+        let subject = format!("backlog.d{}", (i + 1) % devices);
+        for slot in 0..crate::BACKLOG_WINDOW {
+            let (js, subject, recorder) = (js.clone(), subject.clone(), recorder.clone());
+            let count = per_device / crate::BACKLOG_WINDOW
+                + usize::from(slot < per_device % crate::BACKLOG_WINDOW);
+            senders.push(tokio::spawn(async move {
+                for _ in 0..count {
+                    js.publish(subject.clone(), recorder.payload().into())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+    }
+    for s in senders {
+        s.await??;
+    }
+    let fill = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut drainers = Vec::new();
+    for consumer in consumers {
+        drainers.push(tokio::spawn(async move {
+            let mut received = 0usize;
+            while received < per_device {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(500)
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut last = None;
+                while let Some(m) = batch.next().await {
+                    received += 1;
+                    last = Some(m.map_err(|e| anyhow::anyhow!("{e}"))?);
+                }
+                match last {
+                    Some(m) => m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?,
+                    None => bail!("a batch came back empty"),
+                }
+            }
+            anyhow::Ok(received)
+        }));
+    }
+    let mut drained = 0;
+    for d in drainers {
+        drained += d.await??;
+    }
+    let drain = started.elapsed();
+    let _ = admin.delete_stream("BACKLOG").await;
+    let total = devices * per_device;
+    if drained != total {
+        bail!("drained {drained} of {total} queued messages");
+    }
+    Ok(crate::BacklogResult {
+        system: server.name().into(),
+        devices,
+        per_device,
+        fill_msgs_per_sec: total as f64 / fill.as_secs_f64(),
+        drain_msgs_per_sec: total as f64 / drain.as_secs_f64(),
+    })
+}

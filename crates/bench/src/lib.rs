@@ -69,6 +69,24 @@ pub struct RelayResult {
     pub server_peak_rss_kib: u64,
 }
 
+/// Submissions in flight per device while filling backlogs.
+pub const BACKLOG_WINDOW: usize = 16;
+
+/// One backlog run's figures: queues for offline devices filled, then drained.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogResult {
+    /// The system under test.
+    pub system: String,
+    /// Devices (each with a backlog).
+    pub devices: usize,
+    /// Messages queued per device.
+    pub per_device: usize,
+    /// Messages queued per second while filling.
+    pub fill_msgs_per_sec: f64,
+    /// Messages fetched and acknowledged per second while draining.
+    pub drain_msgs_per_sec: f64,
+}
+
 /// Timestamps payloads and records deliveries that arrive inside the measured window.
 #[derive(Debug)]
 pub struct Recorder {

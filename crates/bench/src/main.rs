@@ -39,6 +39,9 @@ struct Args {
     /// of this machine caps them.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,15000")]
     idle: Vec<usize>,
+    /// Messages queued per offline device in the backlog workload (0: skip).
+    #[arg(long, default_value_t = 5000)]
+    backlog: usize,
     /// Where to write the results.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -67,6 +70,13 @@ fn found(bin: &PathBuf) -> bool {
     std::process::Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
+fn say_backlog(b: &sotto_bench::BacklogResult) {
+    eprintln!(
+        "{:>16} backlog: fill {:>8.0} msgs/s, drain {:>8.0} msgs/s",
+        b.system, b.fill_msgs_per_sec, b.drain_msgs_per_sec
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut a = Args::parse();
@@ -74,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         a.devices = a.devices.min(4);
         a.windows = vec![1, 4];
         a.idle = vec![200];
+        a.backlog = a.backlog.min(100);
         a.seconds = 1;
         a.warmup = 0;
     }
@@ -87,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         smoke: a.smoke,
         relay: Vec::new(),
         idle: Vec::new(),
+        backlog: Vec::new(),
         skipped: Vec::new(),
     };
     let params = |window: usize| RelayParams {
@@ -108,6 +120,12 @@ async fn main() -> anyhow::Result<()> {
                     );
                     report.relay.push(r);
                 }
+                if a.backlog > 0 {
+                    let server = SottoServer::start(&server_bin)?;
+                    let b = sotto::backlog(&server, a.devices.max(2), a.backlog).await?;
+                    say_backlog(&b);
+                    report.backlog.push(b);
+                }
             }
             "jetstream" | "jetstream-fsync" => {
                 if !found(&a.nats_bin) {
@@ -128,6 +146,12 @@ async fn main() -> anyhow::Result<()> {
                         r.system, w, r.msgs_per_sec, r.p99_us
                     );
                     report.relay.push(r);
+                }
+                if a.backlog > 0 {
+                    let server = NatsServer::start(&a.nats_bin, system == "jetstream-fsync")?;
+                    let b = jetstream::backlog(&server, a.devices.max(2), a.backlog).await?;
+                    say_backlog(&b);
+                    report.backlog.push(b);
                 }
             }
             other => {

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::RelayResult;
 use crate::idle::IdleResult;
+use crate::{BacklogResult, RelayResult};
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +21,8 @@ pub struct Report {
     pub relay: Vec<RelayResult>,
     /// Server memory with idle connections.
     pub idle: Vec<IdleResult>,
+    /// Offline backlogs filled, then drained.
+    pub backlog: Vec<BacklogResult>,
     /// Systems requested but not run, and why.
     pub skipped: Vec<(String, String)>,
 }
@@ -135,6 +137,22 @@ pub fn markdown(r: &Report) -> String {
             x.server_peak_rss_kib as f64 / 1024.0,
             x.errors
         );
+    }
+    if !r.backlog.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nBacklog: queues of offline devices filled (16 submissions in flight per device), \
+             then drained in pages of 500 with one acknowledgement per page:\n"
+        );
+        let _ = writeln!(md, "| system | devices | messages each | fill msgs/s | drain msgs/s |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        for x in &r.backlog {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.0} | {:.0} |",
+                x.system, x.devices, x.per_device, x.fill_msgs_per_sec, x.drain_msgs_per_sec
+            );
+        }
     }
     if !r.idle.is_empty() {
         let _ = writeln!(

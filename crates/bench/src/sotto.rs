@@ -255,3 +255,116 @@ pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<Rela
     }
     Ok(recorder.result("sotto", p, cpu, peak_rss_kib(server.pid())))
 }
+
+async fn get<R: serde::de::DeserializeOwned>(
+    http: &Http,
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<R> {
+    let req = hyper::Request::get(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))?;
+    let resp = http.request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// The backlog workload: queues for offline devices are filled, then drained in pages.
+pub async fn backlog(
+    server: &SottoServer,
+    devices: usize,
+    per_device: usize,
+) -> anyhow::Result<crate::BacklogResult> {
+    let http = http_client();
+    let addr = server.addr;
+    let mut all = Vec::with_capacity(devices);
+    for n in 0..devices {
+        all.push(register(&http, addr, n).await.context("registering a device")?);
+    }
+    let recorder =
+        Arc::new(Recorder::new(std::time::Duration::ZERO, std::time::Duration::from_secs(3600)));
+    let started = std::time::Instant::now();
+    let mut senders = Vec::new();
+    let counter = Arc::new(AtomicU64::new(0));
+    for (i, d) in all.iter().enumerate() {
+        let to = all[(i + 1) % devices].id;
+        for slot in 0..crate::BACKLOG_WINDOW {
+            let (http, token, recorder, counter) =
+                (http.clone(), d.token.clone(), recorder.clone(), counter.clone());
+            let count = per_device / crate::BACKLOG_WINDOW
+                + usize::from(slot < per_device % crate::BACKLOG_WINDOW);
+            senders.push(tokio::spawn(async move {
+                for _ in 0..count {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let request = proto::SubmitRequest {
+                        submission_id: Some(proto::Bytes(n.to_le_bytes().to_vec())),
+                        group_id: proto::Bytes(b"backlog".to_vec()),
+                        kind: proto::SubmitKind::Application,
+                        epoch: 0,
+                        delivery: proto::Delivery {
+                            recipients: vec![to],
+                            message: proto::Bytes(recorder.payload()),
+                        },
+                        welcome: None,
+                    };
+                    let r: anyhow::Result<proto::SubmitResponse> =
+                        post(&http, addr, "/v1/messages", Some(&token), &request).await;
+                    r?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+    }
+    for s in senders {
+        s.await??;
+    }
+    let fill = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut drainers = Vec::new();
+    for d in &all {
+        let (http, token) = (http.clone(), d.token.clone());
+        drainers.push(tokio::spawn(async move {
+            let (mut after, mut received) = (0u64, 0usize);
+            loop {
+                let page: proto::QueueResponse =
+                    get(&http, addr, &format!("/v1/queue?after={after}&limit=500"), &token).await?;
+                received += page.messages.len();
+                if let Some(last) = page.messages.last() {
+                    after = last.seq;
+                    let _: proto::AckResponse = post(
+                        &http,
+                        addr,
+                        "/v1/queue/ack",
+                        Some(&token),
+                        &proto::AckRequest { up_to: after },
+                    )
+                    .await?;
+                }
+                if !page.more {
+                    return anyhow::Ok(received);
+                }
+            }
+        }));
+    }
+    let mut drained = 0;
+    for d in drainers {
+        drained += d.await??;
+    }
+    let drain = started.elapsed();
+    let total = devices * per_device;
+    if drained != total {
+        bail!("drained {drained} of {total} queued messages");
+    }
+    Ok(crate::BacklogResult {
+        system: "sotto".into(),
+        devices,
+        per_device,
+        fill_msgs_per_sec: total as f64 / fill.as_secs_f64(),
+        drain_msgs_per_sec: total as f64 / drain.as_secs_f64(),
+    })
+}

@@ -26,6 +26,9 @@ fn smoke_run_writes_a_report() {
         assert_eq!(r["errors"], 0, "{r}");
         assert!(r["p50_us"].as_u64().is_some_and(|p| p > 0), "{r}");
     }
+    let backlog = results["backlog"].as_array().expect("backlog runs");
+    let sotto_backlog = backlog.iter().find(|b| b["system"] == "sotto").expect("sotto backlog");
+    assert!(sotto_backlog["drain_msgs_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{results}");
     let idle = results["idle"].as_array().expect("idle runs");
     assert_eq!(idle.len(), 1, "{results}");
     assert_eq!(idle[0]["connections"], 200);
