@@ -189,8 +189,7 @@ pub async fn backlog(
         let subject = format!("backlog.d{}", (i + 1) % devices);
         for slot in 0..crate::BACKLOG_WINDOW {
             let (js, subject, recorder) = (js.clone(), subject.clone(), recorder.clone());
-            let count = per_device / crate::BACKLOG_WINDOW
-                + usize::from(slot < per_device % crate::BACKLOG_WINDOW);
+            let count = crate::slot_share(per_device, slot);
             senders.push(tokio::spawn(async move {
                 for _ in 0..count {
                     js.publish(subject.clone(), recorder.payload().into())

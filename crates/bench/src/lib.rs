@@ -72,6 +72,11 @@ pub struct RelayResult {
 /// Submissions in flight per device while filling backlogs.
 pub const BACKLOG_WINDOW: usize = 16;
 
+/// How many of a device's `total` backlog messages submission slot `slot` sends.
+pub fn slot_share(total: usize, slot: usize) -> usize {
+    total / BACKLOG_WINDOW + usize::from(slot < total % BACKLOG_WINDOW)
+}
+
 /// One backlog run's figures: queues for offline devices filled, then drained.
 #[derive(Debug, Clone, Serialize)]
 pub struct BacklogResult {

@@ -172,6 +172,27 @@ async fn receive(
     Ok(())
 }
 
+/// Submits one opaque payload for `to`, with a unique submission id.
+async fn submit(
+    http: &Http,
+    addr: SocketAddr,
+    token: &str,
+    counter: &AtomicU64,
+    to: u64,
+    payload: Vec<u8>,
+) -> anyhow::Result<proto::SubmitResponse> {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    let request = proto::SubmitRequest {
+        submission_id: Some(proto::Bytes(n.to_le_bytes().to_vec())),
+        group_id: proto::Bytes(b"bench".to_vec()),
+        kind: proto::SubmitKind::Application,
+        epoch: 0,
+        delivery: proto::Delivery { recipients: vec![to], message: proto::Bytes(payload) },
+        welcome: None,
+    };
+    post(http, addr, "/v1/messages", Some(token), &request).await
+}
+
 /// One submission slot: sends to `to` again and again, each after the previous was accepted.
 async fn send_loop(
     http: Http,
@@ -183,20 +204,7 @@ async fn send_loop(
     counter: Arc<AtomicU64>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let request = proto::SubmitRequest {
-            submission_id: Some(proto::Bytes(n.to_le_bytes().to_vec())),
-            group_id: proto::Bytes(b"bench".to_vec()),
-            kind: proto::SubmitKind::Application,
-            epoch: 0,
-            delivery: proto::Delivery {
-                recipients: vec![to],
-                message: proto::Bytes(recorder.payload()),
-            },
-            welcome: None,
-        };
-        let sent: anyhow::Result<proto::SubmitResponse> =
-            post(&http, addr, "/v1/messages", Some(&token), &request).await;
+        let sent = submit(&http, addr, &token, &counter, to, recorder.payload()).await;
         if sent.is_err() {
             recorder.error();
         }
@@ -296,25 +304,10 @@ pub async fn backlog(
         for slot in 0..crate::BACKLOG_WINDOW {
             let (http, token, recorder, counter) =
                 (http.clone(), d.token.clone(), recorder.clone(), counter.clone());
-            let count = per_device / crate::BACKLOG_WINDOW
-                + usize::from(slot < per_device % crate::BACKLOG_WINDOW);
+            let count = crate::slot_share(per_device, slot);
             senders.push(tokio::spawn(async move {
                 for _ in 0..count {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let request = proto::SubmitRequest {
-                        submission_id: Some(proto::Bytes(n.to_le_bytes().to_vec())),
-                        group_id: proto::Bytes(b"backlog".to_vec()),
-                        kind: proto::SubmitKind::Application,
-                        epoch: 0,
-                        delivery: proto::Delivery {
-                            recipients: vec![to],
-                            message: proto::Bytes(recorder.payload()),
-                        },
-                        welcome: None,
-                    };
-                    let r: anyhow::Result<proto::SubmitResponse> =
-                        post(&http, addr, "/v1/messages", Some(&token), &request).await;
-                    r?;
+                    submit(&http, addr, &token, &counter, to, recorder.payload()).await?;
                 }
                 anyhow::Ok(())
             }));
