@@ -8,7 +8,7 @@ use clap::Parser;
 use sotto_bench::jetstream::NatsServer;
 use sotto_bench::report::{self, Machine, Report};
 use sotto_bench::sotto::SottoServer;
-use sotto_bench::{RelayParams, idle, jetstream, sotto};
+use sotto_bench::{RelayParams, crypto, idle, jetstream, sotto};
 
 /// Sotto's load generator: the same workload against Sotto and peers, in one run.
 ///
@@ -42,6 +42,12 @@ struct Args {
     /// Messages queued per offline device in the backlog workload (0: skip).
     #[arg(long, default_value_t = 5000)]
     backlog: usize,
+    /// Seconds per client crypto micro-benchmark (0: skip them).
+    #[arg(long, default_value_t = 2.0)]
+    crypto_seconds: f64,
+    /// The largest group in the crypto benchmarks.
+    #[arg(long, default_value_t = 1000)]
+    big_group: usize,
     /// Where to write the results.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -85,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
         a.windows = vec![1, 4];
         a.idle = vec![200];
         a.backlog = a.backlog.min(100);
+        a.crypto_seconds = a.crypto_seconds.min(0.05);
+        a.big_group = a.big_group.min(20);
         a.seconds = 1;
         a.warmup = 0;
     }
@@ -99,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         relay: Vec::new(),
         idle: Vec::new(),
         backlog: Vec::new(),
+        crypto: Vec::new(),
         skipped: Vec::new(),
     };
     let params = |window: usize| RelayParams {
@@ -163,6 +172,14 @@ async fn main() -> anyhow::Result<()> {
     if !steps.is_empty() {
         let server = SottoServer::start(&server_bin)?;
         report.idle = idle::idle(&server, &steps).await?;
+    }
+    if a.crypto_seconds > 0.0 {
+        let budget = Duration::from_secs_f64(a.crypto_seconds);
+        let big = a.big_group.max(11);
+        report.crypto = tokio::task::spawn_blocking(move || crypto::run(budget, big)).await??;
+        for c in &report.crypto {
+            eprintln!("{:>50}: {:>10.0}/s", c.name, c.ops_per_sec);
+        }
     }
     report::write(&report, &a.out)?;
     println!("{}", report::markdown(&report));

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::crypto::CryptoResult;
 use crate::idle::IdleResult;
 use crate::{BacklogResult, RelayResult};
 
@@ -23,6 +24,8 @@ pub struct Report {
     pub idle: Vec<IdleResult>,
     /// Offline backlogs filled, then drained.
     pub backlog: Vec<BacklogResult>,
+    /// Client-side crypto micro-benchmarks.
+    pub crypto: Vec<CryptoResult>,
     /// Systems requested but not run, and why.
     pub skipped: Vec<(String, String)>,
 }
@@ -170,6 +173,41 @@ pub fn markdown(r: &Report) -> String {
                 x.connections,
                 x.server_rss_kib as f64 / 1024.0,
                 x.bytes_per_connection
+            );
+        }
+    }
+    if !r.crypto.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nClient crypto through Sotto's MLS seam (openmls, {}), one core, beside the Ed25519 \
+             ceiling measured in the same run:\n",
+            "MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519"
+        );
+        let _ = writeln!(md, "| operation | per second | mean | throughput |");
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for x in &r.crypto {
+            let mean = if x.mean_us >= 1000.0 {
+                format!("{:.1} ms", x.mean_us / 1000.0)
+            } else {
+                format!("{:.1} µs", x.mean_us)
+            };
+            let throughput =
+                x.bytes_per_sec.map(|b| format!("{:.0} MB/s", b / 1e6)).unwrap_or_default();
+            let _ = writeln!(md, "| {} | {:.0} | {mean} | {throughput} |", x.name, x.ops_per_sec);
+        }
+        let find = |n: &str| r.crypto.iter().find(|x| x.name == n).map(|x| x.ops_per_sec);
+        if let (Some(enc), Some(sign), Some(dec), Some(verify)) = (
+            find("mls encrypt 100 B"),
+            find("ed25519 sign"),
+            find("mls decrypt 100 B"),
+            find("ed25519 verify"),
+        ) {
+            let _ = writeln!(
+                md,
+                "\nSmall messages reach {:.0} % of the signing ceiling (encrypt) and {:.0} % of the \
+                 verification ceiling (decrypt).",
+                100.0 * enc / sign,
+                100.0 * dec / verify
             );
         }
     }

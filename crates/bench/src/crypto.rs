@@ -1,0 +1,158 @@
+//! Client-side crypto micro-benchmarks through Sotto's MLS seam, beside the Ed25519 ceiling
+//! measured in the same run (small MLS messages are bound by one signature and one
+//! verification each).
+
+use std::time::{Duration, Instant};
+
+use openmls_memory_storage::MemoryStorage;
+use serde::Serialize;
+use sotto_core::content::{Body, Message, VERSION};
+use sotto_core::mls::{self, DeviceKey, Identity, Provider};
+use sotto_core::{DeviceRef, auth};
+
+/// One micro-benchmark's figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct CryptoResult {
+    /// What was measured.
+    pub name: String,
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Mean time per operation, microseconds.
+    pub mean_us: f64,
+    /// Bytes per second, for payload-sized operations.
+    pub bytes_per_sec: Option<f64>,
+}
+
+type Mem = Provider<MemoryStorage>;
+
+fn member(n: usize) -> anyhow::Result<(Mem, Identity)> {
+    let p = Provider::new(MemoryStorage::default());
+    let key = DeviceKey::generate()?;
+    key.store(&p)?;
+    let device = DeviceRef { address: format!("m{n}@localhost").parse()?, device_id: n as u64 + 1 };
+    Ok((p, Identity { device, key }))
+}
+
+/// Runs `op` repeatedly for about `budget` (at least `min` times); returns the mean duration.
+fn time(
+    budget: Duration,
+    min: usize,
+    mut op: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(usize, Duration)> {
+    let start = Instant::now();
+    let mut n = 0;
+    while n < min || start.elapsed() < budget {
+        op()?;
+        n += 1;
+    }
+    Ok((n, start.elapsed() / n as u32))
+}
+
+fn result(name: &str, n_and_mean: (usize, Duration), bytes: Option<usize>) -> CryptoResult {
+    let mean = n_and_mean.1.as_secs_f64().max(1e-12);
+    CryptoResult {
+        name: name.into(),
+        ops_per_sec: 1.0 / mean,
+        mean_us: mean * 1e6,
+        bytes_per_sec: bytes.map(|b| b as f64 / mean),
+    }
+}
+
+/// A group of `size` members built by the first; returns everyone's state, the group id, and
+/// how long the committer's add and one newcomer's join took.
+fn group(size: usize) -> anyhow::Result<(Vec<(Mem, Identity)>, Vec<u8>, Duration, Duration)> {
+    let members: Vec<(Mem, Identity)> = (0..size).map(member).collect::<Result<_, _>>()?;
+    let (p0, id0) = &members[0];
+    let gid = mls::create_group(p0, id0)?;
+    let (mut add, mut join) = (Duration::ZERO, Duration::ZERO);
+    if size > 1 {
+        let packages = members[1..]
+            .iter()
+            .map(|(p, id)| {
+                let kp = mls::key_packages(p, id, 1, false)?.remove(0);
+                Ok(mls::validate_key_package(p0, &kp, &id.device.address, None)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let started = Instant::now();
+        let out = mls::add_members(p0, &gid, id0, &packages)?;
+        mls::merge_pending_commit(p0, &gid)?;
+        add = started.elapsed();
+        let welcome = out.welcome.unwrap_or_default();
+        for (i, (p, _)) in members[1..].iter().enumerate() {
+            let started = Instant::now();
+            mls::process(p, &welcome)?;
+            if i == 0 {
+                join = started.elapsed();
+            }
+        }
+    }
+    Ok((members, gid, add, join))
+}
+
+fn text(len: usize) -> Vec<u8> {
+    Message { v: VERSION, id: "00".into(), sent_at: 0, body: Body::Text { text: "x".repeat(len) } }
+        .encode()
+}
+
+/// Runs every micro-benchmark, each for about `budget`.
+pub fn run(budget: Duration, big_group: usize) -> anyhow::Result<Vec<CryptoResult>> {
+    let mut out = Vec::new();
+    // The ceiling: one Ed25519 signature and one verification.
+    let key = DeviceKey::generate()?;
+    let msg = [7u8; 100];
+    let sig = key.sign(&msg)?;
+    out.push(result(
+        "ed25519 sign",
+        time(budget, 100, || key.sign(&msg).map(drop).map_err(Into::into))?,
+        None,
+    ));
+    out.push(result(
+        "ed25519 verify",
+        time(budget, 100, || {
+            anyhow::ensure!(auth::verify(key.public(), &msg, &sig));
+            Ok(())
+        })?,
+        None,
+    ));
+
+    // Application messages in a group of two: encrypt on one side, decrypt on the other.
+    let (members, gid, _, _) = group(2)?;
+    for (label, len) in [("100 B", 100usize), ("64 KiB", 64 * 1024)] {
+        let plaintext = text(len);
+        let mut ciphertexts = Vec::new();
+        let enc = time(budget, 20, || {
+            ciphertexts.push(mls::encrypt(&members[0].0, &gid, &members[0].1, &plaintext)?);
+            Ok(())
+        })?;
+        out.push(result(&format!("mls encrypt {label}"), enc, Some(len)));
+        let mut it = ciphertexts.iter();
+        let dec = time(Duration::ZERO, ciphertexts.len(), || {
+            let ct = it.next().ok_or_else(|| anyhow::anyhow!("ran out of ciphertexts"))?;
+            mls::process(&members[1].0, ct)?;
+            Ok(())
+        })?;
+        out.push(result(&format!("mls decrypt {label}"), dec, Some(len)));
+    }
+
+    // Adding members: the committer's cost (key package validation excluded).
+    for size in [10usize, 100, big_group] {
+        let (members, gid, add, join) = group(size)?;
+        out.push(result(&format!("add {} members: committer", size - 1), (1, add), None));
+        out.push(result(&format!("add {} members: a newcomer joins", size - 1), (1, join), None));
+        // A commit in the group (removing the last member), processed by another member.
+        let last = members[size - 1].1.device.address.clone();
+        let started = Instant::now();
+        let commit = mls::remove_accounts(&members[0].0, &gid, &members[0].1, &[last])?;
+        mls::merge_pending_commit(&members[0].0, &gid)?;
+        let made = started.elapsed();
+        out.push(result(&format!("commit in a {size}-member group: create"), (1, made), None));
+        let started = Instant::now();
+        mls::process(&members[1].0, &commit.commit)?;
+        out.push(result(
+            &format!("commit in a {size}-member group: process"),
+            (1, started.elapsed()),
+            None,
+        ));
+    }
+    Ok(out)
+}
