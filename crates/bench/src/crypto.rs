@@ -58,9 +58,18 @@ fn result(name: &str, n_and_mean: (usize, Duration), bytes: Option<usize>) -> Cr
     }
 }
 
-/// A group of `size` members built by the first; returns everyone's state, the group id, and
-/// how long the committer's add and one newcomer's join took.
-fn group(size: usize) -> anyhow::Result<(Vec<(Mem, Identity)>, Vec<u8>, Duration, Duration)> {
+/// A group built for measuring.
+struct Group {
+    members: Vec<(Mem, Identity)>,
+    id: Vec<u8>,
+    /// The committer's time to add everyone.
+    add: Duration,
+    /// One newcomer's time to join from the welcome.
+    join: Duration,
+}
+
+/// A group of `size` members built by the first.
+fn group(size: usize) -> anyhow::Result<Group> {
     let members: Vec<(Mem, Identity)> = (0..size).map(member).collect::<Result<_, _>>()?;
     let (p0, id0) = &members[0];
     let gid = mls::create_group(p0, id0)?;
@@ -86,7 +95,7 @@ fn group(size: usize) -> anyhow::Result<(Vec<(Mem, Identity)>, Vec<u8>, Duration
             }
         }
     }
-    Ok((members, gid, add, join))
+    Ok(Group { members, id: gid, add, join })
 }
 
 fn text(len: usize) -> Vec<u8> {
@@ -116,7 +125,7 @@ pub fn run(budget: Duration, big_group: usize) -> anyhow::Result<Vec<CryptoResul
     ));
 
     // Application messages in a group of two: encrypt on one side, decrypt on the other.
-    let (members, gid, _, _) = group(2)?;
+    let Group { members, id: gid, .. } = group(2)?;
     for (label, len) in [("100 B", 100usize), ("64 KiB", 64 * 1024)] {
         let plaintext = text(len);
         let mut ciphertexts = Vec::new();
@@ -136,7 +145,7 @@ pub fn run(budget: Duration, big_group: usize) -> anyhow::Result<Vec<CryptoResul
 
     // Adding members: the committer's cost (key package validation excluded).
     for size in [10usize, 100, big_group] {
-        let (members, gid, add, join) = group(size)?;
+        let Group { members, id: gid, add, join } = group(size)?;
         out.push(result(&format!("add {} members: committer", size - 1), (1, add), None));
         out.push(result(&format!("add {} members: a newcomer joins", size - 1), (1, join), None));
         // A commit in the group (removing the last member), processed by another member.
