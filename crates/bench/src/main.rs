@@ -8,7 +8,7 @@ use clap::Parser;
 use sotto_bench::jetstream::NatsServer;
 use sotto_bench::report::{self, Machine, Report};
 use sotto_bench::sotto::SottoServer;
-use sotto_bench::{RelayParams, crypto, idle, jetstream, sotto};
+use sotto_bench::{RelayParams, crypto, e2ee, idle, jetstream, sotto};
 
 /// Sotto's load generator: the same workload against Sotto and peers, in one run.
 ///
@@ -42,6 +42,9 @@ struct Args {
     /// Messages queued per offline device in the backlog workload (0: skip).
     #[arg(long, default_value_t = 5000)]
     backlog: usize,
+    /// Group sizes for the end-to-end-encrypted workload (0: skip).
+    #[arg(long, value_delimiter = ',', default_value = "2,10,100")]
+    e2ee_groups: Vec<usize>,
     /// Seconds per client crypto micro-benchmark (0: skip them).
     #[arg(long, default_value_t = 2.0)]
     crypto_seconds: f64,
@@ -92,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         a.idle = vec![200];
         a.backlog = a.backlog.min(100);
         a.crypto_seconds = a.crypto_seconds.min(0.05);
+        a.e2ee_groups = vec![2];
         a.big_group = a.big_group.min(20);
         a.seconds = 1;
         a.warmup = 0;
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         idle: Vec::new(),
         backlog: Vec::new(),
         crypto: Vec::new(),
+        e2ee: Vec::new(),
         skipped: Vec::new(),
     };
     let params = |window: usize| RelayParams {
@@ -172,6 +177,16 @@ async fn main() -> anyhow::Result<()> {
     if !steps.is_empty() {
         let server = SottoServer::start(&server_bin)?;
         report.idle = idle::idle(&server, &steps).await?;
+    }
+    for &size in a.e2ee_groups.iter().filter(|s| **s >= 2) {
+        let server = SottoServer::start(&server_bin)?;
+        let p = params(1);
+        let r = e2ee::e2ee(&server, size, p.warmup, p.measure).await?;
+        eprintln!(
+            "{:>16} group of {size:>3}: {:>7.0} sent/s, {:>8.0} decrypted/s, p99 {:>7} µs",
+            "sotto-e2ee", r.sent_per_sec, r.decrypted_per_sec, r.p99_us
+        );
+        report.e2ee.push(r);
     }
     if a.crypto_seconds > 0.0 {
         let budget = Duration::from_secs_f64(a.crypto_seconds);

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::crypto::CryptoResult;
+use crate::e2ee::E2eeResult;
 use crate::idle::IdleResult;
 use crate::{BacklogResult, RelayResult};
 
@@ -26,6 +27,8 @@ pub struct Report {
     pub backlog: Vec<BacklogResult>,
     /// Client-side crypto micro-benchmarks.
     pub crypto: Vec<CryptoResult>,
+    /// Messaging with real MLS on both ends.
+    pub e2ee: Vec<E2eeResult>,
     /// Systems requested but not run, and why.
     pub skipped: Vec<(String, String)>,
 }
@@ -173,6 +176,31 @@ pub fn markdown(r: &Report) -> String {
                 x.connections,
                 x.server_rss_kib as f64 / 1024.0,
                 x.bytes_per_connection
+            );
+        }
+    }
+    if !r.e2ee.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nEnd to end encrypted: two members of a group encrypt 1 KiB messages with MLS \
+             (window 1 each) and every member decrypts what reaches it, through the real server; \
+             all clients run in the load generator:\n"
+        );
+        let _ = writeln!(
+            md,
+            "| group size | sent msgs/s | decrypted deliveries/s | p50 µs | p99 µs | server CPU % |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|");
+        for x in &r.e2ee {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {} | {} | {:.0} |",
+                x.group_size,
+                x.sent_per_sec,
+                x.decrypted_per_sec,
+                x.p50_us,
+                x.p99_us,
+                x.server_cpu_percent
             );
         }
     }

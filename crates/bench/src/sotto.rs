@@ -81,7 +81,7 @@ pub(crate) fn http_client() -> Http {
     Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector)
 }
 
-async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+pub(crate) async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
     http: &Http,
     addr: SocketAddr,
     path: &str,
@@ -108,6 +108,8 @@ async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
 pub(crate) struct Device {
     pub(crate) id: u64,
     pub(crate) token: String,
+    pub(crate) address: sotto_core::Address,
+    pub(crate) key: DeviceKey,
 }
 
 pub(crate) async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow::Result<Device> {
@@ -140,7 +142,19 @@ pub(crate) async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow:
         &proto::TokenRequest { device_id: id, nonce: ch.nonce, signature: proto::Bytes(signature) },
     )
     .await?;
-    Ok(Device { id, token: tok.token })
+    Ok(Device { id, token: tok.token, address, key })
+}
+
+/// Opens a device's WebSocket.
+pub(crate) async fn websocket(
+    addr: SocketAddr,
+    token: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(tokio_tungstenite::client_async(request, stream).await?.0)
 }
 
 /// Receives a device's queue over the WebSocket, acknowledging each message, until `stop`.
@@ -150,11 +164,7 @@ async fn receive(
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    let mut ws = websocket(addr, &token).await?;
     while !stop.load(Ordering::Relaxed) {
         let next = tokio::time::timeout(std::time::Duration::from_millis(200), ws.next()).await;
         let frame = match next {

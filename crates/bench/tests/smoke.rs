@@ -29,6 +29,12 @@ fn smoke_run_writes_a_report() {
     let backlog = results["backlog"].as_array().expect("backlog runs");
     let sotto_backlog = backlog.iter().find(|b| b["system"] == "sotto").expect("sotto backlog");
     assert!(sotto_backlog["drain_msgs_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{results}");
+    let e2ee = results["e2ee"].as_array().expect("e2ee runs");
+    assert!(
+        e2ee.iter().any(|r| r["decrypted_per_sec"].as_f64().is_some_and(|d| d > 0.0)),
+        "{results}"
+    );
+    assert!(results["crypto"].as_array().is_some_and(|c| c.len() >= 6), "{results}");
     let idle = results["idle"].as_array().expect("idle runs");
     assert_eq!(idle.len(), 1, "{results}");
     assert_eq!(idle[0]["connections"], 200);
