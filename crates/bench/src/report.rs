@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::crypto::CryptoResult;
 use crate::e2ee::E2eeResult;
 use crate::idle::IdleResult;
+use crate::plot::{Series, line_chart};
 use crate::{BacklogResult, RelayResult};
 
 /// Everything one run measured.
@@ -86,11 +87,66 @@ fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 { format!("{:.2}×", a / b) } else { "–".into() }
 }
 
-/// Writes `results.json` and `report.md` into `dir`.
+/// Writes `results.json`, `report.md` and its charts into `dir`.
 pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(report)?)?;
     std::fs::write(dir.join("report.md"), markdown(report))?;
+    let by_system = |value: fn(&RelayResult) -> f64| -> Vec<Series> {
+        let mut systems: Vec<&str> = Vec::new();
+        for r in &report.relay {
+            if !systems.contains(&r.system.as_str()) {
+                systems.push(&r.system);
+            }
+        }
+        systems
+            .iter()
+            .map(|s| Series {
+                label: (*s).to_string(),
+                points: report
+                    .relay
+                    .iter()
+                    .filter(|r| r.system == *s)
+                    .map(|r| (r.window.to_string(), value(r)))
+                    .collect(),
+            })
+            .collect()
+    };
+    if !report.relay.is_empty() {
+        let throughput = line_chart(
+            "Relay throughput",
+            "window (submissions in flight per device)",
+            "delivered msgs/s",
+            &by_system(|r| r.msgs_per_sec),
+        );
+        std::fs::write(dir.join("throughput.svg"), throughput)?;
+        let latency = line_chart(
+            "Relay latency, 99th percentile",
+            "window (submissions in flight per device)",
+            "p99 ms",
+            &by_system(|r| r.p99_us as f64 / 1000.0),
+        );
+        std::fs::write(dir.join("latency-p99.svg"), latency)?;
+    }
+    if !report.idle.is_empty() {
+        let idle = vec![Series {
+            label: "sotto".into(),
+            points: report
+                .idle
+                .iter()
+                .map(|x| (x.connections.to_string(), x.bytes_per_connection))
+                .collect(),
+        }];
+        std::fs::write(
+            dir.join("idle-memory.svg"),
+            line_chart(
+                "Server memory per idle connection",
+                "idle connections",
+                "bytes each",
+                &idle,
+            ),
+        )?;
+    }
     Ok(())
 }
 
@@ -144,6 +200,12 @@ pub fn markdown(r: &Report) -> String {
             x.errors
         );
     }
+    if !r.relay.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n![Relay throughput](throughput.svg)\n\n![Relay p99 latency](latency-p99.svg)"
+        );
+    }
     if !r.backlog.is_empty() {
         let _ = writeln!(
             md,
@@ -178,6 +240,7 @@ pub fn markdown(r: &Report) -> String {
                 x.bytes_per_connection
             );
         }
+        let _ = writeln!(md, "\n![Server memory per idle connection](idle-memory.svg)");
     }
     if !r.e2ee.is_empty() {
         let _ = writeln!(
