@@ -238,15 +238,5 @@ pub async fn backlog(
     }
     let drain = started.elapsed();
     let _ = admin.delete_stream("BACKLOG").await;
-    let total = devices * per_device;
-    if drained != total {
-        bail!("drained {drained} of {total} queued messages");
-    }
-    Ok(crate::BacklogResult {
-        system: server.name().into(),
-        devices,
-        per_device,
-        fill_msgs_per_sec: total as f64 / fill.as_secs_f64(),
-        drain_msgs_per_sec: total as f64 / drain.as_secs_f64(),
-    })
+    crate::BacklogResult::checked(server.name(), devices, per_device, drained, fill, drain)
 }

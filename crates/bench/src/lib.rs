@@ -95,6 +95,28 @@ pub struct BacklogResult {
     pub drain_msgs_per_sec: f64,
 }
 
+impl BacklogResult {
+    /// The figures, if every queued message came back out.
+    pub fn checked(
+        system: &str,
+        devices: usize,
+        per_device: usize,
+        drained: usize,
+        fill: Duration,
+        drain: Duration,
+    ) -> anyhow::Result<BacklogResult> {
+        let total = devices * per_device;
+        anyhow::ensure!(drained == total, "{system}: drained {drained} of {total} queued messages");
+        Ok(BacklogResult {
+            system: system.into(),
+            devices,
+            per_device,
+            fill_msgs_per_sec: total as f64 / fill.as_secs_f64(),
+            drain_msgs_per_sec: total as f64 / drain.as_secs_f64(),
+        })
+    }
+}
+
 /// Timestamps payloads and records deliveries that arrive inside the measured window.
 #[derive(Debug)]
 pub struct Recorder {

@@ -94,6 +94,15 @@ pub(crate) async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let req = req.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+    exchange(http, path, req).await
+}
+
+/// Sends a request and decodes a successful JSON answer.
+async fn exchange<R: serde::de::DeserializeOwned>(
+    http: &Http,
+    path: &str,
+    req: hyper::Request<Full<Bytes>>,
+) -> anyhow::Result<R> {
     let resp = http.request(req).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
@@ -283,13 +292,7 @@ async fn get<R: serde::de::DeserializeOwned>(
     let req = hyper::Request::get(format!("http://{addr}{path}"))
         .header("authorization", format!("Bearer {token}"))
         .body(Full::new(Bytes::new()))?;
-    let resp = http.request(req).await?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
-    }
-    Ok(serde_json::from_slice(&bytes)?)
+    exchange(http, path, req).await
 }
 
 /// The backlog workload: queues for offline devices are filled, then drained in pages.
@@ -359,15 +362,5 @@ pub async fn backlog(
         drained += d.await??;
     }
     let drain = started.elapsed();
-    let total = devices * per_device;
-    if drained != total {
-        bail!("drained {drained} of {total} queued messages");
-    }
-    Ok(crate::BacklogResult {
-        system: "sotto".into(),
-        devices,
-        per_device,
-        fill_msgs_per_sec: total as f64 / fill.as_secs_f64(),
-        drain_msgs_per_sec: total as f64 / drain.as_secs_f64(),
-    })
+    crate::BacklogResult::checked("sotto", devices, per_device, drained, fill, drain)
 }
