@@ -19,6 +19,7 @@ pub mod plot;
 pub mod proc_stats;
 pub mod report;
 pub mod sotto;
+pub mod synapse;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

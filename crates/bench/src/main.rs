@@ -8,6 +8,7 @@ use clap::Parser;
 use sotto_bench::jetstream::NatsServer;
 use sotto_bench::report::{self, Machine, Report};
 use sotto_bench::sotto::SottoServer;
+use sotto_bench::synapse::{self, SynapseServer};
 use sotto_bench::{RelayParams, crypto, e2ee, idle, jetstream, sotto};
 
 /// Sotto's load generator: the same workload against Sotto and peers, in one run.
@@ -20,8 +21,9 @@ struct Args {
     /// A seconds-long run that only checks that everything works (for CI).
     #[arg(long)]
     smoke: bool,
-    /// Systems to measure: sotto, jetstream (default sync), jetstream-fsync (sync always).
-    #[arg(long, value_delimiter = ',', default_value = "sotto,jetstream-fsync,jetstream")]
+    /// Systems to measure: sotto, jetstream (default sync), jetstream-fsync (sync always),
+    /// synapse (to-device messages).
+    #[arg(long, value_delimiter = ',', default_value = "sotto,jetstream-fsync,jetstream,synapse")]
     systems: Vec<String>,
     /// Simulated devices.
     #[arg(long, default_value_t = 16)]
@@ -57,6 +59,9 @@ struct Args {
     /// The sotto-server binary [default: next to this program].
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// The Python that has Synapse installed.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
     /// The nats-server binary [default: from PATH].
     #[arg(long, default_value = "nats-server")]
     nats_bin: PathBuf,
@@ -77,6 +82,13 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 
 fn found(bin: &PathBuf) -> bool {
     std::process::Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+fn say_relay(r: &sotto_bench::RelayResult) {
+    eprintln!(
+        "{:>16} window {:>3}: {:>8.0} msgs/s  p99 {:>6} µs",
+        r.system, r.window, r.msgs_per_sec, r.p99_us
+    );
 }
 
 fn say_backlog(b: &sotto_bench::BacklogResult) {
@@ -128,10 +140,7 @@ async fn main() -> anyhow::Result<()> {
                     // A fresh server per run: no run inherits another's queues.
                     let server = SottoServer::start(&server_bin)?;
                     let r = sotto::relay(&server, &params(w)).await?;
-                    eprintln!(
-                        "{:>16} window {:>3}: {:>8.0} msgs/s  p99 {:>6} µs",
-                        r.system, w, r.msgs_per_sec, r.p99_us
-                    );
+                    say_relay(&r);
                     report.relay.push(r);
                 }
                 if a.backlog > 0 {
@@ -155,10 +164,7 @@ async fn main() -> anyhow::Result<()> {
                 for &w in &a.windows {
                     let server = NatsServer::start(&a.nats_bin, system == "jetstream-fsync")?;
                     let r = jetstream::relay(&server, &params(w)).await?;
-                    eprintln!(
-                        "{:>16} window {:>3}: {:>8.0} msgs/s  p99 {:>6} µs",
-                        r.system, w, r.msgs_per_sec, r.p99_us
-                    );
+                    say_relay(&r);
                     report.relay.push(r);
                 }
                 if a.backlog > 0 {
@@ -168,9 +174,30 @@ async fn main() -> anyhow::Result<()> {
                     report.backlog.push(b);
                 }
             }
-            other => {
-                anyhow::bail!("unknown system {other:?}: use sotto, jetstream, jetstream-fsync")
+            "synapse" => {
+                let has_synapse = std::process::Command::new(&a.python)
+                    .args(["-c", "import synapse"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if !has_synapse {
+                    let why = "Synapse not installed; run scripts/install-peers.sh".to_string();
+                    if a.smoke {
+                        eprintln!("skipping synapse: {why}");
+                        report.skipped.push((system.clone(), why));
+                        continue;
+                    }
+                    anyhow::bail!(why);
+                }
+                for &w in &a.windows {
+                    let server = SynapseServer::start(&a.python)?;
+                    let r = synapse::relay(&server, &params(w)).await?;
+                    say_relay(&r);
+                    report.relay.push(r);
+                }
             }
+            other => anyhow::bail!(
+                "unknown system {other:?}: use sotto, jetstream, jetstream-fsync, synapse"
+            ),
         }
     }
     let steps: Vec<usize> = a.idle.iter().copied().filter(|n| *n > 0).collect();

@@ -200,6 +200,31 @@ pub fn markdown(r: &Report) -> String {
             x.errors
         );
     }
+    let mut peers: Vec<&str> = Vec::new();
+    for x in r.relay.iter().filter(|x| x.system != "sotto") {
+        if !peers.contains(&x.system.as_str()) {
+            peers.push(&x.system);
+        }
+    }
+    let sotto: Vec<&RelayResult> = r.relay.iter().filter(|x| x.system == "sotto").collect();
+    if !sotto.is_empty() && !peers.is_empty() {
+        let _ = writeln!(md, "\nSotto's throughput as a multiple of each peer's, same window:\n");
+        let _ = writeln!(md, "| window | {} |", peers.join(" | "));
+        let _ = writeln!(md, "|---:|{}", "---:|".repeat(peers.len()));
+        for s in &sotto {
+            let cells: Vec<String> = peers
+                .iter()
+                .map(|p| {
+                    r.relay
+                        .iter()
+                        .find(|x| x.system == *p && x.window == s.window && x.devices == s.devices)
+                        .map(|x| ratio(s.msgs_per_sec, x.msgs_per_sec))
+                        .unwrap_or_else(|| "–".into())
+                })
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", s.window, cells.join(" | "));
+        }
+    }
     if !r.relay.is_empty() {
         let _ = writeln!(
             md,

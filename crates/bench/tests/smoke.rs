@@ -41,7 +41,7 @@ fn smoke_run_writes_a_report() {
     let report = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(report.contains("| sotto | 4 | 1 |"), "{report}");
     // Peers either ran or say why not.
-    for system in ["jetstream", "jetstream-fsync"] {
+    for system in ["jetstream", "jetstream-fsync", "synapse"] {
         let ran =
             results["relay"].as_array().is_some_and(|r| r.iter().any(|x| x["system"] == system));
         let skipped =
