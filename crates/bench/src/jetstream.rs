@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 
-use crate::proc_stats::{CpuMeter, peak_rss_kib};
+use crate::proc_stats::peak_rss_kib;
 use crate::{Recorder, RelayParams, RelayResult, Scratch, free_port};
 
 /// A running `nats-server -js`, killed when dropped.
@@ -136,18 +136,10 @@ pub async fn relay(server: &NatsServer, p: &RelayParams) -> anyhow::Result<Relay
             }));
         }
     }
-    recorder.wait_until_measuring().await;
     let pid = server.child.id();
-    let cpu = CpuMeter::start(pid);
-    recorder.wait_until_done().await;
-    let cpu = cpu.percent();
-    stop.store(true, Ordering::Relaxed);
-    for t in senders {
-        let _ = t.await;
-    }
-    for t in receivers {
-        let _ = t.await;
-    }
+    let cpu = recorder.run(pid, &stop).await;
+    crate::join_all(senders).await;
+    crate::join_all(receivers).await;
     let _ = admin.delete_stream(&name).await;
     Ok(recorder.result(server.name(), p, cpu, peak_rss_kib(pid)))
 }

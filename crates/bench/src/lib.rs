@@ -183,6 +183,17 @@ impl Recorder {
         tokio::time::sleep(Duration::from_nanos(left)).await;
     }
 
+    /// Lets the load run through warm-up and the measured time, measuring process `pid`'s CPU
+    /// over the latter (percent of one core), then raises `stop`.
+    pub async fn run(&self, pid: u32, stop: &std::sync::atomic::AtomicBool) -> f64 {
+        self.wait_until_measuring().await;
+        let cpu = proc_stats::CpuMeter::start(pid);
+        self.wait_until_done().await;
+        let cpu = cpu.percent();
+        stop.store(true, Ordering::Relaxed);
+        cpu
+    }
+
     /// Waits until the measured time starts.
     pub async fn wait_until_measuring(&self) {
         let left = self.from_ns.saturating_sub(self.now_ns());
@@ -208,6 +219,13 @@ impl Recorder {
             server_cpu_percent: cpu,
             server_peak_rss_kib: rss,
         }
+    }
+}
+
+/// Waits for load tasks that were told to stop; their outcome no longer matters.
+pub async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<T>>) {
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

@@ -20,7 +20,7 @@ use sotto_proto as proto;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::proc_stats::{CpuMeter, peak_rss_kib};
+use crate::proc_stats::peak_rss_kib;
 use crate::{Recorder, RelayParams, RelayResult, Scratch};
 
 /// A running `sotto-server`, killed when dropped.
@@ -265,14 +265,8 @@ pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<Rela
             )));
         }
     }
-    recorder.wait_until_measuring().await;
-    let cpu = CpuMeter::start(server.pid());
-    recorder.wait_until_done().await;
-    let cpu = cpu.percent();
-    stop.store(true, Ordering::Relaxed);
-    for t in senders {
-        let _ = t.await;
-    }
+    let cpu = recorder.run(server.pid(), &stop).await;
+    crate::join_all(senders).await;
     for t in receivers {
         match t.await {
             Ok(Err(e)) => bail!("a receiver failed: {e}"),

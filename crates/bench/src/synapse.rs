@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 
-use crate::proc_stats::{CpuMeter, peak_rss_kib};
+use crate::proc_stats::peak_rss_kib;
 use crate::sotto::{Http, http_client};
 use crate::{Recorder, RelayParams, RelayResult, Scratch, free_port};
 
@@ -219,17 +219,9 @@ pub async fn relay(server: &SynapseServer, p: &RelayParams) -> anyhow::Result<Re
             }));
         }
     }
-    recorder.wait_until_measuring().await;
     let pid = server.child.id();
-    let cpu = CpuMeter::start(pid);
-    recorder.wait_until_done().await;
-    let cpu = cpu.percent();
-    stop.store(true, Ordering::Relaxed);
-    for t in senders {
-        let _ = t.await;
-    }
-    for t in receivers {
-        let _ = t.await;
-    }
+    let cpu = recorder.run(pid, &stop).await;
+    crate::join_all(senders).await;
+    crate::join_all(receivers).await;
     Ok(recorder.result("synapse", p, cpu, peak_rss_kib(pid)))
 }
