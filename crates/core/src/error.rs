@@ -40,6 +40,9 @@ pub enum Error {
     /// Message content could not be decoded.
     #[error("malformed message content: {0}")]
     MalformedContent(String),
+    /// Input that is not what it should be (a code, a key as typed).
+    #[error("{0}")]
+    Invalid(String),
     /// A bug: a state that should be impossible.
     #[error("internal error: {0}")]
     Internal(&'static str),

@@ -5,6 +5,7 @@
 //!
 //! - [`Address`] — `local@domain` account addresses, normalised and validated.
 //! - [`DeviceRef`] — one device of an account, as it appears in MLS credentials.
+//! - [`account`] — identity and recovery keys, signed device lists, wipe commands, linking.
 //! - [`auth`] — the byte strings a device signs to prove possession of its key.
 //! - [`content`] — the plaintext format carried inside MLS application messages.
 //! - [`mls`] — the MLS seam: the only module that names the MLS library. Callers pass a
@@ -20,6 +21,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod account;
 mod address;
 pub mod auth;
 pub mod content;

@@ -152,6 +152,13 @@ pub struct ValidKeyPackage {
     pub device: DeviceRef,
 }
 
+impl ValidKeyPackage {
+    /// The device's signature key, as its leaf carries it.
+    pub fn signature_key(&self) -> &[u8] {
+        self.package.leaf_node().signature_key().as_slice()
+    }
+}
+
 /// What a commit produced: send `commit` to the group's other members and `welcome` (if any)
 /// to the added ones, tagged with `epoch` so the server can order commits.
 #[derive(Debug)]
@@ -381,6 +388,39 @@ pub fn remove_accounts<S: StorageProvider<CURRENT_VERSION>>(
     let (commit, welcome, _) = group.remove_members(p, &me.key.0, &leaves).map_err(mls_err)?;
     let welcome = welcome.as_ref().map(serialize).transpose()?;
     Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome })
+}
+
+/// Removes the given devices from the group (a revoked device, for example).
+pub fn remove_devices<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+    devices: &[DeviceRef],
+) -> Result<CommitOutput, Error> {
+    let mut group = load(p, group_id)?;
+    let epoch = group.epoch().as_u64();
+    let mut leaves = Vec::new();
+    for device in devices {
+        let leaf = group
+            .members()
+            .find(|m| device_of(&m.credential).as_ref() == Some(device))
+            .ok_or_else(|| Error::NotAMember(device.to_string()))?;
+        leaves.push(leaf.index);
+    }
+    let (commit, welcome, _) = group.remove_members(p, &me.key.0, &leaves).map_err(mls_err)?;
+    let welcome = welcome.as_ref().map(serialize).transpose()?;
+    Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome })
+}
+
+/// The group's members with their signature keys.
+pub fn member_keys<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<Vec<(DeviceRef, Vec<u8>)>, Error> {
+    Ok(load(p, group_id)?
+        .members()
+        .filter_map(|m| device_of(&m.credential).map(|d| (d, m.signature_key.clone())))
+        .collect())
 }
 
 /// Commits the proposals other members sent (for example a member leaving), if there are any.
