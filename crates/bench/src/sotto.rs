@@ -125,6 +125,11 @@ pub(crate) async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow:
     let key = DeviceKey::generate()?;
     let address: sotto_core::Address = format!("bench{n}@localhost").parse()?;
     let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
+    let (list, _, _) = sotto_core::account::DeviceList::new_account(
+        address.clone(),
+        key.public(),
+        sotto_core::unix_now(),
+    )?;
     let reg: proto::RegisterResponse = post(
         http,
         addr,
@@ -135,6 +140,10 @@ pub(crate) async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow:
             invite: None,
             device_key: proto::Bytes(key.public().to_vec()),
             signature: proto::Bytes(signature),
+            device_list: proto::SignedData {
+                body: proto::Bytes(list.body),
+                signature: proto::Bytes(list.signature),
+            },
         },
     )
     .await?;

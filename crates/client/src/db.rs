@@ -31,7 +31,8 @@ pub(crate) fn provider(conn: &Connection) -> Provider<Storage<'_>> {
 }
 
 /// Sotto's own schema; `PRAGMA user_version` counts the migrations applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE account (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     address TEXT NOT NULL,
@@ -75,7 +76,38 @@ CREATE TABLE failures (
     at INTEGER NOT NULL,
     reported INTEGER NOT NULL DEFAULT 0
 );
-"#];
+"#,
+    r#"
+ALTER TABLE account ADD COLUMN identity_secret BLOB;
+ALTER TABLE account ADD COLUMN linked_at INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE device_lists (
+    address TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE wipes_issued (
+    nonce BLOB PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    command BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    issued_at INTEGER NOT NULL,
+    confirmed_at INTEGER
+);
+CREATE TABLE wipes_seen (
+    nonce BLOB PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE TABLE notices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    text TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0
+);
+"#,
+];
 
 const DB_FILE: &str = "sotto.db";
 
@@ -136,12 +168,17 @@ pub(crate) struct AccountRow {
     pub server: String,
     pub ca_cert: Option<String>,
     pub device_key: Vec<u8>,
+    /// The account's identity key (secret half); `None` in homes made before identity keys.
+    pub identity_secret: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// When this device was linked (Unix seconds).
+    pub linked_at: u64,
 }
 
 pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>, Error> {
     Ok(conn
         .query_row(
-            "SELECT address, device_id, server, ca_cert, device_key FROM account WHERE id = 1",
+            "SELECT address, device_id, server, ca_cert, device_key, identity_secret, linked_at
+             FROM account WHERE id = 1",
             [],
             |r| {
                 Ok(AccountRow {
@@ -150,17 +187,65 @@ pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>, Error> {
                     server: r.get(2)?,
                     ca_cert: r.get(3)?,
                     device_key: r.get(4)?,
+                    identity_secret: r.get::<_, Option<Vec<u8>>>(5)?.map(zeroize::Zeroizing::new),
+                    linked_at: r.get::<_, i64>(6)? as u64,
                 })
             },
         )
         .optional()?)
 }
 
-pub(crate) fn insert_account(conn: &Connection, a: &AccountRow, now: u64) -> Result<(), Error> {
+pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<(), Error> {
     conn.execute(
-        "INSERT INTO account (id, address, device_id, server, ca_cert, device_key, created_at)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
-        params![a.address, a.device_id as i64, a.server, a.ca_cert, a.device_key, now as i64],
+        "INSERT INTO account (id, address, device_id, server, ca_cert, device_key, created_at,
+                              identity_secret, linked_at)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+        params![
+            a.address,
+            a.device_id as i64,
+            a.server,
+            a.ca_cert,
+            a.device_key,
+            a.linked_at as i64,
+            a.identity_secret.as_ref().map(|s| s.as_slice())
+        ],
+    )?;
+    Ok(())
+}
+
+/// The device list pinned for `address`.
+pub(crate) fn pinned_list(
+    conn: &Connection,
+    address: &str,
+) -> Result<Option<sotto_core::account::SignedList>, Error> {
+    Ok(conn
+        .query_row("SELECT body, signature FROM device_lists WHERE address = ?1", [address], |r| {
+            Ok(sotto_core::account::SignedList { body: r.get(0)?, signature: r.get(1)? })
+        })
+        .optional()?)
+}
+
+pub(crate) fn pin_list(
+    conn: &Connection,
+    address: &str,
+    version: u64,
+    list: &sotto_core::account::SignedList,
+) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO device_lists (address, version, body, signature, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (address) DO UPDATE SET version = ?2, body = ?3, signature = ?4,
+                                             updated_at = ?5
+         WHERE excluded.version > device_lists.version",
+        params![address, version as i64, list.body, list.signature, sotto_core::unix_now() as i64],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn add_notice(conn: &Connection, text: &str) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO notices (text, at) VALUES (?1, ?2)",
+        params![text, sotto_core::unix_now() as i64],
     )?;
     Ok(())
 }

@@ -1,5 +1,3 @@
-use sotto_proto::ErrorCode;
-
 /// Errors from the client library.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +49,15 @@ pub enum Error {
     /// Commits kept losing races with other members.
     #[error("the group kept changing under us; try again")]
     TooManyRetries,
+    /// The server gave something that fails verification: it may be lying.
+    #[error("refusing: {0}")]
+    Untrusted(String),
+    /// This device was revoked by the account (and possibly wiped).
+    #[error("{0}")]
+    Revoked(String),
+    /// This device obeyed a wipe command: its local state is erased.
+    #[error("{0}")]
+    Wiped(String),
     /// The core (addresses, MLS) refused.
     #[error(transparent)]
     Core(#[from] sotto_core::Error),
@@ -75,27 +82,6 @@ impl Error {
     }
 
     pub(crate) fn is_stale_epoch(&self) -> bool {
-        matches!(self, Error::Server { code, .. } if code == code_name(ErrorCode::StaleEpoch))
-    }
-}
-
-pub(crate) fn code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest => "bad_request",
-        ErrorCode::InvalidAddress => "invalid_address",
-        ErrorCode::WrongDomain => "wrong_domain",
-        ErrorCode::AddressTaken => "address_taken",
-        ErrorCode::InviteRequired => "invite_required",
-        ErrorCode::InviteInvalid => "invite_invalid",
-        ErrorCode::InviteExpired => "invite_expired",
-        ErrorCode::InviteUsedUp => "invite_used_up",
-        ErrorCode::BadSignature => "bad_signature",
-        ErrorCode::Unauthorized => "unauthorized",
-        ErrorCode::ChallengeInvalid => "challenge_invalid",
-        ErrorCode::UnknownUser => "unknown_user",
-        ErrorCode::UnknownDevice => "unknown_device",
-        ErrorCode::StaleEpoch => "stale_epoch",
-        ErrorCode::TooLarge => "too_large",
-        _ => "internal",
+        matches!(self, Error::Server { code, .. } if code == "stale_epoch")
     }
 }

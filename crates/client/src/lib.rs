@@ -19,6 +19,7 @@
 
 mod api;
 mod db;
+mod devices;
 mod error;
 mod live;
 
@@ -27,15 +28,18 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
+use sotto_core::account::{DeviceList, IdentityKey, ListedDevice, RecoveryKey};
 use sotto_core::content::{Body, ChatKind, Message, VERSION};
 use sotto_core::mls::{
     self, CommitOutput, DeviceKey, Identity, Incoming, Provider, ValidKeyPackage,
 };
 use sotto_core::{Address, DeviceRef, auth, unix_now};
 use sotto_proto::{self as proto, Bytes};
+use zeroize::Zeroizing;
 
 use crate::api::Api;
 use crate::db::{AccountRow, Storage};
+pub use crate::devices::{DeviceView, LinkOutcome, LinkedDevice};
 pub use crate::error::Error;
 
 /// One-time key packages uploaded at a time.
@@ -123,6 +127,32 @@ pub struct SyncReport {
     pub failures: Vec<Failure>,
     /// How many queued messages were processed.
     pub processed: u64,
+    /// Account events: devices linked, revoked or wiped, keys changed, commands refused.
+    pub notices: Vec<String>,
+}
+
+/// Choices made at registration.
+#[derive(Debug, Clone, Default)]
+pub struct RegisterOptions {
+    /// The invite code.
+    pub invite: Option<String>,
+    /// A CA certificate (PEM file) to trust for this server.
+    pub ca_cert: Option<String>,
+    /// This device's name, seen only by the account's own devices.
+    pub device_name: Option<String>,
+    /// Accept the server operator's key: it may then revoke and wipe this account's devices.
+    pub managed: bool,
+}
+
+/// A registered account: the client, and the recovery key to show the user once.
+#[derive(Debug)]
+pub struct Registered {
+    /// The new device's client.
+    pub client: Client,
+    /// The recovery key (secret): the only way back in if every device is lost.
+    pub recovery_key: Zeroizing<String>,
+    /// The operator key accepted, if the account is managed (hex).
+    pub operator_key: Option<String>,
 }
 
 /// The account a home holds.
@@ -154,6 +184,8 @@ struct Touched {
     proposals: BTreeSet<Vec<u8>>,
     /// Whether a welcome consumed a key package.
     joined: bool,
+    /// Groups joined: their members are checked against their accounts' device lists.
+    joined_groups: BTreeSet<Vec<u8>>,
 }
 
 /// A row of the chats table.
@@ -170,6 +202,7 @@ pub struct Client {
     conn: Connection,
     account: AccountRow,
     me: Identity,
+    identity: IdentityKey,
     api: Api,
     touched: std::cell::RefCell<Touched>,
 }
@@ -199,14 +232,75 @@ fn random_hex(n: usize) -> Result<String, Error> {
 }
 
 impl Client {
-    /// Creates an account on `server` and this home's device, and publishes key packages.
+    /// Creates an account on `server`: a new identity key and recovery key, this home's device
+    /// key, version 1 of the signed device list; then publishes key packages.
     pub fn register(
         home: &Path,
         server: &str,
         address: &str,
-        invite: Option<&str>,
+        options: &RegisterOptions,
+    ) -> Result<Registered, Error> {
+        let (address, api, info) =
+            Self::prepare_home(home, server, address, options.ca_cert.as_deref())?;
+        let operator_key = match (options.managed, info.operator_key) {
+            (false, _) => None,
+            (true, Some(k)) if k.0.len() == 32 => Some(k.0),
+            (true, _) => {
+                return Err(Error::Invalid(format!(
+                    "{} has no operator key; an unmanaged account needs no --managed",
+                    api.base()
+                )));
+            }
+        };
+        let identity = IdentityKey::generate()?;
+        let recovery = RecoveryKey::generate()?;
+        let key = DeviceKey::generate()?;
+        let now = unix_now();
+        let name = options.device_name.as_deref().map(|n| identity.seal_name(n)).transpose()?;
+        let list = DeviceList::first(
+            address.clone(),
+            &identity,
+            recovery.public(),
+            operator_key.clone(),
+            ListedDevice { key: key.public().to_vec(), added_at: now, name },
+            now,
+        );
+        let signed = list.sign(&identity);
+        let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
+        let reg: proto::RegisterResponse = api.post(
+            "/v1/register",
+            &proto::RegisterRequest {
+                address: address.to_string(),
+                invite: options.invite.clone(),
+                device_key: Bytes(key.public().to_vec()),
+                signature: Bytes(signature),
+                device_list: devices::to_proto(&signed),
+            },
+            None,
+        )?;
+        let client = Self::create_home(
+            home,
+            api,
+            options.ca_cert.as_deref(),
+            Identity { device: DeviceRef { address, device_id: reg.device_id }, key },
+            identity,
+            &signed,
+            list.version,
+        )?;
+        Ok(Registered {
+            client,
+            recovery_key: recovery.to_text(),
+            operator_key: operator_key.map(hex::encode),
+        })
+    }
+
+    /// Checks that `home` is free and that `server` hosts `address`.
+    fn prepare_home(
+        home: &Path,
+        server: &str,
+        address: &str,
         ca_cert: Option<&str>,
-    ) -> Result<Client, Error> {
+    ) -> Result<(Address, Api, proto::ServerInfo), Error> {
         if db::exists(home) {
             let conn = db::open(home, false)?;
             if let Some(a) = db::account(&conn)? {
@@ -223,38 +317,42 @@ impl Client {
                 info.domain
             )));
         }
-        let key = DeviceKey::generate()?;
-        let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
-        let reg: proto::RegisterResponse = api.post(
-            "/v1/register",
-            &proto::RegisterRequest {
-                address: address.to_string(),
-                invite: invite.map(str::to_owned),
-                device_key: Bytes(key.public().to_vec()),
-                signature: Bytes(signature),
-            },
-            None,
-        )?;
+        Ok((address, api, info))
+    }
+
+    /// Writes a new home for a device the server now knows, and publishes key packages.
+    fn create_home(
+        home: &Path,
+        api: Api,
+        ca_cert: Option<&str>,
+        me: Identity,
+        identity: IdentityKey,
+        list: &sotto_core::account::SignedList,
+        version: u64,
+    ) -> Result<Client, Error> {
         let conn = db::open(home, true)?;
         let account = AccountRow {
-            address: address.to_string(),
-            device_id: reg.device_id,
+            address: me.device.address.to_string(),
+            device_id: me.device.device_id,
             server: api.base().to_string(),
             ca_cert: ca_cert.map(str::to_owned),
-            device_key: key.public().to_vec(),
+            device_key: me.key.public().to_vec(),
+            identity_secret: Some(identity.secret()),
+            linked_at: unix_now(),
         };
         {
             let tx = begin(&conn)?;
-            key.store(&db::provider(&tx))?;
-            db::insert_account(&tx, &account, unix_now())?;
+            me.key.store(&db::provider(&tx))?;
+            db::insert_account(&tx, &account)?;
+            db::pin_list(&tx, &account.address, version, list)?;
             tx.commit()?;
         }
-        let me = Identity { device: DeviceRef { address, device_id: reg.device_id }, key };
         let mut client = Client {
             home: home.to_path_buf(),
             conn,
             account,
             me,
+            identity,
             api,
             touched: Default::default(),
         };
@@ -269,10 +367,27 @@ impl Client {
             db::account(&conn)?.ok_or_else(|| Error::NotRegistered(home.display().to_string()))?;
         let key = DeviceKey::load(&db::provider(&conn), &account.device_key)
             .ok_or(Error::Io("the device key is missing from the local database".into()))?;
+        let identity = match &account.identity_secret {
+            Some(secret) => IdentityKey::from_secret(secret)?,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{} holds an account made before identity keys; register a new one",
+                    home.display()
+                )));
+            }
+        };
         let address: Address = account.address.parse()?;
         let me = Identity { device: DeviceRef { address, device_id: account.device_id }, key };
         let api = Api::new(&account.server, account.ca_cert.as_deref())?;
-        Ok(Client { home: home.to_path_buf(), conn, account, me, api, touched: Default::default() })
+        Ok(Client {
+            home: home.to_path_buf(),
+            conn,
+            account,
+            me,
+            identity,
+            api,
+            touched: Default::default(),
+        })
     }
 
     /// The account this home holds.
@@ -323,12 +438,18 @@ impl Client {
         Ok(())
     }
 
-    /// Claims and validates one key package per device of `address`.
-    fn claim(&mut self, address: &Address) -> Result<Vec<ValidKeyPackage>, Error> {
+    /// Claims and validates one key package per device of `address` (only `only`, if given).
+    /// Every key package must belong to a device in the account's signed device list.
+    fn claim(
+        &mut self,
+        address: &Address,
+        only: Option<Vec<u64>>,
+    ) -> Result<Vec<ValidKeyPackage>, Error> {
+        let list = self.verified_list(address)?.0;
         let token = self.token()?;
         let claimed: proto::ClaimResponse = self.api.post(
             "/v1/keypackages/claim",
-            &proto::ClaimRequest { address: address.to_string() },
+            &proto::ClaimRequest { address: address.to_string(), device_ids: only },
             Some(&token),
         )?;
         let p = db::provider(&self.conn);
@@ -340,6 +461,13 @@ impl Client {
             })
             .map(|c| mls::validate_key_package(&p, &c.key_package.0, address, Some(c.device_id)))
             .collect::<Result<_, _>>()?;
+        if let Some(k) = packages.iter().find(|k| !list.lists(k.signature_key())) {
+            return Err(Error::Untrusted(format!(
+                "the server offered a key for {}, a device that is not in {address}'s signed \
+                 device list; refusing to encrypt to it",
+                k.device
+            )));
+        }
         if packages.is_empty() && address != &self.me.device.address {
             return Err(Error::NoKeyPackages(address.to_string()));
         }
@@ -581,7 +709,7 @@ impl Client {
     }
 
     fn start_direct(&mut self, peer: &Address) -> Result<Vec<u8>, Error> {
-        let packages = self.claim(peer)?;
+        let packages = self.claim(peer, None)?;
         let group_id = self.new_group(ChatKind::Direct, None, Some(peer))?;
         self.commit(&group_id, |p, me| {
             let out = mls::add_members(p, &group_id, me, &packages)?;
@@ -753,7 +881,7 @@ impl Client {
         let addresses = self.parse_addresses(members)?;
         let mut packages = Vec::new();
         for a in &addresses {
-            packages.extend(self.claim(a)?);
+            packages.extend(self.claim(a, None)?);
         }
         let group_id = self.new_group(ChatKind::Group, Some(name), None)?;
         if !packages.is_empty() {
@@ -789,7 +917,7 @@ impl Client {
         }
         let mut packages = Vec::new();
         for a in &addresses {
-            packages.extend(self.claim(a)?);
+            packages.extend(self.claim(a, None)?);
         }
         self.commit(&group_id, |p, me| {
             let out = mls::add_members(p, &group_id, me, &packages)?;
@@ -856,7 +984,14 @@ impl Client {
     /// Fetches and processes everything queued for this device, commits proposals other
     /// members made (such as a member leaving), tops up key packages, and returns what is new.
     pub fn sync(&mut self) -> Result<SyncReport, Error> {
-        let processed = self.catch_up()?;
+        let processed = match self.catch_up() {
+            Err(e) if e.server_code() == Some("device_revoked") => {
+                return Err(self.obey_revocation());
+            }
+            other => other?,
+        };
+        self.reconcile_devices()?;
+        self.check_wipe_confirmations()?;
         self.finish_batch(processed, true)
     }
 
@@ -864,6 +999,9 @@ impl Client {
     /// `thorough`, else only where the batch made it necessary — and collects what is new.
     fn finish_batch(&mut self, processed: u64, thorough: bool) -> Result<SyncReport, Error> {
         let touched = self.touched.take();
+        for group_id in &touched.joined_groups {
+            self.check_members(group_id)?;
+        }
         let groups = if thorough { self.active_chats()? } else { touched.proposals };
         self.commit_proposals(groups)?;
         if thorough || touched.joined {
@@ -973,6 +1111,7 @@ impl Client {
             Incoming::Joined { group_id, inviter } => {
                 // Joining consumed one of this device's key packages.
                 self.touched.borrow_mut().joined = true;
+                self.touched.borrow_mut().joined_groups.insert(group_id.clone());
                 tx.execute(
                     "INSERT INTO chats (group_id, kind, state, created_at)
                      VALUES (?1, 'group', 'active', ?2)
@@ -981,7 +1120,11 @@ impl Client {
                 )?;
                 let who =
                     inviter.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
-                event(&group_id, 0, &who, format!("{who} added you"))?;
+                if who == self.account.address {
+                    event(&group_id, 0, &who, "this device joined the chat".into())?;
+                } else {
+                    event(&group_id, 0, &who, format!("{who} added you"))?;
+                }
             }
             Incoming::Application { group_id, sender, plaintext } => {
                 match Message::decode(&plaintext) {
@@ -1031,13 +1174,34 @@ impl Client {
                         [&group_id],
                     )?;
                 }
-                for a in accounts(added) {
-                    event(&group_id, n, &who, format!("{who} added {a}"))?;
+                // An account that keeps other devices in the chat changed its device list.
+                let present: Vec<DeviceRef> = if self_removed {
+                    Vec::new()
+                } else {
+                    mls::members(&db::provider(tx), &group_id)?
+                };
+                let keeps_others = |a: &str, changed: &[DeviceRef]| {
+                    present.iter().any(|d| d.address.as_str() == a && !changed.contains(d))
+                };
+                let me = &self.account.address;
+                for a in accounts(added.clone()) {
+                    let text = if keeps_others(&a, &added) {
+                        format!("{a} linked a new device")
+                    } else {
+                        format!("{who} added {a}")
+                    };
+                    event(&group_id, n, &who, text)?;
                     n += 1;
                 }
-                let me = &self.account.address;
-                for a in accounts(removed).into_iter().filter(|a| a != me) {
-                    event(&group_id, n, &who, format!("{who} removed {a}"))?;
+                for a in
+                    accounts(removed.clone()).into_iter().filter(|a| !(a == me && self_removed))
+                {
+                    let text = if keeps_others(&a, &removed) {
+                        format!("{a} removed a device")
+                    } else {
+                        format!("{who} removed {a}")
+                    };
+                    event(&group_id, n, &who, text)?;
                     n += 1;
                 }
                 for a in accounts(left).into_iter().filter(|a| a != me) {
@@ -1101,7 +1265,14 @@ impl Client {
             rows.collect::<Result<Vec<_>, _>>()?
         };
         self.conn.execute("UPDATE failures SET reported = 1 WHERE reported = 0", [])?;
-        Ok(SyncReport { messages, failures, processed: 0 })
+        let notices = {
+            let mut stmt =
+                self.conn.prepare("SELECT text FROM notices WHERE reported = 0 ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        self.conn.execute("UPDATE notices SET reported = 1 WHERE reported = 0", [])?;
+        Ok(SyncReport { messages, failures, processed: 0, notices })
     }
 
     /// The home directory.

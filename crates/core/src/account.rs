@@ -220,7 +220,8 @@ impl RecoveryKey {
         match ungrouped(text) {
             Some(bytes) if bytes.len() == 32 => Self::from_secret(Zeroizing::new(bytes)),
             _ => Err(Error::Invalid(
-                "that is not a recovery key: expected 13 groups of letters A-Z and digits 2-7".into(),
+                "that is not a recovery key: expected 13 groups of letters A-Z and digits 2-7"
+                    .into(),
             )),
         }
     }
@@ -357,6 +358,20 @@ impl DeviceList {
         }
     }
 
+    /// A whole new account's keys and signed version 1 listing `device_key` (no name, not
+    /// managed), for programs that register devices without the client library.
+    pub fn new_account(
+        address: Address,
+        device_key: &[u8],
+        now: u64,
+    ) -> Result<(SignedList, IdentityKey, RecoveryKey), Error> {
+        let identity = IdentityKey::generate()?;
+        let recovery = RecoveryKey::generate()?;
+        let device = ListedDevice { key: device_key.to_vec(), added_at: now, name: None };
+        let list = DeviceList::first(address, &identity, recovery.public(), None, device, now);
+        Ok((list.sign(&identity), identity, recovery))
+    }
+
     /// The next version: same account and keys, no endorsement, to be changed and signed.
     pub fn next(&self, now: u64) -> Self {
         DeviceList { version: self.version + 1, issued_at: now, endorsement: None, ..self.clone() }
@@ -402,7 +417,8 @@ impl DeviceList {
         if keys.len() != list.devices.len() || keys.iter().any(|k| k.len() != 32) {
             return Err(ListError::Malformed("device keys must be distinct 32-byte keys".into()));
         }
-        if list.recovery_key.len() != 32 || list.operator_key.as_ref().is_some_and(|k| k.len() != 32)
+        if list.recovery_key.len() != 32
+            || list.operator_key.as_ref().is_some_and(|k| k.len() != 32)
         {
             return Err(ListError::Malformed("keys are 32 bytes".into()));
         }
@@ -423,7 +439,11 @@ impl DeviceList {
             return Err(ListError::Rollback { seen: known.version, got: self.version });
         }
         if self.version == known.version {
-            return if self == known { Ok(false) } else { Err(ListError::Equivocation(self.version)) };
+            return if self == known {
+                Ok(false)
+            } else {
+                Err(ListError::Equivocation(self.version))
+            };
         }
         if self.identity_key == known.identity_key {
             return Ok(false);
@@ -519,7 +539,14 @@ impl WipeCommand {
         signer: Signer,
         now: u64,
     ) -> Result<Self, Error> {
-        Ok(WipeCommand { v: 1, address, device_key, nonce: random_bytes(16)?, issued_at: now, signer })
+        Ok(WipeCommand {
+            v: 1,
+            address,
+            device_key,
+            nonce: random_bytes(16)?,
+            issued_at: now,
+            signer,
+        })
     }
 
     /// Signs it.

@@ -57,6 +57,20 @@ pub struct ServerInfo {
     pub version: String,
     /// How accounts are created.
     pub registration: RegistrationMode,
+    /// The operator's public key, which managed accounts accept to let the operator revoke
+    /// and wipe their devices. `None` if the operator has not made one.
+    #[serde(default)]
+    pub operator_key: Option<Bytes>,
+}
+
+/// A signed object: JSON bytes and an Ed25519 signature over a context string and them
+/// (`sotto_core::account`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedData {
+    /// The JSON bytes.
+    pub body: Bytes,
+    /// The signature.
+    pub signature: Bytes,
 }
 
 /// How accounts are created.
@@ -81,6 +95,9 @@ pub struct RegisterRequest {
     pub device_key: Bytes,
     /// Signature of `sotto_core::auth::registration_payload` with the device key.
     pub signature: Bytes,
+    /// Version 1 of the account's device list, listing this device, signed by the new
+    /// identity key.
+    pub device_list: SignedData,
 }
 
 /// Answer to [`RegisterRequest`].
@@ -161,6 +178,9 @@ pub struct KeyPackageCount {
 pub struct ClaimRequest {
     /// The account.
     pub address: String,
+    /// Only these devices of the account (default: all).
+    #[serde(default)]
+    pub device_ids: Option<Vec<u64>>,
 }
 
 /// One claimed key package.
@@ -190,15 +210,151 @@ pub struct DeviceInfo {
     pub device_key: Bytes,
     /// When it registered (Unix seconds).
     pub created_at: u64,
+    /// When it last logged in (Unix seconds); shown to the account's own devices only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+    /// When it was revoked, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+    /// A wipe ordered for it, and its confirmation; shown to the account's own devices only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wipe: Option<WipeStatus>,
 }
 
-/// `GET /v1/users/{address}/devices`.
+/// A wipe command and, once the device obeyed, its signed confirmation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WipeStatus {
+    /// The command (`sotto_core::account::WipeCommand`).
+    pub command: SignedData,
+    /// The device's confirmation (`sotto_core::account::WipeConfirmation`).
+    #[serde(default)]
+    pub confirmation: Option<SignedData>,
+}
+
+/// `GET /v1/users/{address}/devices`. Without a token only `device_list` is filled in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DevicesResponse {
     /// The normalised address.
     pub address: String,
-    /// Its devices.
+    /// The account's current signed device list.
+    pub device_list: SignedData,
+    /// Its devices, revoked ones included (empty without a token).
+    #[serde(default)]
     pub devices: Vec<DeviceInfo>,
+}
+
+/// `POST /v1/devices`: replace the account's device list with a newer signed version. Devices
+/// no longer listed are revoked at once; `new_device` registers the one device the new list
+/// adds (linking).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateDevicesRequest {
+    /// The new list, one version above the current one.
+    pub device_list: SignedData,
+    /// A device to register, listed in `device_list`.
+    #[serde(default)]
+    pub new_device: Option<NewDevice>,
+}
+
+/// A device being linked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewDevice {
+    /// Its Ed25519 public key.
+    pub device_key: Bytes,
+    /// Its signature of `sotto_core::auth::registration_payload`.
+    pub signature: Bytes,
+}
+
+/// Answer to [`UpdateDevicesRequest`] and [`RecoverRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateDevicesResponse {
+    /// The list version now on file.
+    pub version: u64,
+    /// The id of the registered device, if one was.
+    #[serde(default)]
+    pub device_id: Option<u64>,
+    /// Devices revoked by this update.
+    #[serde(default)]
+    pub revoked: Vec<u64>,
+}
+
+/// `POST /v1/recover`: take an account back with its recovery key. The new list carries a new
+/// identity key endorsed by the recovery key and lists only `device`; every other device is
+/// revoked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverRequest {
+    /// The account.
+    pub address: String,
+    /// The new device.
+    pub device: NewDevice,
+    /// The new device list.
+    pub device_list: SignedData,
+}
+
+/// `POST /v1/devices/wipe` (the account's own device, with a token) and
+/// `POST /v1/operator/wipe` (signed by the operator key, no token): order a device to erase
+/// itself. The device is revoked at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WipeRequest {
+    /// The signed command.
+    pub command: SignedData,
+}
+
+/// Answer to [`WipeRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WipeResponse {
+    /// The target device's id.
+    pub device_id: u64,
+}
+
+/// `GET /v1/wipe`: the wipe ordered for the authenticated device, if any. Revoked devices may
+/// call it (and `POST /v1/wipe/confirm`) and nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingWipe {
+    /// The command.
+    #[serde(default)]
+    pub command: Option<SignedData>,
+}
+
+/// `POST /v1/wipe/confirm`: the device's signed confirmation that it erased itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WipeConfirm {
+    /// The confirmation.
+    pub confirmation: SignedData,
+}
+
+/// `POST /v1/links`, unauthenticated: a new device opens a link, with its request sealed
+/// under the linking code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenLink {
+    /// The link id derived from the code (16 bytes).
+    pub link_id: Bytes,
+    /// The sealed request.
+    pub request: Bytes,
+}
+
+/// `GET /v1/links/{id-hex}`: a link's sealed parts so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkState {
+    /// The new device's sealed request.
+    pub request: Bytes,
+    /// The approving device's sealed response.
+    #[serde(default)]
+    pub response: Option<Bytes>,
+    /// The approving device's sealed history.
+    #[serde(default)]
+    pub history: Option<Bytes>,
+}
+
+/// `POST /v1/links/{id-hex}` (authenticated): the approving device adds its response or the
+/// history. Each part can be set once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkReply {
+    /// The sealed response.
+    #[serde(default)]
+    pub response: Option<Bytes>,
+    /// The sealed history.
+    #[serde(default)]
+    pub history: Option<Bytes>,
 }
 
 /// What kind of MLS message a submission carries; decides how the server orders it.
@@ -359,6 +515,16 @@ pub enum ErrorCode {
     StorageFull,
     /// Too many requests; retry after the number of seconds in `Retry-After`.
     RateLimited,
+    /// The device was revoked: only fetching a wipe command is still allowed.
+    DeviceRevoked,
+    /// A device list is malformed, mis-signed, not the next version, or lists unknown keys.
+    InvalidDeviceList,
+    /// No link with that id (expired, or the code is wrong).
+    UnknownLink,
+    /// That part of the link was set already.
+    LinkTaken,
+    /// The account has not accepted the operator's key.
+    NotManaged,
     /// The server failed; the details are in its log.
     Internal,
 }

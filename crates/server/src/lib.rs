@@ -9,6 +9,7 @@
 //! - [`store`] — the storage seam ([`store::Store`]) and its SQLite backend.
 //! - [`serve`] — runs the HTTP/WebSocket API (axum on tokio; TLS by rustls when configured).
 //! - [`create_invite`] — mints an invite code (the operator's `sotto-server invite create`).
+//! - [`create_operator_key`] — the key managed accounts accept for revocations and wipes.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -25,6 +26,7 @@ pub use config::{Config, TlsFiles};
 pub use error::Error;
 pub use net::{bind, serve};
 use sha2::{Digest, Sha256};
+use sotto_core::account::IdentityKey;
 pub use sotto_proto::RegistrationMode;
 use store::Store;
 
@@ -73,6 +75,80 @@ pub fn create_invite(store: &dyn Store, ttl_secs: u64, uses: u32) -> Result<Invi
     Ok(Invite { code, expires_at, uses })
 }
 
+fn operator_key_path(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("operator.key")
+}
+
+/// The operator's signing key, if `sotto-server operator-key` made one. Managed accounts
+/// accept its public half; it signs their revocations and wipes.
+pub fn load_operator_key(config: &Config) -> Result<Option<IdentityKey>, Error> {
+    let path = operator_key_path(config);
+    match std::fs::read(&path) {
+        Ok(secret) => {
+            let secret = zeroize::Zeroizing::new(secret);
+            IdentityKey::from_secret(&secret).map(Some).map_err(|_| {
+                Error::Config(format!("{} is not an operator key (32 bytes)", path.display()))
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// Returns the operator key, creating it (owner-readable only) on first use.
+pub fn create_operator_key(config: &Config) -> Result<IdentityKey, Error> {
+    if let Some(key) = load_operator_key(config)? {
+        return Ok(key);
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    let key = IdentityKey::generate().map_err(|e| Error::Internal(e.to_string()))?;
+    let path = operator_key_path(config);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write as _;
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(&key.secret()).and_then(|()| f.sync_all()))
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+    Ok(key)
+}
+
+/// Signs, with the operator key, an order for a managed account's device to erase itself
+/// (for `POST /v1/operator/wipe`).
+pub fn operator_wipe_command(
+    config: &Config,
+    store: &dyn Store,
+    address: &str,
+    device_id: u64,
+) -> Result<sotto_proto::WipeRequest, Error> {
+    use sotto_core::account::{Signer, WipeCommand};
+    let key = load_operator_key(config)?.ok_or_else(|| {
+        Error::Config("no operator key; create one with `sotto-server operator-key`".into())
+    })?;
+    let address: sotto_core::Address =
+        address.parse().map_err(|e: sotto_core::Error| Error::Config(e.to_string()))?;
+    let device = store
+        .device(device_id)?
+        .filter(|d| d.address == address.as_str())
+        .ok_or_else(|| Error::Config(format!("{address} has no device {device_id}")))?;
+    let now = sotto_core::unix_now();
+    let command = WipeCommand::new(address, device.device_key, Signer::Operator, now)
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .sign(&key);
+    Ok(sotto_proto::WipeRequest {
+        command: sotto_proto::SignedData {
+            body: sotto_proto::Bytes(command.body),
+            signature: sotto_proto::Bytes(command.signature),
+        },
+    })
+}
+
 /// Opens the configured store: the embedded SQLite database in the data directory.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
     std::fs::create_dir_all(&config.data_dir)
@@ -104,6 +180,14 @@ mod tests {
             address: "a@x",
             device_key: b"k",
             invite_hash: Some(&invite_hash(&a.code)),
+            list: &store::ListRecord {
+                version: 1,
+                identity_key: vec![1; 32],
+                recovery_key: vec![2; 32],
+                operator_key: None,
+                body: b"{}".to_vec(),
+                signature: vec![0; 64],
+            },
         };
         store.register(&acct, sotto_core::unix_now()).expect("code works");
     }

@@ -65,7 +65,8 @@ pub async fn serve(
     let mut stopped = stopping.clone();
     let sweeper = tokio::spawn(sweep_periodically(store.clone(), config.clone()));
     let listener = CappedListener::new(listener, config.max_connections);
-    let state = Arc::new(AppState::new(store, config, sessions, stopping));
+    let operator_key = crate::load_operator_key(&config)?.map(|k| k.public());
+    let state = Arc::new(AppState::new(store, config, sessions, stopping, operator_key)?);
     let app = router(state);
     let shutdown = async move {
         shutdown.await;
@@ -138,13 +139,22 @@ async fn sweep_periodically(store: Arc<dyn Store>, config: Config) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let store = store.clone();
+        let store1 = store.clone();
         let ttl = config.message_ttl_secs;
         let swept = tokio::task::spawn_blocking(move || {
             let now = sotto_core::unix_now();
-            store.sweep(now.saturating_sub(KEEP_SUBMISSIONS), now.saturating_sub(ttl))
+            store1.sweep(now.saturating_sub(KEEP_SUBMISSIONS), now.saturating_sub(ttl))
         })
         .await;
+        let store2 = store.clone();
+        let links = tokio::task::spawn_blocking(move || {
+            let now = sotto_core::unix_now();
+            store2.expire_links(now.saturating_sub(crate::api::LINK_TTL_SECS))
+        })
+        .await;
+        if let Ok(Err(e)) = links {
+            tracing::warn!(error = %e, "expiring device links failed");
+        }
         match swept {
             Ok(Ok(0)) => {}
             Ok(Ok(expired)) => tracing::info!(expired, "undelivered messages expired"),

@@ -106,10 +106,10 @@ fn hostile_api_requests() {
     assert_eq!((s, code(&v)), (400, "bad_request"));
     let other = DeviceKey::generate().expect("key");
     let forged = other.sign(b"something else").expect("sign");
-    let body = json!({"address": "eve@localhost", "device_key": b64(other.public()), "signature": b64(&forged)});
+    let body = json!({"address": "eve@localhost", "device_key": b64(other.public()), "signature": b64(&forged), "device_list": {"body": "", "signature": ""}});
     let (s, v) = server.http("POST", "/v1/register", None, &body.to_string());
     assert_eq!((s, code(&v)), (401, "bad_signature"));
-    let body = json!({"address": "eve@elsewhere.org", "device_key": b64(other.public()), "signature": b64(&forged)});
+    let body = json!({"address": "eve@elsewhere.org", "device_key": b64(other.public()), "signature": b64(&forged), "device_list": {"body": "", "signature": ""}});
     let (s, v) = server.http("POST", "/v1/register", None, &body.to_string());
     assert_eq!((s, code(&v)), (400, "wrong_domain"));
 

@@ -55,7 +55,7 @@ fn registrations_and_requests_are_rate_limited() {
         "1",
     ]);
     // Forged registrations: each attempt counts, and the fourth within the hour is refused.
-    let forged = json!({"address": "eve@localhost", "device_key": common::b64(&[1; 32]), "signature": common::b64(&[2; 64])}).to_string();
+    let forged = json!({"address": "eve@localhost", "device_key": common::b64(&[1; 32]), "signature": common::b64(&[2; 64]), "device_list": {"body": "", "signature": ""}}).to_string();
     for _ in 0..3 {
         let (s, v) = server.http("POST", "/v1/register", None, &forged);
         assert_eq!((s, code(&v)), (401, "bad_signature"));

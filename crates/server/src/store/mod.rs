@@ -22,6 +22,28 @@ pub struct DeviceRecord {
     pub device_key: Vec<u8>,
     /// When it registered (Unix seconds).
     pub created_at: u64,
+    /// When it was revoked.
+    pub revoked_at: Option<u64>,
+    /// When it last logged in.
+    pub last_seen: Option<u64>,
+}
+
+/// An account's signed device list and the keys the server checks against it. The server
+/// verifies the signature before storing; the store only keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRecord {
+    /// The list's version.
+    pub version: u64,
+    /// The identity key that signs it.
+    pub identity_key: Vec<u8>,
+    /// The recovery key's public half.
+    pub recovery_key: Vec<u8>,
+    /// The operator key the account accepted, if any.
+    pub operator_key: Option<Vec<u8>>,
+    /// The list's JSON bytes.
+    pub body: Vec<u8>,
+    /// The identity key's signature.
+    pub signature: Vec<u8>,
 }
 
 /// A new account with its first device.
@@ -33,6 +55,31 @@ pub struct NewAccount<'a> {
     pub device_key: &'a [u8],
     /// SHA-256 of the invite code, or `None` in open registration.
     pub invite_hash: Option<&'a [u8]>,
+    /// Version 1 of the device list.
+    pub list: &'a ListRecord,
+}
+
+/// A signed object as stored: bytes and signature.
+pub type SignedBlob = (Vec<u8>, Vec<u8>);
+
+/// A wipe ordered for a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WipeRecord {
+    /// The signed command.
+    pub command: SignedBlob,
+    /// The device's signed confirmation, once it obeyed.
+    pub confirmation: Option<SignedBlob>,
+}
+
+/// A device link in progress: sealed parts, opaque to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRecord {
+    /// The new device's request.
+    pub request: Vec<u8>,
+    /// The approving device's response.
+    pub response: Option<Vec<u8>>,
+    /// The approving device's history.
+    pub history: Option<Vec<u8>>,
 }
 
 /// How a submission is ordered against the group's epoch.
@@ -130,6 +177,15 @@ pub enum StoreError {
         /// The recipient.
         device: u64,
     },
+    /// The device list changed since it was read (a concurrent update).
+    #[error("the device list changed meanwhile")]
+    ListConflict,
+    /// No such link.
+    #[error("unknown link")]
+    UnknownLink,
+    /// The link, or that part of it, exists already.
+    #[error("link part already set")]
+    LinkTaken,
     /// The database cannot be written: the disk is full or read-only, or failing.
     #[error("storage cannot be written: {0}")]
     Unwritable(String),
@@ -156,8 +212,62 @@ pub trait Store: Send + Sync + 'static {
     /// A device by id.
     fn device(&self, device_id: u64) -> Result<Option<DeviceRecord>, StoreError>;
 
-    /// The devices of an account, oldest first; empty if the account does not exist.
+    /// The devices of an account, revoked ones included, oldest first; empty if the account
+    /// does not exist.
     fn devices(&self, address: &str) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// An account's device list; `None` if there is no such account (or it predates lists).
+    fn device_list(&self, address: &str) -> Result<Option<ListRecord>, StoreError>;
+
+    /// Replaces the device list if its version is still `expected_version`, registers
+    /// `new_device` (returning its id) and revokes `revoke`, all at once. A revoked device
+    /// loses its queue and key packages.
+    fn update_devices(
+        &self,
+        address: &str,
+        expected_version: u64,
+        list: &ListRecord,
+        new_device: Option<&[u8]>,
+        revoke: &[u64],
+        now: u64,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Ids of every revoked device.
+    fn revoked_devices(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// Records that a device logged in.
+    fn touch_device(&self, device_id: u64, now: u64) -> Result<(), StoreError>;
+
+    /// Stores a wipe command for a device and revokes it.
+    fn put_wipe(&self, device_id: u64, command: &SignedBlob, now: u64) -> Result<(), StoreError>;
+
+    /// The wipe ordered for a device, if any.
+    fn wipe(&self, device_id: u64) -> Result<Option<WipeRecord>, StoreError>;
+
+    /// Stores a device's confirmation of its wipe.
+    fn confirm_wipe(
+        &self,
+        device_id: u64,
+        confirmation: &SignedBlob,
+        now: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Opens a link with the new device's request.
+    fn open_link(&self, link_id: &[u8], request: &[u8], now: u64) -> Result<(), StoreError>;
+
+    /// A link by id.
+    fn link(&self, link_id: &[u8]) -> Result<Option<LinkRecord>, StoreError>;
+
+    /// Sets a link's response and/or history; each can be set once.
+    fn reply_link(
+        &self,
+        link_id: &[u8],
+        response: Option<&[u8]>,
+        history: Option<&[u8]>,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes links opened before `before`; returns how many.
+    fn expire_links(&self, before: u64) -> Result<u64, StoreError>;
 
     /// Adds one-time key packages and replaces the last-resort one, if given.
     fn add_key_packages(
@@ -170,9 +280,14 @@ pub trait Store: Send + Sync + 'static {
     /// A device's key package stock.
     fn key_package_stock(&self, device_id: u64) -> Result<KeyPackageStock, StoreError>;
 
-    /// Takes one key package per device of the account: a one-time one (deleted) if any is
-    /// left, else the last-resort one (kept).
-    fn claim_key_packages(&self, address: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Takes one key package per device of the account that is not revoked (only those in
+    /// `only`, if given): a one-time one (deleted) if any is left, else the last-resort one
+    /// (kept).
+    fn claim_key_packages(
+        &self,
+        address: &str,
+        only: Option<&[u64]>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
     /// Checks the ordering rule and queues every delivery, all or nothing. Returns the
     /// group's epoch afterwards. A submission whose (sender, id) was stored before is not

@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    DeviceRecord, KeyPackageStock, NewAccount, Ordering, PAGE_MAX_BYTES, QueueLimits, QueuePage,
-    Store, StoreError, Submission,
+    DeviceRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering, PAGE_MAX_BYTES,
+    QueueLimits, QueuePage, SignedBlob, Store, StoreError, Submission, WipeRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 /// Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE invites (
     code_hash BLOB PRIMARY KEY,
     created_at INTEGER NOT NULL,
@@ -62,7 +63,35 @@ CREATE TABLE queue_stats (
     messages INTEGER NOT NULL,
     bytes INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE accounts ADD COLUMN list_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN identity_key BLOB;
+ALTER TABLE accounts ADD COLUMN recovery_key BLOB;
+ALTER TABLE accounts ADD COLUMN operator_key BLOB;
+ALTER TABLE accounts ADD COLUMN device_list BLOB;
+ALTER TABLE accounts ADD COLUMN list_signature BLOB;
+ALTER TABLE devices ADD COLUMN revoked_at INTEGER;
+ALTER TABLE devices ADD COLUMN last_seen INTEGER;
+CREATE TABLE wipes (
+    device_id INTEGER PRIMARY KEY,
+    command BLOB NOT NULL,
+    command_signature BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    confirmation BLOB,
+    confirmation_signature BLOB,
+    confirmed_at INTEGER
+);
+CREATE TABLE links (
+    link_id BLOB PRIMARY KEY,
+    request BLOB NOT NULL,
+    response BLOB,
+    history BLOB,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX links_by_age ON links(created_at);
+"#,
+];
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
 /// transaction is on disk).
@@ -156,7 +185,52 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         address: r.get(1)?,
         device_key: r.get(2)?,
         created_at: to_u64(r.get(3)?),
+        revoked_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
+        last_seen: r.get::<_, Option<i64>>(5)?.map(to_u64),
     })
+}
+
+const DEVICE_COLUMNS: &str = "device_id, address, device_key, created_at, revoked_at, last_seen";
+
+fn key_taken(tx: &Connection, key: &[u8]) -> Result<bool, StoreError> {
+    Ok(tx
+        .query_row("SELECT 1 FROM devices WHERE device_key = ?1", [key], |_| Ok(()))
+        .optional()
+        .map_err(backend)?
+        .is_some())
+}
+
+fn set_list(tx: &Connection, address: &str, list: &ListRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE accounts SET list_version = ?2, identity_key = ?3, recovery_key = ?4,
+                             operator_key = ?5, device_list = ?6, list_signature = ?7
+         WHERE address = ?1",
+        params![
+            address,
+            to_i64(list.version),
+            list.identity_key,
+            list.recovery_key,
+            list.operator_key,
+            list.body,
+            list.signature
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Revokes a device: it keeps its row (for display) and loses its queue and key packages.
+fn revoke_in(tx: &Connection, device: u64, now: u64) -> Result<(), StoreError> {
+    let d = to_i64(device);
+    tx.execute(
+        "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
+        params![d, to_i64(now)],
+    )
+    .map_err(backend)?;
+    tx.execute("DELETE FROM queue WHERE device_id = ?1", [d]).map_err(backend)?;
+    tx.execute("DELETE FROM queue_stats WHERE device_id = ?1", [d]).map_err(backend)?;
+    tx.execute("DELETE FROM key_packages WHERE device_id = ?1", [d]).map_err(backend)?;
+    Ok(())
 }
 
 /// Takes messages that left a queue off its counters.
@@ -438,14 +512,7 @@ impl Store for SqliteStore {
         if taken {
             return Err(StoreError::AddressTaken);
         }
-        let key_taken = tx
-            .query_row("SELECT 1 FROM devices WHERE device_key = ?1", [account.device_key], |_| {
-                Ok(())
-            })
-            .optional()
-            .map_err(backend)?
-            .is_some();
-        if key_taken {
+        if key_taken(&tx, account.device_key)? {
             return Err(StoreError::DeviceKeyTaken);
         }
         if let Some(hash) = account.invite_hash {
@@ -457,6 +524,7 @@ impl Store for SqliteStore {
             params![account.address, to_i64(now)],
         )
         .map_err(backend)?;
+        set_list(&tx, account.address, account.list)?;
         tx.execute(
             "INSERT INTO devices (address, device_key, created_at) VALUES (?1, ?2, ?3)",
             params![account.address, account.device_key, to_i64(now)],
@@ -470,7 +538,7 @@ impl Store for SqliteStore {
     fn device(&self, device_id: u64) -> Result<Option<DeviceRecord>, StoreError> {
         self.conn()
             .query_row(
-                "SELECT device_id, address, device_key, created_at FROM devices WHERE device_id = ?1",
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?1"),
                 [to_i64(device_id)],
                 device_row,
             )
@@ -481,10 +549,9 @@ impl Store for SqliteStore {
     fn devices(&self, address: &str) -> Result<Vec<DeviceRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT device_id, address, device_key, created_at FROM devices
-                 WHERE address = ?1 ORDER BY device_id",
-            )
+            .prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE address = ?1 ORDER BY device_id"
+            ))
             .map_err(backend)?;
         let rows = stmt.query_map([address], device_row).map_err(backend)?;
         rows.collect::<Result<_, _>>().map_err(backend)
@@ -536,17 +603,23 @@ impl Store for SqliteStore {
         Ok(KeyPackageStock { remaining: to_u64(remaining), last_resort: last_resort > 0 })
     }
 
-    fn claim_key_packages(&self, address: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    fn claim_key_packages(
+        &self,
+        address: &str,
+        only: Option<&[u64]>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
         let devices: Vec<i64> = {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT device_id FROM devices WHERE address = ?1 ORDER BY device_id",
+                    "SELECT device_id FROM devices WHERE address = ?1 AND revoked_at IS NULL
+                     ORDER BY device_id",
                 )
                 .map_err(backend)?;
             let rows = stmt.query_map([address], |r| r.get(0)).map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)?
+            let all: Vec<i64> = rows.collect::<Result<_, _>>().map_err(backend)?;
+            all.into_iter().filter(|d| only.is_none_or(|only| only.contains(&to_u64(*d)))).collect()
         };
         let mut claimed = Vec::with_capacity(devices.len());
         for device in devices {
@@ -642,6 +715,198 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(backend)?;
         Ok(expired.iter().map(|(_, m, _)| to_u64(*m)).sum())
+    }
+
+    fn device_list(&self, address: &str) -> Result<Option<ListRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT list_version, identity_key, recovery_key, operator_key, device_list,
+                        list_signature
+                 FROM accounts WHERE address = ?1 AND device_list IS NOT NULL",
+                [address],
+                |r| {
+                    Ok(ListRecord {
+                        version: to_u64(r.get(0)?),
+                        identity_key: r.get(1)?,
+                        recovery_key: r.get(2)?,
+                        operator_key: r.get(3)?,
+                        body: r.get(4)?,
+                        signature: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn update_devices(
+        &self,
+        address: &str,
+        expected_version: u64,
+        list: &ListRecord,
+        new_device: Option<&[u8]>,
+        revoke: &[u64],
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let current: Option<i64> = tx
+            .query_row("SELECT list_version FROM accounts WHERE address = ?1", [address], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?;
+        if current.map(to_u64) != Some(expected_version) {
+            return Err(StoreError::ListConflict);
+        }
+        let mut id = None;
+        if let Some(key) = new_device {
+            if key_taken(&tx, key)? {
+                return Err(StoreError::DeviceKeyTaken);
+            }
+            tx.execute(
+                "INSERT INTO devices (address, device_key, created_at) VALUES (?1, ?2, ?3)",
+                params![address, key, to_i64(now)],
+            )
+            .map_err(backend)?;
+            id = Some(to_u64(tx.last_insert_rowid()));
+        }
+        for device in revoke {
+            revoke_in(&tx, *device, now)?;
+        }
+        set_list(&tx, address, list)?;
+        tx.commit().map_err(backend)?;
+        Ok(id)
+    }
+
+    fn revoked_devices(&self) -> Result<Vec<u64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT device_id FROM devices WHERE revoked_at IS NOT NULL")
+            .map_err(backend)?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0)).map_err(backend)?;
+        rows.map(|r| r.map(to_u64)).collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn touch_device(&self, device_id: u64, now: u64) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE devices SET last_seen = ?2 WHERE device_id = ?1",
+                params![to_i64(device_id), to_i64(now)],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn put_wipe(&self, device_id: u64, command: &SignedBlob, now: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO wipes (device_id, command, command_signature, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![to_i64(device_id), command.0, command.1, to_i64(now)],
+        )
+        .map_err(backend)?;
+        revoke_in(&tx, device_id, now)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn wipe(&self, device_id: u64) -> Result<Option<WipeRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT command, command_signature, confirmation, confirmation_signature
+                 FROM wipes WHERE device_id = ?1",
+                [to_i64(device_id)],
+                |r| {
+                    let confirmation: Option<Vec<u8>> = r.get(2)?;
+                    let signature: Option<Vec<u8>> = r.get(3)?;
+                    Ok(WipeRecord {
+                        command: (r.get(0)?, r.get(1)?),
+                        confirmation: confirmation.zip(signature),
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn confirm_wipe(
+        &self,
+        device_id: u64,
+        confirmation: &SignedBlob,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE wipes SET confirmation = ?2, confirmation_signature = ?3, confirmed_at = ?4
+                 WHERE device_id = ?1",
+                params![to_i64(device_id), confirmation.0, confirmation.1, to_i64(now)],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn open_link(&self, link_id: &[u8], request: &[u8], now: u64) -> Result<(), StoreError> {
+        let inserted = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO links (link_id, request, created_at) VALUES (?1, ?2, ?3)",
+                params![link_id, request, to_i64(now)],
+            )
+            .map_err(backend)?;
+        if inserted == 0 { Err(StoreError::LinkTaken) } else { Ok(()) }
+    }
+
+    fn link(&self, link_id: &[u8]) -> Result<Option<LinkRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT request, response, history FROM links WHERE link_id = ?1",
+                [link_id],
+                |r| Ok(LinkRecord { request: r.get(0)?, response: r.get(1)?, history: r.get(2)? }),
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn reply_link(
+        &self,
+        link_id: &[u8],
+        response: Option<&[u8]>,
+        history: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let current = tx
+            .query_row(
+                "SELECT response IS NOT NULL, history IS NOT NULL FROM links WHERE link_id = ?1",
+                [link_id],
+                |r| Ok((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?)),
+            )
+            .optional()
+            .map_err(backend)?;
+        let Some((has_response, has_history)) = current else {
+            return Err(StoreError::UnknownLink);
+        };
+        if (response.is_some() && has_response) || (history.is_some() && has_history) {
+            return Err(StoreError::LinkTaken);
+        }
+        if let Some(r) = response {
+            tx.execute("UPDATE links SET response = ?2 WHERE link_id = ?1", params![link_id, r])
+                .map_err(backend)?;
+        }
+        if let Some(h) = history {
+            tx.execute("UPDATE links SET history = ?2 WHERE link_id = ?1", params![link_id, h])
+                .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn expire_links(&self, before: u64) -> Result<u64, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM links WHERE created_at < ?1", [to_i64(before)])
+            .map_err(backend)?;
+        Ok(n as u64)
     }
 
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError> {

@@ -3,8 +3,21 @@
 
 use super::*;
 
+fn list(version: u64) -> ListRecord {
+    ListRecord {
+        version,
+        identity_key: vec![1; 32],
+        recovery_key: vec![2; 32],
+        operator_key: None,
+        body: format!("list {version}").into_bytes(),
+        signature: vec![3; 64],
+    }
+}
+
+static FIRST: std::sync::LazyLock<ListRecord> = std::sync::LazyLock::new(|| list(1));
+
 fn account<'a>(address: &'a str, key: &'a [u8], invite: Option<&'a [u8]>) -> NewAccount<'a> {
-    NewAccount { address, device_key: key, invite_hash: invite }
+    NewAccount { address, device_key: key, invite_hash: invite, list: &FIRST }
 }
 
 fn registration_and_invites(store: &dyn Store) {
@@ -44,14 +57,14 @@ fn key_packages(store: &dyn Store) {
     let stock =
         store.add_key_packages(d, &[b"a".to_vec(), b"b".to_vec()], Some(b"L")).expect("add");
     assert_eq!(stock, KeyPackageStock { remaining: 2, last_resort: true });
-    let claim = |s: &dyn Store| s.claim_key_packages("kp@x").expect("claim");
+    let claim = |s: &dyn Store| s.claim_key_packages("kp@x", None).expect("claim");
     assert_eq!(claim(store), vec![(d, b"a".to_vec())]);
     assert_eq!(claim(store), vec![(d, b"b".to_vec())]);
     assert_eq!(claim(store), vec![(d, b"L".to_vec())]);
     assert_eq!(claim(store), vec![(d, b"L".to_vec())], "last resort is kept");
     store.add_key_packages(d, &[], Some(b"M")).expect("replace");
     assert_eq!(claim(store), vec![(d, b"M".to_vec())]);
-    assert!(store.claim_key_packages("nobody@x").expect("claim").is_empty());
+    assert!(store.claim_key_packages("nobody@x", None).expect("claim").is_empty());
 }
 
 fn queues_and_ordering(store: &dyn Store) {
@@ -151,6 +164,8 @@ macro_rules! backends {
             #[test] fn submissions_are_idempotent() { let (s, _g) = $make; super::submissions_are_idempotent(&s) }
             #[test] fn queue_limits_and_expiry() { let (s, _g) = $make; super::queue_limits_and_expiry(&s) }
             #[test] fn pages_are_bounded_in_bytes() { let (s, _g) = $make; super::pages_are_bounded_in_bytes(&s) }
+            #[test] fn device_lists_and_revocation() { let (s, _g) = $make; super::device_lists_and_revocation(&s) }
+            #[test] fn wipes_and_links() { let (s, _g) = $make; super::wipes_and_links(&s) }
         }
     )*};
 }
@@ -251,4 +266,80 @@ fn queue_limits_and_expiry(store: &dyn Store) {
     // The counters followed: two in, room for one more.
     send(b"1", 40).expect("third");
     assert!(matches!(send(b"1", 40), Err(StoreError::QueueFull { .. })));
+}
+
+fn device_lists_and_revocation(store: &dyn Store) {
+    let a = store.register(&account("dl@x", b"d1", None), 1).expect("register");
+    assert_eq!(store.device_list("dl@x").expect("list"), Some(list(1)));
+    assert_eq!(store.device_list("nobody@x").expect("list"), None);
+    // A concurrent update (stale expected version) changes nothing.
+    assert!(matches!(
+        store.update_devices("dl@x", 7, &list(8), Some(b"d2"), &[], 2),
+        Err(StoreError::ListConflict)
+    ));
+    assert_eq!(store.devices("dl@x").expect("devices").len(), 1);
+    assert!(matches!(
+        store.update_devices("dl@x", 1, &list(2), Some(b"d1"), &[], 2),
+        Err(StoreError::DeviceKeyTaken)
+    ));
+    let b = store.update_devices("dl@x", 1, &list(2), Some(b"d2"), &[], 2).expect("link");
+    let b = b.expect("new device id");
+    assert_eq!(store.device_list("dl@x").expect("list"), Some(list(2)));
+    store.add_key_packages(a, &[b"ka".to_vec()], None).expect("kp");
+    store.add_key_packages(b, &[b"kb".to_vec()], Some(b"LB")).expect("kp");
+    assert_eq!(
+        store.claim_key_packages("dl@x", Some(&[b])).expect("claim"),
+        vec![(b, b"kb".to_vec())]
+    );
+    let to_b = [b];
+    let sub = Submission {
+        sender: a,
+        id: None,
+        group_id: b"g",
+        ordering: Ordering::None,
+        deliveries: vec![(&to_b, b"m")],
+        limits: QueueLimits::UNLIMITED,
+    };
+    store.submit(&sub, 3).expect("submit");
+    // Revoking drops the queue and key packages, keeps the row.
+    assert_eq!(store.update_devices("dl@x", 2, &list(3), None, &[b], 4).expect("revoke"), None);
+    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 0);
+    assert!(!store.key_package_stock(b).expect("stock").last_resort);
+    assert_eq!(store.device(b).expect("device").expect("row").revoked_at, Some(4));
+    assert_eq!(store.revoked_devices().expect("revoked"), vec![b]);
+    assert_eq!(store.claim_key_packages("dl@x", None).expect("claim"), vec![(a, b"ka".to_vec())]);
+    store.touch_device(a, 9).expect("touch");
+    assert_eq!(store.device(a).expect("device").expect("row").last_seen, Some(9));
+}
+
+fn wipes_and_links(store: &dyn Store) {
+    let a = store.register(&account("wl@x", b"w1", None), 1).expect("register");
+    assert_eq!(store.wipe(a).expect("wipe"), None);
+    let cmd = (b"cmd".to_vec(), b"sig".to_vec());
+    store.put_wipe(a, &cmd, 5).expect("put");
+    assert_eq!(store.revoked_devices().expect("revoked"), vec![a]);
+    let conf = (b"done".to_vec(), b"sig2".to_vec());
+    store.confirm_wipe(a, &conf, 6).expect("confirm");
+    assert_eq!(
+        store.wipe(a).expect("wipe"),
+        Some(WipeRecord { command: cmd, confirmation: Some(conf) })
+    );
+    store.open_link(b"id1", b"req", 10).expect("open");
+    assert!(matches!(store.open_link(b"id1", b"other", 10), Err(StoreError::LinkTaken)));
+    store.reply_link(b"id1", Some(b"resp"), None).expect("respond");
+    assert!(matches!(store.reply_link(b"id1", Some(b"again"), None), Err(StoreError::LinkTaken)));
+    assert!(matches!(store.reply_link(b"nope", Some(b"r"), None), Err(StoreError::UnknownLink)));
+    store.reply_link(b"id1", None, Some(b"hist")).expect("history");
+    assert_eq!(
+        store.link(b"id1").expect("link"),
+        Some(LinkRecord {
+            request: b"req".to_vec(),
+            response: Some(b"resp".to_vec()),
+            history: Some(b"hist".to_vec())
+        })
+    );
+    store.open_link(b"id2", b"req", 20).expect("open");
+    assert_eq!(store.expire_links(15).expect("expire"), 1);
+    assert_eq!(store.link(b"id1").expect("link"), None);
+    assert!(store.link(b"id2").expect("link").is_some());
 }

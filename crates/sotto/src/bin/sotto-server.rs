@@ -80,6 +80,28 @@ enum Command {
     /// Manage invite codes.
     #[command(subcommand)]
     Invite(InviteCommand),
+    /// Create (once) and print the operator key. Accounts registered with `--managed` accept
+    /// it, letting the operator revoke and wipe their devices. Restart the server after
+    /// creating it so it is published.
+    OperatorKey,
+    /// Act on a managed account's devices with the operator key.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Revoke a device of a managed account and order it to erase itself. Unmanaged accounts
+    /// refuse: only their owner can do that.
+    Wipe {
+        /// The account.
+        address: String,
+        /// The device id.
+        device: u64,
+        /// The running server's URL [default: http:// and the --listen address].
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +213,37 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::OperatorKey) => {
+            let key = sotto_server::create_operator_key(&config)?;
+            println!("{}", hex_encode(&key.public()));
+            eprintln!(
+                "operator key in {}; restart sotto-server to publish it. Accounts registered \
+                 with `sotto register --managed` accept it.",
+                config.data_dir.join("operator.key").display()
+            );
+            Ok(())
+        }
+        Some(Command::Operator(OperatorCommand::Wipe { address, device, server })) => {
+            let command =
+                sotto_server::operator_wipe_command(&config, store.as_ref(), &address, device)?;
+            let server = server.unwrap_or_else(|| format!("http://{}", config.listen));
+            let url = format!("{}/v1/operator/wipe", server.trim_end_matches('/'));
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let mut resp = agent
+                .post(&url)
+                .send_json(&command)
+                .with_context(|| format!("cannot reach the server at {server}; is it running?"))?;
+            let body: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
+            if !resp.status().is_success() {
+                anyhow::bail!(
+                    "the server refused: {}",
+                    body["error"]["message"].as_str().unwrap_or("unknown error")
+                );
+            }
+            println!("device {device} of {address} is revoked and will erase itself");
+            Ok(())
+        }
         None | Some(Command::Serve) => serve(config, store),
     }
 }
@@ -238,4 +291,8 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use sotto::format_time;
-use sotto_client::{ChatSummary, Client, Error, MessageView, Target};
+use sotto_client::{ChatSummary, Client, DeviceView, Error, MessageView, RegisterOptions, Target};
 
 /// Sotto: end-to-end encrypted messaging through a server that cannot read it.
 ///
@@ -42,7 +42,50 @@ enum Command {
         /// Trust only this CA certificate (PEM) for the server's TLS certificate.
         #[arg(long)]
         ca_cert: Option<PathBuf>,
+        /// A name for this device, shown only to the account's own devices.
+        #[arg(long)]
+        device_name: Option<String>,
+        /// Accept the server operator's key: the operator may then revoke and wipe this
+        /// account's devices (for organisations that manage their members' devices).
+        #[arg(long)]
+        managed: bool,
     },
+    /// Make this home a new device of an existing account: shows a linking code (and QR code)
+    /// to approve with `sotto devices link CODE` on a device the account already has.
+    Link {
+        /// The account, e.g. alice@example.org.
+        address: String,
+        /// The server's URL.
+        #[arg(long, env = "SOTTO_SERVER", default_value = "http://127.0.0.1:7700")]
+        server: String,
+        /// A name for this device.
+        #[arg(long)]
+        name: Option<String>,
+        /// Give up after this many seconds without approval.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Trust only this CA certificate (PEM) for the server's TLS certificate.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Take an account back on this (fresh) home with its recovery key, when every device is
+    /// lost. All other devices are revoked; contacts see that the account's keys changed.
+    Recover {
+        /// The account.
+        address: String,
+        /// The server's URL.
+        #[arg(long, env = "SOTTO_SERVER", default_value = "http://127.0.0.1:7700")]
+        server: String,
+        /// The recovery key (read from standard input when not given).
+        #[arg(long, env = "SOTTO_RECOVERY_KEY", hide_env_values = true)]
+        recovery_key: Option<String>,
+        /// Trust only this CA certificate (PEM) for the server's TLS certificate.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
+    /// List, link, revoke and wipe this account's devices.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Show this home's account and device.
     Whoami,
     /// Send a message: `sotto send ADDRESS TEXT`, or `sotto send --group CHAT TEXT`.
@@ -79,6 +122,31 @@ enum Command {
     /// Create and manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DevicesCommand {
+    /// List the account's devices: names, when linked, when last seen, revoked or wiped.
+    List,
+    /// Approve a new device showing CODE (from `sotto link` on that device): it gets the
+    /// account's keys, joins every chat and receives recent history.
+    Link {
+        /// The linking code the new device shows.
+        code: String,
+        /// A name for the new device (overrides the one it proposes).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke a device: it stops working at the server at once and is removed from every chat.
+    Revoke {
+        /// The device id (see `sotto devices list`).
+        device: u64,
+    },
+    /// Revoke a device and order it to erase itself the next time it contacts the server.
+    Wipe {
+        /// The device id (see `sotto devices list`).
+        device: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +210,9 @@ fn error_code(e: &Error) -> String {
         Error::Core(sotto_core::Error::NotAMember(_)) => "unknown_member".into(),
         Error::Core(_) => "crypto".into(),
         Error::Database(_) => "local_database".into(),
+        Error::Untrusted(_) => "untrusted".into(),
+        Error::Revoked(_) => "device_revoked".into(),
+        Error::Wiped(_) => "device_wiped".into(),
         _ => "internal".into(),
     }
 }
@@ -149,9 +220,17 @@ fn error_code(e: &Error) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    let home = cli.home.clone().unwrap_or_else(default_home);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // A revoked device learns here whether it was also ordered to erase itself.
+            let e = match e {
+                Error::Server { ref code, .. } if code == "device_revoked" => {
+                    Client::open(&home).map(|mut c| c.obey_revocation()).unwrap_or(e)
+                }
+                e => e,
+            };
             if json {
                 println!(
                     "{}",
@@ -183,6 +262,47 @@ fn print_message(m: &MessageView) {
     }
 }
 
+fn print_device(d: &DeviceView) {
+    let name = d.name.clone().unwrap_or_else(|| format!("device {}", d.device_id));
+    let this = if d.this_device { " (this device)" } else { "" };
+    println!("{}  {name}{this}  [{}]", d.device_id, d.state);
+    println!("    linked {}", format_time(d.linked_at * 1000));
+    if let Some(seen) = d.last_seen {
+        println!("    last seen {}", format_time(seen * 1000));
+    }
+    if let Some(w) = d.wiped_at {
+        println!("    confirmed its wipe at {}", format_time(w * 1000));
+    }
+    println!("    key {}", d.device_key);
+}
+
+/// Shows a linking code: as text, and as a QR code on a terminal. With --json, one JSON line
+/// (flushed) so a script can pass the code on while the command waits.
+fn show_link_code(code: &str, json: bool) {
+    use std::io::Write as _;
+    if json {
+        println!("{}", serde_json::json!({"link_code": code}));
+        let _ = std::io::stdout().flush();
+        return;
+    }
+    println!("On a device this account already has, run:");
+    println!();
+    println!("    sotto devices link {code}");
+    println!();
+    if std::io::stdout().is_terminal()
+        && let Ok(qr) = qrcode::QrCode::new(code.as_bytes())
+    {
+        let image = qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .build();
+        println!("{image}");
+    }
+    println!("Waiting for approval...");
+    let _ = std::io::stdout().flush();
+}
+
 fn print_chat(c: &ChatSummary) {
     let title = match (c.kind.as_str(), &c.peer, &c.name) {
         ("direct", Some(p), _) => p.clone(),
@@ -205,16 +325,138 @@ fn run(cli: Cli) -> Result<(), Error> {
     let home = cli.home.clone().unwrap_or_else(default_home);
     let json = cli.json;
     match cli.command {
-        Command::Register { address, server, invite, ca_cert } => {
+        Command::Register { address, server, invite, ca_cert, device_name, managed } => {
+            let options = RegisterOptions {
+                invite,
+                ca_cert: ca_cert.map(|p| p.display().to_string()),
+                device_name,
+                managed,
+            };
+            let registered = Client::register(&home, &server, &address, &options)?;
+            let a = registered.client.account();
+            if json {
+                print_json(&serde_json::json!({
+                    "address": a.address,
+                    "device_id": a.device_id,
+                    "server": a.server,
+                    "device_key": a.device_key,
+                    "recovery_key": registered.recovery_key.as_str(),
+                    "operator_key": registered.operator_key,
+                }));
+            } else {
+                println!("registered {} (device {}) on {}", a.address, a.device_id, a.server);
+                println!("home: {}", home.display());
+                println!();
+                println!("Your recovery key (shown only now; write it down and keep it safe):");
+                println!();
+                println!("    {}", registered.recovery_key.as_str());
+                println!();
+                println!(
+                    "With it, `sotto recover` takes the account back if every device is lost."
+                );
+                if let Some(k) = &registered.operator_key {
+                    println!();
+                    println!("This account is MANAGED: the server's operator (key {k})");
+                    println!("can revoke and remotely wipe its devices.");
+                }
+            }
+        }
+        Command::Link { address, server, name, timeout, ca_cert } => {
             let ca = ca_cert.map(|p| p.display().to_string());
-            let client =
-                Client::register(&home, &server, &address, invite.as_deref(), ca.as_deref())?;
+            let linked = Client::link_new_device(
+                &home,
+                &server,
+                &address,
+                name.as_deref(),
+                ca.as_deref(),
+                Duration::from_secs(timeout),
+                |code| show_link_code(code, json),
+            )?;
+            let a = linked.client.account();
+            if json {
+                print_json(&serde_json::json!({
+                    "address": a.address,
+                    "device_id": a.device_id,
+                    "server": a.server,
+                    "device_key": a.device_key,
+                    "history_messages": linked.history_messages,
+                }));
+            } else {
+                println!(
+                    "linked: this home is device {} of {}; {} message(s) of history received",
+                    a.device_id, a.address, linked.history_messages
+                );
+            }
+        }
+        Command::Recover { address, server, recovery_key, ca_cert } => {
+            let key = match recovery_key {
+                Some(k) => zeroize::Zeroizing::new(k),
+                None => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("recovery key for {address}:");
+                    }
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| Error::Io(format!("reading standard input: {e}")))?;
+                    line
+                }
+            };
+            let ca = ca_cert.map(|p| p.display().to_string());
+            let client = Client::recover(&home, &server, &address, &key, ca.as_deref())?;
             let a = client.account();
             if json {
                 print_json(&a);
             } else {
-                println!("registered {} (device {}) on {}", a.address, a.device_id, a.server);
-                println!("home: {}", home.display());
+                println!(
+                    "recovered {}: this home is its only device now (device {}); every other \
+                     device is revoked",
+                    a.address, a.device_id
+                );
+            }
+        }
+        Command::Devices(cmd) => {
+            let mut client = Client::open(&home)?;
+            match cmd {
+                DevicesCommand::List => {}
+                DevicesCommand::Link { code, name } => {
+                    let outcome = client.approve_link(&code, name.as_deref())?;
+                    if json {
+                        print_json(&outcome);
+                        return Ok(());
+                    }
+                    println!(
+                        "linked device {}: added to {} chat(s), {} message(s) of history sent",
+                        outcome.device_id, outcome.chats_joined, outcome.history_messages
+                    );
+                    if outcome.chats_pending > 0 {
+                        println!(
+                            "{} chat(s) wait for the new device's keys; the next sync adds it",
+                            outcome.chats_pending
+                        );
+                    }
+                }
+                DevicesCommand::Revoke { device } => {
+                    client.revoke(device)?;
+                    if !json {
+                        println!("revoked device {device}; it was removed from every chat");
+                    }
+                }
+                DevicesCommand::Wipe { device } => {
+                    client.wipe(device)?;
+                    if !json {
+                        println!(
+                            "device {device} is revoked and will erase itself when it next \
+                             contacts the server; `sotto devices list` shows its confirmation"
+                        );
+                    }
+                }
+            }
+            let devices = client.devices()?;
+            if json {
+                print_json(&devices);
+            } else {
+                devices.iter().for_each(print_device);
             }
         }
         Command::Whoami => {
@@ -265,6 +507,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 print_json(&report);
             } else {
                 report.messages.iter().for_each(print_message);
+                for n in &report.notices {
+                    println!("* {n}");
+                }
                 for f in &report.failures {
                     eprintln!("sotto: a message (#{}) could not be read: {}", f.seq, f.reason);
                 }

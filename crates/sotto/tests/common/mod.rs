@@ -311,7 +311,14 @@ pub fn api_device(
     let sig = key
         .sign(&auth::registration_payload(&address.parse().expect("address"), key.public()))
         .expect("sign");
-    let body = json!({"address": address, "invite": invite, "device_key": b64(key.public()), "signature": b64(&sig)});
+    let (list, _, _) = sotto_core::account::DeviceList::new_account(
+        address.parse().expect("address"),
+        key.public(),
+        sotto_core::unix_now(),
+    )
+    .expect("list");
+    let list = json!({"body": b64(&list.body), "signature": b64(&list.signature)});
+    let body = json!({"address": address, "invite": invite, "device_key": b64(key.public()), "signature": b64(&sig), "device_list": list});
     let (status, v) = server.http("POST", "/v1/register", None, &body.to_string());
     assert_eq!(status, 200, "{v}");
     let device = v["device_id"].as_u64().expect("device id");

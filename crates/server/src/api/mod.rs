@@ -25,6 +25,10 @@ use crate::limits::{PeerAddr, RateLimiter};
 use crate::session::Sessions;
 use crate::store::{NewAccount, Ordering, Store, StoreError, Submission};
 
+mod devices;
+
+pub(crate) use devices::LINK_TTL_SECS;
+
 /// Largest request body accepted.
 const MAX_BODY: usize = 2 * 1024 * 1024;
 /// Most key packages in one upload, and most a device may have on file.
@@ -85,6 +89,11 @@ pub(crate) struct AppState {
     sessions: Sessions,
     /// Bounds the writes waiting on blocking threads.
     writes: tokio::sync::Semaphore,
+    /// Revoked devices: their tokens open only the wipe endpoints. Loaded at start, updated
+    /// by every revocation (which all go through this API).
+    revoked: std::sync::RwLock<std::collections::HashSet<u64>>,
+    /// The operator's public key, if one was made (`sotto-server operator-key`).
+    operator_key: Option<Vec<u8>>,
 }
 
 impl AppState {
@@ -93,10 +102,14 @@ impl AppState {
         config: Config,
         sessions: Sessions,
         stopping: watch::Receiver<bool>,
-    ) -> Self {
+        operator_key: Option<Vec<u8>>,
+    ) -> Result<Self, StoreError> {
         let per_second = f64::from(config.device_requests_per_second);
         let per_hour = f64::from(config.registrations_per_hour_per_ip);
-        AppState {
+        let revoked = store.revoked_devices()?.into_iter().collect();
+        Ok(AppState {
+            revoked: std::sync::RwLock::new(revoked),
+            operator_key,
             store,
             notifier: Notifier::default(),
             stopping,
@@ -105,7 +118,17 @@ impl AppState {
             sessions,
             writes: tokio::sync::Semaphore::new(MAX_CONCURRENT_WRITES),
             config,
-        }
+        })
+    }
+
+    fn is_revoked(&self, device: u64) -> bool {
+        self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&device)
+    }
+
+    /// Marks devices revoked and wakes their live connections, which then close.
+    fn revoke(&self, devices: &[u64]) {
+        self.revoked.write().unwrap_or_else(|p| p.into_inner()).extend(devices);
+        self.notifier.notify(devices.iter().copied());
     }
 }
 
@@ -197,6 +220,15 @@ impl From<StoreError> for ApiError {
                 ErrorCode::QueueFull,
                 format!("the queue of device {device} is full until that device catches up"),
             ),
+            StoreError::ListConflict => Self::new(
+                S::CONFLICT,
+                ErrorCode::InvalidDeviceList,
+                "the device list changed meanwhile; fetch it and try again",
+            ),
+            StoreError::UnknownLink => devices::unknown_link(),
+            StoreError::LinkTaken => {
+                Self::new(S::CONFLICT, ErrorCode::LinkTaken, "that part of the link is set already")
+            }
             StoreError::Unwritable(detail) => {
                 tracing::error!(%detail, "storage cannot be written; refusing new data");
                 Self::new(
@@ -243,29 +275,70 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
     }
 }
 
-/// The device a request's bearer token belongs to.
+/// The device a request's bearer token belongs to; never a revoked one.
 pub(crate) struct AuthDevice(u64);
+
+/// Like [`AuthDevice`], but a revoked device passes too (it may fetch its wipe command).
+pub(crate) struct AnyDevice(u64);
+
+/// The authenticated device, if the request carries a token at all.
+pub(crate) struct MaybeDevice(Option<u64>);
+
+fn revoked_error() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::DeviceRevoked,
+        "this device was revoked; it can only fetch its wipe command",
+    )
+}
 
 impl FromRequestParts<Shared> for AuthDevice {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer TOKEN"))?;
-        let device = state
-            .sessions
-            .verify(token, unix_now())
-            .ok_or_else(|| ApiError::unauthorized("unknown or expired token"))?;
-        state.device_rate.check(device).map_err(|wait| ApiError::rate_limited("requests", wait))?;
+        let device = authenticate(parts, state)?;
+        if state.is_revoked(device) {
+            return Err(revoked_error());
+        }
         Ok(AuthDevice(device))
     }
+}
+
+impl FromRequestParts<Shared> for AnyDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        authenticate(parts, state).map(AnyDevice)
+    }
+}
+
+impl FromRequestParts<Shared> for MaybeDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        if !parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+            return Ok(MaybeDevice(None));
+        }
+        Ok(MaybeDevice(Some(AuthDevice::from_request_parts(parts, state).await?.0)))
+    }
+}
+
+fn authenticate(parts: &Parts, state: &Shared) -> Result<u64, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer TOKEN"))?;
+    let device = state
+        .sessions
+        .verify(token, unix_now())
+        .ok_or_else(|| ApiError::unauthorized("unknown or expired token"))?;
+    state.device_rate.check(device).map_err(|wait| ApiError::rate_limited("requests", wait))?;
+    Ok(device)
 }
 
 /// Runs a store write on a blocking thread, at most [`MAX_CONCURRENT_WRITES`] at a time. Writes
@@ -318,7 +391,15 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/auth/token", post(token))
         .route("/v1/keypackages", post(upload_key_packages).get(key_package_stock))
         .route("/v1/keypackages/claim", post(claim_key_packages))
-        .route("/v1/users/{address}/devices", get(devices))
+        .route("/v1/users/{address}/devices", get(devices::list))
+        .route("/v1/devices", post(devices::update))
+        .route("/v1/devices/wipe", post(devices::wipe))
+        .route("/v1/operator/wipe", post(devices::operator_wipe))
+        .route("/v1/wipe", get(devices::pending_wipe))
+        .route("/v1/wipe/confirm", post(devices::confirm_wipe))
+        .route("/v1/links", post(devices::open_link))
+        .route("/v1/links/{id}", get(devices::get_link).post(devices::reply_link))
+        .route("/v1/recover", post(devices::recover))
         .route("/v1/messages", post(submit))
         .route("/v1/queue", get(fetch))
         .route("/v1/queue/ack", post(ack))
@@ -335,6 +416,7 @@ async fn info(State(state): State<Shared>) -> Json<proto::ServerInfo> {
         domain: state.config.domain.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         registration: state.config.registration,
+        operator_key: state.operator_key.clone().map(Bytes),
     })
 }
 
@@ -371,13 +453,17 @@ async fn register(
         }
         (proto::RegistrationMode::Invite, Some(code)) => Some(invite_hash(code.trim())),
     };
+    let list = devices::first_list(&state, &address, &req.device_key.0, &req.device_list)?;
     let addr = address.to_string();
     let key = req.device_key.0;
     let device_id = blocking(&state, move |s| {
-        s.register(
-            &NewAccount { address: &addr, device_key: &key, invite_hash: invite_hash.as_deref() },
-            unix_now(),
-        )
+        let account = NewAccount {
+            address: &addr,
+            device_key: &key,
+            invite_hash: invite_hash.as_deref(),
+            list: &list,
+        };
+        s.register(&account, unix_now())
     })
     .await?;
     tracing::info!(device_id, "registered a new account");
@@ -427,6 +513,10 @@ async fn token(
     // A correctly signed nonce gives one token: a replay of the same answer is refused.
     if !state.sessions.consume(&req.nonce.0, now) {
         return Err(invalid());
+    }
+    // "Last seen" for the account's device list; a full disk must not stop logins.
+    if let Err(e) = blocking(&state, move |s| s.touch_device(device_id, now)).await {
+        tracing::debug!(?e, "could not record a login");
     }
     let ttl = state.config.token_ttl_secs;
     let token = state.sessions.token(device_id, unix_now() + ttl);
@@ -487,9 +577,12 @@ async fn claim_key_packages(
 ) -> Result<Json<proto::ClaimResponse>, ApiError> {
     let address = parse_address(&state, &req.address)?;
     let addr = address.to_string();
+    let only = req.device_ids;
     let (exists, claimed) = blocking(&state, move |s| {
         let exists = !s.devices(&addr)?.is_empty();
-        Ok((exists, if exists { s.claim_key_packages(&addr)? } else { Vec::new() }))
+        let claimed =
+            if exists { s.claim_key_packages(&addr, only.as_deref())? } else { Vec::new() };
+        Ok((exists, claimed))
     })
     .await?;
     if !exists {
@@ -500,30 +593,6 @@ async fn claim_key_packages(
         key_packages: claimed
             .into_iter()
             .map(|(device_id, kp)| proto::ClaimedKeyPackage { device_id, key_package: Bytes(kp) })
-            .collect(),
-    }))
-}
-
-async fn devices(
-    State(state): State<Shared>,
-    AuthDevice(_): AuthDevice,
-    Path(address): Path<String>,
-) -> Result<Json<proto::DevicesResponse>, ApiError> {
-    let address = parse_address(&state, &address)?;
-    let addr = address.to_string();
-    let devices = blocking(&state, move |s| s.devices(&addr)).await?;
-    if devices.is_empty() {
-        return Err(unknown_user(&address));
-    }
-    Ok(Json(proto::DevicesResponse {
-        address: address.to_string(),
-        devices: devices
-            .into_iter()
-            .map(|d| proto::DeviceInfo {
-                device_id: d.device_id,
-                device_key: Bytes(d.device_key),
-                created_at: d.created_at,
-            })
             .collect(),
     }))
 }
@@ -540,8 +609,12 @@ async fn submit(
         return Err(ApiError::bad_request("submission_id must be 1 to 64 bytes"));
     }
     let submission_id = req.submission_id.map(|id| id.0);
-    let deliveries: Vec<proto::Delivery> =
+    let mut deliveries: Vec<proto::Delivery> =
         std::iter::once(req.delivery).chain(req.welcome).collect();
+    // A member may not have processed a revocation yet: revoked devices get nothing.
+    for d in &mut deliveries {
+        d.recipients.retain(|r| !state.is_revoked(*r));
+    }
     let recipients: usize = deliveries.iter().map(|d| d.recipients.len()).sum();
     if recipients > MAX_RECIPIENTS {
         return Err(ApiError::bad_request(format!("at most {MAX_RECIPIENTS} recipients")));
@@ -630,6 +703,10 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
     let mut stopping = state.stopping.clone();
     let mut sent = 0u64;
     loop {
+        if state.is_revoked(device) {
+            let _ = socket.send(frame(&proto::ServerFrame::Error(revoked_error().body()))).await;
+            return;
+        }
         if *stopping.borrow_and_update() {
             // Going away (1001): clients reconnect to the next instance.
             let close =

@@ -1,0 +1,847 @@
+//! The account's devices: signed device lists (verified and pinned for every account this
+//! device talks to), linking a new device, revocation, remote wipe, and recovery.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+use sotto_core::account::{
+    DeviceList, IdentityKey, LinkPart, LinkSecret, ListedDevice, RecoveryKey, Signed, SignedList,
+    Signer, WipeCommand, WipeConfirmation, WipeRefused,
+};
+use sotto_core::mls::{self, DeviceKey, Identity};
+use sotto_core::{Address, DeviceRef, auth, unix_now};
+use sotto_proto::{self as proto, Bytes};
+use zeroize::Zeroizing;
+
+use crate::db;
+use crate::{Client, Error, MAX_COMMIT_ATTEMPTS, begin, now_ms};
+
+/// How many recent messages per chat a new device receives.
+const HISTORY_PER_CHAT: i64 = 200;
+/// Largest history sent to a new device (sealed, before base64).
+const MAX_HISTORY_BYTES: usize = 1_400_000;
+/// How long the approving device waits for the new one to publish its key packages.
+const JOIN_WAIT: Duration = Duration::from_secs(120);
+/// How often a waiting side polls the link.
+const POLL: Duration = Duration::from_millis(500);
+
+pub(crate) fn to_proto(s: &SignedList) -> proto::SignedData {
+    proto::SignedData { body: Bytes(s.body.clone()), signature: Bytes(s.signature.clone()) }
+}
+
+fn from_proto(s: &proto::SignedData) -> SignedList {
+    SignedList { body: s.body.0.clone(), signature: s.signature.0.clone() }
+}
+
+fn signed(s: &proto::SignedData) -> Signed {
+    Signed { body: s.body.0.clone(), signature: s.signature.0.clone() }
+}
+
+/// A device of this account, as `sotto devices list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    /// Its id.
+    pub device_id: u64,
+    /// Its name (decrypted; only the account's devices can read it).
+    pub name: Option<String>,
+    /// Its public key (hex).
+    pub device_key: String,
+    /// Whether this is the device asking.
+    pub this_device: bool,
+    /// `active`, `revoked`, `wipe ordered` or `wiped`.
+    pub state: String,
+    /// When it was linked (Unix seconds).
+    pub linked_at: u64,
+    /// When it last logged in (Unix seconds).
+    pub last_seen: Option<u64>,
+    /// When it confirmed its wipe, checked against its key (Unix seconds).
+    pub wiped_at: Option<u64>,
+}
+
+/// What approving a new device did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkOutcome {
+    /// The new device's id.
+    pub device_id: u64,
+    /// Chats the new device was added to.
+    pub chats_joined: usize,
+    /// Chats it could not be added to yet (it had not published keys in time); the next
+    /// sync of any of this account's devices adds it.
+    pub chats_pending: usize,
+    /// Messages of recent history sent to it.
+    pub history_messages: usize,
+}
+
+/// What linking this device got.
+#[derive(Debug)]
+pub struct LinkedDevice {
+    /// The new device's client.
+    pub client: Client,
+    /// Messages of history received.
+    pub history_messages: usize,
+}
+
+/// New device → approving device.
+#[derive(Serialize, Deserialize)]
+struct LinkRequest {
+    device_key: String,
+    signature: String,
+    name: Option<String>,
+}
+
+/// Approving device → new device. Holds the identity key: it travels only sealed.
+#[derive(Serialize, Deserialize)]
+struct LinkResponse {
+    address: Address,
+    device_id: u64,
+    identity_secret: String,
+    list_body: String,
+    list_signature: String,
+}
+
+impl Drop for LinkResponse {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.identity_secret.zeroize();
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HistoryChat {
+    group_id: String,
+    kind: String,
+    name: Option<String>,
+    peer: Option<String>,
+    messages: Vec<HistoryMessage>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HistoryMessage {
+    msg_id: String,
+    sender: String,
+    body: String,
+    sent_at: u64,
+}
+
+impl Client {
+    // ---- device lists ----
+
+    /// Fetches `address`'s signed device list, verifies it against the list pinned here
+    /// (never older, never a new identity key without the recovery key's endorsement), pins
+    /// it, and returns it with the server's view of the devices.
+    pub(crate) fn verified_list(
+        &mut self,
+        address: &Address,
+    ) -> Result<(DeviceList, Vec<proto::DeviceInfo>), Error> {
+        let token = self.token()?;
+        let resp: proto::DevicesResponse =
+            self.api.get(&format!("/v1/users/{address}/devices"), Some(&token))?;
+        let fetched = from_proto(&resp.device_list);
+        let list = self.accept_list(address, &fetched)?;
+        Ok((list, resp.devices))
+    }
+
+    fn accept_list(
+        &mut self,
+        address: &Address,
+        fetched: &SignedList,
+    ) -> Result<DeviceList, Error> {
+        let untrusted = |e: &dyn std::fmt::Display| {
+            Error::Untrusted(format!("the server's device list for {address} is bad: {e}"))
+        };
+        let list = DeviceList::verify(fetched).map_err(|e| untrusted(&e))?;
+        if &list.address != address {
+            return Err(untrusted(&"it names another account"));
+        }
+        let pinned = db::pinned_list(&self.conn, address.as_str())?
+            .map(|p| DeviceList::verify(&p))
+            .transpose()
+            .map_err(|e| untrusted(&e))?;
+        if let Some(known) = &pinned {
+            let changed = list.check_update(known).map_err(|e| untrusted(&e))?;
+            if changed {
+                self.key_change_notice(address)?;
+            }
+        }
+        db::pin_list(&self.conn, address.as_str(), list.version, fetched)?;
+        Ok(list)
+    }
+
+    /// Tells the user, in every chat with `address`, that its identity key changed.
+    fn key_change_notice(&self, address: &Address) -> Result<(), Error> {
+        let text = format!(
+            "{address}'s identity key changed (the account was recovered with its recovery key)"
+        );
+        db::add_notice(&self.conn, &text)?;
+        let groups: Vec<Vec<u8>> = {
+            let mut stmt =
+                self.conn.prepare("SELECT group_id FROM chats WHERE state = 'active'")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let p = db::provider(&self.conn);
+        let now = now_ms() as i64;
+        for g in groups {
+            if mls::members(&p, &g)?.iter().any(|d| &d.address == address) {
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
+                                                     sent_at, received_at)
+                     VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?5)",
+                    params![g, format!("event-key-{}-{now}", address), address.as_str(), text, now],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every member of a group just joined is a device its account lists.
+    pub(crate) fn check_members(&mut self, group_id: &[u8]) -> Result<(), Error> {
+        let members = mls::member_keys(&db::provider(&self.conn), group_id)?;
+        let accounts: BTreeSet<Address> = members.iter().map(|(d, _)| d.address.clone()).collect();
+        for account in accounts {
+            let list = match self.verified_list(&account) {
+                Ok((list, _)) => list,
+                Err(e @ Error::Untrusted(_)) => {
+                    db::add_notice(&self.conn, &e.to_string())?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for (device, key) in members.iter().filter(|(d, _)| d.address == account) {
+                if !list.lists(key) {
+                    db::add_notice(
+                        &self.conn,
+                        &format!(
+                            "warning: {device} in chat {} is not in {account}'s signed device \
+                             list",
+                            hex::encode(group_id)
+                        ),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This account's devices.
+    pub fn devices(&mut self) -> Result<Vec<DeviceView>, Error> {
+        let me = self.me.device.address.clone();
+        let (list, infos) = self.verified_list(&me)?;
+        let mut out = Vec::new();
+        for info in infos {
+            let listed = list.devices.iter().find(|d| d.key == info.device_key.0);
+            let name =
+                listed.and_then(|d| d.name.as_ref()).and_then(|n| self.identity.open_name(n));
+            let wiped_at = info.wipe.as_ref().and_then(|w| self.confirmed_wipe(w));
+            let state = match (&info.wipe, wiped_at, info.revoked_at, listed) {
+                (_, Some(_), _, _) => "wiped",
+                (Some(_), None, _, _) => "wipe ordered",
+                (None, _, Some(_), _) | (None, _, None, None) => "revoked",
+                _ => "active",
+            };
+            out.push(DeviceView {
+                device_id: info.device_id,
+                name,
+                device_key: hex::encode(&info.device_key.0),
+                this_device: info.device_id == self.me.device.device_id,
+                state: state.into(),
+                linked_at: listed.map(|d| d.added_at).unwrap_or(info.created_at),
+                last_seen: info.last_seen,
+                wiped_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The confirmation time of a wipe, if the confirmation verifies against the command and
+    /// the command against this account's keys.
+    fn confirmed_wipe(&self, w: &proto::WipeStatus) -> Option<u64> {
+        let cmd = WipeCommand::verify_signature(
+            &signed(&w.command),
+            &self.identity.public(),
+            self.operator_key().as_deref(),
+        )
+        .ok()?;
+        WipeConfirmation::verify(&signed(w.confirmation.as_ref()?), &cmd).map(|c| c.wiped_at)
+    }
+
+    fn operator_key(&self) -> Option<Vec<u8>> {
+        let pinned = db::pinned_list(&self.conn, &self.account.address).ok()??;
+        DeviceList::verify(&pinned).ok()?.operator_key
+    }
+
+    /// Signs and uploads the next version of this account's list.
+    fn publish_list(
+        &mut self,
+        list: &DeviceList,
+        new_device: Option<proto::NewDevice>,
+    ) -> Result<proto::UpdateDevicesResponse, Error> {
+        let signed = list.sign(&self.identity);
+        let token = self.token()?;
+        let resp: proto::UpdateDevicesResponse = self.api.post(
+            "/v1/devices",
+            &proto::UpdateDevicesRequest { device_list: to_proto(&signed), new_device },
+            Some(&token),
+        )?;
+        db::pin_list(&self.conn, &self.account.address, list.version, &signed)?;
+        Ok(resp)
+    }
+
+    /// The key of one of this account's devices, by id, as the signed list confirms it.
+    fn own_device_key(&mut self, device_id: u64) -> Result<(DeviceList, Vec<u8>), Error> {
+        let me = self.me.device.address.clone();
+        let (list, infos) = self.verified_list(&me)?;
+        let info = infos.iter().find(|d| d.device_id == device_id).ok_or_else(|| {
+            Error::Invalid(format!("this account has no device {device_id}; see `sotto devices`"))
+        })?;
+        Ok((list, info.device_key.0.clone()))
+    }
+
+    // ---- revocation and wipe ----
+
+    /// Revokes one of this account's devices: a new signed list without it (the server stops
+    /// serving it at once), then its removal from every chat.
+    pub fn revoke(&mut self, device_id: u64) -> Result<(), Error> {
+        if device_id == self.me.device.device_id {
+            return Err(Error::Invalid(
+                "this device cannot revoke itself; revoke it from another device".into(),
+            ));
+        }
+        let (list, key) = self.own_device_key(device_id)?;
+        if list.lists(&key) {
+            let mut next = list.next(unix_now());
+            next.devices.retain(|d| d.key != key);
+            self.publish_list(&next, None)?;
+        }
+        self.reconcile_devices()
+    }
+
+    /// Orders one of this account's devices to erase itself: revokes it, then queues a wipe
+    /// command signed with the identity key.
+    pub fn wipe(&mut self, device_id: u64) -> Result<(), Error> {
+        self.revoke(device_id)?;
+        let (_, key) = self.own_device_key(device_id)?;
+        let cmd =
+            WipeCommand::new(self.me.device.address.clone(), key, Signer::Identity, unix_now())?;
+        let s = cmd.sign(&self.identity);
+        self.conn.execute(
+            "INSERT INTO wipes_issued (nonce, device_id, command, signature, issued_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![cmd.nonce, device_id as i64, s.body, s.signature, cmd.issued_at as i64],
+        )?;
+        let token = self.token()?;
+        let _: proto::WipeResponse = self.api.post(
+            "/v1/devices/wipe",
+            &proto::WipeRequest {
+                command: proto::SignedData { body: Bytes(s.body), signature: Bytes(s.signature) },
+            },
+            Some(&token),
+        )?;
+        Ok(())
+    }
+
+    /// Reports wipes this device ordered that the target has since confirmed.
+    pub(crate) fn check_wipe_confirmations(&mut self) -> Result<(), Error> {
+        let waiting: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM wipes_issued WHERE confirmed_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        if waiting == 0 {
+            return Ok(());
+        }
+        for d in self.devices()? {
+            let Some(at) = d.wiped_at else { continue };
+            let updated = self.conn.execute(
+                "UPDATE wipes_issued SET confirmed_at = ?2
+                 WHERE device_id = ?1 AND confirmed_at IS NULL",
+                params![d.device_id as i64, at as i64],
+            )?;
+            if updated > 0 {
+                db::add_notice(
+                    &self.conn,
+                    &format!("device {} confirmed that it erased itself", d.device_id),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Called when the server says this device is revoked: fetches a wipe command, obeys it
+    /// if the account really signed it for this device (confirming, then erasing this home),
+    /// and returns the error that explains what happened.
+    pub fn obey_revocation(&mut self) -> Error {
+        match self.try_obey_revocation() {
+            Ok(e) | Err(e) => e,
+        }
+    }
+
+    fn try_obey_revocation(&mut self) -> Result<Error, Error> {
+        let token = self.token()?;
+        let pending: proto::PendingWipe = self.api.get("/v1/wipe", Some(&token))?;
+        let Some(command) = pending.command else {
+            return Ok(Error::Revoked(
+                "this device was revoked by another device of the account; it can no longer \
+                 send or receive"
+                    .into(),
+            ));
+        };
+        let s = signed(&command);
+        let operator = self.operator_key();
+        let conn = &self.conn;
+        let seen = |nonce: &[u8]| {
+            conn.query_row("SELECT 1 FROM wipes_seen WHERE nonce = ?1", [nonce], |_| Ok(())).is_ok()
+        };
+        let verdict = WipeCommand::verify_for_target(
+            &s,
+            &self.me.device.address,
+            self.me.key.public(),
+            self.account.linked_at,
+            &self.identity.public(),
+            operator.as_deref(),
+            seen,
+        );
+        let cmd = match verdict {
+            Ok(cmd) => cmd,
+            Err(refused) => return self.refuse_wipe(&s, refused),
+        };
+        let confirmation = WipeConfirmation {
+            v: 1,
+            nonce: cmd.nonce,
+            device_key: cmd.device_key,
+            wiped_at: unix_now(),
+        };
+        let body = confirmation.body();
+        let signature = self.me.key.sign(&WipeConfirmation::payload(&body))?;
+        // Where it still can, the device says it obeyed; erasing does not depend on it.
+        let _ = self.api.post::<_, proto::WipeResponse>(
+            "/v1/wipe/confirm",
+            &proto::WipeConfirm {
+                confirmation: proto::SignedData { body: Bytes(body), signature: Bytes(signature) },
+            },
+            Some(&token),
+        );
+        erase_home(&self.home)?;
+        let by = match cmd.signer {
+            Signer::Identity => "the account",
+            Signer::Operator => "the server's operator (this is a managed account)",
+        };
+        Ok(Error::Wiped(format!(
+            "this device was wiped on the order of {by}: its keys, messages and database are \
+             erased"
+        )))
+    }
+
+    fn refuse_wipe(&mut self, s: &Signed, refused: WipeRefused) -> Result<Error, Error> {
+        let nonce =
+            serde_json::from_slice::<WipeCommand>(&s.body).map(|c| c.nonce).unwrap_or_default();
+        self.conn.execute(
+            "INSERT OR IGNORE INTO wipes_seen (nonce, reason, at) VALUES (?1, ?2, ?3)",
+            params![nonce, refused.to_string(), unix_now() as i64],
+        )?;
+        Ok(Error::Revoked(format!(
+            "this device was revoked; a wipe command was ignored: {refused}"
+        )))
+    }
+
+    // ---- keeping chats in step with the device list ----
+
+    /// Brings every active chat in line with this account's signed device list: adds listed
+    /// devices that are missing (if they have published key packages) and removes devices
+    /// that are no longer listed. Any of the account's devices may do it; the first wins.
+    pub(crate) fn reconcile_devices(&mut self) -> Result<(), Error> {
+        let me = self.me.device.address.clone();
+        let (list, infos) = self.verified_list(&me)?;
+        for group_id in self.active_chats()? {
+            for _ in 0..MAX_COMMIT_ATTEMPTS {
+                let members = mls::member_keys(&db::provider(&self.conn), &group_id)?;
+                let mine: Vec<&(DeviceRef, Vec<u8>)> =
+                    members.iter().filter(|(d, _)| d.address == me).collect();
+                let stale: Vec<DeviceRef> =
+                    mine.iter().filter(|(_, k)| !list.lists(k)).map(|(d, _)| d.clone()).collect();
+                let missing: Vec<u64> = infos
+                    .iter()
+                    .filter(|i| i.revoked_at.is_none() && list.lists(&i.device_key.0))
+                    .filter(|i| !mine.iter().any(|(_, k)| k == &i.device_key.0))
+                    .map(|i| i.device_id)
+                    .collect();
+                // Removals first; additions on a later round (their key packages are claimed
+                // only when they will be used).
+                let packages = if !stale.is_empty() || missing.is_empty() {
+                    Vec::new()
+                } else {
+                    match self.claim(&me, Some(missing)) {
+                        Ok(p) => p,
+                        Err(Error::NoKeyPackages(_)) => Vec::new(),
+                        Err(e) => return Err(e),
+                    }
+                };
+                if stale.is_empty() && packages.is_empty() {
+                    break;
+                }
+                let done = self.commit_once(&group_id, &mut |p, me| {
+                    if stale.is_empty() {
+                        let out = mls::add_members(p, &group_id, me, &packages)?;
+                        Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
+                    } else {
+                        Ok((mls::remove_devices(p, &group_id, me, &stale)?, Vec::new()))
+                    }
+                })?;
+                if !done {
+                    self.catch_up()?;
+                    if self.require_active(&group_id).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- linking ----
+
+    /// Approves a new device showing `code`: registers it under a new signed device list,
+    /// hands it the account's keys sealed under the code, adds it to every chat, and sends it
+    /// recent history.
+    pub fn approve_link(&mut self, code: &str, name: Option<&str>) -> Result<LinkOutcome, Error> {
+        let secret = LinkSecret::parse(code)?;
+        let id = hex::encode(secret.id());
+        let link: proto::LinkState = self.api.get(&format!("/v1/links/{id}"), None)?;
+        let request = secret.open(LinkPart::Request, &link.request.0).ok_or_else(|| {
+            Error::Untrusted(
+                "the link request does not decrypt with this code; it was not made by the \
+                 device showing the code"
+                    .into(),
+            )
+        })?;
+        if link.response.is_some() {
+            return Err(Error::Invalid("this code was approved already".into()));
+        }
+        let request: LinkRequest = serde_json::from_slice(&request)
+            .map_err(|e| Error::Protocol(format!("bad link request: {e}")))?;
+        let key = hex::decode(&request.device_key)
+            .map_err(|_| Error::Protocol("bad device key in link request".into()))?;
+        let signature = hex::decode(&request.signature)
+            .map_err(|_| Error::Protocol("bad signature in link request".into()))?;
+        let me = self.me.device.address.clone();
+        if !auth::verify(&key, &auth::registration_payload(&me, &key), &signature) {
+            return Err(Error::Untrusted("the new device's signature does not verify".into()));
+        }
+        let (list, _) = self.verified_list(&me)?;
+        let mut next = list.next(unix_now());
+        let name = name.map(str::to_owned).or(request.name);
+        let sealed_name = name.as_deref().map(|n| self.identity.seal_name(n)).transpose()?;
+        next.devices.push(ListedDevice {
+            key: key.clone(),
+            added_at: unix_now(),
+            name: sealed_name,
+        });
+        let resp = self.publish_list(
+            &next,
+            Some(proto::NewDevice { device_key: Bytes(key.clone()), signature: Bytes(signature) }),
+        )?;
+        let device_id =
+            resp.device_id.ok_or(Error::Protocol("the server registered no device".into()))?;
+        let signed_list = db::pinned_list(&self.conn, &self.account.address)?
+            .ok_or(Error::Internal("the list just published is not pinned"))?;
+        let response = LinkResponse {
+            address: me.clone(),
+            device_id,
+            identity_secret: hex::encode(self.identity.secret().as_slice()),
+            list_body: hex::encode(&signed_list.body),
+            list_signature: hex::encode(&signed_list.signature),
+        };
+        let plain = Zeroizing::new(serde_json::to_vec(&response).unwrap_or_default());
+        let sealed = secret.seal(LinkPart::Response, &plain)?;
+        let token = self.token()?;
+        let _: serde::de::IgnoredAny = self.api.post(
+            &format!("/v1/links/{id}"),
+            &proto::LinkReply { response: Some(Bytes(sealed)), history: None },
+            Some(&token),
+        )?;
+        // Wait for the new device's key packages, adding it to each chat as they come.
+        let deadline = Instant::now() + JOIN_WAIT;
+        let device = DeviceRef { address: me.clone(), device_id };
+        let (joined, pending) = loop {
+            self.catch_up()?;
+            self.reconcile_devices()?;
+            let chats = self.active_chats()?;
+            let p = db::provider(&self.conn);
+            let mut joined = 0;
+            for g in &chats {
+                if mls::members(&p, g)?.contains(&device) {
+                    joined += 1;
+                }
+            }
+            if joined == chats.len() || Instant::now() >= deadline {
+                break (joined, chats.len() - joined);
+            }
+            std::thread::sleep(POLL);
+        };
+        let (history, count) = self.history_for_link()?;
+        let sealed = secret.seal(LinkPart::History, &history)?;
+        let token = self.token()?;
+        let _: serde::de::IgnoredAny = self.api.post(
+            &format!("/v1/links/{id}"),
+            &proto::LinkReply { response: None, history: Some(Bytes(sealed)) },
+            Some(&token),
+        )?;
+        Ok(LinkOutcome {
+            device_id,
+            chats_joined: joined,
+            chats_pending: pending,
+            history_messages: count,
+        })
+    }
+
+    /// Recent messages of every active chat, newest kept when the whole would be too large.
+    fn history_for_link(&self) -> Result<(Zeroizing<Vec<u8>>, usize), Error> {
+        let mut chats = Vec::new();
+        for group_id in self.active_chats()? {
+            let row = self.chat_row(&group_id)?;
+            let mut stmt = self.conn.prepare(
+                "SELECT msg_id, sender, body, sent_at FROM messages
+                 WHERE group_id = ?1 AND kind = 'text' ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![group_id, HISTORY_PER_CHAT], |r| {
+                Ok(HistoryMessage {
+                    msg_id: r.get(0)?,
+                    sender: r.get(1)?,
+                    body: r.get(2)?,
+                    sent_at: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            let mut messages: Vec<HistoryMessage> = rows.collect::<Result<_, _>>()?;
+            messages.reverse();
+            chats.push(HistoryChat {
+                group_id: hex::encode(&group_id),
+                kind: row.kind,
+                name: row.name,
+                peer: row.peer,
+                messages,
+            });
+        }
+        loop {
+            let bytes = Zeroizing::new(serde_json::to_vec(&chats).unwrap_or_default());
+            let count = chats.iter().map(|c| c.messages.len()).sum();
+            if bytes.len() <= MAX_HISTORY_BYTES || count == 0 {
+                return Ok((bytes, count));
+            }
+            // Drop the oldest message of the chat with the most.
+            if let Some(c) = chats.iter_mut().max_by_key(|c| c.messages.len()) {
+                let drop = (c.messages.len() / 4).max(1);
+                c.messages.drain(..drop);
+            }
+        }
+    }
+
+    /// Links this home as a new device of `address`: shows a code through `show_code`, waits
+    /// (up to `timeout`) for an existing device to approve it, takes the account's keys from
+    /// the sealed response, publishes key packages, and imports the history it is sent.
+    pub fn link_new_device(
+        home: &Path,
+        server: &str,
+        address: &str,
+        name: Option<&str>,
+        ca_cert: Option<&str>,
+        timeout: Duration,
+        show_code: impl FnOnce(&str),
+    ) -> Result<LinkedDevice, Error> {
+        let (address, api, _) = Self::prepare_home(home, server, address, ca_cert)?;
+        let key = DeviceKey::generate()?;
+        let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
+        let secret = LinkSecret::generate()?;
+        let request = LinkRequest {
+            device_key: hex::encode(key.public()),
+            signature: hex::encode(&signature),
+            name: name.map(str::to_owned),
+        };
+        let sealed =
+            secret.seal(LinkPart::Request, &serde_json::to_vec(&request).unwrap_or_default())?;
+        let id = hex::encode(secret.id());
+        let _: serde::de::IgnoredAny = api.post(
+            "/v1/links",
+            &proto::OpenLink { link_id: Bytes(secret.id()), request: Bytes(sealed) },
+            None,
+        )?;
+        show_code(&secret.code());
+        let deadline = Instant::now() + timeout;
+        let sealed_response = loop {
+            let state: proto::LinkState = api.get(&format!("/v1/links/{id}"), None)?;
+            if let Some(r) = state.response {
+                break r;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Invalid(format!(
+                    "no device approved this link within {} s; run the command again for a new code",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(POLL);
+        };
+        let plain = secret.open(LinkPart::Response, &sealed_response.0).ok_or_else(|| {
+            Error::Untrusted("the link response was not sealed with this code".into())
+        })?;
+        let response: LinkResponse = serde_json::from_slice(&plain)
+            .map_err(|e| Error::Protocol(format!("bad link response: {e}")))?;
+        let identity_secret = Zeroizing::new(
+            hex::decode(&response.identity_secret)
+                .map_err(|_| Error::Protocol("bad identity key in link response".into()))?,
+        );
+        let identity = IdentityKey::from_secret(&identity_secret)?;
+        let signed_list = SignedList {
+            body: hex::decode(&response.list_body).unwrap_or_default(),
+            signature: hex::decode(&response.list_signature).unwrap_or_default(),
+        };
+        let list = DeviceList::verify(&signed_list)
+            .map_err(|e| Error::Untrusted(format!("the account's device list is bad: {e}")))?;
+        if list.identity_key != identity.public()
+            || list.address != address
+            || !list.lists(key.public())
+            || response.address != address
+        {
+            return Err(Error::Untrusted(
+                "the link response does not list this device under the account's identity key"
+                    .into(),
+            ));
+        }
+        let me = Identity { device: DeviceRef { address, device_id: response.device_id }, key };
+        let mut client =
+            Self::create_home(home, api, ca_cert, me, identity, &signed_list, list.version)?;
+        // The approving device sends history once it has added this device to its chats.
+        let deadline = Instant::now() + JOIN_WAIT + Duration::from_secs(30);
+        let mut history_messages = 0;
+        loop {
+            let state: proto::LinkState = client.api.get(&format!("/v1/links/{id}"), None)?;
+            if let Some(h) = state.history {
+                let plain = secret.open(LinkPart::History, &h.0).ok_or_else(|| {
+                    Error::Untrusted("the history was not sealed with this code".into())
+                })?;
+                history_messages = client.import_history(&plain)?;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+        client.sync()?;
+        Ok(LinkedDevice { client, history_messages })
+    }
+
+    fn import_history(&mut self, plain: &[u8]) -> Result<usize, Error> {
+        let chats: Vec<HistoryChat> = serde_json::from_slice(plain)
+            .map_err(|e| Error::Protocol(format!("bad history: {e}")))?;
+        let tx = begin(&self.conn)?;
+        let mut count = 0;
+        let now = now_ms() as i64;
+        for chat in chats {
+            let Ok(group_id) = hex::decode(&chat.group_id) else { continue };
+            let kind = if chat.kind == "direct" { "direct" } else { "group" };
+            tx.execute(
+                "INSERT OR IGNORE INTO chats (group_id, kind, name, peer, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, 'joining', ?5)",
+                params![group_id, kind, chat.name, chat.peer, now],
+            )?;
+            for m in chat.messages {
+                let status = if m.sender == self.account.address { "sent" } else { "received" };
+                count += tx.execute(
+                    "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
+                                                     sent_at, received_at, reported)
+                     VALUES (?1, ?2, ?3, 'text', ?4, ?5, ?6, ?7, 1)",
+                    params![group_id, m.msg_id, m.sender, m.body, status, m.sent_at as i64, now],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(count)
+    }
+
+    // ---- recovery ----
+
+    /// Takes `address` back on a fresh home with its recovery key: a new identity key
+    /// endorsed by the recovery key, this device as the only one; every other device is
+    /// revoked. Contacts see that the account's keys changed.
+    pub fn recover(
+        home: &Path,
+        server: &str,
+        address: &str,
+        recovery_key: &str,
+        ca_cert: Option<&str>,
+    ) -> Result<Client, Error> {
+        let recovery = RecoveryKey::parse(recovery_key)?;
+        let (address, api, _) = Self::prepare_home(home, server, address, ca_cert)?;
+        let current: proto::DevicesResponse =
+            api.get(&format!("/v1/users/{address}/devices"), None)?;
+        let current = DeviceList::verify(&from_proto(&current.device_list))
+            .map_err(|e| Error::Untrusted(format!("the server's device list is bad: {e}")))?;
+        if current.recovery_key != recovery.public() {
+            return Err(Error::Invalid(format!(
+                "that recovery key does not belong to {address}; check it and try again"
+            )));
+        }
+        let identity = IdentityKey::generate()?;
+        let key = DeviceKey::generate()?;
+        let now = unix_now();
+        let mut list = current.next(now);
+        list.identity_key = identity.public();
+        list.devices = vec![ListedDevice { key: key.public().to_vec(), added_at: now, name: None }];
+        list.endorsement = Some(recovery.endorse(&address, &list.identity_key, list.version));
+        let signed_list = list.sign(&identity);
+        let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
+        let resp: proto::UpdateDevicesResponse = api.post(
+            "/v1/recover",
+            &proto::RecoverRequest {
+                address: address.to_string(),
+                device: proto::NewDevice {
+                    device_key: Bytes(key.public().to_vec()),
+                    signature: Bytes(signature),
+                },
+                device_list: to_proto(&signed_list),
+            },
+            None,
+        )?;
+        let device_id =
+            resp.device_id.ok_or(Error::Protocol("the server registered no device".into()))?;
+        let me = Identity { device: DeviceRef { address, device_id }, key };
+        Self::create_home(home, api, ca_cert, me, identity, &signed_list, list.version)
+    }
+}
+
+/// Erases a home directory's contents: every file is overwritten with zeros, synced, and
+/// removed. (Flash storage may keep old blocks; encryption at rest closes that gap.)
+fn erase_home(home: &Path) -> Result<(), Error> {
+    fn erase(path: &Path) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                erase(&entry?.path())?;
+            }
+            return std::fs::remove_dir(path);
+        }
+        if meta.is_file() {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+            let zeros = vec![0u8; 64 * 1024];
+            let mut left = meta.len();
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            f.sync_all()?;
+        }
+        std::fs::remove_file(path)
+    }
+    let entries = std::fs::read_dir(home)
+        .map_err(|e| Error::Io(format!("cannot erase {}: {e}", home.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::Io(e.to_string()))?;
+        erase(&entry.path())
+            .map_err(|e| Error::Io(format!("cannot erase {}: {e}", entry.path().display())))?;
+    }
+    Ok(())
+}
