@@ -1166,20 +1166,23 @@ impl Client {
                     devices.into_iter().map(|d| d.address.to_string()).collect()
                 };
                 let mut n = 0;
-                if !added.is_empty() {
-                    // A direct chat that gains a member is a group from now on.
-                    tx.execute(
-                        "UPDATE chats SET kind = 'group', peer = NULL
-                         WHERE group_id = ?1 AND kind = 'direct'",
-                        [&group_id],
-                    )?;
-                }
                 // An account that keeps other devices in the chat changed its device list.
                 let present: Vec<DeviceRef> = if self_removed {
                     Vec::new()
                 } else {
                     mls::members(&db::provider(tx), &group_id)?
                 };
+                let present_accounts: BTreeSet<&Address> =
+                    present.iter().map(|d| &d.address).collect();
+                if present_accounts.len() > 2 {
+                    // A direct chat that gains a third account is a group from now on (a new
+                    // device of one of the two accounts changes nothing).
+                    tx.execute(
+                        "UPDATE chats SET kind = 'group', peer = NULL
+                         WHERE group_id = ?1 AND kind = 'direct'",
+                        [&group_id],
+                    )?;
+                }
                 let keeps_others = |a: &str, changed: &[DeviceRef]| {
                     present.iter().any(|d| d.address.as_str() == a && !changed.contains(d))
                 };

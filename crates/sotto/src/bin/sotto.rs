@@ -208,6 +208,7 @@ fn error_code(e: &Error) -> String {
         Error::TooManyRetries => "too_many_retries".into(),
         Error::Core(sotto_core::Error::InvalidAddress(_)) => "invalid_address".into(),
         Error::Core(sotto_core::Error::NotAMember(_)) => "unknown_member".into(),
+        Error::Core(sotto_core::Error::Invalid(_)) => "invalid_input".into(),
         Error::Core(_) => "crypto".into(),
         Error::Database(_) => "local_database".into(),
         Error::Untrusted(_) => "untrusted".into(),

@@ -196,6 +196,41 @@ impl User {
         u
     }
 
+    /// Registers on an open server; returns the user and the recovery key shown once.
+    pub fn register_with_recovery(name: &str, server: &Server) -> (User, String) {
+        let u = User::new(name);
+        let v = u.ok(&["register", &u.address, "--server", &server.url]);
+        let key = v["recovery_key"].as_str().expect("recovery key").to_string();
+        (u, key)
+    }
+
+    /// Links a new device of this account in a home of its own, approved from this device;
+    /// returns it and the approval's JSON (`device_id`, `chats_joined`, `history_messages`).
+    pub fn link_device(&self, server: &Server, name: &str) -> (User, Value) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let new = User { address: self.address.clone(), home: dir.path().join(name), _dir: dir };
+        let mut child = Command::new(CLIENT)
+            .arg("--home")
+            .arg(&new.home)
+            .args(["--json", "link", &self.address, "--server", &server.url, "--name", name])
+            .args(["--timeout", "60"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start sotto link");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read link code");
+        let first: Value = serde_json::from_str(&line).expect("code line is JSON");
+        let code = first["link_code"].as_str().expect("link code").to_string();
+        let approved = self.ok(&["devices", "link", &code]);
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).expect("read link result");
+        assert!(child.wait().expect("link exits").success(), "link failed: {rest}");
+        let linked: Value = serde_json::from_str(&rest).expect("link result JSON");
+        assert_eq!(linked["device_id"], approved["device_id"]);
+        (new, linked)
+    }
+
     /// Runs `sotto --json ARGS` in this home.
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new(CLIENT)
