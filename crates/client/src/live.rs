@@ -103,7 +103,12 @@ impl Client {
             first = false;
             backoff = Duration::from_millis(250);
             // Anything queued between the catch-up and the connection comes first on the socket.
-            self.receive(&mut socket, &mut on_message, stop)?;
+            match self.receive(&mut socket, &mut on_message, stop) {
+                Err(e) if e.server_code() == Some("device_revoked") => {
+                    return Err(self.obey_revocation());
+                }
+                other => other?,
+            }
             let _ = socket.close(None);
         }
         Ok(())
