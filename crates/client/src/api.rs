@@ -156,10 +156,7 @@ impl Api {
         match resp.body_mut().read_json::<proto::ErrorBody>() {
             Ok(body) => Err(Error::Server {
                 status,
-                code: serde_json::to_value(body.error.code)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "unknown".into()),
+                code: crate::error::code_name(body.error.code),
                 message: body.error.message,
                 epoch: body.error.epoch,
             }),

@@ -183,15 +183,9 @@ impl Client {
             rows.collect::<Result<_, _>>()?
         };
         let p = db::provider(&self.conn);
-        let now = now_ms() as i64;
         for g in groups {
             if mls::members(&p, &g)?.iter().any(|d| &d.address == address) {
-                self.conn.execute(
-                    "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
-                                                     sent_at, received_at)
-                     VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?5)",
-                    params![g, format!("event-key-{}-{now}", address), address.as_str(), text, now],
-                )?;
+                insert_event(&self.conn, &g, address.as_str(), &text)?;
             }
         }
         Ok(())
@@ -268,7 +262,7 @@ impl Client {
         WipeConfirmation::verify(&signed(w.confirmation.as_ref()?), &cmd).map(|c| c.wiped_at)
     }
 
-    fn operator_key(&self) -> Option<Vec<u8>> {
+    pub(crate) fn operator_key(&self) -> Option<Vec<u8>> {
         let pinned = db::pinned_list(&self.conn, &self.account.address).ok()??;
         DeviceList::verify(&pinned).ok()?.operator_key
     }
@@ -424,6 +418,9 @@ impl Client {
             },
             Some(&token),
         );
+        // Close the database first, so nothing is written back after the erasure.
+        let open = std::mem::replace(&mut self.conn, rusqlite::Connection::open_in_memory()?);
+        drop(open);
         erase_home(&self.home)?;
         let by = match cmd.signer {
             Signer::Identity => "the account",
@@ -495,6 +492,55 @@ impl Client {
                     if self.require_active(&group_id).is_err() {
                         break;
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// In groups where the server reported revoked recipients, removes every device of
+    /// another account that the account's signed device list no longer names.
+    pub(crate) fn prune_revoked(&mut self) -> Result<(), Error> {
+        let groups = std::mem::take(&mut self.touched.borrow_mut().dropped);
+        let me = self.me.device.address.clone();
+        for group_id in groups {
+            if self.require_active(&group_id).is_err() {
+                continue;
+            }
+            let members = mls::member_keys(&db::provider(&self.conn), &group_id)?;
+            let accounts: BTreeSet<Address> =
+                members.iter().map(|(d, _)| d.address.clone()).filter(|a| a != &me).collect();
+            let mut stale = Vec::new();
+            for account in accounts {
+                let (list, _) = self.verified_list(&account)?;
+                stale.extend(
+                    members
+                        .iter()
+                        .filter(|(d, k)| d.address == account && !list.lists(k))
+                        .map(|(d, _)| d.clone()),
+                );
+            }
+            for _ in 0..MAX_COMMIT_ATTEMPTS {
+                let current = mls::members(&db::provider(&self.conn), &group_id)?;
+                let still: Vec<DeviceRef> =
+                    stale.iter().filter(|d| current.contains(d)).cloned().collect();
+                if still.is_empty() {
+                    break;
+                }
+                let done = self.commit_once(&group_id, &mut |p, me| {
+                    Ok((mls::remove_devices(p, &group_id, me, &still)?, Vec::new()))
+                })?;
+                if done {
+                    for d in &still {
+                        let text =
+                            format!("removed {d}: no longer in {}'s signed device list", d.address);
+                        insert_event(&self.conn, &group_id, me.as_str(), &text)?;
+                    }
+                    break;
+                }
+                self.catch_up()?;
+                if self.require_active(&group_id).is_err() {
+                    break;
                 }
             }
         }
@@ -809,6 +855,23 @@ impl Client {
         let me = Identity { device: DeviceRef { address, device_id }, key };
         Self::create_home(home, api, ca_cert, me, identity, &signed_list, list.version)
     }
+}
+
+/// Records an event (a line in a chat's history that no member wrote).
+fn insert_event(
+    conn: &rusqlite::Connection,
+    group_id: &[u8],
+    sender: &str,
+    text: &str,
+) -> Result<(), Error> {
+    let now = now_ms() as i64;
+    let id = format!("event-{}", hex::encode(sotto_core::random_bytes(8)?));
+    conn.execute(
+        "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at, received_at)
+         VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?5)",
+        params![group_id, id, sender, text, now],
+    )?;
+    Ok(())
 }
 
 /// Erases a home directory's contents: every file is overwritten with zeros, synced, and

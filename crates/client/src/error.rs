@@ -85,3 +85,11 @@ impl Error {
         matches!(self, Error::Server { code, .. } if code == "stale_epoch")
     }
 }
+
+/// The stable snake_case name of a server error code, as on the wire.
+pub(crate) fn code_name(code: sotto_proto::ErrorCode) -> String {
+    match serde_json::to_value(code) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "unknown".into(),
+    }
+}

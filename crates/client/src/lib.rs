@@ -166,6 +166,11 @@ pub struct AccountInfo {
     pub server: String,
     /// This device's public key (hex).
     pub device_key: String,
+    /// The account's identity key (hex), which signs its device list.
+    pub identity_key: String,
+    /// For a managed account, the operator key it accepted (hex): its holder may revoke and
+    /// wipe the account's devices.
+    pub operator_key: Option<String>,
 }
 
 /// Where to send a message.
@@ -186,6 +191,8 @@ struct Touched {
     joined: bool,
     /// Groups joined: their members are checked against their accounts' device lists.
     joined_groups: BTreeSet<Vec<u8>>,
+    /// Groups where the server dropped revoked recipients: prune them.
+    dropped: BTreeSet<Vec<u8>>,
 }
 
 /// A row of the chats table.
@@ -397,6 +404,8 @@ impl Client {
             device_id: self.account.device_id,
             server: self.account.server.clone(),
             device_key: hex::encode(&self.account.device_key),
+            identity_key: hex::encode(self.identity.public()),
+            operator_key: self.operator_key().map(hex::encode),
         }
     }
 
@@ -704,12 +713,26 @@ impl Client {
                 None => self.start_direct(peer)?,
             },
         };
-        self.send_body(&group_id, Body::Text { text: text.to_string() })?
-            .ok_or(Error::Internal("text message without a stored row"))
+        let sent = self
+            .send_body(&group_id, Body::Text { text: text.to_string() })?
+            .ok_or(Error::Internal("text message without a stored row"))?;
+        // The message is sent; tidying the group must not make it look failed.
+        if let Err(e) = self.prune_revoked() {
+            db::add_notice(&self.conn, &format!("could not remove revoked devices: {e}"))?;
+        }
+        Ok(sent)
+    }
+
+    /// Key packages of this account's other devices, so a new chat includes them from the
+    /// start (one that has none now is added by a later sync).
+    fn own_devices(&mut self) -> Result<Vec<ValidKeyPackage>, Error> {
+        let me = self.me.device.address.clone();
+        self.claim(&me, None)
     }
 
     fn start_direct(&mut self, peer: &Address) -> Result<Vec<u8>, Error> {
-        let packages = self.claim(peer, None)?;
+        let mut packages = self.claim(peer, None)?;
+        packages.extend(self.own_devices()?);
         let group_id = self.new_group(ChatKind::Direct, None, Some(peer))?;
         self.commit(&group_id, |p, me| {
             let out = mls::add_members(p, &group_id, me, &packages)?;
@@ -796,7 +819,7 @@ impl Client {
         if recipients.is_empty() {
             return Ok(());
         }
-        self.api.submit(
+        let resp = self.api.submit(
             proto::SubmitRequest {
                 submission_id: None,
                 group_id: Bytes(group_id.to_vec()),
@@ -807,6 +830,9 @@ impl Client {
             },
             &token,
         )?;
+        if !resp.dropped.is_empty() {
+            self.touched.borrow_mut().dropped.insert(group_id.to_vec());
+        }
         Ok(())
     }
 
@@ -860,9 +886,12 @@ impl Client {
                 .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
         };
         match self.api.submit(request, &token) {
-            Ok(_) => {
+            Ok(resp) => {
                 mls::merge_pending_commit(&p, group_id)?;
                 tx.commit()?;
+                if !resp.dropped.is_empty() {
+                    self.touched.borrow_mut().dropped.insert(group_id.to_vec());
+                }
                 Ok(true)
             }
             Err(e) if e.is_stale_epoch() => Ok(false),
@@ -879,7 +908,7 @@ impl Client {
             return Err(Error::Invalid("a group name is 1 to 256 bytes".into()));
         }
         let addresses = self.parse_addresses(members)?;
-        let mut packages = Vec::new();
+        let mut packages = self.own_devices()?;
         for a in &addresses {
             packages.extend(self.claim(a, None)?);
         }
@@ -1002,6 +1031,8 @@ impl Client {
         for group_id in &touched.joined_groups {
             self.check_members(group_id)?;
         }
+        self.touched.borrow_mut().dropped.extend(touched.dropped);
+        self.prune_revoked()?;
         let groups = if thorough { self.active_chats()? } else { touched.proposals };
         self.commit_proposals(groups)?;
         if thorough || touched.joined {
@@ -1129,17 +1160,24 @@ impl Client {
             Incoming::Application { group_id, sender, plaintext } => {
                 match Message::decode(&plaintext) {
                     Ok(Message { id, sent_at, body: Body::Text { text }, .. }) => {
+                        // Sent by another device of this account: it is ours, and sent.
+                        let status = if sender.address == self.me.device.address {
+                            "sent"
+                        } else {
+                            "received"
+                        };
                         tx.execute(
                             "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
                                                              status, sent_at, received_at)
-                             VALUES (?1, ?2, ?3, 'text', ?4, 'received', ?5, ?6)",
+                             VALUES (?1, ?2, ?3, 'text', ?4, ?7, ?5, ?6)",
                             params![
                                 group_id,
                                 id,
                                 sender.address.as_str(),
                                 text,
                                 sent_at as i64,
-                                now
+                                now,
+                                status
                             ],
                         )?;
                     }

@@ -151,7 +151,7 @@ impl Client {
                 Ok(proto::ServerFrame::Error(e)) => {
                     return Err(Error::Server {
                         status: 0,
-                        code: format!("{:?}", e.error.code),
+                        code: crate::error::code_name(e.error.code),
                         message: e.error.message,
                         epoch: None,
                     });

@@ -407,6 +407,10 @@ pub struct SubmitRequest {
 pub struct SubmitResponse {
     /// The group's epoch after the submission.
     pub epoch: u64,
+    /// Recipients that were revoked: nothing was queued for them. The sender should remove
+    /// them from the group once their account's device list confirms it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<u64>,
 }
 
 /// A message waiting in a device's queue.

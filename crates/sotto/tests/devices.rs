@@ -85,6 +85,13 @@ fn a_linked_device_joins_every_chat_and_gets_recent_history() {
     assert!(bob.sync().contains(&pair(&alice, "from the laptop")));
     assert!(alice.sync().contains(&pair(&alice, "from the laptop")));
 
+    // A chat started on one device includes the account's other devices from the start.
+    let fresh = laptop.ok(&["group", "create", "from the laptop", "--members", "carol@localhost"]);
+    let fresh = fresh["id"].as_str().expect("id").to_string();
+    laptop.send_group(&fresh, "new group");
+    assert!(alice.sync().contains(&pair(&alice, "new group")));
+    assert!(carol.sync().contains(&pair(&alice, "new group")));
+
     // bob's chat shows that alice's device list changed.
     let history = bob.ok(&["history", &alice.address]);
     assert!(
@@ -114,7 +121,16 @@ fn a_revoked_device_can_neither_fetch_nor_send_nor_read_what_follows() {
     let (phone, linked) = alice.link_device(&server, "phone");
     let phone_id = device_id(&linked);
 
+    let listener = phone.listen(&["--timeout", "60"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let list = alice.ok(&["devices", "revoke", &phone_id.to_string()]);
+    // A live connection is cut at once: `listen` ends with the revocation.
+    let started = std::time::Instant::now();
+    let out = listener.wait_with_output().expect("listen output");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(!out.status.success());
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+    assert!(last.contains("device_revoked"), "{last}");
     let revoked = list.as_array().expect("devices").iter().find(|d| device_id(d) == phone_id);
     assert_eq!(revoked.expect("still listed")["state"], "revoked");
 
@@ -286,8 +302,10 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn recovery_takes_the_account_back_and_contacts_see_the_key_change() {
     let server = open_server();
     let (alice, recovery_key) = User::register_with_recovery("alice", &server);
+    let lost = alice.ok(&["whoami"]);
     let bob = User::register("bob", &server, "");
-    alice.send(&bob.address, "before losing the phone");
+    let first = alice.send(&bob.address, "before losing the phone");
+    let old_chat_id = first["chat"].as_str().expect("chat id").to_string();
     bob.sync();
 
     let fresh = User::new("alice");
@@ -327,6 +345,19 @@ fn recovery_takes_the_account_back_and_contacts_see_the_key_change() {
     assert!(notices.iter().any(|n| n.contains("alice@localhost's identity key changed")), "{v}");
     let history = bob.ok(&["history", &alice.address]);
     assert!(events(&history).iter().any(|e| e.contains("identity key changed")), "{history}");
+
+    // The chat with the lost device: the server drops what bob sends to it, and bob's client
+    // then removes the device that alice's new list no longer names.
+    let old_chat = old_chat_id.as_str();
+    let sent = bob.send_group(old_chat, "anyone there?");
+    assert_eq!(sent["status"], "sent");
+    let history = bob.ok(&["history", old_chat]);
+    let removed = format!("removed alice@localhost/{}: no longer in", device_id(&lost));
+    assert!(events(&history).iter().any(|e| e.starts_with(&removed)), "{history}");
+    // Sending again finds nobody left to drop.
+    bob.send_group(old_chat, "still anyone?");
+    let history = bob.ok(&["history", old_chat]);
+    assert_eq!(events(&history).iter().filter(|e| e.starts_with(&removed)).count(), 1);
 }
 
 #[test]

@@ -611,9 +611,17 @@ async fn submit(
     let submission_id = req.submission_id.map(|id| id.0);
     let mut deliveries: Vec<proto::Delivery> =
         std::iter::once(req.delivery).chain(req.welcome).collect();
-    // A member may not have processed a revocation yet: revoked devices get nothing.
+    // A member may not have processed a revocation yet: revoked devices get nothing, and the
+    // sender learns which were left out.
+    let mut dropped = Vec::new();
     for d in &mut deliveries {
-        d.recipients.retain(|r| !state.is_revoked(*r));
+        d.recipients.retain(|r| {
+            let revoked = state.is_revoked(*r);
+            if revoked {
+                dropped.push(*r);
+            }
+            !revoked
+        });
     }
     let recipients: usize = deliveries.iter().map(|d| d.recipients.len()).sum();
     if recipients > MAX_RECIPIENTS {
@@ -646,7 +654,7 @@ async fn submit(
     })
     .await?;
     state.notifier.notify(notify);
-    Ok(Json(proto::SubmitResponse { epoch }))
+    Ok(Json(proto::SubmitResponse { epoch, dropped }))
 }
 
 async fn fetch(

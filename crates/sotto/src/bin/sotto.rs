@@ -466,7 +466,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 print_json(&a);
             } else {
                 println!("{} (device {}) on {}", a.address, a.device_id, a.server);
-                println!("device key: {}", a.device_key);
+                println!("device key:   {}", a.device_key);
+                println!("identity key: {}", a.identity_key);
+                if let Some(k) = &a.operator_key {
+                    println!("MANAGED: the server's operator (key {k}) may revoke and wipe");
+                    println!("this account's devices");
+                }
             }
         }
         Command::Send { group, args } => {
