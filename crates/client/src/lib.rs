@@ -354,7 +354,20 @@ impl Client {
             db::pin_list(&tx, &account.address, version, list)?;
             tx.commit()?;
         }
-        let mut client = Client {
+        let mut client = Client::assemble(home, conn, account, me, identity, api);
+        client.replenish_key_packages()?;
+        Ok(client)
+    }
+
+    fn assemble(
+        home: &Path,
+        conn: Connection,
+        account: AccountRow,
+        me: Identity,
+        identity: IdentityKey,
+        api: Api,
+    ) -> Client {
+        Client {
             home: home.to_path_buf(),
             conn,
             account,
@@ -362,9 +375,7 @@ impl Client {
             identity,
             api,
             touched: Default::default(),
-        };
-        client.replenish_key_packages()?;
-        Ok(client)
+        }
     }
 
     /// Opens the account in `home`.
@@ -386,15 +397,7 @@ impl Client {
         let address: Address = account.address.parse()?;
         let me = Identity { device: DeviceRef { address, device_id: account.device_id }, key };
         let api = Api::new(&account.server, account.ca_cert.as_deref())?;
-        Ok(Client {
-            home: home.to_path_buf(),
-            conn,
-            account,
-            me,
-            identity,
-            api,
-            touched: Default::default(),
-        })
+        Ok(Client::assemble(home, conn, account, me, identity, api))
     }
 
     /// The account this home holds.

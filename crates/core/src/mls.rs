@@ -363,6 +363,19 @@ pub fn add_members<S: StorageProvider<CURRENT_VERSION>>(
     Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome: Some(serialize(&welcome)?) })
 }
 
+/// Commits the removal of `leaves` (pending until [`merge_pending_commit`]).
+fn commit_removal<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group: &mut MlsGroup,
+    me: &Identity,
+    leaves: &[LeafNodeIndex],
+) -> Result<CommitOutput, Error> {
+    let epoch = group.epoch().as_u64();
+    let (commit, welcome, _) = group.remove_members(p, &me.key.0, leaves).map_err(mls_err)?;
+    let welcome = welcome.as_ref().map(serialize).transpose()?;
+    Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome })
+}
+
 /// Removes every device of the given accounts from a group. The commit stays pending until
 /// [`merge_pending_commit`].
 pub fn remove_accounts<S: StorageProvider<CURRENT_VERSION>>(
@@ -372,7 +385,6 @@ pub fn remove_accounts<S: StorageProvider<CURRENT_VERSION>>(
     accounts: &[Address],
 ) -> Result<CommitOutput, Error> {
     let mut group = load(p, group_id)?;
-    let epoch = group.epoch().as_u64();
     let mut leaves = Vec::new();
     for account in accounts {
         let before = leaves.len();
@@ -385,9 +397,7 @@ pub fn remove_accounts<S: StorageProvider<CURRENT_VERSION>>(
             return Err(Error::NotAMember(account.to_string()));
         }
     }
-    let (commit, welcome, _) = group.remove_members(p, &me.key.0, &leaves).map_err(mls_err)?;
-    let welcome = welcome.as_ref().map(serialize).transpose()?;
-    Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome })
+    commit_removal(p, &mut group, me, &leaves)
 }
 
 /// Removes the given devices from the group (a revoked device, for example).
@@ -398,7 +408,6 @@ pub fn remove_devices<S: StorageProvider<CURRENT_VERSION>>(
     devices: &[DeviceRef],
 ) -> Result<CommitOutput, Error> {
     let mut group = load(p, group_id)?;
-    let epoch = group.epoch().as_u64();
     let mut leaves = Vec::new();
     for device in devices {
         let leaf = group
@@ -407,9 +416,7 @@ pub fn remove_devices<S: StorageProvider<CURRENT_VERSION>>(
             .ok_or_else(|| Error::NotAMember(device.to_string()))?;
         leaves.push(leaf.index);
     }
-    let (commit, welcome, _) = group.remove_members(p, &me.key.0, &leaves).map_err(mls_err)?;
-    let welcome = welcome.as_ref().map(serialize).transpose()?;
-    Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome })
+    commit_removal(p, &mut group, me, &leaves)
 }
 
 /// The group's members with their signature keys.

@@ -245,6 +245,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `value` as a JSON object with `extra`'s fields added.
+fn with_fields(value: &impl serde::Serialize, extra: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    v
+}
+
 fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
@@ -336,14 +345,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             let registered = Client::register(&home, &server, &address, &options)?;
             let a = registered.client.account();
             if json {
-                print_json(&serde_json::json!({
-                    "address": a.address,
-                    "device_id": a.device_id,
-                    "server": a.server,
-                    "device_key": a.device_key,
-                    "recovery_key": registered.recovery_key.as_str(),
-                    "operator_key": registered.operator_key,
-                }));
+                print_json(&with_fields(
+                    &a,
+                    serde_json::json!({"recovery_key": registered.recovery_key.as_str()}),
+                ));
             } else {
                 println!("registered {} (device {}) on {}", a.address, a.device_id, a.server);
                 println!("home: {}", home.display());
@@ -375,13 +380,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             )?;
             let a = linked.client.account();
             if json {
-                print_json(&serde_json::json!({
-                    "address": a.address,
-                    "device_id": a.device_id,
-                    "server": a.server,
-                    "device_key": a.device_key,
-                    "history_messages": linked.history_messages,
-                }));
+                print_json(&with_fields(
+                    &a,
+                    serde_json::json!({"history_messages": linked.history_messages}),
+                ));
             } else {
                 println!(
                     "linked: this home is device {} of {}; {} message(s) of history received",
