@@ -452,6 +452,8 @@ impl Client {
     pub(crate) fn reconcile_devices(&mut self) -> Result<(), Error> {
         let me = self.me.device.address.clone();
         let (list, infos) = self.verified_list(&me)?;
+        // Devices found without key packages in this pass are not asked again for each chat.
+        let mut exhausted: BTreeSet<u64> = BTreeSet::new();
         for group_id in self.active_chats()? {
             for _ in 0..MAX_COMMIT_ATTEMPTS {
                 let members = mls::member_keys(&db::provider(&self.conn), &group_id)?;
@@ -464,17 +466,20 @@ impl Client {
                     .filter(|i| i.revoked_at.is_none() && list.lists(&i.device_key.0))
                     .filter(|i| !mine.iter().any(|(_, k)| k == &i.device_key.0))
                     .map(|i| i.device_id)
+                    .filter(|id| !exhausted.contains(id))
                     .collect();
                 // Removals first; additions on a later round (their key packages are claimed
                 // only when they will be used).
                 let packages = if !stale.is_empty() || missing.is_empty() {
                     Vec::new()
                 } else {
-                    match self.claim(&me, Some(missing)) {
-                        Ok(p) => p,
-                        Err(Error::NoKeyPackages(_)) => Vec::new(),
-                        Err(e) => return Err(e),
-                    }
+                    let packages = self.claim_listed(&me, Some(missing.clone()), &list)?;
+                    exhausted.extend(
+                        missing
+                            .iter()
+                            .filter(|id| !packages.iter().any(|k| k.device.device_id == **id)),
+                    );
+                    packages
                 };
                 if stale.is_empty() && packages.is_empty() {
                     break;

@@ -458,6 +458,16 @@ impl Client {
         only: Option<Vec<u64>>,
     ) -> Result<Vec<ValidKeyPackage>, Error> {
         let list = self.verified_list(address)?.0;
+        self.claim_listed(address, only, &list)
+    }
+
+    /// [`Client::claim`] against a device list verified already.
+    fn claim_listed(
+        &mut self,
+        address: &Address,
+        only: Option<Vec<u64>>,
+        list: &DeviceList,
+    ) -> Result<Vec<ValidKeyPackage>, Error> {
         let token = self.token()?;
         let claimed: proto::ClaimResponse = self.api.post(
             "/v1/keypackages/claim",

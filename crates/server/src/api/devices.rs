@@ -125,8 +125,16 @@ fn current_list(record: &ListRecord) -> Result<DeviceList, ApiError> {
 pub(super) async fn list(
     State(state): State<Shared>,
     MaybeDevice(caller): MaybeDevice,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Path(address): Path<String>,
 ) -> Result<Json<proto::DevicesResponse>, ApiError> {
+    if caller.is_none() {
+        // Without an account (recovery), asking costs like registering: no cheap enumeration.
+        state
+            .registration_rate
+            .check(peer.ip())
+            .map_err(|wait| ApiError::rate_limited("requests from this address", wait))?;
+    }
     let address = parse_address(&state, &address)?;
     let addr = address.to_string();
     let (list, devices, own, wipes) = blocking(&state, move |s| {
