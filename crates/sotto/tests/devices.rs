@@ -443,3 +443,39 @@ fn device_endpoints_refuse_hostile_input() {
     let (s, _) = server.http("GET", "/v1/queue", Some(&token), "");
     assert_eq!(s, 200);
 }
+
+#[test]
+fn a_link_the_server_tampers_with_is_refused() {
+    let server = open_server();
+    let alice = User::register("alice", &server, "");
+    // A mistyped code finds nothing to approve.
+    let unknown = sotto_core::account::LinkSecret::generate().expect("secret").code();
+    assert_eq!(alice.err(&["devices", "link", &unknown]), "unknown_link");
+    assert_eq!(alice.err(&["devices", "link", "not a code"]), "invalid_input");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("new");
+    let mut child = std::process::Command::new(common::CLIENT)
+        .arg("--home")
+        .arg(&home)
+        .args(["--json", "link", &alice.address, "--server", &server.url, "--timeout", "30"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sotto link");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("code line");
+    let code: Value = serde_json::from_str(&line).expect("json");
+    let secret = sotto_core::account::LinkSecret::parse(code["link_code"].as_str().expect("code"))
+        .expect("code parses");
+    // The server answers in the approving device's place, with keys of its own.
+    let store = SqliteStore::open(&server.data.join("sotto.db")).expect("store");
+    let forged = secret.seal(sotto_core::account::LinkPart::History, b"{}").expect("seal");
+    store.reply_link(&secret.id(), Some(&forged), None).expect("tamper");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("result");
+    assert!(!child.wait().expect("exit").success());
+    let v: Value = serde_json::from_str(&rest).expect("json");
+    assert_eq!(v["error"]["code"], "untrusted", "{v}");
+    assert!(!home.join("sotto.db").exists(), "nothing is set up from a forged response");
+}
