@@ -161,7 +161,7 @@ fn restrict(path: &Path, mode: u32) {
 fn restrict(_: &Path, _: u32) {}
 
 /// The account row.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct AccountRow {
     pub address: String,
     pub device_id: u64,
@@ -172,6 +172,17 @@ pub(crate) struct AccountRow {
     pub identity_secret: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// When this device was linked (Unix seconds).
     pub linked_at: u64,
+}
+
+impl std::fmt::Debug for AccountRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountRow")
+            .field("address", &self.address)
+            .field("device_id", &self.device_id)
+            .field("server", &self.server)
+            .field("identity_secret", &self.identity_secret.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>, Error> {

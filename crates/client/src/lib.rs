@@ -132,7 +132,7 @@ pub struct SyncReport {
 }
 
 /// Choices made at registration.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RegisterOptions {
     /// The invite code.
     pub invite: Option<String>,
@@ -145,7 +145,6 @@ pub struct RegisterOptions {
 }
 
 /// A registered account: the client, and the recovery key to show the user once.
-#[derive(Debug)]
 pub struct Registered {
     /// The new device's client.
     pub client: Client,
@@ -171,6 +170,27 @@ pub struct AccountInfo {
     /// For a managed account, the operator key it accepted (hex): its holder may revoke and
     /// wipe the account's devices.
     pub operator_key: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterOptions")
+            .field("invite", &self.invite.as_ref().map(|_| "[redacted]"))
+            .field("ca_cert", &self.ca_cert)
+            .field("device_name", &self.device_name)
+            .field("managed", &self.managed)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered")
+            .field("client", &self.client)
+            .field("recovery_key", &"[redacted]")
+            .field("operator_key", &self.operator_key)
+            .finish()
+    }
 }
 
 /// Where to send a message.

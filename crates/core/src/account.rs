@@ -835,5 +835,10 @@ mod tests {
         assert_eq!(id.open_name(&sealed).as_deref(), Some("laptop"));
         assert!(IdentityKey::generate().expect("key").open_name(&sealed).is_none());
         assert!(format!("{id:?}").contains("redacted"));
+        assert!(!format!("{id:?}").contains(&hex::encode(id.secret().as_slice())));
+        let rec = RecoveryKey::generate().expect("key");
+        assert!(!format!("{rec:?}").contains(rec.to_text().as_str()));
+        let link = LinkSecret::generate().expect("secret");
+        assert!(!format!("{link:?}").contains(link.code().as_str()));
     }
 }

@@ -37,8 +37,8 @@ enum Command {
         #[arg(long, env = "SOTTO_SERVER", default_value = "http://127.0.0.1:7700")]
         server: String,
         /// The invite code from the server's operator.
-        #[arg(long, env = "SOTTO_INVITE")]
-        invite: Option<String>,
+        #[arg(long, env = "SOTTO_INVITE", hide_env_values = true)]
+        invite: Option<Secret>,
         /// Trust only this CA certificate (PEM) for the server's TLS certificate.
         #[arg(long)]
         ca_cert: Option<PathBuf>,
@@ -78,7 +78,7 @@ enum Command {
         server: String,
         /// The recovery key (read from standard input when not given).
         #[arg(long, env = "SOTTO_RECOVERY_KEY", hide_env_values = true)]
-        recovery_key: Option<String>,
+        recovery_key: Option<Secret>,
         /// Trust only this CA certificate (PEM) for the server's TLS certificate.
         #[arg(long)]
         ca_cert: Option<PathBuf>,
@@ -180,6 +180,24 @@ enum GroupCommand {
         /// The group (id, id prefix or name).
         chat: String,
     },
+}
+
+/// A secret argument (invite code, recovery key): zeroized on drop, never in `Debug`.
+#[derive(Clone)]
+struct Secret(zeroize::Zeroizing<String>);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(zeroize::Zeroizing::new(s.to_string())))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 fn default_home() -> PathBuf {
@@ -337,7 +355,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Register { address, server, invite, ca_cert, device_name, managed } => {
             let options = RegisterOptions {
-                invite,
+                invite: invite.map(|s| s.0.to_string()),
                 ca_cert: ca_cert.map(|p| p.display().to_string()),
                 device_name,
                 managed,
@@ -393,7 +411,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Recover { address, server, recovery_key, ca_cert } => {
             let key = match recovery_key {
-                Some(k) => zeroize::Zeroizing::new(k),
+                Some(k) => k.0,
                 None => {
                     if std::io::stdin().is_terminal() {
                         eprintln!("recovery key for {address}:");
