@@ -107,6 +107,13 @@ CREATE TABLE notices (
     reported INTEGER NOT NULL DEFAULT 0
 );
 "#,
+    r#"
+CREATE TABLE verified (
+    address TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL,
+    verified_at INTEGER NOT NULL
+);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

@@ -52,6 +52,13 @@ pub enum Error {
     /// The server gave something that fails verification: it may be lying.
     #[error("refusing: {0}")]
     Untrusted(String),
+    /// A contact verified by safety number has a different identity key now.
+    #[error(
+        "{0}'s identity key changed since you verified it: compare safety numbers again \
+         (`sotto verify {0}`) and mark it verified, or accept the change with \
+         `sotto verify {0} --accept-change`"
+    )]
+    IdentityChanged(String),
     /// This device was revoked by the account (and possibly wiped).
     #[error("{0}")]
     Revoked(String),

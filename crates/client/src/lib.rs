@@ -22,6 +22,7 @@ mod db;
 mod devices;
 mod error;
 mod live;
+mod verify;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use crate::api::Api;
 use crate::db::{AccountRow, Storage};
 pub use crate::devices::{DeviceView, LinkOutcome, LinkedDevice};
 pub use crate::error::Error;
+pub use crate::verify::SafetyView;
 
 /// One-time key packages uploaded at a time.
 const KEY_PACKAGE_BATCH: usize = 50;
@@ -488,6 +490,7 @@ impl Client {
         only: Option<Vec<u64>>,
         list: &DeviceList,
     ) -> Result<Vec<ValidKeyPackage>, Error> {
+        self.require_verified_key(address, &list.identity_key)?;
         let token = self.token()?;
         let claimed: proto::ClaimResponse = self.api.post(
             "/v1/keypackages/claim",
@@ -586,16 +589,31 @@ impl Client {
 
     /// The active direct chat with `peer`. If both sides created one at once, both settle
     /// on the one with the smallest id.
+    ///
+    /// A chat whose only devices of `peer` are no longer in its signed device list (the peer
+    /// recovered the account on a new device) is passed over for one that reaches it.
     fn direct_chat(&self, peer: &Address) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self
-            .conn
-            .query_row(
+        let candidates: Vec<Vec<u8>> = {
+            let mut stmt = self.conn.prepare(
                 "SELECT group_id FROM chats WHERE kind = 'direct' AND peer = ?1 AND state = 'active'
-                 ORDER BY group_id LIMIT 1",
-                [peer.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?)
+                 ORDER BY group_id",
+            )?;
+            let rows = stmt.query_map([peer.as_str()], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let listed =
+            db::pinned_list(&self.conn, peer.as_str())?.and_then(|l| DeviceList::verify(&l).ok());
+        let Some(listed) = listed else { return Ok(candidates.into_iter().next()) };
+        let p = db::provider(&self.conn);
+        for id in &candidates {
+            let reaches = mls::member_keys(&p, id)?
+                .iter()
+                .any(|(d, k)| &d.address == peer && listed.lists(k));
+            if reaches {
+                return Ok(Some(id.clone()));
+            }
+        }
+        Ok(candidates.into_iter().next())
     }
 
     fn require_active(&self, group_id: &[u8]) -> Result<(), Error> {
@@ -798,6 +816,7 @@ impl Client {
     /// row is marked `failed` if the server did not take it.
     fn send_body(&mut self, group_id: &[u8], body: Body) -> Result<Option<MessageView>, Error> {
         self.require_active(group_id)?;
+        self.require_verified_keys(group_id)?;
         let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now_ms(), body };
         let text = match &msg.body {
             Body::Text { text } => Some(text.clone()),

@@ -170,6 +170,11 @@ impl IdentityKey {
         self.0.sign(payload).to_bytes().to_vec()
     }
 
+    /// Signs a payload that starts with its own context string (see [`crate::auth`]).
+    pub fn sign_payload(&self, payload: &[u8]) -> Vec<u8> {
+        self.sign_raw(payload)
+    }
+
     /// The key that seals device names, so only the account's own devices read them.
     fn names_key(&self) -> Zeroizing<[u8; 32]> {
         let mut k = Zeroizing::new([0u8; 32]);

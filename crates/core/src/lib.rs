@@ -8,6 +8,8 @@
 //! - [`account`] — identity and recovery keys, signed device lists, wipe commands, linking.
 //! - [`auth`] — the byte strings a device signs to prove possession of its key.
 //! - [`content`] — the plaintext format carried inside MLS application messages.
+//! - [`kt`] — what key transparency commits to, and the server's signed roots.
+//! - [`safety`] — safety numbers two people compare to detect a substituted key.
 //! - [`mls`] — the MLS seam: the only module that names the MLS library. Callers pass a
 //!   storage provider (the client's SQLite database) and get back bytes and Sotto types.
 //!
@@ -26,7 +28,9 @@ mod address;
 pub mod auth;
 pub mod content;
 mod error;
+pub mod kt;
 pub mod mls;
+pub mod safety;
 
 pub use address::{Address, DeviceRef};
 pub use error::Error;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use sotto::format_time;
-use sotto_client::{ChatSummary, Client, DeviceView, Error, MessageView, RegisterOptions, Target};
+use sotto_client::{
+    ChatSummary, Client, DeviceView, Error, MessageView, RegisterOptions, SafetyView, Target,
+};
 
 /// Sotto: end-to-end encrypted messaging through a server that cannot read it.
 ///
@@ -82,6 +84,23 @@ enum Command {
         /// Trust only this CA certificate (PEM) for the server's TLS certificate.
         #[arg(long)]
         ca_cert: Option<PathBuf>,
+    },
+    /// Show the safety number with a contact (digits, and a QR code on a terminal). Compare it
+    /// with theirs in person or on a call; if it matches, mark them verified: a later change of
+    /// their identity key then stops sending to them until you verify again.
+    Verify {
+        /// The contact.
+        address: String,
+        /// Record their current identity key as verified.
+        #[arg(long, conflicts_with = "accept_change")]
+        mark_verified: bool,
+        /// With --mark-verified: the number they showed you (digits, or a scanned QR text);
+        /// refused if it differs.
+        #[arg(long, requires = "mark_verified")]
+        expect: Option<String>,
+        /// Their key changed and you accept that without verifying: sending works again.
+        #[arg(long)]
+        accept_change: bool,
     },
     /// List, link, revoke and wipe this account's devices.
     #[command(subcommand)]
@@ -231,6 +250,7 @@ fn error_code(e: &Error) -> String {
         Error::Database(_) => "local_database".into(),
         Error::Untrusted(_) => "untrusted".into(),
         Error::Revoked(_) => "device_revoked".into(),
+        Error::IdentityChanged(_) => "identity_changed".into(),
         Error::Wiped(_) => "device_wiped".into(),
         _ => "internal".into(),
     }
@@ -304,6 +324,42 @@ fn print_device(d: &DeviceView) {
     println!("    key {}", d.device_key);
 }
 
+fn print_safety(v: &SafetyView) {
+    println!("Safety number with {}:", v.address);
+    println!();
+    let groups: Vec<&str> = v.safety_number.split(' ').collect();
+    for row in groups.chunks(4) {
+        println!("    {}", row.join("  "));
+    }
+    println!();
+    print_qr(&v.qr_text);
+    if v.changed_since_verified {
+        println!("WARNING: {}'s identity key CHANGED since you verified it.", v.address);
+        println!("Sending to them is blocked until you compare this number again and run");
+        println!("`sotto verify {} --mark-verified`, or accept with --accept-change.", v.address);
+    } else if v.verified {
+        println!("verified: you compared this number with {}", v.address);
+    } else {
+        println!("not verified: compare it with {}, then run", v.address);
+        println!("`sotto verify {} --mark-verified`", v.address);
+    }
+}
+
+/// A QR code drawn with block characters, on a terminal only.
+fn print_qr(text: &str) {
+    if !std::io::stdout().is_terminal() {
+        return;
+    }
+    if let Ok(qr) = qrcode::QrCode::new(text.as_bytes()) {
+        let image = qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .build();
+        println!("{image}");
+    }
+}
+
 /// Shows a linking code: as text, and as a QR code on a terminal. With --json, one JSON line
 /// (flushed) so a script can pass the code on while the command waits.
 fn show_link_code(code: &str, json: bool) {
@@ -317,16 +373,7 @@ fn show_link_code(code: &str, json: bool) {
     println!();
     println!("    sotto devices link {code}");
     println!();
-    if std::io::stdout().is_terminal()
-        && let Ok(qr) = qrcode::QrCode::new(code.as_bytes())
-    {
-        let image = qr
-            .render::<qrcode::render::unicode::Dense1x2>()
-            .dark_color(qrcode::render::unicode::Dense1x2::Light)
-            .light_color(qrcode::render::unicode::Dense1x2::Dark)
-            .build();
-        println!("{image}");
-    }
+    print_qr(code);
     println!("Waiting for approval...");
     let _ = std::io::stdout().flush();
 }
@@ -434,6 +481,21 @@ fn run(cli: Cli) -> Result<(), Error> {
                      device is revoked",
                     a.address, a.device_id
                 );
+            }
+        }
+        Command::Verify { address, mark_verified, expect, accept_change } => {
+            let mut client = Client::open(&home)?;
+            let view = if mark_verified {
+                client.mark_verified(&address, expect.as_deref())?
+            } else if accept_change {
+                client.accept_change(&address)?
+            } else {
+                client.safety_number(&address)?
+            };
+            if json {
+                print_json(&view);
+            } else {
+                print_safety(&view);
             }
         }
         Command::Devices(cmd) => {
