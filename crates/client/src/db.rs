@@ -114,6 +114,15 @@ CREATE TABLE verified (
     verified_at INTEGER NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE account ADD COLUMN kt_signing_key BLOB;
+ALTER TABLE account ADD COLUMN kt_vrf_key BLOB;
+ALTER TABLE account ADD COLUMN kt_since INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE kt_roots (
+    epoch INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";
@@ -179,6 +188,10 @@ pub(crate) struct AccountRow {
     pub identity_secret: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// When this device was linked (Unix seconds).
     pub linked_at: u64,
+    /// The key directory's signing and VRF keys, pinned when this home was made.
+    pub kt_keys: Option<(Vec<u8>, Vec<u8>)>,
+    /// Directory epochs after this one must show this account's own identity key.
+    pub kt_since: u64,
 }
 
 impl std::fmt::Debug for AccountRow {
@@ -195,7 +208,8 @@ impl std::fmt::Debug for AccountRow {
 pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>, Error> {
     Ok(conn
         .query_row(
-            "SELECT address, device_id, server, ca_cert, device_key, identity_secret, linked_at
+            "SELECT address, device_id, server, ca_cert, device_key, identity_secret, linked_at,
+                    kt_signing_key, kt_vrf_key, kt_since
              FROM account WHERE id = 1",
             [],
             |r| {
@@ -207,6 +221,8 @@ pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>, Error> {
                     device_key: r.get(4)?,
                     identity_secret: r.get::<_, Option<Vec<u8>>>(5)?.map(zeroize::Zeroizing::new),
                     linked_at: r.get::<_, i64>(6)? as u64,
+                    kt_keys: r.get::<_, Option<Vec<u8>>>(7)?.zip(r.get::<_, Option<Vec<u8>>>(8)?),
+                    kt_since: r.get::<_, i64>(9)? as u64,
                 })
             },
         )
@@ -216,8 +232,8 @@ pub(crate) fn account(conn: &Connection) -> Result<Option<AccountRow>, Error> {
 pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<(), Error> {
     conn.execute(
         "INSERT INTO account (id, address, device_id, server, ca_cert, device_key, created_at,
-                              identity_secret, linked_at)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+                              identity_secret, linked_at, kt_signing_key, kt_vrf_key, kt_since)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?8, ?9, ?10)",
         params![
             a.address,
             a.device_id as i64,
@@ -225,7 +241,10 @@ pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<(), Er
             a.ca_cert,
             a.device_key,
             a.linked_at as i64,
-            a.identity_secret.as_ref().map(|s| s.as_slice())
+            a.identity_secret.as_ref().map(|s| s.as_slice()),
+            a.kt_keys.as_ref().map(|k| k.0.as_slice()),
+            a.kt_keys.as_ref().map(|k| k.1.as_slice()),
+            a.kt_since as i64
         ],
     )?;
     Ok(())

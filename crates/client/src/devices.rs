@@ -17,6 +17,7 @@ use sotto_proto::{self as proto, Bytes};
 use zeroize::Zeroizing;
 
 use crate::db;
+use crate::kt::KtCheck;
 use crate::{Client, Error, MAX_COMMIT_ATTEMPTS, begin, now_ms};
 
 /// How many recent messages per chat a new device receives.
@@ -100,6 +101,9 @@ struct LinkResponse {
     identity_secret: String,
     list_body: String,
     list_signature: String,
+    /// The directory keys the approving device pinned (hex).
+    #[serde(default)]
+    kt_keys: Option<(String, String)>,
 }
 
 impl Drop for LinkResponse {
@@ -136,19 +140,30 @@ impl Client {
         &mut self,
         address: &Address,
     ) -> Result<(DeviceList, Vec<proto::DeviceInfo>), Error> {
-        let token = self.token()?;
-        let resp: proto::DevicesResponse =
-            self.api.get(&format!("/v1/users/{address}/devices"), Some(&token))?;
-        let fetched = from_proto(&resp.device_list);
-        let list = self.accept_list(address, &fetched)?;
-        Ok((list, resp.devices))
+        // A list stored an instant ago may still be on its way into the directory.
+        for attempt in 0..4 {
+            let token = self.token()?;
+            let resp: proto::DevicesResponse =
+                self.api.get(&format!("/v1/users/{address}/devices"), Some(&token))?;
+            let fetched = from_proto(&resp.device_list);
+            let list = self.check_list(address, &fetched)?;
+            match self.kt_check(address, &list.identity_key, &fetched)? {
+                KtCheck::Holds => {
+                    self.pin(address, &list, &fetched)?;
+                    return Ok((list, resp.devices));
+                }
+                KtCheck::Differs if attempt < 3 => std::thread::sleep(POLL / 2),
+                KtCheck::Differs => break,
+            }
+        }
+        Err(Error::Untrusted(format!(
+            "key transparency: the directory does not hold the device list the server gave \
+             for {address}; refusing it (the server may be substituting keys)"
+        )))
     }
 
-    fn accept_list(
-        &mut self,
-        address: &Address,
-        fetched: &SignedList,
-    ) -> Result<DeviceList, Error> {
+    /// Checks a fetched list's signature and that it may follow the one pinned.
+    fn check_list(&self, address: &Address, fetched: &SignedList) -> Result<DeviceList, Error> {
         let untrusted = |e: &dyn std::fmt::Display| {
             Error::Untrusted(format!("the server's device list for {address} is bad: {e}"))
         };
@@ -161,13 +176,25 @@ impl Client {
             .transpose()
             .map_err(|e| untrusted(&e))?;
         if let Some(known) = &pinned {
-            let changed = list.check_update(known).map_err(|e| untrusted(&e))?;
-            if changed {
-                self.key_change_notice(address)?;
-            }
+            list.check_update(known).map_err(|e| untrusted(&e))?;
         }
-        db::pin_list(&self.conn, address.as_str(), list.version, fetched)?;
         Ok(list)
+    }
+
+    /// Pins a checked list, telling the user if the account's identity key changed.
+    fn pin(
+        &mut self,
+        address: &Address,
+        list: &DeviceList,
+        fetched: &SignedList,
+    ) -> Result<(), Error> {
+        let changed = db::pinned_list(&self.conn, address.as_str())?
+            .and_then(|p| DeviceList::verify(&p).ok())
+            .is_some_and(|known| known.identity_key != list.identity_key);
+        if changed {
+            self.key_change_notice(address)?;
+        }
+        db::pin_list(&self.conn, address.as_str(), list.version, fetched)
     }
 
     /// Tells the user, in every chat with `address`, that its identity key changed.
@@ -604,6 +631,7 @@ impl Client {
             identity_secret: hex::encode(self.identity.secret().as_slice()),
             list_body: hex::encode(&signed_list.body),
             list_signature: hex::encode(&signed_list.signature),
+            kt_keys: self.account.kt_keys.as_ref().map(|(s, v)| (hex::encode(s), hex::encode(v))),
         };
         let plain = Zeroizing::new(serde_json::to_vec(&response).unwrap_or_default());
         let sealed = secret.seal(LinkPart::Response, &plain)?;
@@ -760,8 +788,24 @@ impl Client {
             ));
         }
         let me = Identity { device: DeviceRef { address, device_id: response.device_id }, key };
-        let mut client =
-            Self::create_home(home, api, ca_cert, me, identity, &signed_list, list.version)?;
+        // The directory keys come from the approving device: this device trusts what the
+        // account already pinned, not what the server says today.
+        let kt_keys = match &response.kt_keys {
+            Some((s, v)) => Some((
+                hex::decode(s).map_err(|_| Error::Protocol("bad directory key".into()))?,
+                hex::decode(v).map_err(|_| Error::Protocol("bad directory key".into()))?,
+            )),
+            None => None,
+        };
+        let mut client = Self::create_home(
+            home,
+            api,
+            ca_cert,
+            me,
+            identity,
+            (&signed_list, list.version),
+            kt_keys,
+        )?;
         // The approving device sends history once it has added this device to its chats.
         let deadline = Instant::now() + JOIN_WAIT + Duration::from_secs(30);
         let mut history_messages = 0;
@@ -824,7 +868,7 @@ impl Client {
         ca_cert: Option<&str>,
     ) -> Result<Client, Error> {
         let recovery = RecoveryKey::parse(recovery_key)?;
-        let (address, api, _) = Self::prepare_home(home, server, address, ca_cert)?;
+        let (address, api, info) = Self::prepare_home(home, server, address, ca_cert)?;
         let current: proto::DevicesResponse =
             api.get(&format!("/v1/users/{address}/devices"), None)?;
         let current = DeviceList::verify(&from_proto(&current.device_list))
@@ -858,7 +902,8 @@ impl Client {
         let device_id =
             resp.device_id.ok_or(Error::Protocol("the server registered no device".into()))?;
         let me = Identity { device: DeviceRef { address, device_id }, key };
-        Self::create_home(home, api, ca_cert, me, identity, &signed_list, list.version)
+        let kt_keys = crate::kt_keys(&info.kt);
+        Self::create_home(home, api, ca_cert, me, identity, (&signed_list, list.version), kt_keys)
     }
 }
 

@@ -21,6 +21,7 @@ mod api;
 mod db;
 mod devices;
 mod error;
+mod kt;
 mod live;
 mod verify;
 
@@ -42,6 +43,7 @@ use crate::api::Api;
 use crate::db::{AccountRow, Storage};
 pub use crate::devices::{DeviceView, LinkOutcome, LinkedDevice};
 pub use crate::error::Error;
+pub use crate::kt::{AuditReport, audit, load_audit_state, save_audit_state};
 pub use crate::verify::SafetyView;
 
 /// One-time key packages uploaded at a time.
@@ -154,6 +156,11 @@ pub struct Registered {
     pub recovery_key: Zeroizing<String>,
     /// The operator key accepted, if the account is managed (hex).
     pub operator_key: Option<String>,
+}
+
+/// The directory keys a server announces, as pinned.
+fn kt_keys(keys: &Option<proto::KtKeys>) -> Option<(Vec<u8>, Vec<u8>)> {
+    keys.as_ref().map(|k| (k.signing_key.0.clone(), k.vrf_key.0.clone()))
 }
 
 /// The account a home holds.
@@ -271,7 +278,7 @@ impl Client {
     ) -> Result<Registered, Error> {
         let (address, api, info) =
             Self::prepare_home(home, server, address, options.ca_cert.as_deref())?;
-        let operator_key = match (options.managed, info.operator_key) {
+        let operator_key = match (options.managed, info.operator_key.clone()) {
             (false, _) => None,
             (true, Some(k)) if k.0.len() == 32 => Some(k.0),
             (true, _) => {
@@ -313,8 +320,8 @@ impl Client {
             options.ca_cert.as_deref(),
             Identity { device: DeviceRef { address, device_id: reg.device_id }, key },
             identity,
-            &signed,
-            list.version,
+            (&signed, list.version),
+            kt_keys(&info.kt),
         )?;
         Ok(Registered {
             client,
@@ -356,8 +363,8 @@ impl Client {
         ca_cert: Option<&str>,
         me: Identity,
         identity: IdentityKey,
-        list: &sotto_core::account::SignedList,
-        version: u64,
+        (list, version): (&sotto_core::account::SignedList, u64),
+        kt_keys: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Client, Error> {
         let conn = db::open(home, true)?;
         let account = AccountRow {
@@ -368,6 +375,8 @@ impl Client {
             device_key: me.key.public().to_vec(),
             identity_secret: Some(identity.secret()),
             linked_at: unix_now(),
+            kt_keys,
+            kt_since: 0,
         };
         {
             let tx = begin(&conn)?;
@@ -377,6 +386,15 @@ impl Client {
             tx.commit()?;
         }
         let mut client = Client::assemble(home, conn, account, me, identity, api);
+        // The directory must already show this device's list; from this epoch on, every
+        // value for this address must carry this identity key.
+        let me = client.me.device.address.clone();
+        client.verified_list(&me)?;
+        client.account.kt_since = client.kt_epoch()?;
+        client.conn.execute(
+            "UPDATE account SET kt_since = ?1 WHERE id = 1",
+            [client.account.kt_since as i64],
+        )?;
         client.replenish_key_packages()?;
         Ok(client)
     }
@@ -1072,6 +1090,7 @@ impl Client {
             other => other?,
         };
         self.reconcile_devices()?;
+        self.monitor_own_key()?;
         self.check_wipe_confirmations()?;
         self.finish_batch(processed, true)
     }

@@ -67,6 +67,83 @@ impl Root {
     }
 }
 
+/// The directory's domain separation label.
+#[derive(Debug, Clone)]
+pub struct Domain;
+
+impl akd_core::DomainLabel for Domain {
+    fn domain_label() -> &'static [u8] {
+        b"sotto/v1/kt"
+    }
+}
+
+/// The directory's configuration, on server and clients alike.
+pub type Config = akd_core::ExperimentalConfiguration<Domain>;
+
+/// One entry of a verified key history: the value an address had from `epoch` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// When the value was published.
+    pub epoch: u64,
+    /// The label's version (1 for the first value).
+    pub version: u64,
+    /// The value ([`commitment`]).
+    pub value: Vec<u8>,
+}
+
+fn digest(hash: &[u8]) -> Result<akd_core::hash::Digest, String> {
+    hash.try_into().map_err(|_| "a root hash is 32 bytes".to_string())
+}
+
+/// Verifies a lookup proof (JSON, as the server sends it) for `address` against a root the
+/// caller has checked the signature of; returns the value the directory holds.
+pub fn verify_lookup(
+    vrf_key: &[u8],
+    root: &Root,
+    address: &Address,
+    proof_json: &[u8],
+) -> Result<HistoryEntry, String> {
+    let proof: akd_core::LookupProof =
+        serde_json::from_slice(proof_json).map_err(|e| format!("malformed lookup proof: {e}"))?;
+    let r = akd_core::verify::lookup_verify::<Config>(
+        vrf_key,
+        digest(&root.hash)?,
+        root.epoch,
+        akd_core::AkdLabel(label(address)),
+        proof,
+    )
+    .map_err(|e| format!("lookup proof does not verify: {e}"))?;
+    Ok(HistoryEntry { epoch: r.epoch, version: r.version, value: r.value.0 })
+}
+
+/// Verifies a complete key history proof (JSON) for `address`; returns every value it ever
+/// had, newest first.
+pub fn verify_history(
+    vrf_key: &[u8],
+    root: &Root,
+    address: &Address,
+    proof_json: &[u8],
+) -> Result<Vec<HistoryEntry>, String> {
+    let proof: akd_core::HistoryProof =
+        serde_json::from_slice(proof_json).map_err(|e| format!("malformed history proof: {e}"))?;
+    let params = akd_core::verify::history::HistoryVerificationParams::Default {
+        history_params: akd_core::verify::history::HistoryParams::Complete,
+    };
+    let results = akd_core::verify::key_history_verify::<Config>(
+        vrf_key,
+        digest(&root.hash)?,
+        root.epoch,
+        akd_core::AkdLabel(label(address)),
+        proof,
+        params,
+    )
+    .map_err(|e| format!("history proof does not verify: {e}"))?;
+    Ok(results
+        .into_iter()
+        .map(|r| HistoryEntry { epoch: r.epoch, version: r.version, value: r.value.0 })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,56 @@ pub struct ServerInfo {
     /// and wipe their devices. `None` if the operator has not made one.
     #[serde(default)]
     pub operator_key: Option<Bytes>,
+    /// The key directory's keys: clients pin them at registration.
+    #[serde(default)]
+    pub kt: Option<KtKeys>,
+}
+
+/// The key transparency directory's public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KtKeys {
+    /// Ed25519 key that signs every epoch's root.
+    pub signing_key: Bytes,
+    /// The VRF public key that hides labels in the tree.
+    pub vrf_key: Bytes,
+}
+
+/// One epoch's root of the key directory, signed (`sotto_core::kt::Root`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRoot {
+    /// The epoch.
+    pub epoch: u64,
+    /// The root hash.
+    pub hash: Bytes,
+    /// The previous epoch's root hash (empty at epoch 0).
+    pub previous: Bytes,
+    /// The signature by the KT signing key.
+    pub signature: Bytes,
+}
+
+/// `GET /v1/kt/lookup/{address}` and `GET /v1/kt/history/{address}`: a proof (JSON of the
+/// AKD proof) and the signed root it verifies against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KtProof {
+    /// The root.
+    pub root: SignedRoot,
+    /// The proof, AKD's JSON encoding.
+    pub proof: Bytes,
+}
+
+/// `GET /v1/kt/roots?from=N&limit=M`: signed roots, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KtRoots {
+    /// The roots.
+    pub roots: Vec<SignedRoot>,
+}
+
+/// `GET /v1/kt/audit?start=A&end=B`: proof that the directory only grew from epoch A to B
+/// (AKD's append-only proof, JSON; B - A is at most 32).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KtAudit {
+    /// The proof.
+    pub proof: Bytes,
 }
 
 /// A signed object: JSON bytes and an Ed25519 signature over a context string and them

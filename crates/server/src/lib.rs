@@ -15,6 +15,7 @@
 mod api;
 mod config;
 mod error;
+pub mod kt;
 mod limits;
 mod net;
 mod session;
@@ -79,31 +80,28 @@ fn operator_key_path(config: &Config) -> std::path::PathBuf {
     config.data_dir.join("operator.key")
 }
 
-/// The operator's signing key, if `sotto-server operator-key` made one. Managed accounts
-/// accept its public half; it signs their revocations and wipes.
-pub fn load_operator_key(config: &Config) -> Result<Option<IdentityKey>, Error> {
-    let path = operator_key_path(config);
-    match std::fs::read(&path) {
-        Ok(secret) => {
-            let secret = zeroize::Zeroizing::new(secret);
-            IdentityKey::from_secret(&secret).map(Some).map_err(|_| {
-                Error::Config(format!("{} is not an operator key (32 bytes)", path.display()))
-            })
-        }
+/// Reads a 32-byte secret key file, if it exists.
+fn read_secret(path: &std::path::Path) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, Error> {
+    match std::fs::read(path) {
+        Ok(secret) if secret.len() == 32 => Ok(Some(zeroize::Zeroizing::new(secret))),
+        Ok(_) => Err(Error::Config(format!("{} is not a 32-byte key", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
     }
 }
 
-/// Returns the operator key, creating it (owner-readable only) on first use.
-pub fn create_operator_key(config: &Config) -> Result<IdentityKey, Error> {
-    if let Some(key) = load_operator_key(config)? {
-        return Ok(key);
+/// Reads a 32-byte secret key file, creating it (random, owner-readable only) if missing.
+pub(crate) fn secret_file(path: &std::path::Path) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+    if let Some(secret) = read_secret(path)? {
+        return Ok(secret);
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| Error::Io(format!("cannot create {}: {e}", config.data_dir.display())))?;
-    let key = IdentityKey::generate().map_err(|e| Error::Internal(e.to_string()))?;
-    let path = operator_key_path(config);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let secret = zeroize::Zeroizing::new(
+        sotto_core::random_bytes(32).map_err(|e| Error::Internal(e.to_string()))?,
+    );
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -113,10 +111,24 @@ pub fn create_operator_key(config: &Config) -> Result<IdentityKey, Error> {
     }
     use std::io::Write as _;
     options
-        .open(&path)
-        .and_then(|mut f| f.write_all(&key.secret()).and_then(|()| f.sync_all()))
+        .open(path)
+        .and_then(|mut f| f.write_all(&secret).and_then(|()| f.sync_all()))
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
-    Ok(key)
+    Ok(secret)
+}
+
+/// The operator's signing key, if `sotto-server operator-key` made one. Managed accounts
+/// accept its public half; it signs their revocations and wipes.
+pub fn load_operator_key(config: &Config) -> Result<Option<IdentityKey>, Error> {
+    read_secret(&operator_key_path(config))?
+        .map(|s| IdentityKey::from_secret(&s).map_err(|e| Error::Internal(e.to_string())))
+        .transpose()
+}
+
+/// Returns the operator key, creating it (owner-readable only) on first use.
+pub fn create_operator_key(config: &Config) -> Result<IdentityKey, Error> {
+    let secret = secret_file(&operator_key_path(config))?;
+    IdentityKey::from_secret(&secret).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Signs, with the operator key, an order for a managed account's device to erase itself

@@ -14,6 +14,7 @@ use tokio_rustls::rustls::{self, pki_types};
 use tower::ServiceExt as _;
 
 use crate::api::{AppState, router};
+use crate::kt::KeyDirectory;
 use crate::limits::{CappedListener, PeerAddr};
 use crate::session::Sessions;
 use crate::store::Store;
@@ -63,10 +64,12 @@ pub async fn serve(
     // `stopping` tells long-lived tasks (WebSocket deliveries) to wind down.
     let (stop_tx, stopping) = watch::channel(false);
     let mut stopped = stopping.clone();
-    let sweeper = tokio::spawn(sweep_periodically(store.clone(), config.clone()));
     let listener = CappedListener::new(listener, config.max_connections);
     let operator_key = crate::load_operator_key(&config)?.map(|k| k.public());
-    let state = Arc::new(AppState::new(store, config, sessions, stopping, operator_key)?);
+    let kt = crate::kt::KeyDirectory::open(&config.data_dir).await?;
+    reconcile_directory(&store, &kt).await;
+    let sweeper = tokio::spawn(sweep_periodically(store.clone(), config.clone(), kt.clone()));
+    let state = Arc::new(AppState::new(store, config, sessions, stopping, operator_key, kt)?);
     let app = router(state);
     let shutdown = async move {
         shutdown.await;
@@ -129,12 +132,35 @@ pub async fn serve(
     Ok(())
 }
 
+/// Publishes every device list the key directory does not hold yet (one stored just before
+/// a crash, or whose publication failed).
+async fn reconcile_directory(store: &Arc<dyn Store>, kt: &KeyDirectory) {
+    let store = store.clone();
+    let lists = match tokio::task::spawn_blocking(move || store.all_device_lists()).await {
+        Ok(Ok(lists)) => lists,
+        Ok(Err(e)) => return tracing::warn!(error = %e, "reading device lists failed"),
+        Err(e) => return tracing::warn!(error = %e, "reading device lists failed"),
+    };
+    let mut wanted = std::collections::HashMap::new();
+    for (address, list) in lists {
+        let Ok(address) = address.parse::<sotto_core::Address>() else { continue };
+        let signed = sotto_core::account::SignedList { body: list.body, signature: list.signature };
+        let value = sotto_core::kt::commitment(&list.identity_key, &signed);
+        wanted.insert(sotto_core::kt::label(&address), value);
+    }
+    match kt.reconcile(wanted).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(published = n, "the key directory caught up with stored lists"),
+        Err(e) => tracing::warn!(error = %e, "reconciling the key directory failed"),
+    }
+}
+
 /// How long submission ids are remembered for idempotent retries.
 const KEEP_SUBMISSIONS: u64 = 7 * 86_400;
 
 /// Deletes old idempotency records and expired queued messages, at start and then every
 /// `sweep_interval_secs`.
-async fn sweep_periodically(store: Arc<dyn Store>, config: Config) {
+async fn sweep_periodically(store: Arc<dyn Store>, config: Config, kt: KeyDirectory) {
     let every = Duration::from_secs(config.sweep_interval_secs.max(1));
     let mut tick = tokio::time::interval(every);
     loop {
@@ -155,6 +181,7 @@ async fn sweep_periodically(store: Arc<dyn Store>, config: Config) {
         if let Ok(Err(e)) = links {
             tracing::warn!(error = %e, "expiring device links failed");
         }
+        reconcile_directory(&store, &kt).await;
         match swept {
             Ok(Ok(0)) => {}
             Ok(Ok(expired)) => tracing::info!(expired, "undelivered messages expired"),

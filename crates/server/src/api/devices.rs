@@ -233,10 +233,12 @@ pub(super) async fn update(
     let expected = known.version;
     let version = record.version;
     let revoked = revoke.clone();
+    let published = record.clone();
     let device_id = blocking(&state, move |s| {
         s.update_devices(&addr, expected, &record, new_key.as_deref(), &revoke, unix_now())
     })
     .await?;
+    super::kt::publish(&state, &address, &published).await;
     state.revoke(&revoked);
     if let Some(id) = device_id {
         tracing::info!(device_id = id, "linked a device");
@@ -468,6 +470,7 @@ pub(super) async fn recover(
     let key = req.device.device_key.0;
     let expected = known.version;
     let version = record.version;
+    let published = record.clone();
     let (device_id, revoked) = blocking(&state, move |s| {
         let revoke: Vec<u64> = s
             .devices(&addr)?
@@ -480,6 +483,7 @@ pub(super) async fn recover(
     })
     .await?;
     state.revoke(&revoked);
+    super::kt::publish(&state, &address, &published).await;
     tracing::info!("an account was recovered; its other devices are revoked");
     Ok(Json(proto::UpdateDevicesResponse { version, device_id, revoked }))
 }

@@ -26,6 +26,7 @@ use crate::session::Sessions;
 use crate::store::{NewAccount, Ordering, Store, StoreError, Submission};
 
 mod devices;
+mod kt;
 
 pub(crate) use devices::LINK_TTL_SECS;
 
@@ -94,6 +95,8 @@ pub(crate) struct AppState {
     revoked: std::sync::RwLock<std::collections::HashSet<u64>>,
     /// The operator's public key, if one was made (`sotto-server operator-key`).
     operator_key: Option<Vec<u8>>,
+    /// The key transparency directory.
+    kt: crate::kt::KeyDirectory,
 }
 
 impl AppState {
@@ -103,6 +106,7 @@ impl AppState {
         sessions: Sessions,
         stopping: watch::Receiver<bool>,
         operator_key: Option<Vec<u8>>,
+        kt: crate::kt::KeyDirectory,
     ) -> Result<Self, StoreError> {
         let per_second = f64::from(config.device_requests_per_second);
         let per_hour = f64::from(config.registrations_per_hour_per_ip);
@@ -110,6 +114,7 @@ impl AppState {
         Ok(AppState {
             revoked: std::sync::RwLock::new(revoked),
             operator_key,
+            kt,
             store,
             notifier: Notifier::default(),
             stopping,
@@ -400,6 +405,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/links", post(devices::open_link))
         .route("/v1/links/{id}", get(devices::get_link).post(devices::reply_link))
         .route("/v1/recover", post(devices::recover))
+        .route("/v1/kt/roots", get(kt::roots))
+        .route("/v1/kt/lookup/{address}", get(kt::lookup))
+        .route("/v1/kt/history/{address}", get(kt::history))
+        .route("/v1/kt/audit", get(kt::audit))
         .route("/v1/messages", post(submit))
         .route("/v1/queue", get(fetch))
         .route("/v1/queue/ack", post(ack))
@@ -417,6 +426,10 @@ async fn info(State(state): State<Shared>) -> Json<proto::ServerInfo> {
         version: env!("CARGO_PKG_VERSION").into(),
         registration: state.config.registration,
         operator_key: state.operator_key.clone().map(Bytes),
+        kt: Some(proto::KtKeys {
+            signing_key: Bytes(state.kt.signing_key()),
+            vrf_key: Bytes(state.kt.vrf_key().to_vec()),
+        }),
     })
 }
 
@@ -454,6 +467,7 @@ async fn register(
         (proto::RegistrationMode::Invite, Some(code)) => Some(invite_hash(code.trim())),
     };
     let list = devices::first_list(&state, &address, &req.device_key.0, &req.device_list)?;
+    let list_for_kt = list.clone();
     let addr = address.to_string();
     let key = req.device_key.0;
     let device_id = blocking(&state, move |s| {
@@ -466,6 +480,7 @@ async fn register(
         s.register(&account, unix_now())
     })
     .await?;
+    kt::publish(&state, &address, &list_for_kt).await;
     tracing::info!(device_id, "registered a new account");
     Ok(Json(proto::RegisterResponse { address: address.to_string(), device_id }))
 }

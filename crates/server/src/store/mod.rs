@@ -219,6 +219,9 @@ pub trait Store: Send + Sync + 'static {
     /// An account's device list; `None` if there is no such account (or it predates lists).
     fn device_list(&self, address: &str) -> Result<Option<ListRecord>, StoreError>;
 
+    /// Every account's device list (to check the key directory against).
+    fn all_device_lists(&self) -> Result<Vec<(String, ListRecord)>, StoreError>;
+
     /// Replaces the device list if its version is still `expected_version`, registers
     /// `new_device` (returning its id) and revokes `revoke`, all at once. A revoked device
     /// loses its queue and key packages.

@@ -190,6 +190,20 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
     })
 }
 
+const LIST_COLUMNS: &str =
+    "list_version, identity_key, recovery_key, operator_key, device_list, list_signature";
+
+fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListRecord> {
+    Ok(ListRecord {
+        version: to_u64(r.get(0)?),
+        identity_key: r.get(1)?,
+        recovery_key: r.get(2)?,
+        operator_key: r.get(3)?,
+        body: r.get(4)?,
+        signature: r.get(5)?,
+    })
+}
+
 const DEVICE_COLUMNS: &str = "device_id, address, device_key, created_at, revoked_at, last_seen";
 
 fn key_taken(tx: &Connection, key: &[u8]) -> Result<bool, StoreError> {
@@ -720,23 +734,26 @@ impl Store for SqliteStore {
     fn device_list(&self, address: &str) -> Result<Option<ListRecord>, StoreError> {
         self.conn()
             .query_row(
-                "SELECT list_version, identity_key, recovery_key, operator_key, device_list,
-                        list_signature
-                 FROM accounts WHERE address = ?1 AND device_list IS NOT NULL",
+                &format!(
+                    "SELECT {LIST_COLUMNS} FROM accounts
+                     WHERE address = ?1 AND device_list IS NOT NULL"
+                ),
                 [address],
-                |r| {
-                    Ok(ListRecord {
-                        version: to_u64(r.get(0)?),
-                        identity_key: r.get(1)?,
-                        recovery_key: r.get(2)?,
-                        operator_key: r.get(3)?,
-                        body: r.get(4)?,
-                        signature: r.get(5)?,
-                    })
-                },
+                list_row,
             )
             .optional()
             .map_err(backend)
+    }
+
+    fn all_device_lists(&self) -> Result<Vec<(String, ListRecord)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {LIST_COLUMNS}, address FROM accounts WHERE device_list IS NOT NULL"
+            ))
+            .map_err(backend)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(6)?, list_row(r)?))).map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
     }
 
     fn update_devices(

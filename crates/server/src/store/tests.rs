@@ -272,6 +272,7 @@ fn device_lists_and_revocation(store: &dyn Store) {
     let a = store.register(&account("dl@x", b"d1", None), 1).expect("register");
     assert_eq!(store.device_list("dl@x").expect("list"), Some(list(1)));
     assert_eq!(store.device_list("nobody@x").expect("list"), None);
+    assert_eq!(store.all_device_lists().expect("lists"), vec![("dl@x".to_string(), list(1))]);
     // A concurrent update (stale expected version) changes nothing.
     assert!(matches!(
         store.update_devices("dl@x", 7, &list(8), Some(b"d2"), &[], 2),

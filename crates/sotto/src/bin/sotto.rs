@@ -105,6 +105,9 @@ enum Command {
     /// List, link, revoke and wipe this account's devices.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Key transparency: check the server's key directory.
+    #[command(subcommand)]
+    Kt(KtCommand),
     /// Show this home's account and device.
     Whoami,
     /// Send a message: `sotto send ADDRESS TEXT`, or `sotto send --group CHAT TEXT`.
@@ -141,6 +144,29 @@ enum Command {
     /// Create and manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KtCommand {
+    /// Verify, without an account, that the server's key directory only ever grew: every
+    /// epoch's root is signed and names the one before, and each epoch is an append-only
+    /// extension of the last. With a home that holds an account, also checks every root that
+    /// device was shown; with --state, every root a previous audit saw.
+    Audit {
+        /// The server's URL [default: the home's server, else http://127.0.0.1:7700].
+        #[arg(long, env = "SOTTO_SERVER")]
+        server: Option<String>,
+        /// The directory key to expect (hex) [default: the home's pinned key, else the
+        /// server's].
+        #[arg(long)]
+        kt_key: Option<String>,
+        /// A file recording the roots verified, compared on the next run.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Trust only this CA certificate (PEM) for the server's TLS certificate.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -281,6 +307,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hex_decode(s: &str) -> Result<Vec<u8>, Error> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!("{s:?} is not a hex key")));
+    }
+    Ok((0..s.len()).step_by(2).filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect())
 }
 
 /// `value` as a JSON object with `extra`'s fields added.
@@ -496,6 +530,41 @@ fn run(cli: Cli) -> Result<(), Error> {
                 print_json(&view);
             } else {
                 print_safety(&view);
+            }
+        }
+        Command::Kt(KtCommand::Audit { server, kt_key, state, ca_cert }) => {
+            let client = Client::open(&home).ok();
+            let mut known =
+                client.as_ref().map(Client::kt_roots_seen).transpose()?.unwrap_or_default();
+            if let Some(path) = &state {
+                known.extend(sotto_client::load_audit_state(path)?);
+            }
+            let server = server
+                .or_else(|| client.as_ref().map(|c| c.account().server))
+                .unwrap_or_else(|| "http://127.0.0.1:7700".into());
+            let expected = match kt_key {
+                Some(k) => Some(hex_decode(&k)?),
+                None => client.as_ref().and_then(Client::kt_signing_key),
+            };
+            let ca = ca_cert.map(|p| p.display().to_string());
+            let (report, roots) =
+                sotto_client::audit(&server, ca.as_deref(), expected.as_deref(), &known)?;
+            if let Some(path) = &state {
+                sotto_client::save_audit_state(path, &roots)?;
+            }
+            if json {
+                print_json(&report);
+            } else {
+                println!(
+                    "the key directory of {server} checks out: {} epochs, each signed and an \
+                     append-only extension of the last",
+                    report.epochs
+                );
+                println!("latest root {}", report.latest_root);
+                println!("directory key {}", report.signing_key);
+                if report.compared_roots > 0 {
+                    println!("{} root(s) seen before are part of it", report.compared_roots);
+                }
             }
         }
         Command::Devices(cmd) => {

@@ -1,0 +1,257 @@
+//! Key transparency: an append-only, verifiable directory (AKD, the library behind
+//! WhatsApp's key transparency) mapping each address to its identity key and device-list
+//! commitment ([`sotto_core::kt::commitment`]).
+//!
+//! Every change of a device list is published; changes arriving together share one epoch
+//! (the publisher drains everything waiting before it publishes, as the store's writer does
+//! with submissions). Each epoch's root hash is signed with the server's KT key, naming the
+//! previous root. Clients verify lookup proofs against signed roots, monitor their own key
+//! history, and anyone can audit that the directory only ever grew.
+//!
+//! AKD's API is async but this storage is SQLite, so every directory operation runs on a
+//! blocking thread.
+
+mod storage;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use akd::ecvrf::{VRFKeyStorage, VrfError};
+use akd::storage::StorageManager;
+use akd::{AkdLabel, AkdValue, AzksParallelismConfig, Directory, HistoryParams};
+use sotto_core::account::IdentityKey;
+use sotto_core::kt::{Config, Root};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+pub use storage::{KtStorage, RootRow};
+
+use crate::Error;
+
+/// The VRF key that hides labels in the tree.
+#[derive(Clone)]
+struct Vrf(Arc<Zeroizing<Vec<u8>>>);
+
+#[async_trait::async_trait]
+impl VRFKeyStorage for Vrf {
+    async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
+        Ok(self.0.to_vec())
+    }
+}
+
+type Dir = Directory<Config, KtStorage, Vrf>;
+
+/// A change waiting to be published, and who waits for its epoch.
+type Pending = (Vec<u8>, Vec<u8>, oneshot::Sender<Result<u64, String>>);
+
+/// Most epochs one audit proof may span.
+pub const MAX_AUDIT_SPAN: u64 = 32;
+
+/// The server's key directory.
+#[derive(Clone)]
+pub struct KeyDirectory {
+    dir: Dir,
+    storage: KtStorage,
+    key: Arc<IdentityKey>,
+    vrf_public: Vec<u8>,
+    publish: mpsc::UnboundedSender<Pending>,
+}
+
+impl std::fmt::Debug for KeyDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyDirectory").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+fn kt_err(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("key transparency: {e}"))
+}
+
+/// Runs a directory future on a blocking thread (the storage blocks).
+async fn blocking<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Error> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(f)).await.map_err(kt_err)
+}
+
+impl KeyDirectory {
+    /// Opens the directory in `data_dir` (`kt.db`, with the VRF key `kt-vrf.key` and the
+    /// signing key `kt.key`, created on first use) and starts its publisher.
+    pub async fn open(data_dir: &Path) -> Result<Self, Error> {
+        let key = IdentityKey::from_secret(&crate::secret_file(&data_dir.join("kt.key"))?)
+            .map_err(kt_err)?;
+        let vrf = Vrf(Arc::new(crate::secret_file(&data_dir.join("kt-vrf.key"))?));
+        let storage = KtStorage::open(&data_dir.join("kt.db")).map_err(kt_err)?;
+        let manager = StorageManager::new_no_cache(storage.clone());
+        let (dir, vrf_public) = blocking(async move {
+            let public = vrf.get_vrf_public_key().await.map_err(kt_err)?;
+            let dir =
+                Dir::new(manager, vrf, AzksParallelismConfig::disabled()).await.map_err(kt_err)?;
+            Ok::<_, Error>((dir, public.as_bytes().to_vec()))
+        })
+        .await??;
+        let (publish, queue) = mpsc::unbounded_channel();
+        let kd = KeyDirectory { dir, storage, key: Arc::new(key), vrf_public, publish };
+        if kd.storage.roots(0, 1).map_err(kt_err)?.is_empty() {
+            kd.record_root().await?;
+        }
+        tokio::spawn(kd.clone().publisher(queue));
+        Ok(kd)
+    }
+
+    /// The KT signing key (public).
+    pub fn signing_key(&self) -> Vec<u8> {
+        self.key.public()
+    }
+
+    /// The VRF public key.
+    pub fn vrf_key(&self) -> &[u8] {
+        &self.vrf_public
+    }
+
+    /// Signs and stores the current root.
+    async fn record_root(&self) -> Result<RootRow, Error> {
+        let dir = self.dir.clone();
+        let hash = blocking(async move { dir.get_epoch_hash().await }).await?.map_err(kt_err)?;
+        let previous = match hash.0.checked_sub(1) {
+            Some(p) => self.storage.roots(p, 1).map_err(kt_err)?.pop().map(|r| r.hash),
+            None => None,
+        }
+        .unwrap_or_default();
+        let root = Root { epoch: hash.0, hash: hash.1.to_vec(), previous };
+        let row = RootRow {
+            signature: root.sign(&self.key),
+            epoch: root.epoch,
+            hash: root.hash,
+            previous: root.previous,
+        };
+        self.storage.put_root(&row, sotto_core::unix_now()).map_err(kt_err)?;
+        Ok(row)
+    }
+
+    /// Publishes `value` for `label` and returns the epoch that holds it. Changes made
+    /// meanwhile are published in the same epoch.
+    pub async fn publish(&self, label: Vec<u8>, value: Vec<u8>) -> Result<u64, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.publish.send((label, value, reply)).map_err(|_| kt_err("the publisher stopped"))?;
+        answer.await.map_err(|_| kt_err("the publisher stopped"))?.map_err(kt_err)
+    }
+
+    async fn publisher(self, mut queue: mpsc::UnboundedReceiver<Pending>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = queue.try_recv() {
+                batch.push(more);
+            }
+            // One value per label: the last one asked for.
+            let mut updates: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            for (label, value, _) in &batch {
+                updates.insert(label.clone(), value.clone());
+            }
+            let result = self.publish_now(updates).await.map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "publishing to the key directory failed");
+            }
+            for (_, _, reply) in batch {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    async fn publish_now(&self, updates: HashMap<Vec<u8>, Vec<u8>>) -> Result<u64, Error> {
+        let dir = self.dir.clone();
+        let updates: Vec<(AkdLabel, AkdValue)> =
+            updates.into_iter().map(|(l, v)| (AkdLabel(l), AkdValue(v))).collect();
+        let hash = blocking(async move { dir.publish(updates).await }).await?.map_err(kt_err)?;
+        let row = self.record_root().await?;
+        debug_assert_eq!(row.epoch, hash.0);
+        Ok(hash.0)
+    }
+
+    /// Publishes every label whose latest value differs from `wanted` (after a crash between
+    /// storing a device list and publishing it). Returns how many were published.
+    pub async fn reconcile(&self, wanted: HashMap<Vec<u8>, Vec<u8>>) -> Result<usize, Error> {
+        let current = self.storage.latest_values().map_err(kt_err)?;
+        let stale: HashMap<Vec<u8>, Vec<u8>> =
+            wanted.into_iter().filter(|(l, v)| current.get(l) != Some(v)).collect();
+        let n = stale.len();
+        if n > 0 {
+            // Through the publisher, so it never runs two publishes at once.
+            let mut waits = Vec::new();
+            for (label, value) in stale {
+                let (reply, answer) = oneshot::channel();
+                self.publish
+                    .send((label, value, reply))
+                    .map_err(|_| kt_err("publisher stopped"))?;
+                waits.push(answer);
+            }
+            for w in waits {
+                w.await.map_err(|_| kt_err("publisher stopped"))?.map_err(kt_err)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The latest signed root.
+    pub fn latest_root(&self) -> Result<RootRow, Error> {
+        self.storage.latest_root().map_err(kt_err)?.ok_or_else(|| kt_err("no root yet"))
+    }
+
+    /// Signed roots from epoch `from`.
+    pub fn roots(&self, from: u64, limit: u32) -> Result<Vec<RootRow>, Error> {
+        self.storage.roots(from, limit).map_err(kt_err)
+    }
+
+    /// A lookup proof (JSON) for `label` and the signed root it verifies against, or `None`
+    /// if the label was never published.
+    pub async fn lookup(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
+        let dir = self.dir.clone();
+        let found = blocking(async move { dir.lookup(AkdLabel(label)).await }).await?;
+        let (proof, hash) = match found {
+            Ok(found) => found,
+            Err(akd::errors::AkdError::Storage(akd::errors::StorageError::NotFound(_))) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(kt_err(e)),
+        };
+        let root = self.root_at(hash.0)?;
+        Ok(Some((root, serde_json::to_vec(&proof).map_err(kt_err)?)))
+    }
+
+    /// A complete key-history proof (JSON) for `label` and its signed root.
+    pub async fn history(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
+        let dir = self.dir.clone();
+        let found =
+            blocking(
+                async move { dir.key_history(&AkdLabel(label), HistoryParams::Complete).await },
+            )
+            .await?;
+        let (proof, hash) = match found {
+            Ok(found) => found,
+            Err(akd::errors::AkdError::Storage(akd::errors::StorageError::NotFound(_))) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(kt_err(e)),
+        };
+        let root = self.root_at(hash.0)?;
+        Ok(Some((root, serde_json::to_vec(&proof).map_err(kt_err)?)))
+    }
+
+    /// An append-only proof (JSON) from epoch `start` to `end`.
+    pub async fn audit(&self, start: u64, end: u64) -> Result<Vec<u8>, Error> {
+        let dir = self.dir.clone();
+        let proof = blocking(async move { dir.audit(start, end).await }).await?.map_err(kt_err)?;
+        serde_json::to_vec(&proof).map_err(kt_err)
+    }
+
+    fn root_at(&self, epoch: u64) -> Result<RootRow, Error> {
+        self.storage
+            .roots(epoch, 1)
+            .map_err(kt_err)?
+            .into_iter()
+            .find(|r| r.epoch == epoch)
+            .ok_or_else(|| kt_err(format!("no signed root for epoch {epoch}")))
+    }
+}
