@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod e2ee;
 pub mod idle;
 pub mod jetstream;
+pub mod kt;
 pub mod plot;
 pub mod proc_stats;
 pub mod report;

@@ -53,6 +53,9 @@ struct Args {
     /// The largest group in the crypto benchmarks.
     #[arg(long, default_value_t = 1000)]
     big_group: usize,
+    /// Directory sizes (accounts) for the key transparency costs (empty: skip).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    kt: Vec<usize>,
     /// Where to write the results.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -109,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         a.crypto_seconds = a.crypto_seconds.min(0.05);
         a.e2ee_groups = vec![2];
         a.big_group = a.big_group.min(20);
+        a.kt = vec![200];
         a.seconds = 1;
         a.warmup = 0;
     }
@@ -125,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         backlog: Vec::new(),
         crypto: Vec::new(),
         e2ee: Vec::new(),
+        kt: Vec::new(),
         skipped: Vec::new(),
     };
     let params = |window: usize| RelayParams {
@@ -222,6 +227,10 @@ async fn main() -> anyhow::Result<()> {
         for c in &report.crypto {
             eprintln!("{:>50}: {:>10.0}/s", c.name, c.ops_per_sec);
         }
+    }
+    let sizes: Vec<usize> = a.kt.iter().copied().filter(|n| *n > 0).collect();
+    if !sizes.is_empty() {
+        report.kt = sotto_bench::kt::run(&sizes).await?;
     }
     report::write(&report, &a.out)?;
     println!("{}", report::markdown(&report));

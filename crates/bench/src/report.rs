@@ -30,6 +30,8 @@ pub struct Report {
     pub crypto: Vec<CryptoResult>,
     /// Messaging with real MLS on both ends.
     pub e2ee: Vec<E2eeResult>,
+    /// Key transparency costs.
+    pub kt: Vec<crate::kt::KtResult>,
     /// Systems requested but not run, and why.
     pub skipped: Vec<(String, String)>,
 }
@@ -324,6 +326,36 @@ pub fn markdown(r: &Report) -> String {
                  verification ceiling (decrypt).",
                 100.0 * enc / sign,
                 100.0 * dec / verify
+            );
+        }
+    }
+    if !r.kt.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nKey transparency (akd 0.13): Sotto's SQLite storage beside AKD's in-memory \
+             reference, one publisher, proofs as sent (JSON):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| storage | accounts | publish all | +100 accounts | lookup proof | verify | \
+             lookup proof size | history proof (2 versions) | audit proof (1 epoch) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for x in &r.kt {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} ms | {:.0} ms | {:.0} µs | {:.0} µs | {:.1} KB | {:.1} KB | \
+                 {:.1} KB in {:.0} ms |",
+                x.storage,
+                x.accounts,
+                x.publish_all_ms,
+                x.publish_100_ms,
+                x.lookup_prove_us,
+                x.lookup_verify_us,
+                x.lookup_proof_bytes as f64 / 1e3,
+                x.history_proof_bytes as f64 / 1e3,
+                x.audit_proof_bytes as f64 / 1e3,
+                x.audit_prove_ms
             );
         }
     }

@@ -35,6 +35,12 @@ fn smoke_run_writes_a_report() {
         "{results}"
     );
     assert!(results["crypto"].as_array().is_some_and(|c| c.len() >= 6), "{results}");
+    let kt = results["kt"].as_array().expect("kt runs");
+    assert_eq!(kt.len(), 2, "sqlite and the in-memory reference: {results}");
+    for r in kt {
+        assert!(r["lookup_proof_bytes"].as_u64().is_some_and(|b| b > 0), "{r}");
+        assert!(r["lookup_verify_us"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+    }
     let idle = results["idle"].as_array().expect("idle runs");
     assert_eq!(idle.len(), 1, "{results}");
     assert_eq!(idle[0]["connections"], 200);
