@@ -159,6 +159,8 @@ pub struct AuditReport {
     pub signing_key: String,
     /// Epochs whose signed roots chain and whose transitions were proven append-only.
     pub epochs: u64,
+    /// Epochs whose append-only proofs were checked in this run (the rest by an earlier one).
+    pub proven_now: u64,
     /// The latest root hash (hex).
     pub latest_root: String,
     /// Roots compared with a device's or a previous audit's record.
@@ -167,13 +169,15 @@ pub struct AuditReport {
 
 /// Audits a server's key directory: every signed root verifies with the directory key
 /// (`expected_key` if given, else the one the server names), the roots chain without gaps,
-/// every epoch only added to the previous one (AKD append-only proofs), and every root in
-/// `known` (roots a device or a previous audit saw) is part of the verified chain.
+/// every epoch from `proven_until` on only added to the previous one (AKD append-only proofs;
+/// a previous audit proved the epochs before), and every root in `known` (roots a device or a
+/// previous audit saw) is part of the verified chain.
 pub fn audit(
     server: &str,
     ca_cert: Option<&str>,
     expected_key: Option<&[u8]>,
     known: &[(u64, Vec<u8>)],
+    proven_until: u64,
 ) -> Result<(AuditReport, RootLog), Error> {
     let api = Api::new(server, ca_cert)?;
     let info: proto::ServerInfo = api.get("/v1/info", None)?;
@@ -215,7 +219,9 @@ pub fn audit(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| Error::Io(format!("cannot start the audit runtime: {e}")))?;
-    let mut start = 0;
+    // Epochs up to `proven_until` were proven by the audit whose roots are in `known`; the
+    // comparison below makes sure they are the same roots.
+    let mut start = proven_until.min(latest);
     while start < latest {
         let end = (start + 32).min(latest);
         let answer: proto::KtAudit =
@@ -256,6 +262,7 @@ pub fn audit(
     let report = AuditReport {
         signing_key: hex::encode(&keys.signing_key.0),
         epochs: latest + 1,
+        proven_now: latest - proven_until.min(latest),
         latest_root: hex::encode(&roots[latest as usize].hash),
         compared_roots: known.len(),
     };

@@ -85,6 +85,12 @@ fn clients_and_the_auditor_verify_an_honest_directory() {
     assert!(audit(&server, &["--state", state]).0);
     let (ok, v) = audit(&server, &["--state", state]);
     assert!(ok && v["compared_roots"].as_u64().expect("compared") >= 4, "{v}");
+    assert_eq!(v["proven_now"], 0, "nothing new to prove: {v}");
+    // Messages publish nothing; a new device does.
+    alice.send(&bob.address, "no new epoch for this");
+    let (_, _) = alice.link_device(&server, "tablet");
+    let (ok, v) = audit(&server, &["--state", state]);
+    assert!(ok && v["proven_now"].as_u64().is_some_and(|n| n >= 1), "{v}");
     // The wrong expected key is refused.
     let (ok, v) = audit(&server, &["--kt-key", &"00".repeat(32)]);
     assert!(!ok && v["error"]["code"] == "untrusted", "{v}");

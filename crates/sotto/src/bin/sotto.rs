@@ -536,8 +536,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             let client = Client::open(&home).ok();
             let mut known =
                 client.as_ref().map(Client::kt_roots_seen).transpose()?.unwrap_or_default();
+            // A previous audit proved the epochs it recorded; this one goes on from there.
+            let mut proven_until = 0;
             if let Some(path) = &state {
-                known.extend(sotto_client::load_audit_state(path)?);
+                let previous = sotto_client::load_audit_state(path)?;
+                proven_until = previous.last().map(|(e, _)| *e).unwrap_or(0);
+                known.extend(previous);
             }
             let server = server
                 .or_else(|| client.as_ref().map(|c| c.account().server))
@@ -547,8 +551,13 @@ fn run(cli: Cli) -> Result<(), Error> {
                 None => client.as_ref().and_then(Client::kt_signing_key),
             };
             let ca = ca_cert.map(|p| p.display().to_string());
-            let (report, roots) =
-                sotto_client::audit(&server, ca.as_deref(), expected.as_deref(), &known)?;
+            let (report, roots) = sotto_client::audit(
+                &server,
+                ca.as_deref(),
+                expected.as_deref(),
+                &known,
+                proven_until,
+            )?;
             if let Some(path) = &state {
                 sotto_client::save_audit_state(path, &roots)?;
             }
