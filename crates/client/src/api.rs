@@ -18,6 +18,8 @@ pub(crate) struct Api {
     base: String,
     agent: Agent,
     ca_certs: Vec<Certificate<'static>>,
+    /// The CA file the certificates came from, remembered in the account.
+    ca_path: Option<String>,
     token: Option<(Zeroizing<String>, Instant)>,
 }
 
@@ -91,11 +93,15 @@ impl Api {
             .tls_config(tls.build())
             .build()
             .into();
-        Ok(Api { base, agent, ca_certs, token: None })
+        Ok(Api { base, agent, ca_certs, ca_path: ca_cert.map(str::to_owned), token: None })
     }
 
     pub(crate) fn base(&self) -> &str {
         &self.base
+    }
+
+    pub(crate) fn ca_path(&self) -> Option<&str> {
+        self.ca_path.as_deref()
     }
 
     pub(crate) fn ca_certs(&self) -> &[Certificate<'static>] {

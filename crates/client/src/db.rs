@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sotto_core::mls::Provider;
 
 use crate::Error;
+use crate::vault::HomeKey;
 
 /// The codec openmls's storage uses for its values.
 #[derive(Debug, Default)]
@@ -132,8 +133,9 @@ pub(crate) fn exists(home: &Path) -> bool {
     home.join(DB_FILE).exists()
 }
 
-/// Opens (creating if asked) the database in `home` and brings both schemas up to date.
-pub(crate) fn open(home: &Path, create: bool) -> Result<Connection, Error> {
+/// Opens (creating if asked) the encrypted database in `home` with its key, and brings both
+/// schemas up to date.
+pub(crate) fn open(home: &Path, create: bool, key: &HomeKey) -> Result<Connection, Error> {
     let path = home.join(DB_FILE);
     if !create && !path.exists() {
         return Err(Error::NotRegistered(home.display().to_string()));
@@ -145,6 +147,14 @@ pub(crate) fn open(home: &Path, create: bool) -> Result<Connection, Error> {
     }
     let mut conn = Connection::open(&path)?;
     restrict(&path, 0o600);
+    // SQLCipher: a raw 256-bit key (no key derivation of its own); every page, the journal
+    // included, is encrypted with it.
+    let pragma =
+        zeroize::Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(&key.0[..])));
+    conn.execute_batch(&pragma)?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(
+        |_| Error::Io(format!("{} does not open with this home's key (damaged?)", path.display())),
+    )?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;

@@ -721,15 +721,13 @@ impl Client {
     /// (up to `timeout`) for an existing device to approve it, takes the account's keys from
     /// the sealed response, publishes key packages, and imports the history it is sent.
     pub fn link_new_device(
-        home: &Path,
-        server: &str,
+        new: &crate::NewHome<'_>,
         address: &str,
         name: Option<&str>,
-        ca_cert: Option<&str>,
         timeout: Duration,
         show_code: impl FnOnce(&str),
     ) -> Result<LinkedDevice, Error> {
-        let (address, api, _) = Self::prepare_home(home, server, address, ca_cert)?;
+        let (address, api, _) = Self::prepare_home(new.home, new.server, address, new.ca_cert)?;
         let key = DeviceKey::generate()?;
         let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
         let secret = LinkSecret::generate()?;
@@ -798,13 +796,13 @@ impl Client {
             None => None,
         };
         let mut client = Self::create_home(
-            home,
+            new.home,
             api,
-            ca_cert,
             me,
             identity,
             (&signed_list, list.version),
             kt_keys,
+            new.passphrase,
         )?;
         // The approving device sends history once it has added this device to its chats.
         let deadline = Instant::now() + JOIN_WAIT + Duration::from_secs(30);
@@ -861,14 +859,12 @@ impl Client {
     /// endorsed by the recovery key, this device as the only one; every other device is
     /// revoked. Contacts see that the account's keys changed.
     pub fn recover(
-        home: &Path,
-        server: &str,
+        new: &crate::NewHome<'_>,
         address: &str,
         recovery_key: &str,
-        ca_cert: Option<&str>,
     ) -> Result<Client, Error> {
         let recovery = RecoveryKey::parse(recovery_key)?;
-        let (address, api, info) = Self::prepare_home(home, server, address, ca_cert)?;
+        let (address, api, info) = Self::prepare_home(new.home, new.server, address, new.ca_cert)?;
         let current: proto::DevicesResponse =
             api.get(&format!("/v1/users/{address}/devices"), None)?;
         let current = DeviceList::verify(&from_proto(&current.device_list))
@@ -903,7 +899,15 @@ impl Client {
             resp.device_id.ok_or(Error::Protocol("the server registered no device".into()))?;
         let me = Identity { device: DeviceRef { address, device_id }, key };
         let kt_keys = crate::kt_keys(&info.kt);
-        Self::create_home(home, api, ca_cert, me, identity, (&signed_list, list.version), kt_keys)
+        Self::create_home(
+            new.home,
+            api,
+            me,
+            identity,
+            (&signed_list, list.version),
+            kt_keys,
+            new.passphrase,
+        )
     }
 }
 

@@ -65,6 +65,9 @@ pub enum Error {
     /// This device obeyed a wipe command: its local state is erased.
     #[error("{0}")]
     Wiped(String),
+    /// The passphrase does not unlock this home (nothing was changed).
+    #[error("wrong passphrase for this home; nothing was changed")]
+    WrongPassphrase,
     /// The core (addresses, MLS) refused.
     #[error(transparent)]
     Core(#[from] sotto_core::Error),

@@ -23,6 +23,7 @@ mod devices;
 mod error;
 mod kt;
 mod live;
+mod vault;
 mod verify;
 
 use std::collections::BTreeSet;
@@ -146,6 +147,32 @@ pub struct RegisterOptions {
     pub device_name: Option<String>,
     /// Accept the server operator's key: it may then revoke and wipe this account's devices.
     pub managed: bool,
+    /// The passphrase that will protect this home's database.
+    pub passphrase: Zeroizing<String>,
+}
+
+/// Where a new device's home is made: the directory, the server, a CA to pin it to, and the
+/// passphrase that will protect the home.
+#[derive(Clone, Copy)]
+pub struct NewHome<'a> {
+    /// The home directory (must not hold an account).
+    pub home: &'a Path,
+    /// The server's URL.
+    pub server: &'a str,
+    /// A CA certificate (PEM file) to trust for this server.
+    pub ca_cert: Option<&'a str>,
+    /// The new home's passphrase.
+    pub passphrase: &'a str,
+}
+
+impl std::fmt::Debug for NewHome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewHome")
+            .field("home", &self.home)
+            .field("server", &self.server)
+            .field("passphrase", &"[redacted]")
+            .finish_non_exhaustive()
+    }
 }
 
 /// A registered account: the client, and the recovery key to show the user once.
@@ -188,6 +215,7 @@ impl std::fmt::Debug for RegisterOptions {
             .field("ca_cert", &self.ca_cert)
             .field("device_name", &self.device_name)
             .field("managed", &self.managed)
+            .field("passphrase", &"[redacted]")
             .finish()
     }
 }
@@ -317,11 +345,11 @@ impl Client {
         let client = Self::create_home(
             home,
             api,
-            options.ca_cert.as_deref(),
             Identity { device: DeviceRef { address, device_id: reg.device_id }, key },
             identity,
             (&signed, list.version),
             kt_keys(&info.kt),
+            &options.passphrase,
         )?;
         Ok(Registered {
             client,
@@ -337,11 +365,8 @@ impl Client {
         address: &str,
         ca_cert: Option<&str>,
     ) -> Result<(Address, Api, proto::ServerInfo), Error> {
-        if db::exists(home) {
-            let conn = db::open(home, false)?;
-            if let Some(a) = db::account(&conn)? {
-                return Err(Error::AlreadyRegistered(home.display().to_string(), a.address));
-            }
+        if db::exists(home) || vault::exists(home) {
+            return Err(Error::AlreadyRegistered(home.display().to_string(), "an account".into()));
         }
         let address: Address = address.parse()?;
         let api = Api::new(server, ca_cert)?;
@@ -360,18 +385,19 @@ impl Client {
     fn create_home(
         home: &Path,
         api: Api,
-        ca_cert: Option<&str>,
         me: Identity,
         identity: IdentityKey,
         (list, version): (&sotto_core::account::SignedList, u64),
         kt_keys: Option<(Vec<u8>, Vec<u8>)>,
+        passphrase: &str,
     ) -> Result<Client, Error> {
-        let conn = db::open(home, true)?;
+        let key = vault::create(home, passphrase)?;
+        let conn = db::open(home, true, &key)?;
         let account = AccountRow {
             address: me.device.address.to_string(),
             device_id: me.device.device_id,
             server: api.base().to_string(),
-            ca_cert: ca_cert.map(str::to_owned),
+            ca_cert: api.ca_path().map(str::to_owned),
             device_key: me.key.public().to_vec(),
             identity_secret: Some(identity.secret()),
             linked_at: unix_now(),
@@ -418,9 +444,16 @@ impl Client {
         }
     }
 
-    /// Opens the account in `home`.
-    pub fn open(home: &Path) -> Result<Client, Error> {
-        let conn = db::open(home, false)?;
+    /// Opens the account in `home`, unlocking its database with `passphrase`.
+    pub fn open(home: &Path, passphrase: &str) -> Result<Client, Error> {
+        if db::exists(home) && !vault::exists(home) {
+            return Err(Error::Invalid(format!(
+                "{} was made by an older sotto that did not encrypt it; register a new home",
+                home.display()
+            )));
+        }
+        let key = vault::unlock(home, passphrase)?;
+        let conn = db::open(home, false, &key)?;
         let account =
             db::account(&conn)?.ok_or_else(|| Error::NotRegistered(home.display().to_string()))?;
         let key = DeviceKey::load(&db::provider(&conn), &account.device_key)
@@ -1390,6 +1423,12 @@ impl Client {
     /// The home directory.
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    /// Protects `home`'s database key with a new passphrase. Only the wrapped key is
+    /// rewritten; a wrong `old` passphrase changes nothing.
+    pub fn change_passphrase(home: &Path, old: &str, new: &str) -> Result<(), Error> {
+        vault::change(home, old, new)
     }
 }
 

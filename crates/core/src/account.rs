@@ -59,7 +59,7 @@ fn signed_payload(context: &[u8], body: &[u8]) -> Vec<u8> {
     p
 }
 
-fn sealed(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+pub(crate) fn sealed(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
     let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
     let mut out = random_bytes(12)?;
     let ct = cipher
@@ -69,7 +69,7 @@ fn sealed(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error
     Ok(out)
 }
 
-fn opened(key: &[u8; 32], aad: &[u8], data: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+pub(crate) fn opened(key: &[u8; 32], aad: &[u8], data: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     if data.len() < 12 + 16 {
         return None;
     }

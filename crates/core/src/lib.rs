@@ -43,6 +43,49 @@ pub fn random_bytes(n: usize) -> Result<Vec<u8>, Error> {
         .map_err(|_| Error::Internal("random generator failed"))
 }
 
+/// Encrypts `plaintext` with ChaCha20-Poly1305 under `key` and a fresh random nonce (which
+/// leads the output), binding `aad`.
+pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    account::sealed(key, aad, plaintext)
+}
+
+/// Decrypts what [`seal`] made; `None` if the key, the associated data or the bytes differ.
+pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    account::opened(key, aad, sealed)
+}
+
+/// Argon2id cost: memory in KiB, passes, lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfCost {
+    /// Memory, KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl KdfCost {
+    /// OWASP's recommended minimum for Argon2id (19 MiB, 2 passes, 1 lane).
+    pub const RECOMMENDED: KdfCost = KdfCost { m_kib: 19 * 1024, t: 2, p: 1 };
+}
+
+/// A 256-bit key from a passphrase with Argon2id.
+pub fn passphrase_key(
+    passphrase: &[u8],
+    salt: &[u8],
+    cost: KdfCost,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, Error> {
+    let params = argon2::Params::new(cost.m_kib, cost.t, cost.p, Some(32))
+        .map_err(|e| Error::Invalid(format!("bad key derivation parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passphrase, salt, key.as_mut())
+        .map_err(|e| Error::Invalid(format!("key derivation failed: {e}")))?;
+    Ok(key)
+}
+
 /// The current time in seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -162,7 +162,7 @@ fn client_killed_mid_sync_loses_nothing() {
     let mut pauses = Pauses(7);
     let mut kills = 0;
     for _ in 0..100 {
-        let mut child = std::process::Command::new(common::CLIENT)
+        let mut child = common::client()
             .arg("--home")
             .arg(&bob.home)
             .args(["--json", "sync"])

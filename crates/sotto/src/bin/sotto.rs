@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use sotto::format_time;
 use sotto_client::{
-    ChatSummary, Client, DeviceView, Error, MessageView, RegisterOptions, SafetyView, Target,
+    ChatSummary, Client, DeviceView, Error, MessageView, NewHome, RegisterOptions, SafetyView,
+    Target,
 };
 
 /// Sotto: end-to-end encrypted messaging through a server that cannot read it.
@@ -25,6 +26,13 @@ struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Read this home's passphrase from a file (its first line). Otherwise it comes from
+    /// SOTTO_PASSPHRASE, or is asked for on the terminal.
+    #[arg(long, global = true, conflicts_with = "passphrase_fd")]
+    passphrase_file: Option<PathBuf>,
+    /// Read this home's passphrase from an open file descriptor (its first line).
+    #[arg(long, global = true)]
+    passphrase_fd: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,6 +113,9 @@ enum Command {
     /// List, link, revoke and wipe this account's devices.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Change the passphrase that protects this home (its data is not rewritten).
+    #[command(subcommand)]
+    Passphrase(PassphraseCommand),
     /// Key transparency: check the server's key directory.
     #[command(subcommand)]
     Kt(KtCommand),
@@ -144,6 +155,17 @@ enum Command {
     /// Create and manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PassphraseCommand {
+    /// Protect this home with a new passphrase: from --new-passphrase-file,
+    /// SOTTO_NEW_PASSPHRASE, or asked twice on the terminal.
+    Change {
+        /// Read the new passphrase from this file (its first line).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,6 +267,83 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Where this run's passphrase comes from; read once (a file descriptor cannot be read
+/// twice) and kept zeroized.
+struct Unlock {
+    file: Option<PathBuf>,
+    fd: Option<u32>,
+    cached: std::cell::OnceCell<zeroize::Zeroizing<String>>,
+}
+
+/// Shortest passphrase accepted for a new home.
+const MIN_PASSPHRASE: usize = 8;
+
+fn first_line(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, Error> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        Error::Io(format!("cannot read the passphrase from {}: {e}", path.display()))
+    })?);
+    Ok(zeroize::Zeroizing::new(text.lines().next().unwrap_or("").to_string()))
+}
+
+fn prompt(question: &str) -> Result<zeroize::Zeroizing<String>, Error> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Invalid(
+            "a passphrase is needed: set SOTTO_PASSPHRASE, or pass --passphrase-file or \
+             --passphrase-fd"
+                .into(),
+        ));
+    }
+    rpassword::prompt_password(question)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| Error::Io(format!("reading the passphrase: {e}")))
+}
+
+impl Unlock {
+    fn read_passphrase(&self, question: &str) -> Result<zeroize::Zeroizing<String>, Error> {
+        if let Some(path) = &self.file {
+            return first_line(path);
+        }
+        if let Some(fd) = self.fd {
+            return first_line(&PathBuf::from(format!("/dev/fd/{fd}")));
+        }
+        if let Some(p) = std::env::var_os("SOTTO_PASSPHRASE") {
+            return Ok(zeroize::Zeroizing::new(p.to_string_lossy().into_owned()));
+        }
+        prompt(question)
+    }
+
+    /// The passphrase of an existing home.
+    fn get(&self, home: &std::path::Path) -> Result<&str, Error> {
+        if let Some(p) = self.cached.get() {
+            return Ok(p);
+        }
+        let p = self.read_passphrase(&format!("passphrase for {}: ", home.display()))?;
+        Ok(self.cached.get_or_init(|| p))
+    }
+
+    /// A passphrase for a new home: asked twice on a terminal, and not too short.
+    fn new_home(&self) -> Result<zeroize::Zeroizing<String>, Error> {
+        let interactive = self.file.is_none()
+            && self.fd.is_none()
+            && std::env::var_os("SOTTO_PASSPHRASE").is_none();
+        let p = self.read_passphrase("passphrase to protect this device's data: ")?;
+        check_new_passphrase(&p)?;
+        if interactive && *prompt("the same passphrase again: ")? != *p {
+            return Err(Error::Invalid("the two passphrases differ".into()));
+        }
+        Ok(p)
+    }
+}
+
+fn check_new_passphrase(p: &str) -> Result<(), Error> {
+    if p.chars().count() < MIN_PASSPHRASE {
+        return Err(Error::Invalid(format!(
+            "a passphrase has at least {MIN_PASSPHRASE} characters"
+        )));
+    }
+    Ok(())
+}
+
 fn default_home() -> PathBuf {
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(data).join("sotto");
@@ -275,6 +374,7 @@ fn error_code(e: &Error) -> String {
         Error::Core(_) => "crypto".into(),
         Error::Database(_) => "local_database".into(),
         Error::Untrusted(_) => "untrusted".into(),
+        Error::WrongPassphrase => "wrong_passphrase".into(),
         Error::Revoked(_) => "device_revoked".into(),
         Error::IdentityChanged(_) => "identity_changed".into(),
         Error::Wiped(_) => "device_wiped".into(),
@@ -286,14 +386,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     let home = cli.home.clone().unwrap_or_else(default_home);
-    match run(cli) {
+    let unlock = Unlock {
+        file: cli.passphrase_file.clone(),
+        fd: cli.passphrase_fd,
+        cached: std::cell::OnceCell::new(),
+    };
+    match run(cli, &unlock) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A revoked device learns here whether it was also ordered to erase itself.
             let e = match e {
-                Error::Server { ref code, .. } if code == "device_revoked" => {
-                    Client::open(&home).map(|mut c| c.obey_revocation()).unwrap_or(e)
-                }
+                Error::Server { ref code, .. } if code == "device_revoked" => unlock
+                    .get(&home)
+                    .and_then(|p| Client::open(&home, p))
+                    .map(|mut c| c.obey_revocation())
+                    .unwrap_or(e),
                 e => e,
             };
             if json {
@@ -430,8 +537,9 @@ fn print_chat(c: &ChatSummary) {
     );
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
     let home = cli.home.clone().unwrap_or_else(default_home);
+    let open = || Client::open(&home, unlock.get(&home)?);
     let json = cli.json;
     match cli.command {
         Command::Register { address, server, invite, ca_cert, device_name, managed } => {
@@ -440,6 +548,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 ca_cert: ca_cert.map(|p| p.display().to_string()),
                 device_name,
                 managed,
+                passphrase: unlock.new_home()?,
             };
             let registered = Client::register(&home, &server, &address, &options)?;
             let a = registered.client.account();
@@ -468,12 +577,17 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Link { address, server, name, timeout, ca_cert } => {
             let ca = ca_cert.map(|p| p.display().to_string());
+            let passphrase = unlock.new_home()?;
+            let new = NewHome {
+                home: &home,
+                server: &server,
+                ca_cert: ca.as_deref(),
+                passphrase: &passphrase,
+            };
             let linked = Client::link_new_device(
-                &home,
-                &server,
+                &new,
                 &address,
                 name.as_deref(),
-                ca.as_deref(),
                 Duration::from_secs(timeout),
                 |code| show_link_code(code, json),
             )?;
@@ -505,7 +619,14 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
             };
             let ca = ca_cert.map(|p| p.display().to_string());
-            let client = Client::recover(&home, &server, &address, &key, ca.as_deref())?;
+            let passphrase = unlock.new_home()?;
+            let new = NewHome {
+                home: &home,
+                server: &server,
+                ca_cert: ca.as_deref(),
+                passphrase: &passphrase,
+            };
+            let client = Client::recover(&new, &address, &key)?;
             let a = client.account();
             if json {
                 print_json(&a);
@@ -518,7 +639,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Verify { address, mark_verified, expect, accept_change } => {
-            let mut client = Client::open(&home)?;
+            let mut client = open()?;
             let view = if mark_verified {
                 client.mark_verified(&address, expect.as_deref())?
             } else if accept_change {
@@ -532,8 +653,39 @@ fn run(cli: Cli) -> Result<(), Error> {
                 print_safety(&view);
             }
         }
+        Command::Passphrase(PassphraseCommand::Change { new_passphrase_file }) => {
+            let old = unlock.get(&home)?;
+            let new = match new_passphrase_file {
+                Some(path) => first_line(&path)?,
+                None => match std::env::var_os("SOTTO_NEW_PASSPHRASE") {
+                    Some(p) => zeroize::Zeroizing::new(p.to_string_lossy().into_owned()),
+                    None => {
+                        let p = prompt("new passphrase: ")?;
+                        if *prompt("the new passphrase again: ")? != *p {
+                            return Err(Error::Invalid("the two passphrases differ".into()));
+                        }
+                        p
+                    }
+                },
+            };
+            check_new_passphrase(&new)?;
+            Client::change_passphrase(&home, old, &new)?;
+            if json {
+                print_json(&serde_json::json!({"changed": true}));
+            } else {
+                println!("the passphrase of {} is changed", home.display());
+            }
+        }
         Command::Kt(KtCommand::Audit { server, kt_key, state, ca_cert }) => {
-            let client = Client::open(&home).ok();
+            // Without an unlocked home the audit runs as anyone's would.
+            let client = if std::env::var_os("SOTTO_PASSPHRASE").is_some()
+                || unlock.file.is_some()
+                || unlock.fd.is_some()
+            {
+                open().ok()
+            } else {
+                None
+            };
             let mut known =
                 client.as_ref().map(Client::kt_roots_seen).transpose()?.unwrap_or_default();
             // A previous audit proved the epochs it recorded; this one goes on from there.
@@ -577,7 +729,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Devices(cmd) => {
-            let mut client = Client::open(&home)?;
+            let mut client = open()?;
             match cmd {
                 DevicesCommand::List => {}
                 DevicesCommand::Link { code, name } => {
@@ -621,7 +773,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Whoami => {
-            let a = Client::open(&home)?.account();
+            let a = open()?.account();
             if json {
                 print_json(&a);
             } else {
@@ -658,7 +810,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 text
             };
-            let mut client = Client::open(&home)?;
+            let mut client = open()?;
             let sent = client.send_text(&target, &text)?;
             if json {
                 print_json(&sent);
@@ -667,7 +819,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Sync => {
-            let mut client = Client::open(&home)?;
+            let mut client = open()?;
             let report = client.sync()?;
             if json {
                 print_json(&report);
@@ -685,7 +837,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Listen { timeout, count } => {
-            let mut client = Client::open(&home)?;
+            let mut client = open()?;
             let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
             let seen = std::cell::Cell::new(0usize);
             let stop = || {
@@ -705,7 +857,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             )?;
         }
         Command::Chats => {
-            let chats = Client::open(&home)?.chats()?;
+            let chats = open()?.chats()?;
             if json {
                 print_json(&chats);
             } else if chats.is_empty() {
@@ -715,7 +867,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::History { chat, limit } => {
-            let messages = Client::open(&home)?.history(&chat, limit)?;
+            let messages = open()?.history(&chat, limit)?;
             if json {
                 print_json(&messages);
             } else {
@@ -723,7 +875,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Command::Group(cmd) => {
-            let mut client = Client::open(&home)?;
+            let mut client = open()?;
             let chat = match cmd {
                 GroupCommand::Create { name, members } => {
                     let members: Vec<String> =

@@ -16,6 +16,17 @@ use sotto_core::mls::DeviceKey;
 pub const SERVER: &str = env!("CARGO_BIN_EXE_sotto-server");
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_sotto");
 
+/// The passphrase every test home is protected with.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A `sotto` command with the test passphrase, and the cheap key derivation the debug build
+/// allows for tests (hundreds of runs would otherwise each spend Argon2's full cost).
+pub fn client() -> Command {
+    let mut c = Command::new(CLIENT);
+    c.env("SOTTO_PASSPHRASE", PASSPHRASE).env("SOTTO_INSECURE_FAST_KDF", "1");
+    c
+}
+
 /// A running server; killed when dropped.
 #[derive(Debug)]
 pub struct Server {
@@ -209,7 +220,7 @@ impl User {
     pub fn link_device(&self, server: &Server, name: &str) -> (User, Value) {
         let dir = tempfile::tempdir().expect("tempdir");
         let new = User { address: self.address.clone(), home: dir.path().join(name), _dir: dir };
-        let mut child = Command::new(CLIENT)
+        let mut child = client()
             .arg("--home")
             .arg(&new.home)
             .args(["--json", "link", &self.address, "--server", &server.url, "--name", name])
@@ -233,13 +244,7 @@ impl User {
 
     /// Runs `sotto --json ARGS` in this home.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(CLIENT)
-            .arg("--home")
-            .arg(&self.home)
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run sotto")
+        client().arg("--home").arg(&self.home).arg("--json").args(args).output().expect("run sotto")
     }
 
     /// Runs a command that must succeed; returns its JSON.
@@ -280,7 +285,7 @@ impl User {
 
     /// Starts `sotto --json listen ARGS` in the background.
     pub fn listen(&self, args: &[&str]) -> Child {
-        Command::new(CLIENT)
+        client()
             .arg("--home")
             .arg(&self.home)
             .args(["--json", "listen"])
@@ -376,4 +381,31 @@ pub fn login(server: &Server, device: u64, key: &DeviceKey) -> Result<String, Va
     let body = json!({"device_id": device, "nonce": b64(&nonce), "signature": b64(&sig)});
     let (status, v) = server.http("POST", "/v1/auth/token", None, &body.to_string());
     if status == 200 { Ok(v["token"].as_str().expect("token").to_string()) } else { Err(v) }
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+/// The database key of a test home, unwrapped from `keys.json` with the test passphrase
+/// (independently of the client's code: the format is the contract).
+pub fn home_key(home: &Path) -> [u8; 32] {
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(home.join("keys.json")).expect("keys.json"))
+            .expect("key file json");
+    let num = |k: &str| file[k].as_u64().expect("kdf parameter") as u32;
+    let cost = sotto_core::KdfCost { m_kib: num("m_kib"), t: num("t"), p: num("p") };
+    let salt = unhex(file["salt"].as_str().expect("salt"));
+    let kek = sotto_core::passphrase_key(PASSPHRASE.as_bytes(), &salt, cost).expect("kdf");
+    let wrapped = unhex(file["wrapped"].as_str().expect("wrapped"));
+    let key = sotto_core::open(&kek, b"sotto/v1/home-key", &wrapped).expect("unwraps");
+    key.as_slice().try_into().expect("32 bytes")
+}
+
+/// A test home's database, opened with its key.
+pub fn open_home_db(home: &Path) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(home.join("sotto.db")).expect("open db");
+    let key: String = home_key(home).iter().map(|b| format!("{b:02x}")).collect();
+    db.execute_batch(&format!("PRAGMA key = \"x'{key}'\";")).expect("key");
+    db
 }
