@@ -99,8 +99,14 @@ fn group(size: usize) -> anyhow::Result<Group> {
 }
 
 fn text(len: usize) -> Vec<u8> {
-    Message { v: VERSION, id: "00".into(), sent_at: 0, body: Body::Text { text: "x".repeat(len) } }
-        .encode()
+    Message {
+        v: VERSION,
+        id: "00".into(),
+        sent_at: 0,
+        expires_in: None,
+        body: Body::Text { text: "x".repeat(len) },
+    }
+    .encode()
 }
 
 /// Runs every micro-benchmark, each for about `budget`.

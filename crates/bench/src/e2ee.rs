@@ -174,6 +174,7 @@ async fn send(
                 message: proto::Bytes(ciphertext),
             },
             welcome: None,
+            expires_at: None,
         };
         let accepted: anyhow::Result<proto::SubmitResponse> =
             sotto::post(&http, addr, "/v1/messages", Some(&token), &request).await;

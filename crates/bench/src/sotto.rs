@@ -217,6 +217,7 @@ async fn submit(
         epoch: 0,
         delivery: proto::Delivery { recipients: vec![to], message: proto::Bytes(payload) },
         welcome: None,
+        expires_at: None,
     };
     post(http, addr, "/v1/messages", Some(token), &request).await
 }

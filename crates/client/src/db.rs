@@ -124,6 +124,11 @@ CREATE TABLE kt_roots (
     hash BLOB NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE chats ADD COLUMN timer_secs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN expires_at INTEGER;
+CREATE INDEX messages_by_expiry ON messages(expires_at) WHERE expires_at IS NOT NULL;
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

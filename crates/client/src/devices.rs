@@ -128,6 +128,9 @@ struct HistoryMessage {
     sender: String,
     body: String,
     sent_at: u64,
+    /// Disappearing messages keep their deadline on the new device.
+    #[serde(default)]
+    expires_at: Option<u64>,
 }
 
 impl Client {
@@ -682,7 +685,7 @@ impl Client {
         for group_id in self.active_chats()? {
             let row = self.chat_row(&group_id)?;
             let mut stmt = self.conn.prepare(
-                "SELECT msg_id, sender, body, sent_at FROM messages
+                "SELECT msg_id, sender, body, sent_at, expires_at FROM messages
                  WHERE group_id = ?1 AND kind = 'text' ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![group_id, HISTORY_PER_CHAT], |r| {
@@ -691,6 +694,7 @@ impl Client {
                     sender: r.get(1)?,
                     body: r.get(2)?,
                     sent_at: r.get::<_, i64>(3)? as u64,
+                    expires_at: r.get::<_, Option<i64>>(4)?.map(|e| e as u64),
                 })
             })?;
             let mut messages: Vec<HistoryMessage> = rows.collect::<Result<_, _>>()?;
@@ -843,9 +847,18 @@ impl Client {
                 let status = if m.sender == self.account.address { "sent" } else { "received" };
                 count += tx.execute(
                     "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
-                                                     sent_at, received_at, reported)
-                     VALUES (?1, ?2, ?3, 'text', ?4, ?5, ?6, ?7, 1)",
-                    params![group_id, m.msg_id, m.sender, m.body, status, m.sent_at as i64, now],
+                                                     sent_at, received_at, reported, expires_at)
+                     VALUES (?1, ?2, ?3, 'text', ?4, ?5, ?6, ?7, 1, ?8)",
+                    params![
+                        group_id,
+                        m.msg_id,
+                        m.sender,
+                        m.body,
+                        status,
+                        m.sent_at as i64,
+                        now,
+                        m.expires_at.map(|e| e as i64)
+                    ],
                 )?;
             }
         }

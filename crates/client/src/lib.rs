@@ -75,6 +75,8 @@ pub struct ChatSummary {
     pub messages: u64,
     /// When the last message was sent (Unix milliseconds).
     pub last_message_at: Option<u64>,
+    /// The disappearing-message timer in seconds (0: off).
+    pub timer_secs: u64,
 }
 
 /// A message or event as shown to the user. `Debug` leaves the body out.
@@ -470,7 +472,9 @@ impl Client {
         let address: Address = account.address.parse()?;
         let me = Identity { device: DeviceRef { address, device_id: account.device_id }, key };
         let api = Api::new(&account.server, account.ca_cert.as_deref())?;
-        Ok(Client::assemble(home, conn, account, me, identity, api))
+        let client = Client::assemble(home, conn, account, me, identity, api);
+        client.purge_expired()?;
+        Ok(client)
     }
 
     /// The account this home holds.
@@ -715,7 +719,13 @@ impl Client {
             params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let timer: i64 = self.conn.query_row(
+            "SELECT timer_secs FROM chats WHERE group_id = ?1",
+            [group_id],
+            |r| r.get(0),
+        )?;
         Ok(ChatSummary {
+            timer_secs: timer as u64,
             id: hex::encode(group_id),
             kind,
             name,
@@ -868,17 +878,31 @@ impl Client {
     fn send_body(&mut self, group_id: &[u8], body: Body) -> Result<Option<MessageView>, Error> {
         self.require_active(group_id)?;
         self.require_verified_keys(group_id)?;
-        let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now_ms(), body };
-        let text = match &msg.body {
+        let text = match &body {
             Body::Text { text } => Some(text.clone()),
             _ => None,
         };
+        // Messages (not chat settings) carry the chat's disappearing-message timer.
+        let timer: i64 = self.conn.query_row(
+            "SELECT timer_secs FROM chats WHERE group_id = ?1",
+            [group_id],
+            |r| r.get(0),
+        )?;
+        let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
+        let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now_ms(), expires_in, body };
         if let Some(text) = &text {
             self.conn.execute(
                 "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
-                                       received_at, reported)
-                 VALUES (?1, ?2, ?3, 'text', ?4, 'pending', ?5, ?5, 1)",
-                params![group_id, msg.id, self.account.address, text, msg.sent_at as i64],
+                                       received_at, reported, expires_at)
+                 VALUES (?1, ?2, ?3, 'text', ?4, 'pending', ?5, ?5, 1, ?6)",
+                params![
+                    group_id,
+                    msg.id,
+                    self.account.address,
+                    text,
+                    msg.sent_at as i64,
+                    expires_in.map(|s| (msg.sent_at + s * 1000) as i64)
+                ],
             )?;
         }
         let mut result = Err(Error::TooManyRetries);
@@ -930,6 +954,8 @@ impl Client {
                 epoch,
                 delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
                 welcome: None,
+                // Copies nobody fetched in time go too (disappearing messages).
+                expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
             },
             &token,
         )?;
@@ -987,6 +1013,7 @@ impl Client {
                 .welcome
                 .filter(|_| !welcome_to.is_empty())
                 .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
+            expires_at: None,
         };
         match self.api.submit(request, &token) {
             Ok(resp) => {
@@ -1060,6 +1087,42 @@ impl Client {
         self.chat_summary(&group_id)
     }
 
+    /// Sets a chat's disappearing-message timer (0 turns it off). Every member's devices
+    /// learn it in-band and delete each later message that long after it was sent.
+    pub fn set_timer(&mut self, chat: &str, seconds: u64) -> Result<ChatSummary, Error> {
+        if seconds > sotto_core::content::MAX_TIMER_SECS {
+            return Err(Error::Invalid("a timer is at most a year".into()));
+        }
+        let group_id = self.resolve(chat)?;
+        self.send_body(&group_id, Body::Timer { seconds })?;
+        let me = self.account.address.clone();
+        self.conn.execute(
+            "UPDATE chats SET timer_secs = ?1 WHERE group_id = ?2",
+            params![seconds as i64, group_id],
+        )?;
+        self.conn.execute(
+            "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
+                                   received_at, reported)
+             VALUES (?1, ?2, ?3, 'event', ?4, 'sent', ?5, ?5, 1)",
+            params![
+                group_id,
+                format!("event-{}", random_hex(8)?),
+                me,
+                timer_event(&me, seconds),
+                now_ms() as i64
+            ],
+        )?;
+        self.chat_summary(&group_id)
+    }
+
+    /// Deletes every message whose disappearing-message time has come.
+    fn purge_expired(&self) -> Result<usize, Error> {
+        Ok(self.conn.execute(
+            "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            [now_ms() as i64],
+        )?)
+    }
+
     /// Removes accounts from a group; they cannot read anything sent afterwards.
     pub fn remove_members(&mut self, chat: &str, members: &[String]) -> Result<ChatSummary, Error> {
         let group_id = self.resolve(chat)?;
@@ -1092,6 +1155,7 @@ impl Client {
                 epoch,
                 delivery: proto::Delivery { recipients, message: Bytes(proposal) },
                 welcome: None,
+                expires_at: None,
             };
             match self.api.submit(request, &token) {
                 Ok(_) => {
@@ -1142,6 +1206,7 @@ impl Client {
         if thorough || touched.joined {
             self.replenish_key_packages()?;
         }
+        self.purge_expired()?;
         let mut report = self.unreported()?;
         report.processed = processed;
         Ok(report)
@@ -1263,17 +1328,22 @@ impl Client {
             }
             Incoming::Application { group_id, sender, plaintext } => {
                 match Message::decode(&plaintext) {
-                    Ok(Message { id, sent_at, body: Body::Text { text }, .. }) => {
+                    Ok(Message { id, sent_at, expires_in, body: Body::Text { text }, .. }) => {
                         // Sent by another device of this account: it is ours, and sent.
                         let status = if sender.address == self.me.device.address {
                             "sent"
                         } else {
                             "received"
                         };
+                        // A disappearing message lives from when it was sent (or arrived, if
+                        // the sender's clock runs ahead).
+                        let expires_at = expires_in
+                            .map(|s| (sent_at as i64).min(now).saturating_add((s * 1000) as i64));
                         tx.execute(
                             "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
-                                                             status, sent_at, received_at)
-                             VALUES (?1, ?2, ?3, 'text', ?4, ?7, ?5, ?6)",
+                                                             status, sent_at, received_at,
+                                                             expires_at)
+                             VALUES (?1, ?2, ?3, 'text', ?4, ?7, ?5, ?6, ?8)",
                             params![
                                 group_id,
                                 id,
@@ -1281,9 +1351,18 @@ impl Client {
                                 text,
                                 sent_at as i64,
                                 now,
-                                status
+                                status,
+                                expires_at
                             ],
                         )?;
+                    }
+                    Ok(Message { body: Body::Timer { seconds }, .. }) => {
+                        tx.execute(
+                            "UPDATE chats SET timer_secs = ?1 WHERE group_id = ?2",
+                            params![seconds as i64, group_id],
+                        )?;
+                        let who = sender.address.to_string();
+                        event(&group_id, 0, &who, timer_event(&who, seconds))?;
                     }
                     Ok(Message { body: Body::ChatInfo { kind, name }, .. }) => {
                         // A chat is shown as direct only while it really holds two accounts:
@@ -1430,6 +1509,20 @@ impl Client {
     pub fn change_passphrase(home: &Path, old: &str, new: &str) -> Result<(), Error> {
         vault::change(home, old, new)
     }
+}
+
+/// How a timer change reads in a chat.
+fn timer_event(who: &str, seconds: u64) -> String {
+    if seconds == 0 {
+        return format!("{who} turned disappearing messages off");
+    }
+    let (n, unit) = match seconds {
+        s if s % 86_400 == 0 => (s / 86_400, "d"),
+        s if s % 3600 == 0 => (s / 3600, "h"),
+        s if s % 60 == 0 => (s / 60, "m"),
+        s => (s, "s"),
+    };
+    format!("{who} set disappearing messages to {n}{unit}")
 }
 
 fn record_failure(tx: &Transaction<'_>, seq: u64, reason: &str) -> Result<(), Error> {

@@ -11,6 +11,9 @@ use crate::Error;
 /// Current content format version.
 pub const VERSION: u8 = 1;
 
+/// Longest disappearing-message timer: a year.
+pub const MAX_TIMER_SECS: u64 = 365 * 86_400;
+
 /// Largest accepted text body, in bytes.
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
 
@@ -53,6 +56,12 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// Disappearing messages: every device deletes this chat's messages `seconds` after they
+    /// arrive (0 turns it off).
+    Timer {
+        /// Seconds a message lives; 0 for off.
+        seconds: u64,
+    },
 }
 
 impl std::fmt::Debug for Body {
@@ -60,6 +69,7 @@ impl std::fmt::Debug for Body {
         match self {
             Body::Text { text } => write!(f, "Text([{} bytes])", text.len()),
             Body::ChatInfo { kind, .. } => write!(f, "ChatInfo({kind:?})"),
+            Body::Timer { seconds } => write!(f, "Timer({seconds})"),
         }
     }
 }
@@ -73,6 +83,10 @@ pub struct Message {
     pub id: String,
     /// The sender's clock, milliseconds since the Unix epoch.
     pub sent_at: u64,
+    /// Seconds after arrival at which every device deletes this message (disappearing
+    /// messages); absent when the chat has no timer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
     /// The content.
     #[serde(flatten)]
     pub body: Body,
@@ -104,6 +118,12 @@ impl Message {
             Body::ChatInfo { name: Some(n), .. } if n.len() > 256 => {
                 Err(Error::MalformedContent("group name too long".into()))
             }
+            Body::Timer { seconds } if *seconds > MAX_TIMER_SECS => {
+                Err(Error::MalformedContent("timer too long".into()))
+            }
+            _ if msg.expires_in.is_some_and(|e| e == 0 || e > MAX_TIMER_SECS) => {
+                Err(Error::MalformedContent("bad expiry".into()))
+            }
             _ => Ok(msg),
         }
     }
@@ -119,6 +139,7 @@ mod tests {
             v: VERSION,
             id: "00ff".into(),
             sent_at: 5,
+            expires_in: Some(60),
             body: Body::Text { text: "héllo".into() },
         };
         assert_eq!(Message::decode(&m.encode()).expect("decodes"), m);
@@ -126,6 +147,7 @@ mod tests {
             v: VERSION,
             id: "01".into(),
             sent_at: 5,
+            expires_in: None,
             body: Body::ChatInfo { kind: ChatKind::Group, name: Some("team".into()) },
         };
         assert_eq!(Message::decode(&info.encode()).expect("decodes"), info);
@@ -138,6 +160,8 @@ mod tests {
             br#"{"v":2,"id":"a","sent_at":1,"type":"text","text":"x"}"#,
             br#"{"v":1,"id":"a","sent_at":1,"type":"video"}"#,
             br#"{"v":1,"id":"","sent_at":1,"type":"text","text":"x"}"#,
+            br#"{"v":1,"id":"a","sent_at":1,"expires_in":0,"type":"text","text":"x"}"#,
+            br#"{"v":1,"id":"a","sent_at":1,"type":"timer","seconds":99999999999}"#,
         ] {
             assert!(matches!(Message::decode(bad), Err(Error::MalformedContent(_))));
         }

@@ -853,6 +853,7 @@ mod mutation_tests {
             v: crate::content::VERSION,
             id: "0011".into(),
             sent_at: 1,
+            expires_in: None,
             body: crate::content::Body::Text { text: "hello".into() },
         }
         .encode();

@@ -450,6 +450,9 @@ pub struct SubmitRequest {
     /// A welcome for devices added by a commit, queued in the same transaction.
     #[serde(default)]
     pub welcome: Option<Delivery>,
+    /// Undelivered copies are deleted at this time (Unix seconds): disappearing messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 /// Answer to [`SubmitRequest`].

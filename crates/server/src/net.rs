@@ -169,7 +169,7 @@ async fn sweep_periodically(store: Arc<dyn Store>, config: Config, kt: KeyDirect
         let ttl = config.message_ttl_secs;
         let swept = tokio::task::spawn_blocking(move || {
             let now = sotto_core::unix_now();
-            store1.sweep(now.saturating_sub(KEEP_SUBMISSIONS), now.saturating_sub(ttl))
+            store1.sweep(now.saturating_sub(KEEP_SUBMISSIONS), now.saturating_sub(ttl), now)
         })
         .await;
         let store2 = store.clone();

@@ -2,6 +2,26 @@
 //! else lives in the client and server libraries).
 #![forbid(unsafe_code)]
 
+/// Parses a duration in seconds: a number with s, m, h, d or w (no unit: hours).
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30m or 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m, h, d or w")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err("the duration must be positive and under a few billion years".into()),
+        Some(v) => Ok(v),
+    }
+}
+
 /// Formats Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC.
 pub fn format_time(ms: u64) -> String {
     let secs = ms / 1000;

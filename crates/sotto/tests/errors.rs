@@ -232,6 +232,7 @@ fn mallory_invites(
                 v: sotto_core::content::VERSION,
                 id: format!("m{i}"),
                 sent_at: 1,
+                expires_in: None,
                 body,
             };
             mls::encrypt(&p, &gid, &me, &m.encode()).expect("encrypt")

@@ -653,6 +653,7 @@ async fn submit(
     let notify: Vec<u64> = deliveries.iter().flat_map(|d| d.recipients.iter().copied()).collect();
     let group_id = req.group_id.0;
     let limits = state.config.queue_limits;
+    let expires_at = req.expires_at;
     let epoch = blocking_write(&state, move |s| {
         let submission = Submission {
             sender,
@@ -660,6 +661,7 @@ async fn submit(
             group_id: &group_id,
             ordering,
             limits,
+            expires_at,
             deliveries: deliveries
                 .iter()
                 .map(|d| (d.recipients.as_slice(), d.message.0.as_slice()))

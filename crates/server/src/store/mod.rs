@@ -125,6 +125,8 @@ pub struct Submission<'a> {
     pub deliveries: Vec<(&'a [u64], &'a [u8])>,
     /// No recipient's queue may grow past these.
     pub limits: QueueLimits,
+    /// Undelivered copies are deleted at this time (Unix seconds).
+    pub expires_at: Option<u64>,
 }
 
 /// Most bytes of messages in one page of a queue (a single larger message still comes alone),
@@ -311,11 +313,13 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a device's queued messages with seq <= `up_to`; returns how many.
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError>;
 
-    /// Deletes idempotency records older than `keep_submissions_until` and queued messages
-    /// older than `expire_messages_before`. Returns how many queued messages expired.
+    /// Deletes idempotency records older than `keep_submissions_until`, queued messages
+    /// older than `expire_messages_before`, and queued messages whose own expiry is at or
+    /// before `now`. Returns how many queued messages expired.
     fn sweep(
         &self,
         keep_submissions_until: u64,
         expire_messages_before: u64,
+        now: u64,
     ) -> Result<u64, StoreError>;
 }

@@ -91,6 +91,10 @@ CREATE TABLE links (
 );
 CREATE INDEX links_by_age ON links(created_at);
 "#,
+    r#"
+ALTER TABLE queue ADD COLUMN expires_at INTEGER;
+CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
+"#,
 ];
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
@@ -270,6 +274,7 @@ struct OwnedSubmission {
     ordering: Ordering,
     deliveries: Vec<(Vec<u64>, Vec<u8>)>,
     limits: QueueLimits,
+    expires_at: Option<u64>,
 }
 
 impl From<&Submission<'_>> for OwnedSubmission {
@@ -280,6 +285,7 @@ impl From<&Submission<'_>> for OwnedSubmission {
             group_id: s.group_id.to_vec(),
             ordering: s.ordering,
             deliveries: s.deliveries.iter().map(|(r, m)| (r.to_vec(), m.to_vec())).collect(),
+            expires_at: s.expires_at,
             limits: s.limits,
         }
     }
@@ -294,6 +300,7 @@ impl OwnedSubmission {
             ordering: self.ordering,
             deliveries: self.deliveries.iter().map(|(r, m)| (r.as_slice(), m.as_slice())).collect(),
             limits: self.limits,
+            expires_at: self.expires_at,
         }
     }
 }
@@ -418,7 +425,8 @@ fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u
             .map_err(backend)?;
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO queue (device_id, message, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO queue (device_id, message, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
             )
             .map_err(backend)?;
         let mut count = tx
@@ -445,7 +453,14 @@ fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u
                 {
                     return Err(StoreError::QueueFull { device });
                 }
-                insert.execute(params![to_i64(device), message, to_i64(now)]).map_err(backend)?;
+                insert
+                    .execute(params![
+                        to_i64(device),
+                        message,
+                        to_i64(now),
+                        submission.expires_at.map(to_i64)
+                    ])
+                    .map_err(backend)?;
                 count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
             }
         }
@@ -700,6 +715,7 @@ impl Store for SqliteStore {
         &self,
         keep_submissions_until: u64,
         expire_messages_before: u64,
+        now: u64,
     ) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
@@ -708,22 +724,21 @@ impl Store for SqliteStore {
             [to_i64(keep_submissions_until)],
         )
         .map_err(backend)?;
+        // Too old for the server's time-to-live, or past the message's own expiry.
+        const EXPIRED: &str = "created_at < ?1 OR (expires_at IS NOT NULL AND expires_at <= ?2)";
+        let args = params![to_i64(expire_messages_before), to_i64(now)];
         let expired: Vec<(i64, i64, i64)> = {
             let mut stmt = tx
-                .prepare(
+                .prepare(&format!(
                     "SELECT device_id, COUNT(*), SUM(LENGTH(message)) FROM queue
-                     WHERE created_at < ?1 GROUP BY device_id",
-                )
+                     WHERE {EXPIRED} GROUP BY device_id"
+                ))
                 .map_err(backend)?;
-            let rows = stmt
-                .query_map([to_i64(expire_messages_before)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(backend)?;
+            let rows =
+                stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)?
         };
-        tx.execute("DELETE FROM queue WHERE created_at < ?1", [to_i64(expire_messages_before)])
-            .map_err(backend)?;
+        tx.execute(&format!("DELETE FROM queue WHERE {EXPIRED}"), args).map_err(backend)?;
         for (device, messages, bytes) in &expired {
             uncount(&tx, *device, *messages, *bytes)?;
         }

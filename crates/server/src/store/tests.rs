@@ -79,6 +79,7 @@ fn queues_and_ordering(store: &dyn Store) {
         ordering: Ordering::Advance(epoch),
         deliveries: vec![(&only_a[..], msg)],
         limits: QueueLimits::UNLIMITED,
+        expires_at: None,
     };
     assert_eq!(store.submit(&commit(0, b"c0"), 1).expect("first commit"), 1);
     assert!(matches!(
@@ -96,6 +97,7 @@ fn queues_and_ordering(store: &dyn Store) {
         ordering: Ordering::AtEpoch(1),
         deliveries: vec![(&only_a, b"p")],
         limits: QueueLimits::UNLIMITED,
+        expires_at: None,
     };
     assert_eq!(store.submit(&proposal, 1).expect("proposal"), 1);
     let app = Submission {
@@ -105,6 +107,7 @@ fn queues_and_ordering(store: &dyn Store) {
         ordering: Ordering::None,
         deliveries: vec![(&a_and_b[..], &b"m1"[..]), (&only_b[..], &b"w"[..])],
         limits: QueueLimits::UNLIMITED,
+        expires_at: None,
     };
     assert_eq!(store.submit(&app, 1).expect("app"), 1);
     // An application message from an epoch the group has left is refused.
@@ -115,6 +118,7 @@ fn queues_and_ordering(store: &dyn Store) {
         ordering: Ordering::NotBefore(0),
         deliveries: vec![(&only_a, b"x")],
         limits: QueueLimits::UNLIMITED,
+        expires_at: None,
     };
     assert!(matches!(store.submit(&old_app, 1), Err(StoreError::StaleEpoch { current: 1 })));
     let new_app = Submission {
@@ -124,6 +128,7 @@ fn queues_and_ordering(store: &dyn Store) {
         ordering: Ordering::NotBefore(1),
         deliveries: vec![],
         limits: QueueLimits::UNLIMITED,
+        expires_at: None,
     };
     assert_eq!(store.submit(&new_app, 1).expect("current epoch"), 1);
     // One unknown recipient refuses the whole submission.
@@ -134,6 +139,7 @@ fn queues_and_ordering(store: &dyn Store) {
         ordering: Ordering::None,
         deliveries: vec![(&a_and_ghost, b"z")],
         limits: QueueLimits::UNLIMITED,
+        expires_at: None,
     };
     assert!(matches!(store.submit(&bad, 1), Err(StoreError::UnknownDevice(999))));
 
@@ -189,6 +195,7 @@ fn submissions_are_idempotent(store: &dyn Store) {
         ordering: Ordering::Advance(epoch),
         deliveries: vec![(&to_b[..], &b"c"[..])],
         limits: QueueLimits::UNLIMITED,
+        expires_at: None,
     };
     assert_eq!(store.submit(&commit(b"s1", 0), 1).expect("first"), 1);
     // The same submission again (its answer was lost): same answer, nothing queued twice.
@@ -203,7 +210,7 @@ fn submissions_are_idempotent(store: &dyn Store) {
     let from_b = Submission { sender: b, ..commit(b"s1", 1) };
     assert_eq!(store.submit(&from_b, 4).expect("b's own"), 2);
     // Records are swept once old; a refused submission left none.
-    store.sweep(5, 0).expect("sweep");
+    store.sweep(5, 0, 0).expect("sweep");
     assert!(matches!(
         store.submit(&commit(b"s1", 0), 11),
         Err(StoreError::StaleEpoch { current: 2 })
@@ -222,6 +229,7 @@ fn pages_are_bounded_in_bytes(store: &dyn Store) {
             ordering: Ordering::None,
             deliveries: vec![(&to_a[..], &big[..])],
             limits: QueueLimits::UNLIMITED,
+            expires_at: None,
         };
         store.submit(&s, 1).expect("submit");
     }
@@ -244,6 +252,7 @@ fn queue_limits_and_expiry(store: &dyn Store) {
             ordering: Ordering::None,
             deliveries: vec![(&to_b[..], msg)],
             limits,
+            expires_at: None,
         };
         store.submit(&s, now)
     };
@@ -261,7 +270,23 @@ fn queue_limits_and_expiry(store: &dyn Store) {
     send(b"1", 30).expect("room again");
     // Expiry: messages older than the cut-off are not handed out and are swept.
     assert_eq!(store.fetch(b, 0, 10, 15).expect("fetch").0.len(), 2);
-    assert_eq!(store.sweep(0, 15).expect("sweep"), 1);
+    assert_eq!(store.sweep(0, 15, 0).expect("sweep"), 1);
+    // A message's own expiry (disappearing messages) removes it too, and frees its quota.
+    let s = Submission {
+        sender: a,
+        id: None,
+        group_id: b"g",
+        ordering: Ordering::None,
+        deliveries: vec![(&to_b[..], b"x")],
+        limits,
+        expires_at: Some(100),
+    };
+    let before = store.fetch(b, 0, 10, 0).expect("fetch").0.len();
+    store.submit(&s, 20).expect("expiring");
+    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), before + 1);
+    assert_eq!(store.sweep(0, 0, 99).expect("sweep"), 0);
+    assert_eq!(store.sweep(0, 0, 100).expect("sweep"), 1);
+    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), before);
     assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 2);
     // The counters followed: two in, room for one more.
     send(b"1", 40).expect("third");
@@ -300,6 +325,7 @@ fn device_lists_and_revocation(store: &dyn Store) {
         ordering: Ordering::None,
         deliveries: vec![(&to_b, b"m")],
         limits: QueueLimits::UNLIMITED,
+        expires_at: None,
     };
     store.submit(&sub, 3).expect("submit");
     // Revoking drops the queue and key packages, keeps the row.

@@ -51,7 +51,7 @@ struct ServeArgs {
     #[arg(long, env = "SOTTO_QUEUE_MAX_BYTES", default_value = "256M", value_parser = parse_size)]
     queue_max_bytes: u64,
     /// How long an undelivered message waits before it expires (e.g. 30d, 12h).
-    #[arg(long, env = "SOTTO_MESSAGE_TTL", default_value = "30d", value_parser = parse_duration)]
+    #[arg(long, env = "SOTTO_MESSAGE_TTL", default_value = "30d", value_parser = sotto::parse_duration)]
     message_ttl: u64,
     /// Most simultaneous connections; further ones wait until one closes.
     #[arg(long, env = "SOTTO_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -63,7 +63,7 @@ struct ServeArgs {
     #[arg(long, env = "SOTTO_REGISTRATION_RATE", default_value_t = 30)]
     registration_rate: u32,
     /// How often expired messages and sessions are swept (e.g. 5m).
-    #[arg(long, env = "SOTTO_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "SOTTO_SWEEP_INTERVAL", default_value = "5m", value_parser = sotto::parse_duration)]
     sweep_interval: u64,
 }
 
@@ -109,7 +109,7 @@ enum InviteCommand {
     /// Mint an invite code and print it.
     Create {
         /// How long the code stays valid: a number with s, m, h, d or w (e.g. 30m, 7d).
-        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        #[arg(long, default_value = "7d", value_parser = sotto::parse_duration)]
         expires: u64,
         /// How many accounts the code can create.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -118,25 +118,6 @@ enum InviteCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30m or 7d"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" | "" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(format!("unknown unit {unit:?}: use s, m, h, d or w")),
-    };
-    match n.checked_mul(mult) {
-        Some(0) | None => Err("the duration must be positive and under a few billion years".into()),
-        Some(v) => Ok(v),
-    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -155,6 +155,9 @@ enum Command {
     /// Create and manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Settings of a chat.
+    #[command(subcommand)]
+    Chat(ChatCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +216,18 @@ enum DevicesCommand {
     Wipe {
         /// The device id (see `sotto devices list`).
         device: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChatCommand {
+    /// Disappearing messages: every member's devices delete each message this long after it
+    /// was sent, and undelivered copies expire on the server.
+    Timer {
+        /// The chat (an address, a chat id or prefix, or a group name).
+        chat: String,
+        /// How long messages live (30s, 10m, 1h, 7d, 4w), or `off`.
+        duration: String,
     },
 }
 
@@ -526,7 +541,12 @@ fn print_chat(c: &ChatSummary) {
         _ => "(unnamed group)".into(),
     };
     let state = if c.state == "active" { String::new() } else { format!(" [{}]", c.state) };
-    println!("{}  {title}{state}", &c.id);
+    let timer = if c.timer_secs > 0 {
+        format!("  (messages disappear after {} s)", c.timer_secs)
+    } else {
+        String::new()
+    };
+    println!("{}  {title}{state}{timer}", &c.id);
     if !c.members.is_empty() {
         println!("    members: {}", c.members.join(", "));
     }
@@ -872,6 +892,18 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 print_json(&messages);
             } else {
                 messages.iter().for_each(print_message);
+            }
+        }
+        Command::Chat(ChatCommand::Timer { chat, duration }) => {
+            let seconds = match duration.trim() {
+                "off" | "0" => 0,
+                d => sotto::parse_duration(d).map_err(Error::Invalid)?,
+            };
+            let summary = open()?.set_timer(&chat, seconds)?;
+            if json {
+                print_json(&summary);
+            } else {
+                print_chat(&summary);
             }
         }
         Command::Group(cmd) => {
