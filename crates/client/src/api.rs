@@ -192,6 +192,52 @@ impl Api {
         )
     }
 
+    /// `PUT` raw bytes (an upload piece); the answer as JSON. No overall time limit: a piece
+    /// takes what the link allows.
+    pub(crate) fn put_bytes<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+        token: &str,
+    ) -> Result<R, Error> {
+        let req = authorize(self.agent.put(format!("{}{path}", self.base)), Some(token))
+            .header("Content-Type", "application/octet-stream")
+            .config()
+            .timeout_global(None)
+            .timeout_send_body(Some(Duration::from_secs(120)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .build();
+        self.finish(req.send(body))
+    }
+
+    /// `GET` a byte stream from `offset` (a `Range` request); the reader of its body.
+    pub(crate) fn get_stream(
+        &self,
+        path: &str,
+        offset: u64,
+        token: &str,
+    ) -> Result<impl std::io::Read + use<>, Error> {
+        let mut req = authorize(self.agent.get(format!("{}{path}", self.base)), Some(token));
+        if offset > 0 {
+            req = req.header("Range", format!("bytes={offset}-"));
+        }
+        let req = req
+            .config()
+            .timeout_global(None)
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_recv_body(None)
+            .build();
+        let resp = req.call().map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(self
+                .finish::<serde::de::IgnoredAny>(Ok(resp))
+                .err()
+                .unwrap_or(Error::Protocol(format!("HTTP {status} for a file download"))));
+        }
+        Ok(resp.into_body().into_reader())
+    }
+
     /// A valid bearer token, logging in with the device key when needed.
     pub(crate) fn token(
         &mut self,

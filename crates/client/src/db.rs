@@ -129,6 +129,19 @@ ALTER TABLE chats ADD COLUMN timer_secs INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN expires_at INTEGER;
 CREATE INDEX messages_by_expiry ON messages(expires_at) WHERE expires_at IS NOT NULL;
 "#,
+    r#"
+ALTER TABLE messages ADD COLUMN attachment TEXT;
+CREATE TABLE uploads (
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    blob BLOB NOT NULL,
+    key BLOB NOT NULL,
+    nonce BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (path, size, mtime)
+);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

@@ -65,6 +65,10 @@ pub enum Error {
     /// This device obeyed a wipe command: its local state is erased.
     #[error("{0}")]
     Wiped(String),
+    /// A downloaded file failed authentication, or is truncated: it was tampered with or
+    /// damaged, and nothing of it is kept.
+    #[error("{0}")]
+    Tampered(String),
     /// The passphrase does not unlock this home (nothing was changed).
     #[error("wrong passphrase for this home; nothing was changed")]
     WrongPassphrase,

@@ -21,6 +21,7 @@ mod api;
 mod db;
 mod devices;
 mod error;
+mod files;
 mod kt;
 mod live;
 mod vault;
@@ -44,6 +45,7 @@ use crate::api::Api;
 use crate::db::{AccountRow, Storage};
 pub use crate::devices::{DeviceView, LinkOutcome, LinkedDevice};
 pub use crate::error::Error;
+pub use crate::files::Downloaded;
 pub use crate::kt::{AuditReport, audit, load_audit_state, save_audit_state};
 pub use crate::verify::SafetyView;
 
@@ -100,6 +102,20 @@ pub struct MessageView {
     pub sent_at: u64,
     /// When this device stored it (Unix milliseconds).
     pub received_at: u64,
+    /// For `file` messages: what the file is (`sotto download ID` fetches it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileInfo>,
+}
+
+/// A file a message carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
 }
 
 impl std::fmt::Debug for MessageView {
@@ -765,7 +781,7 @@ impl Client {
     ) -> Result<Vec<MessageView>, Error> {
         let sql = format!(
             "SELECT m.group_id, c.kind, c.name, c.peer, m.msg_id, m.sender, m.kind, m.body,
-                    m.status, m.sent_at, m.received_at
+                    m.status, m.sent_at, m.received_at, m.attachment
              FROM messages m JOIN chats c ON c.group_id = m.group_id {filter}"
         );
         let mut stmt = self.conn.prepare(&sql)?;
@@ -789,6 +805,7 @@ impl Client {
                 status: r.get(8)?,
                 sent_at: r.get::<_, i64>(9)? as u64,
                 received_at: r.get::<_, i64>(10)? as u64,
+                file: r.get::<_, Option<String>>(11)?.and_then(|a| file_info(&a)),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -878,9 +895,14 @@ impl Client {
     fn send_body(&mut self, group_id: &[u8], body: Body) -> Result<Option<MessageView>, Error> {
         self.require_active(group_id)?;
         self.require_verified_keys(group_id)?;
-        let text = match &body {
-            Body::Text { text } => Some(text.clone()),
-            _ => None,
+        // What the chat shows: a text, or a file's name (with the reference kept to download
+        // it later; the key in it is as safe as everything else in the encrypted home).
+        let (kind, text, attachment) = match &body {
+            Body::Text { text } => ("text", Some(text.clone()), None),
+            Body::File { name, .. } => {
+                ("file", Some(name.clone()), serde_json::to_string(&body).ok())
+            }
+            _ => ("", None, None),
         };
         // Messages (not chat settings) carry the chat's disappearing-message timer.
         let timer: i64 = self.conn.query_row(
@@ -893,15 +915,17 @@ impl Client {
         if let Some(text) = &text {
             self.conn.execute(
                 "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
-                                       received_at, reported, expires_at)
-                 VALUES (?1, ?2, ?3, 'text', ?4, 'pending', ?5, ?5, 1, ?6)",
+                                       received_at, reported, expires_at, attachment)
+                 VALUES (?1, ?2, ?3, ?7, ?4, 'pending', ?5, ?5, 1, ?6, ?8)",
                 params![
                     group_id,
                     msg.id,
                     self.account.address,
                     text,
                     msg.sent_at as i64,
-                    expires_in.map(|s| (msg.sent_at + s * 1000) as i64)
+                    expires_in.map(|s| (msg.sent_at + s * 1000) as i64),
+                    kind,
+                    attachment
                 ],
             )?;
         }
@@ -1328,7 +1352,20 @@ impl Client {
             }
             Incoming::Application { group_id, sender, plaintext } => {
                 match Message::decode(&plaintext) {
-                    Ok(Message { id, sent_at, expires_in, body: Body::Text { text }, .. }) => {
+                    Ok(Message {
+                        id,
+                        sent_at,
+                        expires_in,
+                        body: body @ (Body::Text { .. } | Body::File { .. }),
+                        ..
+                    }) => {
+                        let (kind, text, attachment) = match &body {
+                            Body::File { name, .. } => {
+                                ("file", name.clone(), serde_json::to_string(&body).ok())
+                            }
+                            Body::Text { text } => ("text", text.clone(), None),
+                            _ => ("text", String::new(), None),
+                        };
                         // Sent by another device of this account: it is ours, and sent.
                         let status = if sender.address == self.me.device.address {
                             "sent"
@@ -1342,8 +1379,8 @@ impl Client {
                         tx.execute(
                             "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
                                                              status, sent_at, received_at,
-                                                             expires_at)
-                             VALUES (?1, ?2, ?3, 'text', ?4, ?7, ?5, ?6, ?8)",
+                                                             expires_at, attachment)
+                             VALUES (?1, ?2, ?3, ?9, ?4, ?7, ?5, ?6, ?8, ?10)",
                             params![
                                 group_id,
                                 id,
@@ -1352,7 +1389,9 @@ impl Client {
                                 sent_at as i64,
                                 now,
                                 status,
-                                expires_at
+                                expires_at,
+                                kind,
+                                attachment
                             ],
                         )?;
                     }
@@ -1508,6 +1547,14 @@ impl Client {
     /// rewritten; a wrong `old` passphrase changes nothing.
     pub fn change_passphrase(home: &Path, old: &str, new: &str) -> Result<(), Error> {
         vault::change(home, old, new)
+    }
+}
+
+/// What a stored attachment reference shows.
+fn file_info(attachment: &str) -> Option<FileInfo> {
+    match serde_json::from_str::<Body>(attachment).ok()? {
+        Body::File { name, size, media_type, .. } => Some(FileInfo { name, size, media_type }),
+        _ => None,
     }
 }
 

@@ -56,6 +56,24 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// A file: its ciphertext waits on the server as blob `blob`; `key` and `nonce` decrypt
+    /// it (see [`crate::attachment`]); `sha256` is the plaintext's digest.
+    File {
+        /// The blob id (hex).
+        blob: String,
+        /// The file key (hex).
+        key: String,
+        /// The STREAM nonce prefix (hex).
+        nonce: String,
+        /// Plaintext size in bytes.
+        size: u64,
+        /// SHA-256 of the plaintext (hex).
+        sha256: String,
+        /// The file's name.
+        name: String,
+        /// Its media type.
+        media_type: String,
+    },
     /// Disappearing messages: every device deletes this chat's messages `seconds` after they
     /// arrive (0 turns it off).
     Timer {
@@ -70,6 +88,7 @@ impl std::fmt::Debug for Body {
             Body::Text { text } => write!(f, "Text([{} bytes])", text.len()),
             Body::ChatInfo { kind, .. } => write!(f, "ChatInfo({kind:?})"),
             Body::Timer { seconds } => write!(f, "Timer({seconds})"),
+            Body::File { size, .. } => write!(f, "File([{size} bytes])"),
         }
     }
 }
@@ -117,6 +136,17 @@ impl Message {
             }
             Body::ChatInfo { name: Some(n), .. } if n.len() > 256 => {
                 Err(Error::MalformedContent("group name too long".into()))
+            }
+            Body::File { blob, key, nonce, sha256, name, media_type, size }
+                if blob.len() != 32
+                    || key.len() != 64
+                    || nonce.len() != 14
+                    || sha256.len() != 64
+                    || name.len() > 1024
+                    || media_type.len() > 256
+                    || *size > crate::attachment::MAX_FILE =>
+            {
+                Err(Error::MalformedContent("bad file reference".into()))
             }
             Body::Timer { seconds } if *seconds > MAX_TIMER_SECS => {
                 Err(Error::MalformedContent("timer too long".into()))

@@ -5,6 +5,7 @@
 //!
 //! - [`Address`] — `local@domain` account addresses, normalised and validated.
 //! - [`DeviceRef`] — one device of an account, as it appears in MLS credentials.
+//! - [`attachment`] — files encrypted in chunks (STREAM) for upload and streaming download.
 //! - [`account`] — identity and recovery keys, signed device lists, wipe commands, linking.
 //! - [`auth`] — the byte strings a device signs to prove possession of its key.
 //! - [`content`] — the plaintext format carried inside MLS application messages.
@@ -25,6 +26,7 @@
 
 pub mod account;
 mod address;
+pub mod attachment;
 pub mod auth;
 pub mod content;
 mod error;

@@ -372,6 +372,26 @@ pub struct WipeConfirm {
     pub confirmation: SignedData,
 }
 
+/// `POST /v1/blobs`: start uploading an attachment's ciphertext of `size` bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewBlob {
+    /// The ciphertext's full size.
+    pub size: u64,
+}
+
+/// A blob's state: answer to [`NewBlob`] and `GET /v1/blobs/{id}/status`. Upload with
+/// `PUT /v1/blobs/{id}?offset=N` (raw bytes, at most 8 MiB per request, `offset` =
+/// `received`); download with `GET /v1/blobs/{id}` (a `Range: bytes=N-` header resumes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobStatus {
+    /// The blob id (16 bytes, hex in paths).
+    pub id: Bytes,
+    /// Its full size.
+    pub size: u64,
+    /// Bytes durably received.
+    pub received: u64,
+}
+
 /// `POST /v1/links`, unauthenticated: a new device opens a link, with its request sealed
 /// under the linking code.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -582,6 +602,10 @@ pub enum ErrorCode {
     LinkTaken,
     /// The account has not accepted the operator's key.
     NotManaged,
+    /// An account's files would exceed its quota on the server.
+    QuotaExceeded,
+    /// An upload's offset is not where the blob ends (resume from `received`).
+    WrongOffset,
     /// The server failed; the details are in its log.
     Internal,
 }

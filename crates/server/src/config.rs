@@ -43,6 +43,8 @@ pub struct Config {
     pub registrations_per_hour_per_ip: u32,
     /// How often expired rows are swept, in seconds.
     pub sweep_interval_secs: u64,
+    /// Most bytes of files one account may keep on the server.
+    pub blob_quota: u64,
 }
 
 impl Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             device_requests_per_second: 200,
             registrations_per_hour_per_ip: 30,
             sweep_interval_secs: 300,
+            blob_quota: 8 << 30,
         }
     }
 }

@@ -182,6 +182,17 @@ async fn sweep_periodically(store: Arc<dyn Store>, config: Config, kt: KeyDirect
             tracing::warn!(error = %e, "expiring device links failed");
         }
         reconcile_directory(&store, &kt).await;
+        let (store3, data) = (store.clone(), config.data_dir.clone());
+        let blobs = tokio::task::spawn_blocking(move || {
+            crate::api::sweep_blobs(store3.as_ref(), &data, sotto_core::unix_now())
+        })
+        .await;
+        match blobs {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(deleted = n, "expired files deleted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "deleting expired files failed"),
+            Err(e) => tracing::warn!(error = %e, "deleting expired files failed"),
+        }
         match swept {
             Ok(Ok(0)) => {}
             Ok(Ok(expired)) => tracing::info!(expired, "undelivered messages expired"),

@@ -25,9 +25,11 @@ use crate::limits::{PeerAddr, RateLimiter};
 use crate::session::Sessions;
 use crate::store::{NewAccount, Ordering, Store, StoreError, Submission};
 
+mod blobs;
 mod devices;
 mod kt;
 
+pub(crate) use blobs::sweep as sweep_blobs;
 pub(crate) use devices::LINK_TTL_SECS;
 
 /// Largest request body accepted.
@@ -97,6 +99,8 @@ pub(crate) struct AppState {
     operator_key: Option<Vec<u8>>,
     /// The key transparency directory.
     kt: crate::kt::KeyDirectory,
+    /// Blobs being uploaded.
+    uploading: blobs::Uploading,
 }
 
 impl AppState {
@@ -115,6 +119,7 @@ impl AppState {
             revoked: std::sync::RwLock::new(revoked),
             operator_key,
             kt,
+            uploading: Default::default(),
             store,
             notifier: Notifier::default(),
             stopping,
@@ -231,6 +236,13 @@ impl From<StoreError> for ApiError {
                 "the device list changed meanwhile; fetch it and try again",
             ),
             StoreError::UnknownLink => devices::unknown_link(),
+            StoreError::BlobQuota { used, quota } => Self::new(
+                S::INSUFFICIENT_STORAGE,
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "your files on this server take {used} of {quota} bytes; this one does not fit"
+                ),
+            ),
             StoreError::LinkTaken => {
                 Self::new(S::CONFLICT, ErrorCode::LinkTaken, "that part of the link is set already")
             }
@@ -405,6 +417,14 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/links", post(devices::open_link))
         .route("/v1/links/{id}", get(devices::get_link).post(devices::reply_link))
         .route("/v1/recover", post(devices::recover))
+        .route("/v1/blobs", post(blobs::create))
+        .route(
+            "/v1/blobs/{id}",
+            get(blobs::download)
+                .put(blobs::upload)
+                .layer(DefaultBodyLimit::max(blobs::MAX_UPLOAD_REQUEST)),
+        )
+        .route("/v1/blobs/{id}/status", get(blobs::status))
         .route("/v1/kt/roots", get(kt::roots))
         .route("/v1/kt/lookup/{address}", get(kt::lookup))
         .route("/v1/kt/history/{address}", get(kt::history))

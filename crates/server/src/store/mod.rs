@@ -71,6 +71,25 @@ pub struct WipeRecord {
     pub confirmation: Option<SignedBlob>,
 }
 
+/// An attachment's ciphertext, stored as a file beside the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// Its random id.
+    pub id: Vec<u8>,
+    /// The uploading device.
+    pub device: u64,
+    /// The uploading account (quotas are per account).
+    pub address: String,
+    /// Its full size.
+    pub size: u64,
+    /// Bytes received so far (durably).
+    pub received: u64,
+    /// When the upload began.
+    pub created_at: u64,
+    /// When it is deleted.
+    pub expires_at: u64,
+}
+
 /// A device link in progress: sealed parts, opaque to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRecord {
@@ -188,6 +207,14 @@ pub enum StoreError {
     /// The link, or that part of it, exists already.
     #[error("link part already set")]
     LinkTaken,
+    /// An account's blobs would exceed its quota.
+    #[error("blob quota exceeded: {used} of {quota} bytes in use")]
+    BlobQuota {
+        /// Bytes the account's blobs take.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
     /// The database cannot be written: the disk is full or read-only, or failing.
     #[error("storage cannot be written: {0}")]
     Unwritable(String),
@@ -273,6 +300,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes links opened before `before`; returns how many.
     fn expire_links(&self, before: u64) -> Result<u64, StoreError>;
+
+    /// Records a new blob if its account's blobs stay within `quota` bytes.
+    fn create_blob(&self, blob: &BlobRecord, quota: u64) -> Result<(), StoreError>;
+
+    /// A blob by id.
+    fn blob(&self, id: &[u8]) -> Result<Option<BlobRecord>, StoreError>;
+
+    /// Records how much of a blob is durably received (and, once complete, when it expires).
+    fn blob_received(&self, id: &[u8], received: u64, expires_at: u64) -> Result<(), StoreError>;
+
+    /// Ids of blobs that expired by `now`; [`Store::delete_blob`] removes them.
+    fn expired_blobs(&self, now: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Forgets a blob.
+    fn delete_blob(&self, id: &[u8]) -> Result<(), StoreError>;
 
     /// Adds one-time key packages and replaces the last-resort one, if given.
     fn add_key_packages(

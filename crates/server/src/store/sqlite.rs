@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    DeviceRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering, PAGE_MAX_BYTES,
-    QueueLimits, QueuePage, SignedBlob, Store, StoreError, Submission, WipeRecord,
+    BlobRecord, DeviceRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering,
+    PAGE_MAX_BYTES, QueueLimits, QueuePage, SignedBlob, Store, StoreError, Submission, WipeRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -94,6 +94,19 @@ CREATE INDEX links_by_age ON links(created_at);
     r#"
 ALTER TABLE queue ADD COLUMN expires_at INTEGER;
 CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
+"#,
+    r#"
+CREATE TABLE blobs (
+    id BLOB PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX blobs_by_address ON blobs(address);
+CREATE INDEX blobs_by_expiry ON blobs(expires_at);
 "#,
 ];
 
@@ -943,5 +956,81 @@ impl Store for SqliteStore {
 
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
         self.write(Job::Ack(device_id, up_to))
+    }
+
+    fn create_blob(&self, blob: &BlobRecord, quota: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let used: i64 = tx
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE address = ?1",
+                [&blob.address],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        let used = to_u64(used);
+        if used.saturating_add(blob.size) > quota {
+            return Err(StoreError::BlobQuota { used, quota });
+        }
+        tx.execute(
+            "INSERT INTO blobs (id, device_id, address, size, received, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                blob.id,
+                to_i64(blob.device),
+                blob.address,
+                to_i64(blob.size),
+                to_i64(blob.received),
+                to_i64(blob.created_at),
+                to_i64(blob.expires_at)
+            ],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn blob(&self, id: &[u8]) -> Result<Option<BlobRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, device_id, address, size, received, created_at, expires_at
+                 FROM blobs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(BlobRecord {
+                        id: r.get(0)?,
+                        device: to_u64(r.get(1)?),
+                        address: r.get(2)?,
+                        size: to_u64(r.get(3)?),
+                        received: to_u64(r.get(4)?),
+                        created_at: to_u64(r.get(5)?),
+                        expires_at: to_u64(r.get(6)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn blob_received(&self, id: &[u8], received: u64, expires_at: u64) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE blobs SET received = ?2, expires_at = ?3 WHERE id = ?1",
+                params![id, to_i64(received), to_i64(expires_at)],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn expired_blobs(&self, now: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id FROM blobs WHERE expires_at <= ?1").map_err(backend)?;
+        let rows = stmt.query_map([to_i64(now)], |r| r.get(0)).map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn delete_blob(&self, id: &[u8]) -> Result<(), StoreError> {
+        self.conn().execute("DELETE FROM blobs WHERE id = ?1", [id]).map_err(backend)?;
+        Ok(())
     }
 }

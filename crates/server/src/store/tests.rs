@@ -172,6 +172,7 @@ macro_rules! backends {
             #[test] fn pages_are_bounded_in_bytes() { let (s, _g) = $make; super::pages_are_bounded_in_bytes(&s) }
             #[test] fn device_lists_and_revocation() { let (s, _g) = $make; super::device_lists_and_revocation(&s) }
             #[test] fn wipes_and_links() { let (s, _g) = $make; super::wipes_and_links(&s) }
+            #[test] fn blobs_and_quotas() { let (s, _g) = $make; super::blobs_and_quotas(&s) }
         }
     )*};
 }
@@ -369,4 +370,29 @@ fn wipes_and_links(store: &dyn Store) {
     assert_eq!(store.expire_links(15).expect("expire"), 1);
     assert_eq!(store.link(b"id1").expect("link"), None);
     assert!(store.link(b"id2").expect("link").is_some());
+}
+
+fn blobs_and_quotas(store: &dyn Store) {
+    let blob = |id: &[u8], address: &str, size| BlobRecord {
+        id: id.to_vec(),
+        device: 1,
+        address: address.into(),
+        size,
+        received: 0,
+        created_at: 10,
+        expires_at: 100,
+    };
+    store.create_blob(&blob(b"b1", "q@x", 60), 100).expect("fits");
+    assert!(matches!(
+        store.create_blob(&blob(b"b2", "q@x", 41), 100),
+        Err(StoreError::BlobQuota { used: 60, quota: 100 })
+    ));
+    store.create_blob(&blob(b"b2", "other@x", 41), 100).expect("another account's quota");
+    store.blob_received(b"b1", 60, 500).expect("received");
+    let b1 = store.blob(b"b1").expect("blob").expect("exists");
+    assert_eq!((b1.received, b1.expires_at), (60, 500));
+    assert_eq!(store.blob(b"nope").expect("blob"), None);
+    assert_eq!(store.expired_blobs(100).expect("expired"), vec![b"b2".to_vec()]);
+    store.delete_blob(b"b2").expect("delete");
+    assert_eq!(store.expired_blobs(1000).expect("expired"), vec![b"b1".to_vec()]);
 }

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Registration attempts per hour from one IP address.
     #[arg(long, env = "SOTTO_REGISTRATION_RATE", default_value_t = 30)]
     registration_rate: u32,
+    /// Most bytes of attached files one account may keep on the server (K, M or G).
+    #[arg(long, env = "SOTTO_BLOB_QUOTA", default_value = "8G", value_parser = parse_size)]
+    blob_quota: u64,
     /// How often expired messages and sessions are swept (e.g. 5m).
     #[arg(long, env = "SOTTO_SWEEP_INTERVAL", default_value = "5m", value_parser = sotto::parse_duration)]
     sweep_interval: u64,
@@ -167,6 +170,7 @@ fn main() -> anyhow::Result<()> {
         device_requests_per_second: cli.serve.device_rate.max(1),
         registrations_per_hour_per_ip: cli.serve.registration_rate.max(1),
         sweep_interval_secs: cli.serve.sweep_interval,
+        blob_quota: cli.serve.blob_quota,
         ..Config::default()
     };
     if matches!(cli.command, None | Some(Command::Serve)) {

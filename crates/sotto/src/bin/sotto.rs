@@ -131,6 +131,26 @@ enum Command {
         #[arg(required = true, num_args = 1..=2, value_names = ["ADDRESS", "TEXT"])]
         args: Vec<String>,
     },
+    /// Send a file (up to 4 GiB): `sotto send-file ADDRESS PATH`, or `--group CHAT PATH`. It is
+    /// encrypted here; an interrupted upload resumes when the command runs again.
+    SendFile {
+        /// Send to this chat (id, id prefix or group name) instead of an address.
+        #[arg(long, short)]
+        group: Option<String>,
+        /// ADDRESS PATH, or PATH with --group.
+        #[arg(required = true, num_args = 1..=2, value_names = ["ADDRESS", "PATH"])]
+        args: Vec<String>,
+    },
+    /// Download the file a message carries (its id, or a prefix of it, from `history`). It is
+    /// written under its name only once it is complete and verified; an interrupted download
+    /// resumes.
+    Download {
+        /// The message id.
+        message: String,
+        /// Where to write it (a file, or a directory) [default: its name, here].
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Fetch and decrypt everything that arrived, and print it.
     Sync,
     /// Stay connected and print messages as they arrive (one JSON object per line with --json).
@@ -390,6 +410,7 @@ fn error_code(e: &Error) -> String {
         Error::Database(_) => "local_database".into(),
         Error::Untrusted(_) => "untrusted".into(),
         Error::WrongPassphrase => "wrong_passphrase".into(),
+        Error::Tampered(_) => "tampered".into(),
         Error::Revoked(_) => "device_revoked".into(),
         Error::IdentityChanged(_) => "identity_changed".into(),
         Error::Wiped(_) => "device_wiped".into(),
@@ -461,9 +482,31 @@ fn print_message(m: &MessageView) {
     };
     if m.kind == "event" {
         println!("[{when}] {}: * {}", m.chat_name, m.body);
+    } else if let Some(f) = &m.file {
+        println!(
+            "[{when}] {} <{}> [file {} — {} bytes, {}] (sotto download {}){status}",
+            m.chat_name, m.sender, f.name, f.size, f.media_type, m.id
+        );
     } else {
         println!("[{when}] {} <{}> {}{status}", m.chat_name, m.sender, m.body);
     }
+}
+
+/// A progress bar on a terminal; hidden with --json or when output is not a terminal.
+fn progress_bar(json: bool, what: &str) -> indicatif::ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
 }
 
 fn print_device(d: &DeviceView) {
@@ -836,6 +879,48 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 print_json(&sent);
             } else {
                 print_message(&sent);
+            }
+        }
+        Command::SendFile { group, args } => {
+            let (target, path) = match (group, args.as_slice()) {
+                (Some(g), [path]) => (Target::Chat(g), PathBuf::from(path)),
+                (None, [to, path]) => {
+                    (Target::Address(to.parse().map_err(Error::Core)?), PathBuf::from(path))
+                }
+                (Some(_), _) => {
+                    return Err(Error::Invalid("with --group, give only the path".into()));
+                }
+                (None, _) => {
+                    return Err(Error::Invalid(
+                        "give ADDRESS and PATH, or --group CHAT and PATH".into(),
+                    ));
+                }
+            };
+            let mut client = open()?;
+            let bar = progress_bar(json, "sending");
+            let sent = client.send_file(&target, &path, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            if json {
+                print_json(&sent);
+            } else {
+                print_message(&sent);
+            }
+        }
+        Command::Download { message, out } => {
+            let mut client = open()?;
+            let bar = progress_bar(json, "receiving");
+            let got = client.download(&message, out.as_deref(), &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            if json {
+                print_json(&got);
+            } else {
+                println!("{} ({} bytes, {}), verified", got.path, got.size, got.media_type);
             }
         }
         Command::Sync => {

@@ -1,0 +1,239 @@
+//! Attachments: opaque ciphertext blobs, uploaded in pieces that can resume, downloaded as a
+//! stream that can resume, deleted when they expire. The server never sees a key or a name:
+//! those travel inside MLS messages.
+
+use std::collections::HashSet;
+use std::sync::Mutex as StdMutex;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
+
+use super::*;
+use crate::store::BlobRecord;
+
+/// Most bytes in one upload request.
+pub(super) const MAX_UPLOAD_REQUEST: usize = 8 << 20;
+/// How long an unfinished upload may wait before it is deleted.
+const INCOMPLETE_TTL: u64 = 86_400;
+/// Largest blob: the largest file, encrypted.
+fn max_blob() -> u64 {
+    sotto_core::attachment::encrypted_len(sotto_core::attachment::MAX_FILE)
+}
+
+/// Blobs being written right now (one writer per blob).
+#[derive(Debug, Default)]
+pub(crate) struct Uploading(StdMutex<HashSet<Vec<u8>>>);
+
+struct UploadGuard<'a>(&'a Uploading, Vec<u8>);
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
+}
+
+fn blob_id(text: &str) -> Result<Vec<u8>, ApiError> {
+    hex::decode(text)
+        .ok()
+        .filter(|id| id.len() == 16)
+        .ok_or_else(|| ApiError::bad_request("a blob id is 32 hex digits"))
+}
+
+fn no_blob() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::UnknownLink,
+        "no such file (it may have expired)",
+    )
+}
+
+fn status_of(b: &BlobRecord) -> proto::BlobStatus {
+    proto::BlobStatus { id: Bytes(b.id.clone()), size: b.size, received: b.received }
+}
+
+pub(crate) fn blob_path(state: &AppState, id: &[u8]) -> std::path::PathBuf {
+    state.config.data_dir.join("blobs").join(hex::encode(id))
+}
+
+fn io_failed(e: std::io::Error) -> ApiError {
+    if e.raw_os_error() == Some(28) {
+        return StoreError::Unwritable(e.to_string()).into();
+    }
+    ApiError::internal("blob file", &e)
+}
+
+/// `POST /v1/blobs`.
+pub(super) async fn create(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<proto::NewBlob>,
+) -> Result<Json<proto::BlobStatus>, ApiError> {
+    if req.size == 0 || req.size > max_blob() {
+        return Err(ApiError::bad_request(format!("a file is 1 to {} bytes", max_blob())));
+    }
+    let now = unix_now();
+    let id = sotto_core::random_bytes(16).map_err(|e| ApiError::internal("random id", &e))?;
+    let path = blob_path(&state, &id);
+    let quota = state.config.blob_quota;
+    let record_id = id.clone();
+    let record = blocking(&state, move |s| {
+        let address = s.device(device)?.map(|d| d.address).unwrap_or_default();
+        let record = BlobRecord {
+            id: record_id,
+            device,
+            address,
+            size: req.size,
+            received: 0,
+            created_at: now,
+            expires_at: now + INCOMPLETE_TTL,
+        };
+        s.create_blob(&record, quota)?;
+        Ok(record)
+    })
+    .await?;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io_failed)?;
+    }
+    tokio::fs::File::create(&path).await.map_err(io_failed)?;
+    Ok(Json(status_of(&record)))
+}
+
+async fn own_blob(state: &Shared, device: u64, id: Vec<u8>) -> Result<BlobRecord, ApiError> {
+    let blob = blocking(state, move |s| s.blob(&id)).await?;
+    // Someone else's upload looks like no upload at all.
+    blob.filter(|b| b.device == device).ok_or_else(no_blob)
+}
+
+/// `GET /v1/blobs/{id}/status`.
+pub(super) async fn status(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    Path(id): Path<String>,
+) -> Result<Json<proto::BlobStatus>, ApiError> {
+    let blob = own_blob(&state, device, blob_id(&id)?).await?;
+    Ok(Json(status_of(&blob)))
+}
+
+/// `PUT /v1/blobs/{id}?offset=N`: appends the body at `offset`, which must be where the blob
+/// ends; answers with what is now durably stored.
+pub(super) async fn upload(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, u64>>, QueryRejection>,
+    body: Body,
+) -> Result<Json<proto::BlobStatus>, ApiError> {
+    let Query(q) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let offset = q.get("offset").copied().unwrap_or(0);
+    let id = blob_id(&id)?;
+    let blob = own_blob(&state, device, id.clone()).await?;
+    {
+        let mut busy = state.uploading.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(id.clone()) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::WrongOffset,
+                "this file is being uploaded by another request",
+            ));
+        }
+    }
+    let _guard = UploadGuard(&state.uploading, id.clone());
+    if offset != blob.received {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::WrongOffset,
+            format!("the upload continues at byte {}, not {offset}", blob.received),
+        ));
+    }
+    let path = blob_path(&state, &id);
+    let mut file =
+        tokio::fs::OpenOptions::new().write(true).open(&path).await.map_err(io_failed)?;
+    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io_failed)?;
+    let mut written = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, e.to_string())
+        })?;
+        if offset + written + piece.len() as u64 > blob.size {
+            return Err(ApiError::bad_request("more bytes than the file's size"));
+        }
+        file.write_all(&piece).await.map_err(io_failed)?;
+        written += piece.len() as u64;
+    }
+    // Bytes count as received only once they are on disk.
+    file.sync_data().await.map_err(io_failed)?;
+    let received = offset + written;
+    let expires_at = if received == blob.size {
+        unix_now() + state.config.message_ttl_secs
+    } else {
+        blob.expires_at
+    };
+    let record_id = id.clone();
+    blocking(&state, move |s| s.blob_received(&record_id, received, expires_at)).await?;
+    Ok(Json(proto::BlobStatus { id: Bytes(id), size: blob.size, received }))
+}
+
+/// `GET /v1/blobs/{id}`: the ciphertext, from the `Range: bytes=N-` offset if given. Anyone
+/// with the id (a 128-bit secret that travels only inside MLS messages) may fetch it.
+pub(super) async fn download(
+    State(state): State<Shared>,
+    AuthDevice(_): AuthDevice,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = blob_id(&id)?;
+    let lookup = id.clone();
+    let blob = blocking(&state, move |s| s.blob(&lookup)).await?.ok_or_else(no_blob)?;
+    if blob.received < blob.size {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::WrongOffset,
+            "this file is still being uploaded",
+        ));
+    }
+    let start = match headers.get(axum::http::header::RANGE) {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.strip_suffix('-'))
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s <= blob.size)
+            .ok_or_else(|| ApiError::bad_request("only Range: bytes=N- is supported"))?,
+    };
+    let mut file = tokio::fs::File::open(blob_path(&state, &id)).await.map_err(io_failed)?;
+    file.seek(std::io::SeekFrom::Start(start)).await.map_err(io_failed)?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(axum::http::header::CONTENT_LENGTH, (blob.size - start).into());
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    if start > 0 {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = format!("bytes {start}-{}/{}", blob.size - 1, blob.size).parse() {
+            response.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(response)
+}
+
+/// Deletes expired blobs (files, then rows).
+pub(crate) fn sweep(
+    store: &dyn Store,
+    data_dir: &std::path::Path,
+    now: u64,
+) -> Result<usize, StoreError> {
+    let expired = store.expired_blobs(now)?;
+    for id in &expired {
+        let _ = std::fs::remove_file(data_dir.join("blobs").join(hex::encode(id)));
+        store.delete_blob(id)?;
+    }
+    Ok(expired.len())
+}
