@@ -130,6 +130,24 @@ pub fn run(budget: Duration, big_group: usize) -> anyhow::Result<Vec<CryptoResul
         None,
     ));
 
+    // Attachments: one 64 KiB STREAM chunk (ChaCha20-Poly1305, RustCrypto), sealed and
+    // opened: the ceiling for file transfer on this machine.
+    let file_key = sotto_core::attachment::FileKey::generate()?;
+    let chunk = vec![5u8; sotto_core::attachment::CHUNK];
+    let sealed = file_key.seal(0, false, &chunk)?;
+    out.push(result(
+        "file chunk seal 64 KiB (chacha20-poly1305)",
+        time(budget, 20, || file_key.seal(0, false, &chunk).map(drop).map_err(Into::into))?,
+        Some(chunk.len()),
+    ));
+    out.push(result(
+        "file chunk open 64 KiB (chacha20-poly1305)",
+        time(budget, 20, || {
+            file_key.open(0, false, &sealed).map(drop).map_err(|e| anyhow::anyhow!(e))
+        })?,
+        Some(chunk.len()),
+    ));
+
     // Application messages in a group of two: encrypt on one side, decrypt on the other.
     let Group { members, id: gid, .. } = group(2)?;
     for (label, len) in [("100 B", 100usize), ("64 KiB", 64 * 1024)] {

@@ -94,7 +94,14 @@ impl Client {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let sealed_size = attachment::encrypted_len(size);
-        let (blob, key) = self.upload_slot(&canonical, size, mtime, sealed_size)?;
+        // In a chat with disappearing messages the file on the server goes with the message.
+        let timer: i64 = self.conn.query_row(
+            "SELECT timer_secs FROM chats WHERE group_id = ?1",
+            [&group_id],
+            |r| r.get(0),
+        )?;
+        let lifetime = (timer > 0).then_some(timer as u64);
+        let (blob, key) = self.upload_slot(&canonical, size, mtime, sealed_size, lifetime)?;
         let sha256 = digest_file(path)?;
         self.upload(&blob, &key, path, size, progress)?;
         self.conn.execute(
@@ -121,6 +128,7 @@ impl Client {
         size: u64,
         mtime: u64,
         sealed_size: u64,
+        lifetime: Option<u64>,
     ) -> Result<(Vec<u8>, FileKey), Error> {
         let key_path = path.to_string_lossy().into_owned();
         let earlier: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = self
@@ -144,8 +152,11 @@ impl Client {
             }
         }
         let token = self.token()?;
-        let status: proto::BlobStatus =
-            self.api.post("/v1/blobs", &proto::NewBlob { size: sealed_size }, Some(&token))?;
+        let status: proto::BlobStatus = self.api.post(
+            "/v1/blobs",
+            &proto::NewBlob { size: sealed_size, expires_in: lifetime },
+            Some(&token),
+        )?;
         let key = FileKey::generate()?;
         self.conn.execute(
             "INSERT OR REPLACE INTO uploads (path, size, mtime, blob, key, nonce, created_at)

@@ -377,6 +377,10 @@ pub struct WipeConfirm {
 pub struct NewBlob {
     /// The ciphertext's full size.
     pub size: u64,
+    /// For a chat with disappearing messages: delete the file this many seconds after it is
+    /// complete (sooner than the server's usual time-to-live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
 }
 
 /// A blob's state: answer to [`NewBlob`] and `GET /v1/blobs/{id}/status`. Upload with

@@ -60,4 +60,15 @@ fn a_timer_set_by_one_member_deletes_messages_everywhere() {
     assert_eq!(got, vec![pair(&alice, "this stays")]);
     assert_eq!(carol.history(&group), vec![pair(&alice, "this stays")]);
     assert_eq!(alice.err(&["chat", "timer", &group, "soon"]), "invalid_input");
+
+    // A file sent with a timer goes from the server with its message.
+    alice.ok(&["chat", "timer", &group, "2s"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, b"burn after reading").expect("write");
+    alice.ok(&["send-file", "--group", &group, file.to_str().expect("path")]);
+    let blobs = || std::fs::read_dir(server.data.join("blobs")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(blobs(), 1);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(blobs(), 0, "the file outlived its message on the server");
 }

@@ -88,6 +88,7 @@ pub(super) async fn create(
             received: 0,
             created_at: now,
             expires_at: now + INCOMPLETE_TTL,
+            lifetime: req.expires_in.unwrap_or(u64::MAX),
         };
         s.create_blob(&record, quota)?;
         Ok(record)
@@ -166,8 +167,11 @@ pub(super) async fn upload(
     // Bytes count as received only once they are on disk.
     file.sync_data().await.map_err(io_failed)?;
     let received = offset + written;
+    // A complete file lives as long as messages do, or as its chat's timer says. Until
+    // then `expires_at` is the deadline for finishing the upload, and the lifetime asked for
+    // is kept in `lifetime`.
     let expires_at = if received == blob.size {
-        unix_now() + state.config.message_ttl_secs
+        unix_now() + blob.lifetime.min(state.config.message_ttl_secs)
     } else {
         blob.expires_at
     };

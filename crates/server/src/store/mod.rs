@@ -88,6 +88,8 @@ pub struct BlobRecord {
     pub created_at: u64,
     /// When it is deleted.
     pub expires_at: u64,
+    /// How long it lives once complete (seconds; the server's TTL caps it).
+    pub lifetime: u64,
 }
 
 /// A device link in progress: sealed parts, opaque to the server.

@@ -103,7 +103,8 @@ CREATE TABLE blobs (
     size INTEGER NOT NULL,
     received INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
+    expires_at INTEGER NOT NULL,
+    lifetime INTEGER NOT NULL
 );
 CREATE INDEX blobs_by_address ON blobs(address);
 CREATE INDEX blobs_by_expiry ON blobs(expires_at);
@@ -973,8 +974,9 @@ impl Store for SqliteStore {
             return Err(StoreError::BlobQuota { used, quota });
         }
         tx.execute(
-            "INSERT INTO blobs (id, device_id, address, size, received, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO blobs (id, device_id, address, size, received, created_at, expires_at,
+                                lifetime)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 blob.id,
                 to_i64(blob.device),
@@ -982,7 +984,8 @@ impl Store for SqliteStore {
                 to_i64(blob.size),
                 to_i64(blob.received),
                 to_i64(blob.created_at),
-                to_i64(blob.expires_at)
+                to_i64(blob.expires_at),
+                to_i64(blob.lifetime)
             ],
         )
         .map_err(backend)?;
@@ -992,7 +995,7 @@ impl Store for SqliteStore {
     fn blob(&self, id: &[u8]) -> Result<Option<BlobRecord>, StoreError> {
         self.conn()
             .query_row(
-                "SELECT id, device_id, address, size, received, created_at, expires_at
+                "SELECT id, device_id, address, size, received, created_at, expires_at, lifetime
                  FROM blobs WHERE id = ?1",
                 [id],
                 |r| {
@@ -1004,6 +1007,7 @@ impl Store for SqliteStore {
                         received: to_u64(r.get(4)?),
                         created_at: to_u64(r.get(5)?),
                         expires_at: to_u64(r.get(6)?),
+                        lifetime: to_u64(r.get(7)?),
                     })
                 },
             )

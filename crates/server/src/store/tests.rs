@@ -381,6 +381,7 @@ fn blobs_and_quotas(store: &dyn Store) {
         received: 0,
         created_at: 10,
         expires_at: 100,
+        lifetime: 1000,
     };
     store.create_blob(&blob(b"b1", "q@x", 60), 100).expect("fits");
     assert!(matches!(
