@@ -209,15 +209,7 @@ impl KeyDirectory {
     pub async fn lookup(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
         let dir = self.dir.clone();
         let found = blocking(async move { dir.lookup(AkdLabel(label)).await }).await?;
-        let (proof, hash) = match found {
-            Ok(found) => found,
-            Err(akd::errors::AkdError::Storage(akd::errors::StorageError::NotFound(_))) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(kt_err(e)),
-        };
-        let root = self.root_at(hash.0)?;
-        Ok(Some((root, serde_json::to_vec(&proof).map_err(kt_err)?)))
+        self.with_root(found)
     }
 
     /// A complete key-history proof (JSON) for `label` and its signed root.
@@ -228,6 +220,14 @@ impl KeyDirectory {
                 async move { dir.key_history(&AkdLabel(label), HistoryParams::Complete).await },
             )
             .await?;
+        self.with_root(found)
+    }
+
+    /// A proof as JSON with the signed root of its epoch; `None` for an unknown label.
+    fn with_root<P: serde::Serialize>(
+        &self,
+        found: Result<(P, akd::EpochHash), akd::errors::AkdError>,
+    ) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
         let (proof, hash) = match found {
             Ok(found) => found,
             Err(akd::errors::AkdError::Storage(akd::errors::StorageError::NotFound(_))) => {
