@@ -56,6 +56,9 @@ pub struct KeyDirectory {
     key: Arc<IdentityKey>,
     vrf_public: Vec<u8>,
     publish: mpsc::UnboundedSender<Pending>,
+    /// Held for writing while an epoch is published and its root signed, so a proof is never
+    /// made for an epoch whose signed root is not stored yet.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for KeyDirectory {
@@ -93,7 +96,14 @@ impl KeyDirectory {
         })
         .await??;
         let (publish, queue) = mpsc::unbounded_channel();
-        let kd = KeyDirectory { dir, storage, key: Arc::new(key), vrf_public, publish };
+        let kd = KeyDirectory {
+            dir,
+            storage,
+            key: Arc::new(key),
+            vrf_public,
+            publish,
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+        };
         if kd.storage.roots(0, 1).map_err(kt_err)?.is_empty() {
             kd.record_root().await?;
         }
@@ -161,6 +171,7 @@ impl KeyDirectory {
     }
 
     async fn publish_now(&self, updates: HashMap<Vec<u8>, Vec<u8>>) -> Result<u64, Error> {
+        let _publishing = self.gate.write().await;
         let dir = self.dir.clone();
         let updates: Vec<(AkdLabel, AkdValue)> =
             updates.into_iter().map(|(l, v)| (AkdLabel(l), AkdValue(v))).collect();
@@ -207,6 +218,7 @@ impl KeyDirectory {
     /// A lookup proof (JSON) for `label` and the signed root it verifies against, or `None`
     /// if the label was never published.
     pub async fn lookup(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
+        let _stable = self.gate.read().await;
         let dir = self.dir.clone();
         let found = blocking(async move { dir.lookup(AkdLabel(label)).await }).await?;
         self.with_root(found)
@@ -214,6 +226,7 @@ impl KeyDirectory {
 
     /// A complete key-history proof (JSON) for `label` and its signed root.
     pub async fn history(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
+        let _stable = self.gate.read().await;
         let dir = self.dir.clone();
         let found =
             blocking(
@@ -241,6 +254,7 @@ impl KeyDirectory {
 
     /// An append-only proof (JSON) from epoch `start` to `end`.
     pub async fn audit(&self, start: u64, end: u64) -> Result<Vec<u8>, Error> {
+        let _stable = self.gate.read().await;
         let dir = self.dir.clone();
         let proof = blocking(async move { dir.audit(start, end).await }).await?.map_err(kt_err)?;
         serde_json::to_vec(&proof).map_err(kt_err)
