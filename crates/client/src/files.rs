@@ -215,6 +215,8 @@ impl Client {
                     piece.extend_from_slice(&key.seal(chunk as u32, last, &plain[..n])?);
                     chunk += 1;
                 }
+                // A long upload outlives a token: take a fresh one (cached) for each piece.
+                let token = self.token()?;
                 let put: Result<proto::BlobStatus, Error> =
                     self.api.put_bytes(&format!("/v1/blobs/{id}?offset={offset}"), &piece, &token);
                 match put {
@@ -235,19 +237,6 @@ impl Client {
                 }
             }
             return Ok(());
-        }
-    }
-
-    fn target_group(&mut self, target: &Target) -> Result<Vec<u8>, Error> {
-        match target {
-            Target::Chat(spec) => self.resolve(spec),
-            Target::Address(peer) if peer == &self.me.device.address => {
-                Err(Error::Invalid("cannot start a direct chat with yourself".into()))
-            }
-            Target::Address(peer) => match self.direct_chat(peer)? {
-                Some(id) => Ok(id),
-                None => self.start_direct(peer),
-            },
         }
     }
 

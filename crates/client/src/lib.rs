@@ -832,16 +832,7 @@ impl Client {
                 sotto_core::content::MAX_TEXT_LEN
             )));
         }
-        let group_id = match target {
-            Target::Chat(spec) => self.resolve(spec)?,
-            Target::Address(peer) if peer == &self.me.device.address => {
-                return Err(Error::Invalid("cannot start a direct chat with yourself".into()));
-            }
-            Target::Address(peer) => match self.direct_chat(peer)? {
-                Some(id) => id,
-                None => self.start_direct(peer)?,
-            },
-        };
+        let group_id = self.target_group(target)?;
         let sent = self
             .send_body(&group_id, Body::Text { text: text.to_string() })?
             .ok_or(Error::Internal("text message without a stored row"))?;
@@ -857,6 +848,20 @@ impl Client {
     fn own_devices(&mut self) -> Result<Vec<ValidKeyPackage>, Error> {
         let me = self.me.device.address.clone();
         self.claim(&me, None)
+    }
+
+    /// The chat a target names; the direct chat with an address is created on first use.
+    fn target_group(&mut self, target: &Target) -> Result<Vec<u8>, Error> {
+        match target {
+            Target::Chat(spec) => self.resolve(spec),
+            Target::Address(peer) if peer == &self.me.device.address => {
+                Err(Error::Invalid("cannot start a direct chat with yourself".into()))
+            }
+            Target::Address(peer) => match self.direct_chat(peer)? {
+                Some(id) => Ok(id),
+                None => self.start_direct(peer),
+            },
+        }
     }
 
     fn start_direct(&mut self, peer: &Address) -> Result<Vec<u8>, Error> {

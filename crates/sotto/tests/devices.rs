@@ -206,11 +206,7 @@ fn linked_at(user: &User) -> u64 {
 }
 
 fn device_key(user: &User) -> Vec<u8> {
-    hex_decode(user.ok(&["whoami"])["device_key"].as_str().expect("key"))
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    common::unhex(user.ok(&["whoami"])["device_key"].as_str().expect("key"))
 }
 
 #[test]

@@ -137,7 +137,7 @@ pub(super) async fn list(
     }
     let address = parse_address(&state, &address)?;
     let addr = address.to_string();
-    let (list, devices, own, wipes) = blocking(&state, move |s| {
+    let (list, devices, own, mut wipes) = blocking(&state, move |s| {
         let list = s.device_list(&addr)?;
         let devices = if caller.is_some() { s.devices(&addr)? } else { Vec::new() };
         let own = match caller {
@@ -156,7 +156,6 @@ pub(super) async fn list(
     })
     .await?;
     let list = list.ok_or_else(|| unknown_user(&address))?;
-    let mut wipes = wipes;
     Ok(Json(proto::DevicesResponse {
         address: address.to_string(),
         device_list: proto::SignedData { body: Bytes(list.body), signature: Bytes(list.signature) },

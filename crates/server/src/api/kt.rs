@@ -38,7 +38,7 @@ pub(super) async fn roots(
     let Query(q) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
     let from = q.get("from").copied().unwrap_or(0);
     let limit = q.get("limit").copied().unwrap_or(1000).clamp(1, 1000) as u32;
-    let roots = state.kt.roots(from, limit).map_err(kt_failed)?;
+    let roots = state.kt.roots(from, limit).await.map_err(kt_failed)?;
     Ok(Json(proto::KtRoots { roots: roots.into_iter().map(signed_root).collect() }))
 }
 
@@ -91,7 +91,7 @@ pub(super) async fn audit(
     let (Some(&start), Some(&end)) = (q.get("start"), q.get("end")) else {
         return Err(ApiError::bad_request("give start and end epochs"));
     };
-    let latest = state.kt.latest_root().map_err(kt_failed)?.epoch;
+    let latest = state.kt.latest_root().await.map_err(kt_failed)?.epoch;
     if start >= end || end > latest || end - start > MAX_AUDIT_SPAN {
         return Err(ApiError::bad_request(format!(
             "need start < end <= {latest} and end - start <= {MAX_AUDIT_SPAN}"

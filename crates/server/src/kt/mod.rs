@@ -104,7 +104,8 @@ impl KeyDirectory {
             publish,
             gate: Arc::new(tokio::sync::RwLock::new(())),
         };
-        if kd.storage.roots(0, 1).map_err(kt_err)?.is_empty() {
+        let storage = kd.storage.clone();
+        if blocking(async move { storage.roots(0, 1) }).await?.map_err(kt_err)?.is_empty() {
             kd.record_root().await?;
         }
         tokio::spawn(kd.clone().publisher(queue));
@@ -123,22 +124,25 @@ impl KeyDirectory {
 
     /// Signs and stores the current root.
     async fn record_root(&self) -> Result<RootRow, Error> {
-        let dir = self.dir.clone();
-        let hash = blocking(async move { dir.get_epoch_hash().await }).await?.map_err(kt_err)?;
-        let previous = match hash.0.checked_sub(1) {
-            Some(p) => self.storage.roots(p, 1).map_err(kt_err)?.pop().map(|r| r.hash),
-            None => None,
-        }
-        .unwrap_or_default();
-        let root = Root { epoch: hash.0, hash: hash.1.to_vec(), previous };
-        let row = RootRow {
-            signature: root.sign(&self.key),
-            epoch: root.epoch,
-            hash: root.hash,
-            previous: root.previous,
-        };
-        self.storage.put_root(&row, sotto_core::unix_now()).map_err(kt_err)?;
-        Ok(row)
+        let (dir, storage, key) = (self.dir.clone(), self.storage.clone(), self.key.clone());
+        blocking(async move {
+            let hash = dir.get_epoch_hash().await.map_err(kt_err)?;
+            let previous = match hash.0.checked_sub(1) {
+                Some(p) => storage.roots(p, 1).map_err(kt_err)?.pop().map(|r| r.hash),
+                None => None,
+            }
+            .unwrap_or_default();
+            let root = Root { epoch: hash.0, hash: hash.1.to_vec(), previous };
+            let row = RootRow {
+                signature: root.sign(&key),
+                epoch: root.epoch,
+                hash: root.hash,
+                previous: root.previous,
+            };
+            storage.put_root(&row, sotto_core::unix_now()).map_err(kt_err)?;
+            Ok(row)
+        })
+        .await?
     }
 
     /// Publishes `value` for `label` and returns the epoch that holds it. Changes made
@@ -184,7 +188,8 @@ impl KeyDirectory {
     /// Publishes every label whose latest value differs from `wanted` (after a crash between
     /// storing a device list and publishing it). Returns how many were published.
     pub async fn reconcile(&self, wanted: HashMap<Vec<u8>, Vec<u8>>) -> Result<usize, Error> {
-        let current = self.storage.latest_values().map_err(kt_err)?;
+        let storage = self.storage.clone();
+        let current = blocking(async move { storage.latest_values() }).await?.map_err(kt_err)?;
         let stale: HashMap<Vec<u8>, Vec<u8>> =
             wanted.into_iter().filter(|(l, v)| current.get(l) != Some(v)).collect();
         let n = stale.len();
@@ -206,50 +211,36 @@ impl KeyDirectory {
     }
 
     /// The latest signed root.
-    pub fn latest_root(&self) -> Result<RootRow, Error> {
-        self.storage.latest_root().map_err(kt_err)?.ok_or_else(|| kt_err("no root yet"))
+    pub async fn latest_root(&self) -> Result<RootRow, Error> {
+        let storage = self.storage.clone();
+        blocking(async move { storage.latest_root() })
+            .await?
+            .map_err(kt_err)?
+            .ok_or_else(|| kt_err("no root yet"))
     }
 
     /// Signed roots from epoch `from`.
-    pub fn roots(&self, from: u64, limit: u32) -> Result<Vec<RootRow>, Error> {
-        self.storage.roots(from, limit).map_err(kt_err)
+    pub async fn roots(&self, from: u64, limit: u32) -> Result<Vec<RootRow>, Error> {
+        let storage = self.storage.clone();
+        blocking(async move { storage.roots(from, limit) }).await?.map_err(kt_err)
     }
 
     /// A lookup proof (JSON) for `label` and the signed root it verifies against, or `None`
     /// if the label was never published.
     pub async fn lookup(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
         let _stable = self.gate.read().await;
-        let dir = self.dir.clone();
-        let found = blocking(async move { dir.lookup(AkdLabel(label)).await }).await?;
-        self.with_root(found)
+        let (dir, storage) = (self.dir.clone(), self.storage.clone());
+        blocking(async move { with_root(&storage, dir.lookup(AkdLabel(label)).await) }).await?
     }
 
     /// A complete key-history proof (JSON) for `label` and its signed root.
     pub async fn history(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
         let _stable = self.gate.read().await;
-        let dir = self.dir.clone();
-        let found =
-            blocking(
-                async move { dir.key_history(&AkdLabel(label), HistoryParams::Complete).await },
-            )
-            .await?;
-        self.with_root(found)
-    }
-
-    /// A proof as JSON with the signed root of its epoch; `None` for an unknown label.
-    fn with_root<P: serde::Serialize>(
-        &self,
-        found: Result<(P, akd::EpochHash), akd::errors::AkdError>,
-    ) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
-        let (proof, hash) = match found {
-            Ok(found) => found,
-            Err(akd::errors::AkdError::Storage(akd::errors::StorageError::NotFound(_))) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(kt_err(e)),
-        };
-        let root = self.root_at(hash.0)?;
-        Ok(Some((root, serde_json::to_vec(&proof).map_err(kt_err)?)))
+        let (dir, storage) = (self.dir.clone(), self.storage.clone());
+        blocking(async move {
+            with_root(&storage, dir.key_history(&AkdLabel(label), HistoryParams::Complete).await)
+        })
+        .await?
     }
 
     /// An append-only proof (JSON) from epoch `start` to `end`.
@@ -259,13 +250,25 @@ impl KeyDirectory {
         let proof = blocking(async move { dir.audit(start, end).await }).await?.map_err(kt_err)?;
         serde_json::to_vec(&proof).map_err(kt_err)
     }
+}
 
-    fn root_at(&self, epoch: u64) -> Result<RootRow, Error> {
-        self.storage
-            .roots(epoch, 1)
-            .map_err(kt_err)?
-            .into_iter()
-            .find(|r| r.epoch == epoch)
-            .ok_or_else(|| kt_err(format!("no signed root for epoch {epoch}")))
-    }
+/// A proof as JSON with the signed root of its epoch; `None` for an unknown label.
+fn with_root<P: serde::Serialize>(
+    storage: &KtStorage,
+    found: Result<(P, akd::EpochHash), akd::errors::AkdError>,
+) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
+    let (proof, hash) = match found {
+        Ok(found) => found,
+        Err(akd::errors::AkdError::Storage(akd::errors::StorageError::NotFound(_))) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(kt_err(e)),
+    };
+    let root = storage
+        .roots(hash.0, 1)
+        .map_err(kt_err)?
+        .into_iter()
+        .find(|r| r.epoch == hash.0)
+        .ok_or_else(|| kt_err(format!("no signed root for epoch {}", hash.0)))?;
+    Ok(Some((root, serde_json::to_vec(&proof).map_err(kt_err)?)))
 }

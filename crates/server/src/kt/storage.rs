@@ -191,7 +191,6 @@ impl Database for KtStorage {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(err)?;
         for record in &records {
-            let data = serde_json::to_vec(record).map_err(err)?;
             match record {
                 DbRecord::ValueState(s) => {
                     let state = serde_json::to_vec(s).map_err(err)?;
@@ -203,6 +202,7 @@ impl Database for KtStorage {
                     .map_err(err)?;
                 }
                 _ => {
+                    let data = serde_json::to_vec(record).map_err(err)?;
                     tx.execute(
                         "INSERT OR REPLACE INTO records (key, data) VALUES (?1, ?2)",
                         params![record.get_full_binary_id(), data],

@@ -200,7 +200,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::OperatorKey) => {
             let key = sotto_server::create_operator_key(&config)?;
-            println!("{}", hex_encode(&key.public()));
+            println!("{}", hex::encode(key.public()));
             eprintln!(
                 "operator key in {}; restart sotto-server to publish it. Accounts registered \
                  with `sotto register --managed` accept it.",
@@ -276,8 +276,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -452,14 +452,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn hex_decode(s: &str) -> Result<Vec<u8>, Error> {
-    let s = s.trim();
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::Invalid(format!("{s:?} is not a hex key")));
-    }
-    Ok((0..s.len()).step_by(2).filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect())
-}
-
 /// `value` as a JSON object with `extra`'s fields added.
 fn with_fields(value: &impl serde::Serialize, extra: serde_json::Value) -> serde_json::Value {
     let mut v = serde_json::to_value(value).unwrap_or_default();
@@ -762,7 +754,10 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 .or_else(|| client.as_ref().map(|c| c.account().server))
                 .unwrap_or_else(|| "http://127.0.0.1:7700".into());
             let expected = match kt_key {
-                Some(k) => Some(hex_decode(&k)?),
+                Some(k) => Some(
+                    hex::decode(k.trim())
+                        .map_err(|_| Error::Invalid(format!("{k:?} is not a hex key")))?,
+                ),
                 None => client.as_ref().and_then(Client::kt_signing_key),
             };
             let ca = ca_cert.map(|p| p.display().to_string());
