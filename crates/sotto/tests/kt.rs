@@ -210,9 +210,11 @@ fn forked_roots_and_rewritten_history_are_caught() {
     assert!(message(&v).contains("append-only"), "{v}");
 
     // 3. A rewritten history: the whole directory rebuilt and re-signed from scratch. It is
-    // consistent in itself, but not with the roots seen before.
+    // consistent in itself, but not with the roots seen before. The VRF key goes too: with the
+    // same key and the same publishing order the rebuild could be the honest history again,
+    // byte for byte, which is no lie at all.
     server.kill();
-    for f in ["kt.db", "kt.db-wal", "kt.db-shm"] {
+    for f in ["kt.db", "kt.db-wal", "kt.db-shm", "kt-vrf.key"] {
         let _ = std::fs::remove_file(server.data.join(f));
     }
     server.restart(&["--registration", "open"]);
