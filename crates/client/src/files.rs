@@ -227,7 +227,9 @@ impl Client {
                     }
                     Err(e @ (Error::Unreachable { .. } | Error::Server { .. }))
                         if attempts + 1 < UPLOAD_ATTEMPTS
-                            && e.server_code().is_none_or(|c| c == "wrong_offset") =>
+                            && e.server_code().is_none_or(|c| {
+                                c == "wrong_offset" || c == "upload_in_progress"
+                            }) =>
                     {
                         attempts += 1;
                         std::thread::sleep(Duration::from_millis(500 * attempts as u64));

@@ -610,6 +610,10 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// An upload's offset is not where the blob ends (resume from `received`).
     WrongOffset,
+    /// No file with that id: it expired, was deleted with its message, or never existed.
+    UnknownFile,
+    /// The file is being uploaded: another request is writing it, or it is not complete yet.
+    UploadInProgress,
     /// The server failed; the details are in its log.
     Internal,
 }

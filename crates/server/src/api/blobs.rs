@@ -8,7 +8,7 @@ use std::sync::Mutex as StdMutex;
 use axum::body::Body;
 use axum::http::HeaderMap;
 use futures_util::StreamExt as _;
-use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::*;
 use crate::store::BlobRecord;
@@ -44,7 +44,7 @@ fn blob_id(text: &str) -> Result<Vec<u8>, ApiError> {
 fn no_blob() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        ErrorCode::UnknownLink,
+        ErrorCode::UnknownFile,
         "no such file (it may have expired)",
     )
 }
@@ -135,7 +135,7 @@ pub(super) async fn upload(
         if !busy.insert(id.clone()) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                ErrorCode::WrongOffset,
+                ErrorCode::UploadInProgress,
                 "this file is being uploaded by another request",
             ));
         }
@@ -194,7 +194,7 @@ pub(super) async fn download(
     if blob.received < blob.size {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            ErrorCode::WrongOffset,
+            ErrorCode::UploadInProgress,
             "this file is still being uploaded",
         ));
     }
@@ -210,11 +210,26 @@ pub(super) async fn download(
             .ok_or_else(|| ApiError::bad_request("only Range: bytes=N- is supported"))?,
     };
     let mut file = tokio::fs::File::open(blob_path(&state, &id)).await.map_err(io_failed)?;
+    // The length announced is what the disk holds: a file damaged on disk then reaches the
+    // client as a clean, short body that it reports as truncated, rather than as a connection
+    // cut in the middle of a response.
+    let stored = file.metadata().await.map_err(io_failed)?.len();
+    if stored != blob.size {
+        tracing::warn!(
+            stored,
+            expected = blob.size,
+            "a stored file's length is not its recorded size"
+        );
+    }
+    let end = stored.min(blob.size);
     file.seek(std::io::SeekFrom::Start(start)).await.map_err(io_failed)?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+    let stream = tokio_util::io::ReaderStream::with_capacity(
+        file.take(end.saturating_sub(start)),
+        64 * 1024,
+    );
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
-    h.insert(axum::http::header::CONTENT_LENGTH, (blob.size - start).into());
+    h.insert(axum::http::header::CONTENT_LENGTH, end.saturating_sub(start).into());
     h.insert(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("application/octet-stream"),
