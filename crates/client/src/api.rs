@@ -239,6 +239,11 @@ impl Api {
     }
 
     /// A valid bearer token, logging in with the device key when needed.
+    /// Drops the cached token, so the next request logs in again.
+    pub(crate) fn forget_token(&mut self) {
+        self.token = None;
+    }
+
     pub(crate) fn token(
         &mut self,
         domain: &str,

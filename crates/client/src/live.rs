@@ -43,7 +43,15 @@ impl Client {
         let _ = stream.set_nodelay(true);
         let connector = if url.starts_with("wss") { Some(self.tls_connector()?) } else { None };
         let (socket, _) = tungstenite::client_tls_with_config(request, stream, None, connector)
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| match e {
+                // The server answered the upgrade with a refusal: keep its code (a revoked
+                // device, an expired token) so the caller can act on it.
+                tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
+                    refusal(resp.status().as_u16(), resp.body().as_deref())
+                        .unwrap_or_else(|| unreachable(format!("HTTP {}", resp.status())))
+                }
+                e => unreachable(e.to_string()),
+            })?;
         if let MaybeTlsStream::Plain(s) = socket.get_ref() {
             let _ = s.set_read_timeout(Some(POLL));
         } else if let MaybeTlsStream::Rustls(s) = socket.get_ref() {
@@ -74,7 +82,8 @@ impl Client {
 
     /// Catches up, then receives live until `stop` says so, calling `on_message` for every
     /// new message. Reconnects with backoff and jitter if the connection drops; returns an
-    /// error only if the very first connection fails.
+    /// error if the very first connection fails or the server refuses for good (a revoked
+    /// device first looks for a wipe command and obeys it).
     pub fn listen(
         &mut self,
         mut on_message: impl FnMut(&MessageView),
@@ -87,8 +96,19 @@ impl Client {
         while !stop() {
             let mut socket = match self.connect_ws() {
                 Ok(s) => s,
+                Err(e) if e.server_code() == Some("device_revoked") => {
+                    return Err(self.obey_revocation());
+                }
                 Err(e) if first => return Err(e),
-                Err(_) => {
+                Err(e) => {
+                    if e.server_code() == Some("unauthorized") {
+                        // A token the server no longer knows (it lost its sessions): log in
+                        // again on the next attempt.
+                        self.api.forget_token();
+                    } else if !transient(&e) {
+                        // A refusal that waiting will not change ends the loop.
+                        return Err(e);
+                    }
                     let jitter = Duration::from_millis(u64::from(
                         sotto_core::random_bytes(1).map(|b| b[0]).unwrap_or(0),
                     ));
@@ -160,5 +180,27 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// The server's error body on a refused upgrade, as the error the HTTP API would give.
+fn refusal(status: u16, body: Option<&[u8]>) -> Option<Error> {
+    let body: proto::ErrorBody = serde_json::from_slice(body?).ok()?;
+    Some(Error::Server {
+        status,
+        code: crate::error::code_name(body.error.code),
+        message: body.error.message,
+        epoch: None,
+    })
+}
+
+/// Whether retrying later may succeed: the server is down or busy, not refusing.
+fn transient(e: &Error) -> bool {
+    match e {
+        Error::Unreachable { .. } => true,
+        Error::Server { status, code, .. } => {
+            *status >= 500 || code == "rate_limited" || code == "storage_full"
+        }
+        _ => false,
     }
 }

@@ -189,6 +189,42 @@ fn a_wiped_device_erases_itself_and_confirms() {
     assert!(wiped["wiped_at"].as_u64().is_some());
 }
 
+#[test]
+fn a_listening_device_wiped_while_disconnected_obeys_when_it_reconnects() {
+    let mut server = open_server();
+    let alice = User::register("alice", &server, "");
+    let (stolen, linked) = alice.link_device(&server, "stolen");
+    let stolen_id = device_id(&linked);
+    let listener = stolen.listen(&["--timeout", "120"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The listener is frozen while its connection goes away (the server restarts) and the
+    // device is wiped, so the wipe can only reach it through a refused reconnection.
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &listener.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    server.kill();
+    server.restart(&["--registration", "open"]);
+    alice.ok(&["devices", "wipe", &stolen_id.to_string()]);
+    signal("-CONT");
+    let started = std::time::Instant::now();
+    let out = listener.wait_with_output().expect("listen output");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(!out.status.success());
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+    assert!(last.contains("device_wiped"), "{last}");
+    let left = all_bytes(&stolen.home);
+    assert!(left.is_empty(), "the wiped home still holds {} bytes", left.len());
+    let devices = alice.ok(&["devices", "list"]);
+    let wiped = devices.as_array().expect("devices").iter().find(|d| device_id(d) == stolen_id);
+    assert_eq!(wiped.expect("listed")["state"], "wiped", "{devices}");
+}
+
 /// Reads the account's identity key from a home's database (what a thief of that device
 /// would hold; here it lets the test sign commands a real client would not).
 fn identity_of(user: &User) -> IdentityKey {
