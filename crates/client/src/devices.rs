@@ -944,6 +944,11 @@ fn insert_event(
 /// Erases a home directory's contents: every file is overwritten with zeros, synced, and
 /// removed. (Flash storage may keep old blocks; encryption at rest closes that gap.)
 fn erase_home(home: &Path) -> Result<(), Error> {
+    // The key in the OS keyring goes too. Should the keyring refuse, the wipe goes on: the
+    // key opens nothing once the database below is erased.
+    if crate::vault::uses_keyring(home) {
+        let _ = crate::Client::disable_keyring(home);
+    }
     fn erase(path: &Path) -> std::io::Result<()> {
         let meta = std::fs::symlink_metadata(path)?;
         if meta.is_dir() {

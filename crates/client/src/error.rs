@@ -72,6 +72,9 @@ pub enum Error {
     /// The passphrase does not unlock this home (nothing was changed).
     #[error("wrong passphrase for this home; nothing was changed")]
     WrongPassphrase,
+    /// The operating system's keyring is missing or refused.
+    #[error("{0}")]
+    Keyring(String),
     /// The core (addresses, MLS) refused.
     #[error(transparent)]
     Core(#[from] sotto_core::Error),

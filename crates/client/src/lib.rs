@@ -22,6 +22,7 @@ mod db;
 mod devices;
 mod error;
 mod files;
+mod keyring;
 mod kt;
 mod live;
 mod vault;
@@ -206,6 +207,18 @@ pub struct Registered {
 /// The directory keys a server announces, as pinned.
 fn kt_keys(keys: &Option<proto::KtKeys>) -> Option<(Vec<u8>, Vec<u8>)> {
     keys.as_ref().map(|k| (k.signing_key.0.clone(), k.vrf_key.0.clone()))
+}
+
+/// Whether a home keeps its database key in the OS keyring.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyringStatus {
+    /// The home opens from the keyring when the keyring holds its key.
+    pub enabled: bool,
+    /// The keyring holds the key now (after a reboot it does not, until the passphrase is
+    /// given once).
+    pub holds_key: bool,
+    /// Which keyring, or why there is none.
+    pub keyring: String,
 }
 
 /// The account a home holds.
@@ -462,16 +475,80 @@ impl Client {
         }
     }
 
-    /// Opens the account in `home`, unlocking its database with `passphrase`.
+    /// Opens the account in `home`, unlocking its database with `passphrase`. A home that
+    /// keeps its key in the OS keyring and whose keyring lost it (a reboot) gets it back.
     pub fn open(home: &Path, passphrase: &str) -> Result<Client, Error> {
+        Client::refuse_unencrypted(home)?;
+        let key = vault::unlock(home, passphrase)?;
+        if vault::uses_keyring(home)
+            && let Ok(store) = keyring::system()
+        {
+            // A convenience only: the home is open either way.
+            let _ = vault::keyring_refill(home, &key, &*store);
+        }
+        Client::open_with(home, &key)
+    }
+
+    /// Opens the account in `home` with the database key the OS keyring holds for it
+    /// (`sotto keyring enable`). `None` if the home does not use the keyring, or the keyring
+    /// cannot be reached or no longer holds the key: open it with the passphrase then.
+    pub fn open_from_keyring(home: &Path) -> Result<Option<Client>, Error> {
+        Client::refuse_unencrypted(home)?;
+        if !vault::exists(home) {
+            return Err(Error::NotRegistered(home.display().to_string()));
+        }
+        if !vault::uses_keyring(home) {
+            return Ok(None);
+        }
+        let Ok(store) = keyring::system() else { return Ok(None) };
+        match vault::keyring_unlock(home, &*store) {
+            Ok(Some(key)) => Client::open_with(home, &key).map(Some),
+            Ok(None) | Err(Error::Keyring(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps `home`'s database key in the OS keyring too, so that it opens without the
+    /// passphrase (which keeps working). Returns the keyring's name.
+    pub fn enable_keyring(home: &Path, passphrase: &str) -> Result<KeyringStatus, Error> {
+        let store = keyring::system()?;
+        vault::keyring_enable(home, passphrase, &*store)?;
+        Client::keyring_status(home)
+    }
+
+    /// Deletes `home`'s key from the OS keyring: the passphrase is needed again. Returns
+    /// whether the home used the keyring.
+    pub fn disable_keyring(home: &Path) -> Result<bool, Error> {
+        let store = keyring::system().ok();
+        vault::keyring_disable(home, store.as_deref())
+    }
+
+    /// Whether `home` uses the OS keyring, and whether the keyring holds its key now.
+    pub fn keyring_status(home: &Path) -> Result<KeyringStatus, Error> {
+        let store = keyring::system();
+        let (enabled, holds_key) = vault::keyring_state(home, store.as_deref().ok())?;
+        Ok(KeyringStatus {
+            enabled,
+            holds_key,
+            keyring: match &store {
+                Ok(s) => s.name().to_string(),
+                Err(e) => e.to_string(),
+            },
+        })
+    }
+
+    fn refuse_unencrypted(home: &Path) -> Result<(), Error> {
         if db::exists(home) && !vault::exists(home) {
             return Err(Error::Invalid(format!(
                 "{} was made by an older sotto that did not encrypt it; register a new home",
                 home.display()
             )));
         }
-        let key = vault::unlock(home, passphrase)?;
-        let conn = db::open(home, false, &key)?;
+        Ok(())
+    }
+
+    fn open_with(home: &Path, key: &vault::HomeKey) -> Result<Client, Error> {
+        let conn = db::open(home, false, key)?;
         let account =
             db::account(&conn)?.ok_or_else(|| Error::NotRegistered(home.display().to_string()))?;
         let key = DeviceKey::load(&db::provider(&conn), &account.device_key)

@@ -1,7 +1,9 @@
 //! The home's database key. Everything a client keeps lives in one SQLCipher database,
 //! encrypted with a random 256-bit key; that key is stored only wrapped (ChaCha20-Poly1305)
 //! under a key derived from the user's passphrase with Argon2id, in `keys.json`. Changing
-//! the passphrase re-wraps the key and leaves the database untouched.
+//! the passphrase re-wraps the key and leaves the database untouched. A home may also keep its
+//! key in the operating system's keyring ([`crate::keyring`]); `keys.json` then names the
+//! entry and holds a check value that tells the right key from any other.
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ use sotto_core::KdfCost;
 use zeroize::Zeroizing;
 
 use crate::Error;
+use crate::keyring::KeyStore;
 
 const KEY_FILE: &str = "keys.json";
 const AAD: &[u8] = b"sotto/v1/home-key";
@@ -32,6 +35,24 @@ struct KeyFile {
     p: u32,
     salt: String,
     wrapped: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keyring: Option<KeyringRef>,
+}
+
+/// Where the OS keyring keeps this home's key, and how to recognise it.
+#[derive(Clone, Serialize, Deserialize)]
+struct KeyringRef {
+    /// The entry's name under [`crate::keyring::SERVICE`]: random, so it names nothing.
+    entry: String,
+    /// SHA-256 of a label and the key: tells the right key from a stale or foreign entry.
+    check: String,
+}
+
+fn check_of(key: &[u8; 32]) -> String {
+    use sha2::Digest as _;
+    hex::encode(
+        sha2::Sha256::new().chain_update(b"sotto/v1/home-key-check").chain_update(key).finalize(),
+    )
 }
 
 /// The Argon2id cost for new keys. The test suite, in debug builds only, may ask for a cheap
@@ -74,6 +95,7 @@ fn wrap(passphrase: &str, key: &[u8; 32]) -> Result<KeyFile, Error> {
         p: cost.p,
         salt: hex::encode(salt),
         wrapped: hex::encode(wrapped),
+        keyring: None,
     })
 }
 
@@ -146,5 +168,136 @@ pub(crate) fn unlock(home: &Path, passphrase: &str) -> Result<HomeKey, Error> {
 /// Re-wraps the database key under `new` (the database is not touched).
 pub(crate) fn change(home: &Path, old: &str, new: &str) -> Result<(), Error> {
     let key = unlock(home, old)?;
-    write(home, &wrap(new, &key.0)?)
+    let mut file = wrap(new, &key.0)?;
+    file.keyring = read(home)?.keyring;
+    write(home, &file)
+}
+
+/// Whether this home keeps its key in the OS keyring too.
+pub(crate) fn uses_keyring(home: &Path) -> bool {
+    read(home).is_ok_and(|f| f.keyring.is_some())
+}
+
+/// Keeps the database key (unlocked with `passphrase`) in `store` as well, so the home opens
+/// without the passphrase while the store holds it.
+pub(crate) fn keyring_enable(
+    home: &Path,
+    passphrase: &str,
+    store: &dyn KeyStore,
+) -> Result<(), Error> {
+    let key = unlock(home, passphrase)?;
+    let mut file = read(home)?;
+    let entry = match &file.keyring {
+        Some(r) => r.entry.clone(),
+        None => hex::encode(sotto_core::random_bytes(16)?),
+    };
+    store.set(&entry, key.0.as_slice())?;
+    file.keyring = Some(KeyringRef { entry, check: check_of(&key.0) });
+    write(home, &file)
+}
+
+/// The database key from `store`: `None` if the home does not use the keyring, or the store
+/// no longer holds the key (a reboot), or holds something else under its name.
+pub(crate) fn keyring_unlock(home: &Path, store: &dyn KeyStore) -> Result<Option<HomeKey>, Error> {
+    let Some(r) = read(home)?.keyring else { return Ok(None) };
+    let Some(secret) = store.get(&r.entry)? else { return Ok(None) };
+    let mut key = Zeroizing::new([0u8; 32]);
+    if secret.len() != key.len() {
+        return Ok(None);
+    }
+    key.copy_from_slice(&secret);
+    Ok((check_of(&key) == r.check).then_some(HomeKey(key)))
+}
+
+/// After the passphrase opened a home that uses the keyring: puts the key back into `store`
+/// if the store lost it (or holds something else under its name).
+pub(crate) fn keyring_refill(
+    home: &Path,
+    key: &HomeKey,
+    store: &dyn KeyStore,
+) -> Result<(), Error> {
+    let Some(r) = read(home)?.keyring else { return Ok(()) };
+    if r.check == check_of(&key.0) && keyring_unlock(home, store)?.is_none() {
+        store.set(&r.entry, key.0.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Stops keeping the key in the keyring: the entry is deleted from `store` (when there is
+/// one to reach), then forgotten. Returns whether the home used the keyring.
+pub(crate) fn keyring_disable(home: &Path, store: Option<&dyn KeyStore>) -> Result<bool, Error> {
+    let mut file = read(home)?;
+    let Some(r) = file.keyring.take() else { return Ok(false) };
+    if let Some(store) = store {
+        store.delete(&r.entry)?;
+    }
+    write(home, &file)?;
+    Ok(true)
+}
+
+/// Whether the home uses the keyring, and whether `store` holds its key now.
+pub(crate) fn keyring_state(
+    home: &Path,
+    store: Option<&dyn KeyStore>,
+) -> Result<(bool, bool), Error> {
+    let used = read(home)?.keyring.is_some();
+    let held = match store {
+        Some(store) if used => keyring_unlock(home, store)?.is_some(),
+        _ => false,
+    };
+    Ok((used, held))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyring::Memory;
+
+    #[test]
+    fn the_keyring_opens_a_home_only_with_its_own_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let home = dir.path();
+        let key = create(home, "correct horse").expect("create");
+        let store = Memory::default();
+        // Not enrolled: the keyring has nothing to say.
+        assert!(keyring_unlock(home, &store).expect("unlock").is_none());
+        assert!(matches!(keyring_enable(home, "wrong horse", &store), Err(Error::WrongPassphrase)));
+        assert!(store.0.borrow().is_empty(), "a wrong passphrase stores nothing");
+
+        keyring_enable(home, "correct horse", &store).expect("enable");
+        let from_keyring = keyring_unlock(home, &store).expect("unlock").expect("key");
+        assert_eq!(*from_keyring.0, *key.0);
+        assert_eq!(keyring_state(home, Some(&store)).expect("state"), (true, true));
+        // keys.json holds no copy of the key, only the entry's name and a check value.
+        let file = std::fs::read_to_string(home.join(KEY_FILE)).expect("keys.json");
+        assert!(!file.contains(&hex::encode(*key.0)));
+
+        // A passphrase change keeps the keyring working.
+        change(home, "correct horse", "battery staple").expect("change");
+        assert!(keyring_unlock(home, &store).expect("unlock").is_some());
+
+        // Something else under the entry's name is not taken for the key.
+        let entry = store.0.borrow().keys().next().cloned().expect("entry");
+        store.set(&entry, &[7; 32]).expect("set");
+        assert!(keyring_unlock(home, &store).expect("unlock").is_none());
+        store.set(&entry, &[7; 5]).expect("set");
+        assert!(keyring_unlock(home, &store).expect("unlock").is_none());
+        // The passphrase puts the right key back over it.
+        let key = unlock(home, "battery staple").expect("unlock");
+        keyring_refill(home, &key, &store).expect("refill");
+        assert!(keyring_unlock(home, &store).expect("unlock").is_some());
+
+        // A lost entry (a reboot) comes back after the passphrase opened the home.
+        store.delete(&entry).expect("delete");
+        assert_eq!(keyring_state(home, Some(&store)).expect("state"), (true, false));
+        let key = unlock(home, "battery staple").expect("unlock");
+        keyring_refill(home, &key, &store).expect("refill");
+        assert!(keyring_unlock(home, &store).expect("unlock").is_some());
+
+        assert!(keyring_disable(home, Some(&store)).expect("disable"));
+        assert!(store.0.borrow().is_empty());
+        assert!(!uses_keyring(home));
+        assert!(!keyring_disable(home, Some(&store)).expect("disable again"));
+        assert!(unlock(home, "battery staple").is_ok(), "the passphrase still opens it");
+    }
 }

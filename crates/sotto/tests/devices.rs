@@ -169,10 +169,21 @@ fn a_wiped_device_erases_itself_and_confirms() {
     assert!(stored_texts(&stolen).contains(&"a secret before the wipe".to_string()));
     assert!(!contains(&all_bytes(&stolen.home), b"a secret before the wipe"));
 
+    // It keeps its key in the system keyring too: the wipe must take it from there as well.
+    #[cfg(target_os = "linux")]
+    let entry = {
+        stolen.ok(&["keyring", "enable"]);
+        let entry = common::keyring_entry(&stolen.home).expect("keyring entry");
+        assert!(common::keyring_secret(&entry).is_some());
+        entry
+    };
+
     alice.ok(&["devices", "wipe", &stolen_id.to_string()]);
     assert_eq!(stolen.err(&["sync"]), "device_wiped");
     let left = all_bytes(&stolen.home);
     assert!(left.is_empty(), "the wiped home still holds {} bytes", left.len());
+    #[cfg(target_os = "linux")]
+    assert_eq!(common::keyring_secret(&entry), None, "the wipe left the key in the keyring");
     assert_eq!(stolen.err(&["whoami"]), "not_registered");
 
     let synced = alice.ok(&["sync"]);

@@ -154,17 +154,88 @@ fn new_homes_need_a_real_passphrase() {
     let register = ["register", "carol@localhost", "--server", server.url.as_str()];
     let out = run_with(&carol, &[("SOTTO_PASSPHRASE", "short")], &register);
     assert_eq!(code(&out), "invalid_input");
-    let mut c = common::client();
-    let out = c
-        .arg("--home")
-        .arg(&carol.home)
-        .arg("--json")
-        .args(register)
-        .env_remove("SOTTO_PASSPHRASE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let out = run_without_passphrase(&carol, &register);
     assert_eq!(code(&out), "invalid_input");
     assert!(String::from_utf8_lossy(&out.stdout).contains("SOTTO_PASSPHRASE"));
     assert!(!carol.home.join("keys.json").exists());
+}
+
+/// `sotto --json ARGS` with no passphrase from anywhere (and no terminal to ask on).
+fn run_without_passphrase(user: &User, args: &[&str]) -> Output {
+    common::client()
+        .arg("--home")
+        .arg(&user.home)
+        .arg("--json")
+        .args(args)
+        .env_remove("SOTTO_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sotto")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_system_keyring_opens_a_home_without_its_passphrase() {
+    let server = Server::start(&["--registration", "open"]);
+    let [alice, bob] = ["alice", "bob"].map(|n| User::register(n, &server, ""));
+    alice.send(&bob.address, "kept under the keyring");
+    let status = alice.ok(&["keyring", "status"]);
+    assert_eq!(
+        (status["enabled"].as_bool(), status["holds_key"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(code(&run_without_passphrase(&alice, &["whoami"])), "invalid_input");
+
+    // Enabling needs the passphrase, and a wrong one stores nothing.
+    let out =
+        run_with(&alice, &[("SOTTO_PASSPHRASE", "not the passphrase")], &["keyring", "enable"]);
+    assert_eq!(code(&out), "wrong_passphrase");
+    assert_eq!(common::keyring_entry(&alice.home), None);
+    let status = alice.ok(&["keyring", "enable"]);
+    assert_eq!(
+        (status["enabled"].as_bool(), status["holds_key"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let entry = common::keyring_entry(&alice.home).expect("entry named in keys.json");
+    let key = common::home_key(&alice.home);
+    assert_eq!(common::keyring_secret(&entry).as_deref(), Some(key.as_slice()));
+
+    // Now no passphrase is needed, and the home still holds no copy of the key.
+    let out = run_without_passphrase(&alice, &["history", &bob.address]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept under the keyring"));
+    let hex: String = key.iter().map(|x| format!("{x:02x}")).collect();
+    for (path, bytes) in files(&alice.home) {
+        assert!(!contains(&bytes, &key) && !contains(&bytes, hex.as_bytes()), "{}", path.display());
+    }
+
+    // After a reboot the keyring is empty: the passphrase is asked for once and the key
+    // goes back.
+    common::keyring_forget(&entry);
+    let status = run_without_passphrase(&alice, &["keyring", "status"]);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(
+        (status["enabled"].as_bool(), status["holds_key"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(code(&run_without_passphrase(&alice, &["whoami"])), "invalid_input");
+    alice.ok(&["whoami"]);
+    assert_eq!(common::keyring_secret(&entry).as_deref(), Some(key.as_slice()));
+    assert!(run_without_passphrase(&alice, &["whoami"]).status.success());
+
+    // Something else under the entry's name opens nothing and is not mistaken for the key.
+    common::keyring_forget(&entry);
+    common::keyring_put(&entry, &[9; 32]);
+    assert_eq!(code(&run_without_passphrase(&alice, &["whoami"])), "invalid_input");
+    alice.ok(&["whoami"]);
+    assert_eq!(common::keyring_secret(&entry).as_deref(), Some(key.as_slice()));
+
+    // Disabling deletes the entry; the passphrase is needed again and still works.
+    let status = alice.ok(&["keyring", "disable"]);
+    assert_eq!(status["enabled"].as_bool(), Some(false));
+    assert_eq!(common::keyring_secret(&entry), None);
+    assert_eq!(common::keyring_entry(&alice.home), None);
+    assert_eq!(code(&run_without_passphrase(&alice, &["whoami"])), "invalid_input");
+    alice.ok(&["whoami"]);
+    assert_eq!(common::keyring_secret(&entry), None, "a disabled home puts nothing back");
 }

@@ -116,6 +116,9 @@ enum Command {
     /// Change the passphrase that protects this home (its data is not rewritten).
     #[command(subcommand)]
     Passphrase(PassphraseCommand),
+    /// Keep this home's key in the system keyring, so commands need no passphrase.
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
     /// Key transparency: check the server's key directory.
     #[command(subcommand)]
     Kt(KtCommand),
@@ -189,6 +192,21 @@ enum PassphraseCommand {
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyringCommand {
+    /// Keep this home's database key in the system keyring too (asks the passphrase once).
+    ///
+    /// Commands then open the home without the passphrase, which keeps working. On Linux the
+    /// keyring is the kernel's: the key stays in memory, never on disk, for the login session
+    /// and a few days after; after a reboot the passphrase is asked once and the key goes
+    /// back. Any program running as you can read it, as with every system keyring.
+    Enable,
+    /// Delete this home's key from the system keyring: the passphrase is needed again.
+    Disable,
+    /// Whether this home uses the system keyring and whether the keyring holds its key now.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -347,6 +365,20 @@ impl Unlock {
         prompt(question)
     }
 
+    /// Opens the account in `home`: from the system keyring if the home uses it and the
+    /// keyring holds its key, otherwise with the passphrase.
+    fn open(&self, home: &std::path::Path) -> Result<Client, Error> {
+        match Client::open_from_keyring(home)? {
+            Some(client) => Ok(client),
+            None => Client::open(home, self.get(home)?),
+        }
+    }
+
+    /// Whether a passphrase was given without a terminal (file, descriptor, environment).
+    fn given(&self) -> bool {
+        self.file.is_some() || self.fd.is_some() || std::env::var_os("SOTTO_PASSPHRASE").is_some()
+    }
+
     /// The passphrase of an existing home.
     fn get(&self, home: &std::path::Path) -> Result<&str, Error> {
         if let Some(p) = self.cached.get() {
@@ -358,9 +390,7 @@ impl Unlock {
 
     /// A passphrase for a new home: asked twice on a terminal, and not too short.
     fn new_home(&self) -> Result<zeroize::Zeroizing<String>, Error> {
-        let interactive = self.file.is_none()
-            && self.fd.is_none()
-            && std::env::var_os("SOTTO_PASSPHRASE").is_none();
+        let interactive = !self.given();
         let p = self.read_passphrase("passphrase to protect this device's data: ")?;
         check_new_passphrase(&p)?;
         if interactive && *prompt("the same passphrase again: ")? != *p {
@@ -414,6 +444,7 @@ fn error_code(e: &Error) -> String {
         Error::Revoked(_) => "device_revoked".into(),
         Error::IdentityChanged(_) => "identity_changed".into(),
         Error::Wiped(_) => "device_wiped".into(),
+        Error::Keyring(_) => "keyring".into(),
         _ => "internal".into(),
     }
 }
@@ -432,11 +463,9 @@ fn main() -> ExitCode {
         Err(e) => {
             // A revoked device learns here whether it was also ordered to erase itself.
             let e = match e {
-                Error::Server { ref code, .. } if code == "device_revoked" => unlock
-                    .get(&home)
-                    .and_then(|p| Client::open(&home, p))
-                    .map(|mut c| c.obey_revocation())
-                    .unwrap_or(e),
+                Error::Server { ref code, .. } if code == "device_revoked" => {
+                    unlock.open(&home).map(|mut c| c.obey_revocation()).unwrap_or(e)
+                }
                 e => e,
             };
             if json {
@@ -594,7 +623,7 @@ fn print_chat(c: &ChatSummary) {
 
 fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
     let home = cli.home.clone().unwrap_or_else(default_home);
-    let open = || Client::open(&home, unlock.get(&home)?);
+    let open = || unlock.open(&home);
     let json = cli.json;
     match cli.command {
         Command::Register { address, server, invite, ca_cert, device_name, managed } => {
@@ -731,15 +760,44 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 println!("the passphrase of {} is changed", home.display());
             }
         }
+        Command::Keyring(command) => {
+            let status = match command {
+                KeyringCommand::Enable => Client::enable_keyring(&home, unlock.get(&home)?)?,
+                KeyringCommand::Disable => {
+                    Client::disable_keyring(&home)?;
+                    Client::keyring_status(&home)?
+                }
+                KeyringCommand::Status => Client::keyring_status(&home)?,
+            };
+            if json {
+                print_json(&status);
+            } else if status.enabled && status.holds_key {
+                println!(
+                    "{} opens without its passphrase: {} holds its key",
+                    home.display(),
+                    status.keyring
+                );
+            } else if status.enabled {
+                println!(
+                    "{} uses the system keyring, which does not hold its key now ({}); the next \
+                     command asks the passphrase once and puts the key back",
+                    home.display(),
+                    status.keyring
+                );
+            } else {
+                println!(
+                    "{} opens with its passphrase only (keyring: {})",
+                    home.display(),
+                    status.keyring
+                );
+            }
+        }
         Command::Kt(KtCommand::Audit { server, kt_key, state, ca_cert }) => {
             // Without an unlocked home the audit runs as anyone's would.
-            let client = if std::env::var_os("SOTTO_PASSPHRASE").is_some()
-                || unlock.file.is_some()
-                || unlock.fd.is_some()
-            {
-                open().ok()
-            } else {
-                None
+            let client = match Client::open_from_keyring(&home) {
+                Ok(Some(client)) => Some(client),
+                _ if unlock.given() => open().ok(),
+                _ => None,
             };
             let mut known =
                 client.as_ref().map(Client::kt_roots_seen).transpose()?.unwrap_or_default();

@@ -413,3 +413,41 @@ pub fn open_home_db(home: &Path) -> rusqlite::Connection {
     db.execute_batch(&format!("PRAGMA key = \"x'{key}'\";")).expect("key");
     db
 }
+
+/// The OS keyring entry a home keeps its key under (`sotto keyring enable`), as named in its
+/// `keys.json`.
+pub fn keyring_entry(home: &Path) -> Option<String> {
+    let keys: Value =
+        serde_json::from_slice(&std::fs::read(home.join("keys.json")).ok()?).expect("keys.json");
+    keys["keyring"]["entry"].as_str().map(str::to_owned)
+}
+
+/// What the kernel keyring holds under `entry`, read independently of the client's code.
+#[cfg(target_os = "linux")]
+pub fn keyring_secret(entry: &str) -> Option<Vec<u8>> {
+    let key = keyring_key(entry)?;
+    Some(key.read_to_vec().expect("read the key"))
+}
+
+#[cfg(target_os = "linux")]
+fn keyring_key(entry: &str) -> Option<linux_keyutils::Key> {
+    use linux_keyutils::{KeyRing, KeyRingIdentifier};
+    let session = KeyRing::from_special_id(KeyRingIdentifier::Session, false).expect("session");
+    session.search(&format!("sotto:{entry}")).ok()
+}
+
+/// Puts `secret` under `entry` in the kernel keyring (replacing what is there).
+#[cfg(target_os = "linux")]
+pub fn keyring_put(entry: &str, secret: &[u8]) {
+    use linux_keyutils::{KeyRing, KeyRingIdentifier};
+    let session = KeyRing::from_special_id(KeyRingIdentifier::Session, false).expect("session");
+    session.add_key(&format!("sotto:{entry}"), secret).expect("add key");
+}
+
+/// Deletes `entry` from the kernel keyring, as a reboot would.
+#[cfg(target_os = "linux")]
+pub fn keyring_forget(entry: &str) {
+    if let Some(key) = keyring_key(entry) {
+        key.invalidate().expect("invalidate");
+    }
+}
