@@ -509,7 +509,7 @@ impl Client {
     }
 
     /// Keeps `home`'s database key in the OS keyring too, so that it opens without the
-    /// passphrase (which keeps working). Returns the keyring's name.
+    /// passphrase (which keeps working). Returns the home's keyring status.
     pub fn enable_keyring(home: &Path, passphrase: &str) -> Result<KeyringStatus, Error> {
         let store = keyring::system()?;
         vault::keyring_enable(home, passphrase, &*store)?;
