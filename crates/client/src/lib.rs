@@ -480,10 +480,9 @@ impl Client {
     pub fn open(home: &Path, passphrase: &str) -> Result<Client, Error> {
         Client::refuse_unencrypted(home)?;
         let key = vault::unlock(home, passphrase)?;
-        if vault::uses_keyring(home)
-            && let Ok(store) = keyring::system()
-        {
-            // A convenience only: the home is open either way.
+        if let Ok(store) = keyring::system() {
+            // A convenience only (and nothing for a home that does not use the keyring): the
+            // home is open either way.
             let _ = vault::keyring_refill(home, &key, &*store);
         }
         Client::open_with(home, &key)
@@ -496,9 +495,6 @@ impl Client {
         Client::refuse_unencrypted(home)?;
         if !vault::exists(home) {
             return Err(Error::NotRegistered(home.display().to_string()));
-        }
-        if !vault::uses_keyring(home) {
-            return Ok(None);
         }
         let Ok(store) = keyring::system() else { return Ok(None) };
         match vault::keyring_unlock(home, &*store) {

@@ -129,6 +129,27 @@ fn a_tampered_or_truncated_file_is_refused_and_nothing_is_kept() {
     assert!(same_file(&original, &out));
 }
 
+/// `sotto --json ARGS` in `user`'s home; returns its peak resident memory (KiB) and output.
+fn run_watching_rss(user: &User, args: &[&str]) -> (u64, std::process::Output) {
+    let child = common::client()
+        .arg("--home")
+        .arg(&user.home)
+        .arg("--json")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher =
+            s.spawn(|| watch_rss(pid, || done.load(std::sync::atomic::Ordering::Relaxed)));
+        let out = child.wait_with_output().expect("wait");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (watcher.join().expect("watch"), out)
+    })
+}
+
 /// Peak resident memory of a process while it runs (KiB), sampled.
 fn watch_rss(pid: u32, until: impl Fn() -> bool) -> u64 {
     let mut peak = 0;
@@ -176,22 +197,8 @@ fn an_interrupted_upload_resumes_and_large_files_stream_in_bounded_memory() {
     assert!(part > 0 && (part as usize) < size, "killed mid-upload at {part} of {size}");
 
     // ...the next run continues from there (watching the client's memory as it does).
-    let child = common::client()
-        .arg("--home")
-        .arg(&alice.home)
-        .args(["--json", "send-file", &bob.address, big.to_str().expect("path")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let (peak, out) = std::thread::scope(|s| {
-        let watcher =
-            s.spawn(|| watch_rss(pid, || done.load(std::sync::atomic::Ordering::Relaxed)));
-        let out = child.wait_with_output().expect("wait");
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (watcher.join().expect("watch"), out)
-    });
+    let (peak, out) =
+        run_watching_rss(&alice, &["send-file", &bob.address, big.to_str().expect("path")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(peak < 64 * 1024, "the client used {peak} KiB for a {} MiB file", size >> 20);
     let blobs = server.data.join("blobs");
@@ -200,22 +207,8 @@ fn an_interrupted_upload_resumes_and_large_files_stream_in_bounded_memory() {
     bob.sync();
     let (id, _) = file_message(&bob, &alice.address);
     let out = dir.path().join("copy.bin");
-    let child = common::client()
-        .arg("--home")
-        .arg(&bob.home)
-        .args(["--json", "download", &id, "--out", out.to_str().expect("path")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let (peak, result) = std::thread::scope(|s| {
-        let watcher =
-            s.spawn(|| watch_rss(pid, || done.load(std::sync::atomic::Ordering::Relaxed)));
-        let result = child.wait_with_output().expect("wait");
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (watcher.join().expect("watch"), result)
-    });
+    let (peak, result) =
+        run_watching_rss(&bob, &["download", &id, "--out", out.to_str().expect("path")]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stdout));
     assert!(peak < 64 * 1024, "the client used {peak} KiB to download");
     assert!(same_file(&big, &out));

@@ -37,14 +37,7 @@ fn safety_numbers_match_on_both_sides_and_a_verified_key_change_blocks_sending()
 
     // bob loses his device and recovers: his identity key changes.
     let bob_again = User::new("bob");
-    let out = bob_again.run(&[
-        "recover",
-        &bob.address,
-        "--server",
-        &server.url,
-        "--recovery-key",
-        &bob_recovery,
-    ]);
+    let out = recover(&bob_again, &bob.address, &server, &bob_recovery);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     bob_again.send(&alice.address, "new phone, same bob");
     assert!(alice.sync().contains(&pair(&bob_again, "new phone, same bob")));
@@ -73,14 +66,7 @@ fn accepting_a_change_unblocks_without_verifying() {
     alice.send(&bob.address, "hello");
     alice.ok(&["verify", &bob.address, "--mark-verified"]);
     let bob_again = User::new("bob");
-    let out = bob_again.run(&[
-        "recover",
-        &bob.address,
-        "--server",
-        &server.url,
-        "--recovery-key",
-        &bob_recovery,
-    ]);
+    let out = recover(&bob_again, &bob.address, &server, &bob_recovery);
     assert!(out.status.success());
     // alice learns the new key when she starts a new conversation with bob.
     assert_eq!(
@@ -93,4 +79,14 @@ fn accepting_a_change_unblocks_without_verifying() {
         (false.into(), false.into())
     );
     alice.ok(&["group", "create", "g", "--members", "bob@localhost"]);
+}
+
+/// `sotto recover ADDRESS` in `user`'s (new) home with the recovery key.
+fn recover(
+    user: &User,
+    address: &str,
+    server: &Server,
+    recovery_key: &str,
+) -> std::process::Output {
+    user.run(&["recover", address, "--server", &server.url, "--recovery-key", recovery_key])
 }
