@@ -88,6 +88,10 @@ pub async fn e2ee(
     }
     let epoch = mls::epoch(&members[0].provider, &gid)?;
     let ids: Vec<u64> = members.iter().map(|m| m.identity.device.device_id).collect();
+    // The server learns the group's roster from its first commit, as with real clients.
+    let roster: Vec<(u64, &str)> =
+        ids.iter().copied().zip(tokens.iter().map(String::as_str)).collect();
+    sotto::enrol(&http, addr, &gid, &roster, out.commit, welcome).await?;
     let members: Vec<Arc<Mutex<Member>>> =
         members.into_iter().map(|m| Arc::new(Mutex::new(m))).collect();
 
@@ -174,6 +178,7 @@ async fn send(
                 message: proto::Bytes(ciphertext),
             },
             welcome: None,
+            removed: Vec::new(),
             expires_at: None,
         };
         let accepted: anyhow::Result<proto::SubmitResponse> =

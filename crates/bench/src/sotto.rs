@@ -41,7 +41,7 @@ impl SottoServer {
             .args(["--listen", "127.0.0.1:0", "--registration", "open"])
             .args(["--device-rate", "1000000", "--registration-rate", "1000000"])
             .args(["--queue-max-messages", "100000000", "--queue-max-bytes", "1000G"])
-            .args(["--max-connections", "200000"])
+            .args(["--max-connections", "200000", "--submit-rate", "1000G"])
             .env("SOTTO_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -200,6 +200,56 @@ async fn receive(
     Ok(())
 }
 
+/// Makes `devices` the roster of `group` on the server, as a group's creation does: the first
+/// submits a commit (epoch 0) whose welcome goes to the others, who acknowledge it. Returns
+/// the group's epoch.
+pub(crate) async fn enrol(
+    http: &Http,
+    addr: SocketAddr,
+    group: &[u8],
+    devices: &[(u64, &str)],
+    commit: Vec<u8>,
+    welcome: Vec<u8>,
+) -> anyhow::Result<u64> {
+    let Some(((_, creator), rest)) = devices.split_first() else { return Ok(0) };
+    if rest.is_empty() {
+        return Ok(0);
+    }
+    let request = proto::SubmitRequest {
+        submission_id: None,
+        group_id: proto::Bytes(group.to_vec()),
+        kind: proto::SubmitKind::Commit,
+        epoch: 0,
+        delivery: proto::Delivery { recipients: Vec::new(), message: proto::Bytes(commit) },
+        welcome: Some(proto::Delivery {
+            recipients: rest.iter().map(|(id, _)| *id).collect(),
+            message: proto::Bytes(welcome),
+        }),
+        removed: Vec::new(),
+        expires_at: None,
+    };
+    let created: proto::SubmitResponse =
+        post(http, addr, "/v1/messages", Some(creator), &request).await?;
+    for (_, token) in rest {
+        let page: proto::QueueResponse = get(http, addr, "/v1/queue", token).await?;
+        if let Some(last) = page.messages.last() {
+            let ack = proto::AckRequest { up_to: last.seq };
+            let _: proto::AckResponse =
+                post(http, addr, "/v1/queue/ack", Some(token), &ack).await?;
+        }
+    }
+    Ok(created.epoch)
+}
+
+/// The group every relay and backlog message goes to (all registered devices are members).
+const BENCH_GROUP: &[u8] = b"bench";
+
+async fn enrol_all(http: &Http, addr: SocketAddr, devices: &[Device]) -> anyhow::Result<()> {
+    let roster: Vec<(u64, &str)> = devices.iter().map(|d| (d.id, d.token.as_str())).collect();
+    enrol(http, addr, BENCH_GROUP, &roster, b"commit".to_vec(), b"join".to_vec()).await?;
+    Ok(())
+}
+
 /// Submits one opaque payload for `to`, with a unique submission id.
 async fn submit(
     http: &Http,
@@ -212,11 +262,12 @@ async fn submit(
     let n = counter.fetch_add(1, Ordering::Relaxed);
     let request = proto::SubmitRequest {
         submission_id: Some(proto::Bytes(n.to_le_bytes().to_vec())),
-        group_id: proto::Bytes(b"bench".to_vec()),
+        group_id: proto::Bytes(BENCH_GROUP.to_vec()),
         kind: proto::SubmitKind::Application,
-        epoch: 0,
+        epoch: 1,
         delivery: proto::Delivery { recipients: vec![to], message: proto::Bytes(payload) },
         welcome: None,
+        removed: Vec::new(),
         expires_at: None,
     };
     post(http, addr, "/v1/messages", Some(token), &request).await
@@ -248,6 +299,7 @@ pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<Rela
     for n in 0..p.devices {
         devices.push(register(&http, addr, n).await.context("registering a device")?);
     }
+    enrol_all(&http, addr, &devices).await.context("making the bench group")?;
     let recorder = Arc::new(Recorder::new(p.warmup, p.measure));
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
@@ -311,6 +363,7 @@ pub async fn backlog(
     for n in 0..devices {
         all.push(register(&http, addr, n).await.context("registering a device")?);
     }
+    enrol_all(&http, addr, &all).await.context("making the bench group")?;
     let recorder =
         Arc::new(Recorder::new(std::time::Duration::ZERO, std::time::Duration::from_secs(3600)));
     let started = std::time::Instant::now();

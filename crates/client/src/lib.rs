@@ -1056,6 +1056,7 @@ impl Client {
                 epoch,
                 delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
                 welcome: None,
+                removed: Vec::new(),
                 // Copies nobody fetched in time go too (disappearing messages).
                 expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
             },
@@ -1105,6 +1106,8 @@ impl Client {
         let p = db::provider(&tx);
         let recipients = self.recipients(&p, group_id)?;
         let (out, welcome_to) = make(&p, &self.me)?;
+        let removed =
+            mls::pending_removals(&p, group_id)?.into_iter().map(|d| d.device_id).collect();
         let request = proto::SubmitRequest {
             submission_id: None,
             group_id: Bytes(group_id.to_vec()),
@@ -1115,6 +1118,7 @@ impl Client {
                 .welcome
                 .filter(|_| !welcome_to.is_empty())
                 .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
+            removed,
             expires_at: None,
         };
         match self.api.submit(request, &token) {
@@ -1257,6 +1261,7 @@ impl Client {
                 epoch,
                 delivery: proto::Delivery { recipients, message: Bytes(proposal) },
                 welcome: None,
+                removed: Vec::new(),
                 expires_at: None,
             };
             match self.api.submit(request, &token) {

@@ -446,6 +446,20 @@ pub fn commit_pending_proposals<S: StorageProvider<CURRENT_VERSION>>(
     Ok(Some(CommitOutput { epoch, commit: serialize(&commit)?, welcome }))
 }
 
+/// The devices this device's pending commit removes from the group: those it removes itself
+/// and those whose removal proposals it commits. The server takes them off the group's roster.
+pub fn pending_removals<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<Vec<DeviceRef>, Error> {
+    let group = load(p, group_id)?;
+    let Some(staged) = group.pending_commit() else { return Ok(Vec::new()) };
+    Ok(staged
+        .remove_proposals()
+        .filter_map(|r| group.member(r.remove_proposal().removed()).and_then(device_of))
+        .collect())
+}
+
 /// Applies this device's own pending commit once the server has accepted it.
 pub fn merge_pending_commit<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,

@@ -471,9 +471,15 @@ pub struct SubmitRequest {
     pub epoch: u64,
     /// The message for the group's other members.
     pub delivery: Delivery,
-    /// A welcome for devices added by a commit, queued in the same transaction.
+    /// A welcome for devices added by a commit, queued in the same transaction. Only a
+    /// commit may carry one; its recipients join the group's roster on the server.
     #[serde(default)]
     pub welcome: Option<Delivery>,
+    /// For a commit: the devices it removes from the group (those the committer removes and
+    /// those whose own removal proposals it commits). The server takes them off the group's
+    /// roster, so they can no longer submit to the group or be sent to in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<u64>,
     /// Undelivered copies are deleted at this time (Unix seconds): disappearing messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
@@ -614,6 +620,10 @@ pub enum ErrorCode {
     UnknownFile,
     /// The file is being uploaded: another request is writing it, or it is not complete yet.
     UploadInProgress,
+    /// The submitting device is not a member of the group, or a recipient is not.
+    NotMember,
+    /// A submission id was reused for a different submission.
+    SubmissionConflict,
     /// The server failed; the details are in its log.
     Internal,
 }

@@ -45,6 +45,9 @@ pub struct Config {
     pub sweep_interval_secs: u64,
     /// Most bytes of files one account may keep on the server.
     pub blob_quota: u64,
+    /// Bytes a second that one device, and one group, may have stored in queues (counting a
+    /// copy per recipient), in bursts of 64 seconds' worth.
+    pub submit_bytes_per_second: u64,
 }
 
 impl Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             registrations_per_hour_per_ip: 30,
             sweep_interval_secs: 300,
             blob_quota: 8 << 30,
+            submit_bytes_per_second: 8 << 20,
         }
     }
 }

@@ -171,8 +171,39 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
     }
-    let store = store::SqliteStore::open(&config.data_dir.join("sotto.db"))?;
+    let db = config.data_dir.join("sotto.db");
+    private_file(&db)?;
+    let store = store::SqliteStore::open(&db)?;
     Ok(Arc::new(store))
+}
+
+/// Makes `path` readable by its owner only, creating it empty if missing (SQLite gives its
+/// journal files the database file's mode, so they follow). The data directory is already
+/// owner-only; this keeps the files so when copied out of it or when the directory's mode
+/// is loosened.
+pub(crate) fn private_file(path: &std::path::Path) -> Result<(), Error> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = std::path::Path::new(&name);
+            if file.exists() {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| Error::Io(format!("cannot restrict {}: {e}", file.display())))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

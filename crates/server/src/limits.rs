@@ -41,6 +41,12 @@ impl<K: Hash + Eq> RateLimiter<K> {
 
     /// Takes a token for `key`, or says how long until one is available.
     pub(crate) fn check(&self, key: K) -> Result<(), Duration> {
+        self.check_n(key, 1.0)
+    }
+
+    /// Takes `n` tokens for `key` (at most the burst), or says how long until they are there.
+    pub(crate) fn check_n(&self, key: K, n: f64) -> Result<(), Duration> {
+        let n = n.min(self.burst);
         let now = Instant::now();
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED {
@@ -52,11 +58,11 @@ impl<K: Hash + Eq> RateLimiter<K> {
         let elapsed = now.duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= n {
+            bucket.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+            Err(Duration::from_secs_f64((n - bucket.tokens) / self.rate))
         }
     }
 }
@@ -184,5 +190,14 @@ mod tests {
         let wait = limiter.check("a").expect_err("burst spent");
         assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(1), "{wait:?}");
         assert!(limiter.check("b").is_ok(), "keys are independent");
+    }
+
+    #[test]
+    fn weighted_checks_take_many_tokens() {
+        let limiter = RateLimiter::new(100.0, 1000.0);
+        assert!(limiter.check_n("a", 900.0).is_ok());
+        let wait = limiter.check_n("a", 300.0).expect_err("only about 100 left");
+        assert!(wait > Duration::from_millis(1500) && wait <= Duration::from_secs(3), "{wait:?}");
+        assert!(limiter.check_n("a", 50.0).is_ok(), "a smaller amount still fits");
     }
 }

@@ -144,8 +144,9 @@ fn hostile_api_requests() {
     assert_eq!((s, code(&v)), (413, "too_large"));
 
     // A submission naming a device that does not exist is refused whole.
-    let body = json!({"group_id": b64(b"g"), "kind": "application", "epoch": 0,
-                      "delivery": {"recipients": [mallory, 999_999], "message": b64(b"x")}});
+    let body = json!({"group_id": b64(b"g"), "kind": "commit", "epoch": 0,
+                      "delivery": {"recipients": [], "message": b64(b"c")},
+                      "welcome": {"recipients": [mallory, 999_999], "message": b64(b"x")}});
     let (s, v) = server.http("POST", "/v1/messages", Some(&token), &body.to_string());
     assert_eq!((s, code(&v)), (404, "unknown_device"));
     let (_, v) = server.http("GET", "/v1/queue", Some(&token), "");
@@ -160,10 +161,7 @@ fn hostile_api_requests() {
 
     // Garbage where an MLS message should be: bob's client reports it and carries on.
     let bob_device = bob.ok(&["whoami"])["device_id"].as_u64().expect("id");
-    let body = json!({"group_id": b64(b"junk"), "kind": "application", "epoch": 0,
-                      "delivery": {"recipients": [bob_device], "message": b64(b"\x00\x01garbage")}});
-    let (s, v) = server.http("POST", "/v1/messages", Some(&token), &body.to_string());
-    assert_eq!(s, 200, "{v}");
+    common::start_group(&server, &token, b"junk", &[bob_device], b"\x00\x01garbage");
     alice.send(&bob.address, "still readable");
     let report = bob.ok(&["sync"]);
     assert_eq!(
@@ -271,7 +269,7 @@ fn a_corrupted_welcome_rolls_back_and_the_genuine_one_still_joins() {
     let mut corrupted = welcome.clone();
     let at = corrupted.len() - 20;
     corrupted[at] ^= 0x40;
-    deliver(&server, &token, &gid, bob_device, &corrupted);
+    common::start_group(&server, &token, &gid, &[bob_device], &corrupted);
     deliver(&server, &token, &gid, bob_device, &welcome);
     deliver(&server, &token, &gid, bob_device, &messages[0]);
     let report = bob.ok(&["sync"]);
@@ -327,7 +325,7 @@ fn a_group_posing_as_a_direct_chat_is_shown_as_a_group() {
         &["bob@localhost", "eve@localhost"],
         vec![info, text("just between us")],
     );
-    deliver(&server, &token, &gid, bob_device, &welcome);
+    common::start_group(&server, &token, &gid, &[bob_device], &welcome);
     for m in &messages {
         deliver(&server, &token, &gid, bob_device, m);
     }

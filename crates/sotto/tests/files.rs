@@ -236,9 +236,12 @@ fn blob_endpoints_refuse_hostile_input_and_keep_quotas() {
     let id: String =
         common::unb64(v["id"].as_str().expect("id")).iter().map(|b| format!("{b:02x}")).collect();
     let blob = format!("/v1/blobs/{id}");
-    // Not downloadable before it is complete.
-    let (s, v, code) = req("GET", &blob, Some(&bob), "");
+    // Not downloadable before it is complete: the uploader is told so, anyone else is told
+    // there is no such file.
+    let (s, v, code) = req("GET", &blob, Some(&alice), "");
     assert_eq!((s, code.as_str()), (409, "upload_in_progress"), "{v}");
+    let (s, v, code) = req("GET", &blob, Some(&bob), "");
+    assert_eq!((s, code.as_str()), (404, "unknown_file"), "{v}");
     // Writes elsewhere than the end, or past the announced size, change nothing.
     let (s, v, code) = req("PUT", &format!("{blob}?offset=5"), Some(&alice), "hello");
     assert_eq!((s, code.as_str()), (409, "wrong_offset"), "{v}");
@@ -284,6 +287,20 @@ fn blob_endpoints_refuse_hostile_input_and_keep_quotas() {
     // Another account's quota is its own.
     let (s, v, _) = req("POST", "/v1/blobs", Some(&bob), r#"{"size":1000}"#);
     assert_eq!(s, 200, "{v}");
+
+    // Tiny files cannot be started without end: each is a row and a file on disk.
+    let (_, carol, _) = common::api_device(&server, "carol@localhost", None);
+    let mut started = 0;
+    let refusal = loop {
+        let (s, v, code) = req("POST", "/v1/blobs", Some(&carol), r#"{"size":1}"#);
+        if s != 200 {
+            break (s, code, v);
+        }
+        started += 1;
+        assert!(started < 1000, "a device started {started} files without a pause");
+    };
+    assert_eq!((refusal.0, refusal.1.as_str()), (429, "rate_limited"), "{}", refusal.2);
+    assert!((200..=210).contains(&started), "{started} files before the limit");
 }
 
 /// A GET with an optional `Range` header; returns the status and the raw body.

@@ -73,6 +73,10 @@ pub(super) async fn create(
     if req.size == 0 || req.size > max_blob() {
         return Err(ApiError::bad_request(format!("a file is 1 to {} bytes", max_blob())));
     }
+    state
+        .blob_creations
+        .check(device)
+        .map_err(|wait| ApiError::rate_limited("new files from this device", wait))?;
     let now = unix_now();
     let id = sotto_core::random_bytes(16).map_err(|e| ApiError::internal("random id", &e))?;
     let path = blob_path(&state, &id);
@@ -94,10 +98,19 @@ pub(super) async fn create(
         Ok(record)
     })
     .await?;
+    // Owner-only, like the rest of the data directory.
     if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(io_failed)?;
+        let mut builder = tokio::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        builder.mode(0o700);
+        builder.create(dir).await.map_err(io_failed)?;
     }
-    tokio::fs::File::create(&path).await.map_err(io_failed)?;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(&path).await.map_err(io_failed)?;
     Ok(Json(status_of(&record)))
 }
 
@@ -184,13 +197,17 @@ pub(super) async fn upload(
 /// with the id (a 128-bit secret that travels only inside MLS messages) may fetch it.
 pub(super) async fn download(
     State(state): State<Shared>,
-    AuthDevice(_): AuthDevice,
+    AuthDevice(device): AuthDevice,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = blob_id(&id)?;
     let lookup = id.clone();
     let blob = blocking(&state, move |s| s.blob(&lookup)).await?.ok_or_else(no_blob)?;
+    // Someone else's unfinished upload looks like no file at all: its id is not out yet.
+    if blob.received < blob.size && blob.device != device {
+        return Err(no_blob());
+    }
     if blob.received < blob.size {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -41,6 +41,12 @@ const MAX_KEY_PACKAGES_STOCK: u64 = 1000;
 const MAX_KEY_PACKAGE_LEN: usize = 16 * 1024;
 /// Most recipients of one submission, across its deliveries.
 const MAX_RECIPIENTS: usize = 10_000;
+/// Files a device may start: two a second, in bursts of 200 (an album shared at once).
+const BLOBS_PER_SECOND: f64 = 2.0;
+const BLOB_BURST: f64 = 200.0;
+/// A device, and a group, may queue bursts of this many seconds' worth of
+/// [`Config::submit_bytes_per_second`].
+const SUBMIT_BURST_SECS: f64 = 64.0;
 /// Default and largest page of a queue fetch.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
@@ -88,6 +94,12 @@ pub(crate) struct AppState {
     device_rate: RateLimiter<u64>,
     /// Registration attempts per client IP address.
     registration_rate: RateLimiter<IpAddr>,
+    /// Bytes each device has had stored in queues.
+    sender_bytes: RateLimiter<u64>,
+    /// Bytes stored in queues per group.
+    group_bytes: RateLimiter<Vec<u8>>,
+    /// Files each device starts (each is a row and a file on disk, however small).
+    blob_creations: RateLimiter<u64>,
     /// Challenges and tokens.
     sessions: Sessions,
     /// Bounds the writes waiting on blocking threads.
@@ -114,6 +126,7 @@ impl AppState {
     ) -> Result<Self, StoreError> {
         let per_second = f64::from(config.device_requests_per_second);
         let per_hour = f64::from(config.registrations_per_hour_per_ip);
+        let bytes_rate = config.submit_bytes_per_second as f64;
         let revoked = store.revoked_devices()?.into_iter().collect();
         Ok(AppState {
             revoked: std::sync::RwLock::new(revoked),
@@ -125,6 +138,9 @@ impl AppState {
             stopping,
             device_rate: RateLimiter::new(per_second, per_second * 10.0),
             registration_rate: RateLimiter::new(per_hour / 3600.0, per_hour),
+            sender_bytes: RateLimiter::new(bytes_rate, bytes_rate * SUBMIT_BURST_SECS),
+            group_bytes: RateLimiter::new(bytes_rate, bytes_rate * SUBMIT_BURST_SECS),
+            blob_creations: RateLimiter::new(BLOBS_PER_SECOND, BLOB_BURST),
             sessions,
             writes: tokio::sync::Semaphore::new(MAX_CONCURRENT_WRITES),
             config,
@@ -236,6 +252,16 @@ impl From<StoreError> for ApiError {
                 "the device list changed meanwhile; fetch it and try again",
             ),
             StoreError::UnknownLink => devices::unknown_link(),
+            StoreError::NotMember { device } => Self::new(
+                S::FORBIDDEN,
+                ErrorCode::NotMember,
+                format!("device {device} is not a member of this group"),
+            ),
+            StoreError::SubmissionConflict => Self::new(
+                S::CONFLICT,
+                ErrorCode::SubmissionConflict,
+                "this submission id was used for a different submission; use a new one",
+            ),
             StoreError::BlobQuota { used, quota } => Self::new(
                 S::INSUFFICIENT_STORAGE,
                 ErrorCode::QuotaExceeded,
@@ -632,17 +658,73 @@ async fn claim_key_packages(
     }))
 }
 
-async fn submit(
-    State(state): State<Shared>,
-    AuthDevice(sender): AuthDevice,
-    ApiJson(req): ApiJson<proto::SubmitRequest>,
-) -> Result<Json<proto::SubmitResponse>, ApiError> {
+/// Refuses a submission's shape before anything is looked up: sizes, what only a commit may
+/// carry, and recipient lists that are empty or name a device twice.
+fn check_submission(req: &proto::SubmitRequest) -> Result<(), ApiError> {
     if req.group_id.0.is_empty() || req.group_id.0.len() > 64 {
         return Err(ApiError::bad_request("group_id must be 1 to 64 bytes"));
     }
     if req.submission_id.as_ref().is_some_and(|id| id.0.is_empty() || id.0.len() > 64) {
         return Err(ApiError::bad_request("submission_id must be 1 to 64 bytes"));
     }
+    if req.kind != proto::SubmitKind::Commit && (req.welcome.is_some() || !req.removed.is_empty()) {
+        return Err(ApiError::bad_request("only a commit carries a welcome or removes devices"));
+    }
+    if req.removed.len() > MAX_RECIPIENTS {
+        return Err(ApiError::bad_request(format!(
+            "a commit removes at most {MAX_RECIPIENTS} devices"
+        )));
+    }
+    let deliveries = std::iter::once(&req.delivery).chain(req.welcome.as_ref());
+    let recipients: Vec<u64> =
+        deliveries.clone().flat_map(|d| d.recipients.iter().copied()).collect();
+    if recipients.is_empty() {
+        return Err(ApiError::bad_request("a submission needs at least one recipient"));
+    }
+    if recipients.len() > MAX_RECIPIENTS {
+        return Err(ApiError::bad_request(format!("at most {MAX_RECIPIENTS} recipients")));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(recipients.len());
+    if let Some(d) = recipients.iter().find(|d| !seen.insert(**d)) {
+        return Err(ApiError::bad_request(format!(
+            "device {d} is named twice among the recipients"
+        )));
+    }
+    if deliveries.clone().any(|d| d.message.0.is_empty()) {
+        return Err(ApiError::bad_request("empty message"));
+    }
+    Ok(())
+}
+
+/// What a submission's idempotency id stands for: a repeat must carry the same content.
+fn submission_digest(req: &proto::SubmitRequest) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(b"sotto-submission-v1");
+    field(&req.group_id.0);
+    field(&[req.kind as u8]);
+    field(&req.epoch.to_be_bytes());
+    field(&req.expires_at.map_or([0xff; 8], u64::to_be_bytes));
+    let ids = |ids: &[u64]| ids.iter().flat_map(|d| d.to_be_bytes()).collect::<Vec<u8>>();
+    for d in std::iter::once(&req.delivery).chain(req.welcome.as_ref()) {
+        field(&ids(&d.recipients));
+        field(&d.message.0);
+    }
+    field(&ids(&req.removed));
+    h.finalize().into()
+}
+
+async fn submit(
+    State(state): State<Shared>,
+    AuthDevice(sender): AuthDevice,
+    ApiJson(req): ApiJson<proto::SubmitRequest>,
+) -> Result<Json<proto::SubmitResponse>, ApiError> {
+    check_submission(&req)?;
+    let digest = submission_digest(&req);
     let submission_id = req.submission_id.map(|id| id.0);
     let mut deliveries: Vec<proto::Delivery> =
         std::iter::once(req.delivery).chain(req.welcome).collect();
@@ -658,13 +740,29 @@ async fn submit(
             !revoked
         });
     }
-    let recipients: usize = deliveries.iter().map(|d| d.recipients.len()).sum();
-    if recipients > MAX_RECIPIENTS {
-        return Err(ApiError::bad_request(format!("at most {MAX_RECIPIENTS} recipients")));
+    // Each recipient gets its own copy: what one request may store is bounded per sending
+    // device and per group, besides each recipient's queue limits.
+    let stored: u64 =
+        deliveries.iter().map(|d| d.message.0.len() as u64 * d.recipients.len() as u64).sum();
+    let per_second = state.config.submit_bytes_per_second as f64;
+    if stored as f64 > per_second * SUBMIT_BURST_SECS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!(
+                "this submission would store {stored} bytes in queues; the limit is {}",
+                (per_second * SUBMIT_BURST_SECS) as u64
+            ),
+        ));
     }
-    if deliveries.iter().any(|d| d.message.0.is_empty()) {
-        return Err(ApiError::bad_request("empty message"));
-    }
+    state
+        .sender_bytes
+        .check_n(sender, stored as f64)
+        .map_err(|wait| ApiError::rate_limited("bytes queued by this device", wait))?;
+    state
+        .group_bytes
+        .check_n(req.group_id.0.clone(), stored as f64)
+        .map_err(|wait| ApiError::rate_limited("bytes queued in this group", wait))?;
     let ordering = match req.kind {
         proto::SubmitKind::Application => Ordering::NotBefore(req.epoch),
         proto::SubmitKind::Commit => Ordering::Advance(req.epoch),
@@ -672,12 +770,15 @@ async fn submit(
     };
     let notify: Vec<u64> = deliveries.iter().flat_map(|d| d.recipients.iter().copied()).collect();
     let group_id = req.group_id.0;
+    let removed = req.removed;
     let limits = state.config.queue_limits;
     let expires_at = req.expires_at;
     let epoch = blocking_write(&state, move |s| {
+        let joining = deliveries.get(1).map_or(&[][..], |w| w.recipients.as_slice());
         let submission = Submission {
             sender,
             id: submission_id.as_deref(),
+            digest,
             group_id: &group_id,
             ordering,
             limits,
@@ -686,6 +787,8 @@ async fn submit(
                 .iter()
                 .map(|d| (d.recipients.as_slice(), d.message.0.as_slice()))
                 .collect(),
+            joining,
+            removed: &removed,
         };
         s.submit(&submission, unix_now())
     })

@@ -86,6 +86,7 @@ impl KeyDirectory {
         let key = IdentityKey::from_secret(&crate::secret_file(&data_dir.join("kt.key"))?)
             .map_err(kt_err)?;
         let vrf = Vrf(Arc::new(crate::secret_file(&data_dir.join("kt-vrf.key"))?));
+        crate::private_file(&data_dir.join("kt.db"))?;
         let storage = KtStorage::open(&data_dir.join("kt.db")).map_err(kt_err)?;
         let manager = StorageManager::new_no_cache(storage.clone());
         let (dir, vrf_public) = blocking(async move {

@@ -106,7 +106,7 @@ pub struct LinkRecord {
 /// How a submission is ordered against the group's epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ordering {
-    /// No check.
+    /// No ordering and no roster check: a plain relay into queues. The API never uses it.
     None,
     /// The group must not have moved past this epoch (an application message: members who
     /// joined since could not read it).
@@ -138,12 +138,19 @@ pub struct Submission<'a> {
     pub sender: u64,
     /// The sender's idempotency key: a submission seen before is not stored again.
     pub id: Option<&'a [u8]>,
+    /// A digest of the submission's content, kept with `id`: a repeat of `id` with other
+    /// content is refused.
+    pub digest: [u8; 32],
     /// The MLS group id.
     pub group_id: &'a [u8],
     /// Ordering rule.
     pub ordering: Ordering,
     /// Recipients and message.
     pub deliveries: Vec<(&'a [u64], &'a [u8])>,
+    /// For a commit: the devices it adds (they join the roster).
+    pub joining: &'a [u64],
+    /// For a commit: the devices it removes (they leave the roster).
+    pub removed: &'a [u64],
     /// No recipient's queue may grow past these.
     pub limits: QueueLimits,
     /// Undelivered copies are deleted at this time (Unix seconds).
@@ -194,6 +201,15 @@ pub enum StoreError {
     /// A recipient device does not exist.
     #[error("unknown device {0}")]
     UnknownDevice(u64),
+    /// The sender, or a recipient, is not in the group's roster.
+    #[error("device {device} is not a member of the group")]
+    NotMember {
+        /// The device.
+        device: u64,
+    },
+    /// A submission id seen before came with different content.
+    #[error("submission id reused for a different submission")]
+    SubmissionConflict,
     /// A recipient's queue is at its limit.
     #[error("the queue of device {device} is full")]
     QueueFull {
@@ -338,9 +354,20 @@ pub trait Store: Send + Sync + 'static {
         only: Option<&[u64]>,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
-    /// Checks the ordering rule and queues every delivery, all or nothing. Returns the
-    /// group's epoch afterwards. A submission whose (sender, id) was stored before is not
-    /// checked or stored again: the epoch recorded then is returned.
+    /// Checks the group's roster and the ordering rule, queues every delivery and updates the
+    /// roster (for a commit), all or nothing. Returns the group's epoch afterwards.
+    ///
+    /// The roster is who may submit to a group and be sent to in it: a group the store has
+    /// not seen holds only its creator; a commit adds its `joining` devices and takes off its
+    /// `removed` ones. The sender and every recipient must be in it ([`StoreError::NotMember`]; the
+    /// sender is checked before the epoch, so a stranger learns nothing, and the recipients
+    /// after it, so a member that missed a change gets [`StoreError::StaleEpoch`] and
+    /// catches up). A group stored before rosters existed is not checked until
+    /// its next commit sets its roster (the sender and that commit's recipients).
+    ///
+    /// A submission whose (sender, id) was stored before is not checked or stored again: the
+    /// epoch recorded then is returned, or [`StoreError::SubmissionConflict`] if its digest
+    /// differs.
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError>;
 
     /// Up to `limit` queued messages (and about [`PAGE_MAX_BYTES`]) of a device with

@@ -1,5 +1,6 @@
 //! The embedded SQLite store.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
@@ -108,6 +109,18 @@ CREATE TABLE blobs (
 );
 CREATE INDEX blobs_by_address ON blobs(address);
 CREATE INDEX blobs_by_expiry ON blobs(expires_at);
+"#,
+    // Group rosters: who may submit to a group and be sent to in it. Groups that existed
+    // before have `roster = 0` and get their roster from their next commit.
+    r#"
+ALTER TABLE groups ADD COLUMN roster INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE group_members (
+    group_id BLOB NOT NULL,
+    device_id INTEGER NOT NULL,
+    PRIMARY KEY (group_id, device_id)
+);
+CREATE INDEX group_members_by_device ON group_members(device_id);
+ALTER TABLE submissions ADD COLUMN digest BLOB;
 "#,
 ];
 
@@ -254,6 +267,7 @@ fn set_list(tx: &Connection, address: &str, list: &ListRecord) -> Result<(), Sto
 /// Revokes a device: it keeps its row (for display) and loses its queue and key packages.
 fn revoke_in(tx: &Connection, device: u64, now: u64) -> Result<(), StoreError> {
     let d = to_i64(device);
+    tx.execute("DELETE FROM group_members WHERE device_id = ?1", [d]).map_err(backend)?;
     tx.execute(
         "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
         params![d, to_i64(now)],
@@ -285,8 +299,11 @@ struct OwnedSubmission {
     sender: u64,
     id: Option<Vec<u8>>,
     group_id: Vec<u8>,
+    digest: [u8; 32],
     ordering: Ordering,
     deliveries: Vec<(Vec<u64>, Vec<u8>)>,
+    joining: Vec<u64>,
+    removed: Vec<u64>,
     limits: QueueLimits,
     expires_at: Option<u64>,
 }
@@ -296,9 +313,12 @@ impl From<&Submission<'_>> for OwnedSubmission {
         OwnedSubmission {
             sender: s.sender,
             id: s.id.map(<[u8]>::to_vec),
+            digest: s.digest,
             group_id: s.group_id.to_vec(),
             ordering: s.ordering,
             deliveries: s.deliveries.iter().map(|(r, m)| (r.to_vec(), m.to_vec())).collect(),
+            joining: s.joining.to_vec(),
+            removed: s.removed.to_vec(),
             expires_at: s.expires_at,
             limits: s.limits,
         }
@@ -310,9 +330,12 @@ impl OwnedSubmission {
         Submission {
             sender: self.sender,
             id: self.id.as_deref(),
+            digest: self.digest,
             group_id: &self.group_id,
             ordering: self.ordering,
             deliveries: self.deliveries.iter().map(|(r, m)| (r.as_slice(), m.as_slice())).collect(),
+            joining: &self.joining,
+            removed: &self.removed,
             limits: self.limits,
             expires_at: self.expires_at,
         }
@@ -392,42 +415,63 @@ fn clone_error(e: &StoreError) -> StoreError {
 /// Stores one submission inside the writer's transaction (see [`Store::submit`]).
 fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError> {
     if let Some(id) = submission.id {
-        let seen: Option<i64> = tx
+        let seen: Option<(i64, Option<Vec<u8>>)> = tx
             .query_row(
-                "SELECT epoch FROM submissions WHERE device_id = ?1 AND submission_id = ?2",
+                "SELECT epoch, digest FROM submissions WHERE device_id = ?1 AND submission_id = ?2",
                 params![to_i64(submission.sender), id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(backend)?;
-        if let Some(epoch) = seen {
+        if let Some((epoch, digest)) = seen {
+            // Rows stored before digests were kept have none: they still answer repeats.
+            if digest.is_some_and(|d| d != submission.digest) {
+                return Err(StoreError::SubmissionConflict);
+            }
             return Ok(to_u64(epoch));
         }
     }
-    let current: Option<i64> = tx
-        .query_row("SELECT epoch FROM groups WHERE group_id = ?1", [submission.group_id], |r| {
-            r.get(0)
-        })
+    let group: Option<(i64, bool)> = tx
+        .query_row(
+            "SELECT epoch, roster FROM groups WHERE group_id = ?1",
+            [submission.group_id],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
+        )
         .optional()
         .map_err(backend)?;
-    let current_epoch = current.map(to_u64).unwrap_or(0);
+    // The sender's membership is checked before the epoch, so a stranger learns nothing of
+    // the group; the recipients after it, so a member that missed a change is told to catch
+    // up rather than that its recipients are wrong.
+    let roster = match submission.ordering {
+        Ordering::None => None,
+        _ => roster_of(tx, submission, group.map(|(_, known)| known))?,
+    };
+    let current_epoch = group.map(|(e, _)| to_u64(e)).unwrap_or(0);
     let epoch = match submission.ordering {
         Ordering::None => current_epoch,
         Ordering::NotBefore(e) if e < current_epoch => {
             return Err(StoreError::StaleEpoch { current: current_epoch });
         }
-        Ordering::NotBefore(_) => current_epoch,
+        Ordering::NotBefore(_) => {
+            check_recipients(submission, roster.as_ref())?;
+            current_epoch
+        }
         Ordering::AtEpoch(e) | Ordering::Advance(e) if e != current_epoch => {
             return Err(StoreError::StaleEpoch { current: current_epoch });
         }
-        Ordering::AtEpoch(e) => e,
+        Ordering::AtEpoch(e) => {
+            check_recipients(submission, roster.as_ref())?;
+            e
+        }
         Ordering::Advance(e) => {
+            check_recipients(submission, roster.as_ref())?;
             tx.execute(
-                "INSERT INTO groups (group_id, epoch) VALUES (?1, ?2)
-                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch",
+                "INSERT INTO groups (group_id, epoch, roster) VALUES (?1, ?2, 1)
+                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, roster = 1",
                 params![submission.group_id, to_i64(e + 1)],
             )
             .map_err(backend)?;
+            update_roster(tx, submission, roster)?;
             e + 1
         }
     };
@@ -481,13 +525,96 @@ fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u
     }
     if let Some(id) = submission.id {
         tx.execute(
-            "INSERT INTO submissions (device_id, submission_id, epoch, created_at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![to_i64(submission.sender), id, to_i64(epoch), to_i64(now)],
+            "INSERT INTO submissions (device_id, submission_id, epoch, created_at, digest)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                to_i64(submission.sender),
+                id,
+                to_i64(epoch),
+                to_i64(now),
+                &submission.digest[..]
+            ],
         )
         .map_err(backend)?;
     }
     Ok(epoch)
+}
+
+/// The group's roster, with the sender checked to be in it; `None` for a group that predates
+/// rosters (`known == Some(false)`): it is not checked, and its next commit sets its roster.
+/// A group the server has not seen yet holds only its creator, the sender.
+fn roster_of(
+    tx: &Connection,
+    submission: &Submission<'_>,
+    known: Option<bool>,
+) -> Result<Option<BTreeSet<u64>>, StoreError> {
+    let roster: BTreeSet<u64> = match known {
+        Some(false) => return Ok(None),
+        None => BTreeSet::from([submission.sender]),
+        Some(true) => {
+            let mut members = tx
+                .prepare_cached("SELECT device_id FROM group_members WHERE group_id = ?1")
+                .map_err(backend)?;
+            let rows = members
+                .query_map([submission.group_id], |r| r.get::<_, i64>(0))
+                .map_err(backend)?;
+            rows.map(|r| r.map(to_u64)).collect::<Result<_, _>>().map_err(backend)?
+        }
+    };
+    if !roster.contains(&submission.sender) {
+        return Err(StoreError::NotMember { device: submission.sender });
+    }
+    Ok(Some(roster))
+}
+
+/// Checks that every recipient is in the roster (devices a commit adds count for its own
+/// deliveries).
+fn check_recipients(
+    submission: &Submission<'_>,
+    roster: Option<&BTreeSet<u64>>,
+) -> Result<(), StoreError> {
+    let Some(roster) = roster else { return Ok(()) };
+    let joining: BTreeSet<u64> = match submission.ordering {
+        Ordering::Advance(_) => submission.joining.iter().copied().collect(),
+        _ => BTreeSet::new(),
+    };
+    for (recipients, _) in &submission.deliveries {
+        if let Some(&d) = recipients.iter().find(|d| !roster.contains(d) && !joining.contains(d)) {
+            return Err(StoreError::NotMember { device: d });
+        }
+    }
+    Ok(())
+}
+
+/// Writes a commit's roster: the members before it plus the devices it adds, minus those it
+/// removes. A group new to the server starts with its creator; one that predates rosters
+/// starts with the sender and the recipients of this commit.
+fn update_roster(
+    tx: &Connection,
+    submission: &Submission<'_>,
+    before: Option<BTreeSet<u64>>,
+) -> Result<(), StoreError> {
+    let mut add: BTreeSet<u64> = submission.joining.iter().copied().collect();
+    add.insert(submission.sender);
+    if before.is_none() {
+        add.extend(submission.deliveries.iter().flat_map(|(r, _)| r.iter().copied()));
+    }
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO group_members (group_id, device_id) VALUES (?1, ?2)
+             ON CONFLICT (group_id, device_id) DO NOTHING",
+        )
+        .map_err(backend)?;
+    for d in add {
+        insert.execute(params![submission.group_id, to_i64(d)]).map_err(backend)?;
+    }
+    let mut delete = tx
+        .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND device_id = ?2")
+        .map_err(backend)?;
+    for &d in submission.removed {
+        delete.execute(params![submission.group_id, to_i64(d)]).map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// Removes acknowledged messages inside the writer's transaction (see [`Store::ack`]).
@@ -1036,5 +1163,52 @@ impl Store for SqliteStore {
     fn delete_blob(&self, id: &[u8]) -> Result<(), StoreError> {
         self.conn().execute("DELETE FROM blobs WHERE id = ?1", [id]).map_err(backend)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewAccount;
+
+    /// A group stored before rosters existed keeps working, and its next commit sets a roster
+    /// that then shuts out everyone else.
+    #[test]
+    fn groups_from_before_rosters_are_adopted_by_their_next_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).expect("store");
+        let list = crate::store::tests::list(1);
+        let reg = |address: &str, key: &[u8]| {
+            let account = NewAccount { address, device_key: key, invite_hash: None, list: &list };
+            store.register(&account, 1).expect("register")
+        };
+        let (a, b, m) = (reg("a@x", b"a"), reg("b@x", b"b"), reg("m@x", b"m"));
+        Connection::open(&path)
+            .expect("open")
+            .execute("INSERT INTO groups (group_id, epoch) VALUES (?1, 3)", [&b"old"[..]])
+            .expect("an old group");
+        let (to_a, to_b) = ([a], [b]);
+        let sub = |sender, ordering, to: &'static [u64]| Submission {
+            sender,
+            id: None,
+            digest: [0; 32],
+            group_id: b"old",
+            ordering,
+            deliveries: vec![(to, &b"m"[..])],
+            joining: &[],
+            removed: &[],
+            limits: QueueLimits::UNLIMITED,
+            expires_at: None,
+        };
+        let to_a: &'static [u64] = Box::leak(Box::new(to_a));
+        let to_b: &'static [u64] = Box::leak(Box::new(to_b));
+        assert_eq!(store.submit(&sub(a, Ordering::NotBefore(3), to_b), 1).expect("unchecked"), 3);
+        assert_eq!(store.submit(&sub(a, Ordering::Advance(3), to_b), 1).expect("commit"), 4);
+        assert_eq!(store.submit(&sub(b, Ordering::NotBefore(4), to_a), 1).expect("member"), 4);
+        assert!(matches!(
+            store.submit(&sub(m, Ordering::NotBefore(4), to_a), 1),
+            Err(StoreError::NotMember { device }) if device == m
+        ));
     }
 }

@@ -3,7 +3,8 @@
 
 use super::*;
 
-fn list(version: u64) -> ListRecord {
+/// A device list record with placeholder keys.
+pub(crate) fn list(version: u64) -> ListRecord {
     ListRecord {
         version,
         identity_key: vec![1; 32],
@@ -75,6 +76,9 @@ fn queues_and_ordering(store: &dyn Store) {
     let commit = |epoch, msg: &'static [u8]| Submission {
         sender: a,
         id: None,
+        digest: [0; 32],
+        joining: &[],
+        removed: &[],
         group_id: g,
         ordering: Ordering::Advance(epoch),
         deliveries: vec![(&only_a[..], msg)],
@@ -93,6 +97,9 @@ fn queues_and_ordering(store: &dyn Store) {
     let proposal = Submission {
         sender: a,
         id: None,
+        digest: [0; 32],
+        joining: &[],
+        removed: &[],
         group_id: g,
         ordering: Ordering::AtEpoch(1),
         deliveries: vec![(&only_a, b"p")],
@@ -103,6 +110,9 @@ fn queues_and_ordering(store: &dyn Store) {
     let app = Submission {
         sender: a,
         id: None,
+        digest: [0; 32],
+        joining: &[],
+        removed: &[],
         group_id: g,
         ordering: Ordering::None,
         deliveries: vec![(&a_and_b[..], &b"m1"[..]), (&only_b[..], &b"w"[..])],
@@ -114,6 +124,9 @@ fn queues_and_ordering(store: &dyn Store) {
     let old_app = Submission {
         sender: a,
         id: None,
+        digest: [0; 32],
+        joining: &[],
+        removed: &[],
         group_id: g,
         ordering: Ordering::NotBefore(0),
         deliveries: vec![(&only_a, b"x")],
@@ -124,6 +137,9 @@ fn queues_and_ordering(store: &dyn Store) {
     let new_app = Submission {
         sender: a,
         id: None,
+        digest: [0; 32],
+        joining: &[],
+        removed: &[],
         group_id: g,
         ordering: Ordering::NotBefore(1),
         deliveries: vec![],
@@ -135,6 +151,9 @@ fn queues_and_ordering(store: &dyn Store) {
     let bad = Submission {
         sender: a,
         id: None,
+        digest: [0; 32],
+        joining: &[],
+        removed: &[],
         group_id: g,
         ordering: Ordering::None,
         deliveries: vec![(&a_and_ghost, b"z")],
@@ -173,6 +192,7 @@ macro_rules! backends {
             #[test] fn device_lists_and_revocation() { let (s, _g) = $make; super::device_lists_and_revocation(&s) }
             #[test] fn wipes_and_links() { let (s, _g) = $make; super::wipes_and_links(&s) }
             #[test] fn blobs_and_quotas() { let (s, _g) = $make; super::blobs_and_quotas(&s) }
+            #[test] fn rosters() { let (s, _g) = $make; super::rosters(&s) }
         }
     )*};
 }
@@ -192,6 +212,9 @@ fn submissions_are_idempotent(store: &dyn Store) {
     let commit = |id: &'static [u8], epoch| Submission {
         sender: a,
         id: Some(id),
+        digest: [0; 32],
+        joining: &to_b,
+        removed: &[],
         group_id: b"g",
         ordering: Ordering::Advance(epoch),
         deliveries: vec![(&to_b[..], &b"c"[..])],
@@ -202,6 +225,9 @@ fn submissions_are_idempotent(store: &dyn Store) {
     // The same submission again (its answer was lost): same answer, nothing queued twice.
     assert_eq!(store.submit(&commit(b"s1", 0), 2).expect("retry"), 1);
     assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 1);
+    // The same id with other content is not taken for a repeat.
+    let changed = Submission { digest: [1; 32], ..commit(b"s1", 0) };
+    assert!(matches!(store.submit(&changed, 2), Err(StoreError::SubmissionConflict)));
     // A different submission for the old epoch is stale.
     assert!(matches!(
         store.submit(&commit(b"s2", 0), 3),
@@ -226,6 +252,9 @@ fn pages_are_bounded_in_bytes(store: &dyn Store) {
         let s = Submission {
             sender: a,
             id: None,
+            digest: [0; 32],
+            joining: &[],
+            removed: &[],
             group_id: b"g",
             ordering: Ordering::None,
             deliveries: vec![(&to_a[..], &big[..])],
@@ -249,6 +278,9 @@ fn queue_limits_and_expiry(store: &dyn Store) {
         let s = Submission {
             sender: a,
             id: None,
+            digest: [0; 32],
+            joining: &[],
+            removed: &[],
             group_id: b"g",
             ordering: Ordering::None,
             deliveries: vec![(&to_b[..], msg)],
@@ -276,6 +308,9 @@ fn queue_limits_and_expiry(store: &dyn Store) {
     let s = Submission {
         sender: a,
         id: None,
+        digest: [0; 32],
+        joining: &[],
+        removed: &[],
         group_id: b"g",
         ordering: Ordering::None,
         deliveries: vec![(&to_b[..], b"x")],
@@ -322,6 +357,9 @@ fn device_lists_and_revocation(store: &dyn Store) {
     let sub = Submission {
         sender: a,
         id: None,
+        digest: [0; 32],
+        joining: &[],
+        removed: &[],
         group_id: b"g",
         ordering: Ordering::None,
         deliveries: vec![(&to_b, b"m")],
@@ -396,4 +434,67 @@ fn blobs_and_quotas(store: &dyn Store) {
     assert_eq!(store.expired_blobs(100).expect("expired"), vec![b"b2".to_vec()]);
     store.delete_blob(b"b2").expect("delete");
     assert_eq!(store.expired_blobs(1000).expect("expired"), vec![b"b1".to_vec()]);
+}
+
+fn rosters(store: &dyn Store) {
+    let reg = |name: &str| {
+        let address = format!("{name}@x");
+        store.register(&account(&address, name.as_bytes(), None), 1).expect("register")
+    };
+    let (a, b, c, m) = (reg("ra"), reg("rb"), reg("rc"), reg("rm"));
+    let g = b"roster group";
+    let sub = |sender, ordering, deliveries: Vec<(&'static [u64], &'static [u8])>| Submission {
+        sender,
+        id: None,
+        digest: [0; 32],
+        group_id: g,
+        ordering,
+        deliveries,
+        joining: &[],
+        removed: &[],
+        limits: QueueLimits::UNLIMITED,
+        expires_at: None,
+    };
+    let not_member = |r: Result<u64, StoreError>, who: u64| matches!(r, Err(StoreError::NotMember { device }) if device == who);
+    let to = |d: u64| -> &'static [u64] { Box::leak(Box::new([d])) };
+
+    // A group new to the server holds only its creator: nobody else can be sent to in it.
+    assert!(not_member(store.submit(&sub(m, Ordering::NotBefore(0), vec![(to(a), b"x")]), 1), a));
+    // The creator's first commit adds b by welcome.
+    let create = Submission {
+        joining: to(b),
+        ..sub(a, Ordering::Advance(0), vec![(&[], b"c0"), (to(b), b"welcome")])
+    };
+    assert_eq!(store.submit(&create, 1).expect("create"), 1);
+    // A stranger can neither commit nor send, and is not told the epoch.
+    assert!(not_member(store.submit(&sub(m, Ordering::Advance(1), vec![(&[], b"junk")]), 1), m));
+    assert!(not_member(store.submit(&sub(m, Ordering::NotBefore(0), vec![(to(b), b"x")]), 1), m));
+    assert!(not_member(store.submit(&sub(m, Ordering::AtEpoch(1), vec![(to(a), b"p")]), 1), m));
+    // Members send to members only.
+    assert!(not_member(store.submit(&sub(a, Ordering::NotBefore(1), vec![(to(c), b"x")]), 1), c));
+    assert_eq!(
+        store.submit(&sub(b, Ordering::NotBefore(1), vec![(to(a), b"hi")]), 1).expect("b"),
+        1
+    );
+    // A commit that removes b and adds c.
+    let swap = Submission {
+        joining: to(c),
+        removed: to(b),
+        ..sub(a, Ordering::Advance(1), vec![(to(b), b"c1"), (to(c), b"welcome")])
+    };
+    assert_eq!(store.submit(&swap, 1).expect("swap"), 2);
+    assert!(not_member(store.submit(&sub(b, Ordering::NotBefore(2), vec![(to(a), b"x")]), 1), b));
+    assert!(not_member(store.submit(&sub(a, Ordering::NotBefore(2), vec![(to(b), b"x")]), 1), b));
+    assert_eq!(
+        store.submit(&sub(c, Ordering::NotBefore(2), vec![(to(a), b"hey")]), 1).expect("c"),
+        2
+    );
+    // Devices added outside a commit's welcome do not join.
+    let sneaky =
+        Submission { joining: to(m), ..sub(c, Ordering::NotBefore(2), vec![(to(m), b"x")]) };
+    assert!(not_member(store.submit(&sneaky, 1), m));
+    // A revoked device leaves every roster.
+    let list_v2 = list(2);
+    store.update_devices("rc@x", 1, &list_v2, None, &[c], 2).expect("revoke c");
+    assert!(not_member(store.submit(&sub(a, Ordering::NotBefore(2), vec![(to(c), b"x")]), 1), c));
 }

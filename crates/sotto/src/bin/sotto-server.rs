@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::io::Write as _;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sotto_server::{Config, RegistrationMode, TlsFiles};
@@ -65,6 +67,10 @@ struct ServeArgs {
     /// Most bytes of attached files one account may keep on the server (K, M or G).
     #[arg(long, env = "SOTTO_BLOB_QUOTA", default_value = "8G", value_parser = parse_size)]
     blob_quota: u64,
+    /// Bytes a second one device, and one group, may have queued (a copy per recipient
+    /// counts; bursts of 64 seconds' worth). K, M or G.
+    #[arg(long, env = "SOTTO_SUBMIT_RATE", default_value = "8M", value_parser = parse_size)]
+    submit_rate: u64,
     /// How often expired messages and sessions are swept (e.g. 5m).
     #[arg(long, env = "SOTTO_SWEEP_INTERVAL", default_value = "5m", value_parser = sotto::parse_duration)]
     sweep_interval: u64,
@@ -138,6 +144,23 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| "the size must be positive".into())
 }
 
+/// Standard error for log lines, which never fails: a line that cannot be written (stderr
+/// redirected to a full disk, a closed pipe) is dropped. Logging must never take the server
+/// down or leave a request unanswered.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -145,7 +168,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Config {
@@ -171,6 +194,7 @@ fn main() -> anyhow::Result<()> {
         registrations_per_hour_per_ip: cli.serve.registration_rate.max(1),
         sweep_interval_secs: cli.serve.sweep_interval,
         blob_quota: cli.serve.blob_quota,
+        submit_bytes_per_second: cli.serve.submit_rate,
         ..Config::default()
     };
     if matches!(cli.command, None | Some(Command::Serve)) {
@@ -245,7 +269,11 @@ fn serve(
         let listener = sotto_server::bind(&config).await?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let scheme = if config.tls.is_some() { "https" } else { "http" };
-        println!("sotto-server listening on {scheme}://{addr} (domain {})", config.domain);
+        // Scripts read the address from this line; if stdout cannot take it, serve anyway.
+        let mut out = std::io::stdout();
+        let _ =
+            writeln!(out, "sotto-server listening on {scheme}://{addr} (domain {})", config.domain)
+                .and_then(|()| out.flush());
         tracing::info!(
             data = %config.data_dir.display(),
             registration = ?config.registration,

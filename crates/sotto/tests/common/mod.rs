@@ -333,6 +333,17 @@ pub fn pair(sender: &User, body: &str) -> (String, String) {
     (sender.address.clone(), body.to_string())
 }
 
+/// Makes `members` (and the submitting device) the roster of `group` on the server, as a
+/// group's creator does: a commit at epoch 0 whose welcome, the opaque `welcome`, goes to
+/// them. The group is then at epoch 1.
+pub fn start_group(server: &Server, token: &str, group: &[u8], members: &[u64], welcome: &[u8]) {
+    let body = json!({"group_id": b64(group), "kind": "commit", "epoch": 0,
+                      "delivery": {"recipients": [], "message": b64(b"commit")},
+                      "welcome": {"recipients": members, "message": b64(welcome)}});
+    let (s, v) = server.http("POST", "/v1/messages", Some(token), &body.to_string());
+    assert_eq!(s, 200, "{v}");
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -1,0 +1,212 @@
+//! Attacks by a registered user and on the server's process, each performed against the real
+//! server: freezing someone else's group, amplifying a request into many queued copies,
+//! reusing a submission id, and a log disk that is full.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Server, User, api_device, b64, code, pair};
+use serde_json::{Value, json};
+
+fn device_id(user: &User) -> u64 {
+    user.ok(&["whoami"])["device_id"].as_u64().expect("device id")
+}
+
+fn submit(server: &Server, token: &str, body: &Value) -> (u16, Value) {
+    server.http("POST", "/v1/messages", Some(token), &body.to_string())
+}
+
+#[test]
+fn a_stranger_cannot_freeze_or_write_into_a_group() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    let group =
+        alice.ok(&["group", "create", "team", "--members", "bob@localhost,carol@localhost"]);
+    let gid = common::unhex(group["id"].as_str().expect("group id"));
+    alice.send_group("team", "before");
+    assert_eq!(bob.sync(), vec![pair(&alice, "before")]);
+    let (alice_dev, bob_dev) = (device_id(&alice), device_id(&bob));
+    // mallory learned the group id (from a removed member, a log, a guess).
+    let (_, token, _) = api_device(&server, "mallory@localhost", None);
+
+    // The junk commit that used to freeze the group: refused, and no epoch is disclosed.
+    let junk = |epoch: u64, recipients: Vec<u64>| {
+        json!({"group_id": b64(&gid), "kind": "commit", "epoch": epoch,
+               "delivery": {"recipients": recipients, "message": b64(b"junk")}})
+    };
+    let (s, v) = submit(&server, &token, &junk(0, vec![]));
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    for epoch in 0..4 {
+        let (s, v) = submit(&server, &token, &junk(epoch, vec![alice_dev]));
+        assert_eq!((s, code(&v)), (403, "not_member"), "{v}");
+        assert_eq!(v["error"]["epoch"], Value::Null, "{v}");
+    }
+    // Nor may mallory queue application messages or proposals into the group, or welcome
+    // herself in with a commit.
+    for kind in ["application", "proposal"] {
+        let body = json!({"group_id": b64(&gid), "kind": kind, "epoch": 2,
+                          "delivery": {"recipients": [bob_dev], "message": b64(b"spam")}});
+        let (s, v) = submit(&server, &token, &body);
+        assert_eq!((s, code(&v)), (403, "not_member"), "{kind}: {v}");
+    }
+    let body = json!({"group_id": b64(&gid), "kind": "commit", "epoch": 2,
+                      "delivery": {"recipients": [], "message": b64(b"c")},
+                      "welcome": {"recipients": [bob_dev], "message": b64(b"w")}});
+    assert_eq!(code(&submit(&server, &token, &body).1), "not_member");
+
+    // The group carries on: sends, adds and removals all work.
+    alice.send_group("team", "after");
+    assert_eq!(bob.sync(), vec![pair(&alice, "after")]);
+    alice.ok(&["group", "remove", "team", "carol@localhost"]);
+    bob.send_group("team", "without carol");
+    assert_eq!(alice.sync(), vec![pair(&bob, "without carol")]);
+    // carol's device is off the roster: the server refuses to queue anything for it there.
+    let carol_dev = device_id(&carol);
+    let body = json!({"group_id": b64(&gid), "kind": "application", "epoch": 9,
+                      "delivery": {"recipients": [carol_dev], "message": b64(b"x")}});
+    assert_eq!(code(&submit(&server, &token, &body).1), "not_member");
+}
+
+#[test]
+fn recipient_lists_cannot_amplify_a_request() {
+    // 16 KiB/s, so a device may queue bursts of 1 MiB.
+    let server = Server::start(&["--registration", "open", "--submit-rate", "16K"]);
+    let bob = User::register("bob", &server, "");
+    let bob_dev = device_id(&bob);
+    let (_, token, _) = api_device(&server, "mallory@localhost", None);
+    common::start_group(&server, &token, b"flood", &[bob_dev], b"w");
+    let app = |recipients: Value, size: usize| {
+        json!({"group_id": b64(b"flood"), "kind": "application", "epoch": 1,
+               "delivery": {"recipients": recipients, "message": b64(&vec![7u8; size])}})
+    };
+    // One victim named ten thousand times: refused outright.
+    let (s, v) = submit(&server, &token, &app(json!(vec![bob_dev; 10_000]), 16));
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("twice")), "{v}");
+    // A submission that would store more than a burst allows: refused whole.
+    let (s, v) = submit(&server, &token, &app(json!([bob_dev]), 1536 * 1024));
+    assert_eq!((s, code(&v)), (413, "too_large"), "{v}");
+    // Within the burst it is taken, then the device must wait.
+    let mut accepted = 0;
+    let refusal = loop {
+        let (s, v) = submit(&server, &token, &app(json!([bob_dev]), 256 * 1024));
+        if s != 200 {
+            break (s, v);
+        }
+        accepted += 1;
+        assert!(accepted < 10, "the byte rate never stopped the sender");
+    };
+    assert_eq!((refusal.0, code(&refusal.1)), (429, "rate_limited"), "{:?}", refusal.1);
+    assert!((3..=4).contains(&accepted), "{accepted} messages of 256 KiB fitted a 1 MiB burst");
+    // The victim still reads everything that was taken (and the group's welcome).
+    let report = bob.ok(&["sync"]);
+    assert_eq!(report["processed"].as_u64(), Some(accepted + 1), "{report}");
+}
+
+#[test]
+fn a_submission_id_stands_for_one_submission() {
+    let server = Server::start(&["--registration", "open"]);
+    let bob = User::register("bob", &server, "");
+    let bob_dev = device_id(&bob);
+    let (_, token, _) = api_device(&server, "mallory@localhost", None);
+    common::start_group(&server, &token, b"ids", &[bob_dev], b"w");
+    let app = |text: &[u8]| {
+        json!({"submission_id": b64(b"same id"), "group_id": b64(b"ids"), "kind": "application",
+               "epoch": 1, "delivery": {"recipients": [bob_dev], "message": b64(text)}})
+    };
+    let (s, first) = submit(&server, &token, &app(b"first"));
+    assert_eq!(s, 200, "{first}");
+    let (s, again) = submit(&server, &token, &app(b"first"));
+    assert_eq!((s, &again), (200, &first), "a repeat gets the first answer");
+    let (s, v) = submit(&server, &token, &app(b"other"));
+    assert_eq!((s, code(&v)), (409, "submission_conflict"), "{v}");
+    let report = bob.ok(&["sync"]);
+    assert_eq!(report["processed"].as_u64(), Some(2), "the welcome and one copy: {report}");
+}
+
+#[test]
+fn a_full_log_disk_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    // Standard output and error both go to a device that is always full.
+    let start = || {
+        Command::new(common::SERVER)
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--registration", "open"])
+            .env("SOTTO_LOG", "debug")
+            .stdout(Stdio::from(std::fs::File::create("/dev/full").expect("/dev/full")))
+            .stderr(Stdio::from(std::fs::File::create("/dev/full").expect("/dev/full")))
+            .spawn()
+            .expect("start the server")
+    };
+    let wait_up = || {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not start with its logs on a full disk");
+    };
+    let mut server = start();
+    wait_up();
+    let register = |name: &str| {
+        let user = User::new(name);
+        user.ok(&["register", &user.address, "--server", &url]);
+        user
+    };
+    let alice = register("alice");
+    let bob = register("bob");
+    alice.send(&bob.address, "logged nowhere");
+    assert_eq!(bob.sync(), vec![pair(&alice, "logged nowhere")]);
+    assert!(server.try_wait().expect("wait").is_none(), "the server is still running");
+    let _ = server.kill();
+    let _ = server.wait();
+    // It also starts again while the disk is still full.
+    let mut server = start();
+    wait_up();
+    alice.send(&bob.address, "after a restart");
+    assert_eq!(bob.sync(), vec![pair(&alice, "after a restart")]);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn the_server_keeps_its_files_to_itself() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let file = alice.home.with_file_name("note.txt");
+    std::fs::write(&file, "an attachment").expect("file");
+    alice.ok(&["send-file", &bob.address, file.to_str().expect("path")]);
+    assert!(server.terminate(Duration::from_secs(20)), "clean stop");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode()
+            & 0o777
+    };
+    assert_eq!(mode(&server.data), 0o700);
+    assert_eq!(mode(&server.data.join("blobs")), 0o700);
+    let mut checked = 0;
+    for dir in [server.data.clone(), server.data.join("blobs")] {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                assert_eq!(mode(&path), 0o600, "{} is readable by others", path.display());
+                checked += 1;
+            }
+        }
+    }
+    // The databases, the signing, VRF and session keys, and one attachment at least.
+    assert!(checked >= 6, "only {checked} files");
+}
