@@ -37,6 +37,17 @@ pub struct Config {
     pub message_ttl_secs: u64,
     /// Most simultaneous connections; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Most simultaneous connections from one IP address (trusted proxies excepted);
+    /// further ones are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Seconds a client gets to send a request's headers.
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may move no byte either way before it is closed (live
+    /// connections are pinged more often than this).
+    pub idle_timeout_secs: u64,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (and which the per-address
+    /// connection cap does not apply to).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Requests per second each device may make (sustained; bursts of ten times that).
     pub device_requests_per_second: u32,
     /// Registrations per hour from one IP address.
@@ -84,6 +95,10 @@ impl Default for Config {
             queue_limits: QueueLimits { max_messages: 10_000, max_bytes: 256 * 1024 * 1024 },
             message_ttl_secs: 30 * 86_400,
             max_connections: 10_000,
+            max_connections_per_ip: 512,
+            header_timeout_secs: 15,
+            idle_timeout_secs: 90,
+            trusted_proxies: Vec::new(),
             device_requests_per_second: 200,
             registrations_per_hour_per_ip: 30,
             sweep_interval_secs: 300,

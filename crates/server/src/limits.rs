@@ -1,9 +1,10 @@
 //! Flood control: token-bucket rate limits and a cap on simultaneous connections.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::hash::Hash;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -67,20 +68,43 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
-/// A listener that holds at most `max` connections open; further ones wait in the kernel's
-/// backlog until one closes. Accept errors (out of descriptors) back off instead of spinning.
+/// How a listener bounds its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionLimits {
+    /// Most connections open at once; further ones wait in the kernel's backlog.
+    pub(crate) max: usize,
+    /// Most connections open at once from one IP address; further ones are closed at once.
+    pub(crate) per_ip: usize,
+    /// A connection that moves no byte either way for this long is closed.
+    pub(crate) idle: Duration,
+    /// Addresses exempt from `per_ip` (reverse proxies speak for many clients).
+    pub(crate) trusted: Arc<[IpAddr]>,
+}
+
+type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A listener that holds at most `max` connections open (further ones wait in the kernel's
+/// backlog until one closes) and at most `per_ip` from one address. Accept errors (out of
+/// descriptors) back off instead of spinning.
 #[derive(Debug)]
 pub(crate) struct CappedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    limits: ConnectionLimits,
+    per_ip: PerIp,
 }
 
 impl CappedListener {
-    pub(crate) fn new(inner: TcpListener, max: usize) -> Self {
-        CappedListener { inner, permits: Arc::new(Semaphore::new(max.max(1))) }
+    pub(crate) fn new(inner: TcpListener, limits: ConnectionLimits) -> Self {
+        CappedListener {
+            inner,
+            permits: Arc::new(Semaphore::new(limits.max.max(1))),
+            limits,
+            per_ip: PerIp::default(),
+        }
     }
 
-    /// Waits for room, then for a connection.
+    /// Waits for room, then for a connection from an address below its own cap.
     pub(crate) async fn accept_capped(&self) -> (CappedStream, SocketAddr) {
         // The semaphore is never closed, so acquiring cannot fail.
         let permit = loop {
@@ -92,8 +116,22 @@ impl CappedListener {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
+                    let Some(slot) = self.ip_slot(addr.ip()) else {
+                        tracing::debug!(ip = %addr.ip(), "too many connections from one address");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    return (CappedStream { inner: stream, _permit: permit }, addr);
+                    let idle = self.limits.idle;
+                    let deadline = Box::pin(tokio::time::sleep(idle));
+                    let stream = CappedStream {
+                        inner: stream,
+                        idle,
+                        deadline,
+                        _permit: permit,
+                        _slot: slot,
+                    };
+                    return (stream, addr);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -103,18 +141,38 @@ impl CappedListener {
             }
         }
     }
+
+    /// Counts a connection from `ip`, or `None` if that address has its share already.
+    fn ip_slot(&self, ip: IpAddr) -> Option<Option<IpSlot>> {
+        if self.limits.trusted.contains(&ip) {
+            return Some(None);
+        }
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= self.limits.per_ip.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(Some(IpSlot { ip, map: self.per_ip.clone() }))
+    }
 }
 
-impl axum::serve::Listener for CappedListener {
-    type Io = CappedStream;
-    type Addr = SocketAddr;
+/// One connection counted against its address; uncounted when dropped.
+#[derive(Debug)]
+struct IpSlot {
+    ip: IpAddr,
+    map: PerIp,
+}
 
-    async fn accept(&mut self) -> (CappedStream, SocketAddr) {
-        self.accept_capped().await
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -122,19 +180,35 @@ impl axum::serve::Listener for CappedListener {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CappedListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, CappedListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-/// A connection that frees its place under the cap when dropped.
+/// A connection that frees its place under the caps when dropped, and fails once no byte
+/// has moved either way for the idle time (a slow or stalled peer cannot hold it forever).
 #[derive(Debug)]
 pub(crate) struct CappedStream {
     inner: TcpStream,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
     _permit: OwnedSemaphorePermit,
+    _slot: Option<IpSlot>,
+}
+
+impl CappedStream {
+    /// After progress, the idle time starts again; while waiting, it may run out.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.deadline.as_mut().reset(next);
+                ready
+            }
+        }
+    }
 }
 
 impl AsyncRead for CappedStream {
@@ -143,7 +217,9 @@ impl AsyncRead for CappedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.watch(cx, poll)
     }
 }
 
@@ -153,7 +229,9 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -161,7 +239,9 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -169,7 +249,9 @@ impl AsyncWrite for CappedStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -15,7 +15,7 @@ use tower::ServiceExt as _;
 
 use crate::api::{AppState, router};
 use crate::kt::KeyDirectory;
-use crate::limits::{CappedListener, PeerAddr};
+use crate::limits::{CappedListener, ConnectionLimits, PeerAddr};
 use crate::session::Sessions;
 use crate::store::Store;
 use crate::{Config, Error, TlsFiles};
@@ -63,35 +63,32 @@ pub async fn serve(
     let sessions = Sessions::load_or_create(&config.data_dir.join("session.key"))?;
     // `stopping` tells long-lived tasks (WebSocket deliveries) to wind down.
     let (stop_tx, stopping) = watch::channel(false);
-    let mut stopped = stopping.clone();
-    let listener = CappedListener::new(listener, config.max_connections);
+    let listener = CappedListener::new(
+        listener,
+        ConnectionLimits {
+            max: config.max_connections,
+            per_ip: config.max_connections_per_ip,
+            idle: Duration::from_secs(config.idle_timeout_secs.max(1)),
+            trusted: config.trusted_proxies.clone().into(),
+        },
+    );
     let operator_key = crate::load_operator_key(&config)?.map(|k| k.public());
     let kt = crate::kt::KeyDirectory::open(&config.data_dir).await?;
     reconcile_directory(&store, &kt).await;
     let sweeper = tokio::spawn(sweep_periodically(store.clone(), config.clone(), kt.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client gets this long to send a request's headers; the idle timeout covers the rest.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.header_timeout_secs.max(1)));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .max_concurrent_streams(64);
     let state = Arc::new(AppState::new(store, config, sessions, stopping, operator_key, kt)?);
     let app = router(state);
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        let _ = stop_tx.send(true);
-    };
-    let Some(acceptor) = tls else {
-        let app = app.into_make_service_with_connect_info::<PeerAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-        let result = tokio::select! {
-            r = server => r.map_err(|e| Error::Io(e.to_string())),
-            () = async {
-                let _ = stopped.wait_for(|s| *s).await;
-                tokio::time::sleep(DRAIN).await;
-            } => {
-                tracing::warn!("some requests did not finish in time");
-                Ok(())
-            }
-        };
-        sweeper.abort();
-        return result;
-    };
 
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -100,31 +97,43 @@ pub async fn serve(
             accepted = listener.accept_capped() => accepted,
             () = &mut shutdown => break,
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
+        let service = {
+            let app = app.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(PeerAddr(peer)));
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            })
+        };
         let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let acceptor = tls.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(DRAIN, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+            let result = match acceptor {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
                 }
-                Err(_) => return,
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(DRAIN, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    watcher.watch(conn.into_owned()).await
+                }
             };
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(axum::extract::ConnectInfo(PeerAddr(peer)));
-                    app.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("some connections did not finish in time");
     }

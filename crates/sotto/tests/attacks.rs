@@ -210,3 +210,99 @@ fn the_server_keeps_its_files_to_itself() {
     // The databases, the signing, VRF and session keys, and one attachment at least.
     assert!(checked >= 6, "only {checked} files");
 }
+
+/// Reads until the server closes the connection; true if it did within `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read as _;
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    let started = std::time::Instant::now();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return started.elapsed() < within,
+        }
+    }
+}
+
+#[test]
+fn slow_and_idle_connections_do_not_crowd_out_clients() {
+    use std::io::Write as _;
+    let server = Server::start(&[
+        "--registration",
+        "open",
+        "--max-connections",
+        "40",
+        "--max-connections-per-ip",
+        "8",
+        "--header-timeout",
+        "1s",
+        "--idle-timeout",
+        "2s",
+    ]);
+    let open = || std::net::TcpStream::connect(server.addr()).expect("connect");
+    // Eight slowloris connections: headers that never end.
+    let mut slow: Vec<_> = (0..8)
+        .map(|_| {
+            let mut s = open();
+            s.write_all(b"GET /v1/info HTTP/1.1\r\nHost: x\r\n").expect("write");
+            s
+        })
+        .collect();
+    // A ninth from the same address is closed at once.
+    let mut ninth = open();
+    assert!(closed_within(&mut ninth, Duration::from_secs(2)), "the per-address cap held");
+    // The slow ones are cut off once their headers are late.
+    for s in &mut slow {
+        assert!(closed_within(s, Duration::from_secs(4)), "a slow header was never timed out");
+    }
+    // A body announced large and never sent, and a connection that says nothing: both are
+    // closed by the idle timeout.
+    let mut partial = open();
+    partial
+        .write_all(b"POST /v1/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        .expect("write");
+    let mut silent = open();
+    assert!(closed_within(&mut partial, Duration::from_secs(5)), "a stalled body held on");
+    assert!(closed_within(&mut silent, Duration::from_secs(5)), "a silent socket held on");
+    // Everyone else is served.
+    let (s, v) = server.http("GET", "/v1/info", None, "");
+    assert_eq!(s, 200, "{v}");
+    // Real clients carry on.
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    alice.send(&bob.address, "through");
+    assert_eq!(bob.sync(), vec![pair(&alice, "through")]);
+}
+
+#[test]
+fn a_trusted_proxy_names_the_client_for_per_address_limits() {
+    use std::io::{Read as _, Write as _};
+    let lookup = |server: &Server, forwarded: &str| {
+        let mut s = std::net::TcpStream::connect(server.addr()).expect("connect");
+        write!(
+            s,
+            "GET /v1/kt/lookup/nobody@localhost HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             X-Forwarded-For: {forwarded}\r\n\r\n"
+        )
+        .expect("write");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("read");
+        raw.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).expect("status")
+    };
+    // Behind a trusted proxy, each client has its own allowance (two an hour here)...
+    let server = Server::start(&["--registration-rate", "2", "--trusted-proxy", "127.0.0.1"]);
+    assert_ne!(lookup(&server, "10.0.0.1"), 429);
+    assert_ne!(lookup(&server, "10.0.0.1"), 429);
+    assert_eq!(lookup(&server, "10.0.0.1"), 429);
+    assert_ne!(lookup(&server, "10.0.0.2"), 429, "another client behind the same proxy");
+    // ...and a client cannot pose as another by adding its own header in front.
+    assert_eq!(lookup(&server, "10.0.0.2, 10.0.0.1"), 429);
+    // Without the setting the header is ignored: everyone is the proxy's address.
+    let server = Server::start(&["--registration-rate", "2"]);
+    assert_ne!(lookup(&server, "10.0.0.1"), 429);
+    assert_ne!(lookup(&server, "10.0.0.2"), 429);
+    assert_eq!(lookup(&server, "10.0.0.3"), 429);
+}

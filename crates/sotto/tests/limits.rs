@@ -197,20 +197,27 @@ fn a_reader_that_never_reads_does_not_fill_server_memory() {
         assert_eq!(server.http("POST", "/v1/messages", Some(&token), &body).0, 200);
     }
     let before = rss_kib(server.pid());
-    // Connect, then never read.
-    let mut request =
-        format!("ws://{}/v1/ws", server.addr()).into_client_request().expect("request");
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {slow_token}").parse().expect("header"));
-    let (socket, _) = tungstenite::connect(request).expect("websocket");
+    // Connect as often as the server allows, then never read.
+    let connect = || {
+        let mut request =
+            format!("ws://{}/v1/ws", server.addr()).into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {slow_token}").parse().expect("header"));
+        tungstenite::connect(request)
+    };
+    let sockets: Vec<_> = (0..4).map(|_| connect().expect("websocket").0).collect();
+    match connect() {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429, "a fifth live socket"),
+        other => panic!("a fifth live socket for one device was not refused: {other:?}"),
+    }
     std::thread::sleep(Duration::from_secs(2));
     let during = rss_kib(server.pid());
     assert!(
         during < before + 12 * 1024,
-        "server memory grew from {before} KiB to {during} KiB for one stalled reader"
+        "server memory grew from {before} KiB to {during} KiB for four stalled readers"
     );
-    drop(socket);
+    drop(sockets);
     // The messages are still queued for when the device reads (in pages of bounded size).
     let (mut after, mut queued) = (0, 0);
     loop {

@@ -125,14 +125,14 @@ fn current_list(record: &ListRecord) -> Result<DeviceList, ApiError> {
 pub(super) async fn list(
     State(state): State<Shared>,
     MaybeDevice(caller): MaybeDevice,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ClientIp(client): ClientIp,
     Path(address): Path<String>,
 ) -> Result<Json<proto::DevicesResponse>, ApiError> {
     if caller.is_none() {
         // Without an account (recovery), asking costs like registering: no cheap enumeration.
         state
             .registration_rate
-            .check(peer.ip())
+            .check(client)
             .map_err(|wait| ApiError::rate_limited("requests from this address", wait))?;
     }
     let address = parse_address(&state, &address)?;
@@ -374,12 +374,12 @@ pub(super) fn unknown_link() -> ApiError {
 /// `POST /v1/links`: a new device opens a link (no account yet; limited per IP address).
 pub(super) async fn open_link(
     State(state): State<Shared>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ClientIp(client): ClientIp,
     ApiJson(req): ApiJson<proto::OpenLink>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     state
         .registration_rate
-        .check(peer.ip())
+        .check(client)
         .map_err(|wait| ApiError::rate_limited("links from this address", wait))?;
     if req.link_id.0.len() != 16 {
         return Err(ApiError::bad_request("link_id must be 16 bytes"));
@@ -436,12 +436,12 @@ pub(super) async fn reply_link(
 /// back; every other device is revoked.
 pub(super) async fn recover(
     State(state): State<Shared>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ClientIp(client): ClientIp,
     ApiJson(req): ApiJson<proto::RecoverRequest>,
 ) -> Result<Json<proto::UpdateDevicesResponse>, ApiError> {
     state
         .registration_rate
-        .check(peer.ip())
+        .check(client)
         .map_err(|wait| ApiError::rate_limited("recovery attempts from this address", wait))?;
     let address = parse_address(&state, &req.address)?;
     let addr = address.to_string();

@@ -66,20 +66,20 @@ async fn proof(
 pub(super) async fn lookup(
     State(state): State<Shared>,
     MaybeDevice(caller): MaybeDevice,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ClientIp(client): ClientIp,
     Path(address): Path<String>,
 ) -> Result<Json<proto::KtProof>, ApiError> {
-    proof(&state, caller, peer.ip(), &address, false).await
+    proof(&state, caller, client, &address, false).await
 }
 
 /// `GET /v1/kt/history/{address}`: the proof of every value an address ever had.
 pub(super) async fn history(
     State(state): State<Shared>,
     MaybeDevice(caller): MaybeDevice,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ClientIp(client): ClientIp,
     Path(address): Path<String>,
 ) -> Result<Json<proto::KtProof>, ApiError> {
-    proof(&state, caller, peer.ip(), &address, true).await
+    proof(&state, caller, client, &address, true).await
 }
 
 /// `GET /v1/kt/audit?start=A&end=B`.

@@ -23,7 +23,7 @@ use crate::Config;
 use crate::invite_hash;
 use crate::limits::{PeerAddr, RateLimiter};
 use crate::session::Sessions;
-use crate::store::{NewAccount, Ordering, Store, StoreError, Submission};
+use crate::store::{NewAccount, Ordering, PAGE_MAX_BYTES, Store, StoreError, Submission};
 
 mod blobs;
 mod devices;
@@ -54,6 +54,14 @@ const MAX_PAGE: u32 = 500;
 const MAX_CONCURRENT_WRITES: usize = 128;
 /// Page size on the WebSocket: small, so a slow reader holds little server memory.
 const LIVE_PAGE: u32 = 16;
+const LIVE_PAGE_BYTES: usize = 256 * 1024;
+/// Live connections one device may hold at once.
+const MAX_LIVE_PER_DEVICE: usize = 4;
+/// How often a live connection is pinged, at most: the answers keep it from counting as
+/// idle, and a peer that stopped answering is dropped by the idle timeout.
+const LIVE_PING: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a JSON request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long one WebSocket send may take before the reader counts as gone.
 const LIVE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -96,6 +104,8 @@ pub(crate) struct AppState {
     registration_rate: RateLimiter<IpAddr>,
     /// Bytes each device has had stored in queues.
     sender_bytes: RateLimiter<u64>,
+    /// Live connections per device.
+    live: Mutex<HashMap<u64, usize>>,
     /// Bytes stored in queues per group.
     group_bytes: RateLimiter<Vec<u8>>,
     /// Files each device starts (each is a row and a file on disk, however small).
@@ -141,6 +151,7 @@ impl AppState {
             sender_bytes: RateLimiter::new(bytes_rate, bytes_rate * SUBMIT_BURST_SECS),
             group_bytes: RateLimiter::new(bytes_rate, bytes_rate * SUBMIT_BURST_SECS),
             blob_creations: RateLimiter::new(BLOBS_PER_SECOND, BLOB_BURST),
+            live: Mutex::default(),
             sessions,
             writes: tokio::sync::Semaphore::new(MAX_CONCURRENT_WRITES),
             config,
@@ -302,7 +313,16 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
+        let Ok(parsed) =
+            tokio::time::timeout(BODY_TIMEOUT, Json::<T>::from_request(req, state)).await
+        else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            ));
+        };
+        match parsed {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::BytesRejection(r))
                 if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
@@ -479,15 +499,57 @@ async fn info(State(state): State<Shared>) -> Json<proto::ServerInfo> {
     })
 }
 
+/// The client's address: the peer's, or, when the peer is a trusted reverse proxy, the
+/// nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
+fn client_ip(state: &Shared, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+    let trusted = &state.config.trusted_proxies;
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|a| a.trim().parse::<IpAddr>())
+        .collect::<Vec<_>>();
+    let mut nearest = peer;
+    for address in forwarded.into_iter().rev() {
+        match address {
+            Ok(ip) if trusted.contains(&ip) => nearest = ip,
+            Ok(ip) => return ip,
+            // A malformed entry: nothing further out can be trusted.
+            Err(_) => break,
+        }
+    }
+    nearest
+}
+
+/// The client's IP address (see [`client_ip`]), for limits per address.
+pub(crate) struct ClientIp(IpAddr);
+
+impl FromRequestParts<Shared> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<PeerAddr>>()
+            .map(|c| c.0.0.ip())
+            .ok_or_else(|| ApiError::internal("no peer address", &"missing ConnectInfo"))?;
+        Ok(ClientIp(client_ip(state, peer, &parts.headers)))
+    }
+}
+
 async fn register(
     State(state): State<Shared>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ClientIp(client): ClientIp,
     ApiJson(req): ApiJson<proto::RegisterRequest>,
 ) -> Result<Json<proto::RegisterResponse>, ApiError> {
     // Every attempt counts, successful or not: this also slows down guessing invite codes.
     state
         .registration_rate
-        .check(peer.ip())
+        .check(client)
         .map_err(|wait| ApiError::rate_limited("registrations from this address", wait))?;
     let address = parse_address(&state, &req.address)?;
     if req.device_key.0.len() != 32 {
@@ -806,7 +868,8 @@ async fn fetch(
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let not_before = unix_now().saturating_sub(state.config.message_ttl_secs);
     let (messages, more) =
-        blocking(&state, move |s| s.fetch(device, q.after, limit, not_before)).await?;
+        blocking(&state, move |s| s.fetch(device, q.after, limit, not_before, PAGE_MAX_BYTES))
+            .await?;
     Ok(Json(proto::QueueResponse {
         messages: messages
             .into_iter()
@@ -825,19 +888,55 @@ async fn ack(
     Ok(Json(proto::AckResponse { up_to: req.up_to, removed }))
 }
 
+/// One of a device's live connections, counted until dropped.
+struct LiveSlot(Shared, u64);
+
+impl LiveSlot {
+    fn take(state: &Shared, device: u64) -> Option<LiveSlot> {
+        let mut live = state.live.lock().unwrap_or_else(|p| p.into_inner());
+        let count = live.entry(device).or_insert(0);
+        if *count >= MAX_LIVE_PER_DEVICE {
+            return None;
+        }
+        *count += 1;
+        Some(LiveSlot(state.clone(), device))
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        let mut live = self.0.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = live.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                live.remove(&self.1);
+            }
+        }
+    }
+}
+
 async fn websocket(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let Some(slot) = LiveSlot::take(&state, device) else {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!("a device may hold {MAX_LIVE_PER_DEVICE} live connections; close one first"),
+        )
+        .into_response();
+    };
     // Idle connections dominate a messaging server's memory: keep per-connection buffers
     // small (the default read buffer alone is 128 KiB, touched at allocation). Clients only
     // send small acknowledgement frames; messages go out as they are written.
-    upgrade
-        .max_message_size(64 * 1024)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| live_delivery(state, device, socket))
+    upgrade.max_message_size(64 * 1024).read_buffer_size(4 * 1024).write_buffer_size(0).on_upgrade(
+        move |socket| async move {
+            live_delivery(state, device, socket).await;
+            drop(slot);
+        },
+    )
 }
 
 fn frame(f: &proto::ServerFrame) -> WsMessage {
@@ -850,6 +949,9 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
     let mut wake = state.notifier.subscribe(device);
     let mut stopping = state.stopping.clone();
     let mut sent = 0u64;
+    let every = LIVE_PING.min(std::time::Duration::from_secs(state.config.idle_timeout_secs) / 3);
+    let every = every.max(std::time::Duration::from_millis(100));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         if state.is_revoked(device) {
             let _ = socket.send(frame(&proto::ServerFrame::Error(revoked_error().body()))).await;
@@ -864,7 +966,10 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
         }
         wake.borrow_and_update();
         let not_before = unix_now().saturating_sub(state.config.message_ttl_secs);
-        let page = blocking(&state, move |s| s.fetch(device, sent, LIVE_PAGE, not_before)).await;
+        let page = blocking(&state, move |s| {
+            s.fetch(device, sent, LIVE_PAGE, not_before, LIVE_PAGE_BYTES)
+        })
+        .await;
         let (messages, more) = match page {
             Ok(page) => page,
             Err(e) => {
@@ -886,6 +991,13 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
             continue;
         }
         tokio::select! {
+            _ = ping.tick() => {
+                let ping = WsMessage::Ping(Default::default());
+                match tokio::time::timeout(LIVE_SEND_TIMEOUT, socket.send(ping)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
             stop = stopping.changed() => if stop.is_err() { return },
             changed = wake.changed() => if changed.is_err() { return },
             incoming = socket.recv() => match incoming {

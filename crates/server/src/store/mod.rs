@@ -370,7 +370,8 @@ pub trait Store: Send + Sync + 'static {
     /// differs.
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError>;
 
-    /// Up to `limit` queued messages (and about [`PAGE_MAX_BYTES`]) of a device with
+    /// Up to `limit` queued messages (and about `max_bytes`, at most [`PAGE_MAX_BYTES`]; a
+    /// single larger message still comes alone) of a device with
     /// seq > `after` that were queued at or after `not_before` (older ones have expired),
     /// oldest first, and whether more follow.
     fn fetch(
@@ -379,6 +380,7 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: u32,
         not_before: u64,
+        max_bytes: usize,
     ) -> Result<QueuePage, StoreError>;
 
     /// Removes a device's queued messages with seq <= `up_to`; returns how many.

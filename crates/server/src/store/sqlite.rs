@@ -824,7 +824,9 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
         not_before: u64,
+        max_bytes: usize,
     ) -> Result<QueuePage, StoreError> {
+        let max_bytes = max_bytes.min(PAGE_MAX_BYTES);
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -842,7 +844,7 @@ impl Store for SqliteStore {
         for row in rows.by_ref() {
             let (seq, message) = row.map_err(backend)?;
             if messages.len() == limit as usize
-                || (!messages.is_empty() && bytes + message.len() > PAGE_MAX_BYTES)
+                || (!messages.is_empty() && bytes + message.len() > max_bytes)
             {
                 return Ok((messages, true));
             }

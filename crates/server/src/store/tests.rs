@@ -162,21 +162,21 @@ fn queues_and_ordering(store: &dyn Store) {
     };
     assert!(matches!(store.submit(&bad, 1), Err(StoreError::UnknownDevice(999))));
 
-    let (msgs, more) = store.fetch(a, 0, 2, 0).expect("fetch");
+    let (msgs, more) = store.fetch(a, 0, 2, 0, PAGE_MAX_BYTES).expect("fetch");
     assert!(more);
     let bodies: Vec<&[u8]> = msgs.iter().map(|(_, m)| m.as_slice()).collect();
     assert_eq!(bodies, vec![&b"c0"[..], b"p"]);
-    let (rest, more) = store.fetch(a, msgs[1].0, 10, 0).expect("fetch");
+    let (rest, more) = store.fetch(a, msgs[1].0, 10, 0, PAGE_MAX_BYTES).expect("fetch");
     assert!(!more);
     assert_eq!(rest.iter().map(|(_, m)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..]]);
     assert!(msgs[0].0 < msgs[1].0 && msgs[1].0 < rest[0].0, "seq increases");
     // b sees only its own queue.
-    let (bq, _) = store.fetch(b, 0, 10, 0).expect("fetch");
+    let (bq, _) = store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch");
     assert_eq!(bq.iter().map(|(_, m)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..], b"w"]);
     // Acknowledging removes exactly what was acknowledged, and only from the own queue.
     assert_eq!(store.ack(a, msgs[1].0).expect("ack"), 2);
-    assert_eq!(store.fetch(a, 0, 10, 0).expect("fetch").0.len(), 1);
-    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 2);
+    assert_eq!(store.fetch(a, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 1);
+    assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 2);
 }
 
 macro_rules! backends {
@@ -224,7 +224,7 @@ fn submissions_are_idempotent(store: &dyn Store) {
     assert_eq!(store.submit(&commit(b"s1", 0), 1).expect("first"), 1);
     // The same submission again (its answer was lost): same answer, nothing queued twice.
     assert_eq!(store.submit(&commit(b"s1", 0), 2).expect("retry"), 1);
-    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 1);
+    assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 1);
     // The same id with other content is not taken for a repeat.
     let changed = Submission { digest: [1; 32], ..commit(b"s1", 0) };
     assert!(matches!(store.submit(&changed, 2), Err(StoreError::SubmissionConflict)));
@@ -263,9 +263,9 @@ fn pages_are_bounded_in_bytes(store: &dyn Store) {
         };
         store.submit(&s, 1).expect("submit");
     }
-    let (page, more) = store.fetch(a, 0, 100, 0).expect("fetch");
+    let (page, more) = store.fetch(a, 0, 100, 0, PAGE_MAX_BYTES).expect("fetch");
     assert_eq!((page.len(), more), (1, true), "two would exceed the byte budget");
-    let (rest, more) = store.fetch(a, page[0].0, 100, 0).expect("fetch");
+    let (rest, more) = store.fetch(a, page[0].0, 100, 0, PAGE_MAX_BYTES).expect("fetch");
     assert_eq!((rest.len(), more), (1, true));
 }
 
@@ -298,11 +298,11 @@ fn queue_limits_and_expiry(store: &dyn Store) {
     send(b"12", 20).expect("3");
     assert!(matches!(send(b"", 20), Err(StoreError::QueueFull { .. })), "count");
     // Acknowledging frees room.
-    let (first, _) = store.fetch(b, 0, 1, 0).expect("fetch");
+    let (first, _) = store.fetch(b, 0, 1, 0, PAGE_MAX_BYTES).expect("fetch");
     assert_eq!(store.ack(b, first[0].0).expect("ack"), 1);
     send(b"1", 30).expect("room again");
     // Expiry: messages older than the cut-off are not handed out and are swept.
-    assert_eq!(store.fetch(b, 0, 10, 15).expect("fetch").0.len(), 2);
+    assert_eq!(store.fetch(b, 0, 10, 15, PAGE_MAX_BYTES).expect("fetch").0.len(), 2);
     assert_eq!(store.sweep(0, 15, 0).expect("sweep"), 1);
     // A message's own expiry (disappearing messages) removes it too, and frees its quota.
     let s = Submission {
@@ -317,13 +317,13 @@ fn queue_limits_and_expiry(store: &dyn Store) {
         limits,
         expires_at: Some(100),
     };
-    let before = store.fetch(b, 0, 10, 0).expect("fetch").0.len();
+    let before = store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len();
     store.submit(&s, 20).expect("expiring");
-    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), before + 1);
+    assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), before + 1);
     assert_eq!(store.sweep(0, 0, 99).expect("sweep"), 0);
     assert_eq!(store.sweep(0, 0, 100).expect("sweep"), 1);
-    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), before);
-    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 2);
+    assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), before);
+    assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 2);
     // The counters followed: two in, room for one more.
     send(b"1", 40).expect("third");
     assert!(matches!(send(b"1", 40), Err(StoreError::QueueFull { .. })));
@@ -369,7 +369,7 @@ fn device_lists_and_revocation(store: &dyn Store) {
     store.submit(&sub, 3).expect("submit");
     // Revoking drops the queue and key packages, keeps the row.
     assert_eq!(store.update_devices("dl@x", 2, &list(3), None, &[b], 4).expect("revoke"), None);
-    assert_eq!(store.fetch(b, 0, 10, 0).expect("fetch").0.len(), 0);
+    assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 0);
     assert!(!store.key_package_stock(b).expect("stock").last_resort);
     assert_eq!(store.device(b).expect("device").expect("row").revoked_at, Some(4));
     assert_eq!(store.revoked_devices().expect("revoked"), vec![b]);

@@ -58,6 +58,20 @@ struct ServeArgs {
     /// Most simultaneous connections; further ones wait until one closes.
     #[arg(long, env = "SOTTO_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// Most simultaneous connections from one IP address; further ones are closed at once.
+    /// Raise it for an office whose people share one address behind NAT.
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    max_connections_per_ip: usize,
+    /// How long a client gets to send a request's headers (e.g. 15s).
+    #[arg(long, env = "SOTTO_HEADER_TIMEOUT", default_value = "15s", value_parser = sotto::parse_duration)]
+    header_timeout: u64,
+    /// How long a connection may move no byte either way before it is closed (e.g. 90s).
+    #[arg(long, env = "SOTTO_IDLE_TIMEOUT", default_value = "90s", value_parser = sotto::parse_duration)]
+    idle_timeout: u64,
+    /// The address of a reverse proxy in front of the server (repeat for several): its
+    /// X-Forwarded-For header names the client, and the per-address connection cap spares it.
+    #[arg(long = "trusted-proxy", env = "SOTTO_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Requests per second one device may make (bursts of ten times that).
     #[arg(long, env = "SOTTO_DEVICE_RATE", default_value_t = 200)]
     device_rate: u32,
@@ -190,6 +204,10 @@ fn main() -> anyhow::Result<()> {
         },
         message_ttl_secs: cli.serve.message_ttl,
         max_connections: cli.serve.max_connections.max(1),
+        max_connections_per_ip: cli.serve.max_connections_per_ip.max(1),
+        header_timeout_secs: cli.serve.header_timeout.max(1),
+        idle_timeout_secs: cli.serve.idle_timeout.max(1),
+        trusted_proxies: cli.serve.trusted_proxies,
         device_requests_per_second: cli.serve.device_rate.max(1),
         registrations_per_hour_per_ip: cli.serve.registration_rate.max(1),
         sweep_interval_secs: cli.serve.sweep_interval,
