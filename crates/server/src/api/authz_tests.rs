@@ -8,22 +8,12 @@ use axum::body::Body;
 use tower::ServiceExt as _;
 
 use super::*;
-use crate::store::{BlobRecord, ListRecord, NewAccount, QueueLimits, SqliteStore};
+use crate::store::tests::list;
+use crate::store::{BlobRecord, NewAccount, QueueLimits, SqliteStore};
 
 /// The callers, in the matrix's column order.
 const CALLERS: [&str; 8] =
     ["none", "forged", "expired", "other account", "sibling", "owner", "revoked", "wiped"];
-
-fn list(version: u64) -> ListRecord {
-    ListRecord {
-        version,
-        identity_key: vec![1; 32],
-        recovery_key: vec![2; 32],
-        operator_key: None,
-        body: format!("list {version}").into_bytes(),
-        signature: vec![3; 64],
-    }
-}
 
 struct World {
     app: Router,

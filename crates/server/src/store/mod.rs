@@ -7,7 +7,7 @@
 
 mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use sqlite::SqliteStore;
 
