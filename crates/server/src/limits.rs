@@ -77,6 +77,8 @@ pub(crate) struct ConnectionLimits {
     pub(crate) per_ip: usize,
     /// A connection that moves no byte either way for this long is closed.
     pub(crate) idle: Duration,
+    /// A new connection must send its first byte within this time.
+    pub(crate) first_byte: Duration,
     /// Addresses exempt from `per_ip` (reverse proxies speak for many clients).
     pub(crate) trusted: Arc<[IpAddr]>,
 }
@@ -123,7 +125,8 @@ impl CappedListener {
                     };
                     let _ = stream.set_nodelay(true);
                     let idle = self.limits.idle;
-                    let deadline = Box::pin(tokio::time::sleep(idle));
+                    // Silence from the start counts like slow headers.
+                    let deadline = Box::pin(tokio::time::sleep(self.limits.first_byte.min(idle)));
                     let stream = CappedStream {
                         inner: stream,
                         idle,

@@ -69,6 +69,7 @@ pub async fn serve(
             max: config.max_connections,
             per_ip: config.max_connections_per_ip,
             idle: Duration::from_secs(config.idle_timeout_secs.max(1)),
+            first_byte: Duration::from_secs(config.header_timeout_secs.max(1)),
             trusted: config.trusted_proxies.clone().into(),
         },
     );

@@ -270,11 +270,42 @@ fn slow_and_idle_connections_do_not_crowd_out_clients() {
     // Everyone else is served.
     let (s, v) = server.http("GET", "/v1/info", None, "");
     assert_eq!(s, 200, "{v}");
+    // Without a token, a body is small: a registration of 200 KiB is refused, not buffered.
+    let big = format!(r#"{{"address": "{}"}}"#, "a".repeat(200 * 1024));
+    let (s, v) = server.http("POST", "/v1/register", None, &big);
+    assert_eq!((s, code(&v)), (413, "too_large"), "{v}");
     // Real clients carry on.
     let alice = User::register("alice", &server, "");
     let bob = User::register("bob", &server, "");
     alice.send(&bob.address, "through");
     assert_eq!(bob.sync(), vec![pair(&alice, "through")]);
+}
+
+#[test]
+fn a_commit_may_not_remove_a_device_twice_or_its_committer() {
+    let server = Server::start(&["--registration", "open"]);
+    let (a, token, _) = api_device(&server, "mallory@localhost", None);
+    let (b, _, _) = api_device(&server, "accomplice@localhost", None);
+    common::start_group(&server, &token, b"g", &[b], b"w");
+    let commit = |removed: Vec<u64>| {
+        json!({"group_id": b64(b"g"), "kind": "commit", "epoch": 1,
+               "delivery": {"recipients": [b], "message": b64(b"c")}, "removed": removed})
+    };
+    for removed in [vec![b, b], vec![a]] {
+        let (s, v) = submit(&server, &token, &commit(removed));
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    }
+    let (s, v) = submit(&server, &token, &commit(vec![b]));
+    assert_eq!(s, 200, "{v}");
+}
+
+#[test]
+fn a_connection_that_never_speaks_is_closed_like_slow_headers() {
+    let server = Server::start(&["--header-timeout", "1s", "--idle-timeout", "60s"]);
+    let mut silent = std::net::TcpStream::connect(server.addr()).expect("connect");
+    let started = std::time::Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(10)), "a silent socket held on");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed after {:?}", started.elapsed());
 }
 
 #[test]

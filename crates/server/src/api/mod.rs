@@ -62,6 +62,10 @@ const MAX_LIVE_PER_DEVICE: usize = 4;
 /// How often a live connection is pinged, at most: the answers keep it from counting as
 /// idle, and a peer that stopped answering is dropped by the idle timeout.
 const LIVE_PING: std::time::Duration = std::time::Duration::from_secs(30);
+/// KiB of JSON request bodies buffered at once, over all connections (64 MiB).
+static BUFFERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64 * 1024);
+/// Largest body of a route that needs no token.
+const SMALL_BODY: usize = 128 * 1024;
 /// How long a JSON request body may take to arrive.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long one WebSocket send may take before the reader counts as gone.
@@ -315,9 +319,19 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let Ok(parsed) =
-            tokio::time::timeout(BODY_TIMEOUT, Json::<T>::from_request(req, state)).await
-        else {
+        // Bodies are buffered whole before parsing: the bytes buffered at once, over every
+        // connection, are bounded, so slow senders of large bodies cannot exhaust memory.
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(MAX_BODY);
+        let kib = u32::try_from(announced.min(MAX_BODY) / 1024 + 1).unwrap_or(u32::MAX);
+        let read = async {
+            let _permit = BUFFERING.acquire_many(kib).await;
+            Json::<T>::from_request(req, state).await
+        };
+        let Ok(parsed) = tokio::time::timeout(BODY_TIMEOUT, read).await else {
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 ErrorCode::BadRequest,
@@ -332,7 +346,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     ErrorCode::TooLarge,
-                    format!("request body larger than {MAX_BODY} bytes"),
+                    "request body larger than this endpoint takes",
                 ))
             }
             Err(r) => Err(ApiError::bad_request(r.body_text())),
@@ -454,20 +468,24 @@ fn parse_address(state: &Shared, text: &str) -> Result<Address, ApiError> {
 fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::MethodRouter<Shared>)> {
     vec![
         ("/v1/info", &["GET"], get(info)),
-        ("/v1/register", &["POST"], post(register)),
-        ("/v1/auth/challenge", &["POST"], post(challenge)),
-        ("/v1/auth/token", &["POST"], post(token)),
+        ("/v1/register", &["POST"], post(register).layer(DefaultBodyLimit::max(SMALL_BODY))),
+        ("/v1/auth/challenge", &["POST"], post(challenge).layer(DefaultBodyLimit::max(SMALL_BODY))),
+        ("/v1/auth/token", &["POST"], post(token).layer(DefaultBodyLimit::max(SMALL_BODY))),
         ("/v1/keypackages", &["POST", "GET"], post(upload_key_packages).get(key_package_stock)),
         ("/v1/keypackages/claim", &["POST"], post(claim_key_packages)),
         ("/v1/users/{address}/devices", &["GET"], get(devices::list)),
         ("/v1/devices", &["POST"], post(devices::update)),
         ("/v1/devices/wipe", &["POST"], post(devices::wipe)),
-        ("/v1/operator/wipe", &["POST"], post(devices::operator_wipe)),
+        (
+            "/v1/operator/wipe",
+            &["POST"],
+            post(devices::operator_wipe).layer(DefaultBodyLimit::max(SMALL_BODY)),
+        ),
         ("/v1/wipe", &["GET"], get(devices::pending_wipe)),
         ("/v1/wipe/confirm", &["POST"], post(devices::confirm_wipe)),
-        ("/v1/links", &["POST"], post(devices::open_link)),
+        ("/v1/links", &["POST"], post(devices::open_link).layer(DefaultBodyLimit::max(SMALL_BODY))),
         ("/v1/links/{id}", &["GET", "POST"], get(devices::get_link).post(devices::reply_link)),
-        ("/v1/recover", &["POST"], post(devices::recover)),
+        ("/v1/recover", &["POST"], post(devices::recover).layer(DefaultBodyLimit::max(SMALL_BODY))),
         ("/v1/blobs", &["POST"], post(blobs::create)),
         (
             "/v1/blobs/{id}",
@@ -750,6 +768,10 @@ fn check_submission(req: &proto::SubmitRequest) -> Result<(), ApiError> {
             "a commit removes at most {MAX_RECIPIENTS} devices"
         )));
     }
+    let mut removed = std::collections::HashSet::with_capacity(req.removed.len());
+    if let Some(d) = req.removed.iter().find(|d| !removed.insert(**d)) {
+        return Err(ApiError::bad_request(format!("device {d} is removed twice")));
+    }
     let deliveries = std::iter::once(&req.delivery).chain(req.welcome.as_ref());
     let recipients: Vec<u64> =
         deliveries.clone().flat_map(|d| d.recipients.iter().copied()).collect();
@@ -799,6 +821,9 @@ async fn submit(
     ApiJson(req): ApiJson<proto::SubmitRequest>,
 ) -> Result<Json<proto::SubmitResponse>, ApiError> {
     check_submission(&req)?;
+    if req.removed.contains(&sender) {
+        return Err(ApiError::bad_request("a commit cannot remove the device that makes it"));
+    }
     let digest = submission_digest(&req);
     let submission_id = req.submission_id.map(|id| id.0);
     let mut deliveries: Vec<proto::Delivery> =
