@@ -446,6 +446,38 @@ pub fn commit_pending_proposals<S: StorageProvider<CURRENT_VERSION>>(
     Ok(Some(CommitOutput { epoch, commit: serialize(&commit)?, welcome }))
 }
 
+/// Commits a fresh leaf key for this device (and any proposals waiting), so that keys of its
+/// that leaked stop opening the group's later messages (post-compromise security). Pending
+/// until [`merge_pending_commit`].
+pub fn self_update<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+) -> Result<CommitOutput, Error> {
+    let mut group = load(p, group_id)?;
+    let epoch = group.epoch().as_u64();
+    let bundle = group.self_update(p, &me.key.0, LeafNodeParameters::default()).map_err(mls_err)?;
+    // A self-update adds no one: there is no welcome.
+    Ok(CommitOutput { epoch, commit: serialize(bundle.commit())?, welcome: None })
+}
+
+/// Forgets this device's pending commit (the server refused it: another commit won the epoch).
+pub fn clear_pending_commit<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<(), Error> {
+    load(p, group_id)?.clear_pending_commit(&p.storage).map_err(storage_err)
+}
+
+/// The group's epoch authenticator: equal on every member in the same epoch of the same
+/// group, different on a fork.
+pub fn epoch_authenticator<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<Vec<u8>, Error> {
+    Ok(load(p, group_id)?.epoch_authenticator().as_slice().to_vec())
+}
+
 /// The devices this device's pending commit removes from the group: those it removes itself
 /// and those whose removal proposals it commits. The server takes them off the group's roster.
 pub fn pending_removals<S: StorageProvider<CURRENT_VERSION>>(
