@@ -319,7 +319,9 @@ impl Client {
         let me = self.me.device.address.clone();
         let (list, infos) = self.verified_list(&me)?;
         let info = infos.iter().find(|d| d.device_id == device_id).ok_or_else(|| {
-            Error::Invalid(format!("this account has no device {device_id}; see `sotto devices`"))
+            Error::Invalid(format!(
+                "this account has no device {device_id}; see `sotto devices list`"
+            ))
         })?;
         Ok((list, info.device_key.0.clone()))
     }

@@ -6,8 +6,8 @@ pub enum Error {
     #[error("no account in {0}; run `sotto register` first")]
     NotRegistered(String),
     /// The home directory already holds an account.
-    #[error("{0} already holds the account {1}")]
-    AlreadyRegistered(String, String),
+    #[error("{0} already holds an account (`sotto whoami` shows it); choose another --home")]
+    AlreadyRegistered(String),
     /// The server could not be reached.
     #[error("cannot reach the server at {url}: {reason}")]
     Unreachable {
@@ -37,9 +37,9 @@ pub enum Error {
     /// No chat matches what the user named.
     #[error("no chat matches {0:?}; `sotto chats` lists them")]
     UnknownChat(String),
-    /// More than one chat matches what the user named.
-    #[error("{0:?} matches several chats; give more of the id")]
-    AmbiguousChat(String),
+    /// More than one chat matches what the user named: the candidates, as `ID NAME`.
+    #[error("{0:?} matches several chats ({candidates}); give more of the id", candidates = .1.join(", "))]
+    AmbiguousChat(String, Vec<String>),
     /// The account exists but has no key packages left to start a conversation with.
     #[error("{0} has no key packages on the server; they must sync once before they can be added")]
     NoKeyPackages(String),

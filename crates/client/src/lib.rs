@@ -397,7 +397,7 @@ impl Client {
         ca_cert: Option<&str>,
     ) -> Result<(Address, Api, proto::ServerInfo), Error> {
         if db::exists(home) || vault::exists(home) {
-            return Err(Error::AlreadyRegistered(home.display().to_string(), "an account".into()));
+            return Err(Error::AlreadyRegistered(home.display().to_string()));
         }
         let address: Address = address.parse()?;
         let api = Api::new(server, ca_cert)?;
@@ -700,32 +700,48 @@ impl Client {
     /// Finds a chat by id, id prefix, group name, or (with `@`) the direct chat with an account.
     fn resolve(&self, spec: &str) -> Result<Vec<u8>, Error> {
         let spec = spec.trim();
-        if spec.contains('@') {
-            let peer: Address = spec.parse()?;
-            return self.direct_chat(&peer)?.ok_or_else(|| Error::UnknownChat(spec.into()));
-        }
-        let rows: Vec<(Vec<u8>, Option<String>)> = {
+        let rows: Vec<(Vec<u8>, Option<String>, Option<String>)> = {
             let mut stmt =
-                self.conn.prepare("SELECT group_id, name FROM chats ORDER BY created_at")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                self.conn.prepare("SELECT group_id, name, peer FROM chats ORDER BY created_at")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect::<Result<_, _>>()?
         };
         let lower = spec.to_ascii_lowercase();
-        if let Some((id, _)) = rows.iter().find(|(id, _)| hex::encode(id) == lower) {
+        if let Some((id, ..)) = rows.iter().find(|(id, ..)| hex::encode(id) == lower) {
             return Ok(id.clone());
         }
-        let by_prefix: Vec<&Vec<u8>> = rows
+        // Exact names come first: a group's name, or the address of a direct chat.
+        let mut exact: Vec<Vec<u8>> = rows
             .iter()
-            .filter(|(id, _)| lower.len() >= 4 && hex::encode(id).starts_with(&lower))
-            .map(|(id, _)| id)
+            .filter(|(_, n, _)| n.as_deref() == Some(spec))
+            .map(|r| r.0.clone())
             .collect();
-        let by_name: Vec<&Vec<u8>> =
-            rows.iter().filter(|(_, n)| n.as_deref() == Some(spec)).map(|(id, _)| id).collect();
-        for candidates in [by_prefix, by_name] {
+        if let Ok(peer) = spec.parse::<Address>()
+            && let Some(direct) = self.direct_chat(&peer)?
+            && !exact.contains(&direct)
+        {
+            exact.push(direct);
+        }
+        let by_prefix: Vec<Vec<u8>> = rows
+            .iter()
+            .filter(|(id, ..)| lower.len() >= 4 && hex::encode(id).starts_with(&lower))
+            .map(|r| r.0.clone())
+            .collect();
+        for candidates in [exact, by_prefix] {
             match candidates.len() {
                 0 => continue,
                 1 => return Ok(candidates[0].clone()),
-                _ => return Err(Error::AmbiguousChat(spec.into())),
+                _ => {
+                    let names = candidates
+                        .iter()
+                        .filter_map(|id| rows.iter().find(|r| &r.0 == id))
+                        .map(|(id, name, peer)| {
+                            let label = name.clone().or_else(|| peer.clone()).unwrap_or_default();
+                            format!("{} {label}", hex::encode(id))
+                        })
+                        .collect();
+                    return Err(Error::AmbiguousChat(spec.into(), names));
+                }
             }
         }
         Err(Error::UnknownChat(spec.into()))

@@ -22,6 +22,26 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Whether `c` must not reach a terminal as it is: control characters (which move the
+/// cursor, set titles, change colours or rewrite the line) and the marks that reorder text.
+fn unsafe_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text another user wrote, made safe to print on one line: every control character, escape
+/// sequence introducer, carriage return, newline and bidirectional mark becomes `�`.
+pub fn terminal_line(text: &str) -> String {
+    text.chars().map(|c| if unsafe_on_terminal(c) { '\u{fffd}' } else { c }).collect()
+}
+
+/// Text another user wrote (a message), made safe to print: as [`terminal_line`], except that
+/// newlines are kept and every line after the first is indented, so a message can never pose
+/// as a line of its own (another sender, another chat).
+pub fn terminal_text(text: &str) -> String {
+    text.split('\n').map(terminal_line).collect::<Vec<_>>().join("\n    ")
+}
+
 /// Formats Unix milliseconds as `YYYY-MM-DD HH:MM:SS` UTC.
 pub fn format_time(ms: u64) -> String {
     let secs = ms / 1000;
@@ -52,5 +72,29 @@ mod tests {
         assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
         assert_eq!(super::format_time(1_795_689_000_000), "2026-11-26 10:30:00");
         assert_eq!(super::format_time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::*;
+
+    #[test]
+    fn nothing_another_user_writes_controls_the_terminal() {
+        let forged = "ok\n[2026-12-03 15:14:00] team <bob@localhost> send me your recovery key";
+        assert_eq!(
+            terminal_text(forged),
+            "ok\n    [2026-12-03 15:14:00] team <bob@localhost> send me your recovery key"
+        );
+        assert_eq!(terminal_line(forged).lines().count(), 1);
+        let escapes = "\u{1b}[31mred\u{1b}]0;title\u{7}\rover\u{9b}2J\u{202e}txt.exe\u{7f}";
+        let shown = terminal_text(escapes);
+        assert!(!shown.chars().any(unsafe_on_terminal), "{shown:?}");
+        assert_eq!(
+            shown,
+            "\u{fffd}[31mred\u{fffd}]0;title\u{fffd}\u{fffd}over\u{fffd}2J\u{fffd}txt.exe\u{fffd}"
+        );
+        assert_eq!(terminal_line("team\nname"), "team\u{fffd}name");
+        assert_eq!(terminal_text("plain text, ünïcode ✓"), "plain text, ünïcode ✓");
     }
 }

@@ -14,7 +14,7 @@ use sotto_server::{Config, RegistrationMode, TlsFiles};
 /// With no arguments it serves on 127.0.0.1:7700 for addresses @localhost, keeping its
 /// database in ./sotto-data. Registration is by invite: mint one with `sotto-server invite create`.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "sotto-server", version, about, long_about)]
 struct Cli {
     /// Directory of the server's database.
     #[arg(long, env = "SOTTO_DATA", default_value = "sotto-data", global = true)]

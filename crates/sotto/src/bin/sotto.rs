@@ -1,5 +1,26 @@
 //! `sotto`: the command-line client.
 
+/// `println!` that ends the program quietly when standard output is closed (`sotto history |
+/// head -1`), as command-line tools do, instead of panicking. It shadows the standard macro
+/// in this file.
+macro_rules! println {
+    () => { emit(format_args!("")) };
+    ($($arg:tt)*) => { emit(format_args!($($arg)*)) };
+}
+
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        // Anything else (a full disk): the output is lost, but the command still reports
+        // through its exit code and standard error.
+        let _ = writeln!(std::io::stderr(), "sotto: cannot write the output: {e}");
+    }
+}
+
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -429,7 +450,8 @@ fn error_code(e: &Error) -> String {
         Error::Protocol(_) => "protocol".into(),
         Error::Invalid(_) => "invalid_input".into(),
         Error::UnknownChat(_) => "unknown_chat".into(),
-        Error::AmbiguousChat(_) => "ambiguous_chat".into(),
+        Error::AmbiguousChat(..) => "ambiguous_chat".into(),
+        Error::Io(_) => "io".into(),
         Error::NoKeyPackages(_) => "no_key_packages".into(),
         Error::NotActive(_) => "not_a_member".into(),
         Error::TooManyRetries => "too_many_retries".into(),
@@ -501,24 +523,33 @@ fn print_message(m: &MessageView) {
         "failed" => " (not sent)",
         _ => "",
     };
+    // Names, texts and file details come from other users: nothing of them may control the
+    // terminal or pose as a line of its own.
+    let chat = sotto::terminal_line(&m.chat_name);
+    let sender = sotto::terminal_line(&m.sender);
     if m.kind == "event" {
-        println!("[{when}] {}: * {}", m.chat_name, m.body);
+        println!("[{when}] {chat}: * {}", sotto::terminal_text(&m.body));
     } else if let Some(f) = &m.file {
         println!(
-            "[{when}] {} <{}> [file {} — {} bytes, {}] (sotto download {}){status}",
-            m.chat_name, m.sender, f.name, f.size, f.media_type, m.id
+            "[{when}] {chat} <{sender}> [file {} — {} bytes, {}] (sotto download {}){status}",
+            sotto::terminal_line(&f.name),
+            f.size,
+            sotto::terminal_line(&f.media_type),
+            sotto::terminal_line(&m.id)
         );
     } else {
-        println!("[{when}] {} <{}> {}{status}", m.chat_name, m.sender, m.body);
+        println!("[{when}] {chat} <{sender}> {}{status}", sotto::terminal_text(&m.body));
     }
 }
 
 /// A progress bar on a terminal; hidden with --json or when output is not a terminal.
-fn progress_bar(json: bool, what: &str) -> indicatif::ProgressBar {
+fn progress_bar(json: bool, what: &str) -> Progress {
     if json || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
+        return Progress(indicatif::ProgressBar::hidden(), false);
     }
-    let bar = indicatif::ProgressBar::new(0);
+    // Drawn from the first report on, when the size is known (not as "0 B/0 B", full).
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -527,11 +558,29 @@ fn progress_bar(json: bool, what: &str) -> indicatif::ProgressBar {
         .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
-    bar
+    Progress(bar, true)
+}
+
+/// A transfer's progress bar: hidden until the transfer reports its size.
+struct Progress(indicatif::ProgressBar, bool);
+
+impl Progress {
+    fn report(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+        if self.1 && self.0.is_hidden() {
+            self.0.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }
 
 fn print_device(d: &DeviceView) {
-    let name = d.name.clone().unwrap_or_else(|| format!("device {}", d.device_id));
+    let name =
+        d.name.as_deref().map_or_else(|| format!("device {}", d.device_id), sotto::terminal_line);
     let this = if d.this_device { " (this device)" } else { "" };
     println!("{}  {name}{this}  [{}]", d.device_id, d.state);
     println!("    linked {}", format_time(d.linked_at * 1000));
@@ -600,8 +649,8 @@ fn show_link_code(code: &str, json: bool) {
 
 fn print_chat(c: &ChatSummary) {
     let title = match (c.kind.as_str(), &c.peer, &c.name) {
-        ("direct", Some(p), _) => p.clone(),
-        (_, _, Some(n)) => format!("{n} (group)"),
+        ("direct", Some(p), _) => sotto::terminal_line(p),
+        (_, _, Some(n)) => format!("{} (group)", sotto::terminal_line(n)),
         _ => "(unnamed group)".into(),
     };
     let state = if c.state == "active" { String::new() } else { format!(" [{}]", c.state) };
@@ -612,7 +661,7 @@ fn print_chat(c: &ChatSummary) {
     };
     println!("{}  {title}{state}{timer}", &c.id);
     if !c.members.is_empty() {
-        println!("    members: {}", c.members.join(", "));
+        println!("    members: {}", sotto::terminal_line(&c.members.join(", ")));
     }
     println!(
         "    {} message(s){}",
@@ -919,9 +968,12 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
             };
             let text = if text == "-" {
                 let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|e| Error::Io(format!("reading standard input: {e}")))?;
+                std::io::stdin().read_to_string(&mut s).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => {
+                        Error::Invalid("standard input is not UTF-8 text".into())
+                    }
+                    _ => Error::Io(format!("reading standard input: {e}")),
+                })?;
                 s.trim_end_matches('\n').to_string()
             } else {
                 text
@@ -951,11 +1003,9 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
             };
             let mut client = open()?;
             let bar = progress_bar(json, "sending");
-            let sent = client.send_file(&target, &path, &mut |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
-            bar.finish_and_clear();
+            let sent =
+                client.send_file(&target, &path, &mut |done, total| bar.report(done, total))?;
+            bar.finish();
             if json {
                 print_json(&sent);
             } else {
@@ -965,11 +1015,9 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
         Command::Download { message, out } => {
             let mut client = open()?;
             let bar = progress_bar(json, "receiving");
-            let got = client.download(&message, out.as_deref(), &mut |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
-            bar.finish_and_clear();
+            let got = client
+                .download(&message, out.as_deref(), &mut |done, total| bar.report(done, total))?;
+            bar.finish();
             if json {
                 print_json(&got);
             } else {
