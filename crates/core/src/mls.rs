@@ -776,6 +776,39 @@ mod tests {
     }
 
     #[test]
+    fn self_updates_heal_and_forks_show_in_the_authenticator() {
+        let (alice, bob) = (device("alice", 1), device("bob", 2));
+        let gid = create_group(&alice.0, &alice.1).expect("group");
+        let out = add_members(&alice.0, &gid, &alice.1, &[package(&bob, &alice.0)]).expect("add");
+        merge_pending_commit(&alice.0, &gid).expect("merge");
+        process(&bob.0, &out.welcome.expect("welcome")).expect("join");
+        let authenticator = |p: &InMemProvider| epoch_authenticator(p, &gid).expect("auth");
+        assert_eq!(authenticator(&alice.0), authenticator(&bob.0));
+
+        // bob's update is refused by the server: he forgets it and stays where alice is.
+        let refused = self_update(&bob.0, &gid, &bob.1).expect("update");
+        assert_eq!(refused.epoch, 1);
+        assert!(refused.welcome.is_none());
+        clear_pending_commit(&bob.0, &gid).expect("clear");
+        assert_eq!(epoch(&bob.0, &gid).expect("epoch"), 1);
+
+        // alice's update goes through: a new epoch, the same on both sides, and different
+        // from the one before.
+        let before = authenticator(&alice.0);
+        let update = self_update(&alice.0, &gid, &alice.1).expect("update");
+        merge_pending_commit(&alice.0, &gid).expect("merge");
+        assert!(matches!(
+            process(&bob.0, &update.commit).expect("commit"),
+            Incoming::Commit { .. }
+        ));
+        assert_eq!(epoch(&bob.0, &gid).expect("epoch"), 2);
+        assert_eq!(authenticator(&alice.0), authenticator(&bob.0));
+        assert_ne!(authenticator(&alice.0), before);
+        // The commit bob made and forgot cannot be applied by alice: it was never merged.
+        assert!(process(&alice.0, &refused.commit).is_err());
+    }
+
+    #[test]
     fn device_keys_never_print() {
         let key = DeviceKey::generate().expect("key");
         let shown = format!("{key:?}");
