@@ -1122,8 +1122,8 @@ impl Client {
         let p = db::provider(&tx);
         let recipients = self.recipients(&p, group_id)?;
         let (out, welcome_to) = make(&p, &self.me)?;
-        let removed =
-            mls::pending_removals(&p, group_id)?.into_iter().map(|d| d.device_id).collect();
+        let changes = mls::pending_changes(&p, group_id)?;
+        let removed = changes.removed.iter().chain(&changes.left).map(|d| d.device_id).collect();
         let request = proto::SubmitRequest {
             submission_id: None,
             group_id: Bytes(group_id.to_vec()),
@@ -1140,6 +1140,23 @@ impl Client {
         match self.api.submit(request, &token) {
             Ok(resp) => {
                 mls::merge_pending_commit(&p, group_id)?;
+                // The committer sees what its commit did, as every other member does.
+                let me = self.account.address.clone();
+                let present = mls::members(&p, group_id)?;
+                for (sender, text) in commit_events(&me, &me, &changes, &present, false) {
+                    tx.execute(
+                        "INSERT INTO messages (group_id, msg_id, sender, kind, body, status,
+                                               sent_at, received_at, reported)
+                         VALUES (?1, ?2, ?3, 'event', ?4, 'sent', ?5, ?5, 1)",
+                        params![
+                            group_id,
+                            format!("event-{}", random_hex(8)?),
+                            sender,
+                            text,
+                            now_ms() as i64
+                        ],
+                    )?;
+                }
                 tx.commit()?;
                 if !resp.dropped.is_empty() {
                     self.touched.borrow_mut().dropped.insert(group_id.to_vec());
@@ -1521,11 +1538,6 @@ impl Client {
             }
             Incoming::Commit { group_id, sender, added, removed, left, self_removed } => {
                 let who = sender.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
-                let accounts = |devices: Vec<DeviceRef>| -> BTreeSet<String> {
-                    devices.into_iter().map(|d| d.address.to_string()).collect()
-                };
-                let mut n = 0;
-                // An account that keeps other devices in the chat changed its device list.
                 let present: Vec<DeviceRef> = if self_removed {
                     Vec::new()
                 } else {
@@ -1542,32 +1554,12 @@ impl Client {
                         [&group_id],
                     )?;
                 }
-                let keeps_others = |a: &str, changed: &[DeviceRef]| {
-                    present.iter().any(|d| d.address.as_str() == a && !changed.contains(d))
-                };
-                let me = &self.account.address;
-                for a in accounts(added.clone()) {
-                    let text = if keeps_others(&a, &added) {
-                        format!("{a} linked a new device")
-                    } else {
-                        format!("{who} added {a}")
-                    };
-                    event(&group_id, n, &who, text)?;
-                    n += 1;
-                }
-                for a in
-                    accounts(removed.clone()).into_iter().filter(|a| !(a == me && self_removed))
-                {
-                    let text = if keeps_others(&a, &removed) {
-                        format!("{a} removed a device")
-                    } else {
-                        format!("{who} removed {a}")
-                    };
-                    event(&group_id, n, &who, text)?;
-                    n += 1;
-                }
-                for a in accounts(left).into_iter().filter(|a| a != me) {
-                    event(&group_id, n, &a, format!("{a} left"))?;
+                let changes = mls::Changes { added, removed, left };
+                let events =
+                    commit_events(&who, &self.account.address, &changes, &present, self_removed);
+                let mut n = 0;
+                for (sender, text) in events {
+                    event(&group_id, n, &sender, text)?;
                     n += 1;
                 }
                 if self_removed {
@@ -1655,6 +1647,46 @@ fn file_info(attachment: &str) -> Option<FileInfo> {
         Body::File { name, size, media_type, .. } => Some(FileInfo { name, size, media_type }),
         _ => None,
     }
+}
+
+/// The events a commit shows in its chat, as (sender, text): whom `who` added and removed,
+/// devices linked and removed by accounts that stay, and who left. A removal of this device
+/// itself (`self_removed`) is told separately.
+fn commit_events(
+    who: &str,
+    me: &str,
+    changes: &mls::Changes,
+    present: &[DeviceRef],
+    self_removed: bool,
+) -> Vec<(String, String)> {
+    let accounts = |devices: &[DeviceRef]| -> BTreeSet<String> {
+        devices.iter().map(|d| d.address.to_string()).collect()
+    };
+    // An account that keeps other devices in the chat changed its device list.
+    let keeps_others = |a: &str, changed: &[DeviceRef]| {
+        present.iter().any(|d| d.address.as_str() == a && !changed.contains(d))
+    };
+    let mut events = Vec::new();
+    for a in accounts(&changes.added) {
+        let text = if keeps_others(&a, &changes.added) {
+            format!("{a} linked a new device")
+        } else {
+            format!("{who} added {a}")
+        };
+        events.push((who.to_string(), text));
+    }
+    for a in accounts(&changes.removed).into_iter().filter(|a| !(a == me && self_removed)) {
+        let text = if keeps_others(&a, &changes.removed) {
+            format!("{a} removed a device")
+        } else {
+            format!("{who} removed {a}")
+        };
+        events.push((who.to_string(), text));
+    }
+    for a in accounts(&changes.left).into_iter().filter(|a| a != me) {
+        events.push((a.clone(), format!("{a} left")));
+    }
+    events
 }
 
 /// How a timer change reads in a chat.

@@ -478,18 +478,42 @@ pub fn epoch_authenticator<S: StorageProvider<CURRENT_VERSION>>(
     Ok(load(p, group_id)?.epoch_authenticator().as_slice().to_vec())
 }
 
-/// The devices this device's pending commit removes from the group: those it removes itself
-/// and those whose removal proposals it commits. The server takes them off the group's roster.
-pub fn pending_removals<S: StorageProvider<CURRENT_VERSION>>(
+/// What a commit changes in a group's membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Devices it adds.
+    pub added: Vec<DeviceRef>,
+    /// Devices it removes on a member's decision.
+    pub removed: Vec<DeviceRef>,
+    /// Devices it removes at their own request (they left).
+    pub left: Vec<DeviceRef>,
+}
+
+fn changes_of(group: &MlsGroup, staged: &StagedCommit) -> Changes {
+    let added = staged
+        .add_proposals()
+        .filter_map(|a| device_of(a.add_proposal().key_package().leaf_node().credential()))
+        .collect();
+    let (mut removed, mut left) = (Vec::new(), Vec::new());
+    for r in staged.remove_proposals() {
+        let leaf = r.remove_proposal().removed();
+        let Some(device) = group.member(leaf).and_then(device_of) else { continue };
+        match r.sender() {
+            Sender::Member(by) if *by == leaf => left.push(device),
+            _ => removed.push(device),
+        }
+    }
+    Changes { added, removed, left }
+}
+
+/// What this device's pending commit changes: whom it adds, removes, and lets leave (the
+/// server takes the last two off the group's roster).
+pub fn pending_changes<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,
     group_id: &[u8],
-) -> Result<Vec<DeviceRef>, Error> {
+) -> Result<Changes, Error> {
     let group = load(p, group_id)?;
-    let Some(staged) = group.pending_commit() else { return Ok(Vec::new()) };
-    Ok(staged
-        .remove_proposals()
-        .filter_map(|r| group.member(r.remove_proposal().removed()).and_then(device_of))
-        .collect())
+    Ok(group.pending_commit().map(|staged| changes_of(&group, staged)).unwrap_or_default())
 }
 
 /// Applies this device's own pending commit once the server has accepted it.
@@ -628,19 +652,7 @@ pub fn process<S: StorageProvider<CURRENT_VERSION>>(
             Ok(Incoming::Proposal { group_id, sender })
         }
         ProcessedMessageContent::StagedCommitMessage(staged) => {
-            let added = staged
-                .add_proposals()
-                .filter_map(|a| device_of(a.add_proposal().key_package().leaf_node().credential()))
-                .collect();
-            let (mut removed, mut left) = (Vec::new(), Vec::new());
-            for r in staged.remove_proposals() {
-                let leaf = r.remove_proposal().removed();
-                let Some(device) = group.member(leaf).and_then(device_of) else { continue };
-                match r.sender() {
-                    Sender::Member(by) if *by == leaf => left.push(device),
-                    _ => removed.push(device),
-                }
-            }
+            let Changes { added, removed, left } = changes_of(&group, &staged);
             let self_removed = staged.self_removed();
             group.merge_staged_commit(p, *staged).map_err(mls_err)?;
             Ok(Incoming::Commit { group_id, sender, added, removed, left, self_removed })

@@ -138,3 +138,38 @@ fn mistakes_are_worded_for_people() {
     let out = Command::new(common::SERVER).arg("-V").output().expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sotto-server "), "{out:?}");
 }
+
+/// The events of a chat's history, as their texts.
+fn events(user: &User, chat: &str) -> Vec<String> {
+    let v = user.ok(&["history", chat, "--limit", "1000"]);
+    let list = v.as_array().or_else(|| v["messages"].as_array()).expect("messages");
+    list.iter()
+        .filter(|m| m["kind"] == "event")
+        .filter_map(|m| m["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn the_member_who_changes_a_group_sees_it_too() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    alice.ok(&["group", "create", "team", "--members", "bob@localhost,carol@localhost"]);
+    alice.ok(&["group", "remove", "team", "carol@localhost"]);
+    let seen = events(&alice, "team");
+    for expected in [
+        "alice@localhost added bob@localhost",
+        "alice@localhost added carol@localhost",
+        "alice@localhost removed carol@localhost",
+    ] {
+        assert!(seen.iter().any(|e| e == expected), "{expected:?} missing from {seen:?}");
+    }
+    // bob leaves; alice's next sync commits it, and she sees that he left.
+    bob.sync();
+    bob.ok(&["group", "leave", "team"]);
+    alice.sync();
+    let seen = events(&alice, "team");
+    assert!(seen.iter().any(|e| e == "bob@localhost left"), "{seen:?}");
+    drop(carol);
+}
