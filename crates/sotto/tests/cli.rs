@@ -173,3 +173,22 @@ fn the_member_who_changes_a_group_sees_it_too() {
     assert!(seen.iter().any(|e| e == "bob@localhost left"), "{seen:?}");
     drop(carol);
 }
+
+#[test]
+fn one_message_that_cannot_be_processed_stops_nothing() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let dave = User::register("dave", &server, "");
+    alice.ok(&["group", "create", "g5", "--members", &bob.address]);
+    alice.ok(&["group", "add", "g5", &dave.address]);
+    alice.ok(&["group", "remove", "g5", &dave.address]);
+    alice.send(&dave.address, "still reaches dave");
+    let report = dave.ok(&["sync"]);
+    assert_eq!(
+        common::texts(&report["messages"]),
+        vec![("alice@localhost".to_string(), "still reaches dave".to_string())],
+        "{report}"
+    );
+    assert!(dave.sync().is_empty(), "nothing is processed twice");
+}
