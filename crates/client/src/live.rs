@@ -81,25 +81,39 @@ impl Client {
     }
 
     /// Catches up, then receives live until `stop` says so, calling `on_message` for every
-    /// new message. Reconnects with backoff and jitter if the connection drops; returns an
-    /// error if the very first connection fails or the server refuses for good (a revoked
-    /// device first looks for a wipe command and obeys it).
+    /// new message. Connects, and reconnects when the connection drops, with backoff and
+    /// jitter while the server is down or busy; returns an error if the server refuses for
+    /// good (a revoked device first looks for a wipe command and obeys it).
     pub fn listen(
         &mut self,
         mut on_message: impl FnMut(&MessageView),
         stop: &dyn Fn() -> bool,
     ) -> Result<(), Error> {
-        let report = self.sync()?;
-        report.messages.iter().for_each(&mut on_message);
         let mut backoff = Duration::from_millis(250);
-        let mut first = true;
+        // The first catch-up is retried like every later connection: a server that is down
+        // or busy when listening starts is waited for.
+        loop {
+            match self.sync() {
+                Ok(report) => {
+                    report.messages.iter().for_each(&mut on_message);
+                    break;
+                }
+                Err(e) if transient(&e) => {
+                    if !wait(backoff, stop) {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        backoff = Duration::from_millis(250);
         while !stop() {
             let mut socket = match self.connect_ws() {
                 Ok(s) => s,
                 Err(e) if e.server_code() == Some("device_revoked") => {
                     return Err(self.obey_revocation());
                 }
-                Err(e) if first => return Err(e),
                 Err(e) => {
                     if e.server_code() == Some("unauthorized") {
                         // A token the server no longer knows (it lost its sessions): log in
@@ -109,18 +123,13 @@ impl Client {
                         // A refusal that waiting will not change ends the loop.
                         return Err(e);
                     }
-                    let jitter = Duration::from_millis(u64::from(
-                        sotto_core::random_bytes(1).map(|b| b[0]).unwrap_or(0),
-                    ));
-                    let until = Instant::now() + backoff + jitter;
-                    while Instant::now() < until && !stop() {
-                        std::thread::sleep(POLL.min(until - Instant::now()));
+                    if !wait(backoff, stop) {
+                        return Ok(());
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
             };
-            first = false;
             backoff = Duration::from_millis(250);
             // Anything queued between the catch-up and the connection comes first on the socket.
             match self.receive(&mut socket, &mut on_message, stop) {
@@ -192,6 +201,21 @@ fn refusal(status: u16, body: Option<&[u8]>) -> Option<Error> {
         message: body.error.message,
         epoch: None,
     })
+}
+
+/// Waits `backoff` and a random jitter of up to a quarter second; false if `stop` said to
+/// stop meanwhile.
+fn wait(backoff: Duration, stop: &dyn Fn() -> bool) -> bool {
+    let jitter =
+        Duration::from_millis(u64::from(sotto_core::random_bytes(1).map(|b| b[0]).unwrap_or(0)));
+    let until = Instant::now() + backoff + jitter;
+    while Instant::now() < until {
+        if stop() {
+            return false;
+        }
+        std::thread::sleep(POLL.min(until - Instant::now()));
+    }
+    !stop()
 }
 
 /// Whether retrying later may succeed: the server is down or busy, not refusing.

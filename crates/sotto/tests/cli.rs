@@ -192,3 +192,16 @@ fn one_message_that_cannot_be_processed_stops_nothing() {
     );
     assert!(dave.sync().is_empty(), "nothing is processed twice");
 }
+
+#[test]
+fn listen_waits_for_a_server_that_is_down_when_it_starts() {
+    let mut server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    server.kill();
+    let listener = bob.listen(&["--count", "1", "--timeout", "60"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    server.restart(&["--registration", "open"]);
+    alice.send(&bob.address, "once the server is back");
+    assert_eq!(common::listened_texts(listener), vec!["once the server is back"]);
+}
