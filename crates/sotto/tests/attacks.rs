@@ -337,3 +337,25 @@ fn a_trusted_proxy_names_the_client_for_per_address_limits() {
     assert_ne!(lookup(&server, "10.0.0.2"), 429);
     assert_eq!(lookup(&server, "10.0.0.3"), 429);
 }
+
+#[test]
+fn live_sockets_that_never_answer_are_closed_and_free_their_place() {
+    use tungstenite::client::IntoClientRequest as _;
+    let server = Server::start(&["--registration", "open", "--idle-timeout", "3s"]);
+    let (_, token, _) = api_device(&server, "silent@localhost", None);
+    let connect = || {
+        let mut request =
+            format!("ws://{}/v1/ws", server.addr()).into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().expect("header"));
+        tungstenite::connect(request)
+    };
+    // Four sockets (the most a device may hold) that never read, so never answer a ping.
+    let silent: Vec<_> = (0..4).map(|_| connect().expect("websocket").0).collect();
+    assert!(connect().is_err(), "a fifth is refused while four are held");
+    std::thread::sleep(Duration::from_secs(8));
+    // The server gave up on them (its pings went unanswered), so their places are free.
+    let fresh = connect().expect("a new socket once the silent ones are closed");
+    drop((silent, fresh));
+}

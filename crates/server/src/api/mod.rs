@@ -990,6 +990,9 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
     let every = LIVE_PING.min(std::time::Duration::from_secs(state.config.idle_timeout_secs) / 3);
     let every = every.max(std::time::Duration::from_millis(100));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // When the client last sent anything (its WebSocket library answers pings by itself): a
+    // peer silent for four pings is gone, even if its kernel still takes what is sent.
+    let mut heard = tokio::time::Instant::now();
     loop {
         if state.is_revoked(device) {
             let _ = socket.send(frame(&proto::ServerFrame::Error(revoked_error().body()))).await;
@@ -1030,6 +1033,9 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
         }
         tokio::select! {
             _ = ping.tick() => {
+                if heard.elapsed() > every * 4 {
+                    return;
+                }
                 let ping = WsMessage::Ping(Default::default());
                 match tokio::time::timeout(LIVE_SEND_TIMEOUT, socket.send(ping)).await {
                     Ok(Ok(())) => {}
@@ -1038,24 +1044,29 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
             }
             stop = stopping.changed() => if stop.is_err() { return },
             changed = wake.changed() => if changed.is_err() { return },
-            incoming = socket.recv() => match incoming {
-                Some(Ok(WsMessage::Text(text))) => {
-                    let reply = match serde_json::from_str::<proto::ClientFrame>(&text) {
-                        Ok(proto::ClientFrame::Ack(a)) => {
-                            match blocking_write(&state, move |s| s.ack(device, a.up_to)).await {
-                                Ok(removed) => proto::ServerFrame::Acked(proto::AckResponse { up_to: a.up_to, removed }),
-                                Err(e) => proto::ServerFrame::Error(e.body()),
-                            }
-                        }
-                        Err(e) => proto::ServerFrame::Error(ApiError::bad_request(format!("bad frame: {e}")).body()),
-                    };
-                    if socket.send(frame(&reply)).await.is_err() {
-                        return;
-                    }
+            incoming = socket.recv() => {
+                if matches!(incoming, Some(Ok(_))) {
+                    heard = tokio::time::Instant::now();
                 }
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            },
+                match incoming {
+                    Some(Ok(WsMessage::Text(text))) => {
+                        let reply = match serde_json::from_str::<proto::ClientFrame>(&text) {
+                            Ok(proto::ClientFrame::Ack(a)) => {
+                                match blocking_write(&state, move |s| s.ack(device, a.up_to)).await {
+                                    Ok(removed) => proto::ServerFrame::Acked(proto::AckResponse { up_to: a.up_to, removed }),
+                                    Err(e) => proto::ServerFrame::Error(e.body()),
+                                }
+                            }
+                            Err(e) => proto::ServerFrame::Error(ApiError::bad_request(format!("bad frame: {e}")).body()),
+                        };
+                        if socket.send(frame(&reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
         }
     }
 }
