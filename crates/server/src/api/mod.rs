@@ -56,11 +56,12 @@ const MAX_PAGE: u32 = 500;
 const MAX_CONCURRENT_WRITES: usize = 128;
 /// Page size on the WebSocket: small, so a slow reader holds little server memory.
 const LIVE_PAGE: u32 = 16;
+/// Bytes of one WebSocket page (a single larger message still goes alone).
 const LIVE_PAGE_BYTES: usize = 256 * 1024;
 /// Live connections one device may hold at once.
 const MAX_LIVE_PER_DEVICE: usize = 4;
-/// How often a live connection is pinged, at most: the answers keep it from counting as
-/// idle, and a peer that stopped answering is dropped by the idle timeout.
+/// How often a live connection is pinged, at most (a third of the idle timeout if that is
+/// shorter): a peer that answers nothing for four pings is gone and its socket is closed.
 const LIVE_PING: std::time::Duration = std::time::Duration::from_secs(30);
 /// KiB of JSON request bodies buffered at once, over all connections (64 MiB).
 static BUFFERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64 * 1024);
