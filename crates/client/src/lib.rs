@@ -648,7 +648,14 @@ impl Client {
             .filter(|c| {
                 !(address == &self.me.device.address && c.device_id == self.me.device.device_id)
             })
-            .map(|c| mls::validate_key_package(&p, &c.key_package.0, address, Some(c.device_id)))
+            .map(|c| {
+                // What the server hands out and fails verification is the server's doing.
+                mls::validate_key_package(&p, &c.key_package.0, address, Some(c.device_id)).map_err(
+                    |e| {
+                        Error::Untrusted(format!("the server offered a bad key for {address}: {e}"))
+                    },
+                )
+            })
             .collect::<Result<_, _>>()?;
         if let Some(k) = packages.iter().find(|k| !list.lists(k.signature_key())) {
             return Err(Error::Untrusted(format!(

@@ -205,3 +205,24 @@ fn listen_waits_for_a_server_that_is_down_when_it_starts() {
     alice.send(&bob.address, "once the server is back");
     assert_eq!(common::listened_texts(listener), vec!["once the server is back"]);
 }
+
+#[test]
+fn a_key_package_for_someone_else_is_refused_as_untrusted() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let eve = User::register("eve", &server, "");
+    let (bob_dev, eve_dev) = (
+        bob.ok(&["whoami"])["device_id"].as_u64().expect("id"),
+        eve.ok(&["whoami"])["device_id"].as_u64().expect("id"),
+    );
+    // The server hands out eve's key packages as bob's.
+    let db = rusqlite::Connection::open(server.data.join("sotto.db")).expect("server db");
+    db.execute(
+        "UPDATE key_packages SET data = (SELECT data FROM key_packages WHERE device_id = ?2 LIMIT 1)
+         WHERE device_id = ?1",
+        [bob_dev, eve_dev],
+    )
+    .expect("swap");
+    assert_eq!(alice.err(&["send", &bob.address, "for bob only"]), "untrusted");
+}
