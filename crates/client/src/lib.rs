@@ -734,6 +734,13 @@ impl Client {
             .filter(|(id, ..)| lower.len() >= 4 && hex::encode(id).starts_with(&lower))
             .map(|r| r.0.clone())
             .collect();
+        // A name that is also the start of another chat's id is ambiguous: someone could name
+        // a group after the id of a chat they know, to catch what is meant for it.
+        if !exact.is_empty() && by_prefix.iter().any(|id| !exact.contains(id)) {
+            exact.extend(
+                by_prefix.iter().filter(|id| !exact.contains(id)).cloned().collect::<Vec<_>>(),
+            );
+        }
         for candidates in [exact, by_prefix] {
             match candidates.len() {
                 0 => continue,

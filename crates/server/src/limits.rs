@@ -68,6 +68,18 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
+/// The address limits count against: an IPv4 address (also when written IPv4-mapped), or an
+/// IPv6 address's /64 (one subscriber usually has a whole /64).
+pub(crate) fn address_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+        v4 => v4,
+    }
+}
+
 /// How a listener bounds its connections.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionLimits {
@@ -131,6 +143,7 @@ impl CappedListener {
                         inner: stream,
                         idle,
                         deadline,
+                        abort: Abort::default(),
                         _permit: permit,
                         _slot: slot,
                     };
@@ -150,6 +163,7 @@ impl CappedListener {
         if self.limits.trusted.contains(&ip) {
             return Some(None);
         }
+        let ip = address_bucket(ip);
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let count = map.entry(ip).or_insert(0);
         if *count >= self.limits.per_ip.max(1) {
@@ -190,8 +204,37 @@ pub(crate) struct CappedStream {
     inner: TcpStream,
     idle: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    abort: Abort,
     _permit: OwnedSemaphorePermit,
     _slot: Option<IpSlot>,
+}
+
+/// Set when the server has given up on a connection's peer (it stopped reading): the
+/// connection is then reset when closed, instead of leaving the kernel holding what it could
+/// not send for as long as the peer keeps its end open.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Abort(Arc<std::sync::atomic::AtomicBool>);
+
+impl Abort {
+    /// Resets the connection when it closes.
+    pub(crate) fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for CappedStream {
+    fn drop(&mut self) {
+        if self.abort.0.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = socket2::SockRef::from(&self.inner).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+impl CappedStream {
+    /// The handle that makes this connection reset when it closes.
+    pub(crate) fn abort_handle(&self) -> Abort {
+        self.abort.clone()
+    }
 }
 
 impl CappedStream {
@@ -199,10 +242,14 @@ impl CappedStream {
     fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match poll {
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connection idle for too long",
-                ))),
+                Poll::Ready(()) => {
+                    // A peer that moved nothing for this long is gone: reset, don't linger.
+                    self.abort.set();
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle for too long",
+                    )))
+                }
                 Poll::Pending => Poll::Pending,
             },
             ready => {
@@ -275,6 +322,19 @@ mod tests {
         let wait = limiter.check("a").expect_err("burst spent");
         assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(1), "{wait:?}");
         assert!(limiter.check("b").is_ok(), "keys are independent");
+    }
+
+    #[test]
+    fn addresses_are_counted_by_subscriber() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(address_bucket(ip("::ffff:1.1.1.1")), ip("1.1.1.1"));
+        assert_eq!(address_bucket(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            address_bucket(ip("2001:db8:1:2:ffff::9")),
+            address_bucket(ip("2001:db8:1:2::7"))
+        );
+        assert_ne!(address_bucket(ip("2001:db8:1:3::1")), address_bucket(ip("2001:db8:1:2::1")));
+        assert_eq!(address_bucket(ip("10.0.0.1")), ip("10.0.0.1"));
     }
 
     #[test]

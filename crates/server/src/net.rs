@@ -98,10 +98,12 @@ pub async fn serve(
             accepted = listener.accept_capped() => accepted,
             () = &mut shutdown => break,
         };
+        let abort = stream.abort_handle();
         let service = {
             let app = app.clone();
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(axum::extract::ConnectInfo(PeerAddr(peer)));
+                req.extensions_mut().insert(abort.clone());
                 app.clone().oneshot(req.map(axum::body::Body::new))
             })
         };

@@ -340,17 +340,9 @@ fn a_trusted_proxy_names_the_client_for_per_address_limits() {
 
 #[test]
 fn live_sockets_that_never_answer_are_closed_and_free_their_place() {
-    use tungstenite::client::IntoClientRequest as _;
     let server = Server::start(&["--registration", "open", "--idle-timeout", "3s"]);
     let (_, token, _) = api_device(&server, "silent@localhost", None);
-    let connect = || {
-        let mut request =
-            format!("ws://{}/v1/ws", server.addr()).into_client_request().expect("request");
-        request
-            .headers_mut()
-            .insert("Authorization", format!("Bearer {token}").parse().expect("header"));
-        tungstenite::connect(request)
-    };
+    let connect = || live_socket(&server, &token);
     // Four sockets (the most a device may hold) that never read, so never answer a ping.
     let silent: Vec<_> = (0..4).map(|_| connect().expect("websocket").0).collect();
     assert!(connect().is_err(), "a fifth is refused while four are held");
@@ -358,4 +350,96 @@ fn live_sockets_that_never_answer_are_closed_and_free_their_place() {
     // The server gave up on them (its pings went unanswered), so their places are free.
     let fresh = connect().expect("a new socket once the silent ones are closed");
     drop((silent, fresh));
+}
+
+/// Sockets of the server on `port` in state FIN_WAIT1: closed by the server, their unsent data
+/// still held by the kernel.
+fn closing_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "04"
+        })
+        .count()
+}
+
+#[test]
+fn a_reader_given_up_on_is_reset_not_left_to_the_kernel() {
+    let server = Server::start(&["--registration", "open", "--idle-timeout", "3s"]);
+    let (slow, slow_token, _) = api_device(&server, "stalled@localhost", None);
+    let (_, token, _) = api_device(&server, "sender@localhost", None);
+    common::start_group(&server, &token, b"flood", &[slow], b"w");
+    let blob = b64(&vec![9u8; 256 * 1024]);
+    let body = json!({"group_id": b64(b"flood"), "kind": "application", "epoch": 1,
+                      "delivery": {"recipients": [slow], "message": blob}})
+    .to_string();
+    for _ in 0..64 {
+        assert_eq!(server.http("POST", "/v1/messages", Some(&token), &body).0, 200);
+    }
+    // Connect, never read, keep the socket open: the server's sends stall, it gives up.
+    let (socket, _) = live_socket(&server, &slow_token).expect("websocket");
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        closing_sockets(server.port()),
+        0,
+        "a connection the server gave up on still holds its unsent data in the kernel"
+    );
+    drop(socket);
+}
+
+#[test]
+fn bodies_announced_without_a_token_cannot_hold_up_members() {
+    use std::io::Write as _;
+    let server = Server::start(&["--registration", "open", "--max-connections-per-ip", "2000"]);
+    let (bob, _, _) = api_device(&server, "bob@localhost", None);
+    let (_, token, _) = api_device(&server, "alice@localhost", None);
+    common::start_group(&server, &token, b"g", &[bob], b"w");
+    // 520 connections without a token each announce most of a link request and send none
+    // of it: together more than every budget for bodies in flight.
+    let held: Vec<_> = (0..520)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(server.addr()).expect("connect");
+            s.write_all(
+                b"POST /v1/links HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 131000\r\n\r\n",
+            )
+            .expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Members still log in and send, large messages included, without waiting.
+    let started = std::time::Instant::now();
+    let (_, other, _) = api_device(&server, "carol@localhost", None);
+    let large = json!({"group_id": b64(b"g"), "kind": "application", "epoch": 1,
+                       "delivery": {"recipients": [bob], "message": b64(&vec![1u8; 100_000])}});
+    let answer = server.http_within(
+        "POST",
+        "/v1/messages",
+        Some(&token),
+        &large.to_string(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(answer.map(|(s, _)| s), Some(200), "a member's large message was held up");
+    assert!(!other.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    drop(held);
+}
+
+type LiveSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+/// Opens a device's live connection (`GET /v1/ws`), to be left unread.
+fn live_socket(
+    server: &Server,
+    token: &str,
+) -> tungstenite::Result<(LiveSocket, tungstenite::handshake::client::Response)> {
+    use tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("ws://{}/v1/ws", server.addr()).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().expect("a valid header value"));
+    tungstenite::connect(request)
 }

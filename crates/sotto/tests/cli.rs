@@ -45,10 +45,12 @@ fn exact_names_win_and_ambiguous_ones_are_refused_with_the_candidates() {
     let carol = User::register("carol", &server, "");
     let first = alice.ok(&["group", "create", "first", "--members", &carol.address]);
     let first_id = first["id"].as_str().expect("id").to_string();
-    // A group named like the start of another group's id: the name wins.
+    // A group named like the start of another group's id: neither wins, both are named.
     let prefix = &first_id[..6];
     let named = alice.ok(&["group", "create", prefix, "--members", &carol.address]);
-    let sent = alice.ok(&["send", "--group", prefix, "to the group named by the prefix"]);
+    assert_eq!(alice.err(&["send", "--group", prefix, "which one?"]), "ambiguous_chat");
+    let named_id = named["id"].as_str().expect("id");
+    let sent = alice.ok(&["send", "--group", named_id, "to the group named by the prefix"]);
     assert_eq!(sent["chat"], named["id"], "{sent}");
     // A group named like a contact's address, beside the direct chat with that contact.
     alice.send(&carol.address, "direct");

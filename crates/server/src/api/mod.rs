@@ -63,13 +63,22 @@ const MAX_LIVE_PER_DEVICE: usize = 4;
 /// How often a live connection is pinged, at most (a third of the idle timeout if that is
 /// shorter): a peer that answers nothing for four pings is gone and its socket is closed.
 const LIVE_PING: std::time::Duration = std::time::Duration::from_secs(30);
-/// KiB of JSON request bodies buffered at once, over all connections (64 MiB).
+/// KiB of JSON request bodies buffered at once from authenticated devices (64 MiB), and
+/// from requests without a token (16 MiB): the two budgets are apart, so no one without an
+/// account can hold up the members' requests. Bodies announced at [`UNBUDGETED`] or less
+/// take nothing from either (the connection caps bound them).
 static BUFFERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64 * 1024);
-/// Largest body of a route that needs no token.
-const SMALL_BODY: usize = 128 * 1024;
+static PUBLIC_BUFFERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16 * 1024);
+const UNBUDGETED: usize = 16 * 1024;
+/// Largest bodies of routes that need no token: logging in, registering or recovering,
+/// opening a link (whose sealed request is up to 64 KiB).
+const LOGIN_BODY: usize = 4 * 1024;
+const SMALL_BODY: usize = 16 * 1024;
+const LINK_BODY: usize = 128 * 1024;
 /// How long a JSON request body may take to arrive.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long one WebSocket send may take before the reader counts as gone.
+/// How long one WebSocket send may take before the reader counts as gone (at most; the idle
+/// timeout if that is shorter).
 const LIVE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Wakes WebSocket connections of devices whose queue received something.
@@ -328,8 +337,14 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .unwrap_or(MAX_BODY);
         let kib = u32::try_from(announced.min(MAX_BODY) / 1024 + 1).unwrap_or(u32::MAX);
+        let budget = if req.extensions().get::<Authenticated>().is_some() {
+            &BUFFERING
+        } else {
+            &PUBLIC_BUFFERING
+        };
         let read = async {
-            let _permit = BUFFERING.acquire_many(kib).await;
+            let _permit =
+                if announced > UNBUDGETED { Some(budget.acquire_many(kib).await) } else { None };
             Json::<T>::from_request(req, state).await
         };
         let Ok(parsed) = tokio::time::timeout(BODY_TIMEOUT, read).await else {
@@ -403,7 +418,12 @@ impl FromRequestParts<Shared> for MaybeDevice {
     }
 }
 
-fn authenticate(parts: &Parts, state: &Shared) -> Result<u64, ApiError> {
+/// Marks a request whose token was verified (its body then counts against the members'
+/// buffering budget).
+#[derive(Debug, Clone, Copy)]
+struct Authenticated;
+
+fn authenticate(parts: &mut Parts, state: &Shared) -> Result<u64, ApiError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
@@ -418,6 +438,7 @@ fn authenticate(parts: &Parts, state: &Shared) -> Result<u64, ApiError> {
         .verify(token, unix_now())
         .ok_or_else(|| ApiError::unauthorized("unknown or expired token"))?;
     state.device_rate.check(device).map_err(|wait| ApiError::rate_limited("requests", wait))?;
+    parts.extensions.insert(Authenticated);
     Ok(device)
 }
 
@@ -470,8 +491,8 @@ fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::Method
     vec![
         ("/v1/info", &["GET"], get(info)),
         ("/v1/register", &["POST"], post(register).layer(DefaultBodyLimit::max(SMALL_BODY))),
-        ("/v1/auth/challenge", &["POST"], post(challenge).layer(DefaultBodyLimit::max(SMALL_BODY))),
-        ("/v1/auth/token", &["POST"], post(token).layer(DefaultBodyLimit::max(SMALL_BODY))),
+        ("/v1/auth/challenge", &["POST"], post(challenge).layer(DefaultBodyLimit::max(LOGIN_BODY))),
+        ("/v1/auth/token", &["POST"], post(token).layer(DefaultBodyLimit::max(LOGIN_BODY))),
         ("/v1/keypackages", &["POST", "GET"], post(upload_key_packages).get(key_package_stock)),
         ("/v1/keypackages/claim", &["POST"], post(claim_key_packages)),
         ("/v1/users/{address}/devices", &["GET"], get(devices::list)),
@@ -484,7 +505,7 @@ fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::Method
         ),
         ("/v1/wipe", &["GET"], get(devices::pending_wipe)),
         ("/v1/wipe/confirm", &["POST"], post(devices::confirm_wipe)),
-        ("/v1/links", &["POST"], post(devices::open_link).layer(DefaultBodyLimit::max(SMALL_BODY))),
+        ("/v1/links", &["POST"], post(devices::open_link).layer(DefaultBodyLimit::max(LINK_BODY))),
         ("/v1/links/{id}", &["GET", "POST"], get(devices::get_link).post(devices::reply_link)),
         ("/v1/recover", &["POST"], post(devices::recover).layer(DefaultBodyLimit::max(SMALL_BODY))),
         ("/v1/blobs", &["POST"], post(blobs::create)),
@@ -557,7 +578,8 @@ fn client_ip(state: &Shared, peer: IpAddr, headers: &axum::http::HeaderMap) -> I
     nearest
 }
 
-/// The client's IP address (see [`client_ip`]), for limits per address.
+/// The client's address as limits count it (see [`client_ip`] and
+/// [`crate::limits::address_bucket`]).
 pub(crate) struct ClientIp(IpAddr);
 
 impl FromRequestParts<Shared> for ClientIp {
@@ -569,7 +591,7 @@ impl FromRequestParts<Shared> for ClientIp {
             .get::<ConnectInfo<PeerAddr>>()
             .map(|c| c.0.0.ip())
             .ok_or_else(|| ApiError::internal("no peer address", &"missing ConnectInfo"))?;
-        Ok(ClientIp(client_ip(state, peer, &parts.headers)))
+        Ok(ClientIp(crate::limits::address_bucket(client_ip(state, peer, &parts.headers))))
     }
 }
 
@@ -957,8 +979,10 @@ impl Drop for LiveSlot {
 async fn websocket(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
+    abort: Option<axum::Extension<crate::limits::Abort>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let abort = abort.map(|a| a.0).unwrap_or_default();
     let Some(slot) = LiveSlot::take(&state, device) else {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -972,7 +996,12 @@ async fn websocket(
     // send small acknowledgement frames; messages go out as they are written.
     upgrade.max_message_size(64 * 1024).read_buffer_size(4 * 1024).write_buffer_size(0).on_upgrade(
         move |socket| async move {
-            live_delivery(state, device, socket).await;
+            let mut socket = socket;
+            // Set before the socket is dropped: dropping it closes the connection.
+            if live_delivery(state, device, &mut socket).await == Ending::PeerGone {
+                abort.set();
+            }
+            drop(socket);
             drop(slot);
         },
     )
@@ -982,9 +1011,19 @@ fn frame(f: &proto::ServerFrame) -> WsMessage {
     WsMessage::Text(serde_json::to_string(f).unwrap_or_default().into())
 }
 
+/// How a live connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Closed by either side, or by the server for its own reasons.
+    Done,
+    /// The peer stopped reading or answering: the connection is reset, so the kernel does
+    /// not keep what it could not send.
+    PeerGone,
+}
+
 /// Streams a device's queue over a WebSocket: everything queued, then each new message as it
 /// arrives. Messages stay queued until the client acknowledges them.
-async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
+async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> Ending {
     let mut wake = state.notifier.subscribe(device);
     let mut stopping = state.stopping.clone();
     let mut sent = 0u64;
@@ -994,17 +1033,19 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
     // When the client last sent anything (its WebSocket library answers pings by itself): a
     // peer silent for four pings is gone, even if its kernel still takes what is sent.
     let mut heard = tokio::time::Instant::now();
+    let send_timeout =
+        LIVE_SEND_TIMEOUT.min(std::time::Duration::from_secs(state.config.idle_timeout_secs));
     loop {
         if state.is_revoked(device) {
             let _ = socket.send(frame(&proto::ServerFrame::Error(revoked_error().body()))).await;
-            return;
+            return Ending::Done;
         }
         if *stopping.borrow_and_update() {
             // Going away (1001): clients reconnect to the next instance.
             let close =
                 axum::extract::ws::CloseFrame { code: 1001, reason: "server shutting down".into() };
             let _ = socket.send(WsMessage::Close(Some(close))).await;
-            return;
+            return Ending::Done;
         }
         wake.borrow_and_update();
         let not_before = unix_now().saturating_sub(state.config.message_ttl_secs);
@@ -1016,7 +1057,7 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
             Ok(page) => page,
             Err(e) => {
                 let _ = socket.send(frame(&proto::ServerFrame::Error(e.body()))).await;
-                return;
+                return Ending::Done;
             }
         };
         for (seq, message) in messages {
@@ -1024,9 +1065,10 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
             let f =
                 proto::ServerFrame::Message(proto::QueuedMessage { seq, message: Bytes(message) });
             // A reader that takes no data for this long is gone; its messages stay queued.
-            match tokio::time::timeout(LIVE_SEND_TIMEOUT, socket.send(frame(&f))).await {
+            match tokio::time::timeout(send_timeout, socket.send(frame(&f))).await {
                 Ok(Ok(())) => {}
-                _ => return,
+                Ok(Err(_)) => return Ending::Done,
+                Err(_) => return Ending::PeerGone,
             }
         }
         if more || wake.has_changed().unwrap_or(false) {
@@ -1035,16 +1077,17 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
         tokio::select! {
             _ = ping.tick() => {
                 if heard.elapsed() > every * 4 {
-                    return;
+                    return Ending::PeerGone;
                 }
                 let ping = WsMessage::Ping(Default::default());
-                match tokio::time::timeout(LIVE_SEND_TIMEOUT, socket.send(ping)).await {
+                match tokio::time::timeout(send_timeout, socket.send(ping)).await {
                     Ok(Ok(())) => {}
-                    _ => return,
+                    Ok(Err(_)) => return Ending::Done,
+                    Err(_) => return Ending::PeerGone,
                 }
             }
-            stop = stopping.changed() => if stop.is_err() { return },
-            changed = wake.changed() => if changed.is_err() { return },
+            stop = stopping.changed() => if stop.is_err() { return Ending::Done },
+            changed = wake.changed() => if changed.is_err() { return Ending::Done },
             incoming = socket.recv() => {
                 if matches!(incoming, Some(Ok(_))) {
                     heard = tokio::time::Instant::now();
@@ -1061,10 +1104,10 @@ async fn live_delivery(state: Shared, device: u64, mut socket: WebSocket) {
                             Err(e) => proto::ServerFrame::Error(ApiError::bad_request(format!("bad frame: {e}")).body()),
                         };
                         if socket.send(frame(&reply)).await.is_err() {
-                            return;
+                            return Ending::Done;
                         }
                     }
-                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return Ending::Done,
                     Some(Ok(_)) => {}
                 }
             }
