@@ -26,7 +26,15 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
 /// cursor, set titles, change colours or rewrite the line) and the marks that reorder text.
 fn unsafe_on_terminal(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            // Bidirectional marks, overrides and isolates: they reorder what follows.
+            '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            // Line and paragraph separators (some terminals break lines at them), and
+            // invisible characters that make two texts look alike (the zero-width joiners
+            // stay: emoji sequences and several scripts need them).
+            | '\u{2028}' | '\u{2029}' | '\u{200b}' | '\u{2060}' | '\u{feff}'
+        )
 }
 
 /// Text another user wrote, made safe to print on one line: every control character, escape
@@ -95,6 +103,9 @@ mod terminal_tests {
             "\u{fffd}[31mred\u{fffd}]0;title\u{fffd}\u{fffd}over\u{fffd}2J\u{fffd}txt.exe\u{fffd}"
         );
         assert_eq!(terminal_line("team\nname"), "team\u{fffd}name");
+        assert_eq!(terminal_line("a\u{2028}b\u{200b}c\u{feff}"), "a\u{fffd}b\u{fffd}c\u{fffd}");
         assert_eq!(terminal_text("plain text, ünïcode ✓"), "plain text, ünïcode ✓");
+        let family = "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}";
+        assert_eq!(terminal_text(family), family, "emoji sequences keep their joiners");
     }
 }
