@@ -736,10 +736,10 @@ impl Client {
             .collect();
         // A name that is also the start of another chat's id is ambiguous: someone could name
         // a group after the id of a chat they know, to catch what is meant for it.
-        if !exact.is_empty() && by_prefix.iter().any(|id| !exact.contains(id)) {
-            exact.extend(
-                by_prefix.iter().filter(|id| !exact.contains(id)).cloned().collect::<Vec<_>>(),
-            );
+        let also_prefix: Vec<Vec<u8>> =
+            by_prefix.iter().filter(|id| !exact.contains(id)).cloned().collect();
+        if !exact.is_empty() {
+            exact.extend(also_prefix);
         }
         for candidates in [exact, by_prefix] {
             match candidates.len() {

@@ -8,6 +8,11 @@ use std::process::{Command, Stdio};
 
 use common::{Server, User, client};
 
+/// The JSON a `sotto --json` run printed.
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("one JSON document on stdout")
+}
+
 /// Runs `sotto ARGS` in `user`'s home without --json; returns stdout, stderr and success.
 fn human(user: &User, args: &[&str]) -> (String, String, bool) {
     let out = client().arg("--home").arg(&user.home).args(args).output().expect("run sotto");
@@ -57,7 +62,7 @@ fn exact_names_win_and_ambiguous_ones_are_refused_with_the_candidates() {
     alice.ok(&["group", "create", &carol.address, "--members", &carol.address]);
     let out = alice.run(&["history", &carol.address]);
     assert!(!out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = json_of(&out);
     assert_eq!(v["error"]["code"], "ambiguous_chat", "{v}");
     let message = v["error"]["message"].as_str().expect("message");
     assert_eq!(message.matches(", ").count() + 1, 2, "both candidates are named: {message}");
@@ -99,7 +104,7 @@ fn mistakes_are_worded_for_people() {
     let alice = User::register("alice", &server, "");
     // A used home.
     let out = alice.run(&["register", "other@localhost", "--server", &server.url]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = json_of(&out);
     assert_eq!(v["error"]["code"], "already_registered");
     let message = v["error"]["message"].as_str().expect("message");
     assert!(
@@ -114,7 +119,7 @@ fn mistakes_are_worded_for_people() {
         .args(["--json", "--passphrase-file", "/no/such/passphrase", "whoami"])
         .output()
         .expect("run");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = json_of(&out);
     assert_eq!(v["error"]["code"], "io", "{v}");
     // Text on standard input that is not UTF-8.
     let mut child = client()
@@ -127,11 +132,11 @@ fn mistakes_are_worded_for_people() {
         .expect("run");
     child.stdin.take().expect("stdin").write_all(b"\xff\xfe not text").expect("write");
     let out = child.wait_with_output().expect("wait");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = json_of(&out);
     assert_eq!(v["error"]["code"], "invalid_input", "{v}");
     // An unknown device names the command that lists them.
     let out = alice.run(&["devices", "revoke", "999"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = json_of(&out);
     assert!(
         v["error"]["message"].as_str().is_some_and(|m| m.contains("`sotto devices list`")),
         "{v}"
@@ -156,7 +161,7 @@ fn the_member_who_changes_a_group_sees_it_too() {
     let server = Server::start(&["--registration", "open"]);
     let alice = User::register("alice", &server, "");
     let bob = User::register("bob", &server, "");
-    let carol = User::register("carol", &server, "");
+    let _carol = User::register("carol", &server, "");
     alice.ok(&["group", "create", "team", "--members", "bob@localhost,carol@localhost"]);
     alice.ok(&["group", "remove", "team", "carol@localhost"]);
     let seen = events(&alice, "team");
@@ -173,7 +178,6 @@ fn the_member_who_changes_a_group_sees_it_too() {
     alice.sync();
     let seen = events(&alice, "team");
     assert!(seen.iter().any(|e| e == "bob@localhost left"), "{seen:?}");
-    drop(carol);
 }
 
 #[test]
