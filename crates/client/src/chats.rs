@@ -1,0 +1,250 @@
+//! Chats: finding one by name or id, listing them, and their history.
+
+use std::collections::BTreeSet;
+
+use rusqlite::{OptionalExtension, params};
+use sotto_core::Address;
+use sotto_core::account::DeviceList;
+use sotto_core::content::Body;
+use sotto_core::mls::{self};
+
+use crate::db;
+use crate::*;
+
+impl Client {
+    pub(crate) fn chat_row(&self, group_id: &[u8]) -> Result<ChatRow, Error> {
+        self.conn
+            .query_row(
+                "SELECT kind, name, peer, state FROM chats WHERE group_id = ?1",
+                [group_id],
+                |r| {
+                    Ok(ChatRow {
+                        kind: r.get(0)?,
+                        name: r.get(1)?,
+                        peer: r.get(2)?,
+                        state: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| Error::UnknownChat(hex::encode(group_id)))
+    }
+
+    /// Finds a chat by id, id prefix, group name, or (with `@`) the direct chat with an account.
+    pub(crate) fn resolve(&self, spec: &str) -> Result<Vec<u8>, Error> {
+        let spec = spec.trim();
+        let rows: Vec<(Vec<u8>, Option<String>, Option<String>)> = {
+            let mut stmt =
+                self.conn.prepare("SELECT group_id, name, peer FROM chats ORDER BY created_at")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let lower = spec.to_ascii_lowercase();
+        if let Some((id, ..)) = rows.iter().find(|(id, ..)| hex::encode(id) == lower) {
+            return Ok(id.clone());
+        }
+        // Exact names come first: a group's name, or the address of a direct chat.
+        let mut exact: Vec<Vec<u8>> = rows
+            .iter()
+            .filter(|(_, n, _)| n.as_deref() == Some(spec))
+            .map(|r| r.0.clone())
+            .collect();
+        if let Ok(peer) = spec.parse::<Address>()
+            && let Some(direct) = self.direct_chat(&peer)?
+            && !exact.contains(&direct)
+        {
+            exact.push(direct);
+        }
+        let by_prefix: Vec<Vec<u8>> = rows
+            .iter()
+            .filter(|(id, ..)| lower.len() >= 4 && hex::encode(id).starts_with(&lower))
+            .map(|r| r.0.clone())
+            .collect();
+        // A name that is also the start of another chat's id is ambiguous: someone could name
+        // a group after the id of a chat they know, to catch what is meant for it.
+        let also_prefix: Vec<Vec<u8>> =
+            by_prefix.iter().filter(|id| !exact.contains(id)).cloned().collect();
+        if !exact.is_empty() {
+            exact.extend(also_prefix);
+        }
+        for candidates in [exact, by_prefix] {
+            match candidates.len() {
+                0 => continue,
+                1 => return Ok(candidates[0].clone()),
+                _ => {
+                    let names = candidates
+                        .iter()
+                        .filter_map(|id| rows.iter().find(|r| &r.0 == id))
+                        .map(|(id, name, peer)| {
+                            let label = name.clone().or_else(|| peer.clone()).unwrap_or_default();
+                            format!("{} {label}", hex::encode(id))
+                        })
+                        .collect();
+                    return Err(Error::AmbiguousChat(spec.into(), names));
+                }
+            }
+        }
+        Err(Error::UnknownChat(spec.into()))
+    }
+
+    /// The active direct chat with `peer`. If both sides created one at once, both settle
+    /// on the one with the smallest id.
+    ///
+    /// A chat whose only devices of `peer` are no longer in its signed device list (the peer
+    /// recovered the account on a new device) is passed over for one that reaches it.
+    pub(crate) fn direct_chat(&self, peer: &Address) -> Result<Option<Vec<u8>>, Error> {
+        let candidates: Vec<Vec<u8>> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT group_id FROM chats WHERE kind = 'direct' AND peer = ?1 AND state = 'active'
+                 ORDER BY group_id",
+            )?;
+            let rows = stmt.query_map([peer.as_str()], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let listed =
+            db::pinned_list(&self.conn, peer.as_str())?.and_then(|l| DeviceList::verify(&l).ok());
+        let Some(listed) = listed else { return Ok(candidates.into_iter().next()) };
+        let p = db::provider(&self.conn);
+        for id in &candidates {
+            let reaches = mls::member_keys(&p, id)?
+                .iter()
+                .any(|(d, k)| &d.address == peer && listed.lists(k));
+            if reaches {
+                return Ok(Some(id.clone()));
+            }
+        }
+        Ok(candidates.into_iter().next())
+    }
+
+    pub(crate) fn require_active(&self, group_id: &[u8]) -> Result<(), Error> {
+        match self.chat_row(group_id)?.state {
+            state if state == "active" => Ok(()),
+            state => Err(Error::NotActive(state)),
+        }
+    }
+
+    /// All chats, most recently active first; one entry per direct correspondent.
+    pub fn chats(&self) -> Result<Vec<ChatSummary>, Error> {
+        let rows: Vec<(Vec<u8>, Option<String>)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT c.group_id, CASE WHEN c.kind = 'direct' THEN c.peer END FROM chats c
+                 ORDER BY COALESCE((SELECT MAX(m.id) FROM messages m WHERE m.group_id = c.group_id), 0) DESC,
+                          c.created_at DESC",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut peers = BTreeSet::new();
+        let mut out = Vec::new();
+        for (id, peer) in rows {
+            let id = match peer {
+                Some(p) if !peers.insert(p.clone()) => continue,
+                // The chat messages to this account go to, if there is an active one.
+                Some(p) => self.direct_chat(&p.parse()?)?.unwrap_or(id),
+                None => id,
+            };
+            out.push(self.chat_summary(&id)?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn chat_summary(&self, group_id: &[u8]) -> Result<ChatSummary, Error> {
+        let ChatRow { kind, name, peer, state } = self.chat_row(group_id)?;
+        let members = if state == "active" {
+            let p = db::provider(&self.conn);
+            let set: BTreeSet<String> =
+                mls::members(&p, group_id)?.into_iter().map(|d| d.address.to_string()).collect();
+            set.into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        let (messages, last): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT COUNT(*), MAX(m.sent_at) FROM messages m JOIN chats c ON c.group_id = m.group_id
+             WHERE m.kind = 'text' AND (m.group_id = ?1 OR (?2 IS NOT NULL AND c.kind = 'direct' AND c.peer = ?2))",
+            params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let timer: i64 = self.conn.query_row(
+            "SELECT timer_secs FROM chats WHERE group_id = ?1",
+            [group_id],
+            |r| r.get(0),
+        )?;
+        Ok(ChatSummary {
+            timer_secs: timer as u64,
+            id: hex::encode(group_id),
+            kind,
+            name,
+            peer,
+            state,
+            members,
+            messages: messages as u64,
+            last_message_at: last.map(|l| l as u64),
+        })
+    }
+
+    /// The messages of a chat, oldest first; at most the last `limit`.
+    ///
+    /// A direct chat's history covers every direct chat with the same account: when both sides
+    /// start one at the same moment there are two MLS groups, but one conversation.
+    pub fn history(&self, chat: &str, limit: usize) -> Result<Vec<MessageView>, Error> {
+        let group_id = self.resolve(chat)?;
+        let row = self.chat_row(&group_id)?;
+        let mut views = match (row.kind.as_str(), row.peer) {
+            ("direct", Some(peer)) => self.message_views(
+                "WHERE c.kind = 'direct' AND c.peer = ?1 ORDER BY m.id DESC LIMIT ?2",
+                params![peer, limit as i64],
+            )?,
+            _ => self.message_views(
+                "WHERE m.group_id = ?1 ORDER BY m.id DESC LIMIT ?2",
+                params![group_id, limit as i64],
+            )?,
+        };
+        views.reverse();
+        Ok(views)
+    }
+
+    pub(crate) fn message_views(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<MessageView>, Error> {
+        let sql = format!(
+            "SELECT m.group_id, c.kind, c.name, c.peer, m.msg_id, m.sender, m.kind, m.body,
+                    m.status, m.sent_at, m.received_at, m.attachment
+             FROM messages m JOIN chats c ON c.group_id = m.group_id {filter}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(args, |r| {
+            let group_id: Vec<u8> = r.get(0)?;
+            let kind: String = r.get(1)?;
+            let name: Option<String> = r.get(2)?;
+            let peer: Option<String> = r.get(3)?;
+            let chat_name = match (kind.as_str(), peer, name) {
+                ("direct", Some(p), _) => p,
+                (_, _, Some(n)) => n,
+                _ => "(unnamed group)".into(),
+            };
+            Ok(MessageView {
+                chat: hex::encode(group_id),
+                chat_name,
+                id: r.get(4)?,
+                sender: r.get(5)?,
+                kind: r.get(6)?,
+                body: r.get(7)?,
+                status: r.get(8)?,
+                sent_at: r.get::<_, i64>(9)? as u64,
+                received_at: r.get::<_, i64>(10)? as u64,
+                file: r.get::<_, Option<String>>(11)?.and_then(|a| file_info(&a)),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// What a stored attachment reference shows.
+pub(crate) fn file_info(attachment: &str) -> Option<FileInfo> {
+    match serde_json::from_str::<Body>(attachment).ok()? {
+        Body::File { name, size, media_type, .. } => Some(FileInfo { name, size, media_type }),
+        _ => None,
+    }
+}

@@ -1,0 +1,327 @@
+//! Groups: commits (creating, adding, removing, leaving, timers) and the events they show.
+
+use std::collections::BTreeSet;
+
+use rusqlite::params;
+use sotto_core::content::{Body, ChatKind};
+use sotto_core::mls::{self, CommitOutput, Identity, Provider};
+use sotto_core::{Address, DeviceRef};
+use sotto_proto::{self as proto, Bytes};
+
+use crate::db::{self, Storage};
+use crate::*;
+
+impl Client {
+    pub(crate) fn parse_addresses(&self, list: &[String]) -> Result<Vec<Address>, Error> {
+        let mut out: Vec<Address> = Vec::new();
+        for a in list {
+            let a: Address = a.parse()?;
+            if a == self.me.device.address {
+                return Err(Error::Invalid("you are always a member of your own chats".into()));
+            }
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes a commit with `make` and submits it; on a stale epoch rolls it back, catches up
+    /// and tries again. `make` returns the commit and the devices that get its welcome.
+    pub(crate) fn commit(
+        &mut self,
+        group_id: &[u8],
+        mut make: impl FnMut(
+            &Provider<Storage<'_>>,
+            &Identity,
+        ) -> Result<(CommitOutput, Vec<u64>), Error>,
+    ) -> Result<(), Error> {
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            match self.commit_once(group_id, &mut make)? {
+                true => return Ok(()),
+                false => {
+                    self.catch_up()?;
+                    self.require_active(group_id)?;
+                }
+            }
+        }
+        Err(Error::TooManyRetries)
+    }
+
+    /// One attempt: true if the server accepted the commit, false if the epoch was stale.
+    pub(crate) fn commit_once(
+        &mut self,
+        group_id: &[u8],
+        make: &mut impl FnMut(
+            &Provider<Storage<'_>>,
+            &Identity,
+        ) -> Result<(CommitOutput, Vec<u64>), Error>,
+    ) -> Result<bool, Error> {
+        let token = self.token()?;
+        // The transaction stays open across the submission: if the server refuses, dropping
+        // it rolls the pending commit back as if it had never been made.
+        let tx = begin(&self.conn)?;
+        let p = db::provider(&tx);
+        let recipients = self.recipients(&p, group_id)?;
+        let (out, welcome_to) = make(&p, &self.me)?;
+        let changes = mls::pending_changes(&p, group_id)?;
+        let removed = changes.removed.iter().chain(&changes.left).map(|d| d.device_id).collect();
+        let request = proto::SubmitRequest {
+            submission_id: None,
+            group_id: Bytes(group_id.to_vec()),
+            kind: proto::SubmitKind::Commit,
+            epoch: out.epoch,
+            delivery: proto::Delivery { recipients, message: Bytes(out.commit) },
+            welcome: out
+                .welcome
+                .filter(|_| !welcome_to.is_empty())
+                .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
+            removed,
+            expires_at: None,
+        };
+        match self.api.submit(request, &token) {
+            Ok(resp) => {
+                mls::merge_pending_commit(&p, group_id)?;
+                // The committer sees what its commit did, as every other member does.
+                let me = self.account.address.clone();
+                let present = mls::members(&p, group_id)?;
+                for (sender, text) in commit_events(&me, &me, &changes, &present, false) {
+                    tx.execute(
+                        "INSERT INTO messages (group_id, msg_id, sender, kind, body, status,
+                                               sent_at, received_at, reported)
+                         VALUES (?1, ?2, ?3, 'event', ?4, 'sent', ?5, ?5, 1)",
+                        params![
+                            group_id,
+                            format!("event-{}", random_hex(8)?),
+                            sender,
+                            text,
+                            now_ms() as i64
+                        ],
+                    )?;
+                }
+                tx.commit()?;
+                if !resp.dropped.is_empty() {
+                    self.touched.borrow_mut().dropped.insert(group_id.to_vec());
+                }
+                Ok(true)
+            }
+            Err(e) if e.is_stale_epoch() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a named group with the given members.
+    pub fn create_group(&mut self, name: &str, members: &[String]) -> Result<ChatSummary, Error> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::Invalid("a group name is 1 to 256 bytes".into()));
+        }
+        let addresses = self.parse_addresses(members)?;
+        let mut packages = self.own_devices()?;
+        for a in &addresses {
+            packages.extend(self.claim(a, None)?);
+        }
+        let group_id = self.new_group(ChatKind::Group, Some(name), None)?;
+        if !packages.is_empty() {
+            self.commit(&group_id, |p, me| {
+                let out = mls::add_members(p, &group_id, me, &packages)?;
+                Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
+            })?;
+        }
+        self.send_body(
+            &group_id,
+            Body::ChatInfo { kind: ChatKind::Group, name: Some(name.into()) },
+        )?;
+        self.chat_summary(&group_id)
+    }
+
+    pub(crate) fn group_info(&self, group_id: &[u8]) -> Result<Body, Error> {
+        let ChatRow { kind, name, .. } = self.chat_row(group_id)?;
+        let kind = if kind == "direct" { ChatKind::Direct } else { ChatKind::Group };
+        Ok(Body::ChatInfo { kind, name })
+    }
+
+    /// Adds accounts to a group. They read messages sent from now on, not earlier ones.
+    pub fn add_members(&mut self, chat: &str, members: &[String]) -> Result<ChatSummary, Error> {
+        let group_id = self.resolve(chat)?;
+        self.require_active(&group_id)?;
+        let addresses = self.parse_addresses(members)?;
+        let current: BTreeSet<Address> = mls::members(&db::provider(&self.conn), &group_id)?
+            .into_iter()
+            .map(|d| d.address)
+            .collect();
+        if let Some(a) = addresses.iter().find(|a| current.contains(*a)) {
+            return Err(Error::Invalid(format!("{a} is already a member")));
+        }
+        let mut packages = Vec::new();
+        for a in &addresses {
+            packages.extend(self.claim(a, None)?);
+        }
+        self.commit(&group_id, |p, me| {
+            let out = mls::add_members(p, &group_id, me, &packages)?;
+            Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
+        })?;
+        let info = self.group_info(&group_id)?;
+        self.send_body(&group_id, info)?;
+        self.chat_summary(&group_id)
+    }
+
+    /// Sets a chat's disappearing-message timer (0 turns it off). Every member's devices
+    /// learn it in-band and delete each later message that long after it was sent.
+    pub fn set_timer(&mut self, chat: &str, seconds: u64) -> Result<ChatSummary, Error> {
+        if seconds > sotto_core::content::MAX_TIMER_SECS {
+            return Err(Error::Invalid("a timer is at most a year".into()));
+        }
+        let group_id = self.resolve(chat)?;
+        self.send_body(&group_id, Body::Timer { seconds })?;
+        let me = self.account.address.clone();
+        self.conn.execute(
+            "UPDATE chats SET timer_secs = ?1 WHERE group_id = ?2",
+            params![seconds as i64, group_id],
+        )?;
+        self.conn.execute(
+            "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
+                                   received_at, reported)
+             VALUES (?1, ?2, ?3, 'event', ?4, 'sent', ?5, ?5, 1)",
+            params![
+                group_id,
+                format!("event-{}", random_hex(8)?),
+                me,
+                timer_event(&me, seconds),
+                now_ms() as i64
+            ],
+        )?;
+        self.chat_summary(&group_id)
+    }
+
+    /// Deletes every message whose disappearing-message time has come.
+    pub(crate) fn purge_expired(&self) -> Result<usize, Error> {
+        Ok(self.conn.execute(
+            "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            [now_ms() as i64],
+        )?)
+    }
+
+    /// Removes accounts from a group; they cannot read anything sent afterwards.
+    pub fn remove_members(&mut self, chat: &str, members: &[String]) -> Result<ChatSummary, Error> {
+        let group_id = self.resolve(chat)?;
+        self.require_active(&group_id)?;
+        let addresses = self.parse_addresses(members)?;
+        if addresses.is_empty() {
+            return Err(Error::Invalid("name at least one member to remove".into()));
+        }
+        self.commit(&group_id, |p, me| {
+            Ok((mls::remove_accounts(p, &group_id, me, &addresses)?, Vec::new()))
+        })?;
+        self.chat_summary(&group_id)
+    }
+
+    /// Leaves a chat: proposes this device's removal (the next member to sync commits it)
+    /// and deletes the chat's keys here.
+    pub fn leave(&mut self, chat: &str) -> Result<ChatSummary, Error> {
+        let group_id = self.resolve(chat)?;
+        self.require_active(&group_id)?;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let token = self.token()?;
+            let tx = begin(&self.conn)?;
+            let p = db::provider(&tx);
+            let recipients = self.recipients(&p, &group_id)?;
+            let (epoch, proposal) = mls::leave(&p, &group_id, &self.me)?;
+            let request = proto::SubmitRequest {
+                submission_id: None,
+                group_id: Bytes(group_id.clone()),
+                kind: proto::SubmitKind::Proposal,
+                epoch,
+                delivery: proto::Delivery { recipients, message: Bytes(proposal) },
+                welcome: None,
+                removed: Vec::new(),
+                expires_at: None,
+            };
+            match self.api.submit(request, &token) {
+                Ok(_) => {
+                    mls::delete_group(&p, &group_id)?;
+                    tx.execute("UPDATE chats SET state = 'left' WHERE group_id = ?1", [&group_id])?;
+                    tx.commit()?;
+                    return self.chat_summary(&group_id);
+                }
+                Err(e) if e.is_stale_epoch() => {
+                    drop(tx);
+                    self.catch_up()?;
+                    self.require_active(&group_id)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::TooManyRetries)
+    }
+
+    /// Commits pending proposals (members leaving) in those of `groups` that have them. A
+    /// lost race is fine: the winner's commit covers the same proposals.
+    pub(crate) fn commit_proposals(&mut self, groups: BTreeSet<Vec<u8>>) -> Result<(), Error> {
+        for group_id in groups {
+            if !mls::has_pending_proposals(&db::provider(&self.conn), &group_id)? {
+                continue;
+            }
+            self.commit_once(&group_id, &mut |p, me| {
+                let out = mls::commit_pending_proposals(p, &group_id, me)?
+                    .ok_or(Error::Internal("pending proposals vanished"))?;
+                Ok((out, Vec::new()))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The events a commit shows in its chat, as (sender, text): whom `who` added and removed,
+/// devices linked and removed by accounts that stay, and who left. A removal of this device
+/// itself (`self_removed`) is told separately.
+pub(crate) fn commit_events(
+    who: &str,
+    me: &str,
+    changes: &mls::Changes,
+    present: &[DeviceRef],
+    self_removed: bool,
+) -> Vec<(String, String)> {
+    let accounts = |devices: &[DeviceRef]| -> BTreeSet<String> {
+        devices.iter().map(|d| d.address.to_string()).collect()
+    };
+    // An account that keeps other devices in the chat changed its device list.
+    let keeps_others = |a: &str, changed: &[DeviceRef]| {
+        present.iter().any(|d| d.address.as_str() == a && !changed.contains(d))
+    };
+    let mut events = Vec::new();
+    for a in accounts(&changes.added) {
+        let text = if keeps_others(&a, &changes.added) {
+            format!("{a} linked a new device")
+        } else {
+            format!("{who} added {a}")
+        };
+        events.push((who.to_string(), text));
+    }
+    for a in accounts(&changes.removed).into_iter().filter(|a| !(a == me && self_removed)) {
+        let text = if keeps_others(&a, &changes.removed) {
+            format!("{a} removed a device")
+        } else {
+            format!("{who} removed {a}")
+        };
+        events.push((who.to_string(), text));
+    }
+    for a in accounts(&changes.left).into_iter().filter(|a| a != me) {
+        events.push((a.clone(), format!("{a} left")));
+    }
+    events
+}
+
+/// How a timer change reads in a chat.
+pub(crate) fn timer_event(who: &str, seconds: u64) -> String {
+    if seconds == 0 {
+        return format!("{who} turned disappearing messages off");
+    }
+    let (n, unit) = match seconds {
+        s if s % 86_400 == 0 => (s / 86_400, "d"),
+        s if s % 3600 == 0 => (s / 3600, "h"),
+        s if s % 60 == 0 => (s / 60, "m"),
+        s => (s, "s"),
+    };
+    format!("{who} set disappearing messages to {n}{unit}")
+}

@@ -1,0 +1,337 @@
+//! Receiving: catching up with the queue and processing each message atomically with the
+//! position it came from.
+
+use std::collections::BTreeSet;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use sotto_core::content::{Body, ChatKind, Message};
+use sotto_core::mls::{self, Incoming};
+use sotto_core::{Address, DeviceRef};
+use sotto_proto as proto;
+
+use crate::db;
+use crate::groups::{commit_events, timer_event};
+use crate::*;
+
+impl Client {
+    /// Fetches and processes everything queued for this device, commits proposals other
+    /// members made (such as a member leaving), tops up key packages, and returns what is new.
+    pub fn sync(&mut self) -> Result<SyncReport, Error> {
+        let processed = match self.catch_up() {
+            Err(e) if e.server_code() == Some("device_revoked") => {
+                return Err(self.obey_revocation());
+            }
+            other => other?,
+        };
+        self.reconcile_devices()?;
+        self.monitor_own_key()?;
+        self.check_wipe_confirmations()?;
+        self.finish_batch(processed, true)
+    }
+
+    /// After processing: commits pending proposals and tops up key packages — everywhere if
+    /// `thorough`, else only where the batch made it necessary — and collects what is new.
+    pub(crate) fn finish_batch(
+        &mut self,
+        processed: u64,
+        thorough: bool,
+    ) -> Result<SyncReport, Error> {
+        let touched = self.touched.take();
+        for group_id in &touched.joined_groups {
+            self.check_members(group_id)?;
+        }
+        self.touched.borrow_mut().dropped.extend(touched.dropped);
+        self.prune_revoked()?;
+        let groups = if thorough { self.active_chats()? } else { touched.proposals };
+        self.commit_proposals(groups)?;
+        if thorough || touched.joined {
+            self.replenish_key_packages()?;
+        }
+        self.purge_expired()?;
+        let mut report = self.unreported()?;
+        report.processed = processed;
+        Ok(report)
+    }
+
+    pub(crate) fn active_chats(&self) -> Result<BTreeSet<Vec<u8>>, Error> {
+        let mut stmt = self.conn.prepare("SELECT group_id FROM chats WHERE state = 'active'")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Processes the whole queue; returns how many messages it processed.
+    pub(crate) fn catch_up(&mut self) -> Result<u64, Error> {
+        let mut processed = 0;
+        let processed_up_to = db::last_seq(&self.conn)?;
+        if processed_up_to > db::last_acked(&self.conn)? {
+            // Messages processed before a crash or a lost connection, never acknowledged.
+            self.ack(processed_up_to)?;
+        }
+        loop {
+            let token = self.token()?;
+            let after = db::last_seq(&self.conn)?;
+            let page: proto::QueueResponse = self
+                .api
+                .get(&format!("/v1/queue?after={after}&limit={SYNC_PAGE}"), Some(&token))?;
+            for m in &page.messages {
+                self.process_one(m.seq, &m.message.0)?;
+                processed += 1;
+            }
+            if let Some(last) = page.messages.last() {
+                self.ack(last.seq)?;
+            }
+            if !page.more || page.messages.is_empty() {
+                return Ok(processed);
+            }
+        }
+    }
+
+    /// Tells the server to drop what was processed. A server whose storage is full cannot
+    /// delete either; the messages are safe here, so that is no failure: the next sync
+    /// acknowledges them again.
+    pub(crate) fn ack(&mut self, up_to: u64) -> Result<(), Error> {
+        let token = self.token()?;
+        match self.api.post::<_, proto::AckResponse>(
+            "/v1/queue/ack",
+            &proto::AckRequest { up_to },
+            Some(&token),
+        ) {
+            Ok(_) => db::set_last_acked(&self.conn, up_to),
+            Err(e) if e.server_code() == Some("storage_full") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Processes one queued message in one transaction with the new sync position.
+    pub(crate) fn process_one(&self, seq: u64, data: &[u8]) -> Result<(), Error> {
+        let tx = begin(&self.conn)?;
+        if seq <= db::last_seq(&tx)? {
+            return Ok(());
+        }
+        let outcome = mls::process(&db::provider(&tx), data);
+        match outcome {
+            Ok(incoming) => self.apply(&tx, seq, incoming)?,
+            Err(e) => {
+                // Roll back whatever processing wrote, then record the failure alone.
+                drop(tx);
+                let tx = begin(&self.conn)?;
+                if !self.expected_failure(&tx, data)? {
+                    record_failure(&tx, seq, &e.to_string())?;
+                }
+                db::set_last_seq(&tx, seq)?;
+                tx.commit()?;
+                return Ok(());
+            }
+        }
+        db::set_last_seq(&tx, seq)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether a message that failed to process belongs to a chat this device has left, where
+    /// failing is expected.
+    pub(crate) fn expected_failure(
+        &self,
+        tx: &Transaction<'_>,
+        data: &[u8],
+    ) -> Result<bool, Error> {
+        let Ok(Some(group_id)) = mls::group_of(data) else { return Ok(false) };
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM chats WHERE group_id = ?1", [group_id], |r| r.get(0))
+            .optional()?;
+        Ok(matches!(state.as_deref(), Some("left" | "removed")))
+    }
+
+    pub(crate) fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        seq: u64,
+        incoming: Incoming,
+    ) -> Result<(), Error> {
+        let now = now_ms() as i64;
+        let event = |group_id: &[u8], n: usize, sender: &str, body: String| {
+            tx.execute(
+                "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
+                                                 sent_at, received_at)
+                 VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?5)",
+                params![group_id, format!("event-{seq}-{n}"), sender, body, now],
+            )
+        };
+        match incoming {
+            Incoming::Joined { group_id, inviter } => {
+                // Joining consumed one of this device's key packages.
+                self.touched.borrow_mut().joined = true;
+                self.touched.borrow_mut().joined_groups.insert(group_id.clone());
+                tx.execute(
+                    "INSERT INTO chats (group_id, kind, state, created_at)
+                     VALUES (?1, 'group', 'active', ?2)
+                     ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
+                    params![group_id, now],
+                )?;
+                let who =
+                    inviter.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
+                if who == self.account.address {
+                    event(&group_id, 0, &who, "this device joined the chat".into())?;
+                } else {
+                    event(&group_id, 0, &who, format!("{who} added you"))?;
+                }
+            }
+            Incoming::Application { group_id, sender, plaintext } => {
+                match Message::decode(&plaintext) {
+                    Ok(Message {
+                        id,
+                        sent_at,
+                        expires_in,
+                        body: body @ (Body::Text { .. } | Body::File { .. }),
+                        ..
+                    }) => {
+                        let (kind, text, attachment) = match &body {
+                            Body::File { name, .. } => {
+                                ("file", name.clone(), serde_json::to_string(&body).ok())
+                            }
+                            Body::Text { text } => ("text", text.clone(), None),
+                            _ => ("text", String::new(), None),
+                        };
+                        // Sent by another device of this account: it is ours, and sent.
+                        let status = if sender.address == self.me.device.address {
+                            "sent"
+                        } else {
+                            "received"
+                        };
+                        // A disappearing message lives from when it was sent (or arrived, if
+                        // the sender's clock runs ahead).
+                        let expires_at = expires_in
+                            .map(|s| (sent_at as i64).min(now).saturating_add((s * 1000) as i64));
+                        tx.execute(
+                            "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
+                                                             status, sent_at, received_at,
+                                                             expires_at, attachment)
+                             VALUES (?1, ?2, ?3, ?9, ?4, ?7, ?5, ?6, ?8, ?10)",
+                            params![
+                                group_id,
+                                id,
+                                sender.address.as_str(),
+                                text,
+                                sent_at as i64,
+                                now,
+                                status,
+                                expires_at,
+                                kind,
+                                attachment
+                            ],
+                        )?;
+                    }
+                    Ok(Message { body: Body::Timer { seconds }, .. }) => {
+                        tx.execute(
+                            "UPDATE chats SET timer_secs = ?1 WHERE group_id = ?2",
+                            params![seconds as i64, group_id],
+                        )?;
+                        let who = sender.address.to_string();
+                        event(&group_id, 0, &who, timer_event(&who, seconds))?;
+                    }
+                    Ok(Message { body: Body::ChatInfo { kind, name }, .. }) => {
+                        // A chat is shown as direct only while it really holds two accounts:
+                        // otherwise a third party could listen in on what looks like a 1:1 chat.
+                        let peer = match kind {
+                            ChatKind::Direct => self.direct_peer(tx, &group_id)?,
+                            ChatKind::Group => None,
+                        };
+                        let kind = if peer.is_some() { ChatKind::Direct } else { ChatKind::Group };
+                        tx.execute(
+                            "UPDATE chats SET kind = ?1, name = ?2, peer = ?3 WHERE group_id = ?4",
+                            params![kind.as_str(), name, peer, group_id],
+                        )?;
+                    }
+                    Ok(_) => record_failure(tx, seq, "unsupported message type")?,
+                    Err(e) => record_failure(tx, seq, &e.to_string())?,
+                }
+            }
+            Incoming::Commit { group_id, sender, added, removed, left, self_removed } => {
+                let who = sender.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
+                let present: Vec<DeviceRef> = if self_removed {
+                    Vec::new()
+                } else {
+                    mls::members(&db::provider(tx), &group_id)?
+                };
+                let present_accounts: BTreeSet<&Address> =
+                    present.iter().map(|d| &d.address).collect();
+                if present_accounts.len() > 2 {
+                    // A direct chat that gains a third account is a group from now on (a new
+                    // device of one of the two accounts changes nothing).
+                    tx.execute(
+                        "UPDATE chats SET kind = 'group', peer = NULL
+                         WHERE group_id = ?1 AND kind = 'direct'",
+                        [&group_id],
+                    )?;
+                }
+                let changes = mls::Changes { added, removed, left };
+                let events =
+                    commit_events(&who, &self.account.address, &changes, &present, self_removed);
+                let mut n = 0;
+                for (sender, text) in events {
+                    event(&group_id, n, &sender, text)?;
+                    n += 1;
+                }
+                if self_removed {
+                    event(&group_id, n, &who, format!("{who} removed you"))?;
+                    mls::delete_group(&db::provider(tx), &group_id)?;
+                    tx.execute(
+                        "UPDATE chats SET state = 'removed' WHERE group_id = ?1",
+                        [&group_id],
+                    )?;
+                }
+            }
+            Incoming::Proposal { group_id, .. } => {
+                self.touched.borrow_mut().proposals.insert(group_id);
+            }
+            _ => record_failure(tx, seq, "unsupported MLS message")?,
+        }
+        Ok(())
+    }
+
+    /// The other account of a chat that holds exactly two accounts, this one included.
+    pub(crate) fn direct_peer(
+        &self,
+        tx: &Transaction<'_>,
+        group_id: &[u8],
+    ) -> Result<Option<String>, Error> {
+        let accounts: BTreeSet<Address> =
+            mls::members(&db::provider(tx), group_id)?.into_iter().map(|d| d.address).collect();
+        let mut others = accounts.iter().filter(|a| *a != &self.me.device.address);
+        Ok(match (others.next(), others.next(), accounts.contains(&self.me.device.address)) {
+            (Some(peer), None, true) => Some(peer.to_string()),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn unreported(&self) -> Result<SyncReport, Error> {
+        let messages = self.message_views("WHERE m.reported = 0 ORDER BY m.id", [])?;
+        self.conn.execute("UPDATE messages SET reported = 1 WHERE reported = 0", [])?;
+        let failures = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT seq, reason FROM failures WHERE reported = 0 ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Failure { seq: r.get::<_, i64>(0)? as u64, reason: r.get(1)? })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        self.conn.execute("UPDATE failures SET reported = 1 WHERE reported = 0", [])?;
+        let notices = {
+            let mut stmt =
+                self.conn.prepare("SELECT text FROM notices WHERE reported = 0 ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        self.conn.execute("UPDATE notices SET reported = 1 WHERE reported = 0", [])?;
+        Ok(SyncReport { messages, failures, processed: 0, notices })
+    }
+}
+
+pub(crate) fn record_failure(tx: &Transaction<'_>, seq: u64, reason: &str) -> Result<(), Error> {
+    tx.execute(
+        "INSERT OR REPLACE INTO failures (seq, reason, at, reported) VALUES (?1, ?2, ?3, 0)",
+        params![seq as i64, reason, now_ms() as i64],
+    )?;
+    Ok(())
+}
