@@ -737,7 +737,13 @@ impl Client {
         timeout: Duration,
         show_code: impl FnOnce(&str),
     ) -> Result<LinkedDevice, Error> {
-        let (address, api, _) = Self::prepare_home(new.home, new.server, address, new.ca_cert)?;
+        let (address, api, _) = Self::prepare_home(
+            &crate::http::HttpConnector,
+            new.home,
+            new.server,
+            address,
+            new.ca_cert,
+        )?;
         let key = DeviceKey::generate()?;
         let signature = key.sign(&auth::registration_payload(&address, key.public()))?;
         let secret = LinkSecret::generate()?;
@@ -840,7 +846,7 @@ impl Client {
             .map_err(|e| Error::Protocol(format!("bad history: {e}")))?;
         let tx = begin(&self.conn)?;
         let mut count = 0;
-        let now = now_ms() as i64;
+        let now = self.now_ms() as i64;
         for chat in chats {
             let Ok(group_id) = hex::decode(&chat.group_id) else { continue };
             let kind = if chat.kind == "direct" { "direct" } else { "group" };
@@ -883,7 +889,13 @@ impl Client {
         recovery_key: &str,
     ) -> Result<Client, Error> {
         let recovery = RecoveryKey::parse(recovery_key)?;
-        let (address, api, info) = Self::prepare_home(new.home, new.server, address, new.ca_cert)?;
+        let (address, api, info) = Self::prepare_home(
+            &crate::http::HttpConnector,
+            new.home,
+            new.server,
+            address,
+            new.ca_cert,
+        )?;
         let current: proto::DevicesResponse =
             api.get(&format!("/v1/users/{address}/devices"), None)?;
         let current = DeviceList::verify(&from_proto(&current.device_list))

@@ -15,7 +15,7 @@ use sotto_core::attachment::{self, CHUNK, FileKey, SEALED_CHUNK};
 use sotto_core::content::Body;
 use sotto_proto as proto;
 
-use crate::{Client, Error, MessageView, Target, now_ms};
+use crate::{Client, Error, MessageView, Target};
 
 /// Chunks per upload request (1 MiB of plaintext).
 const CHUNKS_PER_REQUEST: usize = 16;
@@ -168,7 +168,7 @@ impl Client {
                 status.id.0,
                 key.key(),
                 key.nonce(),
-                now_ms() as i64
+                self.now_ms() as i64
             ],
         )?;
         Ok((status.id.0, key))

@@ -95,7 +95,7 @@ impl Client {
                             format!("event-{}", random_hex(8)?),
                             sender,
                             text,
-                            now_ms() as i64
+                            self.now_ms() as i64
                         ],
                     )?;
                 }
@@ -188,7 +188,7 @@ impl Client {
                 format!("event-{}", random_hex(8)?),
                 me,
                 timer_event(&me, seconds),
-                now_ms() as i64
+                self.now_ms() as i64
             ],
         )?;
         self.chat_summary(&group_id)
@@ -198,7 +198,7 @@ impl Client {
     pub(crate) fn purge_expired(&self) -> Result<usize, Error> {
         Ok(self.conn.execute(
             "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?1",
-            [now_ms() as i64],
+            [self.now_ms() as i64],
         )?)
     }
 

@@ -7,8 +7,12 @@ use sotto_core::mls::{DeviceKey, Identity};
 use sotto_core::{Address, DeviceRef, auth, unix_now};
 use sotto_proto::{self as proto, Bytes};
 
+use std::sync::Arc;
+
 use crate::api::Api;
 use crate::db::{self, AccountRow};
+use crate::http::HttpConnector;
+use crate::transport::{Connector, SystemClock};
 use crate::*;
 
 impl Client {
@@ -20,8 +24,19 @@ impl Client {
         address: &str,
         options: &RegisterOptions,
     ) -> Result<Registered, Error> {
+        Self::register_via(&HttpConnector, home, server, address, options)
+    }
+
+    /// [`Client::register`] through the transports `connector` makes.
+    pub fn register_via(
+        connector: &dyn Connector,
+        home: &Path,
+        server: &str,
+        address: &str,
+        options: &RegisterOptions,
+    ) -> Result<Registered, Error> {
         let (address, api, info) =
-            Self::prepare_home(home, server, address, options.ca_cert.as_deref())?;
+            Self::prepare_home(connector, home, server, address, options.ca_cert.as_deref())?;
         let operator_key = match (options.managed, info.operator_key.clone()) {
             (false, _) => None,
             (true, Some(k)) if k.0.len() == 32 => Some(k.0),
@@ -76,6 +91,7 @@ impl Client {
 
     /// Checks that `home` is free and that `server` hosts `address`.
     pub(crate) fn prepare_home(
+        connector: &dyn Connector,
         home: &Path,
         server: &str,
         address: &str,
@@ -85,7 +101,7 @@ impl Client {
             return Err(Error::AlreadyRegistered(home.display().to_string()));
         }
         let address: Address = address.parse()?;
-        let api = Api::new(server, ca_cert)?;
+        let api = Api::new(connector.connect(server, ca_cert)?, Arc::new(SystemClock), ca_cert);
         let info: proto::ServerInfo = api.get("/v1/info", None)?;
         if info.domain != address.domain() {
             return Err(Error::Invalid(format!(
@@ -163,6 +179,15 @@ impl Client {
     /// Opens the account in `home`, unlocking its database with `passphrase`. A home that
     /// keeps its key in the OS keyring and whose keyring lost it (a reboot) gets it back.
     pub fn open(home: &Path, passphrase: &str) -> Result<Client, Error> {
+        Client::open_via(&HttpConnector, home, passphrase)
+    }
+
+    /// [`Client::open`] through the transports `connector` makes.
+    pub fn open_via(
+        connector: &dyn Connector,
+        home: &Path,
+        passphrase: &str,
+    ) -> Result<Client, Error> {
         Client::refuse_unencrypted(home)?;
         let key = vault::unlock(home, passphrase)?;
         if let Ok(store) = keyring::system() {
@@ -170,7 +195,7 @@ impl Client {
             // home is open either way.
             let _ = vault::keyring_refill(home, &key, &*store);
         }
-        Client::open_with(home, &key)
+        Client::open_with(connector, home, &key)
     }
 
     /// Opens the account in `home` with the database key the OS keyring holds for it
@@ -183,7 +208,7 @@ impl Client {
         }
         let Ok(store) = keyring::system() else { return Ok(None) };
         match vault::keyring_unlock(home, &*store) {
-            Ok(Some(key)) => Client::open_with(home, &key).map(Some),
+            Ok(Some(key)) => Client::open_with(&HttpConnector, home, &key).map(Some),
             Ok(None) | Err(Error::Keyring(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -228,7 +253,11 @@ impl Client {
         Ok(())
     }
 
-    pub(crate) fn open_with(home: &Path, key: &vault::HomeKey) -> Result<Client, Error> {
+    pub(crate) fn open_with(
+        connector: &dyn Connector,
+        home: &Path,
+        key: &vault::HomeKey,
+    ) -> Result<Client, Error> {
         let conn = db::open(home, false, key)?;
         let account =
             db::account(&conn)?.ok_or_else(|| Error::NotRegistered(home.display().to_string()))?;
@@ -245,10 +274,19 @@ impl Client {
         };
         let address: Address = account.address.parse()?;
         let me = Identity { device: DeviceRef { address, device_id: account.device_id }, key };
-        let api = Api::new(&account.server, account.ca_cert.as_deref())?;
+        let api = Api::new(
+            connector.connect(&account.server, account.ca_cert.as_deref())?,
+            Arc::new(SystemClock),
+            account.ca_cert.as_deref(),
+        );
         let client = Client::assemble(home, conn, account, me, identity, api);
         client.purge_expired()?;
         Ok(client)
+    }
+
+    /// The time on this client's clock (Unix milliseconds).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.api.clock().now_ms()
     }
 
     /// The account this home holds.

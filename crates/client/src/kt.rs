@@ -179,7 +179,11 @@ pub fn audit(
     known: &[(u64, Vec<u8>)],
     proven_until: u64,
 ) -> Result<(AuditReport, RootLog), Error> {
-    let api = Api::new(server, ca_cert)?;
+    let api = Api::new(
+        Box::new(crate::http::HttpTransport::new(server, ca_cert)?),
+        std::sync::Arc::new(crate::transport::SystemClock),
+        ca_cert,
+    );
     let info: proto::ServerInfo = api.get("/v1/info", None)?;
     let keys = info.kt.ok_or_else(|| untrusted("the server has no key directory"))?;
     if expected_key.is_some_and(|k| k != keys.signing_key.0) {

@@ -25,12 +25,14 @@ mod error;
 mod files;
 mod groups;
 mod home;
+pub mod http;
 mod keypackages;
 mod keyring;
 mod kt;
 mod live;
 mod receive;
 mod send;
+pub mod transport;
 mod vault;
 mod verify;
 

@@ -1,83 +1,21 @@
 //! Live delivery over the WebSocket: messages are processed as they arrive and acknowledged
 //! one by one; the connection is re-established with backoff and jitter when it drops.
 
-use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sotto_proto as proto;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Connector, Message as WsMessage, WebSocket};
 
+use crate::transport::{LiveLink, Received};
 use crate::{Client, Error, MessageView};
-
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
 /// How often a blocked read wakes up to check whether to stop.
 const POLL: Duration = Duration::from_millis(250);
 
 impl Client {
-    fn connect_ws(&mut self) -> Result<Socket, Error> {
+    /// Opens the live connection.
+    pub(crate) fn connect_live(&mut self) -> Result<Box<dyn LiveLink>, Error> {
         let token = self.token()?;
-        let base = self.api.base();
-        let url = if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}/v1/ws")
-        } else {
-            format!("ws://{}/v1/ws", base.trim_start_matches("http://"))
-        };
-        let unreachable = |reason: String| Error::Unreachable { url: base.to_string(), reason };
-        let mut request =
-            url.as_str().into_client_request().map_err(|e| unreachable(e.to_string()))?;
-        let auth = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Error::Internal("token is not a valid header value"))?;
-        request.headers_mut().insert("Authorization", auth);
-        let host = request.uri().host().unwrap_or("localhost").trim_matches(['[', ']']).to_string();
-        let port =
-            request.uri().port_u16().unwrap_or(if url.starts_with("wss") { 443 } else { 80 });
-        let stream = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-            .map_err(|e| unreachable(e.to_string()))?
-            .find_map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok())
-            .ok_or_else(|| unreachable("connection refused".into()))?;
-        let _ = stream.set_nodelay(true);
-        let connector = if url.starts_with("wss") { Some(self.tls_connector()?) } else { None };
-        let (socket, _) = tungstenite::client_tls_with_config(request, stream, None, connector)
-            .map_err(|e| match e {
-                // The server answered the upgrade with a refusal: keep its code (a revoked
-                // device, an expired token) so the caller can act on it.
-                tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
-                    refusal(resp.status().as_u16(), resp.body().as_deref())
-                        .unwrap_or_else(|| unreachable(format!("HTTP {}", resp.status())))
-                }
-                e => unreachable(e.to_string()),
-            })?;
-        if let MaybeTlsStream::Plain(s) = socket.get_ref() {
-            let _ = s.set_read_timeout(Some(POLL));
-        } else if let MaybeTlsStream::Rustls(s) = socket.get_ref() {
-            let _ = s.sock.set_read_timeout(Some(POLL));
-        }
-        Ok(socket)
-    }
-
-    fn tls_connector(&self) -> Result<Connector, Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        if self.api.ca_certs().is_empty() {
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        } else {
-            for c in self.api.ca_certs() {
-                roots
-                    .add(rustls::pki_types::CertificateDer::from(c.der().to_vec()))
-                    .map_err(|e| Error::Io(format!("bad CA certificate: {e}")))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Io(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Connector::Rustls(Arc::new(config)))
+        self.api.transport().connect_live(&token)
     }
 
     /// Catches up, then receives live until `stop` says so, calling `on_message` for every
@@ -109,7 +47,7 @@ impl Client {
         }
         backoff = Duration::from_millis(250);
         while !stop() {
-            let mut socket = match self.connect_ws() {
+            let mut socket = match self.connect_live() {
                 Ok(s) => s,
                 Err(e) if e.server_code() == Some("device_revoked") => {
                     return Err(self.obey_revocation());
@@ -132,13 +70,13 @@ impl Client {
             };
             backoff = Duration::from_millis(250);
             // Anything queued between the catch-up and the connection comes first on the socket.
-            match self.receive(&mut socket, &mut on_message, stop) {
+            match self.receive(&mut *socket, &mut on_message, stop) {
                 Err(e) if e.server_code() == Some("device_revoked") => {
                     return Err(self.obey_revocation());
                 }
                 other => other?,
             }
-            let _ = socket.close(None);
+            socket.close();
         }
         Ok(())
     }
@@ -146,31 +84,22 @@ impl Client {
     /// Reads frames until the connection drops or `stop`; local failures are returned.
     fn receive(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut dyn LiveLink,
         on_message: &mut impl FnMut(&MessageView),
         stop: &dyn Fn() -> bool,
     ) -> Result<(), Error> {
         while !stop() {
-            let frame = match socket.read() {
-                Ok(WsMessage::Text(t)) => t,
-                Ok(WsMessage::Close(_)) => return Ok(()),
-                Ok(_) => continue,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue;
-                }
-                Err(_) => return Ok(()),
+            let frame = match socket.recv(POLL) {
+                Received::Frame(t) => t,
+                Received::Idle => continue,
+                Received::Closed => return Ok(()),
             };
             match serde_json::from_str::<proto::ServerFrame>(&frame) {
                 Ok(proto::ServerFrame::Message(m)) => {
                     self.process_one(m.seq, &m.message.0)?;
                     let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
                     let text = serde_json::to_string(&ack).unwrap_or_default();
-                    if socket.send(WsMessage::Text(text.into())).is_err() {
+                    if !socket.send(&text) {
                         return Ok(());
                     }
                     let report = self.finish_batch(1, false)?;
@@ -190,17 +119,6 @@ impl Client {
         }
         Ok(())
     }
-}
-
-/// The server's error body on a refused upgrade, as the error the HTTP API would give.
-fn refusal(status: u16, body: Option<&[u8]>) -> Option<Error> {
-    let body: proto::ErrorBody = serde_json::from_slice(body?).ok()?;
-    Some(Error::Server {
-        status,
-        code: crate::error::code_name(body.error.code),
-        message: body.error.message,
-        epoch: None,
-    })
 }
 
 /// Waits `backoff` and a random jitter of up to a quarter second; false if `stop` said to

@@ -148,7 +148,7 @@ impl Client {
         seq: u64,
         incoming: Incoming,
     ) -> Result<(), Error> {
-        let now = now_ms() as i64;
+        let now = self.now_ms() as i64;
         let event = |group_id: &[u8], n: usize, sender: &str, body: String| {
             tx.execute(
                 "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,

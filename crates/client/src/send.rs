@@ -88,7 +88,7 @@ impl Client {
         tx.execute(
             "INSERT INTO chats (group_id, kind, name, peer, state, created_at)
              VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
-            params![group_id, kind.as_str(), name, peer.map(Address::as_str), now_ms() as i64],
+            params![group_id, kind.as_str(), name, peer.map(Address::as_str), self.now_ms() as i64],
         )?;
         tx.commit()?;
         Ok(group_id)
@@ -121,7 +121,8 @@ impl Client {
             |r| r.get(0),
         )?;
         let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
-        let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now_ms(), expires_in, body };
+        let msg =
+            Message { v: VERSION, id: random_hex(16)?, sent_at: self.now_ms(), expires_in, body };
         if let Some(text) = &text {
             self.conn.execute(
                 "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,

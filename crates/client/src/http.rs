@@ -1,0 +1,307 @@
+//! The real transport: HTTP through ureq and the live connection through tungstenite, over
+//! TCP and rustls. Everything socket-shaped in the client is here.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sotto_proto as proto;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Connector as WsConnector, Message as WsMessage, WebSocket};
+use ureq::Agent;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+
+use crate::Error;
+use crate::transport::{
+    Body, Connector, Failed, LiveLink, Method, Received, Request, Response, Stream, Transport,
+};
+
+/// Makes [`HttpTransport`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpConnector;
+
+impl Connector for HttpConnector {
+    fn connect(&self, server: &str, ca_cert: Option<&str>) -> Result<Box<dyn Transport>, Error> {
+        Ok(Box::new(HttpTransport::new(server, ca_cert)?))
+    }
+}
+
+/// HTTP(S) to one server.
+pub struct HttpTransport {
+    base: String,
+    agent: Agent,
+    ca_certs: Vec<Certificate<'static>>,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+/// Reads the PEM certificates of an extra trusted CA.
+fn read_ca(path: &str) -> Result<Vec<Certificate<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {path}: {e}")))?;
+    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::Io(format!("no PEM certificate in {path}")));
+    }
+    Ok(certs)
+}
+
+/// Whether a failed request certainly never reached the server (so its outcome is known).
+fn surely_not_sent(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::AddrNotAvailable
+                | std::io::ErrorKind::NotFound
+        ),
+        ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_) => true,
+        _ => false,
+    }
+}
+
+fn failed(e: ureq::Error) -> Failed {
+    Failed { not_sent: surely_not_sent(&e), reason: e.to_string() }
+}
+
+fn authorize<B>(req: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
+    match token {
+        Some(t) => req.header("Authorization", format!("Bearer {t}")),
+        None => req,
+    }
+}
+
+fn whole(resp: ureq::http::Response<ureq::Body>) -> Result<Response, Failed> {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    // Answers are small JSON documents; a bigger one is not the server's.
+    resp.into_body()
+        .into_reader()
+        .take(64 << 20)
+        .read_to_end(&mut body)
+        .map_err(|e| Failed { reason: e.to_string(), not_sent: false })?;
+    Ok(Response { status, body })
+}
+
+impl HttpTransport {
+    /// A transport to `server` (`http://` or `https://`), trusting only `ca_cert` if given.
+    pub fn new(server: &str, ca_cert: Option<&str>) -> Result<Self, Error> {
+        let base = server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Invalid(format!(
+                "server URL {server:?} must start with http:// or https://"
+            )));
+        }
+        let ca_certs = ca_cert.map(read_ca).transpose()?.unwrap_or_default();
+        let mut tls = TlsConfig::builder();
+        if !ca_certs.is_empty() {
+            // An explicitly given CA replaces the public roots: the server is pinned to it.
+            tls = tls.root_certs(RootCerts::new_with_certs(&ca_certs));
+        }
+        let agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .user_agent(concat!("sotto/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(HttpTransport { base, agent, ca_certs })
+    }
+
+    fn tls_connector(&self) -> Result<WsConnector, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        if self.ca_certs.is_empty() {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        } else {
+            for c in &self.ca_certs {
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(c.der().to_vec()))
+                    .map_err(|e| Error::Io(format!("bad CA certificate: {e}")))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Io(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(WsConnector::Rustls(Arc::new(config)))
+    }
+}
+
+impl Transport for HttpTransport {
+    fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn call(&self, request: &Request<'_>) -> Result<Response, Failed> {
+        let url = format!("{}{}", self.base, request.path);
+        let result = match (request.method, request.body) {
+            (Method::Get, _) => authorize(self.agent.get(&url), request.token).call(),
+            (Method::Post, Body::Empty) => {
+                authorize(self.agent.post(&url), request.token).send_empty()
+            }
+            (Method::Post, Body::Json(json)) => authorize(self.agent.post(&url), request.token)
+                .header("Content-Type", "application/json")
+                .send(json),
+            (method, Body::Bytes(bytes)) => {
+                let req = match method {
+                    Method::Put => self.agent.put(&url),
+                    _ => self.agent.post(&url),
+                };
+                // A piece takes what the link allows.
+                authorize(req, request.token)
+                    .header("Content-Type", "application/octet-stream")
+                    .config()
+                    .timeout_global(None)
+                    .timeout_send_body(Some(Duration::from_secs(120)))
+                    .timeout_recv_response(Some(Duration::from_secs(120)))
+                    .build()
+                    .send(bytes)
+            }
+            (Method::Put, body) => {
+                let bytes = match body {
+                    Body::Json(b) => b,
+                    _ => &[],
+                };
+                authorize(self.agent.put(&url), request.token)
+                    .header("Content-Type", "application/json")
+                    .send(bytes)
+            }
+        };
+        whole(result.map_err(failed)?)
+    }
+
+    fn stream(&self, path: &str, offset: u64, token: &str) -> Result<Stream, Failed> {
+        let mut req = authorize(self.agent.get(format!("{}{path}", self.base)), Some(token));
+        if offset > 0 {
+            req = req.header("Range", format!("bytes={offset}-"));
+        }
+        let resp = req
+            .config()
+            .timeout_global(None)
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_recv_body(None)
+            .build()
+            .call()
+            .map_err(failed)?;
+        let status = resp.status().as_u16();
+        Ok(Stream { status, body: Box::new(resp.into_body().into_reader()) })
+    }
+
+    fn connect_live(&self, token: &str) -> Result<Box<dyn LiveLink>, Error> {
+        let base = &self.base;
+        let url = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}/v1/ws")
+        } else {
+            format!("ws://{}/v1/ws", base.trim_start_matches("http://"))
+        };
+        let unreachable = |reason: String| Error::Unreachable { url: base.to_string(), reason };
+        let mut request =
+            url.as_str().into_client_request().map_err(|e| unreachable(e.to_string()))?;
+        let auth = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Internal("token is not a valid header value"))?;
+        request.headers_mut().insert("Authorization", auth);
+        let host = request.uri().host().unwrap_or("localhost").trim_matches(['[', ']']).to_string();
+        let port =
+            request.uri().port_u16().unwrap_or(if url.starts_with("wss") { 443 } else { 80 });
+        let stream = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .map_err(|e| unreachable(e.to_string()))?
+            .find_map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok())
+            .ok_or_else(|| unreachable("connection refused".into()))?;
+        let _ = stream.set_nodelay(true);
+        let connector = if url.starts_with("wss") { Some(self.tls_connector()?) } else { None };
+        let (socket, _) = tungstenite::client_tls_with_config(request, stream, None, connector)
+            .map_err(|e| match e {
+                // The server answered the upgrade with a refusal: keep its code (a revoked
+                // device, an expired token) so the caller can act on it.
+                tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
+                    refusal(resp.status().as_u16(), resp.body().as_deref())
+                        .unwrap_or_else(|| unreachable(format!("HTTP {}", resp.status())))
+                }
+                e => unreachable(e.to_string()),
+            })?;
+        Ok(Box::new(WsLink { socket, timeout: None }))
+    }
+}
+
+/// The server's error body on a refused upgrade, as the error the HTTP API would give.
+fn refusal(status: u16, body: Option<&[u8]>) -> Option<Error> {
+    let body: proto::ErrorBody = serde_json::from_slice(body?).ok()?;
+    Some(Error::Server {
+        status,
+        code: crate::error::code_name(body.error.code),
+        message: body.error.message,
+        epoch: None,
+    })
+}
+
+/// The live connection over a WebSocket.
+struct WsLink {
+    socket: WebSocket<MaybeTlsStream<TcpStream>>,
+    /// The read timeout the socket has now.
+    timeout: Option<Duration>,
+}
+
+impl WsLink {
+    fn set_timeout(&mut self, timeout: Duration) {
+        let timeout = timeout.max(Duration::from_millis(1));
+        if self.timeout == Some(timeout) {
+            return;
+        }
+        let tcp = match self.socket.get_ref() {
+            MaybeTlsStream::Plain(s) => s,
+            MaybeTlsStream::Rustls(s) => &s.sock,
+            _ => return,
+        };
+        let _ = tcp.set_read_timeout(Some(timeout));
+        self.timeout = Some(timeout);
+    }
+}
+
+impl LiveLink for WsLink {
+    fn recv(&mut self, timeout: Duration) -> Received {
+        self.set_timeout(timeout);
+        loop {
+            return match self.socket.read() {
+                Ok(WsMessage::Text(t)) => Received::Frame(t.to_string()),
+                Ok(WsMessage::Close(_)) => Received::Closed,
+                // Pings are answered by tungstenite on the next read or write.
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Received::Idle
+                }
+                Err(_) => Received::Closed,
+            };
+        }
+    }
+
+    fn send(&mut self, text: &str) -> bool {
+        self.socket.send(WsMessage::Text(text.into())).is_ok()
+    }
+
+    fn close(&mut self) {
+        let _ = self.socket.close(None);
+        let _ = self.socket.flush();
+    }
+}
