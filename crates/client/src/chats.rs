@@ -210,7 +210,9 @@ impl Client {
     ) -> Result<Vec<MessageView>, Error> {
         let sql = format!(
             "SELECT m.group_id, c.kind, c.name, c.peer, m.msg_id, m.sender, m.kind, m.body,
-                    m.status, m.sent_at, m.received_at, m.attachment
+                    m.status, m.sent_at, m.received_at, m.attachment,
+                    (SELECT o.error FROM outbox o
+                     WHERE o.group_id = m.group_id AND o.msg_id = m.msg_id)
              FROM messages m JOIN chats c ON c.group_id = m.group_id {filter}"
         );
         let mut stmt = self.conn.prepare(&sql)?;
@@ -235,6 +237,7 @@ impl Client {
                 sent_at: r.get::<_, i64>(9)? as u64,
                 received_at: r.get::<_, i64>(10)? as u64,
                 file: r.get::<_, Option<String>>(11)?.and_then(|a| file_info(&a)),
+                error: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

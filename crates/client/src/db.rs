@@ -142,6 +142,22 @@ CREATE TABLE uploads (
     PRIMARY KEY (path, size, mtime)
 );
 "#,
+    r#"
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('message', 'commit')),
+    msg_id TEXT,
+    payload BLOB,
+    request BLOB,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX outbox_by_message ON outbox(group_id, msg_id);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

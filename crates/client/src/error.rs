@@ -87,9 +87,65 @@ pub enum Error {
     /// A local file could not be read or written.
     #[error("{0}")]
     Io(String),
+    /// No message of this account matches what the user named.
+    #[error("no message of yours matches {0:?}; `sotto history CHAT` shows ids")]
+    UnknownMessage(String),
+    /// The message is stored and waits in the outbox: the server is down or busy now.
+    #[error(
+        "{source}; message {message} is kept and goes out with the next `sotto sync` (or at \
+         once if a `sotto daemon` runs)"
+    )]
+    Queued {
+        /// The message id.
+        message: String,
+        /// Why it waits.
+        source: Box<Error>,
+    },
+    /// The server refused the message for good: it is marked failed.
+    #[error("{source}; message {message} was not sent (`sotto resend {message}` tries again)")]
+    NotSent {
+        /// The message id.
+        message: String,
+        /// Why.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
+    /// A stable snake_case code for each error, for scripts and JSON-RPC clients.
+    pub fn code(&self) -> String {
+        match self {
+            Error::NotRegistered(_) => "not_registered".into(),
+            Error::AlreadyRegistered(..) => "already_registered".into(),
+            Error::Unreachable { .. } => "unreachable".into(),
+            Error::Server { code, .. } => code.clone(),
+            Error::Protocol(_) => "protocol".into(),
+            Error::Invalid(_) => "invalid_input".into(),
+            Error::UnknownChat(_) => "unknown_chat".into(),
+            Error::AmbiguousChat(..) => "ambiguous_chat".into(),
+            Error::Io(_) => "io".into(),
+            Error::NoKeyPackages(_) => "no_key_packages".into(),
+            Error::NotActive(_) => "not_a_member".into(),
+            Error::TooManyRetries => "too_many_retries".into(),
+            Error::Core(sotto_core::Error::InvalidAddress(_)) => "invalid_address".into(),
+            Error::Core(sotto_core::Error::NotAMember(_)) => "unknown_member".into(),
+            Error::Core(sotto_core::Error::Invalid(_)) => "invalid_input".into(),
+            Error::Core(_) => "crypto".into(),
+            Error::Database(_) => "local_database".into(),
+            Error::Untrusted(_) => "untrusted".into(),
+            Error::WrongPassphrase => "wrong_passphrase".into(),
+            Error::Tampered(_) => "tampered".into(),
+            Error::Revoked(_) => "device_revoked".into(),
+            Error::IdentityChanged(_) => "identity_changed".into(),
+            Error::Wiped(_) => "device_wiped".into(),
+            Error::Keyring(_) => "keyring".into(),
+            Error::UnknownMessage(_) => "unknown_message".into(),
+            // What kept the message from going out.
+            Error::Queued { source, .. } | Error::NotSent { source, .. } => source.code(),
+            Error::Internal(_) => "internal".into(),
+        }
+    }
+
     /// The server's error code, if the server refused.
     pub fn server_code(&self) -> Option<&str> {
         match self {

@@ -57,56 +57,53 @@ impl Client {
             &Identity,
         ) -> Result<(CommitOutput, Vec<u64>), Error>,
     ) -> Result<bool, Error> {
+        self.resolve_in_doubt()?;
         let token = self.token()?;
-        // The transaction stays open across the submission: if the server refuses, dropping
-        // it rolls the pending commit back as if it had never been made.
-        let tx = begin(&self.conn)?;
-        let p = db::provider(&tx);
-        let recipients = self.recipients(&p, group_id)?;
-        let (out, welcome_to) = make(&p, &self.me)?;
-        let changes = mls::pending_changes(&p, group_id)?;
-        let removed = changes.removed.iter().chain(&changes.left).map(|d| d.device_id).collect();
-        let request = proto::SubmitRequest {
-            submission_id: None,
-            group_id: Bytes(group_id.to_vec()),
-            kind: proto::SubmitKind::Commit,
-            epoch: out.epoch,
-            delivery: proto::Delivery { recipients, message: Bytes(out.commit) },
-            welcome: out
-                .welcome
-                .filter(|_| !welcome_to.is_empty())
-                .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
-            removed,
-            expires_at: None,
+        let (entry, request) = {
+            let tx = begin(&self.conn)?;
+            let p = db::provider(&tx);
+            let recipients = self.recipients(&p, group_id)?;
+            let (out, welcome_to) = make(&p, &self.me)?;
+            let changes = mls::pending_changes(&p, group_id)?;
+            let removed =
+                changes.removed.iter().chain(&changes.left).map(|d| d.device_id).collect();
+            let request = proto::SubmitRequest {
+                submission_id: Some(Bytes(sotto_core::random_bytes(16)?)),
+                group_id: Bytes(group_id.to_vec()),
+                kind: proto::SubmitKind::Commit,
+                epoch: out.epoch,
+                delivery: proto::Delivery { recipients, message: Bytes(out.commit) },
+                welcome: out
+                    .welcome
+                    .filter(|_| !welcome_to.is_empty())
+                    .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
+                removed,
+                expires_at: None,
+            };
+            // The pending commit and the submission that carries it are kept together: a
+            // crash before the answer leaves a commit in doubt, settled before anything else.
+            let entry = self.record_commit(&tx, &request)?;
+            tx.commit()?;
+            (entry, request)
         };
         match self.api.submit(request, &token) {
             Ok(resp) => {
-                mls::merge_pending_commit(&p, group_id)?;
-                // The committer sees what its commit did, as every other member does.
-                let me = self.account.address.clone();
-                let present = mls::members(&p, group_id)?;
-                for (sender, text) in commit_events(&me, &me, &changes, &present, false) {
-                    tx.execute(
-                        "INSERT INTO messages (group_id, msg_id, sender, kind, body, status,
-                                               sent_at, received_at, reported)
-                         VALUES (?1, ?2, ?3, 'event', ?4, 'sent', ?5, ?5, 1)",
-                        params![
-                            group_id,
-                            format!("event-{}", random_hex(8)?),
-                            sender,
-                            text,
-                            self.now_ms() as i64
-                        ],
-                    )?;
-                }
-                tx.commit()?;
+                self.commit_taken(entry, group_id)?;
                 if !resp.dropped.is_empty() {
                     self.touched.borrow_mut().dropped.insert(group_id.to_vec());
                 }
                 Ok(true)
             }
-            Err(e) if e.is_stale_epoch() => Ok(false),
-            Err(e) => Err(e),
+            Err(e) if e.is_stale_epoch() => {
+                self.commit_refused(entry, group_id)?;
+                Ok(false)
+            }
+            // Its fate is unknown: it stays in doubt until the server can be asked again.
+            Err(e) if crate::outbox::transient(&e) => Err(e),
+            Err(e) => {
+                self.commit_refused(entry, group_id)?;
+                Err(e)
+            }
         }
     }
 

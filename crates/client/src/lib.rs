@@ -30,6 +30,7 @@ mod keypackages;
 mod keyring;
 mod kt;
 mod live;
+mod outbox;
 mod receive;
 mod send;
 pub mod transport;
@@ -104,6 +105,9 @@ pub struct MessageView {
     pub body: String,
     /// `received`; for this account's own messages `sent`, `pending` or `failed`.
     pub status: String,
+    /// Why a message of this account is not sent yet, or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// The sender's clock (Unix milliseconds).
     pub sent_at: u64,
     /// When this device stored it (Unix milliseconds).
@@ -158,6 +162,8 @@ pub struct SyncReport {
     pub processed: u64,
     /// Account events: devices linked, revoked or wiped, keys changed, commands refused.
     pub notices: Vec<String>,
+    /// This device's messages whose delivery state changed (sent, failed, still pending).
+    pub updated: Vec<MessageView>,
 }
 
 /// Choices made at registration.

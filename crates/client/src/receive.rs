@@ -26,7 +26,11 @@ impl Client {
         self.reconcile_devices()?;
         self.monitor_own_key()?;
         self.check_wipe_confirmations()?;
-        self.finish_batch(processed, true)
+        // What waits in the outbox goes now (failed messages wait for `resend`).
+        let changed = self.flush_outbox(None, true)?;
+        let mut report = self.finish_batch(processed, true)?;
+        report.updated = self.updated_views(changed)?;
+        Ok(report)
     }
 
     /// After processing: commits pending proposals and tops up key packages — everywhere if
@@ -61,6 +65,9 @@ impl Client {
 
     /// Processes the whole queue; returns how many messages it processed.
     pub(crate) fn catch_up(&mut self) -> Result<u64, Error> {
+        // This device's own commits whose fate is unknown come first: a commit the server
+        // took must be merged before the messages that follow it can be read.
+        self.resolve_in_doubt()?;
         let mut processed = 0;
         let processed_up_to = db::last_seq(&self.conn)?;
         if processed_up_to > db::last_acked(&self.conn)? {
@@ -108,9 +115,15 @@ impl Client {
         if seq <= db::last_seq(&tx)? {
             return Ok(());
         }
-        let outcome = mls::process(&db::provider(&tx), data);
+        let outcome = mls::process(&db::provider(&tx), data)
+            .map_err(Error::from)
+            .and_then(|incoming| self.apply(&tx, seq, incoming));
         match outcome {
-            Ok(incoming) => self.apply(&tx, seq, incoming)?,
+            Ok(()) => {}
+            // The local database failing is not the message's fault: nothing is recorded, and
+            // the message is processed again next time.
+            Err(e @ Error::Database(_)) => return Err(e),
+            // Anything else about this one message is recorded, and the queue goes on.
             Err(e) => {
                 // Roll back whatever processing wrote, then record the failure alone.
                 drop(tx);
@@ -324,7 +337,7 @@ impl Client {
             rows.collect::<Result<Vec<String>, _>>()?
         };
         self.conn.execute("UPDATE notices SET reported = 1 WHERE reported = 0", [])?;
-        Ok(SyncReport { messages, failures, processed: 0, notices })
+        Ok(SyncReport { messages, failures, processed: 0, notices, updated: Vec::new() })
     }
 }
 

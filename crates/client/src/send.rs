@@ -2,11 +2,11 @@
 
 use rusqlite::params;
 use sotto_core::Address;
-use sotto_core::content::{Body, ChatKind, Message, VERSION};
+use sotto_core::content::{Body, ChatKind};
 use sotto_core::mls::{self, Provider, ValidKeyPackage};
-use sotto_proto::{self as proto, Bytes};
 
 use crate::db::{self, Storage};
+use crate::outbox;
 use crate::*;
 
 impl Client {
@@ -94,10 +94,10 @@ impl Client {
         Ok(group_id)
     }
 
-    /// Encrypts and submits an application message. The ratchet state is committed before
-    /// the message leaves, so a lost answer can never make us reuse a key. If the group moved
-    /// on meanwhile, the client catches up and encrypts again in the new epoch. The stored
-    /// row is marked `failed` if the server did not take it.
+    /// Sends a message through the outbox: stored first, then delivered with the chat's
+    /// earlier waiting messages. Returns the message as the chat shows it (none for chat
+    /// settings); an error says whether it waits ([`Error::Queued`]) or was refused
+    /// ([`Error::NotSent`]).
     pub(crate) fn send_body(
         &mut self,
         group_id: &[u8],
@@ -105,103 +105,19 @@ impl Client {
     ) -> Result<Option<MessageView>, Error> {
         self.require_active(group_id)?;
         self.require_verified_keys(group_id)?;
-        // What the chat shows: a text, or a file's name (with the reference kept to download
-        // it later; the key in it is as safe as everything else in the encrypted home).
-        let (kind, text, attachment) = match &body {
-            Body::Text { text } => ("text", Some(text.clone()), None),
-            Body::File { name, .. } => {
-                ("file", Some(name.clone()), serde_json::to_string(&body).ok())
-            }
-            _ => ("", None, None),
-        };
-        // Messages (not chat settings) carry the chat's disappearing-message timer.
-        let timer: i64 = self.conn.query_row(
-            "SELECT timer_secs FROM chats WHERE group_id = ?1",
-            [group_id],
-            |r| r.get(0),
-        )?;
-        let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
-        let msg =
-            Message { v: VERSION, id: random_hex(16)?, sent_at: self.now_ms(), expires_in, body };
-        if let Some(text) = &text {
-            self.conn.execute(
-                "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
-                                       received_at, reported, expires_at, attachment)
-                 VALUES (?1, ?2, ?3, ?7, ?4, 'pending', ?5, ?5, 1, ?6, ?8)",
-                params![
-                    group_id,
-                    msg.id,
-                    self.account.address,
-                    text,
-                    msg.sent_at as i64,
-                    expires_in.map(|s| (msg.sent_at + s * 1000) as i64),
-                    kind,
-                    attachment
-                ],
-            )?;
+        let shown = matches!(body, Body::Text { .. } | Body::File { .. });
+        let msg_id = self.enqueue(group_id, body)?;
+        let changed = self.flush_outbox(Some(group_id), true)?;
+        if shown {
+            return self.message_view(group_id, &msg_id, changed).map(Some);
         }
-        let mut result = Err(Error::TooManyRetries);
-        for _ in 0..MAX_COMMIT_ATTEMPTS {
-            result = self.submit_application(group_id, &msg);
-            match &result {
-                Err(e) if e.is_stale_epoch() => {
-                    if let Err(e) = self.catch_up().and_then(|_| self.require_active(group_id)) {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                _ => break,
+        // A chat setting: only its fate matters.
+        for (_, _, outcome) in changed {
+            match outcome {
+                outbox::Outcome::Later(e) | outbox::Outcome::Failed(e) => return Err(e),
+                outbox::Outcome::Sent => {}
             }
         }
-        let status = if result.is_ok() { "sent" } else { "failed" };
-        self.conn.execute(
-            "UPDATE messages SET status = ?1 WHERE group_id = ?2 AND msg_id = ?3",
-            params![status, group_id, msg.id],
-        )?;
-        result?;
-        if text.is_none() {
-            return Ok(None);
-        }
-        let mut views = self
-            .message_views("WHERE m.group_id = ?1 AND m.msg_id = ?2", params![group_id, msg.id])?;
-        Ok(views.pop())
-    }
-
-    pub(crate) fn submit_application(
-        &mut self,
-        group_id: &[u8],
-        msg: &Message,
-    ) -> Result<(), Error> {
-        let token = self.token()?;
-        let (ciphertext, recipients, epoch) = {
-            let tx = begin(&self.conn)?;
-            let p = db::provider(&tx);
-            let ciphertext = mls::encrypt(&p, group_id, &self.me, &msg.encode())?;
-            let recipients = self.recipients(&p, group_id)?;
-            let epoch = mls::epoch(&p, group_id)?;
-            tx.commit()?;
-            (ciphertext, recipients, epoch)
-        };
-        if recipients.is_empty() {
-            return Ok(());
-        }
-        let resp = self.api.submit(
-            proto::SubmitRequest {
-                submission_id: None,
-                group_id: Bytes(group_id.to_vec()),
-                kind: proto::SubmitKind::Application,
-                epoch,
-                delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
-                welcome: None,
-                removed: Vec::new(),
-                // Copies nobody fetched in time go too (disappearing messages).
-                expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
-            },
-            &token,
-        )?;
-        if !resp.dropped.is_empty() {
-            self.touched.borrow_mut().dropped.insert(group_id.to_vec());
-        }
-        Ok(())
+        Ok(None)
     }
 }

@@ -83,16 +83,28 @@ fn client_errors() {
     alice.send_group(&id, "still fine");
     assert_eq!(bob.sync(), vec![pair(&alice, "still fine")]);
 
-    // A stopped server is reported as unreachable, and nothing is lost locally.
-    drop(server);
-    assert_eq!(alice.err(&["send", "--group", &id, "into the void"]), "unreachable");
+    // A stopped server is reported as unreachable, and nothing is lost locally: the message
+    // waits in the outbox, and the next sync after the server is back delivers it, once.
+    let mut server = server;
+    server.kill();
+    let out = alice.run(&["send", "--group", &id, "into the void"]);
+    let error: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(code(&error), "unreachable");
+    assert!(error["error"]["message"].as_str().unwrap_or("").contains("kept"), "{error}");
     let history = alice.ok(&["history", &id]);
     let last = history.as_array().and_then(|h| h.last()).expect("message");
     assert_eq!(
         (last["body"].as_str(), last["status"].as_str()),
-        (Some("into the void"), Some("failed"))
+        (Some("into the void"), Some("pending"))
     );
+    assert!(last["error"].as_str().is_some_and(|e| e.contains("cannot reach")), "{last}");
     assert_eq!(bob.err(&["sync"]), "unreachable");
+    server.restart(&["--registration", "open"]);
+    let report = alice.ok(&["sync"]);
+    assert_eq!(report["updated"][0]["status"], "sent", "{report}");
+    assert_eq!(bob.sync(), vec![pair(&alice, "into the void")]);
+    assert_eq!(alice.ok(&["sync"])["updated"], json!([]));
+    assert_eq!(bob.sync(), vec![]);
 }
 
 #[test]

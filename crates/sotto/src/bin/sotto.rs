@@ -175,7 +175,14 @@ enum Command {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// Fetch and decrypt everything that arrived, and print it.
+    /// Try again to send a message of yours that failed (or still waits): its id, or a prefix
+    /// of it, from `history`.
+    Resend {
+        /// The message id.
+        message: String,
+    },
+    /// Fetch and decrypt everything that arrived, deliver what waits in the outbox, and print
+    /// what is new.
     Sync,
     /// Stay connected and print messages as they arrive (one JSON object per line with --json).
     Listen {
@@ -442,33 +449,7 @@ fn default_home() -> PathBuf {
 
 /// A stable code for each error, for scripts.
 fn error_code(e: &Error) -> String {
-    match e {
-        Error::NotRegistered(_) => "not_registered".into(),
-        Error::AlreadyRegistered(..) => "already_registered".into(),
-        Error::Unreachable { .. } => "unreachable".into(),
-        Error::Server { code, .. } => code.clone(),
-        Error::Protocol(_) => "protocol".into(),
-        Error::Invalid(_) => "invalid_input".into(),
-        Error::UnknownChat(_) => "unknown_chat".into(),
-        Error::AmbiguousChat(..) => "ambiguous_chat".into(),
-        Error::Io(_) => "io".into(),
-        Error::NoKeyPackages(_) => "no_key_packages".into(),
-        Error::NotActive(_) => "not_a_member".into(),
-        Error::TooManyRetries => "too_many_retries".into(),
-        Error::Core(sotto_core::Error::InvalidAddress(_)) => "invalid_address".into(),
-        Error::Core(sotto_core::Error::NotAMember(_)) => "unknown_member".into(),
-        Error::Core(sotto_core::Error::Invalid(_)) => "invalid_input".into(),
-        Error::Core(_) => "crypto".into(),
-        Error::Database(_) => "local_database".into(),
-        Error::Untrusted(_) => "untrusted".into(),
-        Error::WrongPassphrase => "wrong_passphrase".into(),
-        Error::Tampered(_) => "tampered".into(),
-        Error::Revoked(_) => "device_revoked".into(),
-        Error::IdentityChanged(_) => "identity_changed".into(),
-        Error::Wiped(_) => "device_wiped".into(),
-        Error::Keyring(_) => "keyring".into(),
-        _ => "internal".into(),
-    }
+    e.code()
 }
 
 fn main() -> ExitCode {
@@ -519,9 +500,9 @@ fn print_json(value: &impl serde::Serialize) {
 fn print_message(m: &MessageView) {
     let when = format_time(m.sent_at);
     let status = match m.status.as_str() {
-        "pending" => " (sending)",
-        "failed" => " (not sent)",
-        _ => "",
+        "pending" => " (waiting to be sent)".to_string(),
+        "failed" => format!(" (not sent; `sotto resend {}`)", sotto::terminal_line(&m.id)),
+        _ => String::new(),
     };
     // Names, texts and file details come from other users: nothing of them may control the
     // terminal or pose as a line of its own.
@@ -1022,6 +1003,14 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 print_json(&got);
             } else {
                 println!("{} ({} bytes, {}), verified", got.path, got.size, got.media_type);
+            }
+        }
+        Command::Resend { message } => {
+            let sent = open()?.resend(&message)?;
+            if json {
+                print_json(&sent);
+            } else {
+                print_message(&sent);
             }
         }
         Command::Sync => {

@@ -1,0 +1,492 @@
+//! The durable outbox: everything this device submits is written down before it leaves, and
+//! stays written down until the server's answer is known.
+//!
+//! - **Application messages** are stored (`pending`) with their plaintext. Delivering one
+//!   encrypts it and records the exact submission (ciphertext and submission id) in the same
+//!   transaction as the ratchet step. Until the server answers, that same submission is
+//!   repeated, and the server answers a repeat with its first answer: a crash or a lost answer
+//!   can neither lose the message nor queue it twice. If the group moved on (`stale_epoch`,
+//!   which the server gives only for a submission it never took), it is encrypted again in
+//!   the new epoch. A server that is down or busy is retried with backoff, across restarts; a
+//!   lasting refusal marks the message `failed` with the reason, and `resend` tries again.
+//! - **Commits** are recorded together with the pending commit they submit. A commit whose
+//!   answer was lost is *in doubt*: before anything else is processed, it is submitted again
+//!   to learn its fate, and merged (the server took it) or dropped (another commit won), so a
+//!   device that crashed mid-commit is never left behind its group.
+
+use rusqlite::{OptionalExtension, params};
+use sotto_core::content::{Body, Message, VERSION};
+use sotto_core::mls;
+use sotto_proto::{self as proto, Bytes};
+
+use crate::db;
+use crate::groups::commit_events;
+use crate::*;
+
+/// The longest wait between two attempts at a message.
+const MAX_BACKOFF_MS: u64 = 5 * 60_000;
+
+/// An outbox entry.
+struct Entry {
+    id: i64,
+    group_id: Vec<u8>,
+    msg_id: Option<String>,
+    payload: Vec<u8>,
+    request: Option<Vec<u8>>,
+    attempts: u32,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The server took it.
+    Sent,
+    /// Not now (server down or busy): tried again later.
+    Later(Error),
+    /// Refused for good: `failed`.
+    Failed(Error),
+}
+
+/// A delivery attempt: the chat, the message (none for chat settings) and its outcome.
+pub(crate) type Change = (Vec<u8>, Option<String>, Outcome);
+
+/// Whether waiting may change the server's answer: it is down or busy, or lost our session.
+pub(crate) fn transient(e: &Error) -> bool {
+    match e {
+        Error::Unreachable { .. } => true,
+        Error::Server { status, code, .. } => {
+            *status >= 500
+                || matches!(code.as_str(), "rate_limited" | "storage_full" | "unauthorized")
+        }
+        _ => false,
+    }
+}
+
+/// The wait before attempt `attempts + 1`: doubling from a second, at most five minutes.
+fn backoff_ms(attempts: u32) -> u64 {
+    1000u64.saturating_mul(1 << attempts.min(12)).min(MAX_BACKOFF_MS)
+}
+
+impl Client {
+    /// Writes `body` to the outbox of `group_id`, with its row in the chat when it shows one
+    /// (a text or a file; chat settings show none). Returns the message id.
+    pub(crate) fn enqueue(&mut self, group_id: &[u8], body: Body) -> Result<String, Error> {
+        // What the chat shows: a text, or a file's name (with the reference kept to download
+        // it later; the key in it is as safe as everything else in the encrypted home).
+        let (kind, text, attachment) = match &body {
+            Body::Text { text } => ("text", Some(text.clone()), None),
+            Body::File { name, .. } => {
+                ("file", Some(name.clone()), serde_json::to_string(&body).ok())
+            }
+            _ => ("", None, None),
+        };
+        // Messages (not chat settings) carry the chat's disappearing-message timer.
+        let timer: i64 = self.conn.query_row(
+            "SELECT timer_secs FROM chats WHERE group_id = ?1",
+            [group_id],
+            |r| r.get(0),
+        )?;
+        let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
+        let now = self.now_ms();
+        let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now, expires_in, body };
+        let tx = begin(&self.conn)?;
+        if let Some(text) = &text {
+            tx.execute(
+                "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
+                                       received_at, reported, expires_at, attachment)
+                 VALUES (?1, ?2, ?3, ?7, ?4, 'pending', ?5, ?5, 1, ?6, ?8)",
+                params![
+                    group_id,
+                    msg.id,
+                    self.account.address,
+                    text,
+                    msg.sent_at as i64,
+                    expires_in.map(|s| (msg.sent_at + s * 1000) as i64),
+                    kind,
+                    attachment
+                ],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO outbox (group_id, kind, msg_id, payload, created_at)
+             VALUES (?1, 'message', ?2, ?3, ?4)",
+            params![group_id, text.is_some().then_some(&msg.id), msg.encode(), now as i64],
+        )?;
+        tx.commit()?;
+        Ok(msg.id)
+    }
+
+    /// Delivers the outbox of `group_id` (every chat's, if `None`) in order, as far as the
+    /// server lets: a chat whose next message must wait keeps the later ones waiting too, so
+    /// they arrive in the order they were written. Only messages due now are tried unless
+    /// `all`. Returns the ids of messages whose status changed, with their outcome.
+    pub(crate) fn flush_outbox(
+        &mut self,
+        group_id: Option<&[u8]>,
+        all: bool,
+    ) -> Result<Vec<Change>, Error> {
+        self.resolve_in_doubt()?;
+        let entries: Vec<Entry> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, group_id, msg_id, payload, request, attempts FROM outbox
+                 WHERE kind = 'message' AND state = 'pending' AND (?1 IS NULL OR group_id = ?1)
+                       AND (?2 OR next_at <= ?3)
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![group_id, all, self.now_ms() as i64], |r| {
+                Ok(Entry {
+                    id: r.get(0)?,
+                    group_id: r.get(1)?,
+                    msg_id: r.get(2)?,
+                    payload: r.get(3)?,
+                    request: r.get(4)?,
+                    attempts: r.get::<_, i64>(5)? as u32,
+                })
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut waiting: Vec<Vec<u8>> = Vec::new();
+        let mut changed = Vec::new();
+        for entry in entries {
+            if waiting.contains(&entry.group_id) {
+                continue;
+            }
+            let (group, msg_id) = (entry.group_id.clone(), entry.msg_id.clone());
+            let outcome = self.deliver(entry)?;
+            if matches!(outcome, Outcome::Later(_)) {
+                waiting.push(group.clone());
+            }
+            changed.push((group, msg_id, outcome));
+        }
+        Ok(changed)
+    }
+
+    /// Delivers one entry (see the module documentation).
+    fn deliver(&mut self, mut entry: Entry) -> Result<Outcome, Error> {
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let outcome = match self.attempt(&mut entry) {
+                Ok(()) => Outcome::Sent,
+                Err(e) if e.is_stale_epoch() => {
+                    // Never taken: encrypt again once caught up.
+                    self.conn
+                        .execute("UPDATE outbox SET request = NULL WHERE id = ?1", [entry.id])?;
+                    entry.request = None;
+                    match self.catch_up().and_then(|_| self.require_active(&entry.group_id)) {
+                        Ok(()) => continue,
+                        Err(e) if transient(&e) => Outcome::Later(e),
+                        Err(e @ Error::NotActive(_)) => Outcome::Failed(e),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) if transient(&e) => {
+                    if e.server_code() == Some("unauthorized") {
+                        self.api.forget_token();
+                    }
+                    Outcome::Later(e)
+                }
+                Err(
+                    e @ (Error::Server { .. }
+                    | Error::NotActive(_)
+                    | Error::UnknownChat(_)
+                    | Error::Core(_)
+                    | Error::Untrusted(_)
+                    | Error::IdentityChanged(_)),
+                ) => Outcome::Failed(e),
+                Err(e) => return Err(e),
+            };
+            self.settle(&entry, &outcome)?;
+            return Ok(outcome);
+        }
+        let outcome = Outcome::Later(Error::TooManyRetries);
+        self.settle(&entry, &outcome)?;
+        Ok(outcome)
+    }
+
+    /// Records an attempt's outcome.
+    fn settle(&self, entry: &Entry, outcome: &Outcome) -> Result<(), Error> {
+        let tx = begin(&self.conn)?;
+        let status = match outcome {
+            Outcome::Sent => {
+                tx.execute("DELETE FROM outbox WHERE id = ?1", [entry.id])?;
+                "sent"
+            }
+            Outcome::Later(e) => {
+                let reason = e.to_string();
+                let jitter = u64::from(sotto_core::random_bytes(1)?[0]) * 4;
+                let next = self.now_ms() + backoff_ms(entry.attempts) + jitter;
+                tx.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, error = ?3
+                     WHERE id = ?1",
+                    params![entry.id, next as i64, reason],
+                )?;
+                "pending"
+            }
+            Outcome::Failed(e) => {
+                let reason = e.to_string();
+                // A refusal is final for this submission: a resend encrypts anew.
+                tx.execute(
+                    "UPDATE outbox SET state = 'failed', request = NULL, error = ?2 WHERE id = ?1",
+                    params![entry.id, reason],
+                )?;
+                "failed"
+            }
+        };
+        if let Some(msg_id) = &entry.msg_id {
+            tx.execute(
+                "UPDATE messages SET status = ?1 WHERE group_id = ?2 AND msg_id = ?3",
+                params![status, entry.group_id, msg_id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One submission of an entry: encrypted now (recorded with the ratchet step), or the
+    /// recorded one again.
+    fn attempt(&mut self, entry: &mut Entry) -> Result<(), Error> {
+        self.require_active(&entry.group_id)?;
+        let token = self.token()?;
+        let request = match &entry.request {
+            Some(json) => serde_json::from_slice::<proto::SubmitRequest>(json)
+                .map_err(|e| Error::Io(format!("a stored submission is unreadable: {e}")))?,
+            None => {
+                self.require_verified_keys(&entry.group_id)?;
+                let msg = Message::decode(&entry.payload)
+                    .map_err(|e| Error::Io(format!("a stored message is unreadable: {e}")))?;
+                let tx = begin(&self.conn)?;
+                let p = db::provider(&tx);
+                let recipients = self.recipients(&p, &entry.group_id)?;
+                if recipients.is_empty() {
+                    // Nobody else is in the chat (yet): nothing to send.
+                    return Ok(());
+                }
+                let epoch = mls::epoch(&p, &entry.group_id)?;
+                let ciphertext = mls::encrypt(&p, &entry.group_id, &self.me, &msg.encode())?;
+                let request = proto::SubmitRequest {
+                    submission_id: Some(Bytes(sotto_core::random_bytes(16)?)),
+                    group_id: Bytes(entry.group_id.clone()),
+                    kind: proto::SubmitKind::Application,
+                    epoch,
+                    delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
+                    welcome: None,
+                    removed: Vec::new(),
+                    // Copies nobody fetched in time go too (disappearing messages).
+                    expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
+                };
+                let json = serde_json::to_vec(&request).map_err(|e| Error::Io(e.to_string()))?;
+                // The ratchet step and the submission it made commit together.
+                tx.execute(
+                    "UPDATE outbox SET request = ?2 WHERE id = ?1",
+                    params![entry.id, json],
+                )?;
+                tx.commit()?;
+                entry.request = Some(json);
+                request
+            }
+        };
+        let resp = self.api.submit(request, &token)?;
+        if !resp.dropped.is_empty() {
+            self.touched.borrow_mut().dropped.insert(entry.group_id.clone());
+        }
+        Ok(())
+    }
+
+    /// Tries a failed (or still pending) message of this device again now. `spec` is its id or
+    /// an unambiguous prefix of it.
+    pub fn resend(&mut self, spec: &str) -> Result<MessageView, Error> {
+        let (group_id, msg_id) = self.own_message(spec)?;
+        let entry: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM outbox WHERE group_id = ?1 AND msg_id = ?2",
+                params![group_id, msg_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match entry {
+            Some(id) => {
+                self.conn.execute(
+                    "UPDATE outbox SET state = 'pending', next_at = 0, attempts = 0 WHERE id = ?1",
+                    [id],
+                )?;
+            }
+            None => {
+                // Written before this device kept an outbox: rebuilt from what the chat shows.
+                let (kind, text, status): (String, String, String) = self.conn.query_row(
+                    "SELECT kind, body, status FROM messages WHERE group_id = ?1 AND msg_id = ?2",
+                    params![group_id, msg_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+                if kind != "text" || status == "sent" {
+                    return Err(Error::Invalid(format!("message {msg_id} was sent already")));
+                }
+                let msg = Message {
+                    v: VERSION,
+                    id: msg_id.clone(),
+                    sent_at: self.now_ms(),
+                    expires_in: None,
+                    body: Body::Text { text },
+                };
+                self.conn.execute(
+                    "INSERT INTO outbox (group_id, kind, msg_id, payload, created_at)
+                     VALUES (?1, 'message', ?2, ?3, ?4)",
+                    params![group_id, msg_id, msg.encode(), self.now_ms() as i64],
+                )?;
+            }
+        }
+        let changed = self.flush_outbox(Some(&group_id), true)?;
+        self.message_view(&group_id, &msg_id, changed)
+    }
+
+    /// The view of one of this device's messages after a flush: an error if it could not be
+    /// sent now, with what becomes of it.
+    pub(crate) fn message_view(
+        &self,
+        group_id: &[u8],
+        msg_id: &str,
+        changed: Vec<Change>,
+    ) -> Result<MessageView, Error> {
+        let outcome = changed
+            .into_iter()
+            .find(|(g, m, _)| g == group_id && m.as_deref() == Some(msg_id))
+            .map(|c| c.2);
+        let view = self
+            .message_views("WHERE m.group_id = ?1 AND m.msg_id = ?2", params![group_id, msg_id])?
+            .pop()
+            .ok_or(Error::Internal("a sent message without a stored row"))?;
+        match outcome {
+            Some(Outcome::Later(e)) => Err(Error::Queued { message: view.id, source: e.into() }),
+            Some(Outcome::Failed(e)) => Err(Error::NotSent { message: view.id, source: e.into() }),
+            Some(Outcome::Sent) => Ok(view),
+            // Held behind an earlier message of the chat that must wait.
+            None if view.status == "pending" => Err(Error::Queued {
+                message: view.id,
+                source: Error::Invalid("an earlier message of this chat waits to be sent".into())
+                    .into(),
+            }),
+            None => Ok(view),
+        }
+    }
+
+    /// The messages a flush changed, as the chat shows them now.
+    pub(crate) fn updated_views(
+        &self,
+        changed: Vec<Change>,
+    ) -> Result<Vec<MessageView>, Error> {
+        let mut views = Vec::new();
+        for (group_id, msg_id, _) in changed {
+            let Some(msg_id) = msg_id else { continue };
+            views.extend(self.message_views(
+                "WHERE m.group_id = ?1 AND m.msg_id = ?2",
+                params![group_id, msg_id],
+            )?);
+        }
+        Ok(views)
+    }
+
+    /// A message this account sent, by id or unambiguous id prefix.
+    fn own_message(&self, spec: &str) -> Result<(Vec<u8>, String), Error> {
+        let spec = spec.trim().to_ascii_lowercase();
+        if spec.len() < 4 {
+            return Err(Error::Invalid("give at least 4 characters of the message id".into()));
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT group_id, msg_id FROM messages
+             WHERE sender = ?1 AND kind IN ('text', 'file') AND substr(msg_id, 1, ?3) = ?2",
+        )?;
+        let rows = stmt.query_map(params![self.account.address, spec, spec.len() as i64], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let found: Vec<(Vec<u8>, String)> = rows.collect::<Result<_, _>>()?;
+        match found.len() {
+            0 => Err(Error::UnknownMessage(spec)),
+            1 => Ok(found.into_iter().next().ok_or(Error::Internal("a message vanished"))?),
+            _ => Err(Error::Invalid(format!("{spec} is the start of several message ids"))),
+        }
+    }
+
+    // ---- commits ----
+
+    /// Records a commit about to be submitted, with the pending commit already stored in the
+    /// same transaction (see [`Client::commit_once`]).
+    pub(crate) fn record_commit(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        request: &proto::SubmitRequest,
+    ) -> Result<i64, Error> {
+        let json = serde_json::to_vec(request).map_err(|e| Error::Io(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO outbox (group_id, kind, request, created_at)
+             VALUES (?1, 'commit', ?2, ?3)",
+            params![request.group_id.0, json, self.now_ms() as i64],
+        )?;
+        Ok(tx.last_insert_rowid())
+    }
+
+    /// The server took this device's commit: merges it, shows what it did, and forgets the
+    /// record, in one transaction.
+    pub(crate) fn commit_taken(&self, entry: i64, group_id: &[u8]) -> Result<(), Error> {
+        let tx = begin(&self.conn)?;
+        let p = db::provider(&tx);
+        let changes = mls::pending_changes(&p, group_id)?;
+        mls::merge_pending_commit(&p, group_id)?;
+        // The committer sees what its commit did, as every other member does.
+        let me = self.account.address.clone();
+        let present = mls::members(&p, group_id)?;
+        for (sender, text) in commit_events(&me, &me, &changes, &present, false) {
+            tx.execute(
+                "INSERT INTO messages (group_id, msg_id, sender, kind, body, status,
+                                       sent_at, received_at, reported)
+                 VALUES (?1, ?2, ?3, 'event', ?4, 'sent', ?5, ?5, 1)",
+                params![
+                    group_id,
+                    format!("event-{}", random_hex(8)?),
+                    sender,
+                    text,
+                    self.now_ms() as i64
+                ],
+            )?;
+        }
+        tx.execute("DELETE FROM outbox WHERE id = ?1", [entry])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The server did not take this device's commit: forgets it.
+    pub(crate) fn commit_refused(&self, entry: i64, group_id: &[u8]) -> Result<(), Error> {
+        let tx = begin(&self.conn)?;
+        // The group may be gone since (this device was removed): nothing to clear then.
+        match mls::clear_pending_commit(&db::provider(&tx), group_id) {
+            Ok(()) | Err(sotto_core::Error::UnknownGroup(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tx.execute("DELETE FROM outbox WHERE id = ?1", [entry])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Settles every commit whose answer was lost, by submitting it again: the server answers
+    /// a repeat with its first answer. Runs before anything is processed, so that a commit
+    /// the server took is merged before the messages that follow it.
+    pub(crate) fn resolve_in_doubt(&mut self) -> Result<(), Error> {
+        let doubts: Vec<(i64, Vec<u8>, Vec<u8>)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, group_id, request FROM outbox WHERE kind = 'commit' ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (entry, group_id, json) in doubts {
+            let request: proto::SubmitRequest = serde_json::from_slice(&json)
+                .map_err(|e| Error::Io(format!("a stored commit is unreadable: {e}")))?;
+            let token = self.token()?;
+            match self.api.submit(request, &token) {
+                Ok(_) => self.commit_taken(entry, &group_id)?,
+                Err(e) if transient(&e) => return Err(e),
+                // Refused (another commit won the epoch, or the group is closed to us).
+                Err(_) => self.commit_refused(entry, &group_id)?,
+            }
+        }
+        Ok(())
+    }
+}
