@@ -42,7 +42,7 @@ fn signed(s: &proto::SignedData) -> Signed {
 }
 
 /// A device of this account, as `sotto devices list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeviceView {
     /// Its id.
     pub device_id: u64,
@@ -63,7 +63,7 @@ pub struct DeviceView {
 }
 
 /// What approving a new device did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LinkOutcome {
     /// The new device's id.
     pub device_id: u64,

@@ -101,6 +101,14 @@ pub enum Error {
         /// Why it waits.
         source: Box<Error>,
     },
+    /// A running `sotto daemon` reported an error (with its code).
+    #[error("{message}")]
+    Remote {
+        /// The error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
     /// The server refused the message for good: it is marked failed.
     #[error("{source}; message {message} was not sent (`sotto resend {message}` tries again)")]
     NotSent {
@@ -142,6 +150,7 @@ impl Error {
             Error::UnknownMessage(_) => "unknown_message".into(),
             // What kept the message from going out.
             Error::Queued { source, .. } | Error::NotSent { source, .. } => source.code(),
+            Error::Remote { code, .. } => code.clone(),
             Error::Internal(_) => "internal".into(),
         }
     }

@@ -23,7 +23,7 @@ const CHUNKS_PER_REQUEST: usize = 16;
 const UPLOAD_ATTEMPTS: usize = 5;
 
 /// What a download produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Downloaded {
     /// Where the file is.
     pub path: String,

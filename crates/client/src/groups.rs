@@ -88,6 +88,7 @@ impl Client {
         };
         match self.api.submit(request, &token) {
             Ok(resp) => {
+                crate::outbox::failpoint("after-commit");
                 self.commit_taken(entry, group_id)?;
                 if !resp.dropped.is_empty() {
                     self.touched.borrow_mut().dropped.insert(group_id.to_vec());

@@ -21,6 +21,7 @@ mod api;
 mod chats;
 mod db;
 mod devices;
+pub mod engine;
 mod error;
 mod files;
 mod groups;
@@ -41,7 +42,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sotto_core::Address;
 use sotto_core::account::IdentityKey;
 use sotto_core::mls::Identity;
@@ -66,7 +67,7 @@ const MAX_COMMIT_ATTEMPTS: usize = 8;
 const SYNC_PAGE: u32 = 200;
 
 /// A chat as listed by [`Client::chats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatSummary {
     /// The chat id (the MLS group id, hex).
     pub id: String,
@@ -89,7 +90,7 @@ pub struct ChatSummary {
 }
 
 /// A message or event as shown to the user. `Debug` leaves the body out.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct MessageView {
     /// The chat id.
     pub chat: String,
@@ -118,7 +119,7 @@ pub struct MessageView {
 }
 
 /// A file a message carries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileInfo {
     /// Its name.
     pub name: String,
@@ -143,7 +144,7 @@ impl std::fmt::Debug for MessageView {
 }
 
 /// A message that arrived but could not be processed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Failure {
     /// Its position in the server queue.
     pub seq: u64,
@@ -152,7 +153,7 @@ pub struct Failure {
 }
 
 /// What [`Client::sync`] did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyncReport {
     /// New messages and events, oldest first.
     pub messages: Vec<MessageView>,
@@ -233,7 +234,7 @@ pub struct KeyringStatus {
 }
 
 /// The account a home holds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AccountInfo {
     /// The address.
     pub address: String,

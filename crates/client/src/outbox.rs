@@ -62,6 +62,18 @@ pub(crate) fn transient(e: &Error) -> bool {
     }
 }
 
+/// Test builds stop dead here, as a crash would, when `SOTTO_FAILPOINT` names this point
+/// (`after-submit`: the server took a message, nothing here knows; `after-commit`: the same
+/// for a commit). Release builds have no failpoints.
+pub(crate) fn failpoint(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("SOTTO_FAILPOINT").is_ok_and(|f| f == name) {
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
 /// The wait before attempt `attempts + 1`: doubling from a second, at most five minutes.
 fn backoff_ms(attempts: u32) -> u64 {
     1000u64.saturating_mul(1 << attempts.min(12)).min(MAX_BACKOFF_MS)
@@ -285,6 +297,7 @@ impl Client {
             }
         };
         let resp = self.api.submit(request, &token)?;
+        failpoint("after-submit");
         if !resp.dropped.is_empty() {
             self.touched.borrow_mut().dropped.insert(entry.group_id.clone());
         }
@@ -368,11 +381,18 @@ impl Client {
         }
     }
 
+    /// When the outbox's next waiting message is due (Unix milliseconds).
+    pub(crate) fn outbox_next_at(&self) -> Result<Option<u64>, Error> {
+        let next: Option<i64> = self.conn.query_row(
+            "SELECT MIN(next_at) FROM outbox WHERE kind = 'message' AND state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(next.map(|n| n.max(0) as u64))
+    }
+
     /// The messages a flush changed, as the chat shows them now.
-    pub(crate) fn updated_views(
-        &self,
-        changed: Vec<Change>,
-    ) -> Result<Vec<MessageView>, Error> {
+    pub(crate) fn updated_views(&self, changed: Vec<Change>) -> Result<Vec<MessageView>, Error> {
         let mut views = Vec::new();
         for (group_id, msg_id, _) in changed {
             let Some(msg_id) = msg_id else { continue };

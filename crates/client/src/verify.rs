@@ -10,7 +10,7 @@ use sotto_core::{Address, unix_now};
 use crate::{Client, Error, db};
 
 /// A contact's safety number and verification state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SafetyView {
     /// The contact.
     pub address: String,

@@ -2,6 +2,8 @@
 //! else lives in the client and server libraries).
 #![forbid(unsafe_code)]
 
+pub mod daemon;
+
 /// Parses a duration in seconds: a number with s, m, h, d or w (no unit: hours).
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();

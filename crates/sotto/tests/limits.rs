@@ -18,14 +18,16 @@ fn a_full_queue_refuses_until_its_device_catches_up() {
     alice.send(&bob.address, "one");
     alice.send(&bob.address, "two");
     assert_eq!(alice.err(&["send", &bob.address, "three"]), "queue_full");
+    // The message waits in alice's outbox until bob's queue has room.
     let history = alice.ok(&["history", &bob.address]);
     assert_eq!(
         history.as_array().and_then(|h| h.last()).map(|m| m["status"].clone()),
-        Some(json!("failed"))
+        Some(json!("pending"))
     );
     assert_eq!(bob.sync(), vec![pair(&alice, "one"), pair(&alice, "two")]);
+    // The next send delivers the waiting message first: order is kept.
     alice.send(&bob.address, "four");
-    assert_eq!(bob.sync(), vec![pair(&alice, "four")]);
+    assert_eq!(bob.sync(), vec![pair(&alice, "three"), pair(&alice, "four")]);
 }
 
 #[test]
@@ -167,8 +169,9 @@ fn a_full_disk_refuses_new_messages_and_keeps_what_it_has() {
     // Everything stored, and the group's opening welcome.
     assert_eq!(queued["processed"].as_u64(), Some(stored + 1), "carol's queue survived intact");
     std::fs::remove_file(&ballast).expect("free space");
+    // The message refused while the disk was full waited in alice's outbox, and goes first.
     alice.send(&bob.address, "after space was freed");
-    assert_eq!(bob.sync(), vec![pair(&alice, "after space was freed")]);
+    assert_eq!(bob.sync(), vec![pair(&alice, "while full"), pair(&alice, "after space was freed")]);
 }
 
 /// The server's resident memory, from /proc.

@@ -27,10 +27,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use sotto::daemon::DaemonClient;
 use sotto::format_time;
+use sotto_client::engine;
 use sotto_client::{
-    ChatSummary, Client, DeviceView, Error, MessageView, NewHome, RegisterOptions, SafetyView,
-    Target,
+    AccountInfo, ChatSummary, Client, DeviceView, Downloaded, Error, LinkOutcome, MessageView,
+    NewHome, RegisterOptions, SafetyView, SyncReport,
 };
 
 /// Sotto: end-to-end encrypted messaging through a server that cannot read it.
@@ -143,6 +145,21 @@ enum Command {
     /// Key transparency: check the server's key directory.
     #[command(subcommand)]
     Kt(KtCommand),
+    /// Keep this home's client running, for scripts, bots and other front ends: JSON-RPC 2.0
+    /// on a Unix socket in the home (and optionally on standard input/output, or HTTP with
+    /// Server-Sent Events). While it runs, `sotto` commands on this home go through it.
+    /// docs/jsonrpc.md describes every method and event.
+    Daemon {
+        /// Also serve JSON-RPC on standard input and output, one JSON object per line (the
+        /// daemon stops when input ends).
+        #[arg(long)]
+        stdio: bool,
+        /// Also serve HTTP on this loopback address (e.g. 127.0.0.1:7780): `POST /rpc`, and
+        /// `GET /events` (Server-Sent Events, replaying the last 1000 after Last-Event-ID).
+        /// Requests show the token in the home's daemon.token as a bearer token.
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+    },
     /// Show this home's account and device.
     Whoami,
     /// Send a message: `sotto send ADDRESS TEXT`, or `sotto send --group CHAT TEXT`.
@@ -655,6 +672,33 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
     let home = cli.home.clone().unwrap_or_else(default_home);
     let open = || unlock.open(&home);
     let json = cli.json;
+    if let Some(command) = engine_command(&cli.command)? {
+        // Through the home's daemon when one runs (no second login, no lock contention);
+        // otherwise on the home directly.
+        let value = match DaemonClient::connect(&home) {
+            Some(mut daemon) => {
+                let call = serde_json::to_value(&command).unwrap_or_default();
+                let params = call.get("params").cloned().unwrap_or(serde_json::json!({}));
+                daemon.call(command.method(), params)?
+            }
+            None => {
+                let mut client = open()?;
+                let bar = progress_bar(
+                    json,
+                    match command {
+                        engine::Command::Download { .. } => "receiving",
+                        _ => "sending",
+                    },
+                );
+                let value = engine::execute(&mut client, command, &mut |done, total| {
+                    bar.report(done, total)
+                })?;
+                bar.finish();
+                value
+            }
+        };
+        return show(&cli.command, value, json);
+    }
     match cli.command {
         Command::Register { address, server, invite, ca_cert, device_name, managed } => {
             let options = RegisterOptions {
@@ -750,21 +794,6 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                      device is revoked",
                     a.address, a.device_id
                 );
-            }
-        }
-        Command::Verify { address, mark_verified, expect, accept_change } => {
-            let mut client = open()?;
-            let view = if mark_verified {
-                client.mark_verified(&address, expect.as_deref())?
-            } else if accept_change {
-                client.accept_change(&address)?
-            } else {
-                client.safety_number(&address)?
-            };
-            if json {
-                print_json(&view);
-            } else {
-                print_safety(&view);
             }
         }
         Command::Passphrase(PassphraseCommand::Change { new_passphrase_file }) => {
@@ -874,164 +903,24 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 }
             }
         }
-        Command::Devices(cmd) => {
-            let mut client = open()?;
-            match cmd {
-                DevicesCommand::List => {}
-                DevicesCommand::Link { code, name } => {
-                    let outcome = client.approve_link(&code, name.as_deref())?;
-                    if json {
-                        print_json(&outcome);
-                        return Ok(());
-                    }
-                    println!(
-                        "linked device {}: added to {} chat(s), {} message(s) of history sent",
-                        outcome.device_id, outcome.chats_joined, outcome.history_messages
-                    );
-                    if outcome.chats_pending > 0 {
-                        println!(
-                            "{} chat(s) wait for the new device's keys; the next sync adds it",
-                            outcome.chats_pending
-                        );
-                    }
-                }
-                DevicesCommand::Revoke { device } => {
-                    client.revoke(device)?;
-                    if !json {
-                        println!("revoked device {device}; it was removed from every chat");
-                    }
-                }
-                DevicesCommand::Wipe { device } => {
-                    client.wipe(device)?;
-                    if !json {
-                        println!(
-                            "device {device} is revoked and will erase itself when it next \
-                             contacts the server; `sotto devices list` shows its confirmation"
-                        );
-                    }
-                }
+        Command::Daemon { stdio, http } => {
+            if http.is_some_and(|a| !a.ip().is_loopback()) {
+                return Err(Error::Invalid(
+                    "the daemon's HTTP serves this machine only: give a loopback address \
+                     (127.0.0.1 or [::1]); its token must not cross a network in the clear"
+                        .into(),
+                ));
             }
-            let devices = client.devices()?;
-            if json {
-                print_json(&devices);
-            } else {
-                devices.iter().for_each(print_device);
-            }
-        }
-        Command::Whoami => {
-            let a = open()?.account();
-            if json {
-                print_json(&a);
-            } else {
-                println!("{} (device {}) on {}", a.address, a.device_id, a.server);
-                println!("device key:   {}", a.device_key);
-                println!("identity key: {}", a.identity_key);
-                if let Some(k) = &a.operator_key {
-                    println!("MANAGED: the server's operator (key {k}) may revoke and wipe");
-                    println!("this account's devices");
-                }
-            }
-        }
-        Command::Send { group, args } => {
-            let (target, text) = match (group, args.as_slice()) {
-                (Some(g), [text]) => (Target::Chat(g), text.clone()),
-                (None, [to, text]) => {
-                    (Target::Address(to.parse().map_err(Error::Core)?), text.clone())
-                }
-                (Some(_), _) => {
-                    return Err(Error::Invalid("with --group, give only the text".into()));
-                }
-                (None, _) => {
-                    return Err(Error::Invalid(
-                        "give ADDRESS and TEXT, or --group CHAT and TEXT".into(),
-                    ));
-                }
-            };
-            let text = if text == "-" {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::InvalidData => {
-                        Error::Invalid("standard input is not UTF-8 text".into())
-                    }
-                    _ => Error::Io(format!("reading standard input: {e}")),
-                })?;
-                s.trim_end_matches('\n').to_string()
-            } else {
-                text
-            };
-            let mut client = open()?;
-            let sent = client.send_text(&target, &text)?;
-            if json {
-                print_json(&sent);
-            } else {
-                print_message(&sent);
-            }
-        }
-        Command::SendFile { group, args } => {
-            let (target, path) = match (group, args.as_slice()) {
-                (Some(g), [path]) => (Target::Chat(g), PathBuf::from(path)),
-                (None, [to, path]) => {
-                    (Target::Address(to.parse().map_err(Error::Core)?), PathBuf::from(path))
-                }
-                (Some(_), _) => {
-                    return Err(Error::Invalid("with --group, give only the path".into()));
-                }
-                (None, _) => {
-                    return Err(Error::Invalid(
-                        "give ADDRESS and PATH, or --group CHAT and PATH".into(),
-                    ));
-                }
-            };
-            let mut client = open()?;
-            let bar = progress_bar(json, "sending");
-            let sent =
-                client.send_file(&target, &path, &mut |done, total| bar.report(done, total))?;
-            bar.finish();
-            if json {
-                print_json(&sent);
-            } else {
-                print_message(&sent);
-            }
-        }
-        Command::Download { message, out } => {
-            let mut client = open()?;
-            let bar = progress_bar(json, "receiving");
-            let got = client
-                .download(&message, out.as_deref(), &mut |done, total| bar.report(done, total))?;
-            bar.finish();
-            if json {
-                print_json(&got);
-            } else {
-                println!("{} ({} bytes, {}), verified", got.path, got.size, got.media_type);
-            }
-        }
-        Command::Resend { message } => {
-            let sent = open()?.resend(&message)?;
-            if json {
-                print_json(&sent);
-            } else {
-                print_message(&sent);
-            }
-        }
-        Command::Sync => {
-            let mut client = open()?;
-            let report = client.sync()?;
-            if json {
-                print_json(&report);
-            } else {
-                report.messages.iter().for_each(print_message);
-                for n in &report.notices {
-                    println!("* {n}");
-                }
-                for f in &report.failures {
-                    eprintln!("sotto: a message (#{}) could not be read: {}", f.seq, f.reason);
-                }
-                if report.messages.is_empty() && std::io::stdout().is_terminal() {
-                    println!("no new messages");
-                }
-            }
+            let client = open()?;
+            let options = sotto::daemon::Options { stdio, http };
+            sotto::daemon::serve(client, &options, &mut |where_| {
+                eprintln!("sotto daemon: {where_}")
+            })?;
         }
         Command::Listen { timeout, count } => {
+            if let Some(daemon) = DaemonClient::connect(&home) {
+                return listen_via(daemon, timeout, count, json);
+            }
             let mut client = open()?;
             let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
             let seen = std::cell::Cell::new(0usize);
@@ -1051,53 +940,219 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 &stop,
             )?;
         }
-        Command::Chats => {
-            let chats = open()?.chats()?;
-            if json {
-                print_json(&chats);
-            } else if chats.is_empty() {
-                println!("no chats yet; `sotto send ADDRESS TEXT` starts one");
-            } else {
-                chats.iter().for_each(print_chat);
+        // Handled above, through the engine.
+        _ => return Err(Error::Internal("an engine command reached the home's own commands")),
+    }
+    Ok(())
+}
+
+/// The engine command a CLI command stands for (`None`: it works on the home's files, or is
+/// the daemon itself).
+fn engine_command(command: &Command) -> Result<Option<engine::Command>, Error> {
+    use engine::Command as E;
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))
+    };
+    // ADDRESS X or --group CHAT X.
+    let split = |group: &Option<String>, args: &[String], what: &str| match (group, args) {
+        (Some(g), [x]) => Ok((None, Some(g.clone()), x.clone())),
+        (None, [to, x]) => Ok((Some(to.clone()), None, x.clone())),
+        (Some(_), _) => Err(Error::Invalid(format!("with --group, give only the {what}"))),
+        (None, _) => Err(Error::Invalid(format!(
+            "give ADDRESS and {0}, or --group CHAT and {0}",
+            what.to_uppercase()
+        ))),
+    };
+    Ok(Some(match command {
+        Command::Whoami => E::Whoami,
+        Command::Chats => E::Chats,
+        Command::History { chat, limit } => E::History { chat: chat.clone(), limit: Some(*limit) },
+        Command::Send { group, args } => {
+            let (to, group, text) = split(group, args, "text")?;
+            if let Some(to) = &to {
+                to.parse::<sotto_core::Address>().map_err(Error::Core)?;
             }
-        }
-        Command::History { chat, limit } => {
-            let messages = open()?.history(&chat, limit)?;
-            if json {
-                print_json(&messages);
+            let text = if text == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => {
+                        Error::Invalid("standard input is not UTF-8 text".into())
+                    }
+                    _ => Error::Io(format!("reading standard input: {e}")),
+                })?;
+                s.trim_end_matches('\n').to_string()
             } else {
-                messages.iter().for_each(print_message);
-            }
+                text
+            };
+            E::Send { to, group, text }
         }
+        Command::SendFile { group, args } => {
+            let (to, group, path) = split(group, args, "path")?;
+            if let Some(to) = &to {
+                to.parse::<sotto_core::Address>().map_err(Error::Core)?;
+            }
+            E::SendFile { to, group, path: absolute(std::path::Path::new(&path))? }
+        }
+        Command::Download { message, out } => {
+            // Relative to where the command runs, also when a daemon does the work.
+            let out = match out {
+                Some(o) => absolute(o)?,
+                None => absolute(std::path::Path::new("."))?,
+            };
+            E::Download { message: message.clone(), out: Some(out) }
+        }
+        Command::Resend { message } => E::Resend { message: message.clone() },
+        Command::Sync => E::Sync,
         Command::Chat(ChatCommand::Timer { chat, duration }) => {
             let seconds = match duration.trim() {
                 "off" | "0" => 0,
                 d => sotto::parse_duration(d).map_err(Error::Invalid)?,
             };
-            let summary = open()?.set_timer(&chat, seconds)?;
-            if json {
-                print_json(&summary);
-            } else {
-                print_chat(&summary);
+            E::ChatTimer { chat: chat.clone(), seconds }
+        }
+        Command::Group(GroupCommand::Create { name, members }) => {
+            E::GroupCreate { name: name.clone(), members: members.clone() }
+        }
+        Command::Group(GroupCommand::Add { chat, members }) => {
+            E::GroupAdd { chat: chat.clone(), members: members.clone() }
+        }
+        Command::Group(GroupCommand::Remove { chat, members }) => {
+            E::GroupRemove { chat: chat.clone(), members: members.clone() }
+        }
+        Command::Group(GroupCommand::Leave { chat }) => E::GroupLeave { chat: chat.clone() },
+        Command::Verify { address, mark_verified, expect, accept_change } => E::Verify {
+            address: address.clone(),
+            mark_verified: *mark_verified,
+            expect: expect.clone(),
+            accept_change: *accept_change,
+        },
+        Command::Devices(DevicesCommand::List) => E::DevicesList,
+        Command::Devices(DevicesCommand::Link { code, name }) => {
+            E::DevicesLink { code: code.clone(), name: name.clone() }
+        }
+        Command::Devices(DevicesCommand::Revoke { device }) => E::DevicesRevoke { device: *device },
+        Command::Devices(DevicesCommand::Wipe { device }) => E::DevicesWipe { device: *device },
+        _ => return Ok(None),
+    }))
+}
+
+/// Reads a command's JSON result as the type it is.
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Error> {
+    serde_json::from_value(value)
+        .map_err(|e| Error::Protocol(format!("an answer of an unexpected shape: {e}")))
+}
+
+/// Prints a command's result: as it is with --json, for people otherwise.
+fn show(command: &Command, value: serde_json::Value, json: bool) -> Result<(), Error> {
+    if json {
+        print_json(&value);
+        return Ok(());
+    }
+    match command {
+        Command::Whoami => {
+            let a: AccountInfo = typed(value)?;
+            println!("{} (device {}) on {}", a.address, a.device_id, a.server);
+            println!("device key:   {}", a.device_key);
+            println!("identity key: {}", a.identity_key);
+            if let Some(k) = &a.operator_key {
+                println!("MANAGED: the server's operator (key {k}) may revoke and wipe");
+                println!("this account's devices");
             }
         }
-        Command::Group(cmd) => {
-            let mut client = open()?;
-            let chat = match cmd {
-                GroupCommand::Create { name, members } => {
-                    let members: Vec<String> =
-                        members.into_iter().filter(|m| !m.trim().is_empty()).collect();
-                    client.create_group(&name, &members)?
-                }
-                GroupCommand::Add { chat, members } => client.add_members(&chat, &members)?,
-                GroupCommand::Remove { chat, members } => client.remove_members(&chat, &members)?,
-                GroupCommand::Leave { chat } => client.leave(&chat)?,
-            };
-            if json {
-                print_json(&chat);
-            } else {
-                print_chat(&chat);
+        Command::Chats => {
+            let chats: Vec<ChatSummary> = typed(value)?;
+            if chats.is_empty() {
+                println!("no chats yet; `sotto send ADDRESS TEXT` starts one");
             }
+            chats.iter().for_each(print_chat);
+        }
+        Command::History { .. } => typed::<Vec<MessageView>>(value)?.iter().for_each(print_message),
+        Command::Send { .. } | Command::SendFile { .. } | Command::Resend { .. } => {
+            print_message(&typed(value)?);
+        }
+        Command::Download { .. } => {
+            let got: Downloaded = typed(value)?;
+            println!("{} ({} bytes, {}), verified", got.path, got.size, got.media_type);
+        }
+        Command::Sync => {
+            let report: SyncReport = typed(value)?;
+            report.messages.iter().for_each(print_message);
+            for m in &report.updated {
+                print_message(m);
+            }
+            for n in &report.notices {
+                println!("* {}", sotto::terminal_text(n));
+            }
+            for f in &report.failures {
+                eprintln!("sotto: a message (#{}) could not be read: {}", f.seq, f.reason);
+            }
+            if report.messages.is_empty() && std::io::stdout().is_terminal() {
+                println!("no new messages");
+            }
+        }
+        Command::Chat(_) | Command::Group(_) => print_chat(&typed(value)?),
+        Command::Verify { .. } => print_safety(&typed(value)?),
+        Command::Devices(DevicesCommand::Link { .. }) => {
+            let outcome: LinkOutcome = typed(value)?;
+            println!(
+                "linked device {}: added to {} chat(s), {} message(s) of history sent",
+                outcome.device_id, outcome.chats_joined, outcome.history_messages
+            );
+            if outcome.chats_pending > 0 {
+                println!(
+                    "{} chat(s) wait for the new device's keys; the next sync adds it",
+                    outcome.chats_pending
+                );
+            }
+        }
+        Command::Devices(cmd) => {
+            match cmd {
+                DevicesCommand::Revoke { device } => {
+                    println!("revoked device {device}; it was removed from every chat");
+                }
+                DevicesCommand::Wipe { device } => println!(
+                    "device {device} is revoked and will erase itself when it next contacts \
+                     the server; `sotto devices list` shows its confirmation"
+                ),
+                _ => {}
+            }
+            typed::<Vec<DeviceView>>(value)?.iter().for_each(print_device);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `sotto listen` while a daemon runs: its message events.
+fn listen_via(
+    mut daemon: DaemonClient,
+    timeout: Option<u64>,
+    count: Option<usize>,
+    json: bool,
+) -> Result<(), Error> {
+    daemon.subscribe()?;
+    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            break;
+        }
+        daemon.set_timeout(left.map(|l| l.max(Duration::from_millis(1))));
+        let note = match daemon.read() {
+            Ok(n) => n,
+            Err(Error::Io(_)) if deadline.is_some_and(|d| Instant::now() >= d) => break,
+            Err(e) => return Err(e),
+        };
+        if note["method"] != "event" || note["params"]["event"] != "message" {
+            continue;
+        }
+        let m: MessageView = typed(note["params"]["message"].clone())?;
+        seen += 1;
+        if json {
+            println!("{}", serde_json::to_string(&m).unwrap_or_default());
+        } else {
+            print_message(&m);
         }
     }
     Ok(())

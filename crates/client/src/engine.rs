@@ -1,0 +1,707 @@
+//! The client engine: one long-running object per home that owns the database, the live
+//! connection and the outbox. Front ends (the CLI, `sotto daemon`'s JSON-RPC, a terminal UI)
+//! give it [`Command`]s and receive its [`Event`]s.
+//!
+//! The engine itself does no waiting and owns no thread: [`Engine`] is fed — a command, a
+//! frame from the live connection, "the connection closed", "time passed" — and answers with
+//! what to do next and what changed. Requests go through the [`crate::transport`] seams, so
+//! tests drive it with an in-memory transport and a clock of their own. [`run`] is the
+//! threaded driver the daemon uses: one thread runs the engine, another blocks on the live
+//! connection.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sotto_proto as proto;
+
+use crate::outbox::transient;
+use crate::transport::{LiveLink, Received};
+use crate::{ChatSummary, Client, Error, MessageView, Target};
+
+/// Something a front end asks of the engine: one per CLI command that works on an open home.
+/// On the wire (JSON-RPC) the variant is the method and its fields the named params.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// The account and device (`sotto whoami`).
+    Whoami,
+    /// The chats (`sotto chats`).
+    Chats,
+    /// A chat's latest messages (`sotto history`).
+    History {
+        /// The chat: an address, a chat id or prefix, or a group name.
+        chat: String,
+        /// How many of the latest (default 50).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Sends a text (`sotto send`): to an address, or to a chat with `group`.
+    Send {
+        /// The address of a direct chat.
+        #[serde(default)]
+        to: Option<String>,
+        /// A chat: its id, id prefix or group name.
+        #[serde(default)]
+        group: Option<String>,
+        /// The text.
+        text: String,
+    },
+    /// Sends a file (`sotto send-file`).
+    SendFile {
+        /// The address of a direct chat.
+        #[serde(default)]
+        to: Option<String>,
+        /// A chat: its id, id prefix or group name.
+        #[serde(default)]
+        group: Option<String>,
+        /// The file (an absolute path, as the engine's working directory is its own).
+        path: PathBuf,
+    },
+    /// Downloads a file (`sotto download`).
+    Download {
+        /// The message id or a prefix of it.
+        message: String,
+        /// Where to write it (an absolute path; default: its name in the home's downloads).
+        #[serde(default)]
+        out: Option<PathBuf>,
+    },
+    /// Tries a failed message again (`sotto resend`).
+    Resend {
+        /// The message id or a prefix of it.
+        message: String,
+    },
+    /// Fetches and processes what arrived, and delivers the outbox (`sotto sync`).
+    Sync,
+    /// Creates a group (`sotto group create`).
+    GroupCreate {
+        /// Its name.
+        name: String,
+        /// The members to add.
+        #[serde(default)]
+        members: Vec<String>,
+    },
+    /// Adds members (`sotto group add`).
+    GroupAdd {
+        /// The chat.
+        chat: String,
+        /// The members to add.
+        members: Vec<String>,
+    },
+    /// Removes members (`sotto group remove`).
+    GroupRemove {
+        /// The chat.
+        chat: String,
+        /// The members to remove.
+        members: Vec<String>,
+    },
+    /// Leaves a group (`sotto group leave`).
+    GroupLeave {
+        /// The chat.
+        chat: String,
+    },
+    /// Sets the disappearing-message timer (`sotto chat timer`), in seconds (0: off).
+    ChatTimer {
+        /// The chat.
+        chat: String,
+        /// Seconds.
+        seconds: u64,
+    },
+    /// The safety number with a contact; marks it verified or accepts a change (`sotto verify`).
+    Verify {
+        /// The contact.
+        address: String,
+        /// Record their current identity key as verified.
+        #[serde(default)]
+        mark_verified: bool,
+        /// With `mark_verified`: the number they showed.
+        #[serde(default)]
+        expect: Option<String>,
+        /// Accept a changed key without verifying.
+        #[serde(default)]
+        accept_change: bool,
+    },
+    /// The account's devices (`sotto devices list`).
+    DevicesList,
+    /// Approves a new device (`sotto devices link`).
+    DevicesLink {
+        /// The linking code it shows.
+        code: String,
+        /// A name for it.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Revokes a device (`sotto devices revoke`).
+    DevicesRevoke {
+        /// Its id.
+        device: u64,
+    },
+    /// Revokes a device and orders it to erase itself (`sotto devices wipe`).
+    DevicesWipe {
+        /// Its id.
+        device: u64,
+    },
+}
+
+impl Command {
+    /// Every method name, as on the wire.
+    pub const METHODS: &'static [&'static str] = &[
+        "whoami",
+        "chats",
+        "history",
+        "send",
+        "send_file",
+        "download",
+        "resend",
+        "sync",
+        "group_create",
+        "group_add",
+        "group_remove",
+        "group_leave",
+        "chat_timer",
+        "verify",
+        "devices_list",
+        "devices_link",
+        "devices_revoke",
+        "devices_wipe",
+    ];
+
+    /// A command from a JSON-RPC method and its params (absent params: none).
+    pub fn from_rpc(method: &str, params: Option<Value>) -> Result<Command, Error> {
+        if !Self::METHODS.contains(&method) {
+            return Err(Error::Invalid(format!("no method {method:?}")));
+        }
+        let mut call = serde_json::Map::new();
+        call.insert("method".into(), Value::String(method.into()));
+        if let Some(params) = params.filter(|p| !p.is_null()) {
+            call.insert("params".into(), params);
+        }
+        serde_json::from_value(Value::Object(call))
+            .map_err(|e| Error::Invalid(format!("bad params for {method}: {e}")))
+    }
+
+    /// The JSON-RPC method this command is.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Command::Whoami => "whoami",
+            Command::Chats => "chats",
+            Command::History { .. } => "history",
+            Command::Send { .. } => "send",
+            Command::SendFile { .. } => "send_file",
+            Command::Download { .. } => "download",
+            Command::Resend { .. } => "resend",
+            Command::Sync => "sync",
+            Command::GroupCreate { .. } => "group_create",
+            Command::GroupAdd { .. } => "group_add",
+            Command::GroupRemove { .. } => "group_remove",
+            Command::GroupLeave { .. } => "group_leave",
+            Command::ChatTimer { .. } => "chat_timer",
+            Command::Verify { .. } => "verify",
+            Command::DevicesList => "devices_list",
+            Command::DevicesLink { .. } => "devices_link",
+            Command::DevicesRevoke { .. } => "devices_revoke",
+            Command::DevicesWipe { .. } => "devices_wipe",
+        }
+    }
+}
+
+/// Something that changed, for every front end to show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A new message or chat event (membership, timer), received or sent from this account.
+    Message {
+        /// It, as `history` shows it.
+        message: MessageView,
+    },
+    /// The delivery state of one of this account's messages changed (`pending`, `sent`,
+    /// `failed`, with the reason).
+    Delivery {
+        /// It, as `history` shows it now.
+        message: MessageView,
+    },
+    /// A chat was created or changed (members, name, timer, left).
+    Chat {
+        /// It, as `chats` shows it.
+        chat: ChatSummary,
+    },
+    /// An account notice: a device linked, revoked or wiped, a contact's key changed.
+    Notice {
+        /// What happened.
+        text: String,
+    },
+    /// A message arrived that could not be processed (it is skipped; the queue goes on).
+    Failure {
+        /// Its position in the server queue.
+        seq: u64,
+        /// Why (never its content).
+        reason: String,
+    },
+    /// The live connection's state.
+    Connection {
+        /// `connected`, or `disconnected` (then retried).
+        state: String,
+        /// Why it is down.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A file transfer's progress.
+    Progress {
+        /// `upload` or `download`.
+        transfer: String,
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+}
+
+/// Runs one command on an open client; returns the JSON object `sotto --json` prints for it.
+/// `progress` hears file transfers (bytes done, bytes in all).
+pub fn execute(
+    client: &mut Client,
+    command: Command,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Value, Error> {
+    fn json(value: impl Serialize) -> Result<Value, Error> {
+        serde_json::to_value(value).map_err(|e| Error::Io(format!("cannot encode: {e}")))
+    }
+    fn target(to: Option<String>, group: Option<String>) -> Result<Target, Error> {
+        match (to, group) {
+            (Some(to), None) => Ok(Target::Address(to.parse()?)),
+            (None, Some(group)) => Ok(Target::Chat(group)),
+            _ => Err(Error::Invalid("give an address (to) or a chat (group), not both".into())),
+        }
+    }
+    match command {
+        Command::Whoami => json(client.account()),
+        Command::Chats => json(client.chats()?),
+        Command::History { chat, limit } => json(client.history(&chat, limit.unwrap_or(50))?),
+        Command::Send { to, group, text } => json(client.send_text(&target(to, group)?, &text)?),
+        Command::SendFile { to, group, path } => {
+            json(client.send_file(&target(to, group)?, &path, progress)?)
+        }
+        Command::Download { message, out } => {
+            json(client.download(&message, out.as_deref(), progress)?)
+        }
+        Command::Resend { message } => json(client.resend(&message)?),
+        Command::Sync => json(client.sync()?),
+        Command::GroupCreate { name, members } => {
+            let members: Vec<String> =
+                members.into_iter().filter(|m| !m.trim().is_empty()).collect();
+            json(client.create_group(&name, &members)?)
+        }
+        Command::GroupAdd { chat, members } => json(client.add_members(&chat, &members)?),
+        Command::GroupRemove { chat, members } => json(client.remove_members(&chat, &members)?),
+        Command::GroupLeave { chat } => json(client.leave(&chat)?),
+        Command::ChatTimer { chat, seconds } => json(client.set_timer(&chat, seconds)?),
+        Command::Verify { address, mark_verified, expect, accept_change } => {
+            json(if mark_verified {
+                client.mark_verified(&address, expect.as_deref())?
+            } else if accept_change {
+                client.accept_change(&address)?
+            } else {
+                client.safety_number(&address)?
+            })
+        }
+        Command::DevicesList => json(client.devices()?),
+        Command::DevicesLink { code, name } => json(client.approve_link(&code, name.as_deref())?),
+        Command::DevicesRevoke { device } => {
+            client.revoke(device)?;
+            json(client.devices()?)
+        }
+        Command::DevicesWipe { device } => {
+            client.wipe(device)?;
+            json(client.devices()?)
+        }
+    }
+}
+
+/// The first wait before reconnecting; it doubles up to [`MAX_RECONNECT`].
+const FIRST_RECONNECT: u64 = 250;
+/// The longest wait between connection attempts.
+const MAX_RECONNECT: u64 = 30_000;
+
+/// What the engine wants done about the live connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wants {
+    /// Nothing now; call [`Engine::tick`] again by this time (Unix milliseconds).
+    WaitUntil(u64),
+    /// The device was revoked or wiped: stop.
+    Stop,
+}
+
+/// One home's engine (see the module documentation).
+#[derive(Debug)]
+pub struct Engine {
+    client: Client,
+    events: Vec<Event>,
+    /// Whether a live connection is up.
+    connected: bool,
+    /// When to try connecting next (Unix milliseconds), while disconnected.
+    reconnect_at: u64,
+    /// The wait after the next failed connection attempt.
+    backoff: u64,
+    /// The device is revoked or wiped: nothing more to do.
+    stopped: Option<String>,
+}
+
+impl Engine {
+    /// An engine over an open client. It connects on the first [`Engine::tick`].
+    pub fn new(client: Client) -> Engine {
+        Engine {
+            client,
+            events: Vec::new(),
+            connected: false,
+            reconnect_at: 0,
+            backoff: FIRST_RECONNECT,
+            stopped: None,
+        }
+    }
+
+    /// The client inside.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Why the engine stopped (the device was revoked or wiped), if it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    /// The events since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Runs a command; what it changed is also told as events.
+    pub fn execute(&mut self, command: Command) -> Result<Value, Error> {
+        let mut progress = Vec::new();
+        let transfer = match &command {
+            Command::SendFile { .. } => Some("upload"),
+            Command::Download { .. } => Some("download"),
+            _ => None,
+        };
+        let mut last = 0;
+        let result = execute(&mut self.client, command.clone(), &mut |done, total| {
+            // At most a hundred progress events per transfer.
+            if done == total || done >= last + total.max(100) / 100 {
+                last = done;
+                progress.push((done, total));
+            }
+        });
+        if let Some(transfer) = transfer {
+            self.events.extend(progress.into_iter().map(|(done, total)| Event::Progress {
+                transfer: transfer.into(),
+                done,
+                total,
+            }));
+        }
+        self.report(&command, &result);
+        result
+    }
+
+    /// Events for what a command did.
+    fn report(&mut self, command: &Command, result: &Result<Value, Error>) {
+        let message = |v: &Value| serde_json::from_value::<MessageView>(v.clone()).ok();
+        match (command, result) {
+            (Command::Send { .. } | Command::SendFile { .. } | Command::Resend { .. }, Ok(v)) => {
+                if let Some(m) = message(v) {
+                    self.events.push(Event::Delivery { message: m });
+                }
+            }
+            (
+                Command::GroupCreate { .. }
+                | Command::GroupAdd { .. }
+                | Command::GroupRemove { .. }
+                | Command::GroupLeave { .. }
+                | Command::ChatTimer { .. },
+                Ok(v),
+            ) => {
+                if let Ok(chat) = serde_json::from_value::<ChatSummary>(v.clone()) {
+                    self.events.push(Event::Chat { chat });
+                }
+            }
+            (Command::Sync, Ok(v)) => {
+                if let Ok(report) = serde_json::from_value::<crate::SyncReport>(v.clone()) {
+                    self.report_sync(report);
+                }
+            }
+            // A message that could not go now is stored: its state is news too.
+            (_, Err(Error::Queued { message, .. } | Error::NotSent { message, .. })) => {
+                let found = self.client.message_views(
+                    "WHERE m.msg_id = ?1 AND m.sender = ?2",
+                    rusqlite::params![message, self.client.account.address],
+                );
+                if let Ok(Some(m)) = found.map(|mut v| v.pop()) {
+                    self.events.push(Event::Delivery { message: m });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn report_sync(&mut self, report: crate::SyncReport) {
+        let crate::SyncReport { messages, failures, notices, updated, .. } = report;
+        self.events.extend(messages.into_iter().map(|message| Event::Message { message }));
+        self.events.extend(updated.into_iter().map(|message| Event::Delivery { message }));
+        self.events.extend(notices.into_iter().map(|text| Event::Notice { text }));
+        self.events
+            .extend(failures.into_iter().map(|f| Event::Failure { seq: f.seq, reason: f.reason }));
+    }
+
+    /// Ends the engine on a revoked or wiped device; other errors pass through.
+    fn check_revoked(&mut self, e: Error) -> Error {
+        let e = match e {
+            e if e.server_code() == Some("device_revoked") => self.client.obey_revocation(),
+            e => e,
+        };
+        if matches!(e, Error::Revoked(_) | Error::Wiped(_)) {
+            self.stopped = Some(e.to_string());
+            self.events.push(Event::Notice { text: e.to_string() });
+        }
+        e
+    }
+
+    /// Lets time pass: catches up and opens the live connection when it is time to (returned
+    /// for the caller to read), and delivers what is due in the outbox.
+    pub fn tick(&mut self) -> (Option<Box<dyn LiveLink>>, Wants) {
+        if self.stopped.is_some() {
+            return (None, Wants::Stop);
+        }
+        let now = self.client.now_ms();
+        let mut link = None;
+        if !self.connected && now >= self.reconnect_at {
+            match self.connect() {
+                Ok(l) => {
+                    self.connected = true;
+                    self.backoff = FIRST_RECONNECT;
+                    self.events.push(Event::Connection { state: "connected".into(), reason: None });
+                    link = Some(l);
+                }
+                Err(e) => {
+                    let e = self.check_revoked(e);
+                    if self.stopped.is_some() {
+                        return (None, Wants::Stop);
+                    }
+                    if e.server_code() == Some("unauthorized") {
+                        // A token the server no longer knows: log in again next time.
+                        self.client.api.forget_token();
+                    }
+                    self.disconnected(e.to_string());
+                }
+            }
+        }
+        // The outbox: what is due now (a sync above delivered everything already).
+        match self.client.flush_outbox(None, false) {
+            Ok(changed) => match self.client.updated_views(changed) {
+                Ok(views) => {
+                    self.events.extend(views.into_iter().map(|message| Event::Delivery { message }))
+                }
+                Err(e) => self.events.push(Event::Notice { text: format!("outbox: {e}") }),
+            },
+            Err(e) => {
+                let e = self.check_revoked(e);
+                if self.stopped.is_some() {
+                    return (None, Wants::Stop);
+                }
+                self.events.push(Event::Notice { text: format!("outbox: {e}") });
+            }
+        }
+        (link, Wants::WaitUntil(self.next_wake()))
+    }
+
+    /// Catches up, then opens the live connection.
+    fn connect(&mut self) -> Result<Box<dyn LiveLink>, Error> {
+        let report = self.client.sync()?;
+        self.report_sync(report);
+        self.client.connect_live()
+    }
+
+    fn disconnected(&mut self, reason: String) {
+        self.connected = false;
+        let jitter = u64::from(sotto_core::random_bytes(1).map(|b| b[0]).unwrap_or(0));
+        self.reconnect_at = self.client.now_ms() + self.backoff + jitter;
+        self.backoff = (self.backoff * 2).min(MAX_RECONNECT);
+        self.events.push(Event::Connection { state: "disconnected".into(), reason: Some(reason) });
+    }
+
+    /// When something is due: a reconnection, or the outbox's next attempt.
+    fn next_wake(&self) -> u64 {
+        let outbox = self.client.outbox_next_at().ok().flatten().unwrap_or(u64::MAX);
+        let reconnect = if self.connected { u64::MAX } else { self.reconnect_at };
+        outbox.min(reconnect)
+    }
+
+    /// The live connection closed.
+    pub fn closed(&mut self) {
+        if self.connected {
+            self.disconnected("the connection closed".into());
+        }
+    }
+
+    /// A frame from the live connection. Returns the acknowledgement to send back, if any.
+    pub fn frame(&mut self, text: &str) -> Option<String> {
+        match serde_json::from_str::<proto::ServerFrame>(text) {
+            Ok(proto::ServerFrame::Message(m)) => {
+                if let Err(e) = self.client.process_one(m.seq, &m.message.0) {
+                    // The local database failed: not acknowledged, so it comes again.
+                    self.events.push(Event::Notice { text: format!("could not store: {e}") });
+                    return None;
+                }
+                let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
+                match self.client.finish_batch(1, false) {
+                    Ok(report) => self.report_sync(report),
+                    Err(e) => {
+                        let e = self.check_revoked(e);
+                        self.events.push(Event::Notice { text: e.to_string() });
+                    }
+                }
+                serde_json::to_string(&ack).ok()
+            }
+            Ok(proto::ServerFrame::Acked(a)) => {
+                if let Err(e) = crate::db::set_last_acked(&self.client.conn, a.up_to) {
+                    self.events.push(Event::Notice { text: format!("could not store: {e}") });
+                }
+                None
+            }
+            Ok(proto::ServerFrame::Error(e)) => {
+                let error = Error::Server {
+                    status: 0,
+                    code: crate::error::code_name(e.error.code),
+                    message: e.error.message,
+                    epoch: None,
+                };
+                let error = self.check_revoked(error);
+                self.disconnected(error.to_string());
+                None
+            }
+            Err(e) => {
+                self.disconnected(format!("bad frame from the server: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// What reaches the engine's thread.
+#[derive(Debug)]
+pub enum Input {
+    /// A command, and where its answer goes.
+    Command(Command, Sender<Result<Value, Error>>),
+    /// A frame from live connection number `.0`.
+    Frame(u64, String),
+    /// Live connection number `.0` closed.
+    Closed(u64),
+    /// Stop.
+    Stop,
+}
+
+/// Runs `engine` until [`Input::Stop`] or the device is revoked: commands from `inputs`,
+/// events to `on_event`. The live connection is read on a thread of its own that feeds
+/// `inputs` (which is why `feed` must send to it).
+pub fn run(
+    mut engine: Engine,
+    inputs: &Receiver<Input>,
+    feed: &Sender<Input>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<(), Error> {
+    let mut generation = 0u64;
+    let mut reader: Option<(Arc<AtomicBool>, Sender<String>)> = None;
+    let result = loop {
+        let (link, wants) = engine.tick();
+        engine.take_events().into_iter().for_each(&mut *on_event);
+        if let Some(link) = link {
+            generation += 1;
+            if let Some((stop, _)) = reader.take() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            reader = Some(read_live(link, generation, feed.clone()));
+        }
+        let wake = match wants {
+            Wants::Stop => {
+                break Err(Error::Revoked(engine.stopped().unwrap_or("revoked").to_string()));
+            }
+            Wants::WaitUntil(at) => at,
+        };
+        let wait = wake.saturating_sub(engine.client.now_ms()).clamp(1, 60_000);
+        let input = match inputs.recv_timeout(Duration::from_millis(wait)) {
+            Ok(input) => input,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break Ok(()),
+        };
+        match input {
+            Input::Command(command, reply) => {
+                let _ = reply.send(engine.execute(command));
+            }
+            Input::Frame(g, text) if g == generation => {
+                if let Some(ack) = engine.frame(&text)
+                    && let Some((_, acks)) = &reader
+                {
+                    let _ = acks.send(ack);
+                }
+            }
+            Input::Closed(g) if g == generation => {
+                reader = None;
+                engine.closed();
+            }
+            Input::Frame(..) | Input::Closed(_) => {}
+            Input::Stop => break Ok(()),
+        }
+        engine.take_events().into_iter().for_each(&mut *on_event);
+    };
+    engine.take_events().into_iter().for_each(&mut *on_event);
+    if let Some((stop, _)) = reader {
+        stop.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
+/// Reads a live connection on a thread of its own: frames go to `feed`, acknowledgements come
+/// back on the returned sender. Setting the flag closes it.
+fn read_live(
+    mut link: Box<dyn LiveLink>,
+    generation: u64,
+    feed: Sender<Input>,
+) -> (Arc<AtomicBool>, Sender<String>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ack_tx, acks) = std::sync::mpsc::channel::<String>();
+    let stopping = stop.clone();
+    std::thread::spawn(move || {
+        loop {
+            if stopping.load(Ordering::Relaxed) {
+                link.close();
+                return;
+            }
+            while let Ok(ack) = acks.try_recv() {
+                if !link.send(&ack) {
+                    let _ = feed.send(Input::Closed(generation));
+                    return;
+                }
+            }
+            match link.recv(Duration::from_millis(25)) {
+                Received::Frame(text) => {
+                    if feed.send(Input::Frame(generation, text)).is_err() {
+                        link.close();
+                        return;
+                    }
+                }
+                Received::Idle => {}
+                Received::Closed => {
+                    let _ = feed.send(Input::Closed(generation));
+                    return;
+                }
+            }
+        }
+    });
+    (stop, ack_tx)
+}
+
+/// Whether waiting may change an error (the server is down or busy).
+pub fn is_transient(e: &Error) -> bool {
+    transient(e)
+}
