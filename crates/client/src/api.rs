@@ -57,6 +57,11 @@ impl Api {
         &self.clock
     }
 
+    pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+        self.token = None;
+    }
+
     pub(crate) fn unreachable(&self, e: Failed) -> Error {
         Error::Unreachable { url: self.base().to_string(), reason: e.reason }
     }

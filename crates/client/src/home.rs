@@ -284,6 +284,13 @@ impl Client {
         Ok(client)
     }
 
+    /// Uses `clock` for everything that waits or stamps (tests drive time with a clock of
+    /// their own).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::transport::Clock>) -> Client {
+        self.api.set_clock(clock);
+        self
+    }
+
     /// The time on this client's clock (Unix milliseconds).
     pub(crate) fn now_ms(&self) -> u64 {
         self.api.clock().now_ms()

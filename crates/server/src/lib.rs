@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use config::{Config, TlsFiles};
 pub use error::Error;
-pub use net::{bind, serve};
+pub use net::{InProcess, bind, serve};
 use sha2::{Digest, Sha256};
 use sotto_core::account::IdentityKey;
 pub use sotto_proto::RegistrationMode;

@@ -44,6 +44,41 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, Error> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The API without sockets: the router [`serve`] runs, answering requests handed to it in
+/// the same process, as if from a loopback peer. For tests that drive real clients through an
+/// in-memory transport; the key directory publishes and the store is real.
+#[derive(Debug)]
+pub struct InProcess {
+    app: axum::Router,
+    _stop: watch::Sender<bool>,
+}
+
+impl InProcess {
+    /// Opens the store and key directory in `config.data_dir`.
+    pub async fn start(config: Config) -> Result<InProcess, Error> {
+        let store = crate::open_store(&config)?;
+        let sessions = Sessions::load_or_create(&config.data_dir.join("session.key"))?;
+        let (stop, stopping) = watch::channel(false);
+        let operator_key = crate::load_operator_key(&config)?.map(|k| k.public());
+        let kt = KeyDirectory::open(&config.data_dir).await?;
+        let state = Arc::new(AppState::new(store, config, sessions, stopping, operator_key, kt)?);
+        Ok(InProcess { app: router(state), _stop: stop })
+    }
+
+    /// Answers one request.
+    pub async fn call(
+        &self,
+        mut request: axum::http::Request<axum::body::Body>,
+    ) -> axum::http::Response<axum::body::Body> {
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        request.extensions_mut().insert(axum::extract::ConnectInfo(PeerAddr(peer)));
+        match self.app.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
 /// Binds the configured address (after [`Config::check`]).
 pub async fn bind(config: &Config) -> Result<TcpListener, Error> {
     config.check()?;
