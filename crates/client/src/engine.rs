@@ -177,7 +177,9 @@ impl Command {
         }
         let mut call = serde_json::Map::new();
         call.insert("method".into(), Value::String(method.into()));
-        if let Some(params) = params.filter(|p| !p.is_null()) {
+        // No params, `null` and `{}` all mean none (methods without parameters take them all).
+        let empty = |p: &Value| p.is_null() || p.as_object().is_some_and(|o| o.is_empty());
+        if let Some(params) = params.filter(|p| !empty(p)) {
             call.insert("params".into(), params);
         }
         serde_json::from_value(Value::Object(call))
@@ -258,6 +260,25 @@ pub enum Event {
         /// Bytes in all.
         total: u64,
     },
+}
+
+impl Event {
+    /// Every event kind, as on the wire.
+    pub const KINDS: &'static [&'static str] =
+        &["message", "delivery", "chat", "notice", "failure", "connection", "progress"];
+
+    /// This event's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Message { .. } => "message",
+            Event::Delivery { .. } => "delivery",
+            Event::Chat { .. } => "chat",
+            Event::Notice { .. } => "notice",
+            Event::Failure { .. } => "failure",
+            Event::Connection { .. } => "connection",
+            Event::Progress { .. } => "progress",
+        }
+    }
 }
 
 /// Runs one command on an open client; returns the JSON object `sotto --json` prints for it.
@@ -704,4 +725,68 @@ fn read_live(
 /// Whether waiting may change an error (the server is down or busy).
 pub fn is_transient(e: &Error) -> bool {
     transient(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_parses_and_names_itself() {
+        for method in Command::METHODS {
+            // Every field a method needs, in a form every one of them accepts.
+            let params = serde_json::json!({
+                "chat": "c", "limit": 1, "to": "a@b.org", "text": "t", "path": "/p",
+                "message": "m", "name": "n", "members": [], "seconds": 1, "address": "a@b.org",
+                "code": "c", "device": 1,
+            });
+            let obj = params.as_object().cloned().unwrap_or_default();
+            // Keep only the fields this method takes: try each subset made by dropping the
+            // ones serde calls unknown.
+            let mut params = obj.clone();
+            if let Ok(c) = Command::from_rpc(method, Some(serde_json::json!({}))) {
+                assert_eq!(c.method(), *method);
+                continue;
+            }
+            let command = loop {
+                match Command::from_rpc(method, Some(Value::Object(params.clone()))) {
+                    Ok(c) => break c,
+                    Err(Error::Invalid(e)) => {
+                        let unknown = e
+                            .split_once("unknown field `")
+                            .and_then(|(_, rest)| rest.split_once('`'))
+                            .map(|(field, _)| field.to_string());
+                        match unknown.and_then(|k| params.remove(&k)) {
+                            Some(_) => continue,
+                            None => panic!("{method}: {e}"),
+                        }
+                    }
+                    Err(e) => panic!("{method}: {e}"),
+                }
+            };
+            assert_eq!(command.method(), *method);
+            let wire = serde_json::to_value(&command).unwrap_or_default();
+            assert_eq!(wire["method"], *method);
+        }
+        assert!(Command::from_rpc("nope", None).is_err());
+        assert!(Command::from_rpc("send", Some(serde_json::json!({"text": 1}))).is_err());
+    }
+
+    #[test]
+    fn every_event_kind_is_listed_and_on_the_wire() {
+        let events = [
+            Event::Notice { text: String::new() },
+            Event::Failure { seq: 1, reason: String::new() },
+            Event::Connection { state: "connected".into(), reason: None },
+            Event::Progress { transfer: "upload".into(), done: 0, total: 1 },
+        ];
+        for e in &events {
+            assert!(Event::KINDS.contains(&e.kind()));
+            assert_eq!(serde_json::to_value(e).unwrap_or_default()["event"], e.kind());
+        }
+        let mut kinds = Event::KINDS.to_vec();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), Event::KINDS.len());
+    }
 }

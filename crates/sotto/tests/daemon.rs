@@ -162,7 +162,7 @@ fn a_daemon_serves_json_rpc_and_the_cli_goes_through_it() {
         (Some("from the daemon"), Some("sent"))
     );
     assert_eq!(alice.sync(), vec![pair(&bob, "from the daemon")]);
-    let chats = rpc.call("chats", Value::Null);
+    let chats = rpc.call("chats", json!({}));
     assert_eq!(chats[0]["peer"], alice.address.as_str());
     let history = rpc.call("history", json!({"chat": alice.address, "limit": 2}));
     assert_eq!(history.as_array().map(Vec::len), Some(2));
@@ -192,6 +192,10 @@ fn a_daemon_serves_json_rpc_and_the_cli_goes_through_it() {
     assert_eq!(sent["status"], "sent");
     assert_eq!(alice.sync(), vec![pair(&bob, "cli via daemon")]);
     assert_eq!(bob.err(&["send", "nobody@localhost", "x"]), "unknown_user");
+    // Commands without parameters, and one that reads a path where the CLI runs.
+    assert_eq!(bob.ok(&["whoami"])["address"], bob.address.as_str());
+    assert_eq!(bob.ok(&["chats"])[0]["peer"], alice.address.as_str());
+    assert!(bob.ok(&["sync"])["messages"].is_array());
     // The daemon told its subscribers about the CLI's send too.
     rpc.event(|e| e["event"] == "delivery" && e["message"]["body"] == "cli via daemon");
 
@@ -412,4 +416,37 @@ fn a_crash_after_the_server_took_a_message_or_commit_loses_and_doubles_nothing()
     bob.send_group(&id, "welcome carol");
     assert_eq!(alice.sync(), vec![pair(&bob, "welcome carol")]);
     assert_eq!(carol.sync(), vec![pair(&bob, "welcome carol")]);
+}
+
+/// The `### `name`` headings of one `## Section` of docs/jsonrpc.md.
+fn documented(section: &str) -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/jsonrpc.md"))
+            .expect("docs/jsonrpc.md");
+    let mut inside = false;
+    let mut names = Vec::new();
+    for line in doc.lines() {
+        if let Some(title) = line.strip_prefix("## ") {
+            inside = title.trim() == section;
+        } else if inside && let Some(h) = line.strip_prefix("### ") {
+            names.push(h.trim().trim_matches('`').to_string());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn the_protocol_document_and_the_daemon_agree() {
+    use sotto_client::engine::{Command, Event};
+    let mut methods: Vec<String> = Command::METHODS.iter().map(|m| m.to_string()).collect();
+    // Handled by the connection itself.
+    methods.extend(["subscribe".to_string(), "unsubscribe".to_string()]);
+    methods.sort();
+    assert_eq!(documented("Methods"), methods, "docs/jsonrpc.md's methods");
+    let mut events: Vec<String> = Event::KINDS.iter().map(|k| k.to_string()).collect();
+    // Sent by the daemon to a subscriber that fell behind.
+    events.push("lagged".into());
+    events.sort();
+    assert_eq!(documented("Events"), events, "docs/jsonrpc.md's events");
 }
