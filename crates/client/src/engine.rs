@@ -530,7 +530,10 @@ impl Engine {
                 if self.stopped.is_some() {
                     return (None, Wants::Stop);
                 }
-                self.events.push(Event::Notice { text: format!("outbox: {e}") });
+                // The server being away is told by `connection` events already.
+                if !transient(&e) {
+                    self.events.push(Event::Notice { text: format!("outbox: {e}") });
+                }
             }
         }
         (link, Wants::WaitUntil(self.next_wake()))

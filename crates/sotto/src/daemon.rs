@@ -211,10 +211,16 @@ pub fn serve(client: Client, options: &Options, ready: &mut dyn FnMut(&str)) -> 
     let shared = Shared { engine: feed.clone(), hub: hub.clone(), http_token };
     let engine_feed = feed.clone();
     let events = hub.clone();
+    // The engine ends the daemon when it stops by itself (the device was revoked or wiped).
+    let (ended, engine_ended) = tokio::sync::oneshot::channel::<()>();
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            engine::run(Engine::new(client), &inputs, &engine_feed, &mut |e| events.publish(e))
+            let result = engine::run(Engine::new(client), &inputs, &engine_feed, &mut |e| {
+                events.publish(e)
+            });
+            let _ = ended.send(());
+            result
         })
         .map_err(|e| Error::Io(format!("cannot start the engine: {e}")))?;
     let result = runtime.block_on(async {
@@ -245,6 +251,7 @@ pub fn serve(client: Client, options: &Options, ready: &mut dyn FnMut(&str)) -> 
         tokio::select! {
             () = stdio => {}
             () = interrupted() => {}
+            _ = engine_ended => {}
         }
         Ok(())
     });
