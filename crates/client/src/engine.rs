@@ -368,7 +368,7 @@ pub struct Engine {
     /// The wait after the next failed connection attempt.
     backoff: u64,
     /// The device is revoked or wiped: nothing more to do.
-    stopped: Option<String>,
+    stopped: Option<(bool, String)>,
 }
 
 impl Engine {
@@ -389,9 +389,12 @@ impl Engine {
         &self.client
     }
 
-    /// Why the engine stopped (the device was revoked or wiped), if it did.
-    pub fn stopped(&self) -> Option<&str> {
-        self.stopped.as_deref()
+    /// Why the engine stopped, if it did: the device was revoked, or wiped.
+    pub fn stopped(&self) -> Option<Error> {
+        self.stopped.as_ref().map(|(wiped, why)| match wiped {
+            true => Error::Wiped(why.clone()),
+            false => Error::Revoked(why.clone()),
+        })
     }
 
     /// The events since the last call, oldest first.
@@ -482,7 +485,7 @@ impl Engine {
             e => e,
         };
         if matches!(e, Error::Revoked(_) | Error::Wiped(_)) {
-            self.stopped = Some(e.to_string());
+            self.stopped = Some((matches!(e, Error::Wiped(_)), e.to_string()));
             self.events.push(Event::Notice { text: e.to_string() });
         }
         e
@@ -648,7 +651,7 @@ pub fn run(
         }
         let wake = match wants {
             Wants::Stop => {
-                break Err(Error::Revoked(engine.stopped().unwrap_or("revoked").to_string()));
+                break Err(engine.stopped().unwrap_or(Error::Revoked("revoked".into())));
             }
             Wants::WaitUntil(at) => at,
         };
