@@ -101,7 +101,7 @@ impl Client {
         let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
         let now = self.now_ms();
         let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now, expires_in, body };
-        let tx = begin(&self.conn)?;
+        let mut tx = begin(&self.conn)?;
         if let Some(text) = &text {
             tx.execute(
                 "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
@@ -124,6 +124,21 @@ impl Client {
              VALUES (?1, 'message', ?2, ?3, ?4)",
             params![group_id, text.is_some().then_some(&msg.id), msg.encode(), now as i64],
         )?;
+        // When nothing of this chat waits before it, the message is encrypted in the same
+        // transaction (one write to disk instead of two); otherwise, or if that fails, the
+        // delivery does it in its turn.
+        let entry = tx.last_insert_rowid();
+        let earlier: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE group_id = ?1 AND id < ?2",
+            params![group_id, entry],
+            |r| r.get(0),
+        )?;
+        if earlier == 0 {
+            let sp = tx.savepoint()?;
+            if self.seal(&sp, entry, group_id, &msg).is_ok() {
+                sp.commit()?;
+            }
+        }
         tx.commit()?;
         Ok(msg.id)
     }
@@ -266,31 +281,10 @@ impl Client {
                 let msg = Message::decode(&entry.payload)
                     .map_err(|e| Error::Io(format!("a stored message is unreadable: {e}")))?;
                 let tx = begin(&self.conn)?;
-                let p = db::provider(&tx);
-                let recipients = self.recipients(&p, &entry.group_id)?;
-                if recipients.is_empty() {
+                let Some((request, json)) = self.seal(&tx, entry.id, &entry.group_id, &msg)? else {
                     // Nobody else is in the chat (yet): nothing to send.
                     return Ok(());
-                }
-                let epoch = mls::epoch(&p, &entry.group_id)?;
-                let ciphertext = mls::encrypt(&p, &entry.group_id, &self.me, &msg.encode())?;
-                let request = proto::SubmitRequest {
-                    submission_id: Some(Bytes(sotto_core::random_bytes(16)?)),
-                    group_id: Bytes(entry.group_id.clone()),
-                    kind: proto::SubmitKind::Application,
-                    epoch,
-                    delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
-                    welcome: None,
-                    removed: Vec::new(),
-                    // Copies nobody fetched in time go too (disappearing messages).
-                    expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
                 };
-                let json = serde_json::to_vec(&request).map_err(|e| Error::Io(e.to_string()))?;
-                // The ratchet step and the submission it made commit together.
-                tx.execute(
-                    "UPDATE outbox SET request = ?2 WHERE id = ?1",
-                    params![entry.id, json],
-                )?;
                 tx.commit()?;
                 entry.request = Some(json);
                 request
@@ -302,6 +296,38 @@ impl Client {
             self.touched.borrow_mut().dropped.insert(entry.group_id.clone());
         }
         Ok(())
+    }
+
+    /// Encrypts an outbox message and records the submission it makes, in `tx` — the ratchet
+    /// step and the submission commit together. `None` if nobody else is in the chat.
+    fn seal(
+        &self,
+        tx: &rusqlite::Connection,
+        entry: i64,
+        group_id: &[u8],
+        msg: &Message,
+    ) -> Result<Option<(proto::SubmitRequest, Vec<u8>)>, Error> {
+        let p = db::provider(tx);
+        let recipients = self.recipients(&p, group_id)?;
+        if recipients.is_empty() {
+            return Ok(None);
+        }
+        let epoch = mls::epoch(&p, group_id)?;
+        let ciphertext = mls::encrypt(&p, group_id, &self.me, &msg.encode())?;
+        let request = proto::SubmitRequest {
+            submission_id: Some(Bytes(sotto_core::random_bytes(16)?)),
+            group_id: Bytes(group_id.to_vec()),
+            kind: proto::SubmitKind::Application,
+            epoch,
+            delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
+            welcome: None,
+            removed: Vec::new(),
+            // Copies nobody fetched in time go too (disappearing messages).
+            expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
+        };
+        let json = serde_json::to_vec(&request).map_err(|e| Error::Io(e.to_string()))?;
+        tx.execute("UPDATE outbox SET request = ?2 WHERE id = ?1", params![entry, json])?;
+        Ok(Some((request, json)))
     }
 
     /// Tries a failed (or still pending) message of this device again now. `spec` is its id or

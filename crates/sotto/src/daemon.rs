@@ -216,9 +216,8 @@ pub fn serve(client: Client, options: &Options, ready: &mut dyn FnMut(&str)) -> 
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            let result = engine::run(Engine::new(client), &inputs, &engine_feed, &mut |e| {
-                events.publish(e)
-            });
+            let result =
+                engine::run(Engine::new(client), &inputs, &engine_feed, &mut |e| events.publish(e));
             let _ = ended.send(());
             result
         })
