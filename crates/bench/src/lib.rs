@@ -12,6 +12,7 @@
 //! carries its send time, so the receiver measures end-to-end latency into an HDR histogram.
 
 pub mod crypto;
+pub mod daemon;
 pub mod e2ee;
 pub mod idle;
 pub mod jetstream;

@@ -9,7 +9,7 @@ use sotto_bench::jetstream::NatsServer;
 use sotto_bench::report::{self, Machine, Report};
 use sotto_bench::sotto::SottoServer;
 use sotto_bench::synapse::{self, SynapseServer};
-use sotto_bench::{RelayParams, crypto, e2ee, idle, jetstream, sotto};
+use sotto_bench::{RelayParams, crypto, daemon, e2ee, idle, jetstream, sotto};
 
 /// Sotto's load generator: the same workload against Sotto and peers, in one run.
 ///
@@ -22,7 +22,8 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Systems to measure: sotto, jetstream (default sync), jetstream-fsync (sync always),
-    /// synapse (to-device messages).
+    /// synapse (to-device messages); and, only when named, daemon (`sotto daemon` against
+    /// `sotto send` processes, and its notification latency).
     #[arg(long, value_delimiter = ',', default_value = "sotto,jetstream-fsync,jetstream,synapse")]
     systems: Vec<String>,
     /// Simulated devices.
@@ -56,12 +57,25 @@ struct Args {
     /// Directory sizes (accounts) for the key transparency costs (empty: skip).
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     kt: Vec<usize>,
+    /// Messages sent through `sotto daemon` in the daemon workload (0: skip it).
+    #[arg(long, default_value_t = 1000)]
+    daemon_sends: usize,
+    /// Messages sent by `sotto send` processes in the daemon workload, one process each
+    /// [default: as many as --daemon-sends].
+    #[arg(long)]
+    daemon_cli_sends: Option<usize>,
+    /// Messages whose notification latency the daemon workload measures.
+    #[arg(long, default_value_t = 200)]
+    daemon_notify: usize,
     /// Where to write the results.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
     /// The sotto-server binary [default: next to this program].
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// The sotto client binary [default: next to this program].
+    #[arg(long)]
+    client_bin: Option<PathBuf>,
     /// The Python that has Synapse installed.
     #[arg(long, default_value = "python3")]
     python: PathBuf,
@@ -70,7 +84,8 @@ struct Args {
     nats_bin: PathBuf,
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+/// The binary `name` next to this program; `flag` is the option that names it otherwise.
+fn sibling(name: &str, flag: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let dir = me.parent().context("no directory for this program")?;
     // Tests run from target/*/deps; binaries live one level up.
@@ -80,7 +95,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    anyhow::bail!("{name} not found next to {}; build it or pass --server-bin", me.display())
+    anyhow::bail!("{name} not found next to {}; build it or pass {flag}", me.display())
 }
 
 fn found(bin: &PathBuf) -> bool {
@@ -113,12 +128,15 @@ async fn main() -> anyhow::Result<()> {
         a.e2ee_groups = vec![2];
         a.big_group = a.big_group.min(20);
         a.kt = vec![200];
+        a.daemon_sends = a.daemon_sends.min(5);
+        a.daemon_cli_sends = a.daemon_cli_sends.map(|n| n.min(5));
+        a.daemon_notify = a.daemon_notify.min(5);
         a.seconds = 1;
         a.warmup = 0;
     }
     let server_bin = match &a.server_bin {
         Some(p) => p.clone(),
-        None => sibling("sotto-server")?,
+        None => sibling("sotto-server", "--server-bin")?,
     };
     let mut report = Report {
         at: sotto_core::unix_now(),
@@ -130,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         crypto: Vec::new(),
         e2ee: Vec::new(),
         kt: Vec::new(),
+        daemon: Vec::new(),
         skipped: Vec::new(),
     };
     let params = |window: usize| RelayParams {
@@ -200,8 +219,28 @@ async fn main() -> anyhow::Result<()> {
                     report.relay.push(r);
                 }
             }
+            "daemon" => {
+                if a.daemon_sends == 0 {
+                    continue;
+                }
+                let params = daemon::DaemonParams {
+                    client_bin: match &a.client_bin {
+                        Some(p) => p.clone(),
+                        None => sibling("sotto", "--client-bin")?,
+                    },
+                    daemon_sends: a.daemon_sends,
+                    cli_sends: a.daemon_cli_sends.unwrap_or(a.daemon_sends),
+                    notify: a.daemon_notify,
+                    spacing: Duration::from_millis(10),
+                    idle_watch: Duration::from_millis(if a.smoke { 300 } else { 2000 }),
+                };
+                let server = SottoServer::start(&server_bin)?;
+                let r =
+                    tokio::task::spawn_blocking(move || daemon::run(&server, &params)).await??;
+                report.daemon.push(r);
+            }
             other => anyhow::bail!(
-                "unknown system {other:?}: use sotto, jetstream, jetstream-fsync, synapse"
+                "unknown system {other:?}: use sotto, jetstream, jetstream-fsync, synapse, daemon"
             ),
         }
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::crypto::CryptoResult;
+use crate::daemon::DaemonResult;
 use crate::e2ee::E2eeResult;
 use crate::idle::IdleResult;
 use crate::plot::{Series, line_chart};
@@ -32,6 +33,8 @@ pub struct Report {
     pub e2ee: Vec<E2eeResult>,
     /// Key transparency costs.
     pub kt: Vec<crate::kt::KtResult>,
+    /// `sotto daemon` against `sotto send` processes, and its notification latency.
+    pub daemon: Vec<DaemonResult>,
     /// Systems requested but not run, and why.
     pub skipped: Vec<(String, String)>,
 }
@@ -165,42 +168,44 @@ pub fn markdown(r: &Report) -> String {
         "Machine: {} ({} cores, {} MiB, Linux {}). Load generator and servers share it.\n",
         m.cpu, m.cores, m.memory_mib, m.kernel
     );
-    let _ = writeln!(
-        md,
-        "Workload: each device sends 1 KiB payloads to the next device with `window` submissions \
-         in flight, each waiting for the server's acknowledgement; receivers acknowledge every \
-         message. Latency is end to end, from submission to the receiver.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| system | devices | window | msgs/s | vs jetstream-fsync | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU % | server peak RSS MiB | errors |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for x in &r.relay {
-        let reference = r
-            .relay
-            .iter()
-            .find(|y| {
-                y.system == "jetstream-fsync" && y.window == x.window && y.devices == x.devices
-            })
-            .map(|y| y.msgs_per_sec)
-            .unwrap_or(0.0);
+    if !r.relay.is_empty() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} |",
-            x.system,
-            x.devices,
-            x.window,
-            x.msgs_per_sec,
-            ratio(x.msgs_per_sec, reference),
-            x.p50_us,
-            x.p90_us,
-            x.p99_us,
-            x.p999_us,
-            x.server_cpu_percent,
-            x.server_peak_rss_kib as f64 / 1024.0,
-            x.errors
+            "Workload: each device sends 1 KiB payloads to the next device with `window` submissions \
+             in flight, each waiting for the server's acknowledgement; receivers acknowledge every \
+             message. Latency is end to end, from submission to the receiver.\n"
         );
+        let _ = writeln!(
+            md,
+            "| system | devices | window | msgs/s | vs jetstream-fsync | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU % | server peak RSS MiB | errors |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for x in &r.relay {
+            let reference = r
+                .relay
+                .iter()
+                .find(|y| {
+                    y.system == "jetstream-fsync" && y.window == x.window && y.devices == x.devices
+                })
+                .map(|y| y.msgs_per_sec)
+                .unwrap_or(0.0);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} |",
+                x.system,
+                x.devices,
+                x.window,
+                x.msgs_per_sec,
+                ratio(x.msgs_per_sec, reference),
+                x.p50_us,
+                x.p90_us,
+                x.p99_us,
+                x.p999_us,
+                x.server_cpu_percent,
+                x.server_peak_rss_kib as f64 / 1024.0,
+                x.errors
+            );
+        }
     }
     let mut peers: Vec<&str> = Vec::new();
     for x in r.relay.iter().filter(|x| x.system != "sotto") {
@@ -359,6 +364,9 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
+    for x in &r.daemon {
+        daemon_markdown(&mut md, x);
+    }
     if !r.skipped.is_empty() {
         let _ = writeln!(md, "\nNot run:");
         for (system, why) in &r.skipped {
@@ -366,4 +374,81 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     md
+}
+
+/// The daemon workload's section.
+fn daemon_markdown(md: &mut String, x: &DaemonResult) {
+    let cost = if x.kdf_full_cost {
+        "the full cost a real user pays at every process start"
+    } else {
+        "the cheap test-only cost a debug build allows: a release build pays the full cost \
+         at every process start"
+    };
+    let _ = writeln!(
+        md,
+        "\n`sotto daemon`: alice sends to bob through her daemon (sequential JSON-RPC `send` \
+         calls on its Unix socket, each waiting for its answer) and with one `sotto --json send` \
+         process per message (sequential, no daemon running), against one real server; bob is \
+         offline meanwhile. The homes' passphrase key derivation is {} ({cost}); client `{}`.\n",
+        x.kdf, x.client_bin
+    );
+    let _ = writeln!(md, "| way | messages | total s | ms per message |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| `sotto send` processes | {} | {:.2} | {:.2} |",
+        x.cli_sends, x.cli_seconds, x.cli_ms_per_msg
+    );
+    let _ = writeln!(
+        md,
+        "| through the daemon | {} | {:.2} | {:.2} |",
+        x.daemon_sends, x.daemon_seconds, x.daemon_ms_per_msg
+    );
+    let fewer = if x.cli_sends < x.daemon_sends {
+        " (fewer processes than daemon sends: compare per message)".to_string()
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        md,
+        "\nThrough the daemon a send is {} faster per message{fewer}.",
+        ratio(x.cli_ms_per_msg, x.daemon_ms_per_msg)
+    );
+    let _ = writeln!(
+        md,
+        "\nNotification latency: bob's daemon started with {} messages queued (catching up and \
+         answering its first call took {:.2} s), subscribed to events; alice sent {} messages \
+         through her daemon, {:.0} ms apart. Delay from alice's `send` call returning (the \
+         server has stored the message) to bob's subscriber reading its `message` \
+         notification:\n",
+        x.bob_backlog, x.bob_catch_up_seconds, x.notify_messages, x.notify_spacing_ms
+    );
+    let _ = writeln!(
+        md,
+        "| p50 ms | p90 ms | p99 ms | max ms | heard before the answer (0 ms) | missing | \
+         from the call p50 / p99 ms | alice's send call p50 / p99 ms |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} / {:.2} | {:.2} / {:.2} |",
+        x.notify_p50_ms,
+        x.notify_p90_ms,
+        x.notify_p99_ms,
+        x.notify_max_ms,
+        x.notify_before_answer,
+        x.notify_missing,
+        x.notify_from_call_p50_ms,
+        x.notify_from_call_p99_ms,
+        x.send_call_p50_ms,
+        x.send_call_p99_ms
+    );
+    let _ = writeln!(
+        md,
+        "\nIdle afterwards, the daemons used {:.1} % (alice) and {:.1} % (bob) of a core; \
+         alice's peaked at {:.1} MiB resident.",
+        x.alice_idle_cpu_percent,
+        x.bob_idle_cpu_percent,
+        x.alice_peak_rss_kib as f64 / 1024.0
+    );
 }
