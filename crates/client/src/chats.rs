@@ -158,17 +158,15 @@ impl Client {
         } else {
             Vec::new()
         };
-        let (messages, last): (i64, Option<i64>) = self.conn.query_row(
+        let (messages, last): (i64, Option<i64>) = self.conn.prepare_cached(
             "SELECT COUNT(*), MAX(m.sent_at) FROM messages m JOIN chats c ON c.group_id = m.group_id
-             WHERE m.kind = 'text' AND (m.group_id = ?1 OR (?2 IS NOT NULL AND c.kind = 'direct' AND c.peer = ?2))",
-            params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
+             WHERE m.kind = 'text' AND (m.group_id = ?1 OR (?2 IS NOT NULL AND c.kind = 'direct' AND c.peer = ?2))")?.query_row(params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let timer: i64 = self.conn.query_row(
-            "SELECT timer_secs FROM chats WHERE group_id = ?1",
-            [group_id],
-            |r| r.get(0),
-        )?;
+        let timer: i64 = self
+            .conn
+            .prepare_cached("SELECT timer_secs FROM chats WHERE group_id = ?1")?
+            .query_row([group_id], |r| r.get(0))?;
         Ok(ChatSummary {
             timer_secs: timer as u64,
             id: hex::encode(group_id),
@@ -215,7 +213,7 @@ impl Client {
                      WHERE o.group_id = m.group_id AND o.msg_id = m.msg_id)
              FROM messages m JOIN chats c ON c.group_id = m.group_id {filter}"
         );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(args, |r| {
             let group_id: Vec<u8> = r.get(0)?;
             let kind: String = r.get(1)?;

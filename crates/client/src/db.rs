@@ -190,6 +190,8 @@ pub(crate) fn open(home: &Path, create: bool, key: &HomeKey) -> Result<Connectio
         |_| Error::Io(format!("{} does not open with this home's key (damaged?)", path.display())),
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // The statements a send or a received message runs are prepared once per connection.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)

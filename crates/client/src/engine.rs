@@ -639,22 +639,27 @@ pub fn run(
 ) -> Result<(), Error> {
     let mut generation = 0u64;
     let mut reader: Option<(Arc<AtomicBool>, Sender<String>)> = None;
+    // When something is due (a reconnection, an outbox retry); ticks happen then, not after
+    // every command or frame.
+    let mut wake = 0;
     let result = loop {
-        let (link, wants) = engine.tick();
-        engine.take_events().into_iter().for_each(&mut *on_event);
-        if let Some(link) = link {
-            generation += 1;
-            if let Some((stop, _)) = reader.take() {
-                stop.store(true, Ordering::Relaxed);
+        if engine.client.now_ms() >= wake {
+            let (link, wants) = engine.tick();
+            engine.take_events().into_iter().for_each(&mut *on_event);
+            if let Some(link) = link {
+                generation += 1;
+                if let Some((stop, _)) = reader.take() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                reader = Some(read_live(link, generation, feed.clone()));
             }
-            reader = Some(read_live(link, generation, feed.clone()));
+            wake = match wants {
+                Wants::Stop => {
+                    break Err(engine.stopped().unwrap_or(Error::Revoked("revoked".into())));
+                }
+                Wants::WaitUntil(at) => at,
+            };
         }
-        let wake = match wants {
-            Wants::Stop => {
-                break Err(engine.stopped().unwrap_or(Error::Revoked("revoked".into())));
-            }
-            Wants::WaitUntil(at) => at,
-        };
         let wait = wake.saturating_sub(engine.client.now_ms()).clamp(1, 60_000);
         let input = match inputs.recv_timeout(Duration::from_millis(wait)) {
             Ok(input) => input,
@@ -664,6 +669,8 @@ pub fn run(
         match input {
             Input::Command(command, reply) => {
                 let _ = reply.send(engine.execute(command));
+                // A message that has to wait sets when it is tried next.
+                wake = wake.min(engine.next_wake());
             }
             Input::Frame(g, text) if g == generation => {
                 if let Some(ack) = engine.frame(&text)
@@ -671,10 +678,15 @@ pub fn run(
                 {
                     let _ = acks.send(ack);
                 }
+                // A refusal on the connection drops it: reconnect in time.
+                if !engine.connected {
+                    wake = wake.min(engine.next_wake());
+                }
             }
             Input::Closed(g) if g == generation => {
                 reader = None;
                 engine.closed();
+                wake = wake.min(engine.next_wake());
             }
             Input::Frame(..) | Input::Closed(_) => {}
             Input::Stop => break Ok(()),

@@ -34,6 +34,7 @@ struct Entry {
     payload: Vec<u8>,
     request: Option<Vec<u8>>,
     attempts: u32,
+    next_at: u64,
 }
 
 /// What became of one delivery attempt.
@@ -93,49 +94,51 @@ impl Client {
             _ => ("", None, None),
         };
         // Messages (not chat settings) carry the chat's disappearing-message timer.
-        let timer: i64 = self.conn.query_row(
-            "SELECT timer_secs FROM chats WHERE group_id = ?1",
-            [group_id],
-            |r| r.get(0),
-        )?;
+        let timer: i64 = self
+            .conn
+            .prepare_cached("SELECT timer_secs FROM chats WHERE group_id = ?1")?
+            .query_row([group_id], |r| r.get(0))?;
         let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
         let now = self.now_ms();
         let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now, expires_in, body };
         let mut tx = begin(&self.conn)?;
         if let Some(text) = &text {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
                                        received_at, reported, expires_at, attachment)
                  VALUES (?1, ?2, ?3, ?7, ?4, 'pending', ?5, ?5, 1, ?6, ?8)",
-                params![
-                    group_id,
-                    msg.id,
-                    self.account.address,
-                    text,
-                    msg.sent_at as i64,
-                    expires_in.map(|s| (msg.sent_at + s * 1000) as i64),
-                    kind,
-                    attachment
-                ],
-            )?;
+            )?
+            .execute(params![
+                group_id,
+                msg.id,
+                self.account.address,
+                text,
+                msg.sent_at as i64,
+                expires_in.map(|s| (msg.sent_at + s * 1000) as i64),
+                kind,
+                attachment
+            ])?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO outbox (group_id, kind, msg_id, payload, created_at)
              VALUES (?1, 'message', ?2, ?3, ?4)",
-            params![group_id, text.is_some().then_some(&msg.id), msg.encode(), now as i64],
-        )?;
+        )?
+        .execute(params![
+            group_id,
+            text.is_some().then_some(&msg.id),
+            msg.encode(),
+            now as i64
+        ])?;
         // When nothing of this chat waits before it, the message is encrypted in the same
         // transaction (one write to disk instead of two); otherwise, or if that fails, the
         // delivery does it in its turn.
         let entry = tx.last_insert_rowid();
-        let earlier: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE group_id = ?1 AND id < ?2",
-            params![group_id, entry],
-            |r| r.get(0),
-        )?;
+        let earlier: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM outbox WHERE group_id = ?1 AND id < ?2")?
+            .query_row(params![group_id, entry], |r| r.get(0))?;
         if earlier == 0 {
             let sp = tx.savepoint()?;
-            if self.seal(&sp, entry, group_id, &msg).is_ok() {
+            if let Ok(Some(_)) = self.seal(&sp, entry, group_id, &msg) {
                 sp.commit()?;
             }
         }
@@ -155,12 +158,11 @@ impl Client {
         self.resolve_in_doubt()?;
         let entries: Vec<Entry> = {
             let mut stmt = self.conn.prepare(
-                "SELECT id, group_id, msg_id, payload, request, attempts FROM outbox
+                "SELECT id, group_id, msg_id, payload, request, attempts, next_at FROM outbox
                  WHERE kind = 'message' AND state = 'pending' AND (?1 IS NULL OR group_id = ?1)
-                       AND (?2 OR next_at <= ?3)
                  ORDER BY id",
             )?;
-            let rows = stmt.query_map(params![group_id, all, self.now_ms() as i64], |r| {
+            let rows = stmt.query_map(params![group_id], |r| {
                 Ok(Entry {
                     id: r.get(0)?,
                     group_id: r.get(1)?,
@@ -168,14 +170,21 @@ impl Client {
                     payload: r.get(3)?,
                     request: r.get(4)?,
                     attempts: r.get::<_, i64>(5)? as u32,
+                    next_at: r.get::<_, i64>(6)?.max(0) as u64,
                 })
             })?;
             rows.collect::<Result<_, _>>()?
         };
         let mut waiting: Vec<Vec<u8>> = Vec::new();
         let mut changed = Vec::new();
+        let now = self.now_ms();
         for entry in entries {
             if waiting.contains(&entry.group_id) {
+                continue;
+            }
+            if !all && entry.next_at > now {
+                // Not due: it holds back the chat's later messages too.
+                waiting.push(entry.group_id);
                 continue;
             }
             let (group, msg_id) = (entry.group_id.clone(), entry.msg_id.clone());
@@ -234,35 +243,35 @@ impl Client {
         let tx = begin(&self.conn)?;
         let status = match outcome {
             Outcome::Sent => {
-                tx.execute("DELETE FROM outbox WHERE id = ?1", [entry.id])?;
+                tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([entry.id])?;
                 "sent"
             }
             Outcome::Later(e) => {
                 let reason = e.to_string();
                 let jitter = u64::from(sotto_core::random_bytes(1)?[0]) * 4;
                 let next = self.now_ms() + backoff_ms(entry.attempts) + jitter;
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, error = ?3
                      WHERE id = ?1",
-                    params![entry.id, next as i64, reason],
-                )?;
+                )?
+                .execute(params![entry.id, next as i64, reason])?;
                 "pending"
             }
             Outcome::Failed(e) => {
                 let reason = e.to_string();
                 // A refusal is final for this submission: a resend encrypts anew.
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE outbox SET state = 'failed', request = NULL, error = ?2 WHERE id = ?1",
-                    params![entry.id, reason],
-                )?;
+                )?
+                .execute(params![entry.id, reason])?;
                 "failed"
             }
         };
         if let Some(msg_id) = &entry.msg_id {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE messages SET status = ?1 WHERE group_id = ?2 AND msg_id = ?3",
-                params![status, entry.group_id, msg_id],
-            )?;
+            )?
+            .execute(params![status, entry.group_id, msg_id])?;
         }
         tx.commit()?;
         Ok(())
@@ -308,12 +317,15 @@ impl Client {
         msg: &Message,
     ) -> Result<Option<(proto::SubmitRequest, Vec<u8>)>, Error> {
         let p = db::provider(tx);
-        let recipients = self.recipients(&p, group_id)?;
+        // One load of the group; a message for nobody is not encrypted at all (the savepoint
+        // or transaction it runs in is dropped).
+        let mls::Sealed { epoch, members, ciphertext } =
+            mls::seal(&p, group_id, &self.me, &msg.encode())?;
+        let recipients: Vec<u64> =
+            members.into_iter().filter(|d| d != &self.me.device).map(|d| d.device_id).collect();
         if recipients.is_empty() {
             return Ok(None);
         }
-        let epoch = mls::epoch(&p, group_id)?;
-        let ciphertext = mls::encrypt(&p, group_id, &self.me, &msg.encode())?;
         let request = proto::SubmitRequest {
             submission_id: Some(Bytes(sotto_core::random_bytes(16)?)),
             group_id: Bytes(group_id.to_vec()),
@@ -326,7 +338,8 @@ impl Client {
             expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
         };
         let json = serde_json::to_vec(&request).map_err(|e| Error::Io(e.to_string()))?;
-        tx.execute("UPDATE outbox SET request = ?2 WHERE id = ?1", params![entry, json])?;
+        tx.prepare_cached("UPDATE outbox SET request = ?2 WHERE id = ?1")?
+            .execute(params![entry, json])?;
         Ok(Some((request, json)))
     }
 
@@ -344,16 +357,14 @@ impl Client {
             .optional()?;
         match entry {
             Some(id) => {
-                self.conn.execute(
-                    "UPDATE outbox SET state = 'pending', next_at = 0, attempts = 0 WHERE id = ?1",
-                    [id],
+                self.conn.prepare_cached(
+                    "UPDATE outbox SET state = 'pending', next_at = 0, attempts = 0 WHERE id = ?1")?.execute([id],
                 )?;
             }
             None => {
                 // Written before this device kept an outbox: rebuilt from what the chat shows.
-                let (kind, text, status): (String, String, String) = self.conn.query_row(
-                    "SELECT kind, body, status FROM messages WHERE group_id = ?1 AND msg_id = ?2",
-                    params![group_id, msg_id],
+                let (kind, text, status): (String, String, String) = self.conn.prepare_cached(
+                    "SELECT kind, body, status FROM messages WHERE group_id = ?1 AND msg_id = ?2")?.query_row(params![group_id, msg_id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?;
                 if kind != "text" || status == "sent" {
@@ -366,11 +377,12 @@ impl Client {
                     expires_in: None,
                     body: Body::Text { text },
                 };
-                self.conn.execute(
-                    "INSERT INTO outbox (group_id, kind, msg_id, payload, created_at)
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO outbox (group_id, kind, msg_id, payload, created_at)
                      VALUES (?1, 'message', ?2, ?3, ?4)",
-                    params![group_id, msg_id, msg.encode(), self.now_ms() as i64],
-                )?;
+                    )?
+                    .execute(params![group_id, msg_id, msg.encode(), self.now_ms() as i64])?;
             }
         }
         let changed = self.flush_outbox(Some(&group_id), true)?;
@@ -409,11 +421,15 @@ impl Client {
 
     /// When the outbox's next waiting message is due (Unix milliseconds).
     pub(crate) fn outbox_next_at(&self) -> Result<Option<u64>, Error> {
-        let next: Option<i64> = self.conn.query_row(
-            "SELECT MIN(next_at) FROM outbox WHERE kind = 'message' AND state = 'pending'",
-            [],
-            |r| r.get(0),
-        )?;
+        let next: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(o.next_at) FROM outbox o
+             WHERE o.kind = 'message' AND o.state = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.group_id = o.group_id
+                               AND e.kind = 'message' AND e.state = 'pending' AND e.id < o.id)",
+            )?
+            .query_row([], |r| r.get(0))?;
         Ok(next.map(|n| n.max(0) as u64))
     }
 
@@ -461,11 +477,11 @@ impl Client {
         request: &proto::SubmitRequest,
     ) -> Result<i64, Error> {
         let json = serde_json::to_vec(request).map_err(|e| Error::Io(e.to_string()))?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO outbox (group_id, kind, request, created_at)
              VALUES (?1, 'commit', ?2, ?3)",
-            params![request.group_id.0, json, self.now_ms() as i64],
-        )?;
+        )?
+        .execute(params![request.group_id.0, json, self.now_ms() as i64])?;
         Ok(tx.last_insert_rowid())
     }
 
@@ -480,20 +496,20 @@ impl Client {
         let me = self.account.address.clone();
         let present = mls::members(&p, group_id)?;
         for (sender, text) in commit_events(&me, &me, &changes, &present, false) {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO messages (group_id, msg_id, sender, kind, body, status,
                                        sent_at, received_at, reported)
                  VALUES (?1, ?2, ?3, 'event', ?4, 'sent', ?5, ?5, 1)",
-                params![
-                    group_id,
-                    format!("event-{}", random_hex(8)?),
-                    sender,
-                    text,
-                    self.now_ms() as i64
-                ],
-            )?;
+            )?
+            .execute(params![
+                group_id,
+                format!("event-{}", random_hex(8)?),
+                sender,
+                text,
+                self.now_ms() as i64
+            ])?;
         }
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [entry])?;
+        tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([entry])?;
         tx.commit()?;
         Ok(())
     }
@@ -506,7 +522,7 @@ impl Client {
             Ok(()) | Err(sotto_core::Error::UnknownGroup(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [entry])?;
+        tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([entry])?;
         tx.commit()?;
         Ok(())
     }

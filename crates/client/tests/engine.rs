@@ -300,6 +300,9 @@ fn outbox_retries_with_backoff_and_never_doubles() {
             .any(|e| matches!(e, Event::Delivery { message } if message.status == "pending")),
         "{pending:?}"
     );
+    // A second message waits behind the first, in order.
+    let error = send(&mut alice, "bob@localhost", "also while down").expect_err("queued");
+    assert!(matches!(error, Error::Queued { .. }), "{error}");
     let (_, Wants::WaitUntil(due)) = alice.tick() else { panic!("stopped") };
     assert!(due > w.clock.now_ms(), "the next attempt waits");
     // Not yet due: nothing is tried even once the server is back.
@@ -318,7 +321,10 @@ fn outbox_retries_with_backoff_and_never_doubles() {
     // A lost answer: the same submission is repeated and the server answers it once.
     w.fake.script().lose_answers = 1;
     send(&mut alice, "bob@localhost", "answer lost").expect("sent after a repeat");
-    assert_eq!(texts(&pump(&mut bob, &mut *link)), ["while down", "answer lost"]);
+    assert_eq!(
+        texts(&pump(&mut bob, &mut *link)),
+        ["while down", "also while down", "answer lost"]
+    );
     assert!(pump(&mut bob, &mut *link).is_empty(), "nothing twice");
 }
 

@@ -560,6 +560,31 @@ pub fn encrypt<S: StorageProvider<CURRENT_VERSION>>(
     serialize(&msg)
 }
 
+/// An application message ready to submit: its epoch, the group's members and the ciphertext.
+#[derive(Debug)]
+pub struct Sealed {
+    /// The epoch it is encrypted in.
+    pub epoch: u64,
+    /// The group's devices, in leaf order (the sender included).
+    pub members: Vec<DeviceRef>,
+    /// The MLS message.
+    pub ciphertext: Vec<u8>,
+}
+
+/// [`encrypt`] with the epoch and members it was encrypted for, from one load of the group.
+pub fn seal<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+    plaintext: &[u8],
+) -> Result<Sealed, Error> {
+    let mut group = load(p, group_id)?;
+    let epoch = group.epoch().as_u64();
+    let members = group.members().filter_map(|m| device_of(&m.credential)).collect();
+    let msg = group.create_message(p, &me.key.0, plaintext).map_err(mls_err)?;
+    Ok(Sealed { epoch, members, ciphertext: serialize(&msg)? })
+}
+
 /// The devices in a group, in leaf order.
 pub fn members<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,
