@@ -239,7 +239,19 @@ impl Client {
     }
 
     /// Records an attempt's outcome.
+    ///
+    /// This write alone is not forced to disk before going on: lost in a crash, it is redone —
+    /// the recorded submission is repeated and the server answers with its first answer. (The
+    /// write that recorded the submission with its ratchet step was forced: that one must never
+    /// be lost.)
     fn settle(&self, entry: &Entry, outcome: &Outcome) -> Result<(), Error> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = self.settle_in(entry, outcome);
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
+    fn settle_in(&self, entry: &Entry, outcome: &Outcome) -> Result<(), Error> {
         let tx = begin(&self.conn)?;
         let status = match outcome {
             Outcome::Sent => {
