@@ -317,7 +317,9 @@ async fn serve_stream(
     mut write: impl AsyncWrite + Unpin + Send + 'static,
     shared: Shared,
 ) {
-    let (out, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Bounded: a client that stops reading stops being read from, and its subscription falls
+    // behind (and is told `lagged`) instead of piling events up in memory.
+    let (out, mut outgoing) = tokio::sync::mpsc::channel::<String>(256);
     let writer = tokio::spawn(async move {
         while let Some(mut line) = outgoing.recv().await {
             line.push('\n');
@@ -337,7 +339,7 @@ async fn serve_stream(
         }
         if line.len() > MAX_LINE {
             let error = rpc_error(Value::Null, INVALID_REQUEST, "request longer than 1 MiB", None);
-            let _ = out.send(error.to_string());
+            let _ = out.send(error.to_string()).await;
             break;
         }
         let text = String::from_utf8_lossy(&line);
@@ -360,10 +362,12 @@ async fn serve_stream(
                         Some(tokio::spawn(forward(shared.hub.clone(), after, out.clone())));
                 }
                 if let Some(id) = id {
-                    let _ = out.send(
-                        json!({"jsonrpc": "2.0", "id": id, "result": {"subscribed": true}})
-                            .to_string(),
-                    );
+                    let _ = out
+                        .send(
+                            json!({"jsonrpc": "2.0", "id": id, "result": {"subscribed": true}})
+                                .to_string(),
+                        )
+                        .await;
                 }
             }
             Some("unsubscribe") => {
@@ -371,15 +375,17 @@ async fn serve_stream(
                     s.abort();
                 }
                 if let Some(id) = id {
-                    let _ = out.send(
-                        json!({"jsonrpc": "2.0", "id": id, "result": {"subscribed": false}})
-                            .to_string(),
-                    );
+                    let _ = out
+                        .send(
+                            json!({"jsonrpc": "2.0", "id": id, "result": {"subscribed": false}})
+                                .to_string(),
+                        )
+                        .await;
                 }
             }
             _ => {
                 if let Some(answer) = shared.answer(text).await {
-                    let _ = out.send(answer.to_string());
+                    let _ = out.send(answer.to_string()).await;
                 }
             }
         }
@@ -392,17 +398,13 @@ async fn serve_stream(
 }
 
 /// Sends every event (those kept after `after` first, if given) as notifications.
-async fn forward(
-    hub: Arc<Hub>,
-    after: Option<u64>,
-    out: tokio::sync::mpsc::UnboundedSender<String>,
-) {
+async fn forward(hub: Arc<Hub>, after: Option<u64>, out: tokio::sync::mpsc::Sender<String>) {
     let mut live = hub.live.subscribe();
     let mut last = 0;
     if let Some(after) = after {
         for (id, event) in hub.since(after) {
             last = id;
-            if out.send(notification(&event)).is_err() {
+            if out.send(notification(&event)).await.is_err() {
                 return;
             }
         }
@@ -410,14 +412,14 @@ async fn forward(
     loop {
         match live.recv().await {
             Ok((id, event)) if id > last => {
-                if out.send(notification(&event)).is_err() {
+                if out.send(notification(&event)).await.is_err() {
                     return;
                 }
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 let lagged = json!({"event": "lagged", "missed": missed}).to_string();
-                if out.send(notification(&lagged)).is_err() {
+                if out.send(notification(&lagged)).await.is_err() {
                     return;
                 }
             }
