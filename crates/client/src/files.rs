@@ -269,6 +269,9 @@ impl Client {
             return Err(Error::Internal("stored attachment is not a file"));
         };
         let bad = |_| Error::Protocol("bad attachment reference".into());
+        if blob.is_empty() || !blob.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Protocol("bad attachment reference".into()));
+        }
         let key = FileKey::from_parts(
             &hex::decode(&key).map_err(bad)?,
             &hex::decode(&nonce).map_err(bad)?,
@@ -313,6 +316,14 @@ impl Client {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Vec<u8>, Error> {
         let chunks = attachment::chunks(size);
+        // A `.part` that is a link (someone else's doing, in a shared directory) would make
+        // the download write wherever it points.
+        if std::fs::symlink_metadata(part).is_ok_and(|m| !m.file_type().is_file()) {
+            return Err(Error::Invalid(format!(
+                "{} exists and is not a regular file; remove it or choose another --out",
+                part.display()
+            )));
+        }
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

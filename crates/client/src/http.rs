@@ -114,7 +114,7 @@ impl HttpTransport {
         }
         let agent = Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
+            .timeout_global(Some(Duration::from_secs(30)))
             .user_agent(concat!("sotto/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             .build()

@@ -191,6 +191,13 @@ impl Client {
             }
             Incoming::Application { group_id, sender, plaintext } => {
                 match Message::decode(&plaintext) {
+                    // Ids are the sender's random 128 bits in hex: anything else could collide
+                    // with this device's own rows (its events) and hide them.
+                    Ok(Message { id, .. })
+                        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                    {
+                        record_failure(tx, seq, "a message whose id is malformed")?
+                    }
                     Ok(Message {
                         id,
                         sent_at,
@@ -213,6 +220,8 @@ impl Client {
                         };
                         // A disappearing message lives from when it was sent (or arrived, if
                         // the sender's clock runs ahead).
+                        // A sender's clock ahead of this one's (or a made-up time) shows as now.
+                        let sent_at = sent_at.min(now as u64);
                         let expires_at = expires_in
                             .map(|s| (sent_at as i64).min(now).saturating_add((s * 1000) as i64));
                         tx.execute(

@@ -118,12 +118,27 @@ impl FileKey {
 /// characters, at most 200 bytes; `file` if nothing is left.
 pub fn safe_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    // Control characters, and the invisible marks that reorder or hide text (a name ending
+    // in U+202E `…txt.exe` shows as `…exe.txt`).
+    let hidden = |c: &char| {
+        c.is_control()
+            || matches!(*c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
     let mut clean: String =
-        base.chars().filter(|c| !c.is_control()).collect::<String>().trim_start_matches('.').into();
+        base.chars().filter(|c| !hidden(c)).collect::<String>().trim_start_matches('.').into();
     while clean.len() > 200 {
         clean.pop();
     }
     if clean.trim().is_empty() { "file".into() } else { clean }
+}
+
+#[cfg(test)]
+mod name_tests {
+    #[test]
+    fn hidden_marks_leave_file_names() {
+        assert_eq!(super::safe_file_name("x\u{202e}txt.exe"), "xtxt.exe");
+        assert_eq!(super::safe_file_name("../a\u{200b}b\u{2066}.pdf"), "ab.pdf");
+    }
 }
 
 /// A media type from a file name's extension (`application/octet-stream` if unknown).

@@ -28,8 +28,10 @@ pub const SOCKET: &str = "daemon.sock";
 const LOCK: &str = "daemon.lock";
 /// The bearer token HTTP clients must show, inside the home.
 pub const HTTP_TOKEN: &str = "daemon.token";
-/// Events kept for replay (`GET /events` with `Last-Event-ID`).
+/// Events kept for replay (`GET /events` with `Last-Event-ID`)...
 pub const REPLAY: usize = 1000;
+/// ...and at most this many bytes of them (other people choose how long messages are).
+const REPLAY_BYTES: usize = 16 << 20;
 /// The longest JSON-RPC request line.
 const MAX_LINE: usize = 1 << 20;
 
@@ -55,6 +57,7 @@ pub struct Options {
 struct Hub {
     next_id: AtomicU64,
     recent: Mutex<VecDeque<(u64, Arc<str>)>>,
+    recent_bytes: AtomicU64,
     live: broadcast::Sender<(u64, Arc<str>)>,
 }
 
@@ -69,6 +72,7 @@ impl Hub {
         Hub {
             next_id: AtomicU64::new(start),
             recent: Mutex::new(VecDeque::with_capacity(REPLAY)),
+            recent_bytes: AtomicU64::new(0),
             live: broadcast::channel(4096).0,
         }
     }
@@ -81,10 +85,15 @@ impl Hub {
         }
         let text: Arc<str> = value.to_string().into();
         if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == REPLAY {
-                recent.pop_front();
-            }
+            let mut bytes = self.recent_bytes.load(Ordering::Relaxed) + text.len() as u64;
             recent.push_back((id, text.clone()));
+            while recent.len() > REPLAY || bytes > REPLAY_BYTES as u64 {
+                match recent.pop_front() {
+                    Some((_, old)) => bytes -= old.len() as u64,
+                    None => break,
+                }
+            }
+            self.recent_bytes.store(bytes, Ordering::Relaxed);
         }
         let _ = self.live.send((id, text));
     }
@@ -172,6 +181,7 @@ fn lock(home: &Path) -> Result<File, Error> {
         .truncate(false)
         .write(true)
         .read(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
@@ -266,7 +276,12 @@ fn http_token(home: &Path, needed: bool) -> Result<String, Error> {
     if let Ok(t) = std::fs::read_to_string(&path)
         && t.trim().len() >= 32
     {
-        return Ok(t.trim().to_string());
+        // Whoever could read it may have it: a token found readable by others is replaced.
+        let private = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0);
+        if private {
+            return Ok(t.trim().to_string());
+        }
+        let _ = std::fs::remove_file(&path);
     }
     if !needed {
         return Ok(String::new());
@@ -435,6 +450,9 @@ mod http {
     //! every program and every web page on the machine.
 
     use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
 
     use axum::Router;
     use axum::body::{Body, Bytes};
@@ -447,13 +465,96 @@ mod http {
 
     use super::{PARSE_ERROR, Shared, rpc_error};
 
+    /// Connections served at once; more wait in the kernel's queue (they cost the daemon no
+    /// descriptor until then).
+    const MAX_CONNECTIONS: usize = 64;
+
     pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Shared) {
         let app = Router::new()
             .route("/rpc", post(rpc))
             .route("/events", get(events))
             .layer(axum::extract::DefaultBodyLimit::max(super::MAX_LINE))
+            // The token is checked before anything of the body is read.
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), require_token))
             .with_state(shared);
+        let listener = Capped {
+            inner: listener,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        };
         let _ = axum::serve(listener, app).await;
+    }
+
+    async fn require_token(
+        State(shared): State<Shared>,
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> Response {
+        if !authorized(&shared, request.headers()) {
+            return refuse();
+        }
+        next.run(request).await
+    }
+
+    /// A listener that serves at most [`MAX_CONNECTIONS`] connections at once.
+    struct Capped {
+        inner: tokio::net::TcpListener,
+        slots: Arc<tokio::sync::Semaphore>,
+    }
+
+    /// A connection holding its slot until it closes.
+    struct Slotted {
+        stream: tokio::net::TcpStream,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    }
+
+    impl axum::serve::Listener for Capped {
+        type Io = Slotted;
+        type Addr = std::net::SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                    std::future::pending::<()>().await;
+                    continue;
+                };
+                match self.inner.accept().await {
+                    Ok((stream, addr)) => return (Slotted { stream, _slot: slot }, addr),
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                }
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            self.inner.local_addr()
+        }
+    }
+
+    impl tokio::io::AsyncRead for Slotted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Slotted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        }
     }
 
     fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
@@ -477,10 +578,7 @@ mod http {
             .into_response()
     }
 
-    async fn rpc(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-        if !authorized(&shared, &headers) {
-            return refuse();
-        }
+    async fn rpc(State(shared): State<Shared>, body: Bytes) -> Response {
         let Ok(text) = std::str::from_utf8(&body) else {
             let e = rpc_error(serde_json::Value::Null, PARSE_ERROR, "not UTF-8", None);
             return ([(header::CONTENT_TYPE, "application/json")], e.to_string()).into_response();
@@ -494,9 +592,6 @@ mod http {
     }
 
     async fn events(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-        if !authorized(&shared, &headers) {
-            return refuse();
-        }
         let after = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())

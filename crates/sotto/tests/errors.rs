@@ -240,7 +240,7 @@ fn mallory_invites(
         .map(|(i, body)| {
             let m = sotto_core::content::Message {
                 v: sotto_core::content::VERSION,
-                id: format!("m{i}"),
+                id: format!("{i:032x}"),
                 sent_at: 1,
                 expires_in: None,
                 body,

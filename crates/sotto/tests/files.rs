@@ -68,6 +68,16 @@ fn files_round_trip_in_direct_and_group_chats() {
     assert!(same_file(&original, &out));
     // Downloading again over an existing file is refused.
     assert_eq!(bob.err(&["download", &id, "--out", out.to_str().expect("path")]), "invalid_input");
+    // A `.part` planted as a link (a shared directory) is not followed.
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, b"keep me").expect("victim");
+    let planted = dir.path().join("planted.pdf");
+    std::os::unix::fs::symlink(&victim, dir.path().join("planted.pdf.part")).expect("link");
+    assert_eq!(
+        bob.err(&["download", &id, "--out", planted.to_str().expect("path")]),
+        "invalid_input"
+    );
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"keep me");
 
     // A group, and an empty file.
     let group =
