@@ -615,11 +615,25 @@ impl Engine {
     }
 }
 
+/// Where a command's answer goes: called once, on the engine's thread (a channel's send, so
+/// that front ends on any runtime can wait their way).
+pub type Reply = Box<dyn FnOnce(Result<Value, Error>) + Send>;
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Command(c, _) => f.debug_tuple("Command").field(&c.method()).finish(),
+            Input::Frame(g, _) => f.debug_tuple("Frame").field(g).finish(),
+            Input::Closed(g) => f.debug_tuple("Closed").field(g).finish(),
+            Input::Stop => f.write_str("Stop"),
+        }
+    }
+}
+
 /// What reaches the engine's thread.
-#[derive(Debug)]
 pub enum Input {
     /// A command, and where its answer goes.
-    Command(Command, Sender<Result<Value, Error>>),
+    Command(Command, Reply),
     /// A frame from live connection number `.0`.
     Frame(u64, String),
     /// Live connection number `.0` closed.
@@ -668,7 +682,7 @@ pub fn run(
         };
         match input {
             Input::Command(command, reply) => {
-                let _ = reply.send(engine.execute(command));
+                reply(engine.execute(command));
                 // A message that has to wait sets when it is tried next.
                 wake = wake.min(engine.next_wake());
             }

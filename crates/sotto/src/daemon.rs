@@ -118,15 +118,14 @@ struct Shared {
 impl Shared {
     /// Runs a command on the engine's thread.
     async fn call(&self, command: Command) -> Result<Value, Error> {
-        let (reply, answer) = mpsc::channel();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let reply: engine::Reply = Box::new(move |result| {
+            let _ = reply.send(result);
+        });
         self.engine
             .send(Input::Command(command, reply))
             .map_err(|_| Error::Io("the engine stopped".into()))?;
-        tokio::task::spawn_blocking(move || answer.recv())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| Err(Error::Io("the engine stopped".into())))
+        answer.await.unwrap_or_else(|_| Err(Error::Io("the engine stopped".into())))
     }
 
     /// Answers one JSON-RPC request (`None` for a notification, which gets no answer).
