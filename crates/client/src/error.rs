@@ -92,8 +92,8 @@ pub enum Error {
     UnknownMessage(String),
     /// The message is stored and waits in the outbox: the server is down or busy now.
     #[error(
-        "{source}; message {message} is kept and goes out with the next `sotto sync` (or at \
-         once if a `sotto daemon` runs)"
+        "{source}; message {message} is kept and goes out with the next `sotto sync` (a \
+         running `sotto daemon` retries it by itself)"
     )]
     Queued {
         /// The message id.
