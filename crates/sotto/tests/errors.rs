@@ -207,7 +207,7 @@ fn mallory_invites(
     mallory: u64,
     key: DeviceKey,
     invitees: &[&str],
-    bodies: Vec<sotto_core::content::Body>,
+    bodies: Vec<(String, sotto_core::content::Body)>,
 ) -> (Vec<u8>, Vec<u8>, Vec<Vec<u8>>) {
     use sotto_core::DeviceRef;
     use sotto_core::mls::{self, Identity, Provider};
@@ -236,11 +236,10 @@ fn mallory_invites(
     mls::merge_pending_commit(&p, &gid).expect("merge");
     let messages = bodies
         .into_iter()
-        .enumerate()
-        .map(|(i, body)| {
+        .map(|(id, body)| {
             let m = sotto_core::content::Message {
                 v: sotto_core::content::VERSION,
-                id: format!("{i:032x}"),
+                id,
                 sent_at: 1,
                 expires_in: None,
                 body,
@@ -253,6 +252,11 @@ fn mallory_invites(
 
 fn text(t: &str) -> sotto_core::content::Body {
     sotto_core::content::Body::Text { text: t.into() }
+}
+
+/// Bodies with well-formed message ids (128 bits, hex).
+fn ided(bodies: Vec<sotto_core::content::Body>) -> Vec<(String, sotto_core::content::Body)> {
+    bodies.into_iter().enumerate().map(|(i, b)| (format!("{i:032x}"), b)).collect()
 }
 
 fn deliver(server: &Server, token: &str, group: &[u8], to: u64, message: &[u8]) {
@@ -274,7 +278,7 @@ fn a_corrupted_welcome_rolls_back_and_the_genuine_one_still_joins() {
         mallory,
         key,
         &["bob@localhost"],
-        vec![text("hello from mallory")],
+        ided(vec![text("hello from mallory")]),
     );
     // Corrupt the encrypted group info at the end: openmls finds bob's key package and deletes
     // its private key before it discovers the damage. Bob's transaction must undo that.
@@ -335,7 +339,7 @@ fn a_group_posing_as_a_direct_chat_is_shown_as_a_group() {
         mallory,
         key,
         &["bob@localhost", "eve@localhost"],
-        vec![info, text("just between us")],
+        ided(vec![info, text("just between us")]),
     );
     common::start_group(&server, &token, &gid, &[bob_device], &welcome);
     for m in &messages {
@@ -348,4 +352,34 @@ fn a_group_posing_as_a_direct_chat_is_shown_as_a_group() {
     assert_eq!(chats[0]["members"], json!(["bob@localhost", "eve@localhost", "mallory@localhost"]));
     // Writing to mallory opens a real direct chat instead of using the crowded one.
     assert_eq!(bob.err(&["history", "mallory@localhost"]), "unknown_chat");
+}
+
+#[test]
+fn a_message_id_that_could_pass_for_a_local_event_is_refused() {
+    let server = Server::start(&["--registration", "open"]);
+    let bob = User::register("bob", &server, "");
+    let bob_device = bob.ok(&["whoami"])["device_id"].as_u64().expect("id");
+    let (mallory, token, key) = api_device(&server, "mallory@localhost", None);
+    // Local events are stored as `event-SEQ-N`; a member choosing such ids could take their
+    // place and hide them.
+    let (gid, welcome, messages) = mallory_invites(
+        &server,
+        &token,
+        mallory,
+        key,
+        &["bob@localhost"],
+        vec![("event-3-0".to_string(), text("\u{200b}")), ("f".repeat(32), text("a proper one"))],
+    );
+    common::start_group(&server, &token, &gid, &[bob_device], &welcome);
+    for m in &messages {
+        deliver(&server, &token, &gid, bob_device, m);
+    }
+    let report = bob.ok(&["sync"]);
+    assert_eq!(
+        common::texts(&report["messages"]),
+        vec![("mallory@localhost".to_string(), "a proper one".to_string())]
+    );
+    let failures = report["failures"].as_array().expect("failures");
+    assert_eq!(failures.len(), 1, "{report}");
+    assert!(failures[0]["reason"].as_str().is_some_and(|r| r.contains("id")), "{report}");
 }
