@@ -754,11 +754,6 @@ fn read_live(
     (stop, ack_tx)
 }
 
-/// Whether waiting may change an error (the server is down or busy).
-pub fn is_transient(e: &Error) -> bool {
-    transient(e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

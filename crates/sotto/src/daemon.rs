@@ -130,7 +130,12 @@ impl Shared {
 
     /// Answers one JSON-RPC request (`None` for a notification, which gets no answer).
     async fn answer(&self, request: &str) -> Option<Value> {
-        let request: Value = match serde_json::from_str(request) {
+        self.answer_parsed(serde_json::from_str(request)).await
+    }
+
+    /// [`Shared::answer`] for a request parsed already.
+    async fn answer_parsed(&self, request: serde_json::Result<Value>) -> Option<Value> {
+        let request: Value = match request {
             Ok(v) => v,
             Err(e) => return Some(rpc_error(Value::Null, PARSE_ERROR, &e.to_string(), None)),
         };
@@ -361,16 +366,19 @@ async fn serve_stream(
         if text.is_empty() {
             continue;
         }
-        // Subscriptions belong to the stream, so they are handled here.
-        let request: Option<Value> = serde_json::from_str(text).ok();
-        let method = request.as_ref().and_then(|r| r.get("method")).and_then(Value::as_str);
-        let id = request.as_ref().and_then(|r| r.get("id")).cloned();
-        match method {
-            Some("subscribe") => {
-                let after = request
-                    .as_ref()
-                    .and_then(|r| r.pointer("/params/after"))
-                    .and_then(Value::as_u64);
+        // Parsed once; subscriptions belong to the stream, so they are handled here.
+        let parsed: serde_json::Result<Value> = serde_json::from_str(text);
+        let request = parsed.as_ref().ok();
+        let method = request.and_then(|r| r.get("method")).and_then(Value::as_str);
+        let id = request.and_then(|r| r.get("id")).cloned();
+        let subscribing = match method {
+            Some("subscribe") => Some(true),
+            Some("unsubscribe") => Some(false),
+            _ => None,
+        };
+        let after = request.and_then(|r| r.pointer("/params/after")).and_then(Value::as_u64);
+        match subscribing {
+            Some(true) => {
                 if subscription.is_none() {
                     subscription =
                         Some(tokio::spawn(forward(shared.hub.clone(), after, out.clone())));
@@ -384,7 +392,7 @@ async fn serve_stream(
                         .await;
                 }
             }
-            Some("unsubscribe") => {
+            Some(false) => {
                 if let Some(s) = subscription.take() {
                     s.abort();
                 }
@@ -397,8 +405,8 @@ async fn serve_stream(
                         .await;
                 }
             }
-            _ => {
-                if let Some(answer) = shared.answer(text).await {
+            None => {
+                if let Some(answer) = shared.answer_parsed(parsed).await {
                     let _ = out.send(answer.to_string()).await;
                 }
             }
