@@ -1,14 +1,15 @@
 //! The `sotto daemon` workload: what keeping a home's client running saves, against one real
 //! `sotto-server`, with the real `sotto` binary on both ends.
 //!
-//! Two users, alice and bob, each with a home of their own. Then:
+//! Three users, alice, bob and carol, each with a home of their own. Then:
 //!
-//! 1. **Sends.** Alice sends to bob with one `sotto --json send` process per message
-//!    (sequential), then — with her daemon started — the same way through the daemon: sequential
-//!    JSON-RPC `send` calls on one Unix socket, each waiting for its answer. No daemon runs for
-//!    alice during the processes (the CLI would otherwise hand its command to it), and bob is
-//!    offline (his messages queue on the server). Each way starts after an unmeasured send, so
-//!    neither pays for creating the chat.
+//! 1. **Sends.** Carol sends to bob with one `sotto --json send` process per message
+//!    (sequential; no daemon runs for her, so the CLI opens her home itself), and alice sends to
+//!    bob through her daemon: sequential JSON-RPC `send` calls on one Unix socket, each waiting
+//!    for its answer. The two ways alternate in ten rounds, so that both see the same machine
+//!    (this one's speed drifts by a factor of two within minutes). Bob is offline (his messages
+//!    queue on the server). Each way starts after an unmeasured send, so neither pays for
+//!    creating its chat.
 //! 2. **Notification latency.** Bob's daemon starts, catches up and is subscribed to events;
 //!    alice sends messages through her daemon a few milliseconds apart. For each, the delay from
 //!    alice's `send` call returning (the server has stored the message for bob's device) to
@@ -42,6 +43,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bodies of the latency workload's messages start with this.
 const NOTIFY_PREFIX: &str = "latency ";
+/// The sends are measured in this many rounds, each some processes then some daemon calls.
+const SEND_ROUNDS: usize = 10;
 
 /// One run's shape.
 #[derive(Debug, Clone)]
@@ -342,33 +345,42 @@ pub fn run(server: &SottoServer, p: &DaemonParams) -> anyhow::Result<DaemonResul
     let scratch = Scratch::new("daemon")?;
     let alice = Home::register(bin, &scratch.0, "alice", &url)?;
     let bob = Home::register(bin, &scratch.0, "bob", &url)?;
+    let carol = Home::register(bin, &scratch.0, "carol", &url)?;
     let (kdf, kdf_full_cost) = alice.kdf()?;
 
-    // 1. Sends: processes first (no daemon may run for alice then), after one that makes the chat.
-    alice.send(bin, &bob.address, "warm-up (process)")?;
-    let start = Instant::now();
-    for i in 0..p.cli_sends {
-        alice.send(bin, &bob.address, &format!("process {i}"))?;
+    // 1. Sends, in interleaved rounds so that both ways see the same machine: carol's
+    // processes (no daemon runs for her), then alice's daemon calls. Each way starts after an
+    // unmeasured send that makes its chat.
+    carol.send(bin, &bob.address, "warm-up (process)")?;
+    let alice_daemon = Daemon::start(bin, &alice)?;
+    let mut rpc = Rpc::connect(&alice)?;
+    rpc.send(&bob.address, "warm-up (daemon)")?;
+    let rounds = SEND_ROUNDS.min(p.cli_sends.max(1)).min(p.daemon_sends.max(1));
+    let (mut cli, mut daemon) = (Duration::ZERO, Duration::ZERO);
+    let (mut cli_done, mut daemon_done) = (0, 0);
+    for round in 1..=rounds {
+        let start = Instant::now();
+        while cli_done < p.cli_sends * round / rounds {
+            carol.send(bin, &bob.address, &format!("process {cli_done}"))?;
+            cli_done += 1;
+        }
+        cli += start.elapsed();
+        let start = Instant::now();
+        while daemon_done < p.daemon_sends * round / rounds {
+            rpc.send(&bob.address, &format!("daemon {daemon_done}"))?;
+            daemon_done += 1;
+        }
+        daemon += start.elapsed();
     }
-    let cli = start.elapsed();
+    let daemon_ms = ms(daemon) / p.daemon_sends.max(1) as f64;
+    let cli_ms = ms(cli) / p.cli_sends.max(1) as f64;
     eprintln!(
         "{:>16} {} `sotto send` processes: {:.2} s, {:.2} ms each",
         "sotto-daemon",
         p.cli_sends,
         cli.as_secs_f64(),
-        ms(cli) / p.cli_sends.max(1) as f64
+        cli_ms
     );
-
-    let alice_daemon = Daemon::start(bin, &alice)?;
-    let mut rpc = Rpc::connect(&alice)?;
-    rpc.send(&bob.address, "warm-up (daemon)")?;
-    let start = Instant::now();
-    for i in 0..p.daemon_sends {
-        rpc.send(&bob.address, &format!("daemon {i}"))?;
-    }
-    let daemon = start.elapsed();
-    let daemon_ms = ms(daemon) / p.daemon_sends.max(1) as f64;
-    let cli_ms = ms(cli) / p.cli_sends.max(1) as f64;
     eprintln!(
         "{:>16} {} sends through the daemon: {:.2} s, {:.2} ms each ({:.1}× faster)",
         "sotto-daemon",

@@ -387,9 +387,10 @@ fn daemon_markdown(md: &mut String, x: &DaemonResult) {
     let _ = writeln!(
         md,
         "\n`sotto daemon`: alice sends to bob through her daemon (sequential JSON-RPC `send` \
-         calls on its Unix socket, each waiting for its answer) and with one `sotto --json send` \
-         process per message (sequential, no daemon running), against one real server; bob is \
-         offline meanwhile. The homes' passphrase key derivation is {} ({cost}); client `{}`.\n",
+         calls on its Unix socket, each waiting for its answer) and carol with one \
+         `sotto --json send` process per message (sequential, no daemon running for her), the \
+         two ways alternating in ten rounds, against one real server; bob is offline meanwhile. \
+         The homes' passphrase key derivation is {} ({cost}); client `{}`.\n",
         x.kdf, x.client_bin
     );
     let _ = writeln!(md, "| way | messages | total s | ms per message |");

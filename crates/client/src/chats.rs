@@ -94,13 +94,18 @@ impl Client {
     /// recovered the account on a new device) is passed over for one that reaches it.
     pub(crate) fn direct_chat(&self, peer: &Address) -> Result<Option<Vec<u8>>, Error> {
         let candidates: Vec<Vec<u8>> = {
-            let mut stmt = self.conn.prepare(
+            let mut stmt = self.conn.prepare_cached(
                 "SELECT group_id FROM chats WHERE kind = 'direct' AND peer = ?1 AND state = 'active'
                  ORDER BY group_id",
             )?;
             let rows = stmt.query_map([peer.as_str()], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
+        // Only several chats with the same account need telling apart (the list's signature
+        // and the groups' members cost more than the answer is worth otherwise).
+        if candidates.len() < 2 {
+            return Ok(candidates.into_iter().next());
+        }
         let listed =
             db::pinned_list(&self.conn, peer.as_str())?.and_then(|l| DeviceList::verify(&l).ok());
         let Some(listed) = listed else { return Ok(candidates.into_iter().next()) };

@@ -2,7 +2,7 @@
 //! TCP and rustls. Everything socket-shaped in the client is here.
 
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector as WsConnector, Message as WsMessage, WebSocket};
 use ureq::Agent;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::Error;
 use crate::transport::{
@@ -78,6 +80,38 @@ fn failed(e: ureq::Error) -> Failed {
     Failed { not_sent: surely_not_sent(&e), reason: e.to_string() }
 }
 
+/// Resolves names as ureq does, but answers a URL's IP address at once: with a timeout set,
+/// ureq's resolver starts a thread for every request, even one on a pooled connection.
+#[derive(Debug, Default)]
+struct LiteralFirst(DefaultResolver);
+
+impl Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let default_port = match uri.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        };
+        let literal = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<IpAddr>().ok());
+        match (literal, uri.port_u16().or(default_port)) {
+            (Some(ip), Some(port)) => {
+                let mut out = self.empty();
+                out.push(SocketAddr::new(ip, port));
+                Ok(out)
+            }
+            _ => self.0.resolve(uri, config, timeout),
+        }
+    }
+}
+
 fn authorize<B>(req: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
     match token {
         Some(t) => req.header("Authorization", format!("Bearer {t}")),
@@ -112,13 +146,13 @@ impl HttpTransport {
             // An explicitly given CA replaces the public roots: the server is pinned to it.
             tls = tls.root_certs(RootCerts::new_with_certs(&ca_certs));
         }
-        let agent = Agent::config_builder()
+        let config = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .user_agent(concat!("sotto/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
-            .build()
-            .into();
+            .build();
+        let agent = Agent::with_parts(config, DefaultConnector::new(), LiteralFirst::default());
         Ok(HttpTransport { base, agent, ca_certs })
     }
 
