@@ -804,12 +804,21 @@ impl Client {
         let me = Identity { device: DeviceRef { address, device_id: response.device_id }, key };
         // The directory keys come from the approving device: this device trusts what the
         // account already pinned, not what the server says today.
+        let decode = |k: &str| {
+            hex::decode(k).ok().filter(|k| k.len() == 32).ok_or_else(|| {
+                Error::Untrusted("the approving device sent a malformed directory key".into())
+            })
+        };
         let kt_keys = match &response.kt_keys {
-            Some((s, v)) => Some((
-                hex::decode(s).map_err(|_| Error::Protocol("bad directory key".into()))?,
-                hex::decode(v).map_err(|_| Error::Protocol("bad directory key".into()))?,
-            )),
-            None => None,
+            Some((s, v)) => Some((decode(s)?, decode(v)?)),
+            // The account pinned none: nothing this device is shown could be checked.
+            None => {
+                return Err(Error::Untrusted(
+                    "the approving device has no directory key pinned; link from a device \
+                     that has one"
+                        .into(),
+                ));
+            }
         };
         let mut client = Self::create_home(
             new.home,

@@ -87,6 +87,9 @@ pub enum Error {
     /// A local file could not be read or written.
     #[error("{0}")]
     Io(String),
+    /// The chat has no other member whose device could receive the message.
+    #[error("{0}")]
+    NoRecipients(String),
     /// No message of this account matches what the user named.
     #[error("no message of yours matches {0:?}; `sotto history CHAT` shows ids")]
     UnknownMessage(String),
@@ -148,6 +151,7 @@ impl Error {
             Error::Wiped(_) => "device_wiped".into(),
             Error::Keyring(_) => "keyring".into(),
             Error::UnknownMessage(_) => "unknown_message".into(),
+            Error::NoRecipients(_) => "no_recipients".into(),
             // What kept the message from going out.
             Error::Queued { source, .. } | Error::NotSent { source, .. } => source.code(),
             Error::Remote { code, .. } => code.clone(),

@@ -103,6 +103,14 @@ impl Client {
         let address: Address = address.parse()?;
         let api = Api::new(connector.connect(server, ca_cert)?, Arc::new(SystemClock), ca_cert);
         let info: proto::ServerInfo = api.get("/v1/info", None)?;
+        if kt_keys(&info.kt).is_none() {
+            // Without a directory to check them against, every key the server hands out
+            // would have to be taken on its word: fail closed.
+            return Err(Error::Untrusted(format!(
+                "{} publishes no key directory (or a malformed one), so the keys it hands out                  for other people could not be checked; refusing to set up a home on it",
+                api.base()
+            )));
+        }
         if info.domain != address.domain() {
             return Err(Error::Invalid(format!(
                 "{} hosts @{} addresses; {address} belongs elsewhere",

@@ -16,6 +16,11 @@ use sotto_proto as proto;
 use crate::api::Api;
 use crate::{Client, Error};
 
+/// Why a home made before directory keys were required checks nothing: it fails closed.
+const NO_DIRECTORY_KEY: &str = "no directory key is pinned for this home, so no key the server \
+     hands out can be checked; set up this device again (`sotto link` from a device that has \
+     one, or `sotto register` on a server that publishes a directory)";
+
 fn untrusted(what: impl std::fmt::Display) -> Error {
     Error::Untrusted(format!("key transparency: {what}"))
 }
@@ -36,7 +41,7 @@ impl Client {
     /// Checks a signed root against the pinned KT key and every root seen before, then pins it.
     fn accept_root(&self, signed: &proto::SignedRoot) -> Result<Root, Error> {
         let Some((signing_key, _)) = &self.account.kt_keys else {
-            return Err(untrusted("no directory key is pinned for this server"));
+            return Err(untrusted(NO_DIRECTORY_KEY));
         };
         let root = root_of(signed);
         if !root.verify(signing_key, &signed.signature.0) {
@@ -90,7 +95,9 @@ impl Client {
         identity_key: &[u8],
         signed: &SignedList,
     ) -> Result<KtCheck, Error> {
-        let Some((_, vrf_key)) = self.account.kt_keys.clone() else { return Ok(KtCheck::Holds) };
+        let Some((_, vrf_key)) = self.account.kt_keys.clone() else {
+            return Err(untrusted(NO_DIRECTORY_KEY));
+        };
         let token = self.token()?;
         let answer: proto::KtProof =
             self.api.get(&format!("/v1/kt/lookup/{address}"), Some(&token))?;
@@ -108,7 +115,9 @@ impl Client {
     /// every value must carry this account's identity key. A key the user never published
     /// is reported.
     pub(crate) fn monitor_own_key(&mut self) -> Result<(), Error> {
-        let Some((_, vrf_key)) = self.account.kt_keys.clone() else { return Ok(()) };
+        let Some((_, vrf_key)) = self.account.kt_keys.clone() else {
+            return Err(untrusted(NO_DIRECTORY_KEY));
+        };
         let me = self.me.device.address.clone();
         let token = self.token()?;
         let answer: proto::KtProof = self.api.get(&format!("/v1/kt/history/{me}"), Some(&token))?;

@@ -216,9 +216,11 @@ pub struct Registered {
     pub operator_key: Option<String>,
 }
 
-/// The directory keys a server announces, as pinned.
+/// The directory keys a server announces, if it announces well-formed ones (both 32 bytes).
 fn kt_keys(keys: &Option<proto::KtKeys>) -> Option<(Vec<u8>, Vec<u8>)> {
-    keys.as_ref().map(|k| (k.signing_key.0.clone(), k.vrf_key.0.clone()))
+    keys.as_ref()
+        .filter(|k| k.signing_key.0.len() == 32 && k.vrf_key.0.len() == 32)
+        .map(|k| (k.signing_key.0.clone(), k.vrf_key.0.clone()))
 }
 
 /// Whether a home keeps its database key in the OS keyring.

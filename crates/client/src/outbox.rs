@@ -226,6 +226,7 @@ impl Client {
                     | Error::UnknownChat(_)
                     | Error::Core(_)
                     | Error::Untrusted(_)
+                    | Error::NoRecipients(_)
                     | Error::IdentityChanged(_)),
                 ) => Outcome::Failed(e),
                 Err(e) => return Err(e),
@@ -303,18 +304,35 @@ impl Client {
                     .map_err(|e| Error::Io(format!("a stored message is unreadable: {e}")))?;
                 let tx = begin(&self.conn)?;
                 let Some((request, json)) = self.seal(&tx, entry.id, &entry.group_id, &msg)? else {
-                    // Nobody else is in the chat (yet): nothing to send.
-                    return Ok(());
+                    // Nobody else is in the chat: a setting has no one to tell, but a message
+                    // would reach no one, and must not look sent.
+                    return match entry.msg_id {
+                        Some(_) => Err(Error::NoRecipients(
+                            "nobody else is in this chat, so the message would reach no one".into(),
+                        )),
+                        None => Ok(()),
+                    };
                 };
                 tx.commit()?;
                 entry.request = Some(json);
                 request
             }
         };
+        let recipients = request.delivery.recipients.clone();
         let resp = self.api.submit(request, &token)?;
         failpoint("after-submit");
         if !resp.dropped.is_empty() {
             self.touched.borrow_mut().dropped.insert(entry.group_id.clone());
+            // The server queued nothing for revoked devices: if they were everyone, the
+            // message reached no one.
+            if entry.msg_id.is_some() && recipients.iter().all(|r| resp.dropped.contains(r)) {
+                return Err(Error::NoRecipients(
+                    "every device this chat holds for the others was revoked, so the message \
+                     reached no one; it can be sent again once their new devices are in the \
+                     chat (`sotto sync`, then `sotto resend`)"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -34,14 +34,13 @@ impl Client {
             )));
         }
         let group_id = self.target_group(target)?;
-        let sent = self
-            .send_body(&group_id, Body::Text { text: text.to_string() })?
-            .ok_or(Error::Internal("text message without a stored row"))?;
-        // The message is sent; tidying the group must not make it look failed.
+        let sent = self.send_body(&group_id, Body::Text { text: text.to_string() });
+        // Devices the server reported revoked leave the group whatever became of the message;
+        // tidying the group must not make a sent message look failed.
         if let Err(e) = self.prune_revoked() {
             db::add_notice(&self.conn, &format!("could not remove revoked devices: {e}"))?;
         }
-        Ok(sent)
+        sent?.ok_or(Error::Internal("text message without a stored row"))
     }
 
     /// Key packages of this account's other devices, so a new chat includes them from the

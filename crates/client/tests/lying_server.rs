@@ -1,0 +1,108 @@
+//! A lying server: the real server's API in this process, its answers rewritten on the way to
+//! real clients. Each attack must be refused or reported with the documented error code.
+
+mod common;
+
+use common::World;
+use sotto_client::{Client, Error, RegisterOptions, Target};
+use sotto_proto as proto;
+
+fn options() -> RegisterOptions {
+    RegisterOptions {
+        passphrase: zeroize::Zeroizing::new("correct horse battery staple".into()),
+        ..RegisterOptions::default()
+    }
+}
+
+fn register(world: &World, name: &str) -> Result<Client, Error> {
+    let home = world._dir.path().join(name);
+    let connector = common::InMemory(world.fake.clone());
+    Client::register_via(
+        &connector,
+        &home,
+        "http://in-process",
+        &format!("{name}@localhost"),
+        &options(),
+    )
+    .map(|r| r.client)
+}
+
+/// Rewrites the directory keys `/v1/info` announces.
+fn lie_about_directory(world: &World, lie: fn(&mut proto::ServerInfo)) {
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path == "/v1/info" && status == 200 {
+            let mut info: proto::ServerInfo = serde_json::from_slice(body).expect("info");
+            lie(&mut info);
+            *body = serde_json::to_vec(&info).expect("json");
+        }
+    }));
+}
+
+#[test]
+fn no_home_is_set_up_on_a_server_without_a_key_directory() {
+    let world = World::new();
+    // Left out, or announced with keys that cannot be keys.
+    let lies: [fn(&mut proto::ServerInfo); 3] = [
+        |info| info.kt = None,
+        |info| {
+            if let Some(kt) = info.kt.as_mut() {
+                kt.signing_key.0.truncate(31);
+            }
+        },
+        |info| {
+            if let Some(kt) = info.kt.as_mut() {
+                kt.vrf_key.0.clear();
+            }
+        },
+    ];
+    for (i, lie) in lies.into_iter().enumerate() {
+        lie_about_directory(&world, lie);
+        let name = format!("alice{i}");
+        match register(&world, &name) {
+            Err(e @ Error::Untrusted(_)) => {
+                assert_eq!(e.code(), "untrusted");
+                assert!(e.to_string().contains("publishes no key directory"), "{e}");
+            }
+            Err(e) => panic!("lie {i}: refused with the wrong error: {e}"),
+            Ok(_) => panic!("lie {i}: a home was set up without a directory to check keys"),
+        }
+        // Nothing was left behind: the same home registers once the server tells the truth.
+        world.fake.script().rewrite = None;
+        register(&world, &name).expect("register on an honest answer");
+    }
+}
+
+#[test]
+fn a_message_that_reaches_no_one_is_not_sent() {
+    let world = World::new();
+    let mut alice = register(&world, "alice").expect("alice");
+    alice.create_group("alone", &[]).expect("a group of one");
+    let err = alice
+        .send_text(&Target::Chat("alone".into()), "anyone there?")
+        .expect_err("nobody to reach");
+    assert_eq!(err.code(), "no_recipients", "{err}");
+    let history = alice.history("alone", 10).expect("history");
+    let texts: Vec<(&str, &str)> = history
+        .iter()
+        .filter(|m| m.kind == "text")
+        .map(|m| (m.body.as_str(), m.status.as_str()))
+        .collect();
+    assert_eq!(texts, vec![("anyone there?", "failed")]);
+
+    // The server reports every recipient revoked (`dropped`): the message reached no one.
+    let mut bob = register(&world, "bob").expect("bob");
+    alice.send_text(&Target::Address("bob@localhost".parse().expect("address")), "hi").expect("hi");
+    bob.sync().expect("bob syncs");
+    let bob_device = bob.account().device_id;
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path == "/v1/messages" && status == 200 {
+            let mut resp: proto::SubmitResponse = serde_json::from_slice(body).expect("answer");
+            resp.dropped = vec![bob_device];
+            *body = serde_json::to_vec(&resp).expect("json");
+        }
+    }));
+    let err = alice
+        .send_text(&Target::Address("bob@localhost".parse().expect("address")), "still there?")
+        .expect_err("every recipient was dropped");
+    assert_eq!(err.code(), "no_recipients", "{err}");
+}
