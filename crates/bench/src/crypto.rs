@@ -104,6 +104,7 @@ fn text(len: usize) -> Vec<u8> {
         id: "00".into(),
         sent_at: 0,
         expires_in: None,
+        n: None,
         body: Body::Text { text: "x".repeat(len) },
     }
     .encode()

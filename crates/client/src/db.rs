@@ -158,6 +158,22 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_by_message ON outbox(group_id, msg_id);
 "#,
+    r#"
+ALTER TABLE chats ADD COLUMN leaf_updated_at INTEGER NOT NULL DEFAULT 0;
+UPDATE chats SET leaf_updated_at = created_at;
+CREATE TABLE settings (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+ALTER TABLE chats ADD COLUMN sent_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN n INTEGER;
+CREATE TABLE counters (
+    group_id BLOB NOT NULL,
+    sender TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY (group_id, sender)
+);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

@@ -345,8 +345,12 @@ impl Client {
             let mut next = list.next(unix_now());
             next.devices.retain(|d| d.key != key);
             self.publish_list(&next, None)?;
+            self.heal_soon()?;
         }
-        self.reconcile_devices()
+        self.reconcile_devices()?;
+        // This device's keys are replaced in every chat now (what fails is retried later).
+        self.heal(false)?;
+        Ok(())
     }
 
     /// Orders one of this account's devices to erase itself: revokes it, then queues a wipe
@@ -487,7 +491,14 @@ impl Client {
     /// that are no longer listed. Any of the account's devices may do it; the first wins.
     pub(crate) fn reconcile_devices(&mut self) -> Result<(), Error> {
         let me = self.me.device.address.clone();
+        let before =
+            db::pinned_list(&self.conn, me.as_str())?.and_then(|l| DeviceList::verify(&l).ok());
         let (list, infos) = self.verified_list(&me)?;
+        // The account lost a device (revoked or wiped from another one): whatever that device
+        // knew must stop opening this device's messages, so its keys are replaced soon.
+        if before.is_some_and(|b| b.devices.iter().any(|d| !list.lists(&d.key))) {
+            self.heal_soon()?;
+        }
         // Devices found without key packages in this pass are not asked again for each chat.
         let mut exhausted: BTreeSet<u64> = BTreeSet::new();
         for group_id in self.active_chats()? {

@@ -145,6 +145,13 @@ pub enum Command {
         /// Its id.
         device: u64,
     },
+    /// Replaces this device's keys in every chat now (`sotto heal`); with `every_secs`, first
+    /// sets how often that happens by itself.
+    Heal {
+        /// Seconds between updates (an hour to 90 days; 7 days unless set).
+        #[serde(default)]
+        every_secs: Option<u64>,
+    },
 }
 
 impl Command {
@@ -168,6 +175,7 @@ impl Command {
         "devices_link",
         "devices_revoke",
         "devices_wipe",
+        "heal",
     ];
 
     /// A command from a JSON-RPC method and its params (absent params: none).
@@ -179,11 +187,20 @@ impl Command {
         call.insert("method".into(), Value::String(method.into()));
         // No params, `null` and `{}` all mean none (methods without parameters take them all).
         let empty = |p: &Value| p.is_null() || p.as_object().is_some_and(|o| o.is_empty());
+        let none = params.as_ref().is_none_or(empty);
         if let Some(params) = params.filter(|p| !empty(p)) {
             call.insert("params".into(), params);
         }
-        serde_json::from_value(Value::Object(call))
-            .map_err(|e| Error::Invalid(format!("bad params for {method}: {e}")))
+        let parsed = serde_json::from_value(Value::Object(call.clone()));
+        // A method whose parameters are all optional takes none as an empty set of them.
+        let parsed = match parsed {
+            Err(_) if none => {
+                call.insert("params".into(), Value::Object(serde_json::Map::new()));
+                serde_json::from_value(Value::Object(call))
+            }
+            other => other,
+        };
+        parsed.map_err(|e| Error::Invalid(format!("bad params for {method}: {e}")))
     }
 
     /// The JSON-RPC method this command is.
@@ -207,6 +224,7 @@ impl Command {
             Command::DevicesLink { .. } => "devices_link",
             Command::DevicesRevoke { .. } => "devices_revoke",
             Command::DevicesWipe { .. } => "devices_wipe",
+            Command::Heal { .. } => "heal",
         }
     }
 }
@@ -338,6 +356,12 @@ pub fn execute(
         Command::DevicesWipe { device } => {
             client.wipe(device)?;
             json(client.devices()?)
+        }
+        Command::Heal { every_secs } => {
+            if let Some(secs) = every_secs {
+                client.set_heal_interval(secs)?;
+            }
+            json(client.heal(true)?)
         }
     }
 }
@@ -520,6 +544,27 @@ impl Engine {
                 }
             }
         }
+        // Chats due for a fresh key of this device (a sync above did them already).
+        if self.connected && link.is_none() {
+            match self.client.heal(false) {
+                Ok(report) => {
+                    for (chat, reason) in report.failed {
+                        self.events.push(Event::Notice {
+                            text: format!(
+                                "could not update this device's keys in {chat}: {reason}"
+                            ),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let e = self.check_revoked(e);
+                    if self.stopped.is_some() {
+                        return (None, Wants::Stop);
+                    }
+                    self.events.push(Event::Notice { text: format!("key update: {e}") });
+                }
+            }
+        }
         // The outbox: what is due now (a sync above delivered everything already).
         match self.client.flush_outbox(None, false) {
             Ok(changed) => match self.client.updated_views(changed) {
@@ -560,8 +605,13 @@ impl Engine {
     /// When something is due: a reconnection, or the outbox's next attempt.
     fn next_wake(&self) -> u64 {
         let outbox = self.client.outbox_next_at().ok().flatten().unwrap_or(u64::MAX);
-        let reconnect = if self.connected { u64::MAX } else { self.reconnect_at };
-        outbox.min(reconnect)
+        let (reconnect, heal) = if self.connected {
+            (u64::MAX, self.client.heal_next_at().ok().flatten().unwrap_or(u64::MAX))
+        } else {
+            // Keys are updated once connected again (a sync does it).
+            (self.reconnect_at, u64::MAX)
+        };
+        outbox.min(reconnect).min(heal)
     }
 
     /// The live connection closed.

@@ -25,6 +25,7 @@ pub mod engine;
 mod error;
 mod files;
 mod groups;
+mod heal;
 mod home;
 pub mod http;
 mod keypackages;
@@ -54,6 +55,7 @@ use crate::db::AccountRow;
 pub use crate::devices::{DeviceView, LinkOutcome, LinkedDevice};
 pub use crate::error::Error;
 pub use crate::files::Downloaded;
+pub use crate::heal::{DEFAULT_HEAL_INTERVAL_SECS, HealReport};
 pub use crate::kt::{AuditReport, audit, load_audit_state, save_audit_state};
 pub use crate::verify::SafetyView;
 
@@ -165,6 +167,9 @@ pub struct SyncReport {
     pub notices: Vec<String>,
     /// This device's messages whose delivery state changed (sent, failed, still pending).
     pub updated: Vec<MessageView>,
+    /// Chats (ids) where this device's keys were replaced (see `sotto heal`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub healed: Vec<String>,
 }
 
 /// Choices made at registration.

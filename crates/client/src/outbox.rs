@@ -100,7 +100,8 @@ impl Client {
             .query_row([group_id], |r| r.get(0))?;
         let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
         let now = self.now_ms();
-        let msg = Message { v: VERSION, id: random_hex(16)?, sent_at: now, expires_in, body };
+        let msg =
+            Message { v: VERSION, id: random_hex(16)?, sent_at: now, expires_in, n: None, body };
         let mut tx = begin(&self.conn)?;
         if let Some(text) = &text {
             tx.prepare_cached(
@@ -272,9 +273,18 @@ impl Client {
             }
             Outcome::Failed(e) => {
                 let reason = e.to_string();
-                // A refusal is final for this submission: a resend encrypts anew.
+                // The message's number goes back to the chat when nothing was numbered after
+                // it (nothing later in a chat is encrypted while this waits): recipients then
+                // see no gap for a message that never reached them.
                 tx.prepare_cached(
-                    "UPDATE outbox SET state = 'failed', request = NULL, error = ?2 WHERE id = ?1",
+                    "UPDATE chats SET sent_count = sent_count - 1
+                     WHERE group_id = ?1 AND sent_count = (SELECT n FROM outbox WHERE id = ?2)",
+                )?
+                .execute(params![entry.group_id, entry.id])?;
+                // A refusal is final for this submission: a resend encrypts (and numbers) anew.
+                tx.prepare_cached(
+                    "UPDATE outbox SET state = 'failed', request = NULL, n = NULL, error = ?2
+                     WHERE id = ?1",
                 )?
                 .execute(params![entry.id, reason])?;
                 "failed"
@@ -347,6 +357,26 @@ impl Client {
         msg: &Message,
     ) -> Result<Option<(proto::SubmitRequest, Vec<u8>)>, Error> {
         let p = db::provider(tx);
+        // The message's number among this device's messages in the chat: kept by the entry
+        // once given (encrypting again reuses it), counted with the ratchet step.
+        let given: Option<i64> = tx
+            .prepare_cached("SELECT n FROM outbox WHERE id = ?1")?
+            .query_row([entry], |r| r.get(0))?;
+        let n = match given {
+            Some(n) => n,
+            None => {
+                let n: i64 = tx
+                    .prepare_cached(
+                        "UPDATE chats SET sent_count = sent_count + 1 WHERE group_id = ?1
+                         RETURNING sent_count",
+                    )?
+                    .query_row([group_id], |r| r.get(0))?;
+                tx.prepare_cached("UPDATE outbox SET n = ?2 WHERE id = ?1")?
+                    .execute(params![entry, n])?;
+                n
+            }
+        };
+        let msg = Message { n: Some(n.max(0) as u64), ..msg.clone() };
         // One load of the group; a message for nobody is not encrypted at all (the savepoint
         // or transaction it runs in is dropped).
         let mls::Sealed { epoch, members, ciphertext } =
@@ -405,6 +435,7 @@ impl Client {
                     id: msg_id.clone(),
                     sent_at: self.now_ms(),
                     expires_in: None,
+                    n: None,
                     body: Body::Text { text },
                 };
                 self.conn

@@ -28,8 +28,11 @@ impl Client {
         self.check_wipe_confirmations()?;
         // What waits in the outbox goes now (failed messages wait for `resend`).
         let changed = self.flush_outbox(None, true)?;
+        // Chats due for a fresh key of this device get one (what fails is retried later).
+        let healed = self.heal(false)?.updated;
         let mut report = self.finish_batch(processed, true)?;
         report.updated = self.updated_views(changed)?;
+        report.healed = healed;
         Ok(report)
     }
 
@@ -176,11 +179,13 @@ impl Client {
                 self.touched.borrow_mut().joined = true;
                 self.touched.borrow_mut().joined_groups.insert(group_id.clone());
                 tx.execute(
-                    "INSERT INTO chats (group_id, kind, state, created_at)
-                     VALUES (?1, 'group', 'active', ?2)
-                     ON CONFLICT (group_id) DO UPDATE SET state = 'active'",
+                    "INSERT INTO chats (group_id, kind, state, created_at, leaf_updated_at)
+                     VALUES (?1, 'group', 'active', ?2, ?2)
+                     ON CONFLICT (group_id) DO UPDATE SET state = 'active', leaf_updated_at = ?2",
                     params![group_id, now],
                 )?;
+                // Back in a chat after a time away: what was sent meanwhile is not missing.
+                tx.execute("DELETE FROM counters WHERE group_id = ?1", [&group_id])?;
                 let who =
                     inviter.map(|d| d.address.to_string()).unwrap_or_else(|| "someone".into());
                 if who == self.account.address {
@@ -190,7 +195,13 @@ impl Client {
                 }
             }
             Incoming::Application { group_id, sender, plaintext } => {
-                match Message::decode(&plaintext) {
+                let decoded = Message::decode(&plaintext);
+                if let Ok(Message { id, n: Some(n), .. }) = &decoded
+                    && let Some(text) = count_message(tx, &group_id, &sender, id, *n)?
+                {
+                    event(&group_id, 1, sender.address.as_str(), text)?;
+                }
+                match decoded {
                     // Ids are the sender's random 128 bits in hex: anything else could collide
                     // with this device's own rows (its events) and hide them.
                     Ok(Message { id, .. })
@@ -346,7 +357,14 @@ impl Client {
             rows.collect::<Result<Vec<String>, _>>()?
         };
         self.conn.execute("UPDATE notices SET reported = 1 WHERE reported = 0", [])?;
-        Ok(SyncReport { messages, failures, processed: 0, notices, updated: Vec::new() })
+        Ok(SyncReport {
+            messages,
+            failures,
+            processed: 0,
+            notices,
+            updated: Vec::new(),
+            healed: Vec::new(),
+        })
     }
 }
 
@@ -356,4 +374,62 @@ pub(crate) fn record_failure(tx: &Transaction<'_>, seq: u64, reason: &str) -> Re
         params![seq as i64, reason, now_ms() as i64],
     )?;
     Ok(())
+}
+
+/// Follows each sending device's count of its messages in a chat: a message whose number skips
+/// ahead means the ones between never arrived; one numbered below the last seen arrived out of
+/// order. Returns the event to show, if any. The first message seen from a device sets where
+/// counting starts (this device may have joined after its first messages). In a chat with
+/// disappearing messages, the server deletes copies nobody fetched in time, so gaps there are
+/// expected and not shown.
+fn count_message(
+    tx: &Transaction<'_>,
+    group_id: &[u8],
+    sender: &DeviceRef,
+    msg_id: &str,
+    n: u64,
+) -> Result<Option<String>, Error> {
+    let seen: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE group_id = ?1 AND msg_id = ?2)",
+        )?
+        .query_row(params![group_id, msg_id], |r| r.get(0))?;
+    if seen {
+        return Ok(None);
+    }
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    let key = sender.to_string();
+    let last: Option<i64> = tx
+        .prepare_cached("SELECT last FROM counters WHERE group_id = ?1 AND sender = ?2")?
+        .query_row(params![group_id, key], |r| r.get(0))
+        .optional()?;
+    if last.is_some_and(|last| n <= last) {
+        return Ok(Some(format!(
+            "a message from {} arrived out of order: it was sent before others shown above it",
+            sender.address
+        )));
+    }
+    tx.prepare_cached(
+        "INSERT INTO counters (group_id, sender, last) VALUES (?1, ?2, ?3)
+         ON CONFLICT (group_id, sender) DO UPDATE SET last = ?3",
+    )?
+    .execute(params![group_id, key, n])?;
+    let timer: i64 = tx
+        .prepare_cached("SELECT timer_secs FROM chats WHERE group_id = ?1")?
+        .query_row([group_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    Ok(match last {
+        Some(last) if n > last.saturating_add(1) && timer == 0 => {
+            let missing = n - last - 1;
+            Some(format!(
+                "{missing} message{} from {} did not arrive: the server held {} back or lost {}",
+                if missing == 1 { "" } else { "s" },
+                sender.address,
+                if missing == 1 { "it" } else { "them" },
+                if missing == 1 { "it" } else { "them" },
+            ))
+        }
+        _ => None,
+    })
 }

@@ -85,8 +85,8 @@ impl Client {
         let tx = begin(&self.conn)?;
         let group_id = mls::create_group(&db::provider(&tx), &self.me)?;
         tx.execute(
-            "INSERT INTO chats (group_id, kind, name, peer, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
+            "INSERT INTO chats (group_id, kind, name, peer, state, created_at, leaf_updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?5)",
             params![group_id, kind.as_str(), name, peer.map(Address::as_str), self.now_ms() as i64],
         )?;
         tx.commit()?;

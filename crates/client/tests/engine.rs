@@ -167,3 +167,46 @@ fn the_live_connection_comes_back_after_drops_and_outages() {
     assert!(link.is_some(), "reconnected");
     assert_eq!(texts(&bob.take_events()), ["while you were away"]);
 }
+
+#[test]
+fn each_device_replaces_its_keys_in_every_chat_within_the_period() {
+    let w = World::new();
+    let mut alice = Engine::new(w.client("alice"));
+    let mut bob = Engine::new(w.client("bob"));
+    alice.tick();
+    send(&mut alice, "bob@localhost", "before").expect("sent");
+    let (link, _) = bob.tick();
+    let mut link = link.expect("bob connects");
+    assert_eq!(texts(&bob.take_events()), ["before"]);
+    let leaf = |e: &Engine| e.client().own_leaf_key("bob@localhost").expect("leaf key");
+    let first = leaf(&alice);
+
+    // Within the period, nothing changes; the engine asks to be woken when it ends.
+    let (_, Wants::WaitUntil(due)) = alice.tick() else { panic!("stopped") };
+    assert_eq!(leaf(&alice), first);
+    let period = sotto_client::DEFAULT_HEAL_INTERVAL_SECS * 1000;
+    assert!(due > w.clock.now_ms() && due <= w.clock.now_ms() + period, "wakes for the update");
+
+    // Once it is over, the tick commits a fresh leaf; bob follows, and the chat goes on.
+    w.clock.advance(due - w.clock.now_ms());
+    alice.tick();
+    let second = leaf(&alice);
+    assert_ne!(second, first, "the leaf key was replaced");
+    pump(&mut bob, &mut *link);
+    send(&mut alice, "bob@localhost", "after").expect("sent after the update");
+    assert_eq!(texts(&pump(&mut bob, &mut *link)), ["after"]);
+    // Not again before the next period.
+    alice.tick();
+    assert_eq!(leaf(&alice), second);
+
+    // `heal` does it at once, and a shorter period is kept.
+    let report = alice.execute(Command::Heal { every_secs: Some(3600) }).expect("heal");
+    assert_eq!(report["updated"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(report["interval_secs"], 3600);
+    assert_ne!(leaf(&alice), second);
+    let refused = alice.execute(Command::Heal { every_secs: Some(60) }).expect_err("too often");
+    assert_eq!(refused.code(), "invalid_input");
+    pump(&mut bob, &mut *link);
+    send(&mut alice, "bob@localhost", "still fine").expect("sent");
+    assert_eq!(texts(&pump(&mut bob, &mut *link)), ["still fine"]);
+}

@@ -106,3 +106,102 @@ fn a_message_that_reaches_no_one_is_not_sent() {
         .expect_err("every recipient was dropped");
     assert_eq!(err.code(), "no_recipients", "{err}");
 }
+
+/// The server leaves the next message it would hand out out of the page, for good.
+fn hide_next_queued(world: &World) {
+    let once = std::sync::atomic::AtomicBool::new(true);
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path.starts_with("/v1/queue?") && status == 200 {
+            let mut page: proto::QueueResponse = serde_json::from_slice(body).expect("page");
+            if !page.messages.is_empty() && once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                page.messages.remove(0);
+            }
+            *body = serde_json::to_vec(&page).expect("json");
+        }
+    }));
+}
+
+/// Bob's chat history, as (kind, body) pairs.
+fn shown(bob: &Client) -> Vec<(String, String)> {
+    bob.history("alice@localhost", 50)
+        .expect("history")
+        .into_iter()
+        .map(|m| (m.kind, m.body))
+        .collect()
+}
+
+#[test]
+fn messages_the_server_holds_back_or_reorders_are_reported() {
+    let world = World::new();
+    let mut alice = register(&world, "alice").expect("alice");
+    let mut bob = register(&world, "bob").expect("bob");
+    let to_bob = Target::Address("bob@localhost".parse().expect("address"));
+    alice.send_text(&to_bob, "one").expect("one");
+    bob.sync().expect("bob syncs");
+    let alarms = |bob: &Client| {
+        shown(bob)
+            .into_iter()
+            .filter(|(kind, body)| kind == "event" && body.contains("alice@localhost"))
+            .filter(|(_, body)| body.contains("did not arrive") || body.contains("out of order"))
+            .map(|(_, body)| body)
+            .collect::<Vec<_>>()
+    };
+    assert!(alarms(&bob).is_empty(), "no alarm for the first messages seen");
+
+    // The server drops the first message of bob's next page, for good.
+    alice.send_text(&to_bob, "two").expect("two");
+    alice.send_text(&to_bob, "three").expect("three");
+    hide_next_queued(&world);
+    bob.sync().expect("bob syncs");
+    let texts: Vec<String> =
+        shown(&bob).into_iter().filter(|(k, _)| k == "text").map(|(_, b)| b).collect();
+    assert_eq!(texts, ["one", "three"]);
+    assert_eq!(
+        alarms(&bob),
+        ["1 message from alice@localhost did not arrive: the server held it back or lost it"]
+    );
+
+    // The server swaps two messages: the later one shows a gap, the earlier one then arrives
+    // out of order; both are shown.
+    alice.send_text(&to_bob, "four").expect("four");
+    alice.send_text(&to_bob, "five").expect("five");
+    let once = std::sync::atomic::AtomicBool::new(true);
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path.starts_with("/v1/queue?") && status == 200 {
+            let mut page: proto::QueueResponse = serde_json::from_slice(body).expect("page");
+            if page.messages.len() >= 2 && once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let first = page.messages[0].message.clone();
+                page.messages[0].message = page.messages[1].message.clone();
+                page.messages[1].message = first;
+            }
+            *body = serde_json::to_vec(&page).expect("json");
+        }
+    }));
+    bob.sync().expect("bob syncs");
+    let texts: Vec<String> =
+        shown(&bob).into_iter().filter(|(k, _)| k == "text").map(|(_, b)| b).collect();
+    assert_eq!(texts, ["one", "three", "five", "four"]);
+    let seen = alarms(&bob);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[2].contains("arrived out of order"), "{seen:?}");
+
+    // A message that failed for good gives its number back: no false alarm after it.
+    let bob_device = bob.account().device_id;
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path == "/v1/messages" && status == 200 {
+            let mut resp: proto::SubmitResponse = serde_json::from_slice(body).expect("answer");
+            resp.dropped = vec![bob_device];
+            *body = serde_json::to_vec(&resp).expect("json");
+        }
+    }));
+    alice.send_text(&to_bob, "lost").expect_err("reached no one");
+    world.fake.script().rewrite = None;
+    alice.send_text(&to_bob, "six").expect("six");
+    // Consistently with its answer, the server never hands bob the dropped copy.
+    hide_next_queued(&world);
+    bob.sync().expect("bob syncs");
+    let texts: Vec<String> =
+        shown(&bob).into_iter().filter(|(k, _)| k == "text").map(|(_, b)| b).collect();
+    assert_eq!(texts.last().map(String::as_str), Some("six"));
+    assert_eq!(alarms(&bob).len(), 3, "no new alarm: {:?}", alarms(&bob));
+}

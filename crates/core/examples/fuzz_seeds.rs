@@ -45,7 +45,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     ];
     for (i, body) in bodies.into_iter().enumerate() {
-        let m = Message { v: VERSION, id: format!("m{i}"), sent_at: 1, expires_in: Some(60), body };
+        let m = Message {
+            v: VERSION,
+            id: format!("m{i}"),
+            sent_at: 1,
+            expires_in: Some(60),
+            n: Some(1),
+            body,
+        };
         write(dir, "content", &i.to_string(), &m.encode())?;
     }
 

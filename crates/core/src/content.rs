@@ -106,6 +106,10 @@ pub struct Message {
     /// messages); absent when the chat has no timer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<u64>,
+    /// The sending device's count of its messages in this chat (1, 2, 3…), so that recipients
+    /// notice messages the server held back or reordered. Absent from older clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
     /// The content.
     #[serde(flatten)]
     pub body: Body,
@@ -170,6 +174,7 @@ mod tests {
             id: "00ff".into(),
             sent_at: 5,
             expires_in: Some(60),
+            n: Some(3),
             body: Body::Text { text: "héllo".into() },
         };
         assert_eq!(Message::decode(&m.encode()).expect("decodes"), m);
@@ -178,6 +183,7 @@ mod tests {
             id: "01".into(),
             sent_at: 5,
             expires_in: None,
+            n: None,
             body: Body::ChatInfo { kind: ChatKind::Group, name: Some("team".into()) },
         };
         assert_eq!(Message::decode(&info.encode()).expect("decodes"), info);

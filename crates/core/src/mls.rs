@@ -601,6 +601,19 @@ pub fn epoch<S: StorageProvider<CURRENT_VERSION>>(
     Ok(load(p, group_id)?.epoch().as_u64())
 }
 
+/// This device's current leaf encryption key in the group (a commit of its own, such as
+/// [`self_update`], replaces it).
+pub fn own_leaf_key<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let group = load(p, group_id)?;
+    let leaf = group.own_leaf_node().ok_or(Error::UnknownGroup("no own leaf".into()))?;
+    leaf.encryption_key()
+        .tls_serialize_detached()
+        .map_err(|e| Error::Invalid(format!("cannot encode a leaf key: {e}")))
+}
+
 /// Whether the group holds proposals waiting for a commit.
 pub fn has_pending_proposals<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,
@@ -970,6 +983,7 @@ mod mutation_tests {
             id: "0011".into(),
             sent_at: 1,
             expires_in: None,
+            n: None,
             body: crate::content::Body::Text { text: "hello".into() },
         }
         .encode();

@@ -452,6 +452,7 @@ impl Sim {
             id: msg_id.clone(),
             sent_at: self.now,
             expires_in: None,
+            n: None,
             body: Body::Text { text: format!("{msg_id} says hello") },
         };
         let p = &client.provider;

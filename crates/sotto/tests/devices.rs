@@ -399,18 +399,29 @@ fn recovery_takes_the_account_back_and_contacts_see_the_key_change() {
     let history = bob.ok(&["history", &alice.address]);
     assert!(events(&history).iter().any(|e| e.contains("identity key changed")), "{history}");
 
-    // The chat with the lost device: the server drops what bob sends to it, and bob's client
-    // then removes the device that alice's new list no longer names.
+    // The chat with the lost device: the server drops what bob sends to it, so the message
+    // reached no one and is not called sent; bob's client then removes the device that
+    // alice's new list no longer names.
     let old_chat = old_chat_id.as_str();
-    let sent = bob.send_group(old_chat, "anyone there?");
-    assert_eq!(sent["status"], "sent");
+    assert_eq!(bob.err(&["send", "--group", old_chat, "anyone there?"]), "no_recipients");
     let history = bob.ok(&["history", old_chat]);
     let removed = format!("removed alice@localhost/{}: no longer in", device_id(&lost));
     assert!(events(&history).iter().any(|e| e.starts_with(&removed)), "{history}");
-    // Sending again finds nobody left to drop.
-    bob.send_group(old_chat, "still anyone?");
+    let failed: Vec<&str> = history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|m| m["body"] == "anyone there?")
+        .filter_map(|m| m["status"].as_str())
+        .collect();
+    assert_eq!(failed, ["failed"], "{history}");
+    // Nobody is left: the next message is refused too, and nothing is removed twice.
+    assert_eq!(bob.err(&["send", "--group", old_chat, "still anyone?"]), "no_recipients");
     let history = bob.ok(&["history", old_chat]);
     assert_eq!(events(&history).iter().filter(|e| e.starts_with(&removed)).count(), 1);
+    // Messages to alice's address reach her new device.
+    bob.send(&alice.address, "found you");
+    assert!(fresh.sync().contains(&pair(&bob, "found you")));
 }
 
 #[test]
@@ -531,4 +542,43 @@ fn a_link_the_server_tampers_with_is_refused() {
     let v: Value = serde_json::from_str(&rest).expect("json");
     assert_eq!(v["error"]["code"], "untrusted", "{v}");
     assert!(!home.join("sotto.db").exists(), "nothing is set up from a forged response");
+}
+
+#[test]
+fn after_a_revocation_the_remaining_devices_replace_their_keys() {
+    let server = open_server();
+    let [alice, bob] = ["alice", "bob"].map(|n| User::register(n, &server, ""));
+    alice.send(&bob.address, "before");
+    let (phone, _) = alice.link_device(&server, "phone");
+    let (tablet, linked) = alice.link_device(&server, "tablet");
+    phone.sync();
+    tablet.sync();
+    // Nothing is due yet.
+    assert_eq!(phone.ok(&["sync"])["healed"], Value::Null);
+
+    alice.ok(&["devices", "revoke", &device_id(&linked).to_string()]);
+    let report = phone.ok(&["sync"]);
+    let healed: Vec<&str> = report["healed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let id = phone
+        .ok(&["chats"])
+        .as_array()
+        .expect("chats")
+        .iter()
+        .find(|c| c["peer"] == bob.address.as_str())
+        .map(|c| c["id"].as_str().unwrap_or_default().to_string())
+        .expect("the chat with bob");
+    assert_eq!(healed, vec![id.as_str()], "{report}");
+    // Once is enough.
+    assert_eq!(phone.ok(&["sync"])["healed"], Value::Null);
+
+    // The chat goes on for everyone still in it.
+    phone.send(&bob.address, "from the phone");
+    assert!(bob.sync().contains(&pair(&alice, "from the phone")));
+    bob.send(&alice.address, "to all of alice");
+    assert!(phone.sync().contains(&pair(&bob, "to all of alice")));
+    assert!(alice.sync().contains(&pair(&bob, "to all of alice")));
+    assert!(!stored_texts(&tablet).contains(&"to all of alice".to_string()));
 }

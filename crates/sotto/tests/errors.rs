@@ -242,6 +242,7 @@ fn mallory_invites(
                 id,
                 sent_at: 1,
                 expires_in: None,
+                n: None,
                 body,
             };
             mls::encrypt(&p, &gid, &me, &m.encode()).expect("encrypt")

@@ -31,8 +31,8 @@ use sotto::daemon::DaemonClient;
 use sotto::format_time;
 use sotto_client::engine;
 use sotto_client::{
-    AccountInfo, ChatSummary, Client, DeviceView, Downloaded, Error, LinkOutcome, MessageView,
-    NewHome, RegisterOptions, SafetyView, SyncReport,
+    AccountInfo, ChatSummary, Client, DeviceView, Downloaded, Error, HealReport, LinkOutcome,
+    MessageView, NewHome, RegisterOptions, SafetyView, SyncReport,
 };
 
 /// Sotto: end-to-end encrypted messaging through a server that cannot read it.
@@ -201,6 +201,15 @@ enum Command {
     /// Fetch and decrypt everything that arrived, deliver what waits in the outbox, and print
     /// what is new.
     Sync,
+    /// Replace this device's keys in every chat now, so that whatever leaked of them before
+    /// (a stolen backup, malware since removed) opens none of the later messages. This also
+    /// happens by itself every 7 days (`--every` changes that) and right after the account
+    /// revokes or wipes a device
+    Heal {
+        /// How often each chat gets fresh keys from now on, e.g. 12h, 7d (1h to 90d)
+        #[arg(long)]
+        every: Option<String>,
+    },
     /// Stay connected and print messages as they arrive (one JSON object per line with --json).
     Listen {
         /// Stop after this many seconds.
@@ -1032,6 +1041,13 @@ fn engine_command(command: &Command) -> Result<Option<engine::Command>, Error> {
         }
         Command::Devices(DevicesCommand::Revoke { device }) => E::DevicesRevoke { device: *device },
         Command::Devices(DevicesCommand::Wipe { device }) => E::DevicesWipe { device: *device },
+        Command::Heal { every } => E::Heal {
+            every_secs: every
+                .as_deref()
+                .map(sotto::parse_duration)
+                .transpose()
+                .map_err(Error::Invalid)?,
+        },
         _ => return Ok(None),
     }))
 }
@@ -1091,6 +1107,18 @@ fn show(command: &Command, value: serde_json::Value, json: bool) -> Result<(), E
             }
         }
         Command::Chat(_) | Command::Group(_) => print_chat(&typed(value)?),
+        Command::Heal { .. } => {
+            let report: HealReport = typed(value)?;
+            println!("fresh keys for this device in {} chat(s)", report.updated.len());
+            for (chat, reason) in &report.failed {
+                println!(
+                    "* not in {chat} yet (tried again later): {}",
+                    sotto::terminal_text(reason)
+                );
+            }
+            let days = report.interval_secs as f64 / 86_400.0;
+            println!("this happens by itself every {days:.1} day(s)");
+        }
         Command::Verify { .. } => print_safety(&typed(value)?),
         Command::Devices(DevicesCommand::Link { .. }) => {
             let outcome: LinkOutcome = typed(value)?;
