@@ -191,11 +191,17 @@ impl Client {
         list: &DeviceList,
         fetched: &SignedList,
     ) -> Result<(), Error> {
-        let changed = db::pinned_list(&self.conn, address.as_str())?
-            .and_then(|p| DeviceList::verify(&p).ok())
-            .is_some_and(|known| known.identity_key != list.identity_key);
-        if changed {
+        let known = db::pinned_list(&self.conn, address.as_str())?
+            .and_then(|p| DeviceList::verify(&p).ok());
+        if known.as_ref().is_some_and(|k| k.identity_key != list.identity_key) {
             self.key_change_notice(address)?;
+        }
+        // This account lost a device (revoked or wiped, here or from another device): what
+        // that device knew must stop opening this one's messages, so its keys are replaced.
+        if address == &self.me.device.address
+            && known.is_some_and(|k| k.devices.iter().any(|d| !list.lists(&d.key)))
+        {
+            self.heal_soon()?;
         }
         db::pin_list(&self.conn, address.as_str(), list.version, fetched)
     }
@@ -491,14 +497,7 @@ impl Client {
     /// that are no longer listed. Any of the account's devices may do it; the first wins.
     pub(crate) fn reconcile_devices(&mut self) -> Result<(), Error> {
         let me = self.me.device.address.clone();
-        let before =
-            db::pinned_list(&self.conn, me.as_str())?.and_then(|l| DeviceList::verify(&l).ok());
         let (list, infos) = self.verified_list(&me)?;
-        // The account lost a device (revoked or wiped from another one): whatever that device
-        // knew must stop opening this device's messages, so its keys are replaced soon.
-        if before.is_some_and(|b| b.devices.iter().any(|d| !list.lists(&d.key))) {
-            self.heal_soon()?;
-        }
         // Devices found without key packages in this pass are not asked again for each chat.
         let mut exhausted: BTreeSet<u64> = BTreeSet::new();
         for group_id in self.active_chats()? {

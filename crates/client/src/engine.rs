@@ -742,10 +742,9 @@ pub fn run(
                 {
                     let _ = acks.send(ack);
                 }
-                // A refusal on the connection drops it: reconnect in time.
-                if !engine.connected {
-                    wake = wake.min(engine.next_wake());
-                }
+                // A refusal on the connection drops it (reconnect in time); a commit may make
+                // key updates due (another device of this account was removed).
+                wake = wake.min(engine.next_wake());
             }
             Input::Closed(g) if g == generation => {
                 reader = None;

@@ -27,6 +27,9 @@ pub struct HealReport {
     pub updated: Vec<String>,
     /// Chats where it could not be, with the reason (tried again later).
     pub failed: Vec<(String, String)>,
+    /// Chats left for later because the server could not be reached.
+    #[serde(default)]
+    pub postponed: Vec<String>,
     /// The period between updates, seconds.
     pub interval_secs: u64,
 }
@@ -107,6 +110,7 @@ impl Client {
         for group_id in due {
             if away {
                 postpone(&self.conn, &group_id)?;
+                report.postponed.push(hex::encode(&group_id));
                 continue;
             }
             let outcome = self
@@ -122,13 +126,19 @@ impl Client {
                 // Left or removed meanwhile: nothing to update.
                 Err(Error::NotActive(_)) => {}
                 Err(e @ (Error::Database(_) | Error::Revoked(_) | Error::Wiped(_))) => {
+                    // Not tried again at once (a daemon would spin on a past due time).
+                    let _ = postpone(&self.conn, &group_id);
                     return Err(e);
                 }
                 Err(e) => {
+                    postpone(&self.conn, &group_id)?;
                     // The server being away, every other chat would fail the same way.
                     away = crate::outbox::transient(&e);
-                    postpone(&self.conn, &group_id)?;
-                    report.failed.push((hex::encode(&group_id), e.to_string()));
+                    if away {
+                        report.postponed.push(hex::encode(&group_id));
+                    } else {
+                        report.failed.push((hex::encode(&group_id), e.to_string()));
+                    }
                 }
             }
         }

@@ -107,7 +107,8 @@ impl Client {
             // Without a directory to check them against, every key the server hands out
             // would have to be taken on its word: fail closed.
             return Err(Error::Untrusted(format!(
-                "{} publishes no key directory (or a malformed one), so the keys it hands out                  for other people could not be checked; refusing to set up a home on it",
+                "{} publishes no key directory (or a malformed one), so the keys it hands out \
+                 for other people could not be checked; refusing to set up a home on it",
                 api.base()
             )));
         }

@@ -16,11 +16,6 @@ use sotto_proto as proto;
 use crate::api::Api;
 use crate::{Client, Error};
 
-/// Why a home made before directory keys were required checks nothing: it fails closed.
-const NO_DIRECTORY_KEY: &str = "no directory key is pinned for this home, so no key the server \
-     hands out can be checked; set up this device again (`sotto link` from a device that has \
-     one, or `sotto register` on a server that publishes a directory)";
-
 fn untrusted(what: impl std::fmt::Display) -> Error {
     Error::Untrusted(format!("key transparency: {what}"))
 }
@@ -38,10 +33,36 @@ pub(crate) enum KtCheck {
 }
 
 impl Client {
+    /// The directory keys pinned for this home. A home made before every server published a
+    /// directory has none: it pins the server's now, once, as registration would have (trust
+    /// on first use), and says so; a server that still publishes none is refused.
+    fn directory_keys(&mut self) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        if let Some(keys) = &self.account.kt_keys {
+            return Ok(keys.clone());
+        }
+        let info: proto::ServerInfo = self.api.get("/v1/info", None)?;
+        let Some(keys) = crate::kt_keys(&info.kt) else {
+            return Err(untrusted(
+                "the server publishes no key directory, so no key it hands out can be checked",
+            ));
+        };
+        self.conn.execute(
+            "UPDATE account SET kt_signing_key = ?1, kt_vrf_key = ?2 WHERE id = 1",
+            params![keys.0, keys.1],
+        )?;
+        crate::db::add_notice(
+            &self.conn,
+            "this home had no key directory pinned; the server's directory keys are pinned now \
+             (trusted on first use, as at registration)",
+        )?;
+        self.account.kt_keys = Some(keys.clone());
+        Ok(keys)
+    }
+
     /// Checks a signed root against the pinned KT key and every root seen before, then pins it.
     fn accept_root(&self, signed: &proto::SignedRoot) -> Result<Root, Error> {
         let Some((signing_key, _)) = &self.account.kt_keys else {
-            return Err(untrusted(NO_DIRECTORY_KEY));
+            return Err(untrusted("no directory key is pinned for this home"));
         };
         let root = root_of(signed);
         if !root.verify(signing_key, &signed.signature.0) {
@@ -95,9 +116,7 @@ impl Client {
         identity_key: &[u8],
         signed: &SignedList,
     ) -> Result<KtCheck, Error> {
-        let Some((_, vrf_key)) = self.account.kt_keys.clone() else {
-            return Err(untrusted(NO_DIRECTORY_KEY));
-        };
+        let (_, vrf_key) = self.directory_keys()?;
         let token = self.token()?;
         let answer: proto::KtProof =
             self.api.get(&format!("/v1/kt/lookup/{address}"), Some(&token))?;
@@ -115,9 +134,7 @@ impl Client {
     /// every value must carry this account's identity key. A key the user never published
     /// is reported.
     pub(crate) fn monitor_own_key(&mut self) -> Result<(), Error> {
-        let Some((_, vrf_key)) = self.account.kt_keys.clone() else {
-            return Err(untrusted(NO_DIRECTORY_KEY));
-        };
+        let (_, vrf_key) = self.directory_keys()?;
         let me = self.me.device.address.clone();
         let token = self.token()?;
         let answer: proto::KtProof = self.api.get(&format!("/v1/kt/history/{me}"), Some(&token))?;

@@ -273,14 +273,17 @@ impl Client {
             }
             Outcome::Failed(e) => {
                 let reason = e.to_string();
-                // The message's number goes back to the chat when nothing was numbered after
-                // it (nothing later in a chat is encrypted while this waits): recipients then
-                // see no gap for a message that never reached them.
-                tx.prepare_cached(
-                    "UPDATE chats SET sent_count = sent_count - 1
-                     WHERE group_id = ?1 AND sent_count = (SELECT n FROM outbox WHERE id = ?2)",
-                )?
-                .execute(params![entry.group_id, entry.id])?;
+                // The message's number goes back to the chat when it was never submitted (a
+                // submission might have been taken, whatever the server says) and nothing was
+                // numbered after it (nothing later in a chat is encrypted while this waits):
+                // recipients then see no gap for a message that never reached them.
+                if entry.request.is_none() {
+                    tx.prepare_cached(
+                        "UPDATE chats SET sent_count = sent_count - 1
+                         WHERE group_id = ?1 AND sent_count = (SELECT n FROM outbox WHERE id = ?2)",
+                    )?
+                    .execute(params![entry.group_id, entry.id])?;
+                }
                 // A refusal is final for this submission: a resend encrypts (and numbers) anew.
                 tx.prepare_cached(
                     "UPDATE outbox SET state = 'failed', request = NULL, n = NULL, error = ?2
@@ -328,14 +331,21 @@ impl Client {
                 request
             }
         };
-        let recipients = request.delivery.recipients.clone();
         let resp = self.api.submit(request, &token)?;
         failpoint("after-submit");
         if !resp.dropped.is_empty() {
             self.touched.borrow_mut().dropped.insert(entry.group_id.clone());
-            // The server queued nothing for revoked devices: if they were everyone, the
-            // message reached no one.
-            if entry.msg_id.is_some() && recipients.iter().all(|r| resp.dropped.contains(r)) {
+            // The server queued nothing for revoked devices: if they were all the other
+            // accounts' devices, the message reached none of the people it was for.
+            let others: Vec<u64> = mls::members(&db::provider(&self.conn), &entry.group_id)?
+                .into_iter()
+                .filter(|d| d.address != self.me.device.address)
+                .map(|d| d.device_id)
+                .collect();
+            if entry.msg_id.is_some()
+                && !others.is_empty()
+                && others.iter().all(|d| resp.dropped.contains(d))
+            {
                 return Err(Error::NoRecipients(
                     "every device this chat holds for the others was revoked, so the message \
                      reached no one; it can be sent again once their new devices are in the \

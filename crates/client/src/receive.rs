@@ -29,7 +29,14 @@ impl Client {
         // What waits in the outbox goes now (failed messages wait for `resend`).
         let changed = self.flush_outbox(None, true)?;
         // Chats due for a fresh key of this device get one (what fails is retried later).
-        let healed = self.heal(false)?.updated;
+        let heal = self.heal(false)?;
+        for (chat, reason) in &heal.failed {
+            db::add_notice(
+                &self.conn,
+                &format!("could not update this device's keys in chat {chat}: {reason}"),
+            )?;
+        }
+        let healed = heal.updated;
         let mut report = self.finish_batch(processed, true)?;
         report.updated = self.updated_views(changed)?;
         report.healed = healed;
@@ -175,13 +182,14 @@ impl Client {
         };
         match incoming {
             Incoming::Joined { group_id, inviter } => {
-                // Joining consumed one of this device's key packages.
+                // Joining consumed one of this device's key packages, made earlier (the
+                // last-resort one serves several joins): its key is replaced right away.
                 self.touched.borrow_mut().joined = true;
                 self.touched.borrow_mut().joined_groups.insert(group_id.clone());
                 tx.execute(
                     "INSERT INTO chats (group_id, kind, state, created_at, leaf_updated_at)
-                     VALUES (?1, 'group', 'active', ?2, ?2)
-                     ON CONFLICT (group_id) DO UPDATE SET state = 'active', leaf_updated_at = ?2",
+                     VALUES (?1, 'group', 'active', ?2, 0)
+                     ON CONFLICT (group_id) DO UPDATE SET state = 'active', leaf_updated_at = 0",
                     params![group_id, now],
                 )?;
                 // Back in a chat after a time away: what was sent meanwhile is not missing.
@@ -233,8 +241,11 @@ impl Client {
                         // the sender's clock runs ahead).
                         // A sender's clock ahead of this one's (or a made-up time) shows as now.
                         let sent_at = sent_at.min(now as u64);
-                        let expires_at = expires_in
-                            .map(|s| (sent_at as i64).min(now).saturating_add((s * 1000) as i64));
+                        let expires_at = expires_in.map(|s| {
+                            (sent_at as i64)
+                                .min(now)
+                                .saturating_add(s.saturating_mul(1000).min(i64::MAX as u64) as i64)
+                        });
                         tx.execute(
                             "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
                                                              status, sent_at, received_at,
@@ -296,6 +307,13 @@ impl Client {
                          WHERE group_id = ?1 AND kind = 'direct'",
                         [&group_id],
                     )?;
+                }
+                // Another device of this account was removed: this one's keys are replaced
+                // in every chat soon (what the removed device knew must stop opening them).
+                if removed.iter().chain(&left).any(|d| {
+                    d.address == self.me.device.address && d.device_id != self.me.device.device_id
+                }) {
+                    tx.execute("UPDATE chats SET leaf_updated_at = 0 WHERE state = 'active'", [])?;
                 }
                 let changes = mls::Changes { added, removed, left };
                 let events =
@@ -421,13 +439,15 @@ fn count_message(
         .unwrap_or(0);
     Ok(match last {
         Some(last) if n > last.saturating_add(1) && timer == 0 => {
-            let missing = n - last - 1;
+            // The sender numbers its own messages: a huge skip is its doing, not a count.
+            let (missing, them) = match n - last - 1 {
+                1 => ("1 message".to_string(), "it"),
+                m if m <= 1000 => (format!("{m} messages"), "them"),
+                _ => ("many messages (numbers skipped)".to_string(), "them"),
+            };
             Some(format!(
-                "{missing} message{} from {} did not arrive: the server held {} back or lost {}",
-                if missing == 1 { "" } else { "s" },
-                sender.address,
-                if missing == 1 { "it" } else { "them" },
-                if missing == 1 { "it" } else { "them" },
+                "{missing} from {} did not arrive: the server held {them} back or lost {them}",
+                sender.address
             ))
         }
         _ => None,

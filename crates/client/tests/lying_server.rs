@@ -93,18 +93,22 @@ fn a_message_that_reaches_no_one_is_not_sent() {
     let mut bob = register(&world, "bob").expect("bob");
     alice.send_text(&Target::Address("bob@localhost".parse().expect("address")), "hi").expect("hi");
     bob.sync().expect("bob syncs");
-    let bob_device = bob.account().device_id;
-    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
-        if path == "/v1/messages" && status == 200 {
-            let mut resp: proto::SubmitResponse = serde_json::from_slice(body).expect("answer");
-            resp.dropped = vec![bob_device];
-            *body = serde_json::to_vec(&resp).expect("json");
-        }
-    }));
+    claim_revoked(&world, bob.account().device_id);
     let err = alice
         .send_text(&Target::Address("bob@localhost".parse().expect("address")), "still there?")
         .expect_err("every recipient was dropped");
     assert_eq!(err.code(), "no_recipients", "{err}");
+}
+
+/// The server answers every submission as if `device` were revoked (nothing queued for it).
+fn claim_revoked(world: &World, device: u64) {
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path == "/v1/messages" && status == 200 {
+            let mut resp: proto::SubmitResponse = serde_json::from_slice(body).expect("answer");
+            resp.dropped = vec![device];
+            *body = serde_json::to_vec(&resp).expect("json");
+        }
+    }));
 }
 
 /// The server leaves the next message it would hand out out of the page, for good.
@@ -185,23 +189,19 @@ fn messages_the_server_holds_back_or_reorders_are_reported() {
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen[2].contains("arrived out of order"), "{seen:?}");
 
-    // A message that failed for good gives its number back: no false alarm after it.
-    let bob_device = bob.account().device_id;
-    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
-        if path == "/v1/messages" && status == 200 {
-            let mut resp: proto::SubmitResponse = serde_json::from_slice(body).expect("answer");
-            resp.dropped = vec![bob_device];
-            *body = serde_json::to_vec(&resp).expect("json");
-        }
-    }));
+    // The server claims bob's device was revoked (nothing queued) and hides the copy it did
+    // queue: alice's message fails, and its number is not given back (the server may have
+    // taken it), so bob's next message from alice shows the gap.
+    claim_revoked(&world, bob.account().device_id);
     alice.send_text(&to_bob, "lost").expect_err("reached no one");
     world.fake.script().rewrite = None;
     alice.send_text(&to_bob, "six").expect("six");
-    // Consistently with its answer, the server never hands bob the dropped copy.
     hide_next_queued(&world);
     bob.sync().expect("bob syncs");
     let texts: Vec<String> =
         shown(&bob).into_iter().filter(|(k, _)| k == "text").map(|(_, b)| b).collect();
     assert_eq!(texts.last().map(String::as_str), Some("six"));
-    assert_eq!(alarms(&bob).len(), 3, "no new alarm: {:?}", alarms(&bob));
+    let seen = alarms(&bob);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen[3].starts_with("1 message from alice@localhost did not arrive"), "{seen:?}");
 }

@@ -1116,6 +1116,12 @@ fn show(command: &Command, value: serde_json::Value, json: bool) -> Result<(), E
                     sotto::terminal_text(reason)
                 );
             }
+            if !report.postponed.is_empty() {
+                println!(
+                    "* {} chat(s) wait until the server can be reached again",
+                    report.postponed.len()
+                );
+            }
             let days = report.interval_secs as f64 / 86_400.0;
             println!("this happens by itself every {days:.1} day(s)");
         }
