@@ -35,6 +35,8 @@ struct Entry {
     request: Option<Vec<u8>>,
     attempts: u32,
     next_at: u64,
+    /// Its number among this device's messages in the chat, once given.
+    n: Option<i64>,
 }
 
 /// What became of one delivery attempt.
@@ -139,7 +141,7 @@ impl Client {
             .query_row(params![group_id, entry], |r| r.get(0))?;
         if earlier == 0 {
             let sp = tx.savepoint()?;
-            if let Ok(Some(_)) = self.seal(&sp, entry, group_id, &msg) {
+            if let Ok(Some(_)) = self.seal(&sp, entry, group_id, &msg, None) {
                 sp.commit()?;
             }
         }
@@ -159,7 +161,7 @@ impl Client {
         self.resolve_in_doubt()?;
         let entries: Vec<Entry> = {
             let mut stmt = self.conn.prepare(
-                "SELECT id, group_id, msg_id, payload, request, attempts, next_at FROM outbox
+                "SELECT id, group_id, msg_id, payload, request, attempts, next_at, n FROM outbox
                  WHERE kind = 'message' AND state = 'pending' AND (?1 IS NULL OR group_id = ?1)
                  ORDER BY id",
             )?;
@@ -172,6 +174,7 @@ impl Client {
                     request: r.get(4)?,
                     attempts: r.get::<_, i64>(5)? as u32,
                     next_at: r.get::<_, i64>(6)?.max(0) as u64,
+                    n: r.get(7)?,
                 })
             })?;
             rows.collect::<Result<_, _>>()?
@@ -316,7 +319,8 @@ impl Client {
                 let msg = Message::decode(&entry.payload)
                     .map_err(|e| Error::Io(format!("a stored message is unreadable: {e}")))?;
                 let tx = begin(&self.conn)?;
-                let Some((request, json)) = self.seal(&tx, entry.id, &entry.group_id, &msg)? else {
+                let sealed = self.seal(&tx, entry.id, &entry.group_id, &msg, entry.n)?;
+                let Some((request, json, n)) = sealed else {
                     // Nobody else is in the chat: a setting has no one to tell, but a message
                     // would reach no one, and must not look sent.
                     return match entry.msg_id {
@@ -328,6 +332,7 @@ impl Client {
                 };
                 tx.commit()?;
                 entry.request = Some(json);
+                entry.n = Some(n);
                 request
             }
         };
@@ -365,26 +370,19 @@ impl Client {
         entry: i64,
         group_id: &[u8],
         msg: &Message,
-    ) -> Result<Option<(proto::SubmitRequest, Vec<u8>)>, Error> {
+        given: Option<i64>,
+    ) -> Result<Option<(proto::SubmitRequest, Vec<u8>, i64)>, Error> {
         let p = db::provider(tx);
         // The message's number among this device's messages in the chat: kept by the entry
-        // once given (encrypting again reuses it), counted with the ratchet step.
-        let given: Option<i64> = tx
-            .prepare_cached("SELECT n FROM outbox WHERE id = ?1")?
-            .query_row([entry], |r| r.get(0))?;
+        // once `given` (encrypting again reuses it), counted with the ratchet step.
         let n = match given {
             Some(n) => n,
-            None => {
-                let n: i64 = tx
-                    .prepare_cached(
-                        "UPDATE chats SET sent_count = sent_count + 1 WHERE group_id = ?1
-                         RETURNING sent_count",
-                    )?
-                    .query_row([group_id], |r| r.get(0))?;
-                tx.prepare_cached("UPDATE outbox SET n = ?2 WHERE id = ?1")?
-                    .execute(params![entry, n])?;
-                n
-            }
+            None => tx
+                .prepare_cached(
+                    "UPDATE chats SET sent_count = sent_count + 1 WHERE group_id = ?1
+                     RETURNING sent_count",
+                )?
+                .query_row([group_id], |r| r.get(0))?,
         };
         let msg = Message { n: Some(n.max(0) as u64), ..msg.clone() };
         // One load of the group; a message for nobody is not encrypted at all (the savepoint
@@ -408,9 +406,9 @@ impl Client {
             expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
         };
         let json = serde_json::to_vec(&request).map_err(|e| Error::Io(e.to_string()))?;
-        tx.prepare_cached("UPDATE outbox SET request = ?2 WHERE id = ?1")?
-            .execute(params![entry, json])?;
-        Ok(Some((request, json)))
+        tx.prepare_cached("UPDATE outbox SET request = ?2, n = ?3 WHERE id = ?1")?
+            .execute(params![entry, json, n])?;
+        Ok(Some((request, json, n)))
     }
 
     /// Tries a failed (or still pending) message of this device again now. `spec` is its id or
