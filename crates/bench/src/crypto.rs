@@ -105,6 +105,7 @@ fn text(len: usize) -> Vec<u8> {
         sent_at: 0,
         expires_in: None,
         n: None,
+        root: None,
         body: Body::Text { text: "x".repeat(len) },
     }
     .encode()

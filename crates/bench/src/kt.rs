@@ -75,7 +75,7 @@ async fn measure<S: Database + 'static>(
 
     let vrf_key = dir.get_public_key().await?.as_bytes().to_vec();
     let hash = dir.get_epoch_hash().await?;
-    let root = Root { epoch: hash.0, hash: hash.1.to_vec(), previous: Vec::new() };
+    let root = Root { epoch: hash.0, hash: hash.1.to_vec(), previous: Vec::new(), time: 0 };
     let samples = 100.min(accounts);
     let mut prove = Duration::ZERO;
     let mut verify = Duration::ZERO;

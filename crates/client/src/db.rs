@@ -174,6 +174,17 @@ CREATE TABLE counters (
     PRIMARY KEY (group_id, sender)
 );
 "#,
+    r#"
+ALTER TABLE kt_roots ADD COLUMN previous BLOB;
+ALTER TABLE chats ADD COLUMN kt_told INTEGER NOT NULL DEFAULT -1;
+CREATE TABLE kt_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    newest BLOB,
+    newest_time INTEGER NOT NULL DEFAULT 0,
+    split TEXT
+);
+INSERT INTO kt_state (id) VALUES (1);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";
@@ -313,6 +324,25 @@ pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<(), Er
 }
 
 /// The device list pinned for `address`.
+/// A setting of this home, if set.
+pub(crate) fn setting(conn: &Connection, name: &str) -> Result<Option<u64>, Error> {
+    let value: Option<i64> = conn
+        .prepare_cached("SELECT value FROM settings WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?;
+    Ok(value.map(|v| v.max(0) as u64))
+}
+
+/// Sets a setting of this home.
+pub(crate) fn set_setting(conn: &Connection, name: &str, value: u64) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = ?2",
+        params![name, value as i64],
+    )?;
+    Ok(())
+}
+
 pub(crate) fn pinned_list(
     conn: &Connection,
     address: &str,

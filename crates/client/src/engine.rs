@@ -152,6 +152,13 @@ pub enum Command {
         #[serde(default)]
         every_secs: Option<u64>,
     },
+    /// How old the key directory's newest root may be before new keys are refused
+    /// (`sotto kt max-age`); with `secs`, first sets it.
+    KtMaxAge {
+        /// Seconds (a minute to 7 days; an hour unless set).
+        #[serde(default)]
+        secs: Option<u64>,
+    },
 }
 
 impl Command {
@@ -176,6 +183,7 @@ impl Command {
         "devices_revoke",
         "devices_wipe",
         "heal",
+        "kt_max_age",
     ];
 
     /// A command from a JSON-RPC method and its params (absent params: none).
@@ -225,6 +233,7 @@ impl Command {
             Command::DevicesRevoke { .. } => "devices_revoke",
             Command::DevicesWipe { .. } => "devices_wipe",
             Command::Heal { .. } => "heal",
+            Command::KtMaxAge { .. } => "kt_max_age",
         }
     }
 }
@@ -362,6 +371,12 @@ pub fn execute(
                 client.set_heal_interval(secs)?;
             }
             json(client.heal(true)?)
+        }
+        Command::KtMaxAge { secs } => {
+            if let Some(secs) = secs {
+                client.set_kt_max_age(secs)?;
+            }
+            Ok(serde_json::json!({ "max_age_secs": client.kt_max_age()? }))
         }
     }
 }

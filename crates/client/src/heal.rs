@@ -2,7 +2,7 @@
 //! commit with a fresh path), at least once per period and soon after the account loses a
 //! device. Keys of this device that leaked before an update open none of the messages after it.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use sotto_core::mls;
 
@@ -37,12 +37,7 @@ pub struct HealReport {
 impl Client {
     /// The period between this device's key updates in each chat, seconds.
     pub fn heal_interval(&self) -> Result<u64, Error> {
-        let set: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT value FROM settings WHERE name = ?1")?
-            .query_row([INTERVAL_SETTING], |r| r.get(0))
-            .optional()?;
-        Ok(set.map_or(DEFAULT_HEAL_INTERVAL_SECS, |s| s.max(0) as u64))
+        Ok(db::setting(&self.conn, INTERVAL_SETTING)?.unwrap_or(DEFAULT_HEAL_INTERVAL_SECS))
     }
 
     /// Sets the period between key updates (between an hour and 90 days).
@@ -54,12 +49,7 @@ impl Client {
                 MAX_HEAL_INTERVAL_SECS / 86_400
             )));
         }
-        self.conn.execute(
-            "INSERT INTO settings (name, value) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET value = ?2",
-            params![INTERVAL_SETTING, secs as i64],
-        )?;
-        Ok(())
+        db::set_setting(&self.conn, INTERVAL_SETTING, secs)
     }
 
     /// When the next chat is due for a key update (Unix milliseconds), if any chat is active.

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sotto_core::Address;
-use sotto_core::account::SignedList;
-use sotto_core::kt::{self, Root};
+use sotto_core::account::{DeviceList, SignedList};
+use sotto_core::kt::{self, Root, SeenRoot};
 use sotto_proto as proto;
 
 use crate::api::Api;
@@ -21,8 +21,20 @@ fn untrusted(what: impl std::fmt::Display) -> Error {
 }
 
 fn root_of(r: &proto::SignedRoot) -> Root {
-    Root { epoch: r.epoch, hash: r.hash.0.clone(), previous: r.previous.0.clone() }
+    Root { epoch: r.epoch, hash: r.hash.0.clone(), previous: r.previous.0.clone(), time: r.time }
 }
+
+/// How long ago the server may have vouched for its newest directory root before this device
+/// refuses to take new keys from it, unless set otherwise.
+pub const DEFAULT_KT_MAX_AGE_SECS: u64 = 3600;
+/// The shortest bound that may be set (a server vouches at each answer; clocks drift).
+pub const MIN_KT_MAX_AGE_SECS: u64 = 60;
+/// The longest.
+pub const MAX_KT_MAX_AGE_SECS: u64 = 7 * 86_400;
+const MAX_AGE_SETTING: &str = "kt_max_age_secs";
+/// How far a vouched time may fall behind the newest one seen (the server's clock stepping
+/// back a little is not a replay).
+const CLOCK_SLACK_SECS: u64 = 300;
 
 /// Whether a directory check failed because the value differs (perhaps not yet published).
 pub(crate) enum KtCheck {
@@ -30,6 +42,49 @@ pub(crate) enum KtCheck {
     Holds,
     /// The directory holds another value for the address.
     Differs,
+}
+
+fn stored_hash(conn: &Connection, epoch: u64) -> Result<Option<Vec<u8>>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT hash FROM kt_roots WHERE epoch = ?1")?
+        .query_row([epoch as i64], |r| r.get(0))
+        .optional()?)
+}
+
+/// Records a root whose signature was checked, after checking it against every root this
+/// device recorded: one root per epoch, each naming the one before.
+fn record_root(conn: &Connection, root: &Root) -> Result<(), Error> {
+    if stored_hash(conn, root.epoch)?.is_some_and(|h| h != root.hash) {
+        return Err(untrusted(format!(
+            "the server has shown two different directory roots for epoch {}",
+            root.epoch
+        )));
+    }
+    if let Some(prev) = root.epoch.checked_sub(1)
+        && stored_hash(conn, prev)?.is_some_and(|h| h != root.previous)
+    {
+        return Err(untrusted(format!(
+            "the root of epoch {} does not follow the root of epoch {prev} seen before",
+            root.epoch
+        )));
+    }
+    let next: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT previous FROM kt_roots WHERE epoch = ?1")?
+        .query_row([root.epoch as i64 + 1], |r| r.get(0))
+        .optional()?;
+    if next.flatten().is_some_and(|p| p != root.hash) {
+        return Err(untrusted(format!(
+            "the root of epoch {} seen before does not follow this root of epoch {}",
+            root.epoch + 1,
+            root.epoch
+        )));
+    }
+    conn.prepare_cached(
+        "INSERT INTO kt_roots (epoch, hash, previous) VALUES (?1, ?2, ?3)
+         ON CONFLICT (epoch) DO UPDATE SET previous = ?3",
+    )?
+    .execute(params![root.epoch as i64, root.hash, root.previous])?;
+    Ok(())
 }
 
 impl Client {
@@ -59,54 +114,175 @@ impl Client {
         Ok(keys)
     }
 
-    /// Checks a signed root against the pinned KT key and every root seen before, then pins it.
-    fn accept_root(&self, signed: &proto::SignedRoot) -> Result<Root, Error> {
-        let Some((signing_key, _)) = &self.account.kt_keys else {
+    /// How long ago the server may have vouched for its newest root before this device
+    /// refuses new keys from it, seconds.
+    pub fn kt_max_age(&self) -> Result<u64, Error> {
+        Ok(crate::db::setting(&self.conn, MAX_AGE_SETTING)?.unwrap_or(DEFAULT_KT_MAX_AGE_SECS))
+    }
+
+    /// Sets that bound (between a minute and 7 days).
+    pub fn set_kt_max_age(&mut self, secs: u64) -> Result<(), Error> {
+        if !(MIN_KT_MAX_AGE_SECS..=MAX_KT_MAX_AGE_SECS).contains(&secs) {
+            return Err(Error::Invalid(format!(
+                "the key directory's answers may be allowed to be between {} minute and {} days \
+                 old",
+                MIN_KT_MAX_AGE_SECS / 60,
+                MAX_KT_MAX_AGE_SECS / 86_400
+            )));
+        }
+        crate::db::set_setting(&self.conn, MAX_AGE_SETTING, secs)
+    }
+
+    /// Checks a signed root against the pinned KT key and every root seen before, then
+    /// records it. With `fresh`, the root must also have been vouched for as the server's
+    /// newest within [`Client::kt_max_age`], and not before a root seen earlier.
+    fn accept_root(&mut self, signed: &proto::SignedRoot, fresh: bool) -> Result<Root, Error> {
+        let Some((signing_key, _)) = self.account.kt_keys.clone() else {
             return Err(untrusted("no directory key is pinned for this home"));
         };
         let root = root_of(signed);
-        if !root.verify(signing_key, &signed.signature.0) {
+        if !root.verify(&signing_key, &signed.signature.0) {
             return Err(untrusted(format!(
                 "the root of epoch {} is not signed by the directory key pinned at registration",
                 root.epoch
             )));
         }
-        let seen = |epoch: u64| -> Result<Option<Vec<u8>>, Error> {
-            Ok(self
-                .conn
-                .query_row("SELECT hash FROM kt_roots WHERE epoch = ?1", [epoch as i64], |r| {
-                    r.get(0)
-                })
-                .optional()?)
-        };
-        if seen(root.epoch)?.is_some_and(|h| h != root.hash) {
-            return Err(untrusted(format!(
-                "the server has shown two different directory roots for epoch {}",
-                root.epoch
-            )));
-        }
-        if let Some(prev) = root.epoch.checked_sub(1)
-            && seen(prev)?.is_some_and(|h| h != root.previous)
-        {
-            return Err(untrusted(format!(
-                "the root of epoch {} does not follow the root of epoch {prev} seen before",
-                root.epoch
-            )));
+        let (newest_time,): (i64,) =
+            self.conn.query_row("SELECT newest_time FROM kt_state WHERE id = 1", [], |r| {
+                Ok((r.get(0)?,))
+            })?;
+        let newest_time = newest_time.max(0) as u64;
+        if fresh {
+            let now = self.now_ms() / 1000;
+            let max_age = self.kt_max_age()?;
+            if root.time == 0 {
+                return Err(untrusted(
+                    "the server's answer does not say when its directory root was current",
+                ));
+            }
+            if now.saturating_sub(root.time) > max_age {
+                return Err(untrusted(format!(
+                    "the server's newest directory root (epoch {}) was vouched for {} ago, more \
+                     than the {} allowed: the server may be showing this device a frozen or \
+                     replayed view of the directory, or this device's clock is wrong",
+                    root.epoch,
+                    span(now - root.time),
+                    span(max_age)
+                )));
+            }
+            if root.time + CLOCK_SLACK_SECS < newest_time {
+                return Err(untrusted(format!(
+                    "the server vouched for its directory root (epoch {}) at an earlier time \
+                     than for one seen before: a replayed answer",
+                    root.epoch
+                )));
+            }
         }
         let newest: Option<i64> =
             self.conn.query_row("SELECT MAX(epoch) FROM kt_roots", [], |r| r.get(0))?;
-        if newest.is_some_and(|n| (n as u64) > root.epoch) {
-            return Err(untrusted(format!(
-                "the server answered from epoch {}, older than epoch {} seen before",
-                root.epoch,
-                newest.unwrap_or(0)
-            )));
+        if let Some(newest) = newest.map(|n| n as u64) {
+            if newest > root.epoch {
+                return Err(untrusted(format!(
+                    "the server answered from epoch {}, older than epoch {newest} seen before",
+                    root.epoch
+                )));
+            }
+            if newest + 1 < root.epoch {
+                self.follow_chain(&signing_key, newest, root.epoch)?;
+            }
         }
-        self.conn.execute(
-            "INSERT OR IGNORE INTO kt_roots (epoch, hash) VALUES (?1, ?2)",
-            params![root.epoch as i64, root.hash],
-        )?;
+        record_root(&self.conn, &root)?;
+        if root.time >= newest_time {
+            let told = proto_seen(signed);
+            self.conn.execute(
+                "UPDATE kt_state SET newest = ?1, newest_time = ?2 WHERE id = 1",
+                params![serde_json::to_vec(&told).unwrap_or_default(), root.time as i64],
+            )?;
+        }
         Ok(root)
+    }
+
+    /// Fetches and checks the signed roots between epoch `from` (seen) and `to` (being
+    /// accepted), so that the newer root is known to descend from the older: a server that
+    /// moved this device onto another branch of its history is caught.
+    fn follow_chain(&mut self, signing_key: &[u8], from: u64, to: u64) -> Result<(), Error> {
+        let mut next = from + 1;
+        while next < to {
+            let limit = (to - next).min(1000);
+            let page: proto::KtRoots =
+                self.api.get(&format!("/v1/kt/roots?from={next}&limit={limit}"), None)?;
+            if page.roots.is_empty() {
+                return Err(untrusted(format!(
+                    "the server does not show the directory roots between epochs {from} and {to}"
+                )));
+            }
+            let tx = crate::begin(&self.conn)?;
+            for signed in page.roots.iter().take(limit as usize) {
+                let root = root_of(signed);
+                if root.epoch != next || !root.verify(signing_key, &signed.signature.0) {
+                    return Err(untrusted(format!(
+                        "the directory roots between epochs {from} and {to} are not the signed \
+                         chain they should be (at epoch {next})"
+                    )));
+                }
+                record_root(&tx, &root)?;
+                next += 1;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Learns a root another member was shown (told inside an encrypted message). A root
+    /// the directory did not sign teaches nothing; one that contradicts a root this device
+    /// recorded proves the server shows members different directories: this device then
+    /// takes no new keys from it, and says so.
+    pub(crate) fn hear_root(
+        &self,
+        tx: &Connection,
+        from: &Address,
+        seen: &SeenRoot,
+    ) -> Result<(), Error> {
+        let Some((signing_key, _)) = &self.account.kt_keys else { return Ok(()) };
+        let root = seen.root();
+        if !root.verify(signing_key, &seen.signature) {
+            return Ok(());
+        }
+        match record_root(tx, &root) {
+            Err(Error::Untrusted(why)) => {
+                let text = format!(
+                    "untrusted: the server showed {from} a key directory that contradicts the one \
+                     it showed this device ({why}); it is showing members different views, so \
+                     no new keys are taken from it"
+                );
+                tx.execute(
+                    "UPDATE kt_state SET split = ?1 WHERE id = 1 AND split IS NULL",
+                    [&text],
+                )?;
+                crate::db::add_notice(tx, &text)?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The newest root this device was shown, if this chat has not been told about it yet
+    /// (it is then marked as told).
+    pub(crate) fn root_to_tell(
+        &self,
+        tx: &Connection,
+        group_id: &[u8],
+    ) -> Result<Option<SeenRoot>, Error> {
+        let newest: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT newest FROM kt_state WHERE id = 1")?
+            .query_row([], |r| r.get(0))?;
+        let Some(seen) = newest.and_then(|j| serde_json::from_slice::<SeenRoot>(&j).ok()) else {
+            return Ok(None);
+        };
+        let told = tx
+            .prepare_cached("UPDATE chats SET kt_told = ?2 WHERE group_id = ?1 AND kt_told < ?2")?
+            .execute(params![group_id, seen.epoch as i64])?;
+        Ok((told > 0).then_some(seen))
     }
 
     /// Verifies that the directory holds `signed` (with `identity_key`) for `address`.
@@ -117,10 +293,28 @@ impl Client {
         signed: &SignedList,
     ) -> Result<KtCheck, Error> {
         let (_, vrf_key) = self.directory_keys()?;
+        let split: Option<String> =
+            self.conn.query_row("SELECT split FROM kt_state WHERE id = 1", [], |r| r.get(0))?;
+        // Caught showing members different directories, the server is trusted with no new
+        // key: a list goes through only if it adds nothing to the one pinned (a revocation).
+        if let Some(split) = split {
+            let pinned = crate::db::pinned_list(&self.conn, address.as_str())?
+                .and_then(|p| DeviceList::verify(&p).ok());
+            let adds_nothing = match (pinned, DeviceList::verify(signed).ok()) {
+                (Some(pinned), Some(list)) => {
+                    pinned.identity_key == list.identity_key
+                        && list.devices.iter().all(|d| pinned.lists(&d.key))
+                }
+                _ => false,
+            };
+            if !adds_nothing {
+                return Err(Error::Untrusted(split.trim_start_matches("untrusted: ").to_owned()));
+            }
+        }
         let token = self.token()?;
         let answer: proto::KtProof =
             self.api.get(&format!("/v1/kt/lookup/{address}"), Some(&token))?;
-        let root = self.accept_root(&answer.root)?;
+        let root = self.accept_root(&answer.root, true)?;
         let entry = kt::verify_lookup(&vrf_key, &root, address, &answer.proof.0)
             .map_err(|e| untrusted(format!("{address}: {e}")))?;
         Ok(if entry.value == kt::commitment(identity_key, signed) {
@@ -138,7 +332,9 @@ impl Client {
         let me = self.me.device.address.clone();
         let token = self.token()?;
         let answer: proto::KtProof = self.api.get(&format!("/v1/kt/history/{me}"), Some(&token))?;
-        let root = self.accept_root(&answer.root)?;
+        // Not held to the freshness bound: this check runs at every sync, and a stale answer
+        // here hides nothing that a fresh lookup by anyone else would not show.
+        let root = self.accept_root(&answer.root, false)?;
         let history = kt::verify_history(&vrf_key, &root, &me, &answer.proof.0)
             .map_err(|e| untrusted(format!("your own history: {e}")))?;
         let mine = self.identity.public();
@@ -172,6 +368,27 @@ impl Client {
         let mut stmt = self.conn.prepare("SELECT epoch, hash FROM kt_roots ORDER BY epoch")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// A proto root as members tell each other.
+fn proto_seen(r: &proto::SignedRoot) -> SeenRoot {
+    SeenRoot {
+        epoch: r.epoch,
+        hash: r.hash.0.clone(),
+        previous: r.previous.0.clone(),
+        time: r.time,
+        signature: r.signature.0.clone(),
+    }
+}
+
+/// A duration in words ("3 h 5 min").
+fn span(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 

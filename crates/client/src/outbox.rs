@@ -102,8 +102,15 @@ impl Client {
             .query_row([group_id], |r| r.get(0))?;
         let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
         let now = self.now_ms();
-        let msg =
-            Message { v: VERSION, id: random_hex(16)?, sent_at: now, expires_in, n: None, body };
+        let msg = Message {
+            v: VERSION,
+            id: random_hex(16)?,
+            sent_at: now,
+            expires_in,
+            n: None,
+            root: None,
+            body,
+        };
         let mut tx = begin(&self.conn)?;
         if let Some(text) = &text {
             tx.prepare_cached(
@@ -384,7 +391,10 @@ impl Client {
                 )?
                 .query_row([group_id], |r| r.get(0))?,
         };
-        let msg = Message { n: Some(n.max(0) as u64), ..msg.clone() };
+        // The newest directory root this device was shown goes along once per chat, so that
+        // members notice a server showing them different directories.
+        let root = self.root_to_tell(tx, group_id)?;
+        let msg = Message { n: Some(n.max(0) as u64), root, ..msg.clone() };
         // One load of the group; a message for nobody is not encrypted at all (the savepoint
         // or transaction it runs in is dropped).
         let mls::Sealed { epoch, members, ciphertext } =
@@ -444,6 +454,7 @@ impl Client {
                     sent_at: self.now_ms(),
                     expires_in: None,
                     n: None,
+                    root: None,
                     body: Body::Text { text },
                 };
                 self.conn

@@ -204,6 +204,9 @@ impl Client {
             }
             Incoming::Application { group_id, sender, plaintext } => {
                 let decoded = Message::decode(&plaintext);
+                if let Ok(Message { root: Some(root), .. }) = &decoded {
+                    self.hear_root(tx, &sender.address, root)?;
+                }
                 if let Ok(Message { id, n: Some(n), .. }) = &decoded
                     && let Some(text) = count_message(tx, &group_id, &sender, id, *n)?
                 {

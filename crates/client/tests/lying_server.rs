@@ -205,3 +205,142 @@ fn messages_the_server_holds_back_or_reorders_are_reported() {
     assert_eq!(seen.len(), 4, "{seen:?}");
     assert!(seen[3].starts_with("1 message from alice@localhost did not arrive"), "{seen:?}");
 }
+
+fn address(s: &str) -> sotto_core::Address {
+    s.parse().expect("address")
+}
+
+#[test]
+fn a_frozen_or_replayed_directory_view_is_refused() {
+    let world = World::new();
+    let mut alice = world.client("alice");
+    let _bob = world.client("bob");
+    // The server keeps its answer about bob from now, to show it again later.
+    let kept: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>> = Default::default();
+    let replay = kept.clone();
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path.starts_with("/v1/kt/lookup/bob@") && status == 200 {
+            let mut kept = replay.lock().expect("kept");
+            match kept.as_ref() {
+                None => *kept = Some(body.clone()),
+                Some(old) => *body = old.clone(),
+            }
+        }
+    }));
+    let bob = Target::Address(address("bob@localhost"));
+    alice.send_text(&bob, "hi bob").expect("a fresh view");
+    assert!(kept.lock().expect("kept").is_some(), "the answer was kept");
+
+    // Two hours later, carol (new to bob) is shown the answer of then.
+    world.clock.advance(2 * 3600 * 1000);
+    let mut carol = world.client("carol");
+    let err = carol.send_text(&bob, "hi bob").expect_err("a view two hours old");
+    assert_eq!(err.code(), "untrusted", "{err}");
+    assert!(err.to_string().contains("frozen or replayed"), "{err}");
+    assert!(err.to_string().contains("2 h 0 min ago"), "{err}");
+    let sent: Vec<String> = carol
+        .history("bob@localhost", 10)
+        .map(|h| h.into_iter().filter(|m| m.kind == "text").map(|m| m.status).collect())
+        .unwrap_or_default();
+    assert!(sent.iter().all(|s| s != "sent"), "nothing reached bob: {sent:?}");
+
+    // The bound is the user's to set; an honest answer goes through.
+    assert_eq!(carol.kt_max_age().expect("max age"), 3600);
+    assert_eq!(carol.set_kt_max_age(10).expect_err("too short").code(), "invalid_input");
+    carol.set_kt_max_age(1800).expect("set");
+    world.fake.script().rewrite = None;
+    carol.send_text(&bob, "hi bob").expect("a fresh view");
+}
+
+#[test]
+fn members_catch_a_server_that_shows_them_different_directories() {
+    use sotto_client::transport::Clock;
+    use sotto_server::kt::KeyDirectory;
+
+    let world = World::new();
+    let mut alice = world.client("alice");
+    let mut bob = world.client("bob");
+    let to_bob = Target::Address(address("bob@localhost"));
+    alice.send_text(&to_bob, "hi bob").expect("hi");
+    bob.sync().expect("bob syncs");
+
+    // The server keeps a second directory: a copy of the real one as it is now, under the
+    // same keys, to show alice.
+    let server = world._dir.path().join("server");
+    let fork_dir = world._dir.path().join("fork");
+    std::fs::create_dir(&fork_dir).expect("fork dir");
+    for f in ["kt.key", "kt-vrf.key"] {
+        std::fs::copy(server.join(f), fork_dir.join(f)).expect("copy key");
+    }
+    rusqlite::Connection::open(server.join("kt.db"))
+        .expect("kt.db")
+        .execute("VACUUM INTO ?1", [fork_dir.join("kt.db").to_str().expect("path")])
+        .expect("copy directory");
+    let clock = world.clock.clone();
+    let fork = world
+        .fake
+        .runtime
+        .block_on(KeyDirectory::open(
+            &fork_dir,
+            sotto_server::Clock::from_fn(move || clock.now_ms() / 1000),
+        ))
+        .expect("second directory");
+
+    // Carol joins. The real directory holds her keys; the second one, an impostor's.
+    let carol = address("carol@localhost");
+    let _carol = world.client("carol");
+    let label = sotto_core::kt::label(&carol);
+    world.fake.runtime.block_on(fork.publish(label, vec![7; 64])).expect("impostor");
+    // Bob looks carol up in the real directory.
+    bob.send_text(&Target::Address(carol.clone()), "hi carol").expect("bob to carol");
+
+    // Alice is shown the second directory.
+    let handle = world.fake.runtime.handle().clone();
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        let (history, rest) = if let Some(rest) = path.strip_prefix("/v1/kt/history/") {
+            (true, rest)
+        } else if let Some(rest) = path.strip_prefix("/v1/kt/lookup/") {
+            (false, rest)
+        } else {
+            return;
+        };
+        if status != 200 {
+            return;
+        }
+        let label = sotto_core::kt::label(&address(rest));
+        let found = handle.block_on(async {
+            if history { fork.history(label).await } else { fork.lookup(label).await }
+        });
+        let (root, proof) = found.expect("second directory").expect("known");
+        let answer = proto::KtProof {
+            root: proto::SignedRoot {
+                epoch: root.epoch,
+                hash: proto::Bytes(root.hash),
+                previous: proto::Bytes(root.previous),
+                time: root.time,
+                signature: proto::Bytes(root.signature),
+            },
+            proof: proto::Bytes(proof),
+        };
+        *body = serde_json::to_vec(&answer).expect("json");
+    }));
+    alice.sync().expect("alice sees nothing wrong on her own");
+    world.fake.script().rewrite = None;
+
+    // Her next message to bob tells him the root she was shown.
+    alice.send_text(&to_bob, "still there?").expect("to bob");
+    let report = bob.sync().expect("bob syncs");
+    assert!(report.messages.iter().any(|m| m.body == "still there?"), "the message itself arrives");
+    let notices: Vec<String> = report.notices.clone();
+    assert!(
+        notices.iter().any(|n| n.contains("different views") && n.contains("alice@localhost")),
+        "{notices:?}"
+    );
+    // From now on bob takes no new keys from this server.
+    let _dave = world.client("dave");
+    let err = bob
+        .send_text(&Target::Address(address("dave@localhost")), "hi dave")
+        .expect_err("no new keys from a server caught lying");
+    assert_eq!(err.code(), "untrusted", "{err}");
+    assert!(err.to_string().contains("different views"), "{err}");
+}

@@ -51,6 +51,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             sent_at: 1,
             expires_in: Some(60),
             n: Some(1),
+            root: (i == 0).then(|| sotto_core::kt::SeenRoot {
+                epoch: 4,
+                hash: vec![1; 32],
+                previous: vec![2; 32],
+                time: 1_800_000_000,
+                signature: vec![3; 64],
+            }),
             body,
         };
         write(dir, "content", &i.to_string(), &m.encode())?;

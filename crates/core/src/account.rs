@@ -99,7 +99,7 @@ fn ungrouped(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Serde for byte fields as hex strings.
-mod hex_bytes {
+pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

@@ -110,6 +110,10 @@ pub struct Message {
     /// notice messages the server held back or reordered. Absent from older clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u64>,
+    /// The newest key-directory root the sender was shown, when it has not told this chat
+    /// about it yet. Absent from older clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<crate::kt::SeenRoot>,
     /// The content.
     #[serde(flatten)]
     pub body: Body,
@@ -175,6 +179,13 @@ mod tests {
             sent_at: 5,
             expires_in: Some(60),
             n: Some(3),
+            root: Some(crate::kt::SeenRoot {
+                epoch: 9,
+                hash: vec![1; 32],
+                previous: vec![2; 32],
+                time: 1_800_000_000,
+                signature: vec![3; 64],
+            }),
             body: Body::Text { text: "héllo".into() },
         };
         assert_eq!(Message::decode(&m.encode()).expect("decodes"), m);
@@ -184,6 +195,7 @@ mod tests {
             sent_at: 5,
             expires_in: None,
             n: None,
+            root: None,
             body: Body::ChatInfo { kind: ChatKind::Group, name: Some("team".into()) },
         };
         assert_eq!(Message::decode(&info.encode()).expect("decodes"), info);

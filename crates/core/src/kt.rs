@@ -6,12 +6,15 @@
 //! so the roots form a chain anyone can check, and the directory's own proofs show that each
 //! epoch only added to the last.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::account::{IdentityKey, SignedList};
 use crate::{Address, auth};
 
 const ROOT_CONTEXT: &[u8] = b"sotto/v1/kt-root\0";
+/// A root signed together with the time the server vouched that it was the newest.
+const TIMED_ROOT_CONTEXT: &[u8] = b"sotto/v1/kt-root-at\0";
 
 /// The directory label of an address.
 pub fn label(address: &Address) -> Vec<u8> {
@@ -36,6 +39,11 @@ pub fn committed_identity(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// One epoch's root, as the server signs it.
+///
+/// A root recorded when its epoch was published carries no time (`time` 0). The root the
+/// server answers a lookup with is signed again with the time of the answer (Unix seconds):
+/// the server's statement that at `time` this was its newest epoch, so a client can refuse a
+/// view that was frozen or replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Root {
     /// The epoch.
@@ -44,15 +52,21 @@ pub struct Root {
     pub hash: Vec<u8>,
     /// The previous epoch's root hash (empty at epoch 0).
     pub previous: Vec<u8>,
+    /// When the server vouched for this root as its newest, Unix seconds; 0 for none.
+    pub time: u64,
 }
 
 impl Root {
     fn payload(&self) -> Vec<u8> {
-        let mut p = ROOT_CONTEXT.to_vec();
+        let context = if self.time == 0 { ROOT_CONTEXT } else { TIMED_ROOT_CONTEXT };
+        let mut p = context.to_vec();
         p.extend_from_slice(&self.epoch.to_be_bytes());
         p.extend_from_slice(&(self.hash.len() as u32).to_be_bytes());
         p.extend_from_slice(&self.hash);
         p.extend_from_slice(&self.previous);
+        if self.time != 0 {
+            p.extend_from_slice(&self.time.to_be_bytes());
+        }
         p
     }
 
@@ -64,6 +78,39 @@ impl Root {
     /// Whether `signature` is the KT key's signature of this root.
     pub fn verify(&self, kt_key: &[u8], signature: &[u8]) -> bool {
         auth::verify(kt_key, &self.payload(), signature)
+    }
+}
+
+/// A root with its signature, as members tell each other inside their encrypted messages:
+/// the newest one the sender was shown, so that a server showing members different
+/// directories is caught (two signed roots for one epoch prove it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenRoot {
+    /// The epoch.
+    pub epoch: u64,
+    /// The root hash.
+    #[serde(with = "crate::account::hex_bytes")]
+    pub hash: Vec<u8>,
+    /// The previous epoch's root hash.
+    #[serde(with = "crate::account::hex_bytes")]
+    pub previous: Vec<u8>,
+    /// When the server vouched for it as its newest (0 for none).
+    #[serde(default)]
+    pub time: u64,
+    /// The directory's signature.
+    #[serde(with = "crate::account::hex_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl SeenRoot {
+    /// The root it names.
+    pub fn root(&self) -> Root {
+        Root {
+            epoch: self.epoch,
+            hash: self.hash.clone(),
+            previous: self.previous.clone(),
+            time: self.time,
+        }
     }
 }
 
@@ -151,12 +198,19 @@ mod tests {
     #[test]
     fn roots_verify_only_as_signed_and_commitments_bind_the_list() {
         let key = IdentityKey::generate().expect("key");
-        let root = Root { epoch: 3, hash: vec![1; 32], previous: vec![2; 32] };
+        let root = Root { epoch: 3, hash: vec![1; 32], previous: vec![2; 32], time: 0 };
         let sig = root.sign(&key);
         assert!(root.verify(&key.public(), &sig));
         assert!(!Root { epoch: 4, ..root.clone() }.verify(&key.public(), &sig));
         assert!(!Root { hash: vec![9; 32], ..root.clone() }.verify(&key.public(), &sig));
         assert!(!Root { previous: vec![], ..root.clone() }.verify(&key.public(), &sig));
+        // A time cannot be added to, changed on or stripped from a signed root.
+        assert!(!Root { time: 1_800_000_000, ..root.clone() }.verify(&key.public(), &sig));
+        let timed = Root { time: 1_800_000_000, ..root.clone() };
+        let timed_sig = timed.sign(&key);
+        assert!(timed.verify(&key.public(), &timed_sig));
+        assert!(!Root { time: 1_800_000_001, ..timed.clone() }.verify(&key.public(), &timed_sig));
+        assert!(!root.verify(&key.public(), &timed_sig));
         let list = SignedList { body: b"list".to_vec(), signature: vec![5; 64] };
         let c = commitment(&[7; 32], &list);
         assert_eq!(committed_identity(&c), Some(&[7u8; 32][..]));

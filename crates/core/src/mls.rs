@@ -984,6 +984,7 @@ mod mutation_tests {
             sent_at: 1,
             expires_in: None,
             n: None,
+            root: None,
             body: crate::content::Body::Text { text: "hello".into() },
         }
         .encode();

@@ -84,6 +84,10 @@ pub struct SignedRoot {
     pub hash: Bytes,
     /// The previous epoch's root hash (empty at epoch 0).
     pub previous: Bytes,
+    /// When the server vouched for this root as its newest (Unix seconds; signed with it).
+    /// 0 on a root as recorded at its epoch's publication.
+    #[serde(default)]
+    pub time: u64,
     /// The signature by the KT signing key.
     pub signature: Bytes,
 }

@@ -59,6 +59,33 @@ pub struct Config {
     /// Bytes a second that one device, and one group, may have stored in queues (counting a
     /// copy per recipient), in bursts of 64 seconds' worth.
     pub submit_bytes_per_second: u64,
+    /// The time the key directory vouches for in the roots it answers with.
+    pub clock: Clock,
+}
+
+/// The server's clock, in Unix seconds: the system's, or one a test moves.
+#[derive(Clone, Default)]
+pub struct Clock(Option<std::sync::Arc<dyn Fn() -> u64 + Send + Sync>>);
+
+impl Clock {
+    /// A clock that reads `now`.
+    pub fn from_fn(now: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
+        Clock(Some(std::sync::Arc::new(now)))
+    }
+
+    /// The time now, Unix seconds.
+    pub fn now_secs(&self) -> u64 {
+        match &self.0 {
+            Some(now) => now(),
+            None => sotto_core::unix_now(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Clock(custom)" } else { "Clock(system)" })
+    }
 }
 
 impl Config {
@@ -104,6 +131,7 @@ impl Default for Config {
             sweep_interval_secs: 300,
             blob_quota: 8 << 30,
             submit_bytes_per_second: 8 << 20,
+            clock: Clock::default(),
         }
     }
 }

@@ -23,7 +23,7 @@ pub mod store;
 
 use std::sync::Arc;
 
-pub use config::{Config, TlsFiles};
+pub use config::{Clock, Config, TlsFiles};
 pub use error::Error;
 pub use net::{InProcess, bind, serve};
 use sha2::{Digest, Sha256};

@@ -60,7 +60,7 @@ impl InProcess {
         let sessions = Sessions::load_or_create(&config.data_dir.join("session.key"))?;
         let (stop, stopping) = watch::channel(false);
         let operator_key = crate::load_operator_key(&config)?.map(|k| k.public());
-        let kt = KeyDirectory::open(&config.data_dir).await?;
+        let kt = KeyDirectory::open(&config.data_dir, config.clock.clone()).await?;
         let state = Arc::new(AppState::new(store, config, sessions, stopping, operator_key, kt)?);
         Ok(InProcess { app: router(state), _stop: stop })
     }
@@ -109,7 +109,7 @@ pub async fn serve(
         },
     );
     let operator_key = crate::load_operator_key(&config)?.map(|k| k.public());
-    let kt = crate::kt::KeyDirectory::open(&config.data_dir).await?;
+    let kt = crate::kt::KeyDirectory::open(&config.data_dir, config.clock.clone()).await?;
     reconcile_directory(&store, &kt).await;
     let sweeper = tokio::spawn(sweep_periodically(store.clone(), config.clone(), kt.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -453,6 +453,7 @@ impl Sim {
             sent_at: self.now,
             expires_in: None,
             n: None,
+            root: None,
             body: Body::Text { text: format!("{msg_id} says hello") },
         };
         let p = &client.provider;

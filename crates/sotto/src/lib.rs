@@ -24,6 +24,17 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A duration in seconds in the largest unit that states it exactly (90m, 2h, 7d).
+pub fn format_duration(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Whether `c` must not reach a terminal as it is: control characters (which move the
 /// cursor, set titles, change colours or rewrite the line) and the marks that reorder text.
 fn unsafe_on_terminal(c: char) -> bool {

@@ -243,6 +243,7 @@ fn mallory_invites(
                 sent_at: 1,
                 expires_in: None,
                 n: None,
+                root: None,
                 body,
             };
             mls::encrypt(&p, &gid, &me, &m.encode()).expect("encrypt")

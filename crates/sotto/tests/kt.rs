@@ -123,7 +123,8 @@ fn a_key_published_behind_the_owners_back_is_noticed_by_the_owner() {
     let value = sotto_core::kt::commitment(&fake_identity.public(), &signed);
     let data = server.data.clone();
     runtime().block_on(async move {
-        let kt = KeyDirectory::open(&data).await.expect("directory");
+        let kt =
+            KeyDirectory::open(&data, sotto_server::Clock::default()).await.expect("directory");
         let label = sotto_core::kt::label(&"bob@localhost".parse().expect("address"));
         kt.publish(label, value).await.expect("publish impostor");
     });
@@ -193,11 +194,13 @@ fn forked_roots_and_rewritten_history_are_caught() {
         epoch: latest.epoch,
         hash: vec![7; 32],
         previous: latest.previous.clone(),
+        time: 0,
     };
     let row = RootRow {
         epoch: forged.epoch,
         hash: forged.hash.clone(),
         previous: forged.previous.clone(),
+        time: 0,
         signature: forged.sign(&key),
     };
     kt.put_root(&row, 1).expect("fork");

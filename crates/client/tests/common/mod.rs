@@ -48,7 +48,8 @@ pub struct Fake {
 pub struct InMemory(pub Arc<Fake>);
 
 impl Fake {
-    pub fn start(dir: &std::path::Path) -> Arc<Fake> {
+    /// Starts the server; the key directory vouches for its roots at `clock`'s time.
+    pub fn start(dir: &std::path::Path, clock: Arc<TestClock>) -> Arc<Fake> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -57,6 +58,7 @@ impl Fake {
         let config = sotto_server::Config {
             data_dir: dir.to_path_buf(),
             registration: sotto_server::RegistrationMode::Open,
+            clock: sotto_server::Clock::from_fn(move || clock.now_ms() / 1000),
             ..sotto_server::Config::default()
         };
         let server = runtime.block_on(sotto_server::InProcess::start(config)).expect("server");
@@ -230,8 +232,8 @@ pub struct World {
 impl World {
     pub fn new() -> World {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fake = Fake::start(&dir.path().join("server"));
         let clock = Arc::new(TestClock(AtomicU64::new(1_800_000_000_000)));
+        let fake = Fake::start(&dir.path().join("server"), clock.clone());
         World { fake, clock, _dir: dir }
     }
 

@@ -94,7 +94,9 @@ async fn world() -> World {
         token(revoked),
         token(wiped),
     ];
-    let kt = crate::kt::KeyDirectory::open(dir.path()).await.expect("key directory");
+    let kt = crate::kt::KeyDirectory::open(dir.path(), crate::Clock::default())
+        .await
+        .expect("key directory");
     let (_stop, stopping) = watch::channel(false);
     let state =
         AppState::new(Arc::new(store), config, sessions, stopping, None, kt).expect("state");

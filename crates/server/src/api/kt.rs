@@ -8,6 +8,7 @@ fn signed_root(r: RootRow) -> proto::SignedRoot {
         epoch: r.epoch,
         hash: Bytes(r.hash),
         previous: Bytes(r.previous),
+        time: r.time,
         signature: Bytes(r.signature),
     }
 }

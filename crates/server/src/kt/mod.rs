@@ -55,6 +55,7 @@ pub struct KeyDirectory {
     storage: KtStorage,
     key: Arc<IdentityKey>,
     vrf_public: Vec<u8>,
+    clock: crate::Clock,
     publish: mpsc::UnboundedSender<Pending>,
     /// Held for writing while an epoch is published and its root signed, so a proof is never
     /// made for an epoch whose signed root is not stored yet.
@@ -82,7 +83,7 @@ async fn blocking<T: Send + 'static>(
 impl KeyDirectory {
     /// Opens the directory in `data_dir` (`kt.db`, with the VRF key `kt-vrf.key` and the
     /// signing key `kt.key`, created on first use) and starts its publisher.
-    pub async fn open(data_dir: &Path) -> Result<Self, Error> {
+    pub async fn open(data_dir: &Path, clock: crate::Clock) -> Result<Self, Error> {
         let key = IdentityKey::from_secret(&crate::secret_file(&data_dir.join("kt.key"))?)
             .map_err(kt_err)?;
         let vrf = Vrf(Arc::new(crate::secret_file(&data_dir.join("kt-vrf.key"))?));
@@ -102,6 +103,7 @@ impl KeyDirectory {
             storage,
             key: Arc::new(key),
             vrf_public,
+            clock,
             publish,
             gate: Arc::new(tokio::sync::RwLock::new(())),
         };
@@ -133,12 +135,13 @@ impl KeyDirectory {
                 None => None,
             }
             .unwrap_or_default();
-            let root = Root { epoch: hash.0, hash: hash.1.to_vec(), previous };
+            let root = Root { epoch: hash.0, hash: hash.1.to_vec(), previous, time: 0 };
             let row = RootRow {
                 signature: root.sign(&key),
                 epoch: root.epoch,
                 hash: root.hash,
                 previous: root.previous,
+                time: 0,
             };
             storage.put_root(&row, sotto_core::unix_now()).map_err(kt_err)?;
             Ok(row)
@@ -226,22 +229,43 @@ impl KeyDirectory {
         blocking(async move { storage.roots(from, limit) }).await?.map_err(kt_err)
     }
 
-    /// A lookup proof (JSON) for `label` and the signed root it verifies against, or `None`
-    /// if the label was never published.
+    /// A lookup proof (JSON) for `label` and the root it verifies against, vouched for as the
+    /// newest now; `None` if the label was never published.
     pub async fn lookup(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
         let _stable = self.gate.read().await;
         let (dir, storage) = (self.dir.clone(), self.storage.clone());
-        blocking(async move { with_root(&storage, dir.lookup(AkdLabel(label)).await) }).await?
+        let found = blocking(async move { with_root(&storage, dir.lookup(AkdLabel(label)).await) })
+            .await??;
+        Ok(found.map(|(root, proof)| (self.vouch(root), proof)))
     }
 
-    /// A complete key-history proof (JSON) for `label` and its signed root.
+    /// A complete key-history proof (JSON) for `label` and its root, vouched for as the
+    /// newest now.
     pub async fn history(&self, label: Vec<u8>) -> Result<Option<(RootRow, Vec<u8>)>, Error> {
         let _stable = self.gate.read().await;
         let (dir, storage) = (self.dir.clone(), self.storage.clone());
-        blocking(async move {
+        let found = blocking(async move {
             with_root(&storage, dir.key_history(&AkdLabel(label), HistoryParams::Complete).await)
         })
-        .await?
+        .await??;
+        Ok(found.map(|(root, proof)| (self.vouch(root), proof)))
+    }
+
+    /// Signs `root` again with the time now: the directory's statement that this was its
+    /// newest epoch at that time (taken under the read gate, so no later epoch exists yet).
+    /// Clients refuse roots vouched for too long ago, so a view that was frozen or replayed
+    /// does not reach them; a root signed this way costs one signature, where publishing an
+    /// empty epoch every few minutes would grow the directory (and every audit) forever.
+    fn vouch(&self, row: RootRow) -> RootRow {
+        let time = self.clock.now_secs().max(1);
+        let root = Root { epoch: row.epoch, hash: row.hash, previous: row.previous, time };
+        RootRow {
+            signature: root.sign(&self.key),
+            epoch: root.epoch,
+            hash: root.hash,
+            previous: root.previous,
+            time,
+        }
     }
 
     /// An append-only proof (JSON) from epoch `start` to `end`.

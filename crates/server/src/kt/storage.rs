@@ -44,6 +44,8 @@ pub struct RootRow {
     pub hash: Vec<u8>,
     /// The previous epoch's root hash.
     pub previous: Vec<u8>,
+    /// When the root was vouched for as the newest (0 as recorded at publication).
+    pub time: u64,
     /// The KT key's signature.
     pub signature: Vec<u8>,
 }
@@ -104,6 +106,7 @@ impl KtStorage {
                     epoch: r.get::<_, i64>(0)? as u64,
                     hash: r.get(1)?,
                     previous: r.get(2)?,
+                    time: 0,
                     signature: r.get(3)?,
                 })
             })

@@ -284,6 +284,13 @@ enum KtCommand {
         #[arg(long)]
         ca_cert: Option<PathBuf>,
     },
+    /// Show or set how long ago the server may have vouched for its directory's newest root
+    /// before this device refuses new keys from it (a server showing a frozen or replayed
+    /// view of the directory is caught this way). An hour unless set.
+    MaxAge {
+        /// The new bound, e.g. 30m, 2h (1m to 7d).
+        age: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1041,6 +1048,9 @@ fn engine_command(command: &Command) -> Result<Option<engine::Command>, Error> {
         }
         Command::Devices(DevicesCommand::Revoke { device }) => E::DevicesRevoke { device: *device },
         Command::Devices(DevicesCommand::Wipe { device }) => E::DevicesWipe { device: *device },
+        Command::Kt(KtCommand::MaxAge { age }) => E::KtMaxAge {
+            secs: age.as_deref().map(sotto::parse_duration).transpose().map_err(Error::Invalid)?,
+        },
         Command::Heal { every } => E::Heal {
             every_secs: every
                 .as_deref()
@@ -1107,6 +1117,13 @@ fn show(command: &Command, value: serde_json::Value, json: bool) -> Result<(), E
             }
         }
         Command::Chat(_) | Command::Group(_) => print_chat(&typed(value)?),
+        Command::Kt(KtCommand::MaxAge { .. }) => {
+            let secs = value["max_age_secs"].as_u64().unwrap_or(0);
+            println!(
+                "new keys are taken only from a directory root vouched for in the last {}",
+                sotto::format_duration(secs)
+            );
+        }
         Command::Heal { .. } => {
             let report: HealReport = typed(value)?;
             println!("fresh keys for this device in {} chat(s)", report.updated.len());
