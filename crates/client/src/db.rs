@@ -184,6 +184,7 @@ CREATE TABLE kt_state (
     split TEXT
 );
 INSERT INTO kt_state (id) VALUES (1);
+ALTER TABLE chats ADD COLUMN prune_pending INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -324,6 +325,23 @@ pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<(), Er
 }
 
 /// The device list pinned for `address`.
+/// The server reported devices of this group revoked (`dropped`): nothing more is encrypted
+/// in it until fresh device lists say which to remove ([`crate::Client::prune_revoked`]).
+pub(crate) fn mark_dropped(conn: &Connection, group_id: &[u8]) -> Result<(), Error> {
+    conn.prepare_cached("UPDATE chats SET prune_pending = 1 WHERE group_id = ?1")?
+        .execute([group_id])?;
+    Ok(())
+}
+
+/// Whether devices the server reported revoked in this group wait to be confirmed.
+pub(crate) fn prune_pending(conn: &Connection, group_id: &[u8]) -> Result<bool, Error> {
+    Ok(conn
+        .prepare_cached("SELECT prune_pending FROM chats WHERE group_id = ?1")?
+        .query_row([group_id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
 /// A setting of this home, if set.
 pub(crate) fn setting(conn: &Connection, name: &str) -> Result<Option<u64>, Error> {
     let value: Option<i64> = conn

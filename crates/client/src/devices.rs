@@ -552,50 +552,69 @@ impl Client {
     /// In groups where the server reported revoked recipients, removes every device of
     /// another account that the account's signed device list no longer names.
     pub(crate) fn prune_revoked(&mut self) -> Result<(), Error> {
-        let groups = std::mem::take(&mut self.touched.borrow_mut().dropped);
-        let me = self.me.device.address.clone();
+        let groups: Vec<Vec<u8>> = {
+            let mut stmt =
+                self.conn.prepare("SELECT group_id FROM chats WHERE prune_pending = 1")?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
         for group_id in groups {
-            if self.require_active(&group_id).is_err() {
-                continue;
-            }
-            let members = mls::member_keys(&db::provider(&self.conn), &group_id)?;
-            let accounts: BTreeSet<Address> =
-                members.iter().map(|(d, _)| d.address.clone()).filter(|a| a != &me).collect();
-            let mut stale = Vec::new();
-            for account in accounts {
-                let (list, _) = self.verified_list(&account)?;
-                stale.extend(
-                    members
-                        .iter()
-                        .filter(|(d, k)| d.address == account && !list.lists(k))
-                        .map(|(d, _)| d.clone()),
-                );
-            }
-            for _ in 0..MAX_COMMIT_ATTEMPTS {
-                let current = mls::members(&db::provider(&self.conn), &group_id)?;
-                let still: Vec<DeviceRef> =
-                    stale.iter().filter(|d| current.contains(d)).cloned().collect();
-                if still.is_empty() {
-                    break;
-                }
-                let done = self.commit_once(&group_id, &mut |p, me| {
-                    Ok((mls::remove_devices(p, &group_id, me, &still)?, Vec::new()))
-                })?;
-                if done {
-                    for d in &still {
-                        let text =
-                            format!("removed {d}: no longer in {}'s signed device list", d.address);
-                        insert_event(&self.conn, &group_id, me.as_str(), &text)?;
-                    }
-                    break;
-                }
-                self.catch_up()?;
-                if self.require_active(&group_id).is_err() {
-                    break;
-                }
-            }
+            self.prune_group(&group_id)?;
         }
         Ok(())
+    }
+
+    /// In a group where the server reported revoked recipients, removes every device of
+    /// another account that the account's fresh, directory-checked device list no longer
+    /// names; then the group is clear. An error leaves it marked, and nothing is sent in it.
+    pub(crate) fn prune_group(&mut self, group_id: &[u8]) -> Result<(), Error> {
+        if !db::prune_pending(&self.conn, group_id)? {
+            return Ok(());
+        }
+        let clear = |conn: &rusqlite::Connection| -> Result<(), Error> {
+            conn.execute("UPDATE chats SET prune_pending = 0 WHERE group_id = ?1", [group_id])?;
+            Ok(())
+        };
+        let me = self.me.device.address.clone();
+        if self.require_active(group_id).is_err() {
+            return clear(&self.conn);
+        }
+        let members = mls::member_keys(&db::provider(&self.conn), group_id)?;
+        let accounts: BTreeSet<Address> =
+            members.iter().map(|(d, _)| d.address.clone()).filter(|a| a != &me).collect();
+        let mut stale = Vec::new();
+        for account in accounts {
+            let (list, _) = self.verified_list(&account)?;
+            stale.extend(
+                members
+                    .iter()
+                    .filter(|(d, k)| d.address == account && !list.lists(k))
+                    .map(|(d, _)| d.clone()),
+            );
+        }
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let current = mls::members(&db::provider(&self.conn), group_id)?;
+            let still: Vec<DeviceRef> =
+                stale.iter().filter(|d| current.contains(d)).cloned().collect();
+            if still.is_empty() {
+                return clear(&self.conn);
+            }
+            let done = self.commit_once(group_id, &mut |p, me| {
+                Ok((mls::remove_devices(p, group_id, me, &still)?, Vec::new()))
+            })?;
+            if done {
+                for d in &still {
+                    let text =
+                        format!("removed {d}: no longer in {}'s signed device list", d.address);
+                    insert_event(&self.conn, group_id, me.as_str(), &text)?;
+                }
+                return clear(&self.conn);
+            }
+            self.catch_up()?;
+            if self.require_active(group_id).is_err() {
+                return clear(&self.conn);
+            }
+        }
+        Err(Error::TooManyRetries)
     }
 
     // ---- linking ----

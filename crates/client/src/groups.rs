@@ -91,7 +91,7 @@ impl Client {
                 crate::outbox::failpoint("after-commit");
                 self.commit_taken(entry, group_id)?;
                 if !resp.dropped.is_empty() {
-                    self.touched.borrow_mut().dropped.insert(group_id.to_vec());
+                    db::mark_dropped(&self.conn, group_id)?;
                 }
                 Ok(true)
             }

@@ -298,8 +298,6 @@ struct Touched {
     joined: bool,
     /// Groups joined: their members are checked against their accounts' device lists.
     joined_groups: BTreeSet<Vec<u8>>,
-    /// Groups where the server dropped revoked recipients: prune them.
-    dropped: BTreeSet<Vec<u8>>,
 }
 
 /// A row of the chats table.

@@ -140,13 +140,14 @@ impl Client {
             now as i64
         ])?;
         // When nothing of this chat waits before it, the message is encrypted in the same
-        // transaction (one write to disk instead of two); otherwise, or if that fails, the
-        // delivery does it in its turn.
+        // transaction (one write to disk instead of two); otherwise, or if that fails, or
+        // while devices the server reported revoked wait to be confirmed, the delivery does
+        // it in its turn.
         let entry = tx.last_insert_rowid();
         let earlier: i64 = tx
             .prepare_cached("SELECT COUNT(*) FROM outbox WHERE group_id = ?1 AND id < ?2")?
             .query_row(params![group_id, entry], |r| r.get(0))?;
-        if earlier == 0 {
+        if earlier == 0 && !db::prune_pending(&tx, group_id)? {
             let sp = tx.savepoint()?;
             if let Ok(Some(_)) = self.seal(&sp, entry, group_id, &msg, None) {
                 sp.commit()?;
@@ -225,6 +226,7 @@ impl Client {
                         Err(e) => return Err(e),
                     }
                 }
+                Err(e @ Error::TooManyRetries) => Outcome::Later(e),
                 Err(e) if transient(&e) => {
                     if e.server_code() == Some("unauthorized") {
                         self.api.forget_token();
@@ -323,6 +325,10 @@ impl Client {
                 .map_err(|e| Error::Io(format!("a stored submission is unreadable: {e}")))?,
             None => {
                 self.require_verified_keys(&entry.group_id)?;
+                // Devices the server reported revoked get nothing more until fresh lists
+                // confirm which to remove (a lie of the server's then costs a delay, not a
+                // message to a device that may be in someone else's hands).
+                self.prune_group(&entry.group_id)?;
                 let msg = Message::decode(&entry.payload)
                     .map_err(|e| Error::Io(format!("a stored message is unreadable: {e}")))?;
                 let tx = begin(&self.conn)?;
@@ -346,7 +352,7 @@ impl Client {
         let resp = self.api.submit(request, &token)?;
         failpoint("after-submit");
         if !resp.dropped.is_empty() {
-            self.touched.borrow_mut().dropped.insert(entry.group_id.clone());
+            db::mark_dropped(&self.conn, &entry.group_id)?;
             // The server queued nothing for revoked devices: if they were all the other
             // accounts' devices, the message reached none of the people it was for.
             let others: Vec<u64> = mls::members(&db::provider(&self.conn), &entry.group_id)?

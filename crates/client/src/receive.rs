@@ -54,7 +54,6 @@ impl Client {
         for group_id in &touched.joined_groups {
             self.check_members(group_id)?;
         }
-        self.touched.borrow_mut().dropped.extend(touched.dropped);
         self.prune_revoked()?;
         let groups = if thorough { self.active_chats()? } else { touched.proposals };
         self.commit_proposals(groups)?;

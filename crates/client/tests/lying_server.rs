@@ -344,3 +344,60 @@ fn members_catch_a_server_that_shows_them_different_directories() {
     assert_eq!(err.code(), "untrusted", "{err}");
     assert!(err.to_string().contains("different views"), "{err}");
 }
+
+#[test]
+fn nothing_more_goes_to_a_dropped_device_until_a_fresh_list_confirms() {
+    let world = World::new();
+    let mut alice = world.client("alice");
+    let mut bob = world.client("bob");
+    let mut carol = world.client("carol");
+    alice.create_group("team", &["bob@localhost".into(), "carol@localhost".into()]).expect("group");
+    let team = Target::Chat("team".into());
+    alice.send_text(&team, "one").expect("one");
+    bob.sync().expect("bob");
+    carol.sync().expect("carol");
+
+    // The server says bob's device was revoked, and hands out a device list for bob that
+    // does not verify, so nothing can confirm it.
+    let bob_device = bob.account().device_id;
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path == "/v1/messages" && status == 200 {
+            let mut resp: proto::SubmitResponse = serde_json::from_slice(body).expect("answer");
+            resp.dropped = vec![bob_device];
+            *body = serde_json::to_vec(&resp).expect("json");
+        }
+        if path == "/v1/users/bob@localhost/devices" && status == 200 {
+            let mut resp: proto::DevicesResponse = serde_json::from_slice(body).expect("list");
+            resp.device_list.signature.0[0] ^= 1;
+            *body = serde_json::to_vec(&resp).expect("json");
+        }
+    }));
+    alice.send_text(&team, "two").expect("two reaches carol at least");
+    let err = alice.send_text(&team, "three").expect_err("held");
+    assert_eq!(err.code(), "untrusted", "{err}");
+    let texts = |c: &Client| -> Vec<String> {
+        c.history("team", 50)
+            .expect("history")
+            .into_iter()
+            .filter(|m| m.kind == "text")
+            .map(|m| m.body)
+            .collect()
+    };
+    carol.sync().expect("carol");
+    assert_eq!(texts(&carol), ["one", "two"], "three was not encrypted to anyone");
+
+    // Once the lists verify, bob's device is still listed: it stays, and three goes.
+    world.fake.script().rewrite = None;
+    let failed = alice
+        .history("team", 50)
+        .expect("history")
+        .into_iter()
+        .find(|m| m.body == "three")
+        .expect("three is kept");
+    assert_eq!(failed.status, "failed");
+    alice.resend(&failed.id).expect("resend");
+    bob.sync().expect("bob");
+    carol.sync().expect("carol");
+    assert_eq!(texts(&bob), ["one", "two", "three"]);
+    assert_eq!(texts(&carol), ["one", "two", "three"]);
+}
