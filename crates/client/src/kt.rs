@@ -45,16 +45,26 @@ pub(crate) enum KtCheck {
 }
 
 fn stored_hash(conn: &Connection, epoch: u64) -> Result<Option<Vec<u8>>, Error> {
+    Ok(stored(conn, epoch)?.map(|(hash, _)| hash))
+}
+
+/// A recorded root: its hash, and the previous one's if known.
+type Recorded = (Vec<u8>, Option<Vec<u8>>);
+
+/// The root recorded for `epoch`.
+fn stored(conn: &Connection, epoch: u64) -> Result<Option<Recorded>, Error> {
     Ok(conn
-        .prepare_cached("SELECT hash FROM kt_roots WHERE epoch = ?1")?
-        .query_row([epoch as i64], |r| r.get(0))
+        .prepare_cached("SELECT hash, previous FROM kt_roots WHERE epoch = ?1")?
+        .query_row([epoch as i64], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
 
 /// Records a root whose signature was checked, after checking it against every root this
 /// device recorded: one root per epoch, each naming the one before.
 fn record_root(conn: &Connection, root: &Root) -> Result<(), Error> {
-    if stored_hash(conn, root.epoch)?.is_some_and(|h| h != root.hash) {
+    if let Some((hash, previous)) = stored(conn, root.epoch)?
+        && (hash != root.hash || previous.is_some_and(|p| p != root.previous))
+    {
         return Err(untrusted(format!(
             "the server has shown two different directory roots for epoch {}",
             root.epoch
@@ -68,11 +78,7 @@ fn record_root(conn: &Connection, root: &Root) -> Result<(), Error> {
             root.epoch
         )));
     }
-    let next: Option<Option<Vec<u8>>> = conn
-        .prepare_cached("SELECT previous FROM kt_roots WHERE epoch = ?1")?
-        .query_row([root.epoch as i64 + 1], |r| r.get(0))
-        .optional()?;
-    if next.flatten().is_some_and(|p| p != root.hash) {
+    if stored(conn, root.epoch + 1)?.and_then(|(_, p)| p).is_some_and(|p| p != root.hash) {
         return Err(untrusted(format!(
             "the root of epoch {} seen before does not follow this root of epoch {}",
             root.epoch + 1,
@@ -187,8 +193,25 @@ impl Client {
                     root.epoch
                 )));
             }
+            // Every hole in the recorded chain up to this root is filled from the server
+            // and checked: the one since the newest root, and any that a root told by another
+            // member left.
+            let mut gaps: Vec<(u64, u64)> = {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT epoch, next FROM (SELECT epoch, LEAD(epoch) OVER (ORDER BY epoch)
+                                                   AS next FROM kt_roots)
+                     WHERE next > epoch + 1",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
             if newest + 1 < root.epoch {
-                self.follow_chain(&signing_key, newest, root.epoch)?;
+                gaps.push((newest, root.epoch));
+            }
+            for (from, to) in gaps {
+                self.follow_chain(&signing_key, from, to)?;
             }
         }
         record_root(&self.conn, &root)?;
