@@ -6,7 +6,7 @@ use sotto_core::kt::{self, Root};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };
-    let root = Root { epoch: 3, hash: vec![1; 32], previous: vec![2; 32] };
+    let root = Root { epoch: 3, hash: vec![1; 32], previous: vec![2; 32], time: 0 };
     let vrf = [3u8; 32];
     let address = sotto_fuzz::address();
     match which % 3 {
