@@ -222,6 +222,8 @@ impl Client {
         for g in groups {
             if mls::members(&p, &g)?.iter().any(|d| &d.address == address) {
                 insert_event(&self.conn, &g, address.as_str(), &text)?;
+                // Its devices in the chat are replaced with those of its new list.
+                db::mark_dropped(&self.conn, &g)?;
             }
         }
         Ok(())
@@ -558,14 +560,22 @@ impl Client {
             stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
         };
         for group_id in groups {
-            self.prune_group(&group_id)?;
+            match self.prune_group(&group_id) {
+                // A verified contact's new identity key waits for `verify --accept-change`;
+                // sending in the chat says so.
+                Err(Error::IdentityChanged(_)) => {}
+                other => other?,
+            }
         }
         Ok(())
     }
 
-    /// In a group where the server reported revoked recipients, removes every device of
-    /// another account that the account's fresh, directory-checked device list no longer
-    /// names; then the group is clear. An error leaves it marked, and nothing is sent in it.
+    /// In a group where the server reported revoked recipients, brings every other account's
+    /// devices in line with its fresh, directory-checked device list: removes those the list
+    /// no longer names and, in the same commit, adds those it names that the group lacks (an
+    /// account recovered on a new device keeps its chats; a verified contact's new identity
+    /// key must be accepted first: `identity_changed`). Then the group is clear. An error
+    /// leaves it marked, and nothing is sent in it.
     pub(crate) fn prune_group(&mut self, group_id: &[u8]) -> Result<(), Error> {
         if !db::prune_pending(&self.conn, group_id)? {
             return Ok(());
@@ -582,24 +592,42 @@ impl Client {
         let accounts: BTreeSet<Address> =
             members.iter().map(|(d, _)| d.address.clone()).filter(|a| a != &me).collect();
         let mut stale = Vec::new();
+        let mut packages = Vec::new();
         for account in accounts {
-            let (list, _) = self.verified_list(&account)?;
+            let (list, devices) = self.verified_list(&account)?;
             stale.extend(
                 members
                     .iter()
                     .filter(|(d, k)| d.address == account && !list.lists(k))
                     .map(|(d, _)| d.clone()),
             );
+            // Listed devices the group lacks (none for a device merely revoked).
+            let missing: Vec<u64> = devices
+                .iter()
+                .filter(|d| d.revoked_at.is_none() && list.lists(&d.device_key.0))
+                .filter(|d| !members.iter().any(|(_, k)| k == &d.device_key.0))
+                .map(|d| d.device_id)
+                .collect();
+            if !missing.is_empty() {
+                packages.extend(self.claim_listed(&account, Some(missing), &list)?);
+            }
         }
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let current = mls::members(&db::provider(&self.conn), group_id)?;
             let still: Vec<DeviceRef> =
                 stale.iter().filter(|d| current.contains(d)).cloned().collect();
-            if still.is_empty() {
+            packages.retain(|k| !current.contains(&k.device));
+            if still.is_empty() && packages.is_empty() {
                 return clear(&self.conn);
             }
+            let welcomed: Vec<u64> = packages.iter().map(|k| k.device.device_id).collect();
             let done = self.commit_once(group_id, &mut |p, me| {
-                Ok((mls::remove_devices(p, group_id, me, &still)?, Vec::new()))
+                let out = if packages.is_empty() {
+                    mls::remove_devices(p, group_id, me, &still)?
+                } else {
+                    mls::replace_devices(p, group_id, me, &still, &packages)?
+                };
+                Ok((out, welcomed.clone()))
             })?;
             if done {
                 for d in &still {
@@ -607,7 +635,21 @@ impl Client {
                         format!("removed {d}: no longer in {}'s signed device list", d.address);
                     insert_event(&self.conn, group_id, me.as_str(), &text)?;
                 }
-                return clear(&self.conn);
+                for k in &packages {
+                    let text = format!(
+                        "added {}: new in {}'s signed device list",
+                        k.device, k.device.address
+                    );
+                    insert_event(&self.conn, group_id, me.as_str(), &text)?;
+                }
+                clear(&self.conn)?;
+                if !packages.is_empty() {
+                    // The new devices learn what the chat is with the next delivery (queued
+                    // only: this runs inside one).
+                    let info = self.group_info(group_id)?;
+                    self.enqueue(group_id, info)?;
+                }
+                return Ok(());
             }
             self.catch_up()?;
             if self.require_active(group_id).is_err() {

@@ -288,7 +288,13 @@ pub(crate) fn commit_events(
         present.iter().any(|d| d.address.as_str() == a && !changed.contains(d))
     };
     let mut events = Vec::new();
-    for a in accounts(&changes.added) {
+    // An account whose devices were all replaced in one commit (a recovery) is still here.
+    let replaced: BTreeSet<String> =
+        accounts(&changes.added).intersection(&accounts(&changes.removed)).cloned().collect();
+    for a in &replaced {
+        events.push((who.to_string(), format!("{a}'s devices were replaced")));
+    }
+    for a in accounts(&changes.added).into_iter().filter(|a| !replaced.contains(a)) {
         let text = if keeps_others(&a, &changes.added) {
             format!("{a} linked a new device")
         } else {
@@ -296,7 +302,10 @@ pub(crate) fn commit_events(
         };
         events.push((who.to_string(), text));
     }
-    for a in accounts(&changes.removed).into_iter().filter(|a| !(a == me && self_removed)) {
+    for a in accounts(&changes.removed)
+        .into_iter()
+        .filter(|a| !(replaced.contains(a) || a == me && self_removed))
+    {
         let text = if keeps_others(&a, &changes.removed) {
             format!("{a} removed a device")
         } else {

@@ -324,11 +324,12 @@ impl Client {
             Some(json) => serde_json::from_slice::<proto::SubmitRequest>(json)
                 .map_err(|e| Error::Io(format!("a stored submission is unreadable: {e}")))?,
             None => {
-                self.require_verified_keys(&entry.group_id)?;
                 // Devices the server reported revoked get nothing more until fresh lists
                 // confirm which to remove (a lie of the server's then costs a delay, not a
-                // message to a device that may be in someone else's hands).
+                // message to a device that may be in someone else's hands). First: a
+                // contact's changed identity key shows up there.
                 self.prune_group(&entry.group_id)?;
+                self.require_verified_keys(&entry.group_id)?;
                 let msg = Message::decode(&entry.payload)
                     .map_err(|e| Error::Io(format!("a stored message is unreadable: {e}")))?;
                 let tx = begin(&self.conn)?;

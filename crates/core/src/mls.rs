@@ -408,15 +408,49 @@ pub fn remove_devices<S: StorageProvider<CURRENT_VERSION>>(
     devices: &[DeviceRef],
 ) -> Result<CommitOutput, Error> {
     let mut group = load(p, group_id)?;
-    let mut leaves = Vec::new();
-    for device in devices {
-        let leaf = group
-            .members()
-            .find(|m| device_of(&m.credential).as_ref() == Some(device))
-            .ok_or_else(|| Error::NotAMember(device.to_string()))?;
-        leaves.push(leaf.index);
-    }
+    let leaves = leaves_of(&group, devices)?;
     commit_removal(p, &mut group, me, &leaves)
+}
+
+fn leaves_of(group: &MlsGroup, devices: &[DeviceRef]) -> Result<Vec<LeafNodeIndex>, Error> {
+    devices
+        .iter()
+        .map(|device| {
+            group
+                .members()
+                .find(|m| device_of(&m.credential).as_ref() == Some(device))
+                .map(|m| m.index)
+                .ok_or_else(|| Error::NotAMember(device.to_string()))
+        })
+        .collect()
+}
+
+/// Removes `remove` and adds the devices of `packages` in one commit (an account whose
+/// devices were replaced, as after a recovery: members see its devices change, not the
+/// account leave and come back). The commit stays pending until [`merge_pending_commit`].
+pub fn replace_devices<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+    me: &Identity,
+    remove: &[DeviceRef],
+    packages: &[ValidKeyPackage],
+) -> Result<CommitOutput, Error> {
+    let mut group = load(p, group_id)?;
+    let epoch = group.epoch().as_u64();
+    let leaves = leaves_of(&group, remove)?;
+    let bundle = group
+        .commit_builder()
+        .propose_removals(leaves)
+        .propose_adds(packages.iter().map(|k| k.package.clone()))
+        .load_psks(p.storage())
+        .map_err(mls_err)?
+        .build(p.rand(), p.crypto(), &me.key.0, |_| true)
+        .map_err(mls_err)?
+        .stage_commit(p)
+        .map_err(mls_err)?;
+    let welcome = bundle.to_welcome_msg().as_ref().map(serialize).transpose()?;
+    let (commit, _, _) = bundle.into_contents();
+    Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome })
 }
 
 /// The group's members with their signature keys.
