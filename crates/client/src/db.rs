@@ -327,19 +327,20 @@ pub(crate) fn insert_account(conn: &Connection, a: &AccountRow) -> Result<(), Er
 /// The device list pinned for `address`.
 /// The server reported devices of this group revoked (`dropped`): nothing more is encrypted
 /// in it until fresh device lists say which to remove ([`crate::Client::prune_revoked`]).
+/// Each report counts: one that arrives while a check runs keeps the chat marked.
 pub(crate) fn mark_dropped(conn: &Connection, group_id: &[u8]) -> Result<(), Error> {
-    conn.prepare_cached("UPDATE chats SET prune_pending = 1 WHERE group_id = ?1")?
+    conn.prepare_cached("UPDATE chats SET prune_pending = prune_pending + 1 WHERE group_id = ?1")?
         .execute([group_id])?;
     Ok(())
 }
 
-/// Whether devices the server reported revoked in this group wait to be confirmed.
-pub(crate) fn prune_pending(conn: &Connection, group_id: &[u8]) -> Result<bool, Error> {
+/// How many reports of revoked devices in this group wait to be confirmed (0: none).
+pub(crate) fn prune_pending(conn: &Connection, group_id: &[u8]) -> Result<i64, Error> {
     Ok(conn
         .prepare_cached("SELECT prune_pending FROM chats WHERE group_id = ?1")?
         .query_row([group_id], |r| r.get(0))
         .optional()?
-        .unwrap_or(false))
+        .unwrap_or(0))
 }
 
 /// A setting of this home, if set.

@@ -556,15 +556,24 @@ impl Client {
     pub(crate) fn prune_revoked(&mut self) -> Result<(), Error> {
         let groups: Vec<Vec<u8>> = {
             let mut stmt =
-                self.conn.prepare("SELECT group_id FROM chats WHERE prune_pending = 1")?;
+                self.conn.prepare("SELECT group_id FROM chats WHERE prune_pending > 0")?;
             stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
         };
+        // A chat that cannot be checked now stays marked (nothing is sent in it, and sending
+        // there says why); the rest of a sync goes on.
         for group_id in groups {
             match self.prune_group(&group_id) {
+                Err(e @ Error::Database(_)) => return Err(e),
+                Err(e @ Error::Untrusted(_)) => {
+                    let chat = hex::encode(&group_id);
+                    db::add_notice(
+                        &self.conn,
+                        &format!("the devices in chat {chat} could not be checked: {e}"),
+                    )?;
+                }
                 // A verified contact's new identity key waits for `verify --accept-change`;
-                // sending in the chat says so.
-                Err(Error::IdentityChanged(_)) => {}
-                other => other?,
+                // an unreachable server, for the next try.
+                Err(_) | Ok(()) => {}
             }
         }
         Ok(())
@@ -577,11 +586,30 @@ impl Client {
     /// key must be accepted first: `identity_changed`). Then the group is clear. An error
     /// leaves it marked, and nothing is sent in it.
     pub(crate) fn prune_group(&mut self, group_id: &[u8]) -> Result<(), Error> {
-        if !db::prune_pending(&self.conn, group_id)? {
-            return Ok(());
+        // The answer to a removal commit reports the removed devices again: a second round
+        // finds nothing left to do.
+        for _ in 0..3 {
+            let reports = db::prune_pending(&self.conn, group_id)?;
+            if reports == 0 {
+                return Ok(());
+            }
+            self.prune_round(group_id, reports)?;
         }
+        match db::prune_pending(&self.conn, group_id)? {
+            0 => Ok(()),
+            _ => Err(Error::TooManyRetries),
+        }
+    }
+
+    /// One check of a marked group, answering `reports` reports.
+    fn prune_round(&mut self, group_id: &[u8], reports: i64) -> Result<(), Error> {
+        // Cleared only of the reports this check answers: one that came meanwhile (the
+        // answer to this very commit, say) keeps the chat marked for the next check.
         let clear = |conn: &rusqlite::Connection| -> Result<(), Error> {
-            conn.execute("UPDATE chats SET prune_pending = 0 WHERE group_id = ?1", [group_id])?;
+            conn.execute(
+                "UPDATE chats SET prune_pending = 0 WHERE group_id = ?1 AND prune_pending = ?2",
+                params![group_id, reports],
+            )?;
             Ok(())
         };
         let me = self.me.device.address.clone();
@@ -609,7 +637,12 @@ impl Client {
                 .map(|d| d.device_id)
                 .collect();
             if !missing.is_empty() {
-                packages.extend(self.claim_listed(&account, Some(missing), &list)?);
+                match self.claim_listed(&account, Some(missing), &list) {
+                    Ok(found) => packages.extend(found),
+                    // Devices with no key package yet are added by a later check.
+                    Err(Error::NoKeyPackages(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         for _ in 0..MAX_COMMIT_ATTEMPTS {

@@ -35,6 +35,18 @@ const MAX_AGE_SETTING: &str = "kt_max_age_secs";
 /// How far a vouched time may fall behind the newest one seen (the server's clock stepping
 /// back a little is not a replay).
 const CLOCK_SLACK_SECS: u64 = 300;
+/// The most epochs one check fills in (a million: years of a busy directory); a longer
+/// gap is refused rather than fetched without end.
+const MAX_CHAIN_GAP: u64 = 1_000_000;
+
+/// Epochs are stored as SQLite integers: one that does not fit is no epoch of a real
+/// directory.
+fn check_epoch(epoch: u64) -> Result<(), Error> {
+    if epoch >= i64::MAX as u64 {
+        return Err(untrusted(format!("epoch {epoch} is out of range")));
+    }
+    Ok(())
+}
 
 /// Whether a directory check failed because the value differs (perhaps not yet published).
 pub(crate) enum KtCheck {
@@ -78,6 +90,7 @@ fn record_root(conn: &Connection, root: &Root) -> Result<(), Error> {
             root.epoch
         )));
     }
+    check_epoch(root.epoch)?;
     if stored(conn, root.epoch + 1)?.and_then(|(_, p)| p).is_some_and(|p| p != root.hash) {
         return Err(untrusted(format!(
             "the root of epoch {} seen before does not follow this root of epoch {}",
@@ -153,6 +166,7 @@ impl Client {
                 root.epoch
             )));
         }
+        check_epoch(root.epoch)?;
         let (newest_time,): (i64,) =
             self.conn.query_row("SELECT newest_time FROM kt_state WHERE id = 1", [], |r| {
                 Ok((r.get(0)?,))
@@ -176,7 +190,7 @@ impl Client {
                     span(max_age)
                 )));
             }
-            if root.time + CLOCK_SLACK_SECS < newest_time {
+            if root.time.saturating_add(CLOCK_SLACK_SECS) < newest_time {
                 return Err(untrusted(format!(
                     "the server vouched for its directory root (epoch {}) at an earlier time \
                      than for one seen before: a replayed answer",
@@ -215,11 +229,14 @@ impl Client {
             }
         }
         record_root(&self.conn, &root)?;
-        if root.time >= newest_time {
+        // The time that later answers may not fall behind: never later than this device's
+        // clock, so one answer dated in the future cannot make every honest one look old.
+        let vouched = root.time.min(self.now_ms() / 1000);
+        if root.time > 0 && vouched >= newest_time {
             let told = proto_seen(signed);
             self.conn.execute(
                 "UPDATE kt_state SET newest = ?1, newest_time = ?2 WHERE id = 1",
-                params![serde_json::to_vec(&told).unwrap_or_default(), root.time as i64],
+                params![serde_json::to_vec(&told).unwrap_or_default(), vouched as i64],
             )?;
         }
         Ok(root)
@@ -229,14 +246,26 @@ impl Client {
     /// accepted), so that the newer root is known to descend from the older: a server that
     /// moved this device onto another branch of its history is caught.
     fn follow_chain(&mut self, signing_key: &[u8], from: u64, to: u64) -> Result<(), Error> {
+        if to - from > MAX_CHAIN_GAP {
+            return Err(untrusted(format!(
+                "the directory jumped from epoch {from} to {to}, more than any real directory \
+                 publishes in years"
+            )));
+        }
+        // A root recorded before links were kept says nothing of the one before it: it is
+        // fetched again too, so the link into it is checked and kept.
+        let end = match stored(&self.conn, to)? {
+            Some((_, None)) => to + 1,
+            _ => to,
+        };
         let mut next = from + 1;
-        while next < to {
-            let limit = (to - next).min(1000);
+        while next < end {
+            let limit = (end - next).min(1000);
             let page: proto::KtRoots =
                 self.api.get(&format!("/v1/kt/roots?from={next}&limit={limit}"), None)?;
             if page.roots.is_empty() {
                 return Err(untrusted(format!(
-                    "the server does not show the directory roots between epochs {from} and {to}"
+                    "the server does not show the directory roots between epochs {from} and {end}"
                 )));
             }
             let tx = crate::begin(&self.conn)?;
@@ -268,7 +297,7 @@ impl Client {
     ) -> Result<(), Error> {
         let Some((signing_key, _)) = &self.account.kt_keys else { return Ok(()) };
         let root = seen.root();
-        if !root.verify(signing_key, &seen.signature) {
+        if !root.verify(signing_key, &seen.signature) || check_epoch(root.epoch).is_err() {
             return Ok(());
         }
         match record_root(tx, &root) {
@@ -290,11 +319,13 @@ impl Client {
     }
 
     /// The newest root this device was shown, if this chat has not been told about it yet
-    /// (it is then marked as told).
+    /// (it is then marked as told), or `again` (a message encrypted anew, whose first
+    /// encryption may have been the one that told it and never arrived).
     pub(crate) fn root_to_tell(
         &self,
         tx: &Connection,
         group_id: &[u8],
+        again: bool,
     ) -> Result<Option<SeenRoot>, Error> {
         let newest: Option<Vec<u8>> = tx
             .prepare_cached("SELECT newest FROM kt_state WHERE id = 1")?
@@ -305,7 +336,7 @@ impl Client {
         let told = tx
             .prepare_cached("UPDATE chats SET kt_told = ?2 WHERE group_id = ?1 AND kt_told < ?2")?
             .execute(params![group_id, seen.epoch as i64])?;
-        Ok((told > 0).then_some(seen))
+        Ok((told > 0 || again).then_some(seen))
     }
 
     /// Verifies that the directory holds `signed` (with `identity_key`) for `address`.

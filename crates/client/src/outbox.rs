@@ -147,7 +147,7 @@ impl Client {
         let earlier: i64 = tx
             .prepare_cached("SELECT COUNT(*) FROM outbox WHERE group_id = ?1 AND id < ?2")?
             .query_row(params![group_id, entry], |r| r.get(0))?;
-        if earlier == 0 && !db::prune_pending(&tx, group_id)? {
+        if earlier == 0 && db::prune_pending(&tx, group_id)? == 0 {
             let sp = tx.savepoint()?;
             if let Ok(Some(_)) = self.seal(&sp, entry, group_id, &msg, None) {
                 sp.commit()?;
@@ -400,7 +400,7 @@ impl Client {
         };
         // The newest directory root this device was shown goes along once per chat, so that
         // members notice a server showing them different directories.
-        let root = self.root_to_tell(tx, group_id)?;
+        let root = self.root_to_tell(tx, group_id, given.is_some())?;
         let msg = Message { n: Some(n.max(0) as u64), root, ..msg.clone() };
         // One load of the group; a message for nobody is not encrypted at all (the savepoint
         // or transaction it runs in is dropped).

@@ -375,6 +375,9 @@ fn nothing_more_goes_to_a_dropped_device_until_a_fresh_list_confirms() {
     alice.send_text(&team, "two").expect("two reaches carol at least");
     let err = alice.send_text(&team, "three").expect_err("held");
     assert_eq!(err.code(), "untrusted", "{err}");
+    // The rest of alice's client goes on meanwhile, and says why the chat waits.
+    let report = alice.sync().expect("a sync is not stopped by a chat that cannot be checked");
+    assert!(report.notices.iter().any(|n| n.contains("could not be checked")), "{report:?}");
     let texts = |c: &Client| -> Vec<String> {
         c.history("team", 50)
             .expect("history")
@@ -400,4 +403,39 @@ fn nothing_more_goes_to_a_dropped_device_until_a_fresh_list_confirms() {
     carol.sync().expect("carol");
     assert_eq!(texts(&bob), ["one", "two", "three"]);
     assert_eq!(texts(&carol), ["one", "two", "three"]);
+}
+
+#[test]
+fn a_device_moved_onto_another_branch_of_the_directory_notices() {
+    let world = World::new();
+    let mut alice = world.client("alice");
+    let _bob = world.client("bob");
+    alice.send_text(&Target::Address(address("bob@localhost")), "hi bob").expect("hi");
+    // Two more accounts: the directory moves on by two epochs.
+    let _carol = world.client("carol");
+    let _dave = world.client("dave");
+    // The server, with its own key, shows alice another root for the epoch in between.
+    let key = std::fs::read(world._dir.path().join("server").join("kt.key")).expect("kt key");
+    let key = sotto_core::account::IdentityKey::from_secret(&key).expect("key");
+    world.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if path.starts_with("/v1/kt/roots?") && status == 200 {
+            let mut page: proto::KtRoots = serde_json::from_slice(body).expect("roots");
+            if let Some(first) = page.roots.first_mut() {
+                let forged = sotto_core::kt::Root {
+                    epoch: first.epoch,
+                    hash: vec![7; 32],
+                    previous: first.previous.0.clone(),
+                    time: 0,
+                };
+                first.hash = proto::Bytes(forged.hash.clone());
+                first.signature = proto::Bytes(forged.sign(&key));
+            }
+            *body = serde_json::to_vec(&page).expect("json");
+        }
+    }));
+    let err = alice
+        .send_text(&Target::Address(address("carol@localhost")), "hi carol")
+        .expect_err("a branch that does not lead to the root shown");
+    assert_eq!(err.code(), "untrusted", "{err}");
+    assert!(err.to_string().contains("does not follow"), "{err}");
 }
