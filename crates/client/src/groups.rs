@@ -177,6 +177,7 @@ impl Client {
             "UPDATE chats SET timer_secs = ?1 WHERE group_id = ?2",
             params![seconds as i64, group_id],
         )?;
+        crate::receive::forget_counts_after_timer(&self.conn, &group_id, seconds)?;
         self.conn.execute(
             "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
                                    received_at, reported)

@@ -272,6 +272,7 @@ impl Client {
                             "UPDATE chats SET timer_secs = ?1 WHERE group_id = ?2",
                             params![seconds as i64, group_id],
                         )?;
+                        forget_counts_after_timer(tx, &group_id, seconds)?;
                         let who = sender.address.to_string();
                         event(&group_id, 0, &who, timer_event(&who, seconds))?;
                     }
@@ -402,6 +403,20 @@ pub(crate) fn record_failure(tx: &Transaction<'_>, seq: u64, reason: &str) -> Re
 /// counting starts (this device may have joined after its first messages). In a chat with
 /// disappearing messages, the server deletes copies nobody fetched in time, so gaps there are
 /// expected and not shown.
+/// Messages sent while a chat had a timer may have expired on the server unfetched, which is
+/// no one's doing: when the timer goes off, counting starts again from each sender's next
+/// message, so those raise no alarm.
+pub(crate) fn forget_counts_after_timer(
+    conn: &rusqlite::Connection,
+    group_id: &[u8],
+    seconds: u64,
+) -> Result<(), Error> {
+    if seconds == 0 {
+        conn.execute("DELETE FROM counters WHERE group_id = ?1", [group_id])?;
+    }
+    Ok(())
+}
+
 fn count_message(
     tx: &Transaction<'_>,
     group_id: &[u8],

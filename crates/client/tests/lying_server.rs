@@ -439,3 +439,38 @@ fn a_device_moved_onto_another_branch_of_the_directory_notices() {
     assert_eq!(err.code(), "untrusted", "{err}");
     assert!(err.to_string().contains("does not follow"), "{err}");
 }
+
+#[test]
+fn messages_that_expired_while_a_timer_was_on_raise_no_alarm_after() {
+    let world = World::new();
+    let mut alice = register(&world, "alice").expect("alice");
+    let mut bob = register(&world, "bob").expect("bob");
+    let mut carol = register(&world, "carol").expect("carol");
+    alice.create_group("team", &["bob@localhost".into(), "carol@localhost".into()]).expect("group");
+    bob.sync().expect("bob");
+    carol.sync().expect("carol");
+    let team = Target::Chat("team".into());
+    carol.send_text(&team, "c0").expect("c0");
+    bob.sync().expect("bob");
+    alice.set_timer("team", 60).expect("timer on");
+    carol.sync().expect("carol");
+    bob.sync().expect("bob");
+    // A message of carol's is gone before bob fetches it (as an expired one would be); the
+    // timer goes off meanwhile.
+    carol.send_text(&team, "c1").expect("c1");
+    alice.set_timer("team", 0).expect("timer off");
+    hide_next_queued(&world);
+    bob.sync().expect("bob");
+    world.fake.script().rewrite = None;
+    carol.sync().expect("carol");
+    carol.send_text(&team, "c2").expect("c2");
+    bob.sync().expect("bob");
+    let history = bob.history("team", 50).expect("history");
+    let alarms: Vec<&str> = history
+        .iter()
+        .filter(|m| m.kind == "event" && m.body.contains("did not arrive"))
+        .map(|m| m.body.as_str())
+        .collect();
+    assert!(alarms.is_empty(), "{alarms:?}");
+    assert!(history.iter().any(|m| m.body == "c2"));
+}
