@@ -167,10 +167,9 @@ impl Client {
             )));
         }
         check_epoch(root.epoch)?;
-        let (newest_time,): (i64,) =
-            self.conn.query_row("SELECT newest_time FROM kt_state WHERE id = 1", [], |r| {
-                Ok((r.get(0)?,))
-            })?;
+        let newest_time: i64 =
+            self.conn
+                .query_row("SELECT newest_time FROM kt_state WHERE id = 1", [], |r| r.get(0))?;
         let newest_time = newest_time.max(0) as u64;
         if fresh {
             let now = self.now_ms() / 1000;
@@ -303,15 +302,15 @@ impl Client {
         match record_root(tx, &root) {
             Err(Error::Untrusted(why)) => {
                 let text = format!(
-                    "untrusted: the server showed {from} a key directory that contradicts the one \
-                     it showed this device ({why}); it is showing members different views, so \
-                     no new keys are taken from it"
+                    "the server showed {from} a key directory that contradicts the one it \
+                     showed this device ({why}); it is showing members different views, so no \
+                     new keys are taken from it"
                 );
                 tx.execute(
                     "UPDATE kt_state SET split = ?1 WHERE id = 1 AND split IS NULL",
                     [&text],
                 )?;
-                crate::db::add_notice(tx, &text)?;
+                crate::db::add_notice(tx, &format!("untrusted: {text}"))?;
                 Ok(())
             }
             other => other,
@@ -362,7 +361,7 @@ impl Client {
                 _ => false,
             };
             if !adds_nothing {
-                return Err(Error::Untrusted(split.trim_start_matches("untrusted: ").to_owned()));
+                return Err(Error::Untrusted(split));
             }
         }
         let token = self.token()?;
