@@ -50,8 +50,8 @@ pub fn bob() -> &'static Mutex<Member> {
         let pb = Provider::new(MemoryStorage::default());
         alice.key.store(&pa).expect("store");
         bob.key.store(&pb).expect("store");
-        let kps = mls::key_packages(&pb, &bob, 2, false).expect("key packages");
-        let group = mls::create_group(&pa, &alice).expect("group");
+        let kps = mls::key_packages(&pb, &bob, mls::Suite::Classical, 2, false).expect("key packages");
+        let group = mls::create_group(&pa, &alice, mls::Suite::Classical).expect("group");
         let kp = mls::validate_key_package(&pa, &kps[0], &bob.device.address, Some(2)).expect("kp");
         let out = mls::add_members(&pa, &group, &alice, &[kp]).expect("add");
         mls::merge_pending_commit(&pa, &group).expect("merge");

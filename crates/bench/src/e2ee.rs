@@ -67,11 +67,12 @@ pub async fn e2ee(
         tokens.push(d.token);
     }
     // Set the group up locally; the measured part is steady-state messaging through the server.
-    let gid = mls::create_group(&members[0].provider, &members[0].identity)?;
+    let gid = mls::create_group(&members[0].provider, &members[0].identity, mls::Suite::Classical)?;
     let packages = members[1..]
         .iter()
         .map(|m| {
-            let kp = mls::key_packages(&m.provider, &m.identity, 1, false)?.remove(0);
+            let kp = mls::key_packages(&m.provider, &m.identity, mls::Suite::Classical, 1, false)?
+                .remove(0);
             Ok(mls::validate_key_package(
                 &members[0].provider,
                 &kp,

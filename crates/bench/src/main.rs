@@ -146,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         idle: Vec::new(),
         backlog: Vec::new(),
         crypto: Vec::new(),
+        mls_sizes: Vec::new(),
         e2ee: Vec::new(),
         kt: Vec::new(),
         daemon: Vec::new(),
@@ -262,9 +263,12 @@ async fn main() -> anyhow::Result<()> {
     if a.crypto_seconds > 0.0 {
         let budget = Duration::from_secs_f64(a.crypto_seconds);
         let big = a.big_group.max(11);
-        report.crypto = tokio::task::spawn_blocking(move || crypto::run(budget, big)).await??;
+        let measured = tokio::task::spawn_blocking(move || crypto::run(budget, big)).await??;
+        report.crypto = measured.results;
+        report.mls_sizes = measured.sizes;
         for c in &report.crypto {
-            eprintln!("{:>50}: {:>10.0}/s", c.name, c.ops_per_sec);
+            let suite = c.suite.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
+            eprintln!("{:>50}{suite}: {:>10.0}/s", c.name, c.ops_per_sec);
         }
     }
     let sizes: Vec<usize> = a.kt.iter().copied().filter(|n| *n > 0).collect();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::crypto::CryptoResult;
+use crate::crypto::{CryptoResult, SizeResult};
 use crate::daemon::DaemonResult;
 use crate::e2ee::E2eeResult;
 use crate::idle::IdleResult;
@@ -29,6 +29,8 @@ pub struct Report {
     pub backlog: Vec<BacklogResult>,
     /// Client-side crypto micro-benchmarks.
     pub crypto: Vec<CryptoResult>,
+    /// Sizes of MLS messages, per suite.
+    pub mls_sizes: Vec<SizeResult>,
     /// Messaging with real MLS on both ends.
     pub e2ee: Vec<E2eeResult>,
     /// Key transparency costs.
@@ -300,39 +302,7 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     if !r.crypto.is_empty() {
-        let _ = writeln!(
-            md,
-            "\nClient crypto through Sotto's MLS seam (openmls, \
-             MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519), one core, beside the Ed25519 \
-             ceiling measured in the same run:\n"
-        );
-        let _ = writeln!(md, "| operation | per second | mean | throughput |");
-        let _ = writeln!(md, "|---|---:|---:|---:|");
-        for x in &r.crypto {
-            let mean = if x.mean_us >= 1000.0 {
-                format!("{:.1} ms", x.mean_us / 1000.0)
-            } else {
-                format!("{:.1} µs", x.mean_us)
-            };
-            let throughput =
-                x.bytes_per_sec.map(|b| format!("{:.0} MB/s", b / 1e6)).unwrap_or_default();
-            let _ = writeln!(md, "| {} | {:.0} | {mean} | {throughput} |", x.name, x.ops_per_sec);
-        }
-        let find = |n: &str| r.crypto.iter().find(|x| x.name == n).map(|x| x.ops_per_sec);
-        if let (Some(enc), Some(sign), Some(dec), Some(verify)) = (
-            find("mls encrypt 100 B"),
-            find("ed25519 sign"),
-            find("mls decrypt 100 B"),
-            find("ed25519 verify"),
-        ) {
-            let _ = writeln!(
-                md,
-                "\nSmall messages reach {:.0} % of the signing ceiling (encrypt) and {:.0} % of the \
-                 verification ceiling (decrypt).",
-                100.0 * enc / sign,
-                100.0 * dec / verify
-            );
-        }
+        crypto_markdown(&mut md, r);
     }
     if !r.kt.is_empty() {
         let _ = writeln!(
@@ -452,4 +422,82 @@ fn daemon_markdown(md: &mut String, x: &DaemonResult) {
         x.bob_idle_cpu_percent,
         x.alice_peak_rss_kib as f64 / 1024.0
     );
+}
+
+fn duration(us: f64) -> String {
+    if us >= 1000.0 { format!("{:.1} ms", us / 1000.0) } else { format!("{us:.1} µs") }
+}
+
+fn crypto_markdown(md: &mut String, r: &Report) {
+    let _ = writeln!(
+        md,
+        "\nClient crypto, one core, beside the Ed25519 ceiling measured in the same run:\n"
+    );
+    let _ = writeln!(md, "| operation | per second | mean | throughput |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for x in r.crypto.iter().filter(|x| x.suite.is_none()) {
+        let throughput =
+            x.bytes_per_sec.map(|b| format!("{:.0} MB/s", b / 1e6)).unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {} | {throughput} |",
+            x.name,
+            x.ops_per_sec,
+            duration(x.mean_us)
+        );
+    }
+    let find = |n: &str, suite: &str| {
+        r.crypto.iter().find(|x| x.name == n && x.suite.as_deref().unwrap_or("") == suite)
+    };
+    let _ = writeln!(
+        md,
+        "\nMLS through Sotto's seam (openmls with libcrux), mean time per operation: \
+         MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519 (x25519) beside \
+         MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519 (x-wing, post-quantum hybrid):\n"
+    );
+    let _ = writeln!(md, "| operation | x25519 | x-wing | x-wing / x25519 |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for x in r.crypto.iter().filter(|x| x.suite.as_deref() == Some("x25519")) {
+        let pq = find(&x.name, "x-wing");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            x.name,
+            duration(x.mean_us),
+            pq.map(|p| duration(p.mean_us)).unwrap_or_default(),
+            pq.map(|p| format!("{:.2}×", p.mean_us / x.mean_us.max(1e-9))).unwrap_or_default()
+        );
+    }
+    if !r.mls_sizes.is_empty() {
+        let _ = writeln!(md, "\nSizes on the wire, bytes:\n");
+        let _ = writeln!(md, "| message | x25519 | x-wing | x-wing / x25519 |");
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for x in r.mls_sizes.iter().filter(|x| x.suite == "x25519") {
+            let pq = r.mls_sizes.iter().find(|p| p.name == x.name && p.suite == "x-wing");
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                x.name,
+                x.bytes,
+                pq.map(|p| p.bytes.to_string()).unwrap_or_default(),
+                pq.map(|p| format!("{:.1}×", p.bytes as f64 / x.bytes.max(1) as f64))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let ops = |n: &str, suite: &str| find(n, suite).map(|x| x.ops_per_sec);
+    if let (Some(enc), Some(sign), Some(dec), Some(verify)) = (
+        ops("mls encrypt 100 B", "x25519"),
+        ops("ed25519 sign", ""),
+        ops("mls decrypt 100 B", "x25519"),
+        ops("ed25519 verify", ""),
+    ) {
+        let _ = writeln!(
+            md,
+            "\nSmall messages reach {:.0} % of the signing ceiling (encrypt) and {:.0} % of the \
+             verification ceiling (decrypt).",
+            100.0 * enc / sign,
+            100.0 * dec / verify
+        );
+    }
 }

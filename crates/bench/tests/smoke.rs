@@ -35,6 +35,18 @@ fn smoke_run_writes_a_report() {
         "{results}"
     );
     assert!(results["crypto"].as_array().is_some_and(|c| c.len() >= 6), "{results}");
+    // Both MLS suites are measured, side by side.
+    for suite in ["x25519", "x-wing"] {
+        let crypto = results["crypto"].as_array().expect("crypto");
+        assert!(crypto.iter().any(|c| c["suite"] == suite && c["name"] == "mls decrypt 100 B"));
+        let sizes = results["mls_sizes"].as_array().expect("sizes");
+        assert!(
+            sizes.iter().any(|s| s["suite"] == suite
+                && s["name"] == "key package"
+                && s["bytes"].as_u64().is_some_and(|b| b > 0)),
+            "{results}"
+        );
+    }
     let kt = results["kt"].as_array().expect("kt runs");
     assert_eq!(kt.len(), 2, "sqlite and the in-memory reference: {results}");
     for r in kt {

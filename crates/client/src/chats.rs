@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use sotto_core::Address;
 use sotto_core::account::DeviceList;
 use sotto_core::content::Body;
-use sotto_core::mls::{self};
+use sotto_core::mls::{self, Suite};
 
 use crate::db;
 use crate::*;
@@ -168,12 +168,13 @@ impl Client {
              WHERE m.kind = 'text' AND (m.group_id = ?1 OR (?2 IS NOT NULL AND c.kind = 'direct' AND c.peer = ?2))")?.query_row(params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let timer: i64 = self
+        let (timer, suite): (i64, u16) = self
             .conn
-            .prepare_cached("SELECT timer_secs FROM chats WHERE group_id = ?1")?
-            .query_row([group_id], |r| r.get(0))?;
+            .prepare_cached("SELECT timer_secs, ciphersuite FROM chats WHERE group_id = ?1")?
+            .query_row([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(ChatSummary {
             timer_secs: timer as u64,
+            post_quantum: suite == Suite::PostQuantum.code(),
             id: hex::encode(group_id),
             kind,
             name,

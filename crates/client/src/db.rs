@@ -186,6 +186,10 @@ CREATE TABLE kt_state (
 INSERT INTO kt_state (id) VALUES (1);
 ALTER TABLE chats ADD COLUMN prune_pending INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 10: each chat's MLS ciphersuite (code point); every chat made before was classical.
+    r#"
+ALTER TABLE chats ADD COLUMN ciphersuite INTEGER NOT NULL DEFAULT 3;
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

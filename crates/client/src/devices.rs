@@ -521,7 +521,7 @@ impl Client {
                 let packages = if !stale.is_empty() || missing.is_empty() {
                     Vec::new()
                 } else {
-                    let packages = self.claim_listed(&me, Some(missing.clone()), &list)?;
+                    let packages = self.claim_for(&group_id, &me, Some(missing.clone()), &list)?;
                     exhausted.extend(
                         missing
                             .iter()
@@ -637,7 +637,7 @@ impl Client {
                 .map(|d| d.device_id)
                 .collect();
             if !missing.is_empty() {
-                match self.claim_listed(&account, Some(missing), &list) {
+                match self.claim_for(group_id, &account, Some(missing), &list) {
                     Ok(found) => packages.extend(found),
                     // Devices with no key package yet are added by a later check.
                     Err(Error::NoKeyPackages(_)) => {}

@@ -115,11 +115,8 @@ impl Client {
             return Err(Error::Invalid("a group name is 1 to 256 bytes".into()));
         }
         let addresses = self.parse_addresses(members)?;
-        let mut packages = self.own_devices()?;
-        for a in &addresses {
-            packages.extend(self.claim(a, None)?);
-        }
-        let group_id = self.new_group(ChatKind::Group, Some(name), None)?;
+        let (suite, packages) = self.claim_new_chat(&addresses)?;
+        let group_id = self.new_group(ChatKind::Group, Some(name), None, suite)?;
         if !packages.is_empty() {
             self.commit(&group_id, |p, me| {
                 let out = mls::add_members(p, &group_id, me, &packages)?;
@@ -153,7 +150,8 @@ impl Client {
         }
         let mut packages = Vec::new();
         for a in &addresses {
-            packages.extend(self.claim(a, None)?);
+            let list = self.verified_list(a)?.0;
+            packages.extend(self.claim_for(&group_id, a, None, &list)?);
         }
         self.commit(&group_id, |p, me| {
             let out = mls::add_members(p, &group_id, me, &packages)?;

@@ -3,7 +3,7 @@
 
 use sotto_core::Address;
 use sotto_core::account::DeviceList;
-use sotto_core::mls::{self, ValidKeyPackage};
+use sotto_core::mls::{self, Suite, ValidKeyPackage};
 use sotto_proto::{self as proto, Bytes};
 
 use crate::db;
@@ -18,59 +18,135 @@ impl Client {
     pub(crate) fn replenish_key_packages(&mut self) -> Result<(), Error> {
         let token = self.token()?;
         let stock: proto::KeyPackageCount = self.api.get("/v1/keypackages", Some(&token))?;
-        if stock.remaining >= KEY_PACKAGE_LOW_WATER && stock.last_resort {
-            return Ok(());
+        let published = published_suites();
+        for &suite in &published {
+            let (remaining, has_last_resort) = stock
+                .suites
+                .iter()
+                .find(|s| s.ciphersuite == suite.code())
+                .map_or((0, false), |s| (s.remaining, s.last_resort));
+            if remaining >= KEY_PACKAGE_LOW_WATER && has_last_resort {
+                continue;
+            }
+            let (one_time, last_resort) = {
+                let tx = begin(&self.conn)?;
+                let p = db::provider(&tx);
+                let one_time = if remaining < KEY_PACKAGE_LOW_WATER {
+                    mls::key_packages_offering(
+                        &p,
+                        &self.me,
+                        suite,
+                        &published,
+                        KEY_PACKAGE_BATCH,
+                        false,
+                    )?
+                } else {
+                    Vec::new()
+                };
+                let last_resort = if has_last_resort {
+                    None
+                } else {
+                    mls::key_packages_offering(&p, &self.me, suite, &published, 1, true)?.pop()
+                };
+                tx.commit()?;
+                (one_time, last_resort)
+            };
+            let _: proto::KeyPackageCount = self.api.post(
+                "/v1/keypackages",
+                &proto::UploadKeyPackages {
+                    key_packages: one_time.into_iter().map(Bytes).collect(),
+                    last_resort: last_resort.map(Bytes),
+                },
+                Some(&token),
+            )?;
         }
-        let (one_time, last_resort) = {
-            let tx = begin(&self.conn)?;
-            let p = db::provider(&tx);
-            let one_time = if stock.remaining < KEY_PACKAGE_LOW_WATER {
-                mls::key_packages(&p, &self.me, KEY_PACKAGE_BATCH, false)?
-            } else {
-                Vec::new()
-            };
-            let last_resort = if stock.last_resort {
-                None
-            } else {
-                mls::key_packages(&p, &self.me, 1, true)?.pop()
-            };
-            tx.commit()?;
-            (one_time, last_resort)
-        };
-        let _: proto::KeyPackageCount = self.api.post(
-            "/v1/keypackages",
-            &proto::UploadKeyPackages {
-                key_packages: one_time.into_iter().map(Bytes).collect(),
-                last_resort: last_resort.map(Bytes),
-            },
-            Some(&token),
-        )?;
         Ok(())
     }
 
-    /// Claims and validates one key package per device of `address` (only `only`, if given).
-    /// Every key package must belong to a device in the account's signed device list.
-    pub(crate) fn claim(
+    /// Key packages for a group that exists: of its suite.
+    pub(crate) fn claim_for(
         &mut self,
+        group_id: &[u8],
         address: &Address,
         only: Option<Vec<u64>>,
+        list: &DeviceList,
     ) -> Result<Vec<ValidKeyPackage>, Error> {
-        let list = self.verified_list(address)?.0;
-        self.claim_listed(address, only, &list)
+        let suite = mls::group_suite(&db::provider(&self.conn), group_id)?;
+        self.claim_listed(address, only, list, &[suite])
     }
 
-    /// [`Client::claim`] against a device list verified already.
+    /// Key packages for a new chat with `accounts` and this account's other devices, and the
+    /// suite the chat is to use: post-quantum when every device has a key package for it,
+    /// else classical (a device that has not published post-quantum packages yet — one that
+    /// has not run since an upgrade — could not be added otherwise).
+    pub(crate) fn claim_new_chat(
+        &mut self,
+        accounts: &[Address],
+    ) -> Result<(Suite, Vec<ValidKeyPackage>), Error> {
+        let wanted = published_suites();
+        let me = self.me.device.address.clone();
+        let mut lists = Vec::with_capacity(accounts.len() + 1);
+        let mut packages = Vec::new();
+        for address in accounts.iter().chain(std::iter::once(&me)) {
+            let list = self.verified_list(address)?.0;
+            packages.extend(self.claim_listed(address, None, &list, &wanted)?);
+            lists.push((address.clone(), list));
+        }
+        // A device's leaf lists, under its signature, the suites it published packages for;
+        // it always has one of each on file (the last-resort ones are never used up). A
+        // package of a less wanted suite from a device that offers a more wanted one means the
+        // server held the better ones back to weaken the chat.
+        if let Some((k, better)) = packages.iter().find_map(|k| {
+            let better = wanted.iter().take_while(|s| **s != k.suite()).find(|s| k.offers(**s));
+            better.map(|b| (k, *b))
+        }) {
+            return Err(Error::Untrusted(format!(
+                "the server handed out an {} key for {}, which has published {} keys: it \
+                 held those back; refusing to start a weaker chat",
+                k.suite().name(),
+                k.device,
+                better.name()
+            )));
+        }
+        let suite = wanted
+            .iter()
+            .copied()
+            .find(|s| packages.iter().all(|k| k.suite() == *s))
+            .unwrap_or(Suite::Classical);
+        let (mut fit, redo): (Vec<_>, Vec<_>) =
+            packages.into_iter().partition(|k| k.suite() == suite);
+        for (address, list) in &lists {
+            let ids: Vec<u64> = redo
+                .iter()
+                .filter(|k| &k.device.address == address)
+                .map(|k| k.device.device_id)
+                .collect();
+            if !ids.is_empty() {
+                fit.extend(self.claim_listed(address, Some(ids), list, &[suite])?);
+            }
+        }
+        Ok((suite, fit))
+    }
+
+    /// Claims and validates one key package per device of `address` (only `only`, if given),
+    /// each of the first of `suites` the device has one of. Every key package must belong to
+    /// a device in `list`, the account's signed device list, verified already.
     pub(crate) fn claim_listed(
         &mut self,
         address: &Address,
         only: Option<Vec<u64>>,
         list: &DeviceList,
+        suites: &[Suite],
     ) -> Result<Vec<ValidKeyPackage>, Error> {
         self.require_verified_key(address, &list.identity_key)?;
         let token = self.token()?;
         let claimed: proto::ClaimResponse = self.api.post(
             "/v1/keypackages/claim",
-            &proto::ClaimRequest { address: address.to_string(), device_ids: only },
+            &proto::ClaimRequest {
+                address: address.to_string(),
+                device_ids: only,
+                ciphersuites: Some(suites.iter().map(|s| s.code()).collect()),
+            },
             Some(&token),
         )?;
         let p = db::provider(&self.conn);
@@ -89,6 +165,13 @@ impl Client {
                 )
             })
             .collect::<Result<_, _>>()?;
+        if let Some(k) = packages.iter().find(|k| !suites.contains(&k.suite())) {
+            return Err(Error::Untrusted(format!(
+                "the server offered an {} key for {}, a suite not asked for",
+                k.suite().name(),
+                k.device
+            )));
+        }
         if let Some(k) = packages.iter().find(|k| !list.lists(k.signature_key())) {
             return Err(Error::Untrusted(format!(
                 "the server offered a key for {}, a device that is not in {address}'s signed \
@@ -101,4 +184,17 @@ impl Client {
         }
         Ok(packages)
     }
+}
+
+/// The suites this device publishes key packages for and offers new chats, most wanted first.
+///
+/// Debug builds read `SOTTO_SUITES=classical` to behave as a device from before post-quantum
+/// groups (classical packages and chats only), so tests can mix the two; release builds
+/// always use both.
+pub(crate) fn published_suites() -> Vec<Suite> {
+    #[cfg(debug_assertions)]
+    if std::env::var("SOTTO_SUITES").is_ok_and(|s| s == "classical") {
+        return vec![Suite::Classical];
+    }
+    Suite::PREFERRED.to_vec()
 }

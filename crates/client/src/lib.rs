@@ -89,6 +89,9 @@ pub struct ChatSummary {
     pub last_message_at: Option<u64>,
     /// The disappearing-message timer in seconds (0: off).
     pub timer_secs: u64,
+    /// Whether the chat's keys are agreed with X-Wing (post-quantum hybrid) rather than
+    /// X25519 alone.
+    pub post_quantum: bool,
 }
 
 /// A message or event as shown to the user. `Debug` leaves the body out.

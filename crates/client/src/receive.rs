@@ -185,11 +185,14 @@ impl Client {
                 // last-resort one serves several joins): its key is replaced right away.
                 self.touched.borrow_mut().joined = true;
                 self.touched.borrow_mut().joined_groups.insert(group_id.clone());
+                let suite = mls::group_suite(&db::provider(tx), &group_id)?;
                 tx.execute(
-                    "INSERT INTO chats (group_id, kind, state, created_at, leaf_updated_at)
-                     VALUES (?1, 'group', 'active', ?2, 0)
-                     ON CONFLICT (group_id) DO UPDATE SET state = 'active', leaf_updated_at = 0",
-                    params![group_id, now],
+                    "INSERT INTO chats (group_id, kind, state, created_at, leaf_updated_at,
+                                        ciphersuite)
+                     VALUES (?1, 'group', 'active', ?2, 0, ?3)
+                     ON CONFLICT (group_id) DO UPDATE SET state = 'active', leaf_updated_at = 0,
+                                                          ciphersuite = ?3",
+                    params![group_id, now, suite.code()],
                 )?;
                 // Back in a chat after a time away: what was sent meanwhile is not missing.
                 tx.execute("DELETE FROM counters WHERE group_id = ?1", [&group_id])?;

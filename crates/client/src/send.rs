@@ -3,7 +3,7 @@
 use rusqlite::params;
 use sotto_core::Address;
 use sotto_core::content::{Body, ChatKind};
-use sotto_core::mls::{self, Provider, ValidKeyPackage};
+use sotto_core::mls::{self, Provider, Suite};
 
 use crate::db::{self, Storage};
 use crate::outbox;
@@ -43,13 +43,6 @@ impl Client {
         sent?.ok_or(Error::Internal("text message without a stored row"))
     }
 
-    /// Key packages of this account's other devices, so a new chat includes them from the
-    /// start (one that has none now is added by a later sync).
-    pub(crate) fn own_devices(&mut self) -> Result<Vec<ValidKeyPackage>, Error> {
-        let me = self.me.device.address.clone();
-        self.claim(&me, None)
-    }
-
     /// The chat a target names; the direct chat with an address is created on first use.
     pub(crate) fn target_group(&mut self, target: &Target) -> Result<Vec<u8>, Error> {
         match target {
@@ -65,9 +58,10 @@ impl Client {
     }
 
     pub(crate) fn start_direct(&mut self, peer: &Address) -> Result<Vec<u8>, Error> {
-        let mut packages = self.claim(peer, None)?;
-        packages.extend(self.own_devices()?);
-        let group_id = self.new_group(ChatKind::Direct, None, Some(peer))?;
+        // This account's other devices are in it from the start (one that has no key package
+        // now is added by a later sync).
+        let (suite, packages) = self.claim_new_chat(std::slice::from_ref(peer))?;
+        let group_id = self.new_group(ChatKind::Direct, None, Some(peer), suite)?;
         self.commit(&group_id, |p, me| {
             let out = mls::add_members(p, &group_id, me, &packages)?;
             Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
@@ -81,13 +75,22 @@ impl Client {
         kind: ChatKind,
         name: Option<&str>,
         peer: Option<&Address>,
+        suite: Suite,
     ) -> Result<Vec<u8>, Error> {
         let tx = begin(&self.conn)?;
-        let group_id = mls::create_group(&db::provider(&tx), &self.me)?;
+        let group_id = mls::create_group(&db::provider(&tx), &self.me, suite)?;
         tx.execute(
-            "INSERT INTO chats (group_id, kind, name, peer, state, created_at, leaf_updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?5)",
-            params![group_id, kind.as_str(), name, peer.map(Address::as_str), self.now_ms() as i64],
+            "INSERT INTO chats (group_id, kind, name, peer, state, created_at, leaf_updated_at,
+                                ciphersuite)
+             VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?5, ?6)",
+            params![
+                group_id,
+                kind.as_str(),
+                name,
+                peer.map(Address::as_str),
+                self.now_ms() as i64,
+                suite.code()
+            ],
         )?;
         tx.commit()?;
         Ok(group_id)

@@ -474,3 +474,49 @@ fn messages_that_expired_while_a_timer_was_on_raise_no_alarm_after() {
     assert!(alarms.is_empty(), "{alarms:?}");
     assert!(history.iter().any(|m| m.body == "c2"));
 }
+
+/// The server answers every key package claim as if only classical packages were asked for.
+fn hold_back_post_quantum_keys(world: &World) {
+    world.fake.script().rewrite_request = Some(Box::new(|path, body| {
+        if path == "/v1/keypackages/claim" {
+            let mut claim: proto::ClaimRequest = serde_json::from_slice(body).expect("claim");
+            claim.ciphersuites = Some(vec![proto::CLASSICAL_SUITE]);
+            *body = serde_json::to_vec(&claim).expect("json");
+        }
+    }));
+}
+
+#[test]
+fn a_server_that_holds_back_post_quantum_keys_is_caught() {
+    let world = World::new();
+    let mut alice = register(&world, "alice").expect("alice");
+    let _bob = register(&world, "bob").expect("bob");
+    let _carol = register(&world, "carol").expect("carol");
+    let bob = Target::Address(address("bob@localhost"));
+
+    // A new chat: bob's classical package says, under his signature, that he published
+    // post-quantum ones too. alice refuses to fall back.
+    hold_back_post_quantum_keys(&world);
+    let err = alice.send_text(&bob, "hi").expect_err("a downgraded chat");
+    assert_eq!(err.code(), "untrusted", "{err}");
+    assert!(err.to_string().contains("held those back"), "{err}");
+    let err = alice.create_group("team", &["bob@localhost".into()]).expect_err("downgrade");
+    assert_eq!(err.code(), "untrusted", "{err}");
+
+    // Honest again: the chats are post-quantum.
+    world.fake.script().rewrite_request = None;
+    alice.send_text(&bob, "hi").expect("sent");
+    let team = alice.create_group("team", &["bob@localhost".into()]).expect("group");
+    assert!(team.post_quantum);
+    let direct = alice.chats().expect("chats");
+    assert!(direct.iter().any(|c| c.peer.as_deref() == Some("bob@localhost") && c.post_quantum));
+
+    // Adding to a post-quantum group: a classical package handed out instead is refused.
+    hold_back_post_quantum_keys(&world);
+    let err = alice.add_members("team", &["carol@localhost".into()]).expect_err("wrong suite");
+    assert_eq!(err.code(), "untrusted", "{err}");
+    assert!(err.to_string().contains("not asked for"), "{err}");
+    world.fake.script().rewrite_request = None;
+    let team = alice.add_members("team", &["carol@localhost".into()]).expect("carol added");
+    assert!(team.members.contains(&"carol@localhost".to_string()), "{team:?}");
+}

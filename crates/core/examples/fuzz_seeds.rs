@@ -113,9 +113,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (pa, alice) = member("alice", 1)?;
     let (pb, bob) = member("bob", 2)?;
-    let kp = mls::key_packages(&pb, &bob, 1, false)?.remove(0);
+    let kp = mls::key_packages(&pb, &bob, mls::Suite::Classical, 1, false)?.remove(0);
     write(dir, "mls", "key-package", &tagged(0, &kp))?;
-    let group = mls::create_group(&pa, &alice)?;
+    let group = mls::create_group(&pa, &alice, mls::Suite::Classical)?;
     let valid = mls::validate_key_package(&pa, &kp, &bob.device.address, Some(2))?;
     let out = mls::add_members(&pa, &group, &alice, &[valid])?;
     mls::merge_pending_commit(&pa, &group)?;

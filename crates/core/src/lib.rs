@@ -39,10 +39,7 @@ pub use error::Error;
 
 /// `n` bytes from a cryptographically secure random generator (the MLS crypto backend's).
 pub fn random_bytes(n: usize) -> Result<Vec<u8>, Error> {
-    use openmls_traits::random::OpenMlsRand as _;
-    openmls_rust_crypto::RustCrypto::default()
-        .random_vec(n)
-        .map_err(|_| Error::Internal("random generator failed"))
+    mls::random_bytes(n)
 }
 
 /// Encrypts `plaintext` with ChaCha20-Poly1305 under `key` and a fresh random nonce (which

@@ -13,18 +13,66 @@
 //! the device to the server (see [`crate::auth`]).
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_rust_crypto::RustCrypto;
+use openmls_libcrux_crypto::CryptoProvider;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 
 use crate::{Address, DeviceRef, Error};
 
-/// The ciphersuite every group and key package uses.
-pub const CIPHERSUITE: Ciphersuite =
-    Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
+mod crypto;
+pub use crypto::Guarded;
+
+/// The ciphersuites Sotto speaks. Both sign with Ed25519 (the device key) and encrypt with
+/// ChaCha20-Poly1305; they differ in the key encapsulation that protects path secrets and
+/// welcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Suite {
+    /// `MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519` (0x0003): every group made before
+    /// post-quantum groups, and groups with a device that publishes nothing else.
+    Classical,
+    /// `MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519` (0x004D): X-Wing, the hybrid of ML-KEM-768
+    /// and X25519, so recorded traffic stays closed to a future quantum computer unless both
+    /// break. The code point is provisional (draft-ietf-mls-pq-ciphersuites) and may change
+    /// before the draft becomes an RFC.
+    PostQuantum,
+}
+
+impl Suite {
+    /// Every suite, the one new chats prefer first.
+    pub const PREFERRED: [Suite; 2] = [Suite::PostQuantum, Suite::Classical];
+
+    /// The MLS code point.
+    pub fn code(self) -> u16 {
+        self.ciphersuite() as u16
+    }
+
+    /// The suite with MLS code point `code`, if Sotto speaks it.
+    pub fn from_code(code: u16) -> Option<Suite> {
+        Suite::PREFERRED.into_iter().find(|s| s.code() == code)
+    }
+
+    /// A short name for people: `x25519` or `x-wing`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Classical => "x25519",
+            Suite::PostQuantum => "x-wing",
+        }
+    }
+
+    fn ciphersuite(self) -> Ciphersuite {
+        match self {
+            Suite::Classical => Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519,
+            Suite::PostQuantum => Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519,
+        }
+    }
+}
+
+/// The signature scheme of every suite (device keys are Ed25519).
+const SIGNATURE_SCHEME: SignatureScheme = SignatureScheme::ED25519;
 
 /// How many past epochs' secrets a member keeps, so that application messages sent just before
 /// a commit still decrypt after it.
@@ -33,9 +81,17 @@ const MAX_PAST_EPOCHS: usize = 5;
 /// Length of a fresh group id in bytes.
 pub const GROUP_ID_LEN: usize = 16;
 
-/// An MLS provider: RustCrypto for cryptography and randomness, and the caller's storage.
+/// The process's cryptography: libcrux, which implements both suites, with one HMAC-DRBG
+/// seeded from the operating system (and reseeded from it as the DRBG requires).
+static CRYPTO: LazyLock<Guarded> = LazyLock::new(|| {
+    // Seeding fails only when the operating system has no entropy source at all; nothing
+    // could be encrypted safely then, so this is the one place that stops the process.
+    Guarded(CryptoProvider::new().expect("the operating system's random generator is unavailable"))
+});
+
+/// An MLS provider: libcrux for cryptography and randomness, and the caller's storage.
 pub struct Provider<S> {
-    crypto: RustCrypto,
+    crypto: &'static Guarded,
     storage: S,
 }
 
@@ -48,28 +104,34 @@ impl<S> fmt::Debug for Provider<S> {
 impl<S: StorageProvider<CURRENT_VERSION>> Provider<S> {
     /// A provider over `storage`.
     pub fn new(storage: S) -> Self {
-        Provider { crypto: RustCrypto::default(), storage }
+        Provider { crypto: &CRYPTO, storage }
     }
 
     /// `n` random bytes from the provider's cryptographic generator.
     pub fn random(&self, n: usize) -> Result<Vec<u8>, Error> {
-        self.crypto.random_vec(n).map_err(|_| Error::Internal("random generator failed"))
+        random_bytes(n)
     }
 }
 
+/// `n` random bytes from the MLS provider's cryptographic generator.
+pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>, Error> {
+    use openmls_traits::random::OpenMlsRand as _;
+    CRYPTO.0.random_vec(n).map_err(|_| Error::Internal("random generator failed"))
+}
+
 impl<S: StorageProvider<CURRENT_VERSION>> OpenMlsProvider for Provider<S> {
-    type CryptoProvider = RustCrypto;
-    type RandProvider = RustCrypto;
+    type CryptoProvider = Guarded;
+    type RandProvider = CryptoProvider;
     type StorageProvider = S;
 
     fn storage(&self) -> &S {
         &self.storage
     }
-    fn crypto(&self) -> &RustCrypto {
-        &self.crypto
+    fn crypto(&self) -> &Guarded {
+        self.crypto
     }
-    fn rand(&self) -> &RustCrypto {
-        &self.crypto
+    fn rand(&self) -> &CryptoProvider {
+        &self.crypto.0
     }
 }
 
@@ -96,7 +158,7 @@ impl fmt::Debug for DeviceKey {
 impl DeviceKey {
     /// A fresh random key.
     pub fn generate() -> Result<Self, Error> {
-        SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
+        SignatureKeyPair::new(SIGNATURE_SCHEME)
             .map(DeviceKey)
             .map_err(|_| Error::Internal("key generation failed"))
     }
@@ -122,7 +184,7 @@ impl DeviceKey {
         p: &Provider<S>,
         public: &[u8],
     ) -> Option<Self> {
-        SignatureKeyPair::read(&p.storage, public, CIPHERSUITE.signature_algorithm()).map(DeviceKey)
+        SignatureKeyPair::read(&p.storage, public, SIGNATURE_SCHEME).map(DeviceKey)
     }
 }
 
@@ -153,6 +215,18 @@ pub struct ValidKeyPackage {
 }
 
 impl ValidKeyPackage {
+    /// The suite the key package is for: it can only join groups of that suite.
+    pub fn suite(&self) -> Suite {
+        // Validation admitted only suites Sotto speaks.
+        Suite::from_code(self.package.ciphersuite() as u16).unwrap_or(Suite::Classical)
+    }
+
+    /// Whether the device says, in its signed leaf, that it speaks `suite`.
+    pub fn offers(&self, suite: Suite) -> bool {
+        let wanted: VerifiableCiphersuite = suite.ciphersuite().into();
+        self.package.leaf_node().capabilities().ciphersuites().contains(&wanted)
+    }
+
     /// The device's signature key, as its leaf carries it.
     pub fn signature_key(&self) -> &[u8] {
         self.package.leaf_node().signature_key().as_slice()
@@ -243,9 +317,9 @@ fn device_of(credential: &Credential) -> Option<DeviceRef> {
     std::str::from_utf8(basic.identity()).ok()?.parse().ok()
 }
 
-fn create_config() -> MlsGroupCreateConfig {
+fn create_config(suite: Suite) -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
-        .ciphersuite(CIPHERSUITE)
+        .ciphersuite(suite.ciphersuite())
         .max_past_epochs(MAX_PAST_EPOCHS)
         .use_ratchet_tree_extension(true)
         .build()
@@ -271,25 +345,49 @@ fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, Error> {
     msg.tls_serialize_detached().map_err(|_| Error::Internal("MLS serialization failed"))
 }
 
-/// Creates `count` one-time key packages, or one last-resort key package if `last_resort`.
+/// Creates `count` one-time key packages for `suite`, or last-resort ones if `last_resort`.
+/// Their leaves say the device speaks every suite Sotto does (see [`key_packages_offering`]).
 pub fn key_packages<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,
     me: &Identity,
+    suite: Suite,
     count: usize,
     last_resort: bool,
 ) -> Result<Vec<Vec<u8>>, Error> {
+    key_packages_offering(p, me, suite, &Suite::PREFERRED, count, last_resort)
+}
+
+/// [`key_packages`] whose leaves list `offers` (and `suite`) as the suites the device speaks.
+/// The list is signed with the package, so a key package of one suite also tells, under the
+/// device's signature, which other suites it has published packages for: a server that hands
+/// out a classical package and holds back the post-quantum ones is caught by it
+/// ([`ValidKeyPackage::offers`]).
+pub fn key_packages_offering<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    me: &Identity,
+    suite: Suite,
+    offers: &[Suite],
+    count: usize,
+    last_resort: bool,
+) -> Result<Vec<Vec<u8>>, Error> {
+    let mut suites: Vec<Ciphersuite> = offers.iter().map(|s| s.ciphersuite()).collect();
+    if !offers.contains(&suite) {
+        suites.push(suite.ciphersuite());
+    }
     (0..count)
         .map(|_| {
+            let mut capabilities = Capabilities::builder().ciphersuites(suites.clone());
             let mut builder = KeyPackage::builder();
             if last_resort {
                 // The leaf must declare the extension it carries, or the key package fails
                 // validation at whoever claims it.
-                let capabilities =
-                    Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
-                builder = builder.mark_as_last_resort().leaf_node_capabilities(capabilities);
+                capabilities = capabilities.extensions(vec![ExtensionType::LastResort]);
+                builder = builder.mark_as_last_resort();
             }
-            let bundle =
-                builder.build(CIPHERSUITE, p, &me.key.0, me.credential()).map_err(mls_err)?;
+            let bundle = builder
+                .leaf_node_capabilities(capabilities.build())
+                .build(suite.ciphersuite(), p, &me.key.0, me.credential())
+                .map_err(mls_err)?;
             bundle
                 .key_package()
                 .tls_serialize_detached()
@@ -315,7 +413,7 @@ pub fn validate_key_package<S: StorageProvider<CURRENT_VERSION>>(
     let package = kp_in
         .validate(p.crypto(), ProtocolVersion::Mls10)
         .map_err(|e| Error::InvalidKeyPackage(e.to_string()))?;
-    if package.ciphersuite() != CIPHERSUITE {
+    if Suite::from_code(package.ciphersuite() as u16).is_none() {
         return Err(Error::InvalidKeyPackage("unsupported ciphersuite".into()));
     }
     let device = device_of(package.leaf_node().credential());
@@ -332,16 +430,17 @@ pub fn validate_key_package<S: StorageProvider<CURRENT_VERSION>>(
     }
 }
 
-/// Creates a new group with only this device in it, at epoch 0, and returns its id.
+/// Creates a new group of `suite` with only this device in it, at epoch 0, and returns its id.
 pub fn create_group<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,
     me: &Identity,
+    suite: Suite,
 ) -> Result<Vec<u8>, Error> {
     let id = p.random(GROUP_ID_LEN)?;
     MlsGroup::new_with_group_id(
         p,
         &me.key.0,
-        &create_config(),
+        &create_config(suite),
         GroupId::from_slice(&id),
         me.credential(),
     )
@@ -357,10 +456,34 @@ pub fn add_members<S: StorageProvider<CURRENT_VERSION>>(
     packages: &[ValidKeyPackage],
 ) -> Result<CommitOutput, Error> {
     let mut group = load(p, group_id)?;
+    same_suite(&group, packages)?;
     let epoch = group.epoch().as_u64();
     let kps: Vec<KeyPackage> = packages.iter().map(|k| k.package.clone()).collect();
     let (commit, welcome, _) = group.add_members(p, &me.key.0, &kps).map_err(mls_err)?;
     Ok(CommitOutput { epoch, commit: serialize(&commit)?, welcome: Some(serialize(&welcome)?) })
+}
+
+/// Refuses key packages of another suite than the group's, by name (the library's own error
+/// would not say which device).
+fn same_suite(group: &MlsGroup, packages: &[ValidKeyPackage]) -> Result<(), Error> {
+    match packages.iter().find(|k| k.package.ciphersuite() != group.ciphersuite()) {
+        Some(k) => Err(Error::InvalidKeyPackage(format!(
+            "{}'s key package is for {}, the group uses another suite",
+            k.device,
+            k.suite().name()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The suite of a group.
+pub fn group_suite<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<Suite, Error> {
+    let group = load(p, group_id)?;
+    Suite::from_code(group.ciphersuite() as u16)
+        .ok_or_else(|| Error::MalformedMls("a group of an unknown suite".into()))
 }
 
 /// Commits the removal of `leaves` (pending until [`merge_pending_commit`]).
@@ -436,6 +559,7 @@ pub fn replace_devices<S: StorageProvider<CURRENT_VERSION>>(
     packages: &[ValidKeyPackage],
 ) -> Result<CommitOutput, Error> {
     let mut group = load(p, group_id)?;
+    same_suite(&group, packages)?;
     let epoch = group.epoch().as_u64();
     let leaves = leaves_of(&group, remove)?;
     let bundle = group
@@ -753,7 +877,15 @@ mod tests {
     }
 
     fn package(from: &(InMemProvider, Identity), checker: &InMemProvider) -> ValidKeyPackage {
-        let kp = key_packages(&from.0, &from.1, 1, false).expect("kp").pop().expect("one");
+        package_in(from, checker, Suite::Classical)
+    }
+
+    fn package_in(
+        from: &(InMemProvider, Identity),
+        checker: &InMemProvider,
+        suite: Suite,
+    ) -> ValidKeyPackage {
+        let kp = key_packages(&from.0, &from.1, suite, 1, false).expect("kp").pop().expect("one");
         validate_key_package(checker, &kp, &from.1.device.address, Some(from.1.device.device_id))
             .expect("valid")
     }
@@ -761,7 +893,10 @@ mod tests {
     #[test]
     fn key_packages_are_checked_against_the_claimed_device() {
         let (alice, bob) = (device("alice", 1), device("bob", 2));
-        let kp = key_packages(&bob.0, &bob.1, 1, false).expect("kp").pop().expect("one");
+        let kp = key_packages(&bob.0, &bob.1, Suite::Classical, 1, false)
+            .expect("kp")
+            .pop()
+            .expect("one");
         let eve: Address = "eve@localhost".parse().expect("addr");
         assert!(matches!(
             validate_key_package(&alice.0, &kp, &eve, None),
@@ -786,9 +921,19 @@ mod tests {
 
     #[test]
     fn a_group_lives_through_add_message_and_leave() {
+        group_lifecycle(Suite::Classical);
+    }
+
+    #[test]
+    fn an_x_wing_group_lives_through_add_message_and_leave() {
+        group_lifecycle(Suite::PostQuantum);
+    }
+
+    fn group_lifecycle(suite: Suite) {
         let (alice, bob, carol) = (device("alice", 1), device("bob", 2), device("carol", 3));
-        let gid = create_group(&alice.0, &alice.1).expect("group");
-        let kps = [package(&bob, &alice.0), package(&carol, &alice.0)];
+        let gid = create_group(&alice.0, &alice.1, suite).expect("group");
+        assert_eq!(group_suite(&alice.0, &gid).expect("suite"), suite);
+        let kps = [package_in(&bob, &alice.0, suite), package_in(&carol, &alice.0, suite)];
         let out = add_members(&alice.0, &gid, &alice.1, &kps).expect("add");
         assert_eq!(out.epoch, 0);
         merge_pending_commit(&alice.0, &gid).expect("merge");
@@ -803,6 +948,7 @@ mod tests {
             }
         }
         assert_eq!(epoch(&bob.0, &gid).expect("epoch"), 1);
+        assert_eq!(group_suite(&bob.0, &gid).expect("suite"), suite);
 
         let ct = encrypt(&alice.0, &gid, &alice.1, b"hello").expect("encrypt");
         assert!(!ct.windows(5).any(|w| w == b"hello"));
@@ -860,9 +1006,118 @@ mod tests {
     }
 
     #[test]
+    fn suites_do_not_mix() {
+        let (alice, bob) = (device("alice", 1), device("bob", 2));
+        let classical = package_in(&bob, &alice.0, Suite::Classical);
+        let pq = package_in(&bob, &alice.0, Suite::PostQuantum);
+        assert_eq!((classical.suite(), pq.suite()), (Suite::Classical, Suite::PostQuantum));
+        let pq_group = create_group(&alice.0, &alice.1, Suite::PostQuantum).expect("group");
+        let classical_group = create_group(&alice.0, &alice.1, Suite::Classical).expect("group");
+        for (gid, wrong) in [(&pq_group, &classical), (&classical_group, &pq)] {
+            match add_members(&alice.0, gid, &alice.1, std::slice::from_ref(wrong)) {
+                Err(Error::InvalidKeyPackage(why)) => assert!(why.contains("bob@localhost/2")),
+                other => panic!("a key package of another suite was taken: {other:?}"),
+            }
+            match replace_devices(&alice.0, gid, &alice.1, &[], std::slice::from_ref(wrong)) {
+                Err(Error::InvalidKeyPackage(_)) => {}
+                other => panic!("a key package of another suite was taken: {other:?}"),
+            }
+        }
+        assert_eq!(Suite::from_code(0x004D), Some(Suite::PostQuantum));
+        assert_eq!(Suite::from_code(0x0003), Some(Suite::Classical));
+        assert_eq!(Suite::from_code(0x0001), None);
+    }
+
+    /// MLS variable-length integer (RFC 9420, section 2.1.2), lengths below 2^14.
+    fn varint(n: usize) -> Vec<u8> {
+        if n < 64 { vec![n as u8] } else { vec![0x40 | (n >> 8) as u8, n as u8] }
+    }
+
+    /// A key package of bob's for X-Wing whose init key is `init_key`, correctly signed by his
+    /// device key: what a malicious member could publish.
+    fn x_wing_package_with_init_key(bob: &(InMemProvider, Identity), init_key: &[u8]) -> Vec<u8> {
+        let kp = key_packages(&bob.0, &bob.1, Suite::PostQuantum, 1, false).expect("kp").remove(0);
+        // version (2) and cipher_suite (2), then init_key<V> (a 2-byte length: 1216 bytes).
+        let len = (usize::from(kp[4] & 0x3f) << 8) | usize::from(kp[5]);
+        assert_eq!(len, 1216, "an X-Wing public key");
+        // The signature closes the package: a 2-byte length (64) and 64 bytes.
+        assert_eq!(kp[kp.len() - 66..kp.len() - 64], [0x40, 64]);
+        let mut tbs = kp[..4].to_vec();
+        tbs.extend(varint(init_key.len()));
+        tbs.extend(init_key);
+        tbs.extend(&kp[6 + len..kp.len() - 66]);
+        // SignWithLabel: SignContent { label<V>, content<V> } signed with Ed25519.
+        let label = b"MLS 1.0 KeyPackageTBS";
+        let mut content = varint(label.len());
+        content.extend(label);
+        content.extend(varint(tbs.len()));
+        content.extend(&tbs);
+        let signature = bob.1.key.sign(&content).expect("sign");
+        tbs.extend(varint(signature.len()));
+        tbs.extend(signature);
+        tbs
+    }
+
+    #[test]
+    fn malformed_x_wing_keys_from_a_member_are_refused_without_panic() {
+        let (alice, bob) = (device("alice", 1), device("bob", 2));
+        let address = bob.1.device.address.clone();
+        // The crafting is right: the same key re-signed is accepted.
+        let kp = key_packages(&bob.0, &bob.1, Suite::PostQuantum, 1, false).expect("kp").remove(0);
+        let genuine = kp[6..6 + 1216].to_vec();
+        let resigned = x_wing_package_with_init_key(&bob, &genuine);
+        if let Err(e) = validate_key_package(&alice.0, &resigned, &address, None) {
+            panic!("{e}");
+        }
+        let mut refused = 0;
+        for init_key in [
+            Vec::new(),
+            vec![0u8; 1],
+            vec![0u8; 32],
+            vec![0xffu8; 1215],
+            vec![0xffu8; 1217],
+            vec![0u8; 1216],
+            vec![0xffu8; 1216],
+        ] {
+            let bad = x_wing_package_with_init_key(&bob, &init_key);
+            let Ok(valid) = validate_key_package(&alice.0, &bad, &address, None) else {
+                refused += 1;
+                continue;
+            };
+            // Taken as a key package: adding it must fail cleanly or produce a welcome bob
+            // cannot open — never a panic.
+            let gid = create_group(&alice.0, &alice.1, Suite::PostQuantum).expect("group");
+            if add_members(&alice.0, &gid, &alice.1, &[valid]).is_err() {
+                refused += 1;
+            }
+        }
+        // Wrong lengths, ML-KEM coefficients out of range, an all-zero X25519 half: all refused.
+        assert_eq!(refused, 7, "malformed keys are refused");
+
+        // The KEM itself, given garbage: errors, not panics.
+        let config = || Suite::PostQuantum.ciphersuite().hpke_config();
+        let crypto: &Guarded = &CRYPTO;
+        for len in [0usize, 1, 32, 1215, 1217, 4096] {
+            let pk = vec![0x5au8; len];
+            assert!(crypto.hpke_seal(config(), &pk, b"info", b"aad", b"secret").is_err(), "{len}");
+        }
+        let pair = crypto.derive_hpke_keypair(config(), &[7u8; 32]).expect("key pair");
+        for len in [0usize, 1, 32, 1119, 1121, 4096] {
+            let bogus = HpkeCiphertext {
+                kem_output: vec![0x5au8; len].into(),
+                ciphertext: vec![1u8; 40].into(),
+            };
+            assert!(
+                crypto.hpke_open(config(), &bogus, &pair.private, b"info", b"aad").is_err(),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
     fn self_updates_heal_and_forks_show_in_the_authenticator() {
         let (alice, bob) = (device("alice", 1), device("bob", 2));
-        let gid = create_group(&alice.0, &alice.1).expect("group");
+        let gid = create_group(&alice.0, &alice.1, Suite::Classical).expect("group");
         let out = add_members(&alice.0, &gid, &alice.1, &[package(&bob, &alice.0)]).expect("add");
         merge_pending_commit(&alice.0, &gid).expect("merge");
         process(&bob.0, &out.welcome.expect("welcome")).expect("join");
@@ -964,6 +1219,15 @@ mod mutation_tests {
 
     #[test]
     fn corrupted_mls_input_is_refused_without_panic() {
+        corrupted_input_is_refused(Suite::Classical);
+    }
+
+    #[test]
+    fn corrupted_x_wing_input_is_refused_without_panic() {
+        corrupted_input_is_refused(Suite::PostQuantum);
+    }
+
+    fn corrupted_input_is_refused(suite: Suite) {
         let (pa, pb) =
             (Provider::new(MemoryStorage::default()), Provider::new(MemoryStorage::default()));
         let (alice, bob) = (identity(&pa, "alice", 1), identity(&pb, "bob", 2));
@@ -971,9 +1235,9 @@ mod mutation_tests {
         // before the welcome is fully checked; the client undoes that by rolling back its
         // transaction (tested in sotto-client). MemoryStorage has no transactions, so bob is
         // added with his last-resort key package here, which is never deleted.
-        let kps = key_packages(&pb, &bob, 2, true).expect("kps");
+        let kps = key_packages(&pb, &bob, suite, 2, true).expect("kps");
         let kp = validate_key_package(&pa, &kps[0], &bob.device.address, Some(2)).expect("kp");
-        let gid = create_group(&pa, &alice).expect("group");
+        let gid = create_group(&pa, &alice, suite).expect("group");
         let out = add_members(&pa, &gid, &alice, &[kp]).expect("add");
         merge_pending_commit(&pa, &gid).expect("merge");
         let welcome = out.welcome.expect("welcome");

@@ -221,11 +221,30 @@ pub struct UploadKeyPackages {
 /// `GET /v1/keypackages` and answer to [`UploadKeyPackages`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyPackageCount {
+    /// One-time key packages of the classical suite (0x0003) still unclaimed; clients that
+    /// know only that suite read this.
+    pub remaining: u64,
+    /// Whether a last-resort key package of the classical suite is on file.
+    pub last_resort: bool,
+    /// The stock of every ciphersuite the device has key packages of.
+    #[serde(default)]
+    pub suites: Vec<SuiteStock>,
+}
+
+/// A device's key packages of one ciphersuite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuiteStock {
+    /// The MLS ciphersuite code point (as the key packages name it).
+    pub ciphersuite: u16,
     /// One-time key packages still unclaimed.
     pub remaining: u64,
     /// Whether a last-resort key package is on file.
     pub last_resort: bool,
 }
+
+/// The ciphersuite an upload or claim means when it names none: X25519, ChaCha20-Poly1305,
+/// SHA-256, Ed25519 (0x0003).
+pub const CLASSICAL_SUITE: u16 = 3;
 
 /// `POST /v1/keypackages/claim`: take one key package of every device of an account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,6 +254,10 @@ pub struct ClaimRequest {
     /// Only these devices of the account (default: all).
     #[serde(default)]
     pub device_ids: Option<Vec<u64>>,
+    /// Ciphersuites acceptable, most wanted first: each device gives a key package of the
+    /// first it has any of (default: [`CLASSICAL_SUITE`] only).
+    #[serde(default)]
+    pub ciphersuites: Option<Vec<u16>>,
 }
 
 /// One claimed key package.

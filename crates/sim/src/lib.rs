@@ -686,11 +686,13 @@ fn setup(seed: u64) -> Result<Sim, String> {
     // The group is made as a creator makes it: a commit whose welcome adds everyone else. The
     // server learns its roster from that commit; the others join from the welcome.
     let creator = &clients[0];
-    let group = mls::create_group(&creator.provider, &creator.me).map_err(|e| err(&e))?;
+    let group = mls::create_group(&creator.provider, &creator.me, mls::Suite::Classical)
+        .map_err(|e| err(&e))?;
     let mut packages = Vec::new();
     for other in &clients[1..] {
-        let kp =
-            mls::key_packages(&other.provider, &other.me, 1, false).map_err(|e| err(&e))?.remove(0);
+        let kp = mls::key_packages(&other.provider, &other.me, mls::Suite::Classical, 1, false)
+            .map_err(|e| err(&e))?
+            .remove(0);
         let device = &other.me.device;
         packages.push(
             mls::validate_key_package(

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{Server, User, pair};
+use common::{Server, User, pair, texts};
+use serde_json::Value;
 
 #[test]
 fn one_to_one_both_ways_and_offline_recipient() {
@@ -330,4 +331,99 @@ fn simultaneous_first_messages_converge_on_one_chat() {
         expected.sort();
         assert_eq!(h, expected);
     }
+}
+
+/// Runs `sotto --json ARGS` in `u`'s home as a device from before post-quantum chats: it
+/// publishes classical key packages only and starts classical chats only.
+fn as_classical_only(u: &User, args: &[&str]) -> Value {
+    let out = common::client()
+        .env("SOTTO_SUITES", "classical")
+        .arg("--home")
+        .arg(&u.home)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run sotto");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "sotto {args:?} failed: {stdout}");
+    serde_json::from_str(&stdout).expect("JSON")
+}
+
+/// The chat `u` lists with `id` or, for a direct chat, with peer `id`.
+fn chat(u: &User, id: &str) -> Value {
+    let chats = u.ok(&["chats"]);
+    chats
+        .as_array()
+        .expect("chats")
+        .iter()
+        .find(|c| c["id"] == id || c["peer"] == id)
+        .unwrap_or_else(|| panic!("no chat {id} in {chats}"))
+        .clone()
+}
+
+#[test]
+fn post_quantum_and_classical_chats_side_by_side() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let carol = User::register("carol", &server, "");
+    let bob = User::new("bob");
+    as_classical_only(&bob, &["register", &bob.address, "--server", &server.url]);
+
+    // Devices that all publish X-Wing key packages get a post-quantum chat.
+    alice.send(&carol.address, "hello carol");
+    assert_eq!(carol.sync(), vec![pair(&alice, "hello carol")]);
+    assert_eq!(chat(&alice, &carol.address)["post_quantum"], true);
+    assert_eq!(chat(&carol, &alice.address)["post_quantum"], true);
+
+    // bob's device has published classical key packages only: chats that include it are
+    // classical, and work.
+    alice.send(&bob.address, "hello bob");
+    let got = as_classical_only(&bob, &["sync"]);
+    assert_eq!(texts(&got["messages"]), vec![pair(&alice, "hello bob")]);
+    assert_eq!(chat(&alice, &bob.address)["post_quantum"], false);
+    let members = "bob@localhost,carol@localhost";
+    let mixed = alice.ok(&["group", "create", "mixed", "--members", members]);
+    assert_eq!(mixed["post_quantum"], false, "{mixed}");
+    let mixed = mixed["id"].as_str().expect("id").to_string();
+
+    // bob's device is upgraded: its next sync publishes X-Wing key packages too, and the next
+    // group with him is post-quantum.
+    bob.sync();
+    let pq = alice.ok(&["group", "create", "quantum", "--members", members]);
+    assert_eq!(pq["post_quantum"], true, "{pq}");
+    let pq = pq["id"].as_str().expect("id").to_string();
+
+    // Both kinds keep working, in both directions; nothing changes suite on its own.
+    alice.send_group(&mixed, "classical group");
+    alice.send_group(&pq, "post-quantum group");
+    for member in [&bob, &carol] {
+        assert_eq!(
+            member.sync(),
+            vec![pair(&alice, "classical group"), pair(&alice, "post-quantum group")]
+        );
+        assert_eq!(chat(member, &mixed)["post_quantum"], false);
+        assert_eq!(chat(member, &pq)["post_quantum"], true);
+    }
+    bob.send(&alice.address, "bob, still classical");
+    bob.send_group(&pq, "bob, post-quantum");
+    assert_eq!(
+        alice.sync(),
+        vec![pair(&bob, "bob, still classical"), pair(&bob, "bob, post-quantum")]
+    );
+    assert_eq!(chat(&alice, &bob.address)["post_quantum"], false);
+    assert_eq!(carol.sync(), vec![pair(&bob, "bob, post-quantum")]);
+
+    // A device linked later joins each chat in that chat's suite.
+    let (laptop, _) = carol.link_device(&server, "laptop");
+    laptop.sync();
+    assert_eq!(chat(&laptop, &mixed)["post_quantum"], false);
+    assert_eq!(chat(&laptop, &pq)["post_quantum"], true);
+    alice.send_group(&mixed, "to every device, classical");
+    alice.send_group(&pq, "to every device, post-quantum");
+    let expected = vec![
+        pair(&alice, "to every device, classical"),
+        pair(&alice, "to every device, post-quantum"),
+    ];
+    assert_eq!(laptop.sync(), expected);
+    assert_eq!(carol.sync(), expected);
 }

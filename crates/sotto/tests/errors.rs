@@ -155,6 +155,34 @@ fn hostile_api_requests() {
     let (s, v) = server.http("POST", "/v1/keypackages", Some(&token), &huge);
     assert_eq!((s, code(&v)), (413, "too_large"));
 
+    // Key packages are filed under the ciphersuite they name: what is not an MLS 1.0 key
+    // package, or an upload mixing suites, is refused; a claim names 1 to 8 suites.
+    let kp = |suite: u16| b64(&[&[0u8, 1][..], &suite.to_be_bytes(), b"rest"].concat());
+    for body in [
+        json!({"key_packages": [b64(b"junk")]}),
+        json!({"key_packages": [kp(0x4d)], "last_resort": b64(b"\x00")}),
+        json!({"key_packages": [kp(3)], "last_resort": kp(0x4d)}),
+    ] {
+        let (s, v) = server.http("POST", "/v1/keypackages", Some(&token), &body.to_string());
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{body}");
+    }
+    let body = json!({"key_packages": [kp(0x4d), kp(0x4d)], "last_resort": kp(0x4d)});
+    let (s, v) = server.http("POST", "/v1/keypackages", Some(&token), &body.to_string());
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["remaining"], 0, "no classical ones: {v}");
+    assert_eq!(v["suites"], json!([{"ciphersuite": 0x4d, "remaining": 2, "last_resort": true}]));
+    for suites in [json!([]), json!([3, 4, 5, 6, 7, 8, 9, 10, 11])] {
+        let body = json!({"address": "mallory@localhost", "ciphersuites": suites});
+        let (s, v) = server.http("POST", "/v1/keypackages/claim", Some(&token), &body.to_string());
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{body}");
+    }
+    let claim = |suites: Value| {
+        let body = json!({"address": "mallory@localhost", "ciphersuites": suites});
+        server.http("POST", "/v1/keypackages/claim", Some(&token), &body.to_string()).1
+    };
+    assert_eq!(claim(json!([3]))["key_packages"], json!([]), "no classical package on file");
+    assert_eq!(claim(json!([3, 0x4d]))["key_packages"][0]["key_package"], kp(0x4d));
+
     // A submission naming a device that does not exist is refused whole.
     let body = json!({"group_id": b64(b"g"), "kind": "commit", "epoch": 0,
                       "delivery": {"recipients": [], "message": b64(b"c")},
@@ -231,7 +259,7 @@ fn mallory_invites(
                 .expect("valid"),
         );
     }
-    let gid = mls::create_group(&p, &me).expect("group");
+    let gid = mls::create_group(&p, &me, mls::Suite::Classical).expect("group");
     let out = mls::add_members(&p, &gid, &me, &packages).expect("add");
     mls::merge_pending_commit(&p, &gid).expect("merge");
     let messages = bodies
@@ -306,14 +334,14 @@ fn exhausted_one_time_key_packages_fall_back_to_last_resort() {
     // Drain every one-time key package bob published.
     let (_, stock) = server.http("GET", "/v1/keypackages", Some(&token), "");
     assert_eq!(stock["remaining"], 0, "mallory's own stock is empty: {stock}");
-    for _ in 0..60 {
-        let (s, _) = server.http(
-            "POST",
-            "/v1/keypackages/claim",
-            Some(&token),
-            r#"{"address": "bob@localhost"}"#,
-        );
-        assert_eq!(s, 200);
+    for suite in [3, 0x4d] {
+        for _ in 0..60 {
+            let body = json!({"address": "bob@localhost", "ciphersuites": [suite]});
+            let (s, v) =
+                server.http("POST", "/v1/keypackages/claim", Some(&token), &body.to_string());
+            assert_eq!(s, 200);
+            assert_eq!(v["key_packages"].as_array().map(Vec::len), Some(1), "{v}");
+        }
     }
     // alice still reaches bob, through his last-resort key package.
     let alice = User::register("alice", &server, "");

@@ -20,6 +20,9 @@ use sotto_proto as proto;
 /// Rewrites an answer of the server: the request's path, the status, the body.
 pub type Rewrite = Box<dyn FnMut(&str, u16, &mut Vec<u8>) + Send>;
 
+/// Rewrites a JSON request before the server handles it: the path, the body.
+pub type RewriteRequest = Box<dyn FnMut(&str, &mut Vec<u8>) + Send>;
+
 /// What the transport does to the next requests.
 #[derive(Default)]
 pub struct Script {
@@ -35,6 +38,8 @@ pub struct Script {
     pub submitted: u32,
     /// A lying server: every answer passes through this first.
     pub rewrite: Option<Rewrite>,
+    /// A lying server: every JSON request is handled as this makes it (path, body).
+    pub rewrite_request: Option<RewriteRequest>,
 }
 
 /// The real server's API, in process.
@@ -110,7 +115,17 @@ impl Transport for InMemory {
         if fake.script().down {
             return Err(Failed { reason: "connection refused".into(), not_sent: true });
         }
-        let (status, mut body) = fake.raw(request);
+        let rewritten;
+        let mut request_as_handled = Request { body: request.body, ..*request };
+        if let (Some(rewrite), Body::Json(json)) =
+            (fake.script().rewrite_request.as_mut(), request.body)
+        {
+            let mut json = json.to_vec();
+            rewrite(request.path, &mut json);
+            rewritten = json;
+            request_as_handled.body = Body::Json(&rewritten);
+        }
+        let (status, mut body) = fake.raw(&request_as_handled);
         let mut script = fake.script();
         if request.path == "/v1/messages" && status == 200 {
             script.submitted += 1;

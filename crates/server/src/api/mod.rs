@@ -23,7 +23,9 @@ use crate::Config;
 use crate::invite_hash;
 use crate::limits::{PeerAddr, RateLimiter};
 use crate::session::Sessions;
-use crate::store::{NewAccount, Ordering, PAGE_MAX_BYTES, Store, StoreError, Submission};
+use crate::store::{
+    KeyPackageStock, NewAccount, Ordering, PAGE_MAX_BYTES, Store, StoreError, Submission,
+};
 
 #[cfg(test)]
 mod authz_tests;
@@ -41,6 +43,8 @@ const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 100;
 const MAX_KEY_PACKAGES_STOCK: u64 = 1000;
 /// Largest single key package.
 const MAX_KEY_PACKAGE_LEN: usize = 16 * 1024;
+/// Most ciphersuites a claim may name.
+const MAX_CLAIM_SUITES: usize = 8;
 /// Most recipients of one submission, across its deliveries.
 const MAX_RECIPIENTS: usize = 10_000;
 /// Files a device may start: two a second, in bursts of 200 (an album shared at once).
@@ -700,6 +704,32 @@ async fn token(
     Ok(Json(proto::TokenResponse { token, expires_in: ttl }))
 }
 
+/// The ciphersuite a key package (MLS wire format: `version`, then `cipher_suite`) names, if
+/// it is an MLS 1.0 key package at all. The server keeps packages apart by suite; whether the
+/// rest is sound is for whoever claims it to check.
+fn key_package_suite(kp: &[u8]) -> Option<u16> {
+    match kp {
+        [0, 1, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
+fn count(stocks: Vec<KeyPackageStock>) -> proto::KeyPackageCount {
+    let classical = stocks.iter().find(|s| s.ciphersuite == proto::CLASSICAL_SUITE);
+    proto::KeyPackageCount {
+        remaining: classical.map_or(0, |s| s.remaining),
+        last_resort: classical.is_some_and(|s| s.last_resort),
+        suites: stocks
+            .iter()
+            .map(|s| proto::SuiteStock {
+                ciphersuite: s.ciphersuite,
+                remaining: s.remaining,
+                last_resort: s.last_resort,
+            })
+            .collect(),
+    }
+}
+
 async fn upload_key_packages(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
@@ -716,23 +746,38 @@ async fn upload_key_packages(
             "each key package must be 1 to {MAX_KEY_PACKAGE_LEN} bytes"
         )));
     }
+    let mut suites = all.map(|k| key_package_suite(&k.0));
+    let suite = match suites.next() {
+        None => proto::CLASSICAL_SUITE,
+        Some(None) => return Err(ApiError::bad_request("not an MLS 1.0 key package")),
+        Some(Some(first)) => {
+            if let Some(other) = suites.find(|s| *s != Some(first)) {
+                return Err(ApiError::bad_request(match other {
+                    None => "not an MLS 1.0 key package".to_string(),
+                    Some(_) => "the key packages of one upload must share a ciphersuite".into(),
+                }));
+            }
+            first
+        }
+    };
     let one_time: Vec<Vec<u8>> = req.key_packages.into_iter().map(|k| k.0).collect();
     let last_resort = req.last_resort.map(|k| k.0);
     let stock = blocking(&state, move |s| {
         let stock = s.key_package_stock(device)?;
-        if stock.remaining + one_time.len() as u64 > MAX_KEY_PACKAGES_STOCK {
-            return Ok(Err(stock));
+        let on_file = stock.iter().find(|s| s.ciphersuite == suite).map_or(0, |s| s.remaining);
+        if on_file + one_time.len() as u64 > MAX_KEY_PACKAGES_STOCK {
+            return Ok(Err(on_file));
         }
-        s.add_key_packages(device, &one_time, last_resort.as_deref()).map(Ok)
+        s.add_key_packages(device, suite, &one_time, last_resort.as_deref()).map(Ok)
     })
     .await?
-    .map_err(|stock| {
+    .map_err(|on_file| {
         ApiError::bad_request(format!(
-            "a device may keep at most {MAX_KEY_PACKAGES_STOCK} key packages ({} on file)",
-            stock.remaining
+            "a device may keep at most {MAX_KEY_PACKAGES_STOCK} key packages of a ciphersuite \
+             ({on_file} on file)"
         ))
     })?;
-    Ok(Json(proto::KeyPackageCount { remaining: stock.remaining, last_resort: stock.last_resort }))
+    Ok(Json(count(stock)))
 }
 
 async fn key_package_stock(
@@ -740,7 +785,7 @@ async fn key_package_stock(
     AuthDevice(device): AuthDevice,
 ) -> Result<Json<proto::KeyPackageCount>, ApiError> {
     let stock = blocking(&state, move |s| s.key_package_stock(device)).await?;
-    Ok(Json(proto::KeyPackageCount { remaining: stock.remaining, last_resort: stock.last_resort }))
+    Ok(Json(count(stock)))
 }
 
 fn unknown_user(address: &Address) -> ApiError {
@@ -755,10 +800,22 @@ async fn claim_key_packages(
     let address = parse_address(&state, &req.address)?;
     let addr = address.to_string();
     let only = req.device_ids;
+    let suites = match req.ciphersuites {
+        None => vec![proto::CLASSICAL_SUITE],
+        Some(list) if list.is_empty() || list.len() > MAX_CLAIM_SUITES => {
+            return Err(ApiError::bad_request(format!(
+                "ciphersuites names 1 to {MAX_CLAIM_SUITES} suites"
+            )));
+        }
+        Some(list) => list,
+    };
     let (exists, claimed) = blocking(&state, move |s| {
         let exists = !s.devices(&addr)?.is_empty();
-        let claimed =
-            if exists { s.claim_key_packages(&addr, only.as_deref())? } else { Vec::new() };
+        let claimed = if exists {
+            s.claim_key_packages(&addr, only.as_deref(), &suites)?
+        } else {
+            Vec::new()
+        };
         Ok((exists, claimed))
     })
     .await?;

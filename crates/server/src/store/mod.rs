@@ -164,9 +164,11 @@ pub const PAGE_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// A page of a device's queue: (seq, message) pairs, oldest first, and whether more follow.
 pub type QueuePage = (Vec<(u64, Vec<u8>)>, bool);
 
-/// Key package stock of a device.
+/// Key package stock of a device in one ciphersuite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPackageStock {
+    /// The ciphersuite (MLS code point).
+    pub ciphersuite: u16,
     /// Unclaimed one-time key packages.
     pub remaining: u64,
     /// Whether a last-resort key package is on file.
@@ -334,24 +336,27 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a blob.
     fn delete_blob(&self, id: &[u8]) -> Result<(), StoreError>;
 
-    /// Adds one-time key packages and replaces the last-resort one, if given.
+    /// Adds one-time key packages of `ciphersuite` and replaces the device's last-resort one
+    /// of that suite, if given. Returns the stock afterwards, as [`Store::key_package_stock`].
     fn add_key_packages(
         &self,
         device_id: u64,
+        ciphersuite: u16,
         one_time: &[Vec<u8>],
         last_resort: Option<&[u8]>,
-    ) -> Result<KeyPackageStock, StoreError>;
+    ) -> Result<Vec<KeyPackageStock>, StoreError>;
 
-    /// A device's key package stock.
-    fn key_package_stock(&self, device_id: u64) -> Result<KeyPackageStock, StoreError>;
+    /// A device's key package stock: one entry per ciphersuite it has any of, by suite.
+    fn key_package_stock(&self, device_id: u64) -> Result<Vec<KeyPackageStock>, StoreError>;
 
     /// Takes one key package per device of the account that is not revoked (only those in
-    /// `only`, if given): a one-time one (deleted) if any is left, else the last-resort one
-    /// (kept).
+    /// `only`, if given), of the first of `ciphersuites` the device has any of: a one-time
+    /// one (deleted) if any is left, else the last-resort one (kept).
     fn claim_key_packages(
         &self,
         address: &str,
         only: Option<&[u64]>,
+        ciphersuites: &[u16],
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
     /// Checks the group's roster and the ordering rule, queues every delivery and updates the

@@ -122,6 +122,12 @@ CREATE TABLE group_members (
 CREATE INDEX group_members_by_device ON group_members(device_id);
 ALTER TABLE submissions ADD COLUMN digest BLOB;
 "#,
+    // Key packages by ciphersuite (MLS code point): those on file were all classical.
+    r#"
+ALTER TABLE key_packages ADD COLUMN ciphersuite INTEGER NOT NULL DEFAULT 3;
+DROP INDEX key_packages_by_device;
+CREATE INDEX key_packages_by_device ON key_packages(device_id, ciphersuite, last_resort, id);
+"#,
 ];
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
@@ -730,28 +736,33 @@ impl Store for SqliteStore {
     fn add_key_packages(
         &self,
         device_id: u64,
+        ciphersuite: u16,
         one_time: &[Vec<u8>],
         last_resort: Option<&[u8]>,
-    ) -> Result<KeyPackageStock, StoreError> {
+    ) -> Result<Vec<KeyPackageStock>, StoreError> {
         {
             let mut conn = self.conn();
             let tx = conn.transaction().map_err(backend)?;
+            let (d, cs) = (to_i64(device_id), i64::from(ciphersuite));
             for kp in one_time {
                 tx.execute(
-                    "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 0)",
-                    params![to_i64(device_id), kp],
+                    "INSERT INTO key_packages (device_id, ciphersuite, data, last_resort)
+                     VALUES (?1, ?2, ?3, 0)",
+                    params![d, cs, kp],
                 )
                 .map_err(backend)?;
             }
             if let Some(kp) = last_resort {
                 tx.execute(
-                    "DELETE FROM key_packages WHERE device_id = ?1 AND last_resort = 1",
-                    [to_i64(device_id)],
+                    "DELETE FROM key_packages
+                     WHERE device_id = ?1 AND ciphersuite = ?2 AND last_resort = 1",
+                    params![d, cs],
                 )
                 .map_err(backend)?;
                 tx.execute(
-                    "INSERT INTO key_packages (device_id, data, last_resort) VALUES (?1, ?2, 1)",
-                    params![to_i64(device_id), kp],
+                    "INSERT INTO key_packages (device_id, ciphersuite, data, last_resort)
+                     VALUES (?1, ?2, ?3, 1)",
+                    params![d, cs, kp],
                 )
                 .map_err(backend)?;
             }
@@ -760,23 +771,31 @@ impl Store for SqliteStore {
         self.key_package_stock(device_id)
     }
 
-    fn key_package_stock(&self, device_id: u64) -> Result<KeyPackageStock, StoreError> {
-        let (remaining, last_resort): (i64, i64) = self
-            .conn()
-            .query_row(
-                "SELECT COALESCE(SUM(1 - last_resort), 0), COALESCE(SUM(last_resort), 0)
-                 FROM key_packages WHERE device_id = ?1",
-                [to_i64(device_id)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+    fn key_package_stock(&self, device_id: u64) -> Result<Vec<KeyPackageStock>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ciphersuite, SUM(1 - last_resort), SUM(last_resort) FROM key_packages
+                 WHERE device_id = ?1 GROUP BY ciphersuite ORDER BY ciphersuite",
             )
             .map_err(backend)?;
-        Ok(KeyPackageStock { remaining: to_u64(remaining), last_resort: last_resort > 0 })
+        let rows = stmt
+            .query_map([to_i64(device_id)], |r| {
+                Ok(KeyPackageStock {
+                    ciphersuite: u16::try_from(r.get::<_, i64>(0)?).unwrap_or(u16::MAX),
+                    remaining: to_u64(r.get(1)?),
+                    last_resort: r.get::<_, i64>(2)? > 0,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
     }
 
     fn claim_key_packages(
         &self,
         address: &str,
         only: Option<&[u64]>,
+        ciphersuites: &[u16],
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
@@ -793,16 +812,24 @@ impl Store for SqliteStore {
         };
         let mut claimed = Vec::with_capacity(devices.len());
         for device in devices {
-            // One-time packages first (last_resort = 0 sorts first), oldest first.
-            let found: Option<(i64, Vec<u8>, bool)> = tx
-                .query_row(
-                    "SELECT id, data, last_resort FROM key_packages WHERE device_id = ?1
-                     ORDER BY last_resort, id LIMIT 1",
-                    [device],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)),
-                )
-                .optional()
-                .map_err(backend)?;
+            // The first suite in the caller's order that the device has any key package of;
+            // in it, one-time packages first (last_resort = 0 sorts first), oldest first.
+            let mut found: Option<(i64, Vec<u8>, bool)> = None;
+            for cs in ciphersuites {
+                found = tx
+                    .query_row(
+                        "SELECT id, data, last_resort FROM key_packages
+                         WHERE device_id = ?1 AND ciphersuite = ?2
+                         ORDER BY last_resort, id LIMIT 1",
+                        params![device, i64::from(*cs)],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if found.is_some() {
+                    break;
+                }
+            }
             if let Some((id, data, last_resort)) = found {
                 if !last_resort {
                     tx.execute("DELETE FROM key_packages WHERE id = ?1", [id]).map_err(backend)?;

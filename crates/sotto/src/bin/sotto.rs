@@ -678,9 +678,10 @@ fn print_chat(c: &ChatSummary) {
         println!("    members: {}", sotto::terminal_line(&c.members.join(", ")));
     }
     println!(
-        "    {} message(s){}",
+        "    {} message(s){}; {}",
         c.messages,
-        c.last_message_at.map(|t| format!(", last {}", format_time(t))).unwrap_or_default()
+        c.last_message_at.map(|t| format!(", last {}", format_time(t))).unwrap_or_default(),
+        if c.post_quantum { "post-quantum keys (X-Wing)" } else { "classical keys (X25519)" }
     );
 }
 
