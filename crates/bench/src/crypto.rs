@@ -242,6 +242,23 @@ fn suite_run(
         out.push(result(&format!("add {} members: committer", n - 1), (1, add), None));
         out.push(result(&format!("add {} members: a newcomer joins", n - 1), (1, join), None));
         size(format!("welcome adding {} members", n - 1), welcome_bytes);
+        // A 100-byte message in the group: its state (the ratchet tree with every member's
+        // keys) is loaded for each message.
+        let plaintext = text(100);
+        let started = Instant::now();
+        let ct = mls::encrypt(&members[0].0, &gid, &members[0].1, &plaintext)?;
+        out.push(result(
+            &format!("100 B in a {n}-member group: encrypt"),
+            (1, started.elapsed()),
+            None,
+        ));
+        let started = Instant::now();
+        mls::process(&members[1].0, &ct)?;
+        out.push(result(
+            &format!("100 B in a {n}-member group: decrypt"),
+            (1, started.elapsed()),
+            None,
+        ));
         // A commit in the group (removing the last member), processed by another member.
         let last = members[n - 1].1.device.address.clone();
         let started = Instant::now();

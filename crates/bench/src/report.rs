@@ -451,7 +451,8 @@ fn crypto_markdown(md: &mut String, r: &Report) {
     };
     let _ = writeln!(
         md,
-        "\nMLS through Sotto's seam (openmls with libcrux), mean time per operation: \
+        "\nMLS through Sotto's seam (openmls; RustCrypto, and libcrux for X-Wing's key \
+         encapsulation), mean time per operation: \
          MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519 (x25519) beside \
          MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519 (x-wing, post-quantum hybrid):\n"
     );

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use rusqlite::params;
 use sotto_core::content::{Body, ChatKind};
-use sotto_core::mls::{self, CommitOutput, Identity, Provider};
+use sotto_core::mls::{self, CommitOutput, Identity, Provider, Suite};
 use sotto_core::{Address, DeviceRef};
 use sotto_proto::{self as proto, Bytes};
 
@@ -148,10 +148,21 @@ impl Client {
         if let Some(a) = addresses.iter().find(|a| current.contains(*a)) {
             return Err(Error::Invalid(format!("{a} is already a member")));
         }
+        let (suite, devices) = {
+            let p = db::provider(&self.conn);
+            (mls::group_suite(&p, &group_id)?, mls::members(&p, &group_id)?.len())
+        };
         let mut packages = Vec::new();
         for a in &addresses {
             let list = self.verified_list(a)?.0;
             packages.extend(self.claim_for(&group_id, a, None, &list)?);
+        }
+        if suite == Suite::PostQuantum && devices + packages.len() > MAX_POST_QUANTUM_DEVICES {
+            return Err(Error::Invalid(format!(
+                "a post-quantum chat holds at most {MAX_POST_QUANTUM_DEVICES} devices ({} with \
+                 these members); start a new group for more: groups that large are classical",
+                devices + packages.len()
+            )));
         }
         self.commit(&group_id, |p, me| {
             let out = mls::add_members(p, &group_id, me, &packages)?;

@@ -9,13 +9,23 @@ use sotto_proto::{self as proto, Bytes};
 use crate::db;
 use crate::*;
 
+/// Setting: when this device last replaced all its key packages (Unix seconds).
+const KEY_PACKAGES_ROTATED: &str = "key_packages_rotated_at";
+
 impl Client {
     pub(crate) fn token(&mut self) -> Result<String, Error> {
         let domain = self.me.device.address.domain().to_string();
         self.api.token(&domain, self.me.device.device_id, &self.me.key)
     }
 
+    /// Tops up this device's key packages on the server, in every suite it publishes; once
+    /// per healing period (and at [`Client::heal`] for all chats), replaces them all instead:
+    /// key packages wait on the server for weeks, and private keys of theirs that leaked with
+    /// this device's state would open the next chat someone starts with it.
     pub(crate) fn replenish_key_packages(&mut self) -> Result<(), Error> {
+        let now = self.now_ms() / 1000;
+        let rotated = db::setting(&self.conn, KEY_PACKAGES_ROTATED)?.unwrap_or(0);
+        let replace = now >= rotated.saturating_add(self.heal_interval()?);
         let token = self.token()?;
         let stock: proto::KeyPackageCount = self.api.get("/v1/keypackages", Some(&token))?;
         let published = published_suites();
@@ -24,6 +34,7 @@ impl Client {
                 .suites
                 .iter()
                 .find(|s| s.ciphersuite == suite.code())
+                .filter(|_| !replace)
                 .map_or((0, false), |s| (s.remaining, s.last_resort));
             if remaining >= KEY_PACKAGE_LOW_WATER && has_last_resort {
                 continue;
@@ -56,11 +67,20 @@ impl Client {
                 &proto::UploadKeyPackages {
                     key_packages: one_time.into_iter().map(Bytes).collect(),
                     last_resort: last_resort.map(Bytes),
+                    replace,
                 },
                 Some(&token),
             )?;
         }
+        if replace {
+            db::set_setting(&self.conn, KEY_PACKAGES_ROTATED, now)?;
+        }
         Ok(())
+    }
+
+    /// Makes the next top-up replace every key package this device has on the server.
+    pub(crate) fn rotate_key_packages_soon(&self) -> Result<(), Error> {
+        db::set_setting(&self.conn, KEY_PACKAGES_ROTATED, 0)
     }
 
     /// Key packages for a group that exists: of its suite.
@@ -76,9 +96,10 @@ impl Client {
     }
 
     /// Key packages for a new chat with `accounts` and this account's other devices, and the
-    /// suite the chat is to use: post-quantum when every device has a key package for it,
-    /// else classical (a device that has not published post-quantum packages yet — one that
-    /// has not run since an upgrade — could not be added otherwise).
+    /// suite the chat is to use: post-quantum when every device has a key package for it and
+    /// they are few enough ([`MAX_POST_QUANTUM_DEVICES`]), else classical (a device that has
+    /// not published post-quantum packages yet — one that has not run since an upgrade —
+    /// could not be added otherwise).
     pub(crate) fn claim_new_chat(
         &mut self,
         accounts: &[Address],
@@ -111,6 +132,7 @@ impl Client {
         let suite = wanted
             .iter()
             .copied()
+            .filter(|s| *s != Suite::PostQuantum || packages.len() < MAX_POST_QUANTUM_DEVICES)
             .find(|s| packages.iter().all(|k| k.suite() == *s))
             .unwrap_or(Suite::Classical);
         let (mut fit, redo): (Vec<_>, Vec<_>) =

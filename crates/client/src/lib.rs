@@ -63,6 +63,10 @@ pub use crate::verify::SafetyView;
 const KEY_PACKAGE_BATCH: usize = 50;
 /// Upload more when fewer than this remain on the server.
 const KEY_PACKAGE_LOW_WATER: u64 = 10;
+/// Most devices in a post-quantum chat. Its welcomes and commits carry an X-Wing key of about
+/// 1.2 KB per member (X25519: 32 bytes); past this, adding one could outgrow what the server
+/// takes in one request (2 MiB). Larger chats start classical.
+const MAX_POST_QUANTUM_DEVICES: usize = 300;
 /// Attempts at a commit that keeps losing the race for an epoch.
 const MAX_COMMIT_ATTEMPTS: usize = 8;
 /// Queue page size when catching up.

@@ -18,13 +18,13 @@ use std::sync::LazyLock;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_libcrux_crypto::CryptoProvider;
+use openmls_rust_crypto::RustCrypto;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 
 use crate::{Address, DeviceRef, Error};
 
 mod crypto;
-pub use crypto::Guarded;
+pub use crypto::Crypto;
 
 /// The ciphersuites Sotto speaks. Both sign with Ed25519 (the device key) and encrypt with
 /// ChaCha20-Poly1305; they differ in the key encapsulation that protects path secrets and
@@ -81,17 +81,18 @@ const MAX_PAST_EPOCHS: usize = 5;
 /// Length of a fresh group id in bytes.
 pub const GROUP_ID_LEN: usize = 16;
 
-/// The process's cryptography: libcrux, which implements both suites, with one HMAC-DRBG
-/// seeded from the operating system (and reseeded from it as the DRBG requires).
-static CRYPTO: LazyLock<Guarded> = LazyLock::new(|| {
+/// The process's cryptography ([`Crypto`]), its random generators seeded from the operating
+/// system once.
+static CRYPTO: LazyLock<Crypto> = LazyLock::new(|| {
     // Seeding fails only when the operating system has no entropy source at all; nothing
     // could be encrypted safely then, so this is the one place that stops the process.
-    Guarded(CryptoProvider::new().expect("the operating system's random generator is unavailable"))
+    Crypto::new().expect("the operating system's random generator is unavailable")
 });
 
-/// An MLS provider: libcrux for cryptography and randomness, and the caller's storage.
+/// An MLS provider: [`Crypto`] for cryptography, RustCrypto's generator for randomness, and
+/// the caller's storage.
 pub struct Provider<S> {
-    crypto: &'static Guarded,
+    crypto: &'static Crypto,
     storage: S,
 }
 
@@ -116,22 +117,22 @@ impl<S: StorageProvider<CURRENT_VERSION>> Provider<S> {
 /// `n` random bytes from the MLS provider's cryptographic generator.
 pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>, Error> {
     use openmls_traits::random::OpenMlsRand as _;
-    CRYPTO.0.random_vec(n).map_err(|_| Error::Internal("random generator failed"))
+    CRYPTO.rust.random_vec(n).map_err(|_| Error::Internal("random generator failed"))
 }
 
 impl<S: StorageProvider<CURRENT_VERSION>> OpenMlsProvider for Provider<S> {
-    type CryptoProvider = Guarded;
-    type RandProvider = CryptoProvider;
+    type CryptoProvider = Crypto;
+    type RandProvider = RustCrypto;
     type StorageProvider = S;
 
     fn storage(&self) -> &S {
         &self.storage
     }
-    fn crypto(&self) -> &Guarded {
+    fn crypto(&self) -> &Crypto {
         self.crypto
     }
-    fn rand(&self) -> &CryptoProvider {
-        &self.crypto.0
+    fn rand(&self) -> &RustCrypto {
+        &self.crypto.rust
     }
 }
 
@@ -1096,7 +1097,7 @@ mod tests {
 
         // The KEM itself, given garbage: errors, not panics.
         let config = || Suite::PostQuantum.ciphersuite().hpke_config();
-        let crypto: &Guarded = &CRYPTO;
+        let crypto: &Crypto = &CRYPTO;
         for len in [0usize, 1, 32, 1215, 1217, 4096] {
             let pk = vec![0x5au8; len];
             assert!(crypto.hpke_seal(config(), &pk, b"info", b"aad", b"secret").is_err(), "{len}");

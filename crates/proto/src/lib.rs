@@ -216,6 +216,10 @@ pub struct UploadKeyPackages {
     /// previous one).
     #[serde(default)]
     pub last_resort: Option<Bytes>,
+    /// Drop the device's unclaimed key packages of this ciphersuite first: their private keys
+    /// may have leaked with the device's state, and these replace them.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// `GET /v1/keypackages` and answer to [`UploadKeyPackages`].

@@ -413,3 +413,31 @@ fn a_message_id_that_could_pass_for_a_local_event_is_refused() {
     assert_eq!(failures.len(), 1, "{report}");
     assert!(failures[0]["reason"].as_str().is_some_and(|r| r.contains("id")), "{report}");
 }
+
+#[test]
+fn healing_replaces_the_key_packages_waiting_on_the_server() {
+    let server = Server::start(&["--registration", "open"]);
+    let bob = User::register("bob", &server, "");
+    let (_, token, _) = api_device(&server, "mallory@localhost", None);
+    let claim = |suite: u16| {
+        let body = json!({"address": "bob@localhost", "ciphersuites": [suite]});
+        let (s, v) = server.http("POST", "/v1/keypackages/claim", Some(&token), &body.to_string());
+        assert_eq!(s, 200, "{v}");
+        v["key_packages"][0]["key_package"].as_str().expect("a key package").to_string()
+    };
+    // 45 of bob's 50 one-time packages of each suite are taken: 5 are left of each.
+    let mut before = std::collections::HashSet::new();
+    for suite in [3, 0x4d] {
+        before.extend((0..45).map(|_| claim(suite)));
+    }
+    assert_eq!(before.len(), 90);
+    bob.ok(&["heal"]);
+    // Every package was replaced: 50 fresh one-time ones, then a fresh last resort.
+    for suite in [3, 0x4d] {
+        let after: Vec<String> = (0..52).map(|_| claim(suite)).collect();
+        let distinct: std::collections::HashSet<&String> = after.iter().collect();
+        assert_eq!(distinct.len(), 51, "50 one-time and one last resort (suite {suite})");
+        assert_eq!(after[50], after[51], "the last resort is handed out again");
+        assert!(after.iter().all(|k| !before.contains(k)), "nothing from before the update");
+    }
+}

@@ -1,15 +1,22 @@
-//! The cryptography under the MLS seam: libcrux (it implements both suites), behind a guard
-//! that checks the length of every HPKE public key before libcrux decodes it.
+//! The cryptography under the MLS seam: RustCrypto for everything but X-Wing, libcrux for
+//! X-Wing's key encapsulation.
 //!
-//! Why the guard: libcrux-kem 0.0.9 (the version `hpke-rs-libcrux` 0.7 pins, which
+//! Why two: the RustCrypto provider (`openmls_rust_crypto`) does not offer the X-Wing suite;
+//! libcrux (`openmls_libcrux_crypto`) does, but its portable SHA-256, HKDF and Ed25519 run 2–4×
+//! slower than RustCrypto's here (measured: `sotto-bench` crypto figures), and every message
+//! hashes and signs. So each primitive goes to the faster library that has it.
+//!
+//! And a guard: libcrux-kem 0.0.9 (the version `hpke-rs-libcrux` 0.7 pins, which
 //! `openmls_libcrux_crypto` 0.4 needs) slices an X-Wing public key at byte 1184 before checking
 //! its length, so a shorter key panics. Such keys come from outside — a key package's init key,
 //! a leaf or parent node in a commit's update path or a welcome's ratchet tree — and a signed
-//! key package or commit from a malicious member can carry one. libcrux-kem 0.0.10 checks the
-//! length first; once the provider moves to it, this guard only repeats its check.
+//! key package or commit from a malicious member can carry one. Every X-Wing public key's
+//! length is checked here first. libcrux-kem 0.0.10 checks it itself; once the provider moves
+//! to it, the guard only repeats that check.
 
 use openmls::prelude::tls_codec::SecretVLBytes;
 use openmls_libcrux_crypto::CryptoProvider;
+use openmls_rust_crypto::RustCrypto;
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::types::{
     AeadType, Ciphersuite, CryptoError, ExporterSecret, HashType, HpkeCiphertext, HpkeConfig,
@@ -19,28 +26,56 @@ use openmls_traits::types::{
 /// Length of an X-Wing public key: ML-KEM-768's (1184) and X25519's (32).
 const X_WING_PUBLIC_KEY_LEN: usize = 1216;
 
-/// libcrux with every HPKE public key's length checked first.
-pub struct Guarded(pub(super) CryptoProvider);
+/// The X-Wing suite, the one thing libcrux does here.
+const X_WING: Ciphersuite = Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519;
 
-impl std::fmt::Debug for Guarded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Guarded(libcrux)")
+/// RustCrypto, and libcrux for X-Wing with every public key's length checked first.
+pub struct Crypto {
+    pub(super) rust: RustCrypto,
+    libcrux: CryptoProvider,
+}
+
+impl Crypto {
+    /// Both libraries, their random generators seeded from the operating system.
+    pub(super) fn new() -> Result<Crypto, CryptoError> {
+        Ok(Crypto { rust: RustCrypto::default(), libcrux: CryptoProvider::new()? })
     }
+
+    /// The library for HPKE with `config`.
+    fn hpke(&self, config: &HpkeConfig) -> &dyn OpenMlsCrypto {
+        if x_wing(config) { &self.libcrux } else { &self.rust }
+    }
+}
+
+impl std::fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Crypto(RustCrypto, libcrux for X-Wing)")
+    }
+}
+
+fn x_wing(config: &HpkeConfig) -> bool {
+    matches!(config.0, HpkeKemType::XWingKemDraft6)
 }
 
 /// Whether `pk` can be a public key of `config`'s KEM (only X-Wing needs the check: the other
 /// KEMs' decoders check lengths themselves).
 fn fits(config: &HpkeConfig, pk: &[u8]) -> bool {
-    !matches!(config.0, HpkeKemType::XWingKemDraft6) || pk.len() == X_WING_PUBLIC_KEY_LEN
+    !x_wing(config) || pk.len() == X_WING_PUBLIC_KEY_LEN
 }
 
-impl OpenMlsCrypto for Guarded {
+impl OpenMlsCrypto for Crypto {
     fn supports(&self, ciphersuite: Ciphersuite) -> Result<(), CryptoError> {
-        self.0.supports(ciphersuite)
+        if ciphersuite == X_WING {
+            self.libcrux.supports(ciphersuite)
+        } else {
+            self.rust.supports(ciphersuite)
+        }
     }
 
     fn supported_ciphersuites(&self) -> Vec<Ciphersuite> {
-        self.0.supported_ciphersuites()
+        let mut all = self.rust.supported_ciphersuites();
+        all.push(X_WING);
+        all
     }
 
     fn hkdf_extract(
@@ -49,7 +84,7 @@ impl OpenMlsCrypto for Guarded {
         salt: &[u8],
         ikm: &[u8],
     ) -> Result<SecretVLBytes, CryptoError> {
-        self.0.hkdf_extract(hash_type, salt, ikm)
+        self.rust.hkdf_extract(hash_type, salt, ikm)
     }
 
     fn hmac(
@@ -58,7 +93,7 @@ impl OpenMlsCrypto for Guarded {
         key: &[u8],
         message: &[u8],
     ) -> Result<SecretVLBytes, CryptoError> {
-        self.0.hmac(hash_type, key, message)
+        self.rust.hmac(hash_type, key, message)
     }
 
     fn hkdf_expand(
@@ -68,11 +103,11 @@ impl OpenMlsCrypto for Guarded {
         info: &[u8],
         okm_len: usize,
     ) -> Result<SecretVLBytes, CryptoError> {
-        self.0.hkdf_expand(hash_type, prk, info, okm_len)
+        self.rust.hkdf_expand(hash_type, prk, info, okm_len)
     }
 
     fn hash(&self, hash_type: HashType, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.0.hash(hash_type, data)
+        self.rust.hash(hash_type, data)
     }
 
     fn aead_encrypt(
@@ -83,7 +118,7 @@ impl OpenMlsCrypto for Guarded {
         nonce: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.0.aead_encrypt(alg, key, data, nonce, aad)
+        self.rust.aead_encrypt(alg, key, data, nonce, aad)
     }
 
     fn aead_decrypt(
@@ -94,11 +129,11 @@ impl OpenMlsCrypto for Guarded {
         nonce: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.0.aead_decrypt(alg, key, ct_tag, nonce, aad)
+        self.rust.aead_decrypt(alg, key, ct_tag, nonce, aad)
     }
 
     fn signature_key_gen(&self, alg: SignatureScheme) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
-        self.0.signature_key_gen(alg)
+        self.rust.signature_key_gen(alg)
     }
 
     fn verify_signature(
@@ -108,11 +143,11 @@ impl OpenMlsCrypto for Guarded {
         pk: &[u8],
         signature: &[u8],
     ) -> Result<(), CryptoError> {
-        self.0.verify_signature(alg, data, pk, signature)
+        self.rust.verify_signature(alg, data, pk, signature)
     }
 
     fn sign(&self, alg: SignatureScheme, data: &[u8], key: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.0.sign(alg, data, key)
+        self.rust.sign(alg, data, key)
     }
 
     fn hpke_seal(
@@ -126,7 +161,7 @@ impl OpenMlsCrypto for Guarded {
         if !fits(&config, pk_r) {
             return Err(CryptoError::SenderSetupError);
         }
-        self.0.hpke_seal(config, pk_r, info, aad, ptxt)
+        self.hpke(&config).hpke_seal(config, pk_r, info, aad, ptxt)
     }
 
     fn hpke_open(
@@ -137,7 +172,7 @@ impl OpenMlsCrypto for Guarded {
         info: &[u8],
         aad: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.0.hpke_open(config, input, sk_r, info, aad)
+        self.hpke(&config).hpke_open(config, input, sk_r, info, aad)
     }
 
     fn hpke_setup_sender_and_export(
@@ -151,7 +186,13 @@ impl OpenMlsCrypto for Guarded {
         if !fits(&config, pk_r) {
             return Err(CryptoError::SenderSetupError);
         }
-        self.0.hpke_setup_sender_and_export(config, pk_r, info, exporter_context, exporter_length)
+        self.hpke(&config).hpke_setup_sender_and_export(
+            config,
+            pk_r,
+            info,
+            exporter_context,
+            exporter_length,
+        )
     }
 
     fn hpke_setup_receiver_and_export(
@@ -163,7 +204,7 @@ impl OpenMlsCrypto for Guarded {
         exporter_context: &[u8],
         exporter_length: usize,
     ) -> Result<ExporterSecret, CryptoError> {
-        self.0.hpke_setup_receiver_and_export(
+        self.hpke(&config).hpke_setup_receiver_and_export(
             config,
             enc,
             sk_r,
@@ -178,6 +219,6 @@ impl OpenMlsCrypto for Guarded {
         config: HpkeConfig,
         ikm: &[u8],
     ) -> Result<HpkeKeyPair, CryptoError> {
-        self.0.derive_hpke_keypair(config, ikm)
+        self.hpke(&config).derive_hpke_keypair(config, ikm)
     }
 }

@@ -762,13 +762,17 @@ async fn upload_key_packages(
     };
     let one_time: Vec<Vec<u8>> = req.key_packages.into_iter().map(|k| k.0).collect();
     let last_resort = req.last_resort.map(|k| k.0);
+    let replace = req.replace;
     let stock = blocking(&state, move |s| {
         let stock = s.key_package_stock(device)?;
-        let on_file = stock.iter().find(|s| s.ciphersuite == suite).map_or(0, |s| s.remaining);
+        let on_file = match stock.iter().find(|s| s.ciphersuite == suite) {
+            Some(s) if !replace => s.remaining,
+            _ => 0,
+        };
         if on_file + one_time.len() as u64 > MAX_KEY_PACKAGES_STOCK {
             return Ok(Err(on_file));
         }
-        s.add_key_packages(device, suite, &one_time, last_resort.as_deref()).map(Ok)
+        s.add_key_packages(device, suite, &one_time, last_resort.as_deref(), replace).map(Ok)
     })
     .await?
     .map_err(|on_file| {

@@ -337,13 +337,15 @@ pub trait Store: Send + Sync + 'static {
     fn delete_blob(&self, id: &[u8]) -> Result<(), StoreError>;
 
     /// Adds one-time key packages of `ciphersuite` and replaces the device's last-resort one
-    /// of that suite, if given. Returns the stock afterwards, as [`Store::key_package_stock`].
+    /// of that suite, if given; with `replace`, first drops every package of the device in
+    /// that suite. Returns the stock afterwards, as [`Store::key_package_stock`].
     fn add_key_packages(
         &self,
         device_id: u64,
         ciphersuite: u16,
         one_time: &[Vec<u8>],
         last_resort: Option<&[u8]>,
+        replace: bool,
     ) -> Result<Vec<KeyPackageStock>, StoreError>;
 
     /// A device's key package stock: one entry per ciphersuite it has any of, by suite.

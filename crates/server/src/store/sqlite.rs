@@ -739,11 +739,19 @@ impl Store for SqliteStore {
         ciphersuite: u16,
         one_time: &[Vec<u8>],
         last_resort: Option<&[u8]>,
+        replace: bool,
     ) -> Result<Vec<KeyPackageStock>, StoreError> {
         {
             let mut conn = self.conn();
             let tx = conn.transaction().map_err(backend)?;
             let (d, cs) = (to_i64(device_id), i64::from(ciphersuite));
+            if replace {
+                tx.execute(
+                    "DELETE FROM key_packages WHERE device_id = ?1 AND ciphersuite = ?2",
+                    params![d, cs],
+                )
+                .map_err(backend)?;
+            }
             for kp in one_time {
                 tx.execute(
                     "INSERT INTO key_packages (device_id, ciphersuite, data, last_resort)

@@ -55,21 +55,22 @@ fn registration_and_invites(store: &dyn Store) {
 
 fn key_packages(store: &dyn Store) {
     let d = store.register(&account("kp@x", b"k1", None), 1).expect("register");
-    let stock =
-        store.add_key_packages(d, 3, &[b"a".to_vec(), b"b".to_vec()], Some(b"L")).expect("add");
+    let stock = store
+        .add_key_packages(d, 3, &[b"a".to_vec(), b"b".to_vec()], Some(b"L"), false)
+        .expect("add");
     assert_eq!(stock, vec![KeyPackageStock { ciphersuite: 3, remaining: 2, last_resort: true }]);
     let claim = |s: &dyn Store| s.claim_key_packages("kp@x", None, &[3]).expect("claim");
     assert_eq!(claim(store), vec![(d, b"a".to_vec())]);
     assert_eq!(claim(store), vec![(d, b"b".to_vec())]);
     assert_eq!(claim(store), vec![(d, b"L".to_vec())]);
     assert_eq!(claim(store), vec![(d, b"L".to_vec())], "last resort is kept");
-    store.add_key_packages(d, 3, &[], Some(b"M")).expect("replace");
+    store.add_key_packages(d, 3, &[], Some(b"M"), false).expect("replace");
     assert_eq!(claim(store), vec![(d, b"M".to_vec())]);
     assert!(store.claim_key_packages("nobody@x", None, &[3]).expect("claim").is_empty());
 
     // Suites are kept apart: each has its own stock and last-resort package, and a claim
     // takes the first suite in the caller's order that the device has any package of.
-    let stock = store.add_key_packages(d, 77, &[b"q".to_vec()], Some(b"Q")).expect("add pq");
+    let stock = store.add_key_packages(d, 77, &[b"q".to_vec()], Some(b"Q"), false).expect("add pq");
     assert_eq!(
         stock,
         vec![
@@ -82,13 +83,29 @@ fn key_packages(store: &dyn Store) {
     assert_eq!(pq_first(store), vec![(d, b"Q".to_vec())], "its own last resort, not M");
     assert_eq!(claim(store), vec![(d, b"M".to_vec())], "classical only: never a PQ package");
     let e = store.register(&account("kp2@x", b"k2", None), 1).expect("register");
-    store.add_key_packages(e, 3, &[b"c".to_vec()], None).expect("add");
+    store.add_key_packages(e, 3, &[b"c".to_vec()], None, false).expect("add");
     assert_eq!(
         store.claim_key_packages("kp2@x", None, &[77, 3]).expect("claim"),
         vec![(e, b"c".to_vec())],
         "a device without PQ packages gives a classical one"
     );
     assert!(store.claim_key_packages("kp2@x", None, &[77]).expect("claim").is_empty());
+
+    // Replacing drops the device's packages of that suite only.
+    store.add_key_packages(e, 3, &[b"d".to_vec()], Some(b"E"), false).expect("add");
+    store.add_key_packages(e, 77, &[b"p".to_vec()], None, false).expect("add");
+    let stock = store.add_key_packages(e, 3, &[b"n".to_vec()], None, true).expect("replace");
+    assert_eq!(
+        stock,
+        vec![
+            KeyPackageStock { ciphersuite: 3, remaining: 1, last_resort: false },
+            KeyPackageStock { ciphersuite: 77, remaining: 1, last_resort: false },
+        ]
+    );
+    assert_eq!(
+        store.claim_key_packages("kp2@x", None, &[3]).expect("claim"),
+        vec![(e, b"n".to_vec())]
+    );
 }
 
 fn queues_and_ordering(store: &dyn Store) {
@@ -370,8 +387,8 @@ fn device_lists_and_revocation(store: &dyn Store) {
     let b = store.update_devices("dl@x", 1, &list(2), Some(b"d2"), &[], 2).expect("link");
     let b = b.expect("new device id");
     assert_eq!(store.device_list("dl@x").expect("list"), Some(list(2)));
-    store.add_key_packages(a, 3, &[b"ka".to_vec()], None).expect("kp");
-    store.add_key_packages(b, 3, &[b"kb".to_vec()], Some(b"LB")).expect("kp");
+    store.add_key_packages(a, 3, &[b"ka".to_vec()], None, false).expect("kp");
+    store.add_key_packages(b, 3, &[b"kb".to_vec()], Some(b"LB"), false).expect("kp");
     assert_eq!(
         store.claim_key_packages("dl@x", Some(&[b]), &[3]).expect("claim"),
         vec![(b, b"kb".to_vec())]

@@ -201,10 +201,10 @@ enum Command {
     /// Fetch and decrypt everything that arrived, deliver what waits in the outbox, and print
     /// what is new.
     Sync,
-    /// Replace this device's keys in every chat now, so that whatever leaked of them before
-    /// (a stolen backup, malware since removed) opens none of the later messages. This also
-    /// happens by itself every 7 days (`--every` changes that) and right after the account
-    /// revokes or wipes a device
+    /// Replace this device's keys in every chat, and the key packages it left on the server,
+    /// now, so that whatever leaked of them before (a stolen backup, malware since removed)
+    /// opens none of the later messages. This also happens by itself every 7 days (`--every`
+    /// changes that) and, for chats, right after the account revokes or wipes a device
     Heal {
         /// How often each chat gets fresh keys from now on, e.g. 12h, 7d (1h to 90d)
         #[arg(long)]
