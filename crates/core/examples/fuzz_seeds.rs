@@ -111,18 +111,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         me.key.store(&p)?;
         Ok((p, me))
     };
-    let (pa, alice) = member("alice", 1)?;
-    let (pb, bob) = member("bob", 2)?;
-    let kp = mls::key_packages(&pb, &bob, mls::Suite::Classical, 1, false)?.remove(0);
-    write(dir, "mls", "key-package", &tagged(0, &kp))?;
-    let group = mls::create_group(&pa, &alice, mls::Suite::Classical)?;
-    let valid = mls::validate_key_package(&pa, &kp, &bob.device.address, Some(2))?;
-    let out = mls::add_members(&pa, &group, &alice, &[valid])?;
-    mls::merge_pending_commit(&pa, &group)?;
-    let welcome = out.welcome.ok_or("no welcome")?;
-    write(dir, "mls", "welcome", &tagged(1, &welcome))?;
-    write(dir, "mls", "commit", &tagged(1, &out.commit))?;
-    let app = mls::encrypt(&pa, &group, &alice, b"hello")?;
-    write(dir, "mls", "application", &tagged(1, &app))?;
+    for (suite, tag) in [(mls::Suite::Classical, ""), (mls::Suite::PostQuantum, "-x-wing")] {
+        let (pa, alice) = member("alice", 1)?;
+        let (pb, bob) = member("bob", 2)?;
+        let kp = mls::key_packages(&pb, &bob, suite, 1, false)?.remove(0);
+        write(dir, "mls", &format!("key-package{tag}"), &tagged(0, &kp))?;
+        let group = mls::create_group(&pa, &alice, suite)?;
+        let valid = mls::validate_key_package(&pa, &kp, &bob.device.address, Some(2))?;
+        let out = mls::add_members(&pa, &group, &alice, &[valid])?;
+        mls::merge_pending_commit(&pa, &group)?;
+        let welcome = out.welcome.ok_or("no welcome")?;
+        write(dir, "mls", &format!("welcome{tag}"), &tagged(1, &welcome))?;
+        write(dir, "mls", &format!("commit{tag}"), &tagged(1, &out.commit))?;
+        let app = mls::encrypt(&pa, &group, &alice, b"hello")?;
+        write(dir, "mls", &format!("application{tag}"), &tagged(1, &app))?;
+    }
     Ok(())
 }
