@@ -88,7 +88,8 @@ impl Client {
     }
 
     /// The active direct chat with `peer`. If both sides created one at once, both settle
-    /// on the one with the smallest id.
+    /// on a post-quantum one if there is one, and among those on the one with the smallest
+    /// id (a chat's suite is the same on both sides).
     ///
     /// A chat whose only devices of `peer` are no longer in its signed device list (the peer
     /// recovered the account on a new device) is passed over for one that reaches it.
@@ -96,7 +97,7 @@ impl Client {
         let candidates: Vec<Vec<u8>> = {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT group_id FROM chats WHERE kind = 'direct' AND peer = ?1 AND state = 'active'
-                 ORDER BY group_id",
+                 ORDER BY ciphersuite DESC, group_id",
             )?;
             let rows = stmt.query_map([peer.as_str()], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?

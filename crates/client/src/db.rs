@@ -190,6 +190,15 @@ ALTER TABLE chats ADD COLUMN prune_pending INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE chats ADD COLUMN ciphersuite INTEGER NOT NULL DEFAULT 3;
 "#,
+    // 11: this device's key packages, by the replacement round (Unix ms) they belong to,
+    // so the private keys of rounds long replaced can be forgotten.
+    r#"
+CREATE TABLE own_key_packages (
+    reference BLOB PRIMARY KEY,
+    round INTEGER NOT NULL
+);
+CREATE INDEX own_key_packages_by_round ON own_key_packages(round);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

@@ -86,15 +86,6 @@ impl Client {
             let rows = stmt.query_map([due_before], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
-        if all {
-            // Key packages waiting on the server are replaced too (now, if the server is up).
-            self.rotate_key_packages_soon()?;
-            if let Err(e) = self.replenish_key_packages()
-                && !crate::outbox::transient(&e)
-            {
-                return Err(e);
-            }
-        }
         let mut report = HealReport { interval_secs: interval, ..HealReport::default() };
         // A chat that cannot be updated now is tried again in a while, not at once.
         let retry_at =
@@ -139,6 +130,14 @@ impl Client {
                         report.failed.push((hex::encode(&group_id), e.to_string()));
                     }
                 }
+            }
+        }
+        if all {
+            // Key packages waiting on the server are replaced too: now if the server takes
+            // them, else at the next sync.
+            self.rotate_key_packages_soon()?;
+            if let Err(e) = self.replenish_key_packages() {
+                report.failed.push(("key packages".into(), e.to_string()));
             }
         }
         Ok(report)

@@ -9,7 +9,7 @@ use sotto_proto::{self as proto, Bytes};
 use crate::db;
 use crate::*;
 
-/// Setting: when this device last replaced all its key packages (Unix seconds).
+/// Setting: when this device last replaced all its key packages (Unix milliseconds).
 const KEY_PACKAGES_ROTATED: &str = "key_packages_rotated_at";
 
 impl Client {
@@ -23,15 +23,27 @@ impl Client {
     /// key packages wait on the server for weeks, and private keys of theirs that leaked with
     /// this device's state would open the next chat someone starts with it.
     pub(crate) fn replenish_key_packages(&mut self) -> Result<(), Error> {
-        let now = self.now_ms() / 1000;
+        let now = self.now_ms();
         let rotated = db::setting(&self.conn, KEY_PACKAGES_ROTATED)?.unwrap_or(0);
-        let replace = now >= rotated.saturating_add(self.heal_interval()?);
+        let replace = now >= rotated.saturating_add(self.heal_interval()?.saturating_mul(1000));
         let token = self.token()?;
         let stock: proto::KeyPackageCount = self.api.get("/v1/keypackages", Some(&token))?;
-        let published = published_suites();
+        // A server that answers without a per-suite stock files one suite only: it gets
+        // classical packages, as it always did, and nothing replaced.
+        let (published, suites, replace) = match stock.suites {
+            Some(suites) => (published_suites(), suites, replace),
+            None => (
+                vec![Suite::Classical],
+                vec![proto::SuiteStock {
+                    ciphersuite: Suite::Classical.code(),
+                    remaining: stock.remaining,
+                    last_resort: stock.last_resort,
+                }],
+                false,
+            ),
+        };
         for &suite in &published {
-            let (remaining, has_last_resort) = stock
-                .suites
+            let (remaining, has_last_resort) = suites
                 .iter()
                 .find(|s| s.ciphersuite == suite.code())
                 .filter(|_| !replace)
@@ -59,6 +71,15 @@ impl Client {
                 } else {
                     mls::key_packages_offering(&p, &self.me, suite, &published, 1, true)?.pop()
                 };
+                // Each package belongs to a replacement round: this one if it replaces, else
+                // the last one.
+                let round = if replace { now } else { rotated };
+                for kp in one_time.iter().chain(last_resort.iter()) {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO own_key_packages (reference, round) VALUES (?1, ?2)",
+                        rusqlite::params![mls::key_package_ref(&p, kp)?, round as i64],
+                    )?;
+                }
                 tx.commit()?;
                 (one_time, last_resort)
             };
@@ -74,7 +95,33 @@ impl Client {
         }
         if replace {
             db::set_setting(&self.conn, KEY_PACKAGES_ROTATED, now)?;
+            self.forget_old_key_packages(now)?;
         }
+        Ok(())
+    }
+
+    /// Forgets the private keys of key packages two replacement rounds old: the server
+    /// dropped them a round ago, and a welcome made with one before that had the whole round
+    /// to arrive.
+    fn forget_old_key_packages(&mut self, round: u64) -> Result<(), Error> {
+        let tx = begin(&self.conn)?;
+        let previous: Option<i64> = tx.query_row(
+            "SELECT MAX(round) FROM own_key_packages WHERE round < ?1",
+            [round as i64],
+            |r| r.get(0),
+        )?;
+        let Some(previous) = previous else { return Ok(()) };
+        let old: Vec<Vec<u8>> = {
+            let mut stmt = tx.prepare("SELECT reference FROM own_key_packages WHERE round < ?1")?;
+            let rows = stmt.query_map([previous], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let p = db::provider(&tx);
+        for reference in &old {
+            mls::forget_key_package(&p, reference)?;
+        }
+        tx.execute("DELETE FROM own_key_packages WHERE round < ?1", [previous])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -122,8 +169,9 @@ impl Client {
             better.map(|b| (k, *b))
         }) {
             return Err(Error::Untrusted(format!(
-                "the server handed out an {} key for {}, which has published {} keys: it \
-                 held those back; refusing to start a weaker chat",
+                "the server handed out an {} key for {}, whose signed key package says it \
+                 published {} keys too: the server held those back (or that device is \
+                 faulty); refusing to start a weaker chat",
                 k.suite().name(),
                 k.device,
                 better.name()
@@ -166,7 +214,7 @@ impl Client {
             "/v1/keypackages/claim",
             &proto::ClaimRequest {
                 address: address.to_string(),
-                device_ids: only,
+                device_ids: only.clone(),
                 ciphersuites: Some(suites.iter().map(|s| s.code()).collect()),
             },
             Some(&token),
@@ -187,6 +235,18 @@ impl Client {
                 )
             })
             .collect::<Result<_, _>>()?;
+        // One package per device, and only of devices asked for: a server repeating one
+        // device's package could otherwise pass it off as many devices.
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(k) = packages.iter().find(|k| {
+            !seen.insert(k.device.device_id)
+                || only.as_ref().is_some_and(|ids| !ids.contains(&k.device.device_id))
+        }) {
+            return Err(Error::Untrusted(format!(
+                "the server handed out a key package for {} twice or unasked",
+                k.device
+            )));
+        }
         if let Some(k) = packages.iter().find(|k| !suites.contains(&k.suite())) {
             return Err(Error::Untrusted(format!(
                 "the server offered an {} key for {}, a suite not asked for",

@@ -182,7 +182,8 @@ impl Client {
         match incoming {
             Incoming::Joined { group_id, inviter } => {
                 // Joining consumed one of this device's key packages, made earlier (the
-                // last-resort one serves several joins): its key is replaced right away.
+                // last-resort one serves several joins): its leaf key in the chat is replaced
+                // soon (healing), the packages on the server once per period.
                 self.touched.borrow_mut().joined = true;
                 self.touched.borrow_mut().joined_groups.insert(group_id.clone());
                 let suite = mls::group_suite(&db::provider(tx), &group_id)?;

@@ -503,8 +503,23 @@ fn a_server_that_holds_back_post_quantum_keys_is_caught() {
     let err = alice.create_group("team", &["bob@localhost".into()]).expect_err("downgrade");
     assert_eq!(err.code(), "untrusted", "{err}");
 
-    // Honest again: the chats are post-quantum.
+    // One device's package handed out as if it were several devices: refused.
     world.fake.script().rewrite_request = None;
+    world.fake.script().rewrite = Some(Box::new(|path, status, body| {
+        if path == "/v1/keypackages/claim" && status == 200 {
+            let mut answer: proto::ClaimResponse = serde_json::from_slice(body).expect("answer");
+            if let Some(first) = answer.key_packages.first().cloned() {
+                answer.key_packages.push(first);
+            }
+            *body = serde_json::to_vec(&answer).expect("json");
+        }
+    }));
+    let err = alice.send_text(&bob, "hi").expect_err("a repeated key package");
+    assert_eq!(err.code(), "untrusted", "{err}");
+    assert!(err.to_string().contains("twice or unasked"), "{err}");
+    world.fake.script().rewrite = None;
+
+    // Honest again: the chats are post-quantum.
     alice.send_text(&bob, "hi").expect("sent");
     let team = alice.create_group("team", &["bob@localhost".into()]).expect("group");
     assert!(team.post_quantum);

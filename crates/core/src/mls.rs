@@ -397,6 +397,34 @@ pub fn key_packages_offering<S: StorageProvider<CURRENT_VERSION>>(
         .collect()
 }
 
+/// The reference of one of this device's key packages (made by [`key_packages`]), under which
+/// its private keys are stored.
+pub fn key_package_ref<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    bytes: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let package = KeyPackageIn::tls_deserialize(&mut &bytes[..])
+        .map_err(|e| Error::MalformedMls(e.to_string()))?
+        .validate(p.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| Error::InvalidKeyPackage(e.to_string()))?;
+    package
+        .hash_ref(p.crypto())
+        .map_err(mls_err)?
+        .tls_serialize_detached()
+        .map_err(|_| Error::Internal("key package reference serialization failed"))
+}
+
+/// Forgets the private keys of one of this device's key packages: nothing made for it opens
+/// on this device any more.
+pub fn forget_key_package<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    reference: &[u8],
+) -> Result<(), Error> {
+    let reference = KeyPackageRef::tls_deserialize(&mut &reference[..])
+        .map_err(|e| Error::MalformedMls(e.to_string()))?;
+    p.storage.delete_key_package(&reference).map_err(storage_err)
+}
+
 /// Decodes and validates a key package handed out for an account, checking that its
 /// credential names a device of `expected` and, if given, exactly `device_id`.
 pub fn validate_key_package<S: StorageProvider<CURRENT_VERSION>>(
@@ -414,8 +442,21 @@ pub fn validate_key_package<S: StorageProvider<CURRENT_VERSION>>(
     let package = kp_in
         .validate(p.crypto(), ProtocolVersion::Mls10)
         .map_err(|e| Error::InvalidKeyPackage(e.to_string()))?;
-    if Suite::from_code(package.ciphersuite() as u16).is_none() {
+    let Some(suite) = Suite::from_code(package.ciphersuite() as u16) else {
         return Err(Error::InvalidKeyPackage("unsupported ciphersuite".into()));
+    };
+    // The keys others will encrypt to must be keys of the suite: a member's malformed key
+    // would make every later commit in its chats fail for everyone.
+    let leaf_key = package
+        .leaf_node()
+        .encryption_key()
+        .tls_serialize_detached()
+        .map_err(|_| Error::InvalidKeyPackage("an unreadable leaf key".into()))?;
+    // A variable-length vector: its length prefix takes 1, 2 or 4 bytes (RFC 9420, 2.1.2).
+    let prefix = leaf_key.first().map_or(0, |b| 1usize << (b >> 6));
+    let keys = [package.hpke_init_key().as_slice(), leaf_key.get(prefix..).unwrap_or_default()];
+    if keys.iter().any(|k| !crypto::public_key_fits(suite.ciphersuite(), k)) {
+        return Err(Error::InvalidKeyPackage("a key of the wrong length for its suite".into()));
     }
     let device = device_of(package.leaf_node().credential());
     match device {
@@ -1004,6 +1045,19 @@ mod tests {
             remove_accounts(&alice.0, &gid, &alice.1, &[nobody]),
             Err(Error::NotAMember(_))
         ));
+    }
+
+    #[test]
+    fn a_forgotten_key_package_opens_nothing() {
+        let (alice, bob) = (device("alice", 1), device("bob", 2));
+        let kp = key_packages(&bob.0, &bob.1, Suite::PostQuantum, 1, false).expect("kp").remove(0);
+        let reference = key_package_ref(&bob.0, &kp).expect("reference");
+        let valid = validate_key_package(&alice.0, &kp, &bob.1.device.address, None).expect("ok");
+        let gid = create_group(&alice.0, &alice.1, Suite::PostQuantum).expect("group");
+        let out = add_members(&alice.0, &gid, &alice.1, &[valid]).expect("add");
+        forget_key_package(&bob.0, &reference).expect("forget");
+        assert!(process(&bob.0, &out.welcome.expect("welcome")).is_err());
+        assert!(forget_key_package(&bob.0, b"\xff").is_err(), "a malformed reference");
     }
 
     #[test]

@@ -230,9 +230,10 @@ pub struct KeyPackageCount {
     pub remaining: u64,
     /// Whether a last-resort key package of the classical suite is on file.
     pub last_resort: bool,
-    /// The stock of every ciphersuite the device has key packages of.
+    /// The stock of every ciphersuite the device has key packages of (absent from servers
+    /// that know one suite only).
     #[serde(default)]
-    pub suites: Vec<SuiteStock>,
+    pub suites: Option<Vec<SuiteStock>>,
 }
 
 /// A device's key packages of one ciphersuite.
@@ -249,6 +250,13 @@ pub struct SuiteStock {
 /// The ciphersuite an upload or claim means when it names none: X25519, ChaCha20-Poly1305,
 /// SHA-256, Ed25519 (0x0003).
 pub const CLASSICAL_SUITE: u16 = 3;
+
+/// X-Wing, ChaCha20-Poly1305, SHA-256, Ed25519 (0x004D, a provisional code point from
+/// draft-ietf-mls-pq-ciphersuites).
+pub const X_WING_SUITE: u16 = 0x004D;
+
+/// The ciphersuites the server files key packages of.
+pub const SUITES: [u16; 2] = [CLASSICAL_SUITE, X_WING_SUITE];
 
 /// `POST /v1/keypackages/claim`: take one key package of every device of an account.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -162,6 +162,9 @@ fn hostile_api_requests() {
         json!({"key_packages": [b64(b"junk")]}),
         json!({"key_packages": [kp(0x4d)], "last_resort": b64(b"\x00")}),
         json!({"key_packages": [kp(3)], "last_resort": kp(0x4d)}),
+        // Only the suites Sotto speaks: every other code would be a stock of its own.
+        json!({"key_packages": [kp(1)]}),
+        json!({"last_resort": kp(0xbeef)}),
     ] {
         let (s, v) = server.http("POST", "/v1/keypackages", Some(&token), &body.to_string());
         assert_eq!((s, code(&v)), (400, "bad_request"), "{body}");
@@ -440,4 +443,17 @@ fn healing_replaces_the_key_packages_waiting_on_the_server() {
         assert_eq!(after[50], after[51], "the last resort is handed out again");
         assert!(after.iter().all(|k| !before.contains(k)), "nothing from before the update");
     }
+    // The private keys of packages replaced a round ago are kept (a welcome made with one may
+    // still be on its way); those of older rounds are forgotten.
+    let rounds = |u: &User| -> (i64, i64) {
+        common::open_home_db(&u.home)
+            .query_row("SELECT COUNT(*), COUNT(DISTINCT round) FROM own_key_packages", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("own key packages")
+    };
+    assert_eq!(rounds(&bob), (204, 2), "the first round and the one that replaced it");
+    bob.ok(&["heal"]);
+    bob.ok(&["heal"]);
+    assert_eq!(rounds(&bob), (204, 2), "two rounds kept, older ones forgotten");
 }

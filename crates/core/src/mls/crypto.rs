@@ -53,6 +53,15 @@ impl std::fmt::Debug for Crypto {
     }
 }
 
+/// Whether `pk` has the length of a public key of `suite`'s KEM.
+pub(super) fn public_key_fits(suite: Ciphersuite, pk: &[u8]) -> bool {
+    match suite.hpke_kem_algorithm() {
+        HpkeKemType::XWingKemDraft6 => pk.len() == X_WING_PUBLIC_KEY_LEN,
+        HpkeKemType::DhKem25519 => pk.len() == 32,
+        _ => true,
+    }
+}
+
 fn x_wing(config: &HpkeConfig) -> bool {
     matches!(config.0, HpkeKemType::XWingKemDraft6)
 }

@@ -719,14 +719,16 @@ fn count(stocks: Vec<KeyPackageStock>) -> proto::KeyPackageCount {
     proto::KeyPackageCount {
         remaining: classical.map_or(0, |s| s.remaining),
         last_resort: classical.is_some_and(|s| s.last_resort),
-        suites: stocks
-            .iter()
-            .map(|s| proto::SuiteStock {
-                ciphersuite: s.ciphersuite,
-                remaining: s.remaining,
-                last_resort: s.last_resort,
-            })
-            .collect(),
+        suites: Some(
+            stocks
+                .iter()
+                .map(|s| proto::SuiteStock {
+                    ciphersuite: s.ciphersuite,
+                    remaining: s.remaining,
+                    last_resort: s.last_resort,
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -760,6 +762,11 @@ async fn upload_key_packages(
             first
         }
     };
+    // Only the suites Sotto speaks: each has its own stock, so any other code would be
+    // storage beyond the per-device bound.
+    if !proto::SUITES.contains(&suite) {
+        return Err(ApiError::bad_request(format!("unsupported ciphersuite 0x{suite:04x}")));
+    }
     let one_time: Vec<Vec<u8>> = req.key_packages.into_iter().map(|k| k.0).collect();
     let last_resort = req.last_resort.map(|k| k.0);
     let replace = req.replace;
