@@ -11,7 +11,7 @@ use sotto_core::account::{
     DeviceList, IdentityKey, LinkPart, LinkSecret, ListedDevice, RecoveryKey, Signed, SignedList,
     Signer, WipeCommand, WipeConfirmation, WipeRefused,
 };
-use sotto_core::mls::{self, DeviceKey, Identity};
+use sotto_core::mls::{self, DeviceKey, Identity, Suite};
 use sotto_core::{Address, DeviceRef, auth, unix_now};
 use sotto_proto::{self as proto, Bytes};
 use zeroize::Zeroizing;
@@ -497,54 +497,90 @@ impl Client {
     /// Brings every active chat in line with this account's signed device list: adds listed
     /// devices that are missing (if they have published key packages) and removes devices
     /// that are no longer listed. Any of the account's devices may do it; the first wins.
-    pub(crate) fn reconcile_devices(&mut self) -> Result<(), Error> {
+    /// Returns the devices found without key packages of a chat's suite.
+    pub(crate) fn reconcile_devices(&mut self) -> Result<BTreeSet<(Suite, u64)>, Error> {
         let me = self.me.device.address.clone();
         let (list, infos) = self.verified_list(&me)?;
-        // Devices found without key packages in this pass are not asked again for each chat.
-        let mut exhausted: BTreeSet<u64> = BTreeSet::new();
+        // Devices found without key packages of a suite in this pass are not asked again for
+        // each chat of that suite (a device may have packages of one suite and not the other).
+        let mut exhausted: BTreeSet<(Suite, u64)> = BTreeSet::new();
         for group_id in self.active_chats()? {
-            for _ in 0..MAX_COMMIT_ATTEMPTS {
-                let members = mls::member_keys(&db::provider(&self.conn), &group_id)?;
-                let mine: Vec<&(DeviceRef, Vec<u8>)> =
-                    members.iter().filter(|(d, _)| d.address == me).collect();
-                let stale: Vec<DeviceRef> =
-                    mine.iter().filter(|(_, k)| !list.lists(k)).map(|(d, _)| d.clone()).collect();
-                let missing: Vec<u64> = infos
-                    .iter()
-                    .filter(|i| i.revoked_at.is_none() && list.lists(&i.device_key.0))
-                    .filter(|i| !mine.iter().any(|(_, k)| k == &i.device_key.0))
-                    .map(|i| i.device_id)
-                    .filter(|id| !exhausted.contains(id))
-                    .collect();
-                // Removals first; additions on a later round (their key packages are claimed
-                // only when they will be used).
-                let packages = if !stale.is_empty() || missing.is_empty() {
-                    Vec::new()
-                } else {
-                    let packages = self.claim_for(&group_id, &me, Some(missing.clone()), &list)?;
-                    exhausted.extend(
-                        missing
-                            .iter()
-                            .filter(|id| !packages.iter().any(|k| k.device.device_id == **id)),
-                    );
-                    packages
-                };
-                if stale.is_empty() && packages.is_empty() {
-                    break;
+            // One chat that cannot be brought in line does not hold up the others, nor the
+            // rest of the sync; it is tried again at the next one.
+            match self.reconcile_chat(&group_id, &list, &infos, &mut exhausted) {
+                Err(e @ (Error::Database(_) | Error::Revoked(_) | Error::Wiped(_))) => {
+                    return Err(e);
                 }
-                let done = self.commit_once(&group_id, &mut |p, me| {
-                    if stale.is_empty() {
-                        let out = mls::add_members(p, &group_id, me, &packages)?;
-                        Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
-                    } else {
-                        Ok((mls::remove_devices(p, &group_id, me, &stale)?, Vec::new()))
-                    }
-                })?;
-                if !done {
-                    self.catch_up()?;
-                    if self.require_active(&group_id).is_err() {
-                        break;
-                    }
+                Err(e)
+                    if crate::outbox::transient(&e)
+                        || e.server_code() == Some("device_revoked") =>
+                {
+                    return Err(e);
+                }
+                Err(e) => db::add_notice(
+                    &self.conn,
+                    &format!(
+                        "this account's devices could not be brought into chat {}: {e}",
+                        hex::encode(&group_id)
+                    ),
+                )?,
+                Ok(()) => {}
+            }
+        }
+        Ok(exhausted)
+    }
+
+    fn reconcile_chat(
+        &mut self,
+        group_id: &[u8],
+        list: &DeviceList,
+        infos: &[proto::DeviceInfo],
+        exhausted: &mut BTreeSet<(Suite, u64)>,
+    ) -> Result<(), Error> {
+        let me = self.me.device.address.clone();
+        let suite = mls::group_suite(&db::provider(&self.conn), group_id)?;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let members = mls::member_keys(&db::provider(&self.conn), group_id)?;
+            let mine: Vec<&(DeviceRef, Vec<u8>)> =
+                members.iter().filter(|(d, _)| d.address == me).collect();
+            let stale: Vec<DeviceRef> =
+                mine.iter().filter(|(_, k)| !list.lists(k)).map(|(d, _)| d.clone()).collect();
+            let missing: Vec<u64> = infos
+                .iter()
+                .filter(|i| i.revoked_at.is_none() && list.lists(&i.device_key.0))
+                .filter(|i| !mine.iter().any(|(_, k)| k == &i.device_key.0))
+                .map(|i| i.device_id)
+                .filter(|id| !exhausted.contains(&(suite, *id)))
+                .collect();
+            // Removals first; additions on a later round (their key packages are claimed
+            // only when they will be used).
+            let packages = if !stale.is_empty() || missing.is_empty() {
+                Vec::new()
+            } else {
+                let packages = self.claim_for(group_id, &me, Some(missing.clone()), list)?;
+                exhausted.extend(
+                    missing
+                        .iter()
+                        .filter(|id| !packages.iter().any(|k| k.device.device_id == **id))
+                        .map(|id| (suite, *id)),
+                );
+                packages
+            };
+            if stale.is_empty() && packages.is_empty() {
+                break;
+            }
+            let done = self.commit_once(group_id, &mut |p, me| {
+                if stale.is_empty() {
+                    let out = mls::add_members(p, group_id, me, &packages)?;
+                    Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
+                } else {
+                    Ok((mls::remove_devices(p, group_id, me, &stale)?, Vec::new()))
+                }
+            })?;
+            if !done {
+                self.catch_up()?;
+                if self.require_active(group_id).is_err() {
+                    break;
                 }
             }
         }
@@ -757,18 +793,27 @@ impl Client {
         // Wait for the new device's key packages, adding it to each chat as they come.
         let deadline = Instant::now() + JOIN_WAIT;
         let device = DeviceRef { address: me.clone(), device_id };
+        // How many polls in a row found only chats the device will not join left (its
+        // packages of the other suite may be a moment behind, so one poll is not enough).
+        let mut settled = 0;
         let (joined, pending) = loop {
             self.catch_up()?;
-            self.reconcile_devices()?;
+            let exhausted = self.reconcile_devices()?;
             let chats = self.active_chats()?;
             let p = db::provider(&self.conn);
-            let mut joined = 0;
+            let mut state = Vec::with_capacity(chats.len());
             for g in &chats {
-                if mls::members(&p, g)?.contains(&device) {
-                    joined += 1;
-                }
+                state.push((mls::group_suite(&p, g)?, mls::members(&p, g)?.contains(&device)));
             }
-            if joined == chats.len() || Instant::now() >= deadline {
+            let joined = state.iter().filter(|(_, j)| *j).count();
+            // A device that joined chats of one suite and has no key packages of another (an
+            // older version) will not join chats of that other: they are not waited for.
+            let never = state
+                .iter()
+                .filter(|(s, j)| !j && joined > 0 && exhausted.contains(&(*s, device_id)))
+                .count();
+            settled = if joined + never == chats.len() { settled + 1 } else { 0 };
+            if joined == chats.len() || settled >= 4 || Instant::now() >= deadline {
                 break (joined, chats.len() - joined);
             }
             std::thread::sleep(POLL);

@@ -427,3 +427,33 @@ fn post_quantum_and_classical_chats_side_by_side() {
     assert_eq!(laptop.sync(), expected);
     assert_eq!(carol.sync(), expected);
 }
+
+#[test]
+fn a_device_without_post_quantum_keys_joins_the_classical_chats() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let _bob = User::register("bob", &server, "");
+    let dave = User::new("dave");
+    as_classical_only(&dave, &["register", &dave.address, "--server", &server.url]);
+    // Three post-quantum chats and three classical ones (with dave), in no particular order.
+    let mut classical = Vec::new();
+    for i in 0..3 {
+        let pq = alice.ok(&["group", "create", &format!("pq{i}"), "--members", "bob@localhost"]);
+        assert_eq!(pq["post_quantum"], true);
+        let c = alice.ok(&["group", "create", &format!("c{i}"), "--members", "dave@localhost"]);
+        assert_eq!(c["post_quantum"], false);
+        classical.push(c["id"].as_str().expect("id").to_string());
+    }
+    // alice links a device of an older version: classical key packages only. The approval
+    // does not wait for the chats it cannot join, and it joins every classical one.
+    let started = std::time::Instant::now();
+    let (old, linked) = alice.link_device_with(&server, "old", &[("SOTTO_SUITES", "classical")]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{linked}");
+    as_classical_only(&old, &["sync"]);
+    for id in &classical {
+        assert_eq!(chat(&old, id)["post_quantum"], false);
+        alice.send_group(id, "to the old device too");
+    }
+    let got = as_classical_only(&old, &["sync"]);
+    assert_eq!(texts(&got["messages"]).len(), 3, "{got}");
+}

@@ -218,9 +218,20 @@ impl User {
     /// Links a new device of this account in a home of its own, approved from this device;
     /// returns it and the approval's JSON (`device_id`, `chats_joined`, `history_messages`).
     pub fn link_device(&self, server: &Server, name: &str) -> (User, Value) {
+        self.link_device_with(server, name, &[])
+    }
+
+    /// [`User::link_device`], the new device's `sotto link` run with `env` set.
+    pub fn link_device_with(
+        &self,
+        server: &Server,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> (User, Value) {
         let dir = tempfile::tempdir().expect("tempdir");
         let new = User { address: self.address.clone(), home: dir.path().join(name), _dir: dir };
         let mut child = client()
+            .envs(env.iter().copied())
             .arg("--home")
             .arg(&new.home)
             .args(["--json", "link", &self.address, "--server", &server.url, "--name", name])
