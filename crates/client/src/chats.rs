@@ -166,7 +166,7 @@ impl Client {
         };
         let (messages, last): (i64, Option<i64>) = self.conn.prepare_cached(
             "SELECT COUNT(*), MAX(m.sent_at) FROM messages m JOIN chats c ON c.group_id = m.group_id
-             WHERE m.kind = 'text' AND (m.group_id = ?1 OR (?2 IS NOT NULL AND c.kind = 'direct' AND c.peer = ?2))")?.query_row(params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
+             WHERE m.kind IN ('text', 'file') AND (m.group_id = ?1 OR (?2 IS NOT NULL AND c.kind = 'direct' AND c.peer = ?2))")?.query_row(params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let (timer, suite): (i64, u16) = self

@@ -131,6 +131,16 @@ struct HistoryMessage {
     /// Disappearing messages keep their deadline on the new device.
     #[serde(default)]
     expires_at: Option<u64>,
+    /// `text` or `file` (histories from devices before files were sent hold texts only).
+    #[serde(default = "text_kind")]
+    kind: String,
+    /// A file's reference and key (the MLS content of the file message), for `file`.
+    #[serde(default)]
+    attachment: Option<String>,
+}
+
+fn text_kind() -> String {
+    "text".into()
 }
 
 impl Client {
@@ -840,8 +850,8 @@ impl Client {
         for group_id in self.active_chats()? {
             let row = self.chat_row(&group_id)?;
             let mut stmt = self.conn.prepare(
-                "SELECT msg_id, sender, body, sent_at, expires_at FROM messages
-                 WHERE group_id = ?1 AND kind = 'text' ORDER BY id DESC LIMIT ?2",
+                "SELECT msg_id, sender, body, sent_at, expires_at, kind, attachment FROM messages
+                 WHERE group_id = ?1 AND kind IN ('text', 'file') ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![group_id, HISTORY_PER_CHAT], |r| {
                 Ok(HistoryMessage {
@@ -850,6 +860,8 @@ impl Client {
                     body: r.get(2)?,
                     sent_at: r.get::<_, i64>(3)? as u64,
                     expires_at: r.get::<_, Option<i64>>(4)?.map(|e| e as u64),
+                    kind: r.get(5)?,
+                    attachment: r.get(6)?,
                 })
             })?;
             let mut messages: Vec<HistoryMessage> = rows.collect::<Result<_, _>>()?;
@@ -1015,10 +1027,21 @@ impl Client {
             )?;
             for m in chat.messages {
                 let status = if m.sender == self.account.address { "sent" } else { "received" };
+                // A file message keeps what downloading it needs; anything else that does not
+                // read as one is left out rather than shown broken.
+                let attachment = match m.kind.as_str() {
+                    "text" => None,
+                    "file" => match m.attachment.filter(|a| crate::chats::file_info(a).is_some()) {
+                        Some(a) => Some(a),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
                 count += tx.execute(
                     "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
-                                                     sent_at, received_at, reported, expires_at)
-                     VALUES (?1, ?2, ?3, 'text', ?4, ?5, ?6, ?7, 1, ?8)",
+                                                     sent_at, received_at, reported, expires_at,
+                                                     attachment)
+                     VALUES (?1, ?2, ?3, ?9, ?4, ?5, ?6, ?7, 1, ?8, ?10)",
                     params![
                         group_id,
                         m.msg_id,
@@ -1027,7 +1050,9 @@ impl Client {
                         status,
                         m.sent_at as i64,
                         now,
-                        m.expires_at.map(|e| e as i64)
+                        m.expires_at.map(|e| e as i64),
+                        m.kind,
+                        attachment
                     ],
                 )?;
             }

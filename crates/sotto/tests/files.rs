@@ -332,3 +332,30 @@ fn raw_get(server: &Server, path: &str, token: &str, range: Option<&str>) -> (u1
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
     (status, raw[split..].to_vec())
 }
+
+#[test]
+fn files_count_in_chats_and_reach_a_newly_linked_device() {
+    let server = Server::start(&["--registration", "open"]);
+    let [alice, bob] = ["alice", "bob"].map(|n| User::register(n, &server, ""));
+    let dir = tempfile::tempdir().expect("dir");
+    let original = make_file(dir.path(), "plan.txt", 5000);
+    alice.send(&bob.address, "the plan follows");
+    alice.ok(&["send-file", &bob.address, original.to_str().expect("path")]);
+    alice.ok(&["send-file", &bob.address, original.to_str().expect("path")]);
+    bob.sync();
+    // `chats` counts file messages, and dates the chat by the last of them.
+    let chats = bob.ok(&["chats"]);
+    let chat = &chats[0];
+    assert_eq!(chat["messages"], 3, "{chats}");
+    let (_, last) = file_message(&bob, &alice.address);
+    assert_eq!(chat["last_message_at"], last["sent_at"], "{chats}");
+
+    // bob's new device gets the files in its history, and can download them.
+    let (laptop, linked) = bob.link_device(&server, "laptop");
+    assert_eq!(linked["history_messages"], 3, "{linked}");
+    let (id, m) = file_message(&laptop, &alice.address);
+    assert_eq!(m["file"]["name"], "plan.txt");
+    let out = dir.path().join("laptop-copy.txt");
+    laptop.ok(&["download", &id, "--out", out.to_str().expect("path")]);
+    assert!(same_file(&original, &out));
+}
