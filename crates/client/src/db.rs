@@ -199,6 +199,14 @@ CREATE TABLE own_key_packages (
 );
 CREATE INDEX own_key_packages_by_round ON own_key_packages(round);
 "#,
+    // 12: names of this account's devices, by device key, kept after the list stops naming
+    // them (a revoked or wiped device keeps its name in `devices`).
+    r#"
+CREATE TABLE device_names (
+    device_key BLOB PRIMARY KEY,
+    name TEXT NOT NULL
+);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

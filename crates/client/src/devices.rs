@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sotto_core::account::{
     DeviceList, IdentityKey, LinkPart, LinkSecret, ListedDevice, RecoveryKey, Signed, SignedList,
@@ -163,6 +163,9 @@ impl Client {
             match self.kt_check(address, &list.identity_key, &fetched)? {
                 KtCheck::Holds => {
                     self.pin(address, &list, &fetched)?;
+                    if address == &self.me.device.address {
+                        self.remember_device_names(&list)?;
+                    }
                     return Ok((list, resp.devices));
                 }
                 KtCheck::Differs if attempt < 3 => std::thread::sleep(POLL / 2),
@@ -173,6 +176,29 @@ impl Client {
             "key transparency: the directory does not hold the device list the server gave \
              for {address}; refusing it (the server may be substituting keys)"
         )))
+    }
+
+    /// Remembers the names of this account's listed devices: once a device is revoked or
+    /// wiped, the list no longer names it, and `devices` would show it nameless.
+    fn remember_device_names(&self, list: &DeviceList) -> Result<(), Error> {
+        for d in &list.devices {
+            let Some(name) = d.name.as_ref().and_then(|n| self.identity.open_name(n)) else {
+                continue;
+            };
+            let known: Option<String> = self
+                .conn
+                .prepare_cached("SELECT name FROM device_names WHERE device_key = ?1")?
+                .query_row([&d.key], |r| r.get(0))
+                .optional()?;
+            // Written only when it changed: a sync that finds the same list writes nothing.
+            if known.as_deref() != Some(name.as_str()) {
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO device_names (device_key, name) VALUES (?1, ?2)",
+                    params![d.key, name],
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks a fetched list's signature and that it may follow the one pinned.
@@ -279,8 +305,15 @@ impl Client {
         let mut out = Vec::new();
         for info in infos {
             let listed = list.devices.iter().find(|d| d.key == info.device_key.0);
-            let name =
-                listed.and_then(|d| d.name.as_ref()).and_then(|n| self.identity.open_name(n));
+            let name = match listed.and_then(|d| d.name.as_ref()) {
+                Some(n) => self.identity.open_name(n),
+                // No longer listed (revoked, wiped): the name it had here.
+                None => self
+                    .conn
+                    .prepare_cached("SELECT name FROM device_names WHERE device_key = ?1")?
+                    .query_row([&info.device_key.0], |r| r.get(0))
+                    .optional()?,
+            };
             let wiped_at = info.wipe.as_ref().and_then(|w| self.confirmed_wipe(w));
             let state = match (&info.wipe, wiped_at, info.revoked_at, listed) {
                 (_, Some(_), _, _) => "wiped",

@@ -141,6 +141,8 @@ fn a_revoked_device_can_neither_fetch_nor_send_nor_read_what_follows() {
     assert!(last.contains("device_revoked"), "{last}");
     let revoked = list.as_array().expect("devices").iter().find(|d| device_id(d) == phone_id);
     assert_eq!(revoked.expect("still listed")["state"], "revoked");
+    // It keeps the name it had.
+    assert_eq!(revoked.expect("still listed")["name"], "phone", "{list}");
 
     assert_eq!(phone.err(&["sync"]), "device_revoked");
     assert_eq!(phone.err(&["send", &bob.address, "still here?"]), "device_revoked");
