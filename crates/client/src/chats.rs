@@ -154,6 +154,17 @@ impl Client {
         Ok(out)
     }
 
+    /// A chat's suite, as recorded when it was made or joined (reading it from the MLS state
+    /// would load the whole group).
+    pub(crate) fn chat_suite(&self, group_id: &[u8]) -> Result<Suite, Error> {
+        let code: u16 = self
+            .conn
+            .prepare_cached("SELECT ciphersuite FROM chats WHERE group_id = ?1")?
+            .query_row([group_id], |r| r.get(0))?;
+        Suite::from_code(code)
+            .ok_or_else(|| Error::Protocol(format!("a chat of an unknown suite 0x{code:04x}")))
+    }
+
     pub(crate) fn chat_summary(&self, group_id: &[u8]) -> Result<ChatSummary, Error> {
         let ChatRow { kind, name, peer, state } = self.chat_row(group_id)?;
         let members = if state == "active" {

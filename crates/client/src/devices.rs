@@ -581,7 +581,7 @@ impl Client {
         exhausted: &mut BTreeSet<(Suite, u64)>,
     ) -> Result<(), Error> {
         let me = self.me.device.address.clone();
-        let suite = mls::group_suite(&db::provider(&self.conn), group_id)?;
+        let suite = self.chat_suite(group_id)?;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let members = mls::member_keys(&db::provider(&self.conn), group_id)?;
             let mine: Vec<&(DeviceRef, Vec<u8>)> =
@@ -846,7 +846,7 @@ impl Client {
             let p = db::provider(&self.conn);
             let mut state = Vec::with_capacity(chats.len());
             for g in &chats {
-                state.push((mls::group_suite(&p, g)?, mls::members(&p, g)?.contains(&device)));
+                state.push((self.chat_suite(g)?, mls::members(&p, g)?.contains(&device)));
             }
             let joined = state.iter().filter(|(_, j)| *j).count();
             // A device that joined chats of one suite and has no key packages of another (an

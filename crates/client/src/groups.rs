@@ -148,10 +148,8 @@ impl Client {
         if let Some(a) = addresses.iter().find(|a| current.contains(*a)) {
             return Err(Error::Invalid(format!("{a} is already a member")));
         }
-        let (suite, devices) = {
-            let p = db::provider(&self.conn);
-            (mls::group_suite(&p, &group_id)?, mls::members(&p, &group_id)?.len())
-        };
+        let suite = self.chat_suite(&group_id)?;
+        let devices = mls::members(&db::provider(&self.conn), &group_id)?.len();
         let mut packages = Vec::new();
         for a in &addresses {
             let list = self.verified_list(a)?.0;

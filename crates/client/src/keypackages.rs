@@ -138,7 +138,7 @@ impl Client {
         only: Option<Vec<u64>>,
         list: &DeviceList,
     ) -> Result<Vec<ValidKeyPackage>, Error> {
-        let suite = mls::group_suite(&db::provider(&self.conn), group_id)?;
+        let suite = self.chat_suite(group_id)?;
         self.claim_listed(address, only, list, &[suite])
     }
 
