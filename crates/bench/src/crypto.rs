@@ -135,7 +135,7 @@ fn text(len: usize) -> Vec<u8> {
         expires_in: None,
         n: None,
         root: None,
-        body: Body::Text { text: "x".repeat(len) },
+        body: Body::text("x".repeat(len)),
     }
     .encode()
 }

@@ -156,6 +156,10 @@ impl Api {
         self.call(&Request { method: Method::Post, path, token, body: Body::Json(&json) })
     }
 
+    pub(crate) fn delete<R: DeserializeOwned>(&self, path: &str, token: &str) -> Result<R, Error> {
+        self.call(&Request { method: Method::Delete, path, token: Some(token), body: Body::Empty })
+    }
+
     /// `PUT` raw bytes (an upload piece); the answer as JSON.
     pub(crate) fn put_bytes<R: DeserializeOwned>(
         &self,

@@ -8,6 +8,7 @@ use sotto_core::account::DeviceList;
 use sotto_core::content::Body;
 use sotto_core::mls::{self, Suite};
 
+use crate::conversation::{NOTES_TITLE, conversation};
 use crate::db;
 use crate::*;
 
@@ -54,6 +55,28 @@ impl Client {
             && !exact.contains(&direct)
         {
             exact.push(direct);
+        }
+        // A contact's nickname names the direct chat with it.
+        let named: Vec<String> = {
+            let mut stmt =
+                self.conn.prepare_cached("SELECT address FROM contacts WHERE nickname = ?1")?;
+            let rows = stmt.query_map([spec], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for address in named {
+            if let Some(direct) = self.direct_chat(&address.parse()?)?
+                && !exact.contains(&direct)
+            {
+                exact.push(direct);
+            }
+        }
+        if spec.eq_ignore_ascii_case("notes")
+            && let Some((id, ..)) = rows.iter().find(|(id, ..)| {
+                self.chat_row(id).is_ok_and(|r| r.kind == "note" && r.state == "active")
+            })
+            && !exact.contains(id)
+        {
+            exact.push(id.clone());
         }
         let by_prefix: Vec<Vec<u8>> = rows
             .iter()
@@ -129,15 +152,20 @@ impl Client {
         }
     }
 
-    /// All chats, most recently active first; one entry per direct correspondent.
-    pub fn chats(&self) -> Result<Vec<ChatSummary>, Error> {
+    /// The chats, pinned first, then most recently active first; one entry per direct
+    /// correspondent and one for notes. Archived chats only if `all`; chats deleted here
+    /// never (until a new message arrives).
+    pub fn chats(&self, all: bool) -> Result<Vec<ChatSummary>, Error> {
         let rows: Vec<(Vec<u8>, Option<String>)> = {
             let mut stmt = self.conn.prepare(
-                "SELECT c.group_id, CASE WHEN c.kind = 'direct' THEN c.peer END FROM chats c
-                 ORDER BY COALESCE((SELECT MAX(m.id) FROM messages m WHERE m.group_id = c.group_id), 0) DESC,
+                "SELECT c.group_id, CASE WHEN c.kind = 'direct' THEN c.peer
+                                         WHEN c.kind = 'note' THEN '' END
+                 FROM chats c WHERE c.hidden = 0 AND (?1 OR c.archived = 0)
+                 ORDER BY c.pinned DESC,
+                          COALESCE((SELECT MAX(m.id) FROM messages m WHERE m.group_id = c.group_id), 0) DESC,
                           c.created_at DESC",
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map([all], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
         let mut peers = BTreeSet::new();
@@ -145,6 +173,7 @@ impl Client {
         for (id, peer) in rows {
             let id = match peer {
                 Some(p) if !peers.insert(p.clone()) => continue,
+                Some(p) if p.is_empty() => id,
                 // The chat messages to this account go to, if there is an active one.
                 Some(p) => self.direct_chat(&p.parse()?)?.unwrap_or(id),
                 None => id,
@@ -175,16 +204,51 @@ impl Client {
         } else {
             Vec::new()
         };
-        let (messages, last): (i64, Option<i64>) = self.conn.prepare_cached(
-            "SELECT COUNT(*), MAX(m.sent_at) FROM messages m JOIN chats c ON c.group_id = m.group_id
-             WHERE m.kind IN ('text', 'file') AND (m.group_id = ?1 OR (?2 IS NOT NULL AND c.kind = 'direct' AND c.peer = ?2))")?.query_row(params![group_id, if kind == "direct" { peer.as_deref() } else { None }],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let (timer, suite): (i64, u16) = self
+        let (mut messages, mut last, mut unread) = (0i64, None::<i64>, 0i64);
+        for g in conversation(&self.conn, group_id)? {
+            let (n, l, u): (i64, Option<i64>, i64) = self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*), MAX(sent_at),
+                            COUNT(*) FILTER (WHERE read_at IS NULL AND sender != ?2)
+                     FROM messages WHERE group_id = ?1 AND kind IN ('text', 'file')",
+                )?
+                .query_row(params![g, self.account.address], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            messages += n;
+            unread += u;
+            last = last.max(l);
+        }
+        let (timer, suite, muted, pinned, archived, nickname): (
+            i64,
+            u16,
+            bool,
+            bool,
+            bool,
+            Option<String>,
+        ) = self
             .conn
-            .prepare_cached("SELECT timer_secs, ciphersuite FROM chats WHERE group_id = ?1")?
-            .query_row([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            .prepare_cached(
+                "SELECT timer_secs, ciphersuite, muted, pinned, archived,
+                        (SELECT nickname FROM contacts WHERE address = chats.peer)
+                 FROM chats WHERE group_id = ?1",
+            )?
+            .query_row([group_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })?;
+        let title = match (kind.as_str(), &peer, &name) {
+            ("direct", Some(p), _) => nickname.unwrap_or_else(|| p.clone()),
+            ("note", ..) => NOTES_TITLE.into(),
+            (_, _, Some(n)) => n.clone(),
+            _ => "(unnamed group)".into(),
+        };
         Ok(ChatSummary {
+            title,
+            unread: unread as u64,
+            muted,
+            pinned,
+            archived,
             timer_secs: timer as u64,
             post_quantum: suite == Suite::PostQuantum.code(),
             id: hex::encode(group_id),
@@ -198,23 +262,33 @@ impl Client {
         })
     }
 
-    /// The messages of a chat, oldest first; at most the last `limit`.
+    /// The messages of a chat, oldest first; at most the last `limit`, or the last `limit`
+    /// before the message (or event) `before` to page back.
     ///
     /// A direct chat's history covers every direct chat with the same account: when both sides
     /// start one at the same moment there are two MLS groups, but one conversation.
-    pub fn history(&self, chat: &str, limit: usize) -> Result<Vec<MessageView>, Error> {
+    pub fn history(
+        &self,
+        chat: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<MessageView>, Error> {
         let group_id = self.resolve(chat)?;
-        let row = self.chat_row(&group_id)?;
-        let mut views = match (row.kind.as_str(), row.peer) {
-            ("direct", Some(peer)) => self.message_views(
-                "WHERE c.kind = 'direct' AND c.peer = ?1 ORDER BY m.id DESC LIMIT ?2",
-                params![peer, limit as i64],
-            )?,
-            _ => self.message_views(
-                "WHERE m.group_id = ?1 ORDER BY m.id DESC LIMIT ?2",
-                params![group_id, limit as i64],
-            )?,
+        let groups = conversation(&self.conn, &group_id)?;
+        let cut = match before {
+            Some(id) => self.position(&groups, id)?,
+            None => i64::MAX,
         };
+        let mut views = Vec::new();
+        for g in &groups {
+            views.extend(self.message_views(
+                "WHERE m.group_id = ?1 AND m.id < ?3 ORDER BY m.id DESC LIMIT ?2",
+                params![g, limit as i64, cut],
+            )?);
+        }
+        // Stored order is the order of arrival, which follows the server's order.
+        views.sort_by_key(|v| std::cmp::Reverse(v.row));
+        views.truncate(limit);
         views.reverse();
         Ok(views)
     }
@@ -228,7 +302,10 @@ impl Client {
             "SELECT m.group_id, c.kind, c.name, c.peer, m.msg_id, m.sender, m.kind, m.body,
                     m.status, m.sent_at, m.received_at, m.attachment,
                     (SELECT o.error FROM outbox o
-                     WHERE o.group_id = m.group_id AND o.msg_id = m.msg_id)
+                     WHERE o.group_id = m.group_id AND o.msg_id = m.msg_id),
+                    m.reply_to, m.mentions, m.edited_at IS NOT NULL, m.deleted,
+                    (SELECT nickname FROM contacts WHERE address = m.sender),
+                    (SELECT nickname FROM contacts WHERE address = c.peer), m.id
              FROM messages m JOIN chats c ON c.group_id = m.group_id {filter}"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -237,11 +314,15 @@ impl Client {
             let kind: String = r.get(1)?;
             let name: Option<String> = r.get(2)?;
             let peer: Option<String> = r.get(3)?;
+            let nickname: Option<String> = r.get(18)?;
             let chat_name = match (kind.as_str(), peer, name) {
-                ("direct", Some(p), _) => p,
+                ("direct", Some(p), _) => nickname.unwrap_or(p),
+                ("note", ..) => NOTES_TITLE.into(),
                 (_, _, Some(n)) => n,
                 _ => "(unnamed group)".into(),
             };
+            let reply_to: Option<String> = r.get(13)?;
+            let mentions: Option<String> = r.get(14)?;
             Ok(MessageView {
                 chat: hex::encode(group_id),
                 chat_name,
@@ -254,9 +335,21 @@ impl Client {
                 received_at: r.get::<_, i64>(10)? as u64,
                 file: r.get::<_, Option<String>>(11)?.and_then(|a| file_info(&a)),
                 error: r.get(12)?,
+                reply_to: reply_to.map(|id| Quote { id, sender: None, text: None }),
+                mentions: mentions.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default(),
+                edited: r.get(15)?,
+                deleted: r.get(16)?,
+                sender_name: r.get(17)?,
+                reactions: Vec::new(),
+                delivered_to: Vec::new(),
+                read_by: Vec::new(),
+                row: r.get(19)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut views: Vec<MessageView> = rows.collect::<Result<_, _>>()?;
+        drop(stmt);
+        self.complete_views(&mut views)?;
+        Ok(views)
     }
 }
 

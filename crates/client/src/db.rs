@@ -207,6 +207,80 @@ CREATE TABLE device_names (
     name TEXT NOT NULL
 );
 "#,
+    // 13: conversations (content format 2): replies, mentions, edits (the winning edit's
+    // sender time and id), deletions (tombstones), reactions, amendments that arrived before
+    // their message, receipts, read state; chat flags and contacts' nicknames; full-text
+    // search over texts and file names, inside this same encrypted file.
+    r#"
+ALTER TABLE messages ADD COLUMN reply_to TEXT;
+ALTER TABLE messages ADD COLUMN mentions TEXT;
+ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+ALTER TABLE messages ADD COLUMN edit_id TEXT;
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN read_at INTEGER;
+UPDATE messages SET read_at = received_at;
+CREATE INDEX messages_by_msg_id ON messages(msg_id);
+CREATE INDEX messages_unread ON messages(group_id) WHERE read_at IS NULL;
+CREATE TABLE reactions (
+    group_id BLOB NOT NULL,
+    target TEXT NOT NULL,
+    reactor TEXT NOT NULL,
+    emoji TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (group_id, target, reactor)
+);
+CREATE TABLE amends_waiting (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id BLOB NOT NULL,
+    target TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX amends_waiting_by_target ON amends_waiting(target);
+CREATE TABLE receipts (
+    group_id BLOB NOT NULL,
+    msg_id TEXT NOT NULL,
+    account TEXT NOT NULL,
+    delivered_at INTEGER NOT NULL,
+    read_at INTEGER,
+    PRIMARY KEY (group_id, msg_id, account)
+);
+CREATE TABLE receipts_due (
+    group_id BLOB NOT NULL,
+    msg_id TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (group_id, msg_id, receipt)
+);
+ALTER TABLE chats ADD COLUMN muted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chats ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chats ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chats ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE contacts (
+    address TEXT PRIMARY KEY,
+    nickname TEXT NOT NULL
+);
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    body, content = 'messages', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+WHEN new.kind IN ('text', 'file') BEGIN
+    INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+WHEN old.kind IN ('text', 'file') BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages
+WHEN old.kind IN ('text', 'file') BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body);
+    INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+END;
+INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages WHERE kind IN ('text', 'file');
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";

@@ -1159,7 +1159,7 @@ impl Client {
 }
 
 /// Records an event (a line in a chat's history that no member wrote).
-fn insert_event(
+pub(crate) fn insert_event(
     conn: &rusqlite::Connection,
     group_id: &[u8],
     sender: &str,

@@ -31,12 +31,30 @@ pub enum Command {
     /// The account and device (`sotto whoami`).
     Whoami,
     /// The chats (`sotto chats`).
-    Chats,
+    Chats {
+        /// Archived chats too.
+        #[serde(default)]
+        all: bool,
+    },
     /// A chat's latest messages (`sotto history`).
     History {
         /// The chat: an address, a chat id or prefix, or a group name.
         chat: String,
         /// How many of the latest (default 50).
+        #[serde(default)]
+        limit: Option<usize>,
+        /// Those before this message or event id (paging back).
+        #[serde(default)]
+        before: Option<String>,
+    },
+    /// Messages holding every word of `text` (`sotto search`), newest first.
+    Search {
+        /// The words.
+        text: String,
+        /// Only in this chat.
+        #[serde(default)]
+        chat: Option<String>,
+        /// At most this many (default 50).
         #[serde(default)]
         limit: Option<usize>,
     },
@@ -50,7 +68,53 @@ pub enum Command {
         group: Option<String>,
         /// The text.
         text: String,
+        /// The message this one answers (its id or an unambiguous prefix).
+        #[serde(default)]
+        reply_to: Option<String>,
     },
+    /// Reacts to a message with one emoji; empty removes the reaction (`sotto react`).
+    React {
+        /// The message id or a prefix of it.
+        message: String,
+        /// The emoji.
+        emoji: String,
+    },
+    /// Replaces the text of one of this account's messages (`sotto edit`).
+    Edit {
+        /// The message id or a prefix of it.
+        message: String,
+        /// The new text.
+        text: String,
+    },
+    /// Deletes one of this account's messages for everyone (`sotto delete`).
+    Delete {
+        /// The message id or a prefix of it.
+        message: String,
+    },
+    /// Marks a chat read (`sotto read`); with read receipts on, tells the senders.
+    Read {
+        /// The chat.
+        chat: String,
+    },
+    /// Turns delivery or read receipts on or off; returns both (`sotto receipts`).
+    Receipts {
+        /// Delivery receipts.
+        #[serde(default)]
+        delivery: Option<bool>,
+        /// Read receipts.
+        #[serde(default)]
+        read: Option<bool>,
+    },
+    /// Names a contact here, or clears its name (`sotto contact name`).
+    ContactName {
+        /// The contact's address.
+        address: String,
+        /// The name; absent or empty clears it.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// The contacts that have a name here (`sotto contact list`).
+    Contacts,
     /// Sends a file (`sotto send-file`).
     SendFile {
         /// The address of a direct chat.
@@ -101,6 +165,27 @@ pub enum Command {
     },
     /// Leaves a group (`sotto group leave`).
     GroupLeave {
+        /// The chat.
+        chat: String,
+    },
+    /// Renames a group for every member (`sotto group rename`).
+    GroupRename {
+        /// The chat.
+        chat: String,
+        /// Its new name.
+        name: String,
+    },
+    /// Mutes, pins or archives a chat here, or undoes it (`sotto chat mute|pin|archive`).
+    ChatFlag {
+        /// The chat.
+        chat: String,
+        /// `muted`, `pinned` or `archived`.
+        flag: crate::ChatFlag,
+        /// Set (true) or clear.
+        on: bool,
+    },
+    /// Deletes a chat's messages on this device and hides it (`sotto chat delete`).
+    ChatDelete {
         /// The chat.
         chat: String,
     },
@@ -167,7 +252,15 @@ impl Command {
         "whoami",
         "chats",
         "history",
+        "search",
         "send",
+        "react",
+        "edit",
+        "delete",
+        "read",
+        "receipts",
+        "contact_name",
+        "contacts",
         "send_file",
         "download",
         "resend",
@@ -176,6 +269,9 @@ impl Command {
         "group_add",
         "group_remove",
         "group_leave",
+        "group_rename",
+        "chat_flag",
+        "chat_delete",
         "chat_timer",
         "verify",
         "devices_list",
@@ -215,9 +311,17 @@ impl Command {
     pub fn method(&self) -> &'static str {
         match self {
             Command::Whoami => "whoami",
-            Command::Chats => "chats",
+            Command::Chats { .. } => "chats",
             Command::History { .. } => "history",
+            Command::Search { .. } => "search",
             Command::Send { .. } => "send",
+            Command::React { .. } => "react",
+            Command::Edit { .. } => "edit",
+            Command::Delete { .. } => "delete",
+            Command::Read { .. } => "read",
+            Command::Receipts { .. } => "receipts",
+            Command::ContactName { .. } => "contact_name",
+            Command::Contacts => "contacts",
             Command::SendFile { .. } => "send_file",
             Command::Download { .. } => "download",
             Command::Resend { .. } => "resend",
@@ -226,6 +330,9 @@ impl Command {
             Command::GroupAdd { .. } => "group_add",
             Command::GroupRemove { .. } => "group_remove",
             Command::GroupLeave { .. } => "group_leave",
+            Command::GroupRename { .. } => "group_rename",
+            Command::ChatFlag { .. } => "chat_flag",
+            Command::ChatDelete { .. } => "chat_delete",
             Command::ChatTimer { .. } => "chat_timer",
             Command::Verify { .. } => "verify",
             Command::DevicesList => "devices_list",
@@ -327,9 +434,30 @@ pub fn execute(
     }
     match command {
         Command::Whoami => json(client.account()),
-        Command::Chats => json(client.chats()?),
-        Command::History { chat, limit } => json(client.history(&chat, limit.unwrap_or(50))?),
-        Command::Send { to, group, text } => json(client.send_text(&target(to, group)?, &text)?),
+        Command::Chats { all } => json(client.chats(all)?),
+        Command::History { chat, limit, before } => {
+            json(client.history(&chat, limit.unwrap_or(50), before.as_deref())?)
+        }
+        Command::Search { text, chat, limit } => {
+            json(client.search(&text, chat.as_deref(), limit.unwrap_or(50))?)
+        }
+        Command::Send { to, group, text, reply_to } => {
+            json(client.send_reply(&target(to, group)?, &text, reply_to.as_deref())?)
+        }
+        Command::React { message, emoji } => json(client.react(&message, &emoji)?),
+        Command::Edit { message, text } => json(client.edit_message(&message, &text)?),
+        Command::Delete { message } => json(client.delete_message(&message)?),
+        Command::Read { chat } => json(client.mark_read(&chat)?),
+        Command::Receipts { delivery, read } => json(client.receipts(delivery, read)?),
+        Command::ContactName { address, name } => {
+            json(client.set_nickname(&address, name.as_deref())?)
+        }
+        Command::Contacts => json(client.contacts()?),
+        Command::GroupRename { chat, name } => json(client.rename_group(&chat, &name)?),
+        Command::ChatFlag { chat, flag, on } => json(client.set_chat_flag(&chat, flag, on)?),
+        Command::ChatDelete { chat } => {
+            Ok(serde_json::json!({ "deleted": client.delete_chat_for_me(&chat)? }))
+        }
         Command::SendFile { to, group, path } => {
             json(client.send_file(&target(to, group)?, &path, progress)?)
         }
@@ -580,6 +708,10 @@ impl Engine {
                 }
             }
         }
+        // Receipts that gathered long enough join the outbox.
+        if let Err(e) = self.client.queue_receipts(false) {
+            self.events.push(Event::Notice { text: format!("receipts: {e}") });
+        }
         // The outbox: what is due now (a sync above delivered everything already).
         match self.client.flush_outbox(None, false) {
             Ok(changed) => match self.client.updated_views(changed) {
@@ -620,6 +752,8 @@ impl Engine {
     /// When something is due: a reconnection, or the outbox's next attempt.
     fn next_wake(&self) -> u64 {
         let outbox = self.client.outbox_next_at().ok().flatten().unwrap_or(u64::MAX);
+        let receipts = self.client.receipts_next_at().ok().flatten().unwrap_or(u64::MAX);
+        let outbox = outbox.min(receipts);
         let (reconnect, heal) = if self.connected {
             (u64::MAX, self.client.heal_next_at().ok().flatten().unwrap_or(u64::MAX))
         } else {
@@ -829,7 +963,7 @@ mod tests {
             let params = serde_json::json!({
                 "chat": "c", "limit": 1, "to": "a@b.org", "text": "t", "path": "/p",
                 "message": "m", "name": "n", "members": [], "seconds": 1, "address": "a@b.org",
-                "code": "c", "device": 1,
+                "code": "c", "device": 1, "emoji": "x", "flag": "muted", "on": true,
             });
             let obj = params.as_object().cloned().unwrap_or_default();
             // Keep only the fields this method takes: try each subset made by dropping the

@@ -110,29 +110,21 @@ impl Client {
 
     /// Creates a named group with the given members.
     pub fn create_group(&mut self, name: &str, members: &[String]) -> Result<ChatSummary, Error> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 256 {
-            return Err(Error::Invalid("a group name is 1 to 256 bytes".into()));
-        }
+        let name = crate::conversation::check_group_name(name)?;
+        let name = name.as_str();
         let addresses = self.parse_addresses(members)?;
         let (suite, packages) = self.claim_new_chat(&addresses)?;
-        let group_id = self.new_group(ChatKind::Group, Some(name), None, suite)?;
-        if !packages.is_empty() {
-            self.commit(&group_id, |p, me| {
-                let out = mls::add_members(p, &group_id, me, &packages)?;
-                Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
-            })?;
-        }
-        self.send_body(
-            &group_id,
-            Body::ChatInfo { kind: ChatKind::Group, name: Some(name.into()) },
-        )?;
+        let group_id = self.start_chat(ChatKind::Group, Some(name), None, suite, &packages)?;
         self.chat_summary(&group_id)
     }
 
     pub(crate) fn group_info(&self, group_id: &[u8]) -> Result<Body, Error> {
         let ChatRow { kind, name, .. } = self.chat_row(group_id)?;
-        let kind = if kind == "direct" { ChatKind::Direct } else { ChatKind::Group };
+        let kind = match kind.as_str() {
+            "direct" => ChatKind::Direct,
+            "note" => ChatKind::Note,
+            _ => ChatKind::Group,
+        };
         Ok(Body::ChatInfo { kind, name })
     }
 
@@ -162,10 +154,7 @@ impl Client {
                 devices + packages.len()
             )));
         }
-        self.commit(&group_id, |p, me| {
-            let out = mls::add_members(p, &group_id, me, &packages)?;
-            Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
-        })?;
+        self.add_packages(&group_id, &packages)?;
         let info = self.group_info(&group_id)?;
         self.send_body(&group_id, info)?;
         self.chat_summary(&group_id)
@@ -202,6 +191,7 @@ impl Client {
 
     /// Deletes every message whose disappearing-message time has come.
     pub(crate) fn purge_expired(&self) -> Result<usize, Error> {
+        crate::conversation::purge_waiting(&self.conn, self.now_ms())?;
         Ok(self.conn.execute(
             "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?1",
             [self.now_ms() as i64],

@@ -186,6 +186,7 @@ impl Transport for HttpTransport {
         let url = format!("{}{}", self.base, request.path);
         let result = match (request.method, request.body) {
             (Method::Get, _) => authorize(self.agent.get(&url), request.token).call(),
+            (Method::Delete, _) => authorize(self.agent.delete(&url), request.token).call(),
             (Method::Post, Body::Empty) => {
                 authorize(self.agent.post(&url), request.token).send_empty()
             }

@@ -19,6 +19,7 @@
 
 mod api;
 mod chats;
+mod conversation;
 mod db;
 mod devices;
 pub mod engine;
@@ -51,6 +52,7 @@ use sotto_proto as proto;
 use zeroize::Zeroizing;
 
 use crate::api::Api;
+pub use crate::conversation::{ChatFlag, Contact, ReceiptSettings};
 use crate::db::AccountRow;
 pub use crate::devices::{DeviceView, LinkOutcome, LinkedDevice};
 pub use crate::error::Error;
@@ -77,7 +79,7 @@ const SYNC_PAGE: u32 = 200;
 pub struct ChatSummary {
     /// The chat id (the MLS group id, hex).
     pub id: String,
-    /// `direct` or `group`.
+    /// `direct`, `group` or `note` (notes to self).
     pub kind: String,
     /// The group's name (groups).
     pub name: Option<String>,
@@ -96,6 +98,48 @@ pub struct ChatSummary {
     /// Whether the chat's keys are agreed with X-Wing (post-quantum hybrid) rather than
     /// X25519 alone.
     pub post_quantum: bool,
+    /// What to call it: a contact's nickname or address, a group's name, "Notes".
+    #[serde(default)]
+    pub title: String,
+    /// Messages from others not yet read here.
+    #[serde(default)]
+    pub unread: u64,
+    /// Muted: no notification for it.
+    #[serde(default)]
+    pub muted: bool,
+    /// Pinned: listed first.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Archived: listed only with `--all` (a new message from others brings it back unless
+    /// it is muted).
+    #[serde(default)]
+    pub archived: bool,
+}
+
+/// The message a reply answers, as the reply quotes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quote {
+    /// Its id.
+    pub id: String,
+    /// Its sender, when this device has the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The start of its text (or a file's name); none if it is unknown here or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// One account's reaction to a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReactionView {
+    /// The account.
+    pub from: String,
+    /// The emoji.
+    pub emoji: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A message or event as shown to the user. `Debug` leaves the body out.
@@ -109,11 +153,15 @@ pub struct MessageView {
     pub id: String,
     /// The sending account.
     pub sender: String,
-    /// `text`, or `event` for membership changes.
+    /// `text`, `file`, `event` for membership changes and other chat events, `mark` for an
+    /// account's change told once as a notice and quietly in each chat, `unsupported` for a
+    /// kind of message a newer Sotto sent.
     pub kind: String,
-    /// The text.
+    /// The text (a file's name; empty once deleted).
     pub body: String,
-    /// `received`; for this account's own messages `sent`, `pending` or `failed`.
+    /// `received`; for this account's own messages `pending`, `sent`, `failed`, then
+    /// `delivered` once every other member account received it and `read` once every one
+    /// read it (those that send read receipts).
     pub status: String,
     /// Why a message of this account is not sent yet, or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +173,33 @@ pub struct MessageView {
     /// For `file` messages: what the file is (`sotto download ID` fetches it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<FileInfo>,
+    /// The sender's nickname here, if one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// The message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Quote>,
+    /// Accounts the text mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    /// Whether its sender edited it (`body` is the latest text).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub edited: bool,
+    /// Whether its sender deleted it (only this tombstone is left).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// Reactions, one per account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionView>,
+    /// This account's messages: the accounts whose devices received it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered_to: Vec<String>,
+    /// This account's messages: the accounts that read it (those that send read receipts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_by: Vec<String>,
+    /// Where it is stored (the order of arrival), for merging a conversation's chats.
+    #[serde(skip)]
+    row: i64,
 }
 
 /// A file a message carries.
@@ -305,6 +380,8 @@ struct Touched {
     joined: bool,
     /// Groups joined: their members are checked against their accounts' device lists.
     joined_groups: BTreeSet<Vec<u8>>,
+    /// Messages whose view changed (edits, deletions, reactions, receipts), to report.
+    updated: Vec<(Vec<u8>, String)>,
 }
 
 /// A row of the chats table.

@@ -104,6 +104,12 @@ impl Client {
                     }
                     let report = self.finish_batch(1, false)?;
                     report.messages.iter().for_each(&mut *on_message);
+                    // Receipts (after a short gathering) and anything else due go now.
+                    if let Err(e) = self.flush_outbox(None, false)
+                        && !crate::outbox::transient(&e)
+                    {
+                        return Err(e);
+                    }
                 }
                 Ok(proto::ServerFrame::Acked(a)) => crate::db::set_last_acked(&self.conn, a.up_to)?,
                 Ok(proto::ServerFrame::Error(e)) => {

@@ -15,7 +15,7 @@
 //!   device that crashed mid-commit is never left behind its group.
 
 use rusqlite::{OptionalExtension, params};
-use sotto_core::content::{Body, Message, VERSION};
+use sotto_core::content::{Body, Message};
 use sotto_core::mls;
 use sotto_proto::{self as proto, Bytes};
 
@@ -66,7 +66,8 @@ pub(crate) fn transient(e: &Error) -> bool {
 }
 
 /// Test builds stop dead here, as a crash would, when `SOTTO_FAILPOINT` names this point
-/// (`after-submit`: the server took a message, nothing here knows; `after-commit`: the same
+/// (`before-submit`: a message is encrypted and recorded, the server has not seen it;
+/// `after-submit`: the server took a message, nothing here knows; `after-commit`: the same
 /// for a commit). Release builds have no failpoints.
 pub(crate) fn failpoint(name: &str) {
     #[cfg(debug_assertions)]
@@ -89,7 +90,7 @@ impl Client {
         // What the chat shows: a text, or a file's name (with the reference kept to download
         // it later; the key in it is as safe as everything else in the encrypted home).
         let (kind, text, attachment) = match &body {
-            Body::Text { text } => ("text", Some(text.clone()), None),
+            Body::Text { text, .. } => ("text", Some(text.clone()), None),
             Body::File { name, .. } => {
                 ("file", Some(name.clone()), serde_json::to_string(&body).ok())
             }
@@ -102,8 +103,15 @@ impl Client {
             .query_row([group_id], |r| r.get(0))?;
         let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
         let now = self.now_ms();
+        let (reply_to, mentions) = match &body {
+            Body::Text { reply_to, mentions, .. } => (
+                reply_to.clone(),
+                (!mentions.is_empty()).then(|| serde_json::to_string(mentions).unwrap_or_default()),
+            ),
+            _ => (None, None),
+        };
         let msg = Message {
-            v: VERSION,
+            v: body.version(),
             id: random_hex(16)?,
             sent_at: now,
             expires_in,
@@ -115,8 +123,9 @@ impl Client {
         if let Some(text) = &text {
             tx.prepare_cached(
                 "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at,
-                                       received_at, reported, expires_at, attachment)
-                 VALUES (?1, ?2, ?3, ?7, ?4, 'pending', ?5, ?5, 1, ?6, ?8)",
+                                       received_at, reported, expires_at, attachment, reply_to,
+                                       mentions, read_at)
+                 VALUES (?1, ?2, ?3, ?7, ?4, 'pending', ?5, ?5, 1, ?6, ?8, ?9, ?10, ?5)",
             )?
             .execute(params![
                 group_id,
@@ -126,8 +135,14 @@ impl Client {
                 msg.sent_at as i64,
                 expires_in.map(|s| (msg.sent_at + s * 1000) as i64),
                 kind,
-                attachment
+                attachment,
+                reply_to,
+                mentions
             ])?;
+        }
+        // A reaction, edit or deletion shows here as it is written down.
+        if matches!(msg.body, Body::Reaction { .. } | Body::Edit { .. } | Body::Delete { .. }) {
+            self.amend_own(&tx, group_id, &msg)?;
         }
         tx.prepare_cached(
             "INSERT INTO outbox (group_id, kind, msg_id, payload, created_at)
@@ -336,12 +351,14 @@ impl Client {
                 let sealed = self.seal(&tx, entry.id, &entry.group_id, &msg, entry.n)?;
                 let Some((request, json, n)) = sealed else {
                     // Nobody else is in the chat: a setting has no one to tell, but a message
-                    // would reach no one, and must not look sent.
+                    // would reach no one, and must not look sent (notes to self of an
+                    // account with one device are kept here, which is all they are for).
+                    let notes = self.chat_row(&entry.group_id)?.kind == "note";
                     return match entry.msg_id {
-                        Some(_) => Err(Error::NoRecipients(
+                        Some(_) if !notes => Err(Error::NoRecipients(
                             "nobody else is in this chat, so the message would reach no one".into(),
                         )),
-                        None => Ok(()),
+                        _ => Ok(()),
                     };
                 };
                 tx.commit()?;
@@ -350,6 +367,7 @@ impl Client {
                 request
             }
         };
+        failpoint("before-submit");
         let resp = self.api.submit(request, &token)?;
         failpoint("after-submit");
         if !resp.dropped.is_empty() {
@@ -456,13 +474,13 @@ impl Client {
                     return Err(Error::Invalid(format!("message {msg_id} was sent already")));
                 }
                 let msg = Message {
-                    v: VERSION,
+                    v: Body::text("").version(),
                     id: msg_id.clone(),
                     sent_at: self.now_ms(),
                     expires_in: None,
                     n: None,
                     root: None,
-                    body: Body::Text { text },
+                    body: Body::text(text),
                 };
                 self.conn
                     .prepare_cached(

@@ -26,6 +26,8 @@ impl Client {
         self.reconcile_devices()?;
         self.monitor_own_key()?;
         self.check_wipe_confirmations()?;
+        // Receipts for what arrived go with the outbox.
+        self.queue_receipts(true)?;
         // What waits in the outbox goes now (failed messages wait for `resend`).
         let changed = self.flush_outbox(None, true)?;
         // Chats due for a fresh key of this device get one (what fails is retried later).
@@ -38,7 +40,7 @@ impl Client {
         }
         let healed = heal.updated;
         let mut report = self.finish_batch(processed, true)?;
-        report.updated = self.updated_views(changed)?;
+        report.updated.extend(self.updated_views(changed)?);
         report.healed = healed;
         Ok(report)
     }
@@ -61,8 +63,15 @@ impl Client {
             self.replenish_key_packages()?;
         }
         self.purge_expired()?;
+        self.queue_receipts(false)?;
         let mut report = self.unreported()?;
         report.processed = processed;
+        for (group_id, msg_id) in touched.updated {
+            report.updated.extend(self.message_views(
+                "WHERE m.group_id = ?1 AND m.msg_id = ?2",
+                params![group_id, msg_id],
+            )?);
+        }
         Ok(report)
     }
 
@@ -234,15 +243,26 @@ impl Client {
                             Body::File { name, .. } => {
                                 ("file", name.clone(), serde_json::to_string(&body).ok())
                             }
-                            Body::Text { text } => ("text", text.clone(), None),
+                            Body::Text { text, .. } => ("text", text.clone(), None),
                             _ => ("text", String::new(), None),
                         };
-                        // Sent by another device of this account: it is ours, and sent.
-                        let status = if sender.address == self.me.device.address {
-                            "sent"
-                        } else {
-                            "received"
+                        let (reply_to, mentions) = match &body {
+                            Body::Text { reply_to, mentions, .. } => {
+                                let valid: Vec<&String> = mentions
+                                    .iter()
+                                    .filter(|m| m.parse::<Address>().is_ok())
+                                    .collect();
+                                (
+                                    reply_to.clone(),
+                                    (!valid.is_empty())
+                                        .then(|| serde_json::to_string(&valid).unwrap_or_default()),
+                                )
+                            }
+                            _ => (None, None),
                         };
+                        let own = sender.address == self.me.device.address;
+                        // Sent by another device of this account: it is ours, and sent.
+                        let status = if own { "sent" } else { "received" };
                         // A disappearing message lives from when it was sent (or arrived, if
                         // the sender's clock runs ahead).
                         // A sender's clock ahead of this one's (or a made-up time) shows as now.
@@ -252,11 +272,12 @@ impl Client {
                                 .min(now)
                                 .saturating_add(s.saturating_mul(1000).min(i64::MAX as u64) as i64)
                         });
-                        tx.execute(
+                        let inserted = tx.execute(
                             "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
                                                              status, sent_at, received_at,
-                                                             expires_at, attachment)
-                             VALUES (?1, ?2, ?3, ?9, ?4, ?7, ?5, ?6, ?8, ?10)",
+                                                             expires_at, attachment, reply_to,
+                                                             mentions, read_at)
+                             VALUES (?1, ?2, ?3, ?9, ?4, ?7, ?5, ?6, ?8, ?10, ?11, ?12, ?13)",
                             params![
                                 group_id,
                                 id,
@@ -267,7 +288,48 @@ impl Client {
                                 status,
                                 expires_at,
                                 kind,
-                                attachment
+                                attachment,
+                                reply_to,
+                                mentions,
+                                own.then_some(now)
+                            ],
+                        )?;
+                        if inserted > 0 {
+                            self.message_arrived(tx, &group_id, &id, sender.address.as_str())?;
+                        }
+                    }
+                    Ok(Message {
+                        id,
+                        sent_at,
+                        body:
+                            body @ (Body::Reaction { .. } | Body::Edit { .. } | Body::Delete { .. }),
+                        ..
+                    }) => {
+                        let address = sender.address.as_str();
+                        if let Some(changed) =
+                            self.receive_amend(tx, &group_id, address, &id, sent_at, &body)?
+                        {
+                            self.touched.borrow_mut().updated.push(changed);
+                        }
+                    }
+                    Ok(Message { body: Body::Receipt { receipt, ids }, .. }) => {
+                        let address = sender.address.as_str();
+                        let changed =
+                            self.receive_receipt(tx, &group_id, address, receipt, &ids)?;
+                        self.touched.borrow_mut().updated.extend(changed);
+                    }
+                    Ok(Message { id, sent_at, body: Body::Unsupported, .. }) => {
+                        // A kind of message a newer version sent: shown as such, never a failure.
+                        tx.execute(
+                            "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body,
+                                                             status, sent_at, received_at, read_at)
+                             VALUES (?1, ?2, ?3, 'unsupported', '', 'received', ?4, ?5, ?5)",
+                            params![
+                                group_id,
+                                id,
+                                sender.address.as_str(),
+                                sent_at.min(now as u64) as i64,
+                                now
                             ],
                         )?;
                     }
@@ -285,13 +347,37 @@ impl Client {
                         // otherwise a third party could listen in on what looks like a 1:1 chat.
                         let peer = match kind {
                             ChatKind::Direct => self.direct_peer(tx, &group_id)?,
-                            ChatKind::Group => None,
+                            _ => None,
                         };
-                        let kind = if peer.is_some() { ChatKind::Direct } else { ChatKind::Group };
+                        // Notes only while every member is a device of this account.
+                        let notes = kind == ChatKind::Note
+                            && mls::members(&db::provider(tx), &group_id)?
+                                .iter()
+                                .all(|d| d.address == self.me.device.address);
+                        let kind = match (peer.is_some(), notes) {
+                            (true, _) => ChatKind::Direct,
+                            (_, true) => ChatKind::Note,
+                            _ => ChatKind::Group,
+                        };
+                        let before: Option<String> = tx
+                            .query_row(
+                                "SELECT name FROM chats WHERE group_id = ?1",
+                                [&group_id],
+                                |r| r.get(0),
+                            )
+                            .optional()?
+                            .flatten();
                         tx.execute(
                             "UPDATE chats SET kind = ?1, name = ?2, peer = ?3 WHERE group_id = ?4",
                             params![kind.as_str(), name, peer, group_id],
                         )?;
+                        // A group renamed (not a newcomer told the name it has).
+                        if let (ChatKind::Group, Some(old), Some(new)) = (kind, &before, &name)
+                            && old != new
+                        {
+                            let who = sender.address.to_string();
+                            event(&group_id, 0, &who, format!("{who} renamed the group to {new}"))?;
+                        }
                     }
                     Ok(_) => record_failure(tx, seq, "unsupported message type")?,
                     Err(e) => record_failure(tx, seq, &e.to_string())?,

@@ -24,17 +24,23 @@ impl Client {
 
     /// Sends a text message; creates the direct chat on first use.
     pub fn send_text(&mut self, target: &Target, text: &str) -> Result<MessageView, Error> {
-        if text.is_empty() {
-            return Err(Error::Invalid("empty message".into()));
-        }
-        if text.len() > sotto_core::content::MAX_TEXT_LEN {
-            return Err(Error::Invalid(format!(
-                "message longer than {} bytes",
-                sotto_core::content::MAX_TEXT_LEN
-            )));
-        }
+        self.send_reply(target, text, None)
+    }
+
+    /// Sends a text, answering the message `reply_to` (its id or an unambiguous prefix, in
+    /// the same chat) if given. Members named as `@address` are mentioned.
+    pub fn send_reply(
+        &mut self,
+        target: &Target,
+        text: &str,
+        reply_to: Option<&str>,
+    ) -> Result<MessageView, Error> {
+        crate::conversation::check_text(text)?;
         let group_id = self.target_group(target)?;
-        let sent = self.send_body(&group_id, Body::Text { text: text.to_string() });
+        let reply_to = reply_to.map(|r| self.reply_target(&group_id, r)).transpose()?;
+        let mentions = self.mentions(&group_id, text)?;
+        let body = Body::Text { text: text.to_string(), reply_to, mentions };
+        let sent = self.send_body(&group_id, body);
         // Devices the server reported revoked leave the group whatever became of the message;
         // tidying the group must not make a sent message look failed.
         if let Err(e) = self.prune_revoked() {
@@ -47,9 +53,8 @@ impl Client {
     pub(crate) fn target_group(&mut self, target: &Target) -> Result<Vec<u8>, Error> {
         match target {
             Target::Chat(spec) => self.resolve(spec),
-            Target::Address(peer) if peer == &self.me.device.address => {
-                Err(Error::Invalid("cannot start a direct chat with yourself".into()))
-            }
+            // Notes to self: a chat of this account's own devices.
+            Target::Address(peer) if peer == &self.me.device.address => self.notes_chat(),
             Target::Address(peer) => match self.direct_chat(peer)? {
                 Some(id) => Ok(id),
                 None => self.start_direct(peer),
@@ -61,13 +66,36 @@ impl Client {
         // This account's other devices are in it from the start (one that has no key package
         // now is added by a later sync).
         let (suite, packages) = self.claim_new_chat(std::slice::from_ref(peer))?;
-        let group_id = self.new_group(ChatKind::Direct, None, Some(peer), suite)?;
-        self.commit(&group_id, |p, me| {
-            let out = mls::add_members(p, &group_id, me, &packages)?;
-            Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
-        })?;
-        self.send_body(&group_id, Body::ChatInfo { kind: ChatKind::Direct, name: None })?;
+        self.start_chat(ChatKind::Direct, None, Some(peer), suite, &packages)
+    }
+
+    /// Creates a chat of `kind` holding the devices of `packages`, and tells them what it is.
+    pub(crate) fn start_chat(
+        &mut self,
+        kind: ChatKind,
+        name: Option<&str>,
+        peer: Option<&Address>,
+        suite: Suite,
+        packages: &[mls::ValidKeyPackage],
+    ) -> Result<Vec<u8>, Error> {
+        let group_id = self.new_group(kind, name, peer, suite)?;
+        if !packages.is_empty() {
+            self.add_packages(&group_id, packages)?;
+        }
+        self.send_body(&group_id, Body::ChatInfo { kind, name: name.map(str::to_owned) })?;
         Ok(group_id)
+    }
+
+    /// Adds the devices of `packages` to a chat (one commit).
+    pub(crate) fn add_packages(
+        &mut self,
+        group_id: &[u8],
+        packages: &[mls::ValidKeyPackage],
+    ) -> Result<(), Error> {
+        self.commit(group_id, |p, me| {
+            let out = mls::add_members(p, group_id, me, packages)?;
+            Ok((out, packages.iter().map(|k| k.device.device_id).collect()))
+        })
     }
 
     pub(crate) fn new_group(

@@ -21,6 +21,8 @@ pub enum Method {
     Post,
     /// `PUT`.
     Put,
+    /// `DELETE`.
+    Delete,
 }
 
 /// A request body.

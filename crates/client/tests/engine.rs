@@ -41,7 +41,12 @@ fn pump(engine: &mut Engine, link: &mut dyn LiveLink) -> Vec<Event> {
 }
 
 fn send(engine: &mut Engine, to: &str, text: &str) -> Result<serde_json::Value, Error> {
-    engine.execute(Command::Send { to: Some(to.into()), group: None, text: text.into() })
+    engine.execute(Command::Send {
+        to: Some(to.into()),
+        group: None,
+        text: text.into(),
+        reply_to: None,
+    })
 }
 
 #[test]

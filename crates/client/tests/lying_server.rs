@@ -81,7 +81,7 @@ fn a_message_that_reaches_no_one_is_not_sent() {
         .send_text(&Target::Chat("alone".into()), "anyone there?")
         .expect_err("nobody to reach");
     assert_eq!(err.code(), "no_recipients", "{err}");
-    let history = alice.history("alone", 10).expect("history");
+    let history = alice.history("alone", 10, None).expect("history");
     let texts: Vec<(&str, &str)> = history
         .iter()
         .filter(|m| m.kind == "text")
@@ -127,7 +127,7 @@ fn hide_next_queued(world: &World) {
 
 /// Bob's chat history, as (kind, body) pairs.
 fn shown(bob: &Client) -> Vec<(String, String)> {
-    bob.history("alice@localhost", 50)
+    bob.history("alice@localhost", 50, None)
         .expect("history")
         .into_iter()
         .map(|m| (m.kind, m.body))
@@ -239,7 +239,7 @@ fn a_frozen_or_replayed_directory_view_is_refused() {
     assert!(err.to_string().contains("frozen or replayed"), "{err}");
     assert!(err.to_string().contains("2 h 0 min ago"), "{err}");
     let sent: Vec<String> = carol
-        .history("bob@localhost", 10)
+        .history("bob@localhost", 10, None)
         .map(|h| h.into_iter().filter(|m| m.kind == "text").map(|m| m.status).collect())
         .unwrap_or_default();
     assert!(sent.iter().all(|s| s != "sent"), "nothing reached bob: {sent:?}");
@@ -379,7 +379,7 @@ fn nothing_more_goes_to_a_dropped_device_until_a_fresh_list_confirms() {
     let report = alice.sync().expect("a sync is not stopped by a chat that cannot be checked");
     assert!(report.notices.iter().any(|n| n.contains("could not be checked")), "{report:?}");
     let texts = |c: &Client| -> Vec<String> {
-        c.history("team", 50)
+        c.history("team", 50, None)
             .expect("history")
             .into_iter()
             .filter(|m| m.kind == "text")
@@ -392,7 +392,7 @@ fn nothing_more_goes_to_a_dropped_device_until_a_fresh_list_confirms() {
     // Once the lists verify, bob's device is still listed: it stays, and three goes.
     world.fake.script().rewrite = None;
     let failed = alice
-        .history("team", 50)
+        .history("team", 50, None)
         .expect("history")
         .into_iter()
         .find(|m| m.body == "three")
@@ -465,7 +465,7 @@ fn messages_that_expired_while_a_timer_was_on_raise_no_alarm_after() {
     carol.sync().expect("carol");
     carol.send_text(&team, "c2").expect("c2");
     bob.sync().expect("bob");
-    let history = bob.history("team", 50).expect("history");
+    let history = bob.history("team", 50, None).expect("history");
     let alarms: Vec<&str> = history
         .iter()
         .filter(|m| m.kind == "event" && m.body.contains("did not arrive"))
@@ -523,7 +523,7 @@ fn a_server_that_holds_back_post_quantum_keys_is_caught() {
     alice.send_text(&bob, "hi").expect("sent");
     let team = alice.create_group("team", &["bob@localhost".into()]).expect("group");
     assert!(team.post_quantum);
-    let direct = alice.chats().expect("chats");
+    let direct = alice.chats(true).expect("chats");
     assert!(direct.iter().any(|c| c.peer.as_deref() == Some("bob@localhost") && c.post_quantum));
 
     // Adding to a post-quantum group: a classical package handed out instead is refused.

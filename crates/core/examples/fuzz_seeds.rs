@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // content
     let bodies = [
-        Body::Text { text: "hello".into() },
+        Body::text("hello"),
         Body::ChatInfo { kind: ChatKind::Group, name: Some("team".into()) },
         Body::Timer { seconds: 3600 },
         Body::File {

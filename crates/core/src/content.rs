@@ -1,15 +1,27 @@
 //! The plaintext carried inside MLS application messages.
 //!
 //! A message is a small JSON document with a format version, a random message id (used to
-//! deduplicate), the sender's clock and a typed body. Unknown body types decode as an error
-//! the client reports rather than a panic; new types are added, never changed.
+//! deduplicate), the sender's clock and a typed body. New types and fields are added, never
+//! changed: a body type this version does not know decodes as [`Body::Unsupported`], and a
+//! message carries the lowest format version that can read it (a plain text stays version 1,
+//! so older clients keep reading it; a reply is a text with fields they ignore).
 
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// Current content format version.
-pub const VERSION: u8 = 1;
+/// Current content format version: 2 added replies, mentions, reactions, edits, deletes,
+/// receipts and note-to-self chats.
+pub const VERSION: u8 = 2;
+
+/// Longest emoji accepted in a reaction, in bytes (one emoji with its modifiers).
+pub const MAX_EMOJI_LEN: usize = 64;
+
+/// Most message ids one receipt acknowledges.
+pub const MAX_RECEIPT_IDS: usize = 500;
+
+/// Most accounts one text mentions.
+pub const MAX_MENTIONS: usize = 64;
 
 /// Longest disappearing-message timer: a year.
 pub const MAX_TIMER_SECS: u64 = 365 * 86_400;
@@ -25,6 +37,8 @@ pub enum ChatKind {
     Direct,
     /// A named group.
     Group,
+    /// Notes to self: this account's own devices only (format version 2).
+    Note,
 }
 
 impl ChatKind {
@@ -33,6 +47,7 @@ impl ChatKind {
         match self {
             ChatKind::Direct => "direct",
             ChatKind::Group => "group",
+            ChatKind::Note => "note",
         }
     }
 }
@@ -46,6 +61,13 @@ pub enum Body {
     Text {
         /// The text.
         text: String,
+        /// The id of the message this one answers (format version 2; older clients show the
+        /// text alone).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+        /// The accounts the text names with `@address` (format version 2).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<String>,
     },
     /// What kind of conversation this group is, and its name. Sent when a group is created
     /// and whenever members are added, so newcomers learn it.
@@ -80,12 +102,81 @@ pub enum Body {
         /// Seconds a message lives; 0 for off.
         seconds: u64,
     },
+    /// The sender's reaction to a message: one emoji per account and message, replacing its
+    /// earlier one; empty removes it.
+    Reaction {
+        /// The message reacted to.
+        target: String,
+        /// The emoji, or empty.
+        emoji: String,
+    },
+    /// A new text for one of the sender's own messages; of several edits, the one sent last
+    /// wins, in whatever order they arrive.
+    Edit {
+        /// The message edited.
+        target: String,
+        /// Its new text.
+        text: String,
+    },
+    /// Takes back one of the sender's own messages: every device keeps only a tombstone.
+    Delete {
+        /// The message deleted.
+        target: String,
+    },
+    /// Tells the chat which of its messages reached (or were read on) the sender's device.
+    Receipt {
+        /// `delivered` or `read`.
+        receipt: ReceiptKind,
+        /// The messages.
+        ids: Vec<String>,
+    },
+    /// A body type this version does not know (sent by a newer client): shown as an
+    /// unsupported message, never an error. Never sent.
+    #[serde(other)]
+    Unsupported,
+}
+
+/// What a receipt says of the messages it lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    /// They reached a device of the sender's account.
+    Delivered,
+    /// The sender's account read them.
+    Read,
+}
+
+impl Body {
+    /// A plain text.
+    pub fn text(text: impl Into<String>) -> Body {
+        Body::Text { text: text.into(), reply_to: None, mentions: Vec::new() }
+    }
+
+    /// The lowest format version that reads this body: version 1 clients refuse a message
+    /// whose version is above theirs, so what they can read is sent as version 1.
+    pub fn version(&self) -> u8 {
+        match self {
+            // Version 1 readers ignore the fields they do not know: a reply reads as a text.
+            Body::Text { .. }
+            | Body::ChatInfo { kind: ChatKind::Direct | ChatKind::Group, .. }
+            | Body::File { .. }
+            | Body::Timer { .. } => 1,
+            _ => VERSION,
+        }
+    }
 }
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Body::Text { text } => write!(f, "Text([{} bytes])", text.len()),
+            Body::Text { text, reply_to, .. } => {
+                write!(f, "Text([{} bytes], reply: {})", text.len(), reply_to.is_some())
+            }
+            Body::Reaction { .. } => write!(f, "Reaction"),
+            Body::Edit { text, .. } => write!(f, "Edit([{} bytes])", text.len()),
+            Body::Delete { .. } => write!(f, "Delete"),
+            Body::Receipt { receipt, ids } => write!(f, "Receipt({receipt:?}, {})", ids.len()),
+            Body::Unsupported => write!(f, "Unsupported"),
             Body::ChatInfo { kind, .. } => write!(f, "ChatInfo({kind:?})"),
             Body::Timer { seconds } => write!(f, "Timer({seconds})"),
             Body::File { size, .. } => write!(f, "File([{size} bytes])"),
@@ -132,15 +223,41 @@ impl Message {
         let msg: Message = serde_json::from_slice(bytes).map_err(|e| {
             Error::MalformedContent(format!("{:?} error at byte {}", e.classify(), e.column()))
         })?;
-        if msg.v != VERSION {
-            return Err(Error::MalformedContent(format!("unsupported version {}", msg.v)));
+        // A newer version only adds: what this one knows of it still reads the same.
+        if msg.v == 0 {
+            return Err(Error::MalformedContent("unsupported version 0".into()));
         }
         if msg.id.is_empty() || msg.id.len() > 64 {
             return Err(Error::MalformedContent("bad message id".into()));
         }
         match &msg.body {
-            Body::Text { text } if text.len() > MAX_TEXT_LEN => {
+            Body::Text { text, .. } | Body::Edit { text, .. } if text.len() > MAX_TEXT_LEN => {
                 Err(Error::MalformedContent("text too long".into()))
+            }
+            Body::Text { reply_to: Some(id), .. }
+            | Body::Edit { target: id, .. }
+            | Body::Delete { target: id }
+            | Body::Reaction { target: id, .. }
+                if !is_message_id(id) =>
+            {
+                Err(Error::MalformedContent("bad message reference".into()))
+            }
+            Body::Text { mentions, .. }
+                if mentions.len() > MAX_MENTIONS || mentions.iter().any(|m| m.len() > 320) =>
+            {
+                Err(Error::MalformedContent("bad mentions".into()))
+            }
+            Body::Reaction { emoji, .. }
+                if emoji.len() > MAX_EMOJI_LEN || emoji.chars().any(char::is_control) =>
+            {
+                Err(Error::MalformedContent("bad reaction".into()))
+            }
+            Body::Receipt { ids, .. }
+                if ids.is_empty()
+                    || ids.len() > MAX_RECEIPT_IDS
+                    || !ids.iter().all(|id| is_message_id(id)) =>
+            {
+                Err(Error::MalformedContent("bad receipt".into()))
             }
             Body::ChatInfo { name: Some(n), .. } if n.len() > 256 => {
                 Err(Error::MalformedContent("group name too long".into()))
@@ -167,6 +284,11 @@ impl Message {
     }
 }
 
+/// Whether `id` has the form of a message id: 128 random bits in lower-case hex.
+pub fn is_message_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,7 +308,7 @@ mod tests {
                 time: 1_800_000_000,
                 signature: vec![3; 64],
             }),
-            body: Body::Text { text: "héllo".into() },
+            body: Body::text("héllo"),
         };
         assert_eq!(Message::decode(&m.encode()).expect("decodes"), m);
         let info = Message {
@@ -203,15 +325,71 @@ mod tests {
         let err = Message::decode(secret).expect_err("text must be a string").to_string();
         assert!(!err.contains("secret") && !err.contains('7'), "{err}");
         assert!(!format!("{m:?}").contains("héllo"));
+        let id = "0123456789abcdef0123456789abcdef";
         for bad in [
             &b"not json"[..],
-            br#"{"v":2,"id":"a","sent_at":1,"type":"text","text":"x"}"#,
-            br#"{"v":1,"id":"a","sent_at":1,"type":"video"}"#,
+            br#"{"v":0,"id":"a","sent_at":1,"type":"text","text":"x"}"#,
+            br#"{"v":2,"id":"a","sent_at":1,"type":"text","text":"x","reply_to":"zz"}"#,
+            br#"{"v":2,"id":"a","sent_at":1,"type":"reaction","target":"A123","emoji":"x"}"#,
+            br#"{"v":2,"id":"a","sent_at":1,"type":"delete","target":""}"#,
+            br#"{"v":2,"id":"a","sent_at":1,"type":"receipt","receipt":"read","ids":[]}"#,
+            br#"{"v":2,"id":"a","sent_at":1,"type":"receipt","receipt":"seen","ids":["00"]}"#,
             br#"{"v":1,"id":"","sent_at":1,"type":"text","text":"x"}"#,
             br#"{"v":1,"id":"a","sent_at":1,"expires_in":0,"type":"text","text":"x"}"#,
             br#"{"v":1,"id":"a","sent_at":1,"type":"timer","seconds":99999999999}"#,
         ] {
-            assert!(matches!(Message::decode(bad), Err(Error::MalformedContent(_))));
+            assert!(matches!(Message::decode(bad), Err(Error::MalformedContent(_))), "{bad:?}");
         }
+        let bell = format!(
+            r#"{{"v":2,"id":"a","sent_at":1,"type":"reaction","target":"{id}","emoji":"\u0007"}}"#
+        );
+        assert!(Message::decode(bell.as_bytes()).is_err());
+        let many = vec![id.to_string(); MAX_RECEIPT_IDS + 1];
+        let receipt = Body::Receipt { receipt: ReceiptKind::Delivered, ids: many };
+        assert!(Message::decode(&Message { body: receipt, ..m.clone() }.encode()).is_err());
+    }
+
+    #[test]
+    fn version_two_bodies_and_newer_kinds() {
+        let id = "0123456789abcdef0123456789abcdef".to_string();
+        let base = Message {
+            v: VERSION,
+            id: "01".into(),
+            sent_at: 5,
+            expires_in: None,
+            n: None,
+            root: None,
+            body: Body::text("x"),
+        };
+        for body in [
+            Body::Text {
+                text: "re".into(),
+                reply_to: Some(id.clone()),
+                mentions: vec!["bob@example.org".into()],
+            },
+            Body::Reaction { target: id.clone(), emoji: "👍🏽".into() },
+            Body::Reaction { target: id.clone(), emoji: String::new() },
+            Body::Edit { target: id.clone(), text: "fixed".into() },
+            Body::Delete { target: id.clone() },
+            Body::Receipt { receipt: ReceiptKind::Read, ids: vec![id.clone()] },
+            Body::ChatInfo { kind: ChatKind::Note, name: None },
+        ] {
+            let m = Message { v: body.version(), body, ..base.clone() };
+            assert_eq!(Message::decode(&m.encode()).expect("decodes"), m);
+        }
+        // What a version 1 client can read is sent as version 1; a reply reads as its text.
+        assert_eq!(Body::text("x").version(), 1);
+        let reply = Body::Text { text: "r".into(), reply_to: Some(id.clone()), mentions: vec![] };
+        assert_eq!(reply.version(), 1);
+        assert_eq!(Body::Delete { target: id.clone() }.version(), 2);
+        assert_eq!(Body::ChatInfo { kind: ChatKind::Note, name: None }.version(), 2);
+        // A kind from a newer version is unsupported, not an error; so is a newer version
+        // whose known parts read as before.
+        let newer = br#"{"v":7,"id":"a","sent_at":1,"type":"poll","question":"?","x":[1]}"#;
+        assert_eq!(Message::decode(newer).expect("decodes").body, Body::Unsupported);
+        let newer = br#"{"v":3,"id":"a","sent_at":1,"type":"text","text":"hi","extra":1}"#;
+        assert_eq!(Message::decode(newer).expect("decodes").body, Body::text("hi"));
+        let edit = Body::Edit { target: id, text: "secret words".into() };
+        assert!(!format!("{edit:?}").contains("secret"));
     }
 }

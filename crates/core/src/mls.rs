@@ -1338,7 +1338,7 @@ mod mutation_tests {
             expires_in: None,
             n: None,
             root: None,
-            body: crate::content::Body::Text { text: "hello".into() },
+            body: crate::content::Body::text("hello"),
         }
         .encode();
         let mut rng = Rng(42);

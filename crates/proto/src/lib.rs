@@ -435,6 +435,13 @@ pub struct BlobStatus {
     pub received: u64,
 }
 
+/// `DELETE /v1/blobs/{id}`: the file is gone (or was already).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deleted {
+    /// Always true.
+    pub deleted: bool,
+}
+
 /// `POST /v1/links`, unauthenticated: a new device opens a link, with its request sealed
 /// under the linking code.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -454,7 +454,7 @@ impl Sim {
             expires_in: None,
             n: None,
             root: None,
-            body: Body::Text { text: format!("{msg_id} says hello") },
+            body: Body::text(format!("{msg_id} says hello")),
         };
         let p = &client.provider;
         let ciphertext =

@@ -284,7 +284,7 @@ fn mallory_invites(
 }
 
 fn text(t: &str) -> sotto_core::content::Body {
-    sotto_core::content::Body::Text { text: t.into() }
+    sotto_core::content::Body::text(t)
 }
 
 /// Bodies with well-formed message ids (128 bits, hex).

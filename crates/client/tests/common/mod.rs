@@ -79,6 +79,7 @@ impl Fake {
             Method::Get => "GET",
             Method::Post => "POST",
             Method::Put => "PUT",
+            Method::Delete => "DELETE",
         };
         let mut builder = axum::http::Request::builder().method(method).uri(request.path);
         if let Some(t) = request.token {

@@ -120,6 +120,40 @@ async fn own_blob(state: &Shared, device: u64, id: Vec<u8>) -> Result<BlobRecord
     blob.filter(|b| b.device == device).ok_or_else(no_blob)
 }
 
+/// `DELETE /v1/blobs/{id}`: the uploading account (any of its devices) takes its file back,
+/// as when the message that carried it is deleted for everyone. Deleting what is already gone
+/// succeeds, so a repeated request is harmless; another account's blob looks like none.
+pub(super) async fn delete(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    Path(id): Path<String>,
+) -> Result<Json<proto::Deleted>, ApiError> {
+    let id = blob_id(&id)?;
+    let path = blob_path(&state, &id);
+    let found = blocking(&state, move |s| {
+        let address = s.device(device)?.map(|d| d.address).unwrap_or_default();
+        match s.blob(&id)? {
+            Some(b) if b.address == address => {
+                s.delete_blob(&id)?;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Ok(true),
+        }
+    })
+    .await?;
+    if !found {
+        return Err(no_blob());
+    }
+    // The row went first: a file left behind by a failure here is an orphan nobody can name.
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_failed(e)),
+    }
+    Ok(Json(proto::Deleted { deleted: true }))
+}
+
 /// `GET /v1/blobs/{id}/status`.
 pub(super) async fn status(
     State(state): State<Shared>,

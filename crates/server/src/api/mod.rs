@@ -515,9 +515,10 @@ fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::Method
         ("/v1/blobs", &["POST"], post(blobs::create)),
         (
             "/v1/blobs/{id}",
-            &["GET", "PUT"],
+            &["GET", "PUT", "DELETE"],
             get(blobs::download)
                 .put(blobs::upload)
+                .delete(blobs::delete)
                 .layer(DefaultBodyLimit::max(blobs::MAX_UPLOAD_REQUEST)),
         ),
         ("/v1/blobs/{id}/status", &["GET"], get(blobs::status)),

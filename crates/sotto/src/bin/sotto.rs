@@ -163,11 +163,15 @@ enum Command {
     /// Show this home's account and device.
     Whoami,
     /// Send a message: `sotto send ADDRESS TEXT`, or `sotto send --group CHAT TEXT`.
-    /// TEXT `-` reads the message from standard input.
+    /// TEXT `-` reads the message from standard input. Your own address is your notes to
+    /// self (kept on your devices only). In a group, `@address` mentions a member.
     Send {
         /// Send to this chat (id, id prefix or group name) instead of an address.
         #[arg(long, short)]
         group: Option<String>,
+        /// Answer this message (its id, or the start of it, from `history`); it is quoted.
+        #[arg(long, short, value_name = "MESSAGE")]
+        reply: Option<String>,
         /// ADDRESS TEXT, or TEXT with --group.
         #[arg(required = true, num_args = 1..=2, value_names = ["ADDRESS", "TEXT"])]
         args: Vec<String>,
@@ -219,16 +223,80 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
-    /// List conversations.
-    Chats,
-    /// Show a conversation's messages.
+    /// List conversations: pinned first, then the most recent; unread counts.
+    Chats {
+        /// Archived chats too.
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Show a conversation's messages, with their ids (for reply, react, edit, delete).
     History {
-        /// The chat: an address (direct chat), a chat id or prefix, or a group name.
+        /// The chat: an address (direct chat), a contact's nickname, a chat id or prefix, a
+        /// group name, or `notes`.
         chat: String,
         /// How many of the latest messages to show.
         #[arg(long, short = 'n', default_value_t = 50)]
         limit: usize,
+        /// Page back: the messages before this one (an id from an earlier page).
+        #[arg(long, value_name = "MESSAGE")]
+        before: Option<String>,
     },
+    /// Search every chat (or one) for messages holding all the words given, newest first.
+    /// Words match as prefixes ("meet" finds "meeting"); case and accents are ignored. The
+    /// index is inside the encrypted home.
+    Search {
+        /// The words.
+        text: String,
+        /// Only in this chat.
+        #[arg(long, short)]
+        chat: Option<String>,
+        /// At most this many results.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: usize,
+    },
+    /// React to a message with one emoji (replacing your earlier reaction to it).
+    React {
+        /// The message id (or the start of it).
+        message: String,
+        /// The emoji; omit it with --remove.
+        #[arg(required_unless_present = "remove")]
+        emoji: Option<String>,
+        /// Take your reaction back.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Replace the text of a message you sent; everyone sees it marked as edited.
+    Edit {
+        /// The message id (or the start of it).
+        message: String,
+        /// The new text (`-` reads it from standard input).
+        text: String,
+    },
+    /// Delete a message you sent, for everyone: their devices keep only a tombstone, and a
+    /// file it carried is deleted from the server.
+    Delete {
+        /// The message id (or the start of it).
+        message: String,
+    },
+    /// Mark a chat read; with read receipts on, its senders see that you read their messages.
+    Read {
+        /// The chat.
+        chat: String,
+    },
+    /// Show or change receipts: delivery receipts (on by default) tell senders their message
+    /// reached your device; read receipts (off by default) that you read it. They travel
+    /// encrypted like any message.
+    Receipts {
+        /// Delivery receipts: on or off.
+        #[arg(long, value_parser = on_off)]
+        delivery: Option<bool>,
+        /// Read receipts: on or off.
+        #[arg(long, value_parser = on_off)]
+        read: Option<bool>,
+    },
+    /// Local names for contacts (never sent anywhere).
+    #[command(subcommand)]
+    Contact(ContactCommand),
     /// Create and manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
@@ -319,6 +387,28 @@ enum DevicesCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum ContactCommand {
+    /// Show this name instead of the contact's address, here; without NAME, clear it.
+    Name {
+        /// The contact's address.
+        address: String,
+        /// The name.
+        name: Option<String>,
+    },
+    /// List the contacts you named.
+    List,
+}
+
+/// `on`/`off` (or true/false, yes/no) as a flag value.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err("give on or off".into()),
+    }
+}
+
+#[derive(Subcommand, Debug)]
 enum ChatCommand {
     /// Disappearing messages: every member's devices delete each message this long after it
     /// was sent, and undelivered copies expire on the server.
@@ -327,6 +417,43 @@ enum ChatCommand {
         chat: String,
         /// How long messages live (30s, 10m, 1h, 7d, 4w), or `off`.
         duration: String,
+    },
+    /// No notifications from this chat (here only).
+    Mute {
+        /// The chat.
+        chat: String,
+    },
+    /// Notifications again.
+    Unmute {
+        /// The chat.
+        chat: String,
+    },
+    /// List this chat first.
+    Pin {
+        /// The chat.
+        chat: String,
+    },
+    /// Stop listing it first.
+    Unpin {
+        /// The chat.
+        chat: String,
+    },
+    /// Hide the chat from `chats` (`chats --all` shows it); a new message brings it back
+    /// unless it is muted.
+    Archive {
+        /// The chat.
+        chat: String,
+    },
+    /// List it again.
+    Unarchive {
+        /// The chat.
+        chat: String,
+    },
+    /// Delete the chat's messages on this device and hide it until a new message arrives.
+    /// You stay a member (`group leave` leaves); other devices and members keep theirs.
+    Delete {
+        /// The chat.
+        chat: String,
     },
 }
 
@@ -360,6 +487,13 @@ enum GroupCommand {
     Leave {
         /// The group (id, id prefix or name).
         chat: String,
+    },
+    /// Rename a group; every member sees the new name.
+    Rename {
+        /// The group (id, id prefix or name).
+        chat: String,
+        /// Its new name.
+        name: String,
     },
 }
 
@@ -535,24 +669,56 @@ fn print_message(m: &MessageView) {
     let status = match m.status.as_str() {
         "pending" => " (waiting to be sent)".to_string(),
         "failed" => format!(" (not sent; `sotto resend {}`)", sotto::terminal_line(&m.id)),
+        "delivered" => " ✓✓".to_string(),
+        "read" => " ✓✓ read".to_string(),
         _ => String::new(),
     };
+    let edited = if m.edited { " (edited)" } else { "" };
     // Names, texts and file details come from other users: nothing of them may control the
     // terminal or pose as a line of its own.
     let chat = sotto::terminal_line(&m.chat_name);
-    let sender = sotto::terminal_line(&m.sender);
-    if m.kind == "event" {
-        println!("[{when}] {chat}: * {}", sotto::terminal_text(&m.body));
-    } else if let Some(f) = &m.file {
-        println!(
-            "[{when}] {chat} <{sender}> [file {} — {} bytes, {}] (sotto download {}){status}",
-            sotto::terminal_line(&f.name),
-            f.size,
-            sotto::terminal_line(&f.media_type),
-            sotto::terminal_line(&m.id)
-        );
-    } else {
-        println!("[{when}] {chat} <{sender}> {}{status}", sotto::terminal_text(&m.body));
+    let sender = sotto::terminal_line(m.sender_name.as_deref().unwrap_or(&m.sender));
+    // The id's start names the message for reply, react, edit and delete.
+    let id: String = m.id.chars().take(8).collect();
+    let id = sotto::terminal_line(&id);
+    if let Some(q) = &m.reply_to {
+        let who = q.sender.as_deref().map(sotto::terminal_line).unwrap_or_default();
+        let text = match &q.text {
+            Some(t) => sotto::terminal_line(t),
+            None => "(a message not here, or deleted)".into(),
+        };
+        println!("  ┌ {who}: {text}");
+    }
+    match m.kind.as_str() {
+        "event" | "mark" => println!("[{when}] {chat}: * {}", sotto::terminal_text(&m.body)),
+        "unsupported" => println!(
+            "[{when} {id}] {chat} <{sender}> (a kind of message this version of sotto cannot \
+             show; update sotto)"
+        ),
+        _ if m.deleted => println!("[{when} {id}] {chat} <{sender}> (deleted)"),
+        _ => match &m.file {
+            Some(f) => println!(
+                "[{when} {id}] {chat} <{sender}> [file {} — {} bytes, {}] (sotto download {}){status}",
+                sotto::terminal_line(&f.name),
+                f.size,
+                sotto::terminal_line(&f.media_type),
+                sotto::terminal_line(&m.id)
+            ),
+            None => println!(
+                "[{when} {id}] {chat} <{sender}> {}{edited}{status}",
+                sotto::terminal_text(&m.body)
+            ),
+        },
+    }
+    if !m.reactions.is_empty() {
+        let list: Vec<String> = m
+            .reactions
+            .iter()
+            .map(|r| {
+                format!("{} {}", sotto::terminal_line(&r.emoji), sotto::terminal_line(&r.from))
+            })
+            .collect();
+        println!("    {}", list.join("  "));
     }
 }
 
@@ -663,11 +829,24 @@ fn show_link_code(code: &str, json: bool) {
 
 fn print_chat(c: &ChatSummary) {
     let title = match (c.kind.as_str(), &c.peer, &c.name) {
+        ("direct", Some(p), _) if c.title != *p => {
+            format!("{} <{}>", sotto::terminal_line(&c.title), sotto::terminal_line(p))
+        }
         ("direct", Some(p), _) => sotto::terminal_line(p),
+        ("note", ..) => sotto::terminal_line(&c.title),
         (_, _, Some(n)) => format!("{} (group)", sotto::terminal_line(n)),
         _ => "(unnamed group)".into(),
     };
-    let state = if c.state == "active" { String::new() } else { format!(" [{}]", c.state) };
+    let mut state = if c.state == "active" { String::new() } else { format!(" [{}]", c.state) };
+    for (on, mark) in [(c.pinned, " [pinned]"), (c.muted, " [muted]"), (c.archived, " [archived]")]
+    {
+        if on {
+            state.push_str(mark);
+        }
+    }
+    if c.unread > 0 {
+        state.push_str(&format!("  {} unread", c.unread));
+    }
     let timer = if c.timer_secs > 0 {
         format!("  (messages disappear after {} s)", c.timer_secs)
     } else {
@@ -963,6 +1142,21 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
     Ok(())
 }
 
+/// A text argument; `-` reads it from standard input.
+fn text_arg(text: &str) -> Result<String, Error> {
+    if text != "-" {
+        return Ok(text.to_string());
+    }
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => {
+            Error::Invalid("standard input is not UTF-8 text".into())
+        }
+        _ => Error::Io(format!("reading standard input: {e}")),
+    })?;
+    Ok(s.trim_end_matches('\n').to_string())
+}
+
 /// The engine command a CLI command stands for (`None`: it works on the home's files, or is
 /// the daemon itself).
 fn engine_command(command: &Command) -> Result<Option<engine::Command>, Error> {
@@ -982,26 +1176,33 @@ fn engine_command(command: &Command) -> Result<Option<engine::Command>, Error> {
     };
     Ok(Some(match command {
         Command::Whoami => E::Whoami,
-        Command::Chats => E::Chats,
-        Command::History { chat, limit } => E::History { chat: chat.clone(), limit: Some(*limit) },
-        Command::Send { group, args } => {
+        Command::Chats { all } => E::Chats { all: *all },
+        Command::History { chat, limit, before } => {
+            E::History { chat: chat.clone(), limit: Some(*limit), before: before.clone() }
+        }
+        Command::Search { text, chat, limit } => {
+            E::Search { text: text.clone(), chat: chat.clone(), limit: Some(*limit) }
+        }
+        Command::React { message, emoji, remove } => E::React {
+            message: message.clone(),
+            emoji: if *remove { String::new() } else { emoji.clone().unwrap_or_default() },
+        },
+        Command::Edit { message, text } => {
+            E::Edit { message: message.clone(), text: text_arg(text)? }
+        }
+        Command::Delete { message } => E::Delete { message: message.clone() },
+        Command::Read { chat } => E::Read { chat: chat.clone() },
+        Command::Receipts { delivery, read } => E::Receipts { delivery: *delivery, read: *read },
+        Command::Contact(ContactCommand::Name { address, name }) => {
+            E::ContactName { address: address.clone(), name: name.clone() }
+        }
+        Command::Contact(ContactCommand::List) => E::Contacts,
+        Command::Send { group, reply, args } => {
             let (to, group, text) = split(group, args, "text")?;
             if let Some(to) = &to {
                 to.parse::<sotto_core::Address>().map_err(Error::Core)?;
             }
-            let text = if text == "-" {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::InvalidData => {
-                        Error::Invalid("standard input is not UTF-8 text".into())
-                    }
-                    _ => Error::Io(format!("reading standard input: {e}")),
-                })?;
-                s.trim_end_matches('\n').to_string()
-            } else {
-                text
-            };
-            E::Send { to, group, text }
+            E::Send { to, group, text: text_arg(&text)?, reply_to: reply.clone() }
         }
         Command::SendFile { group, args } => {
             let (to, group, path) = split(group, args, "path")?;
@@ -1037,6 +1238,25 @@ fn engine_command(command: &Command) -> Result<Option<engine::Command>, Error> {
             E::GroupRemove { chat: chat.clone(), members: members.clone() }
         }
         Command::Group(GroupCommand::Leave { chat }) => E::GroupLeave { chat: chat.clone() },
+        Command::Group(GroupCommand::Rename { chat, name }) => {
+            E::GroupRename { chat: chat.clone(), name: name.clone() }
+        }
+        Command::Chat(ChatCommand::Delete { chat }) => E::ChatDelete { chat: chat.clone() },
+        Command::Chat(flag) => {
+            use sotto_client::ChatFlag::*;
+            let (chat, flag, on) = match flag {
+                ChatCommand::Mute { chat } => (chat, Muted, true),
+                ChatCommand::Unmute { chat } => (chat, Muted, false),
+                ChatCommand::Pin { chat } => (chat, Pinned, true),
+                ChatCommand::Unpin { chat } => (chat, Pinned, false),
+                ChatCommand::Archive { chat } => (chat, Archived, true),
+                ChatCommand::Unarchive { chat } => (chat, Archived, false),
+                ChatCommand::Timer { .. } | ChatCommand::Delete { .. } => {
+                    return Err(Error::Internal("chat command handled above"));
+                }
+            };
+            E::ChatFlag { chat: chat.clone(), flag, on }
+        }
         Command::Verify { address, mark_verified, expect, accept_change } => E::Verify {
             address: address.clone(),
             mark_verified: *mark_verified,
@@ -1086,16 +1306,66 @@ fn show(command: &Command, value: serde_json::Value, json: bool) -> Result<(), E
                 println!("this account's devices");
             }
         }
-        Command::Chats => {
+        Command::Chats { .. } => {
             let chats: Vec<ChatSummary> = typed(value)?;
             if chats.is_empty() {
                 println!("no chats yet; `sotto send ADDRESS TEXT` starts one");
             }
             chats.iter().for_each(print_chat);
         }
-        Command::History { .. } => typed::<Vec<MessageView>>(value)?.iter().for_each(print_message),
-        Command::Send { .. } | Command::SendFile { .. } | Command::Resend { .. } => {
+        Command::History { .. } => {
+            let page: Vec<MessageView> = typed(value)?;
+            page.iter().for_each(print_message);
+            if let Some(first) = page.first()
+                && std::io::stdout().is_terminal()
+            {
+                println!("(earlier: --before {})", sotto::terminal_line(&first.id));
+            }
+        }
+        Command::Search { .. } => {
+            let found: Vec<MessageView> = typed(value)?;
+            if found.is_empty() {
+                println!("nothing found");
+            }
+            found.iter().for_each(print_message);
+        }
+        Command::Send { .. }
+        | Command::SendFile { .. }
+        | Command::Resend { .. }
+        | Command::React { .. }
+        | Command::Edit { .. }
+        | Command::Delete { .. } => {
             print_message(&typed(value)?);
+        }
+        Command::Read { .. } => print_chat(&typed(value)?),
+        Command::Receipts { .. } => {
+            let on = |b: bool| if b { "on" } else { "off" };
+            println!("delivery receipts: {}", on(value["delivery"].as_bool().unwrap_or(true)));
+            println!("read receipts:     {}", on(value["read"].as_bool().unwrap_or(false)));
+        }
+        Command::Contact(ContactCommand::Name { .. }) => {
+            let c: sotto_client::Contact = typed(value)?;
+            match &c.nickname {
+                Some(n) => println!("{} is shown as {}", c.address, sotto::terminal_line(n)),
+                None => println!("{} is shown by address", c.address),
+            }
+        }
+        Command::Contact(ContactCommand::List) => {
+            let list: Vec<sotto_client::Contact> = typed(value)?;
+            if list.is_empty() {
+                println!("no named contacts; `sotto contact name ADDRESS NAME` names one");
+            }
+            for c in list {
+                let name = c.nickname.as_deref().map(sotto::terminal_line).unwrap_or_default();
+                println!("{}  {name}", c.address);
+            }
+        }
+        Command::Chat(ChatCommand::Delete { .. }) => {
+            println!(
+                "deleted {} message(s) on this device; the chat comes back when a new message \
+                 arrives",
+                value["deleted"].as_u64().unwrap_or(0)
+            );
         }
         Command::Download { .. } => {
             let got: Downloaded = typed(value)?;

@@ -1,0 +1,420 @@
+//! Conversations as people use them, with the real server and real `sotto` processes:
+//! replies, reactions, edits (out of order too), deletions with their files, receipts,
+//! search and paging, renames, nicknames, notes to self, chat flags, export.
+
+mod common;
+
+use common::{Server, User, client, pair};
+use serde_json::{Value, json};
+
+/// The message with `body` in `user`'s history of `chat`.
+fn find(user: &User, chat: &str, body: &str) -> Value {
+    let history = user.ok(&["history", chat, "--limit", "1000"]);
+    history
+        .as_array()
+        .expect("history")
+        .iter()
+        .rev()
+        .find(|m| m["body"] == body)
+        .unwrap_or_else(|| panic!("{body:?} not in {history}"))
+        .clone()
+}
+
+/// The message with id `id` in `user`'s history of `chat`.
+fn by_id(user: &User, chat: &str, id: &str) -> Value {
+    let history = user.ok(&["history", chat, "--limit", "1000"]);
+    history
+        .as_array()
+        .expect("history")
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {history}"))
+        .clone()
+}
+
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn group(alice: &User, name: &str, members: &[&User]) -> String {
+    let list: Vec<&str> = members.iter().map(|u| u.address.as_str()).collect();
+    let v = alice.ok(&["group", "create", name, "--members", &list.join(",")]);
+    let id = id_of(&v);
+    for m in members {
+        m.sync();
+    }
+    id
+}
+
+#[test]
+fn replies_reactions_edits_and_deletes_reach_everyone() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    let team = group(&alice, "team", &[&bob, &carol]);
+
+    let hello = id_of(&alice.send_group(&team, "hello team"));
+    assert_eq!(bob.sync(), vec![pair(&alice, "hello team")]);
+    carol.sync();
+
+    // A reply quotes what it answers, on every side; a short id prefix names the message.
+    let reply =
+        bob.ok(&["send", "--group", "team", "--reply", &hello[..8], "hi @carol@localhost!"]);
+    assert_eq!(reply["reply_to"]["id"], hello.as_str(), "{reply}");
+    assert_eq!(reply["mentions"], json!(["carol@localhost"]));
+    alice.sync();
+    carol.sync();
+    for user in [&alice, &carol] {
+        let seen = find(user, &team, "hi @carol@localhost!");
+        assert_eq!(seen["reply_to"]["id"], hello.as_str(), "{seen}");
+        assert_eq!(seen["reply_to"]["sender"], alice.address.as_str());
+        assert_eq!(seen["reply_to"]["text"], "hello team");
+        assert_eq!(seen["mentions"], json!(["carol@localhost"]));
+    }
+    // Replying to a message of another chat is refused.
+    alice.send(&bob.address, "direct");
+    let direct_id = id_of(&find(&alice, &bob.address, "direct"));
+    assert_eq!(
+        alice.err(&["send", "--group", "team", "--reply", &direct_id, "x"]),
+        "invalid_input"
+    );
+
+    // Reactions: one per account, the latest replaces the earlier, empty takes it back.
+    carol.ok(&["react", &hello, "👍"]);
+    bob.ok(&["react", &hello, "🎉"]);
+    bob.ok(&["react", &hello, "❤️"]);
+    alice.sync();
+    let reactions = find(&alice, &team, "hello team")["reactions"].clone();
+    assert_eq!(
+        reactions,
+        json!([{"from": "carol@localhost", "emoji": "👍"}, {"from": "bob@localhost", "emoji": "❤️"}])
+    );
+    carol.ok(&["react", &hello, "--remove"]);
+    alice.sync();
+    let reactions = find(&alice, &team, "hello team")["reactions"].clone();
+    assert_eq!(reactions, json!([{"from": "bob@localhost", "emoji": "❤️"}]));
+    assert_eq!(bob.err(&["react", &hello, "not an emoji"]), "invalid_input");
+
+    // Only the sender edits; everyone sees the new text, marked edited.
+    assert_eq!(bob.err(&["edit", &hello, "bob's version"]), "unknown_message");
+    let edited = alice.ok(&["edit", &hello[..6], "hello whole team"]);
+    assert_eq!(
+        (edited["body"].as_str(), edited["edited"].as_bool()),
+        (Some("hello whole team"), Some(true))
+    );
+    bob.sync();
+    carol.sync();
+    for user in [&alice, &bob, &carol] {
+        let m = by_id(user, &team, &hello);
+        assert_eq!(
+            (m["body"].as_str(), m["edited"].as_bool()),
+            (Some("hello whole team"), Some(true))
+        );
+        // The reply's quote follows the edit.
+        let r = find(user, &team, "hi @carol@localhost!");
+        assert_eq!(r["reply_to"]["text"], "hello whole team");
+    }
+
+    // Only the sender deletes; a tombstone is left everywhere, and reactions go with it.
+    assert_eq!(carol.err(&["delete", &hello]), "unknown_message");
+    let gone = alice.ok(&["delete", &hello]);
+    assert_eq!((gone["deleted"].as_bool(), gone["body"].as_str()), (Some(true), Some("")));
+    bob.sync();
+    carol.sync();
+    for user in [&alice, &bob, &carol] {
+        let m = by_id(user, &team, &hello);
+        assert_eq!(m["deleted"], true, "{m}");
+        assert_eq!(m["body"], "");
+        assert!(m.get("reactions").is_none(), "{m}");
+        assert!(find(user, &team, "hi @carol@localhost!")["reply_to"].get("text").is_none());
+    }
+    assert_eq!(alice.err(&["edit", &hello, "back again"]), "invalid_input");
+    assert_eq!(bob.err(&["react", &hello, "👍"]), "invalid_input");
+    // Nothing of it failed anywhere.
+    for user in [&alice, &bob, &carol] {
+        let v = user.ok(&["sync"]);
+        assert_eq!(v["failures"], json!([]), "{v}");
+    }
+}
+
+#[test]
+fn edits_arriving_out_of_order_end_on_the_latest() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let (laptop, _) = alice.link_device(&server, "laptop");
+    alice.send(&bob.address, "first draft");
+    bob.sync();
+    laptop.sync();
+    let id = id_of(&find(&bob, &alice.address, "first draft"));
+
+    // The phone's edit is written down and sealed, and the phone dies before it reaches the
+    // server; the laptop edits later, and its edit arrives first.
+    let crashed = client()
+        .env("SOTTO_FAILPOINT", "before-submit")
+        .arg("--home")
+        .arg(&alice.home)
+        .args(["--json", "edit", &id, "second draft"])
+        .output()
+        .expect("run");
+    assert!(!crashed.status.success(), "the failpoint must end the process");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    laptop.ok(&["edit", &id, "final text"]);
+    bob.sync();
+    assert_eq!(by_id(&bob, &alice.address, &id)["body"], "final text");
+    // The phone's older edit arrives now (a sync sends what it recorded), and loses.
+    alice.ok(&["sync"]);
+    bob.sync();
+    laptop.sync();
+    for (user, chat) in [(&bob, &alice.address), (&laptop, &bob.address)] {
+        let m = by_id(user, chat, &id);
+        assert_eq!((m["body"].as_str(), m["edited"].as_bool()), (Some("final text"), Some(true)));
+    }
+    // The phone itself, which applied its own edit first, ends on the latest too.
+    assert_eq!(by_id(&alice, &bob.address, &id)["body"], "final text");
+}
+
+#[test]
+fn deleting_a_file_message_deletes_the_file_on_the_server() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("plan.txt");
+    std::fs::write(&path, b"the plan").expect("write");
+    let sent = alice.ok(&["send-file", &bob.address, path.to_str().expect("path")]);
+    let id = id_of(&sent);
+    bob.sync();
+    let blobs = server.data.join("blobs");
+    let count = || std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count(), 1);
+    alice.ok(&["delete", &id]);
+    assert_eq!(count(), 0, "the blob is deleted from the server");
+    bob.sync();
+    let m = by_id(&bob, &alice.address, &id);
+    assert_eq!(m["deleted"], true);
+    assert!(m.get("file").is_none(), "{m}");
+    let out = dir.path().join("got");
+    assert_eq!(bob.err(&["download", &id, "--out", out.to_str().expect("out")]), "invalid_input");
+}
+
+#[test]
+fn receipts_move_messages_to_delivered_and_read() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let first = id_of(&alice.send(&bob.address, "one"));
+    assert_eq!(by_id(&alice, &bob.address, &first)["status"], "sent");
+    // Bob's device received it: his sync sends a delivery receipt.
+    bob.sync();
+    let v = alice.ok(&["sync"]);
+    assert!(v["updated"].as_array().expect("updated").iter().any(|m| m["id"] == first), "{v}");
+    let m = by_id(&alice, &bob.address, &first);
+    assert_eq!(
+        (m["status"].as_str(), m["delivered_to"].clone()),
+        (Some("delivered"), json!(["bob@localhost"]))
+    );
+    assert_eq!(bob.ok(&["chats"])[0]["unread"], 1);
+    // Read receipts are off by default: reading tells nobody.
+    assert_eq!(bob.ok(&["receipts"]), json!({"delivery": true, "read": false}));
+    assert_eq!(bob.ok(&["read", &alice.address])["unread"], 0);
+    alice.ok(&["sync"]);
+    assert_eq!(by_id(&alice, &bob.address, &first)["status"], "delivered");
+    // On, they do.
+    bob.ok(&["receipts", "--read", "on"]);
+    let second = id_of(&alice.send(&bob.address, "two"));
+    bob.sync();
+    bob.ok(&["read", &alice.address]);
+    alice.ok(&["sync"]);
+    let m = by_id(&alice, &bob.address, &second);
+    assert_eq!(
+        (m["status"].as_str(), m["read_by"].clone()),
+        (Some("read"), json!(["bob@localhost"]))
+    );
+    // With delivery receipts off, nothing comes back.
+    bob.ok(&["receipts", "--delivery", "off", "--read", "off"]);
+    let third = id_of(&alice.send(&bob.address, "three"));
+    bob.sync();
+    bob.ok(&["read", &alice.address]);
+    alice.ok(&["sync"]);
+    assert_eq!(by_id(&alice, &bob.address, &third)["status"], "sent");
+    // Receipts are messages like any other: they never show in a chat.
+    let history = bob.ok(&["history", &alice.address]);
+    assert_eq!(history.as_array().map(Vec::len), Some(3 + 1), "{history}");
+}
+
+#[test]
+fn a_group_message_is_delivered_once_every_member_has_it() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    let team = group(&alice, "team", &[&bob, &carol]);
+    let id = id_of(&alice.send_group(&team, "to both"));
+    bob.sync();
+    alice.ok(&["sync"]);
+    let m = by_id(&alice, &team, &id);
+    assert_eq!(
+        (m["status"].as_str(), m["delivered_to"].clone()),
+        (Some("sent"), json!(["bob@localhost"]))
+    );
+    carol.sync();
+    alice.ok(&["sync"]);
+    assert_eq!(by_id(&alice, &team, &id)["status"], "delivered");
+}
+
+#[test]
+fn search_and_paging() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    alice.send(&bob.address, "Meeting at the café tomorrow");
+    alice.send(&carol.address, "the meeting moved");
+    let secret = id_of(&alice.send(&carol.address, "meeting notes, secret"));
+    for i in 0..5 {
+        alice.send(&bob.address, &format!("filler {i}"));
+    }
+    // Words match as prefixes, without regard to case or accents, across chats.
+    let found = alice.ok(&["search", "meet"]);
+    let bodies: Vec<&str> =
+        found.as_array().expect("results").iter().filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["meeting notes, secret", "the meeting moved", "Meeting at the café tomorrow"]
+    );
+    assert_eq!(alice.ok(&["search", "CAFE"])[0]["body"], "Meeting at the café tomorrow");
+    let only = alice.ok(&["search", "meeting", "--chat", &carol.address]);
+    assert_eq!(only.as_array().map(Vec::len), Some(2), "{only}");
+    assert_eq!(alice.ok(&["search", "meeting moved"]).as_array().map(Vec::len), Some(1));
+    // Query syntax in the user's words is just words.
+    assert_eq!(alice.ok(&["search", "meeting\" OR NEAR(x"]).as_array().map(Vec::len), Some(0));
+    assert_eq!(alice.err(&["search", "  ?! "]), "invalid_input");
+    // Edited and deleted messages are found by what they say now.
+    alice.ok(&["edit", &secret, "meeting notes, public"]);
+    assert_eq!(alice.ok(&["search", "secret"]), json!([]));
+    assert_eq!(alice.ok(&["search", "public"])[0]["id"], secret.as_str());
+    alice.ok(&["delete", &secret]);
+    assert_eq!(alice.ok(&["search", "public"]), json!([]));
+    // The receiving side searches too.
+    bob.sync();
+    assert_eq!(bob.ok(&["search", "café"])[0]["sender"], alice.address.as_str());
+
+    // Paging back through a chat.
+    let page = alice.ok(&["history", &bob.address, "-n", "2"]);
+    let bodies: Vec<&str> =
+        page.as_array().expect("page").iter().filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(bodies, ["filler 3", "filler 4"]);
+    let first = page[0]["id"].as_str().expect("id");
+    let earlier = alice.ok(&["history", &bob.address, "-n", "3", "--before", first]);
+    let bodies: Vec<&str> =
+        earlier.as_array().expect("page").iter().filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(bodies, ["filler 0", "filler 1", "filler 2"]);
+    assert_eq!(alice.err(&["history", &bob.address, "--before", "nope"]), "unknown_message");
+}
+
+#[test]
+fn renames_nicknames_notes_and_chat_flags() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    let team = group(&alice, "team", &[&bob]);
+
+    // A rename is seen by every member, as an event.
+    let renamed = bob.ok(&["group", "rename", &team, "dream team"]);
+    assert_eq!(renamed["name"], "dream team");
+    alice.sync();
+    let chats = alice.ok(&["chats"]);
+    assert_eq!(chats[0]["name"], "dream team", "{chats}");
+    let events: Vec<String> = alice
+        .ok(&["history", &team])
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|m| m["kind"] == "event")
+        .filter_map(|m| m["body"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        events.contains(&"bob@localhost renamed the group to dream team".to_string()),
+        "{events:?}"
+    );
+    assert_eq!(alice.err(&["group", "rename", &team, ""]), "invalid_input");
+
+    // A nickname is local: shown for the contact's messages and chat, usable as its name.
+    alice.send(&carol.address, "hi");
+    carol.sync();
+    let named = carol.ok(&["contact", "name", &alice.address, "Al"]);
+    assert_eq!(named, json!({"address": "alice@localhost", "nickname": "Al"}));
+    let m = find(&carol, "Al", "hi");
+    assert_eq!((m["sender_name"].as_str(), m["chat_name"].as_str()), (Some("Al"), Some("Al")));
+    assert_eq!(carol.ok(&["chats"])[0]["title"], "Al");
+    assert_eq!(
+        carol.ok(&["contact", "list"]),
+        json!([{"address": "alice@localhost", "nickname": "Al"}])
+    );
+    carol.ok(&["contact", "name", &alice.address]);
+    assert!(find(&carol, &alice.address, "hi").get("sender_name").is_none());
+
+    // Notes to self: sent to one's own address, kept on one's own devices (one is enough).
+    let solo = bob.send(&bob.address, "note to me");
+    assert_eq!(
+        (solo["status"].as_str(), solo["chat_name"].as_str()),
+        (Some("sent"), Some("Notes to self"))
+    );
+    assert_eq!(bob.history("notes"), vec![pair(&bob, "note to me")]);
+    let (laptop, _) = alice.link_device(&server, "laptop");
+    let note = alice.send(&alice.address, "buy milk");
+    assert_eq!(note["chat_name"], "Notes to self");
+    laptop.sync();
+    assert_eq!(laptop.history("notes"), vec![pair(&alice, "buy milk")]);
+    let chats = alice.ok(&["chats"]);
+    let notes =
+        chats.as_array().expect("chats").iter().find(|c| c["kind"] == "note").expect("notes chat");
+    assert_eq!(notes["members"], json!(["alice@localhost"]));
+    laptop.send(&alice.address, "and bread");
+    alice.sync();
+    assert_eq!(alice.history("notes"), vec![pair(&alice, "buy milk"), pair(&alice, "and bread")]);
+
+    // Pinned first; archived hidden until a new message from someone else; muted stays.
+    bob.send(&carol.address, "from bob");
+    carol.sync();
+    carol.ok(&["chat", "pin", &alice.address]);
+    let chats = carol.ok(&["chats"]);
+    assert_eq!(
+        (chats[0]["peer"].as_str(), chats[0]["pinned"].as_bool()),
+        (Some("alice@localhost"), Some(true))
+    );
+    carol.ok(&["chat", "archive", &bob.address]);
+    let listed = |all: bool| -> Vec<String> {
+        let args: &[&str] = if all { &["chats", "--all"] } else { &["chats"] };
+        carol
+            .ok(args)
+            .as_array()
+            .expect("chats")
+            .iter()
+            .filter_map(|c| c["title"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(listed(false), ["alice@localhost"]);
+    assert_eq!(listed(true), ["alice@localhost", "bob@localhost"]);
+    bob.send(&carol.address, "you there?");
+    carol.sync();
+    assert_eq!(listed(false), ["alice@localhost", "bob@localhost"]);
+    carol.ok(&["chat", "mute", &bob.address]);
+    carol.ok(&["chat", "archive", &bob.address]);
+    bob.send(&carol.address, "hello?");
+    carol.sync();
+    assert_eq!(listed(false), ["alice@localhost"], "a muted chat stays archived");
+
+    // Deleting a chat here deletes its messages here only, until a new one arrives.
+    let gone = carol.ok(&["chat", "delete", &alice.address]);
+    assert_eq!(gone["deleted"], 1);
+    assert_eq!(listed(true), ["bob@localhost"]);
+    assert!(carol.history(&alice.address).is_empty());
+    assert_eq!(alice.history(&carol.address), vec![pair(&alice, "hi")]);
+    alice.send(&carol.address, "still here");
+    carol.sync();
+    assert_eq!(carol.history(&alice.address), vec![pair(&alice, "still here")]);
+}
