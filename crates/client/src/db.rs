@@ -493,6 +493,20 @@ pub(crate) fn add_notice(conn: &Connection, text: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Adds a notice unless the same one was added in the last ten minutes (one change seen in
+/// many chats is told once).
+pub(crate) fn add_notice_once(conn: &Connection, text: &str) -> Result<(), Error> {
+    let recent: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM notices WHERE text = ?1 AND at >= ?2)")?
+        .query_row(params![text, sotto_core::unix_now().saturating_sub(600) as i64], |r| {
+            r.get(0)
+        })?;
+    if !recent {
+        add_notice(conn, text)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn last_seq(conn: &Connection) -> Result<u64, Error> {
     Ok(conn.query_row("SELECT last_seq FROM sync_state WHERE id = 1", [], |r| r.get::<_, i64>(0))?
         as u64)

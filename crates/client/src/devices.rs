@@ -120,6 +120,9 @@ struct HistoryChat {
     name: Option<String>,
     peer: Option<String>,
     messages: Vec<HistoryMessage>,
+    /// Reactions to those messages, as (message, account, emoji, sender's time).
+    #[serde(default)]
+    reactions: Vec<(String, String, String, i64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -137,6 +140,18 @@ struct HistoryMessage {
     /// A file's reference and key (the MLS content of the file message), for `file`.
     #[serde(default)]
     attachment: Option<String>,
+    /// The message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<String>,
+    /// Mentioned accounts (a JSON list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mentions: Option<String>,
+    /// The winning edit's sender time and id (`body` is its text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    edited: Option<(i64, String)>,
+    /// Deleted by its sender: a tombstone.
+    #[serde(default)]
+    deleted: bool,
 }
 
 fn text_kind() -> String {
@@ -257,7 +272,8 @@ impl Client {
         let p = db::provider(&self.conn);
         for g in groups {
             if mls::members(&p, &g)?.iter().any(|d| &d.address == address) {
-                insert_event(&self.conn, &g, address.as_str(), &text)?;
+                // Told once above; each chat keeps a quiet mark.
+                insert_mark(&self.conn, &g, address.as_str(), &text)?;
                 // Its devices in the chat are replaced with those of its new list.
                 db::mark_dropped(&self.conn, &g)?;
             }
@@ -883,10 +899,15 @@ impl Client {
         for group_id in self.active_chats()? {
             let row = self.chat_row(&group_id)?;
             let mut stmt = self.conn.prepare(
-                "SELECT msg_id, sender, body, sent_at, expires_at, kind, attachment FROM messages
+                "SELECT msg_id, sender, body, sent_at, expires_at, kind, attachment, reply_to,
+                        mentions, edited_at, edit_id, deleted FROM messages
                  WHERE group_id = ?1 AND kind IN ('text', 'file') ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![group_id, HISTORY_PER_CHAT], |r| {
+                let edited = match (r.get::<_, Option<i64>>(9)?, r.get::<_, Option<String>>(10)?) {
+                    (Some(at), Some(id)) => Some((at, id)),
+                    _ => None,
+                };
                 Ok(HistoryMessage {
                     msg_id: r.get(0)?,
                     sender: r.get(1)?,
@@ -895,16 +916,32 @@ impl Client {
                     expires_at: r.get::<_, Option<i64>>(4)?.map(|e| e as u64),
                     kind: r.get(5)?,
                     attachment: r.get(6)?,
+                    reply_to: r.get(7)?,
+                    mentions: r.get(8)?,
+                    edited,
+                    deleted: r.get(11)?,
                 })
             })?;
             let mut messages: Vec<HistoryMessage> = rows.collect::<Result<_, _>>()?;
             messages.reverse();
+            let mut stmt = self.conn.prepare(
+                "SELECT target, reactor, emoji, sent_at FROM reactions
+                 WHERE group_id = ?1 AND emoji != ''",
+            )?;
+            let rows =
+                stmt.query_map([&group_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            let reactions: Vec<(String, String, String, i64)> = rows
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter(|(target, ..)| messages.iter().any(|m| &m.msg_id == target))
+                .collect();
             chats.push(HistoryChat {
                 group_id: hex::encode(&group_id),
                 kind: row.kind,
                 name: row.name,
                 peer: row.peer,
                 messages,
+                reactions,
             });
         }
         loop {
@@ -1050,43 +1087,88 @@ impl Client {
         let tx = begin(&self.conn)?;
         let mut count = 0;
         let now = self.now_ms() as i64;
+        // Each chat's messages keep the old device's order; the chats are interleaved by when
+        // messages were sent (the direct chats with one account are one conversation, shown
+        // in stored order).
+        let mut queues: Vec<(Vec<u8>, std::collections::VecDeque<HistoryMessage>)> = Vec::new();
+        let mut reactions = Vec::new();
         for chat in chats {
             let Ok(group_id) = hex::decode(&chat.group_id) else { continue };
-            let kind = if chat.kind == "direct" { "direct" } else { "group" };
+            let kind = match chat.kind.as_str() {
+                "direct" => "direct",
+                "note" => "note",
+                _ => "group",
+            };
             tx.execute(
                 "INSERT OR IGNORE INTO chats (group_id, kind, name, peer, state, created_at)
                  VALUES (?1, ?2, ?3, ?4, 'joining', ?5)",
                 params![group_id, kind, chat.name, chat.peer, now],
             )?;
-            for m in chat.messages {
-                let status = if m.sender == self.account.address { "sent" } else { "received" };
-                // A file message keeps what downloading it needs; anything else that does not
-                // read as one is left out rather than shown broken.
-                let attachment = match m.kind.as_str() {
-                    "text" => None,
-                    "file" => match m.attachment.filter(|a| crate::chats::file_info(a).is_some()) {
-                        Some(a) => Some(a),
-                        None => continue,
-                    },
-                    _ => continue,
-                };
-                count += tx.execute(
-                    "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
-                                                     sent_at, received_at, reported, expires_at,
-                                                     attachment)
-                     VALUES (?1, ?2, ?3, ?9, ?4, ?5, ?6, ?7, 1, ?8, ?10)",
-                    params![
-                        group_id,
-                        m.msg_id,
-                        m.sender,
-                        m.body,
-                        status,
-                        m.sent_at as i64,
-                        now,
-                        m.expires_at.map(|e| e as i64),
-                        m.kind,
-                        attachment
-                    ],
+            reactions.extend(chat.reactions.into_iter().map(|r| (group_id.clone(), r)));
+            queues.push((group_id, chat.messages.into()));
+        }
+        let mut messages = Vec::new();
+        while let Some((group_id, queue)) = queues
+            .iter_mut()
+            .filter(|(_, q)| !q.is_empty())
+            .min_by_key(|(_, q)| q.front().map_or(u64::MAX, |m| m.sent_at))
+        {
+            if let Some(m) = queue.pop_front() {
+                messages.push((group_id.clone(), m));
+            }
+        }
+        for (group_id, m) in messages {
+            let status = if m.sender == self.account.address { "sent" } else { "received" };
+            // A file message keeps what downloading it needs; anything else that does not
+            // read as one is left out rather than shown broken.
+            let attachment = match m.kind.as_str() {
+                "text" => None,
+                "file" => match m.attachment.filter(|a| crate::chats::file_info(a).is_some()) {
+                    Some(a) => Some(a),
+                    // A tombstone keeps nothing of what was deleted.
+                    None if m.deleted => None,
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let (body, attachment) =
+                if m.deleted { (String::new(), None) } else { (m.body, attachment) };
+            let (edited_at, edit_id) = m.edited.filter(|_| !m.deleted).unzip();
+            let reply_to = m.reply_to.filter(|r| sotto_core::content::is_message_id(r));
+            count += tx.execute(
+                "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
+                                                 sent_at, received_at, reported, expires_at,
+                                                 attachment, reply_to, mentions, edited_at,
+                                                 edit_id, deleted, read_at)
+                 VALUES (?1, ?2, ?3, ?9, ?4, ?5, ?6, ?7, 1, ?8, ?10, ?11, ?12, ?13, ?14,
+                         ?15, ?7)",
+                params![
+                    group_id,
+                    m.msg_id,
+                    m.sender,
+                    body,
+                    status,
+                    m.sent_at as i64,
+                    now,
+                    m.expires_at.map(|e| e as i64),
+                    m.kind,
+                    attachment,
+                    reply_to,
+                    m.mentions.filter(|_| !m.deleted),
+                    edited_at,
+                    edit_id,
+                    m.deleted
+                ],
+            )?;
+        }
+        for (group_id, (target, reactor, emoji, at)) in reactions {
+            if emoji.len() <= sotto_core::content::MAX_EMOJI_LEN
+                && !emoji.chars().any(char::is_control)
+            {
+                tx.execute(
+                    "INSERT OR IGNORE INTO reactions (group_id, target, reactor, emoji, sent_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![group_id, target, reactor, emoji, at],
                 )?;
             }
         }
@@ -1159,6 +1241,24 @@ impl Client {
 }
 
 /// Records an event (a line in a chat's history that no member wrote).
+/// A quiet mark in a chat: an account's change, told once as a notice.
+fn insert_mark(
+    conn: &rusqlite::Connection,
+    group_id: &[u8],
+    sender: &str,
+    text: &str,
+) -> Result<(), Error> {
+    let now = now_ms() as i64;
+    let id = format!("event-{}", hex::encode(sotto_core::random_bytes(8)?));
+    conn.execute(
+        "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at, received_at,
+                              reported, read_at)
+         VALUES (?1, ?2, ?3, 'mark', ?4, 'received', ?5, ?5, 1, ?5)",
+        params![group_id, id, sender, text, now],
+    )?;
+    Ok(())
+}
+
 pub(crate) fn insert_event(
     conn: &rusqlite::Connection,
     group_id: &[u8],

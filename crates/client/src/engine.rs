@@ -774,7 +774,7 @@ impl Engine {
     pub fn frame(&mut self, text: &str) -> Option<String> {
         match serde_json::from_str::<proto::ServerFrame>(text) {
             Ok(proto::ServerFrame::Message(m)) => {
-                if let Err(e) = self.client.process_one(m.seq, &m.message.0) {
+                if let Err(e) = self.client.process_one(m.seq, &m.message.0, m.at) {
                     // The local database failed: not acknowledged, so it comes again.
                     self.events.push(Event::Notice { text: format!("could not store: {e}") });
                     return None;

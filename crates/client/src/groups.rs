@@ -268,16 +268,32 @@ impl Client {
     }
 }
 
-/// The events a commit shows in its chat, as (sender, text): whom `who` added and removed,
-/// devices linked and removed by accounts that stay, and who left. A removal of this device
-/// itself (`self_removed`) is told separately.
+/// An event a commit shows in its chat.
+pub(crate) struct ChatEvent {
+    /// The account it is about or by.
+    pub(crate) sender: String,
+    /// What happened.
+    pub(crate) text: String,
+    /// A change of one account's devices (linked, removed, replaced), which every chat with
+    /// that account sees: told once as a notice, and only as a quiet mark in each chat.
+    pub(crate) account: bool,
+}
+
+/// The events a commit shows in its chat: whom `who` added and removed, devices linked and
+/// removed by accounts that stay, and who left. A removal of this device itself
+/// (`self_removed`) is told separately.
 pub(crate) fn commit_events(
     who: &str,
     me: &str,
     changes: &mls::Changes,
     present: &[DeviceRef],
     self_removed: bool,
-) -> Vec<(String, String)> {
+) -> Vec<ChatEvent> {
+    let event = |sender: &str, text: String, account: bool| ChatEvent {
+        sender: sender.to_string(),
+        text,
+        account,
+    };
     let accounts = |devices: &[DeviceRef]| -> BTreeSet<String> {
         devices.iter().map(|d| d.address.to_string()).collect()
     };
@@ -290,29 +306,27 @@ pub(crate) fn commit_events(
     let replaced: BTreeSet<String> =
         accounts(&changes.added).intersection(&accounts(&changes.removed)).cloned().collect();
     for a in &replaced {
-        events.push((who.to_string(), format!("{a}'s devices were replaced")));
+        events.push(event(who, format!("{a}'s devices were replaced"), true));
     }
     for a in accounts(&changes.added).into_iter().filter(|a| !replaced.contains(a)) {
-        let text = if keeps_others(&a, &changes.added) {
-            format!("{a} linked a new device")
+        events.push(if keeps_others(&a, &changes.added) {
+            event(who, format!("{a} linked a new device"), true)
         } else {
-            format!("{who} added {a}")
-        };
-        events.push((who.to_string(), text));
+            event(who, format!("{who} added {a}"), false)
+        });
     }
     for a in accounts(&changes.removed)
         .into_iter()
         .filter(|a| !(replaced.contains(a) || a == me && self_removed))
     {
-        let text = if keeps_others(&a, &changes.removed) {
-            format!("{a} removed a device")
+        events.push(if keeps_others(&a, &changes.removed) {
+            event(who, format!("{a} removed a device"), true)
         } else {
-            format!("{who} removed {a}")
-        };
-        events.push((who.to_string(), text));
+            event(who, format!("{who} removed {a}"), false)
+        });
     }
     for a in accounts(&changes.left).into_iter().filter(|a| a != me) {
-        events.push((a.clone(), format!("{a} left")));
+        events.push(event(&a, format!("{a} left"), false));
     }
     events
 }

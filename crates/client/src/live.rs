@@ -96,7 +96,7 @@ impl Client {
             };
             match serde_json::from_str::<proto::ServerFrame>(&frame) {
                 Ok(proto::ServerFrame::Message(m)) => {
-                    self.process_one(m.seq, &m.message.0)?;
+                    self.process_one(m.seq, &m.message.0, m.at)?;
                     let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
                     let text = serde_json::to_string(&ack).unwrap_or_default();
                     if !socket.send(&text) {

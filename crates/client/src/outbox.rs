@@ -600,18 +600,19 @@ impl Client {
         // The committer sees what its commit did, as every other member does.
         let me = self.account.address.clone();
         let present = mls::members(&p, group_id)?;
-        for (sender, text) in commit_events(&me, &me, &changes, &present, false) {
+        for e in commit_events(&me, &me, &changes, &present, false) {
             tx.prepare_cached(
                 "INSERT INTO messages (group_id, msg_id, sender, kind, body, status,
                                        sent_at, received_at, reported)
-                 VALUES (?1, ?2, ?3, 'event', ?4, 'sent', ?5, ?5, 1)",
+                 VALUES (?1, ?2, ?3, ?6, ?4, 'sent', ?5, ?5, 1)",
             )?
             .execute(params![
                 group_id,
                 format!("event-{}", random_hex(8)?),
-                sender,
-                text,
-                self.now_ms() as i64
+                e.sender,
+                e.text,
+                self.now_ms() as i64,
+                if e.account { "mark" } else { "event" }
             ])?;
         }
         tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([entry])?;

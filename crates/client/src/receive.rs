@@ -99,7 +99,7 @@ impl Client {
                 .api
                 .get(&format!("/v1/queue?after={after}&limit={SYNC_PAGE}"), Some(&token))?;
             for m in &page.messages {
-                self.process_one(m.seq, &m.message.0)?;
+                self.process_one(m.seq, &m.message.0, m.at)?;
                 processed += 1;
             }
             if let Some(last) = page.messages.last() {
@@ -127,15 +127,16 @@ impl Client {
         }
     }
 
-    /// Processes one queued message in one transaction with the new sync position.
-    pub(crate) fn process_one(&self, seq: u64, data: &[u8]) -> Result<(), Error> {
+    /// Processes one queued message in one transaction with the new sync position. `at` is
+    /// when the server queued it (Unix seconds), if it says.
+    pub(crate) fn process_one(&self, seq: u64, data: &[u8], at: Option<u64>) -> Result<(), Error> {
         let tx = begin(&self.conn)?;
         if seq <= db::last_seq(&tx)? {
             return Ok(());
         }
         let outcome = mls::process(&db::provider(&tx), data)
             .map_err(Error::from)
-            .and_then(|incoming| self.apply(&tx, seq, incoming));
+            .and_then(|incoming| self.apply(&tx, seq, at, incoming));
         match outcome {
             Ok(()) => {}
             // The local database failing is not the message's fault: nothing is recorded, and
@@ -177,15 +178,52 @@ impl Client {
         &self,
         tx: &Transaction<'_>,
         seq: u64,
+        at: Option<u64>,
         incoming: Incoming,
     ) -> Result<(), Error> {
         let now = self.now_ms() as i64;
+        // What a message makes happen (someone added, removed, a timer set) happened when the
+        // server took it, in the server's order; this device may get to it much later. The
+        // server counts seconds: within one, an event is no earlier than what came before it.
+        let queued = at.map_or(now, |s| s.saturating_mul(1000).min(i64::MAX as u64) as i64);
+        let happened = |group_id: &[u8]| -> rusqlite::Result<i64> {
+            let before: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT sent_at FROM messages WHERE group_id = ?1 ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row([group_id], |r| r.get(0))
+                .optional()?;
+            Ok(queued.max(before.unwrap_or(0)).min(now))
+        };
+        // A quiet mark: in the chat's history, but not reported as new.
+        let mark = |group_id: &[u8], n: usize, sender: &str, body: &str| {
+            tx.execute(
+                "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
+                                                 sent_at, received_at, reported, read_at)
+                 VALUES (?1, ?2, ?3, 'mark', ?4, 'received', ?5, ?6, 1, ?6)",
+                params![
+                    group_id,
+                    format!("event-{seq}-{n}"),
+                    sender,
+                    body,
+                    happened(group_id)?,
+                    now
+                ],
+            )
+        };
         let event = |group_id: &[u8], n: usize, sender: &str, body: String| {
             tx.execute(
                 "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
                                                  sent_at, received_at)
-                 VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?5)",
-                params![group_id, format!("event-{seq}-{n}"), sender, body, now],
+                 VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?6)",
+                params![
+                    group_id,
+                    format!("event-{seq}-{n}"),
+                    sender,
+                    body,
+                    happened(group_id)?,
+                    now
+                ],
             )
         };
         match incoming {
@@ -412,8 +450,14 @@ impl Client {
                 let events =
                     commit_events(&who, &self.account.address, &changes, &present, self_removed);
                 let mut n = 0;
-                for (sender, text) in events {
-                    event(&group_id, n, &sender, text)?;
+                for e in events {
+                    if e.account {
+                        // Told once per account, however many chats the change reaches.
+                        mark(&group_id, n, &e.sender, &e.text)?;
+                        db::add_notice_once(tx, &e.text)?;
+                    } else {
+                        event(&group_id, n, &e.sender, e.text)?;
+                    }
                     n += 1;
                 }
                 if self_removed {

@@ -549,6 +549,11 @@ pub struct QueuedMessage {
     pub seq: u64,
     /// The MLS message.
     pub message: Bytes,
+    /// When the server queued it (Unix seconds), so that the events a message makes (someone
+    /// added, removed) show the server's time rather than when this device got to them.
+    /// Absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
 }
 
 /// `GET /v1/queue?after=SEQ&limit=N`: the authenticated device's queue, oldest first.

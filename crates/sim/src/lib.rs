@@ -347,7 +347,9 @@ impl Sim {
             }
             Request::Fetch { after } => {
                 match self.store.fetch(sender, after, 16, 0, PAGE_MAX_BYTES) {
-                    Ok((page, _)) => Answer::Page(page),
+                    Ok((page, _)) => {
+                        Answer::Page(page.into_iter().map(|(s, m, _)| (s, m)).collect())
+                    }
                     Err(e) => {
                         self.log(|| format!("c{c} fetch failed: {e}"));
                         return;

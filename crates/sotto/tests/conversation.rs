@@ -418,3 +418,132 @@ fn renames_nicknames_notes_and_chat_flags() {
     carol.sync();
     assert_eq!(carol.history(&alice.address), vec![pair(&alice, "still here")]);
 }
+
+/// What a history shows of its texts and files, for comparing two devices.
+fn shown(user: &User, chat: &str) -> Vec<Value> {
+    let history = user.ok(&["history", chat, "--limit", "1000"]);
+    history
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|m| m["kind"] == "text" || m["kind"] == "file")
+        .map(|m| {
+            json!({
+                "id": m["id"], "sender": m["sender"], "kind": m["kind"], "body": m["body"],
+                "edited": m["edited"], "deleted": m["deleted"], "reply_to": m["reply_to"]["id"],
+                "mentions": m["mentions"], "reactions": m["reactions"], "file": m["file"],
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_linked_device_gets_the_same_history() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let team = group(&alice, "team", &[&bob]);
+    let first = id_of(&alice.send_group(&team, "first"));
+    bob.sync();
+    bob.ok(&["send", "--group", &team, "--reply", &first, "answer @alice@localhost"]);
+    bob.ok(&["react", &first, "👍"]);
+    let typo = id_of(&alice.send_group(&team, "tpyo"));
+    alice.ok(&["edit", &typo, "typo"]);
+    let oops = id_of(&alice.send_group(&team, "oops"));
+    alice.ok(&["delete", &oops]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, b"minutes").expect("write");
+    alice.ok(&["send-file", "--group", &team, path.to_str().expect("path")]);
+    alice.send(&bob.address, "direct one");
+    bob.send(&alice.address, "direct two");
+    alice.sync();
+    bob.sync();
+
+    let (laptop, linked) = alice.link_device(&server, "laptop");
+    assert!(linked["history_messages"].as_u64().is_some_and(|n| n >= 7), "{linked}");
+    laptop.sync();
+    for chat in [team.as_str(), bob.address.as_str()] {
+        let old = shown(&alice, chat);
+        assert!(!old.is_empty());
+        assert_eq!(shown(&laptop, chat), old, "chat {chat}");
+    }
+    // Nothing of the deleted message came along.
+    let db = common::open_home_db(&laptop.home);
+    let kept: i64 = db
+        .query_row("SELECT COUNT(*) FROM messages WHERE body LIKE '%oops%'", [], |r| r.get(0))
+        .expect("query");
+    assert_eq!(kept, 0);
+}
+
+#[test]
+fn one_change_of_an_account_is_told_once() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    group(&alice, "one", &[&bob]);
+    group(&alice, "two", &[&bob]);
+    alice.send(&bob.address, "hi");
+    bob.sync();
+    let (_laptop, _) = alice.link_device(&server, "laptop");
+    let v = bob.ok(&["sync"]);
+    let told: Vec<&str> = v["notices"]
+        .as_array()
+        .expect("notices")
+        .iter()
+        .filter_map(|n| n.as_str())
+        .filter(|n| n.contains("linked a new device"))
+        .collect();
+    assert_eq!(told, ["alice@localhost linked a new device"], "{v}");
+    assert!(
+        !v["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .any(|m| m["body"].as_str().is_some_and(|b| b.contains("linked a new device"))),
+        "{v}"
+    );
+    // Each chat keeps a quiet mark.
+    for chat in ["one", "two", alice.address.as_str()] {
+        let history = bob.ok(&["history", chat]);
+        let marks = history
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter(|m| m["kind"] == "mark" && m["body"] == "alice@localhost linked a new device")
+            .count();
+        assert_eq!(marks, 1, "{chat}: {history}");
+    }
+}
+
+#[test]
+fn chat_events_carry_the_servers_time_and_order() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    let v = alice.ok(&["group", "create", "later", "--members", &bob.address]);
+    let id = id_of(&v);
+    alice.send_group(&id, "right after");
+    alice.ok(&["group", "add", &id, &carol.address]);
+    alice.send_group(&id, "with carol");
+    // Bob gets to all of it a second later: the events still read in the server's time.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    bob.sync();
+    let history = bob.ok(&["history", &id]);
+    let times: Vec<u64> =
+        history.as_array().expect("history").iter().filter_map(|m| m["sent_at"].as_u64()).collect();
+    assert!(times.len() >= 4, "{history}");
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "times go forward: {history}");
+    let bodies: Vec<&str> =
+        history.as_array().expect("history").iter().filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "alice@localhost added you",
+            "right after",
+            "alice@localhost added carol@localhost",
+            "with carol"
+        ]
+    );
+}

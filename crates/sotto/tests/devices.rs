@@ -23,7 +23,7 @@ fn events(v: &Value) -> Vec<String> {
     v.as_array()
         .expect("messages")
         .iter()
-        .filter(|m| m["kind"] == "event")
+        .filter(|m| m["kind"] == "event" || m["kind"] == "mark")
         .filter_map(|m| m["body"].as_str().map(str::to_owned))
         .collect()
 }

@@ -1003,7 +1003,7 @@ async fn fetch(
     Ok(Json(proto::QueueResponse {
         messages: messages
             .into_iter()
-            .map(|(seq, m)| proto::QueuedMessage { seq, message: Bytes(m) })
+            .map(|(seq, m, at)| proto::QueuedMessage { seq, message: Bytes(m), at: Some(at) })
             .collect(),
         more,
     }))
@@ -1129,10 +1129,13 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
                 return Ending::Done;
             }
         };
-        for (seq, message) in messages {
+        for (seq, message, at) in messages {
             sent = seq;
-            let f =
-                proto::ServerFrame::Message(proto::QueuedMessage { seq, message: Bytes(message) });
+            let f = proto::ServerFrame::Message(proto::QueuedMessage {
+                seq,
+                message: Bytes(message),
+                at: Some(at),
+            });
             // A reader that takes no data for this long is gone; its messages stay queued.
             match tokio::time::timeout(send_timeout, socket.send(frame(&f))).await {
                 Ok(Ok(())) => {}

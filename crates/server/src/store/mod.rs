@@ -162,7 +162,7 @@ pub struct Submission<'a> {
 pub const PAGE_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// A page of a device's queue: (seq, message) pairs, oldest first, and whether more follow.
-pub type QueuePage = (Vec<(u64, Vec<u8>)>, bool);
+pub type QueuePage = (Vec<(u64, Vec<u8>, u64)>, bool);
 
 /// Key package stock of a device in one ciphersuite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

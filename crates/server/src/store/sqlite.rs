@@ -865,26 +865,28 @@ impl Store for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, message FROM queue WHERE device_id = ?1 AND seq > ?2
+                "SELECT seq, message, created_at FROM queue WHERE device_id = ?1 AND seq > ?2
                  AND created_at >= ?4 ORDER BY seq LIMIT ?3",
             )
             .map_err(backend)?;
         let args =
             params![to_i64(device_id), to_i64(after), i64::from(limit) + 1, to_i64(not_before)];
         let mut rows = stmt
-            .query_map(args, |r| Ok((to_u64(r.get(0)?), r.get::<_, Vec<u8>>(1)?)))
+            .query_map(args, |r| {
+                Ok((to_u64(r.get(0)?), r.get::<_, Vec<u8>>(1)?, to_u64(r.get(2)?)))
+            })
             .map_err(backend)?;
         let mut messages = Vec::new();
         let mut bytes = 0usize;
         for row in rows.by_ref() {
-            let (seq, message) = row.map_err(backend)?;
+            let (seq, message, at) = row.map_err(backend)?;
             if messages.len() == limit as usize
                 || (!messages.is_empty() && bytes + message.len() > max_bytes)
             {
                 return Ok((messages, true));
             }
             bytes += message.len();
-            messages.push((seq, message));
+            messages.push((seq, message, at));
         }
         Ok((messages, false))
     }

@@ -204,15 +204,17 @@ fn queues_and_ordering(store: &dyn Store) {
 
     let (msgs, more) = store.fetch(a, 0, 2, 0, PAGE_MAX_BYTES).expect("fetch");
     assert!(more);
-    let bodies: Vec<&[u8]> = msgs.iter().map(|(_, m)| m.as_slice()).collect();
+    let bodies: Vec<&[u8]> = msgs.iter().map(|(_, m, _)| m.as_slice()).collect();
     assert_eq!(bodies, vec![&b"c0"[..], b"p"]);
     let (rest, more) = store.fetch(a, msgs[1].0, 10, 0, PAGE_MAX_BYTES).expect("fetch");
     assert!(!more);
-    assert_eq!(rest.iter().map(|(_, m)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..]]);
+    assert_eq!(rest.iter().map(|(_, m, _)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..]]);
     assert!(msgs[0].0 < msgs[1].0 && msgs[1].0 < rest[0].0, "seq increases");
+    // Each message carries when it was queued.
+    assert!(msgs.iter().chain(&rest).all(|(_, _, at)| *at == 1));
     // b sees only its own queue.
     let (bq, _) = store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch");
-    assert_eq!(bq.iter().map(|(_, m)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..], b"w"]);
+    assert_eq!(bq.iter().map(|(_, m, _)| m.as_slice()).collect::<Vec<_>>(), vec![&b"m1"[..], b"w"]);
     // Acknowledging removes exactly what was acknowledged, and only from the own queue.
     assert_eq!(store.ack(a, msgs[1].0).expect("ack"), 2);
     assert_eq!(store.fetch(a, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 1);
