@@ -115,6 +115,19 @@ pub enum Command {
     },
     /// The contacts that have a name here (`sotto contact list`).
     Contacts,
+    /// Writes a chat, or every chat, decrypted to a directory (`sotto export`).
+    Export {
+        /// The chat; absent: every chat.
+        #[serde(default)]
+        chat: Option<String>,
+        /// `json` or `markdown`.
+        format: crate::ExportFormat,
+        /// The directory (absolute: the engine's working directory is its own).
+        out: PathBuf,
+        /// Leave the files out (texts and file names only).
+        #[serde(default)]
+        no_files: bool,
+    },
     /// Sends a file (`sotto send-file`).
     SendFile {
         /// The address of a direct chat.
@@ -261,6 +274,7 @@ impl Command {
         "receipts",
         "contact_name",
         "contacts",
+        "export",
         "send_file",
         "download",
         "resend",
@@ -322,6 +336,7 @@ impl Command {
             Command::Receipts { .. } => "receipts",
             Command::ContactName { .. } => "contact_name",
             Command::Contacts => "contacts",
+            Command::Export { .. } => "export",
             Command::SendFile { .. } => "send_file",
             Command::Download { .. } => "download",
             Command::Resend { .. } => "resend",
@@ -453,6 +468,12 @@ pub fn execute(
             json(client.set_nickname(&address, name.as_deref())?)
         }
         Command::Contacts => json(client.contacts()?),
+        Command::Export { chat, format, out, no_files } => {
+            if !out.is_absolute() {
+                return Err(Error::Invalid("give the export directory as an absolute path".into()));
+            }
+            json(client.export(chat.as_deref(), format, &out, !no_files, progress)?)
+        }
         Command::GroupRename { chat, name } => json(client.rename_group(&chat, &name)?),
         Command::ChatFlag { chat, flag, on } => json(client.set_chat_flag(&chat, flag, on)?),
         Command::ChatDelete { chat } => {
@@ -961,9 +982,9 @@ mod tests {
         for method in Command::METHODS {
             // Every field a method needs, in a form every one of them accepts.
             let params = serde_json::json!({
-                "chat": "c", "limit": 1, "to": "a@b.org", "text": "t", "path": "/p",
+                "chat": "c", "limit": 1, "to": "a@b.org", "text": "t", "path": "/p", "out": "/o",
                 "message": "m", "name": "n", "members": [], "seconds": 1, "address": "a@b.org",
-                "code": "c", "device": 1, "emoji": "x", "flag": "muted", "on": true,
+                "code": "c", "device": 1, "emoji": "x", "flag": "muted", "on": true, "format": "json",
             });
             let obj = params.as_object().cloned().unwrap_or_default();
             // Keep only the fields this method takes: try each subset made by dropping the

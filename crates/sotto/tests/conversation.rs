@@ -547,3 +547,71 @@ fn chat_events_carry_the_servers_time_and_order() {
         ]
     );
 }
+
+#[test]
+fn export_writes_chats_and_their_files() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    let hello = id_of(&alice.send(&bob.address, "hello bob"));
+    bob.sync();
+    bob.ok(&["send", &alice.address, "--reply", &hello, "hi \u{1b}[2J<script>"]);
+    bob.ok(&["react", &hello, "👍"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("report.pdf");
+    std::fs::write(&path, b"%PDF-1.7 the report").expect("write");
+    bob.ok(&["send-file", &alice.address, path.to_str().expect("path")]);
+    let gone = id_of(&bob.send(&alice.address, "regret"));
+    bob.ok(&["delete", &gone]);
+    alice.send(&carol.address, "to carol");
+    alice.sync();
+
+    let out = dir.path().join("export");
+    let out_s = out.to_str().expect("out");
+    let report = alice.ok(&["export", &bob.address, "--format", "json", "--out", out_s]);
+    assert_eq!(
+        (report["files"].as_u64(), report["chats"].as_array().map(Vec::len)),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    assert!(report["warning"].as_str().is_some_and(|w| w.contains("not encrypted")));
+    let name = report["chats"][0].as_str().expect("name");
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out.join(name)).expect("read export")).expect("json");
+    assert_eq!(doc["chat"]["peer"], bob.address.as_str());
+    let messages = doc["messages"].as_array().expect("messages");
+    let file = messages.iter().find(|m| m["kind"] == "file").expect("file message");
+    let saved = out.join(file["saved_as"].as_str().expect("saved_as"));
+    assert_eq!(std::fs::read(saved).expect("saved file"), b"%PDF-1.7 the report");
+    let reply = messages.iter().find(|m| m["reply_to"]["id"] == hello.as_str()).expect("reply");
+    assert_eq!(reply["sender"], bob.address.as_str());
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["id"] == gone.as_str() && m["deleted"] == true && m["body"] == "")
+    );
+    assert_eq!(
+        messages.iter().find(|m| m["id"] == hello.as_str()).expect("hello")["reactions"][0]["emoji"],
+        "👍"
+    );
+
+    // Markdown, every chat: readable, and nothing another user wrote controls a viewer.
+    let all = alice.ok(&["export", "--all", "--out", out_s, "--no-files"]);
+    assert_eq!(all["chats"].as_array().map(Vec::len), Some(2), "{all}");
+    let page = all["chats"]
+        .as_array()
+        .expect("chats")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .map(|c| std::fs::read_to_string(out.join(c)).expect("page"))
+        .find(|p| p.contains("hello bob"))
+        .expect("page with bob");
+    assert!(page.contains("> alice@localhost: hello bob"), "{page}");
+    assert!(page.contains("&lt;script&gt;") && !page.contains('\u{1b}'), "{page}");
+    assert!(page.contains("*(deleted)*") && !page.contains("regret"), "{page}");
+    // A chat or --all must be named.
+    let bare = alice.run(&["export", "--out", out_s]);
+    assert!(!bare.status.success());
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("<CHAT>"));
+}

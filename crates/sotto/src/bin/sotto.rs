@@ -294,6 +294,26 @@ enum Command {
         #[arg(long, value_parser = on_off)]
         read: Option<bool>,
     },
+    /// Write a chat (or every chat, with --all) decrypted to a directory, as JSON or Markdown,
+    /// with its files. The export is NOT encrypted: keep it somewhere safe, delete it after.
+    Export {
+        /// The chat.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        chat: Option<String>,
+        /// Every chat, archived ones too.
+        #[arg(long)]
+        all: bool,
+        /// json (one document per chat) or markdown (one page per chat, for reading).
+        #[arg(long, short, default_value = "markdown", value_parser = ["json", "markdown"])]
+        format: String,
+        /// The directory to write to (made if missing; files in it of the same names are
+        /// replaced).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Leave the files out: texts and file names only.
+        #[arg(long)]
+        no_files: bool,
+    },
     /// Local names for contacts (never sent anywhere).
     #[command(subcommand)]
     Contact(ContactCommand),
@@ -882,7 +902,9 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 let bar = progress_bar(
                     json,
                     match command {
-                        engine::Command::Download { .. } => "receiving",
+                        engine::Command::Download { .. } | engine::Command::Export { .. } => {
+                            "receiving"
+                        }
                         _ => "sending",
                     },
                 );
@@ -893,6 +915,9 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 value
             }
         };
+        if let Command::Export { .. } = cli.command {
+            eprintln!("sotto: warning: {}", sotto_client::EXPORT_WARNING);
+        }
         return show(&cli.command, value, json);
     }
     match cli.command {
@@ -1197,6 +1222,16 @@ fn engine_command(command: &Command) -> Result<Option<engine::Command>, Error> {
             E::ContactName { address: address.clone(), name: name.clone() }
         }
         Command::Contact(ContactCommand::List) => E::Contacts,
+        Command::Export { chat, all: _, format, out, no_files } => E::Export {
+            chat: chat.clone(),
+            format: if format == "json" {
+                sotto_client::ExportFormat::Json
+            } else {
+                sotto_client::ExportFormat::Markdown
+            },
+            out: absolute(out)?,
+            no_files: *no_files,
+        },
         Command::Send { group, reply, args } => {
             let (to, group, text) = split(group, args, "text")?;
             if let Some(to) = &to {
@@ -1358,6 +1393,19 @@ fn show(command: &Command, value: serde_json::Value, json: bool) -> Result<(), E
             for c in list {
                 let name = c.nickname.as_deref().map(sotto::terminal_line).unwrap_or_default();
                 println!("{}  {name}", c.address);
+            }
+        }
+        Command::Export { .. } => {
+            let report: sotto_client::ExportReport = typed(value)?;
+            println!(
+                "exported {} chat(s), {} message(s) and {} file(s) to {}",
+                report.chats.len(),
+                report.messages,
+                report.files,
+                report.dir
+            );
+            for missing in &report.files_missing {
+                println!("* not saved: {}", sotto::terminal_line(missing));
             }
         }
         Command::Chat(ChatCommand::Delete { .. }) => {
