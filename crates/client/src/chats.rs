@@ -210,7 +210,7 @@ impl Client {
                 .conn
                 .prepare_cached(
                     "SELECT COUNT(*), MAX(sent_at),
-                            COUNT(*) FILTER (WHERE read_at IS NULL AND sender != ?2)
+                            COUNT(*) FILTER (WHERE read_at IS NULL AND sender != ?2 AND deleted = 0)
                      FROM messages WHERE group_id = ?1 AND kind IN ('text', 'file')",
                 )?
                 .query_row(params![g, self.account.address], |r| {

@@ -18,8 +18,9 @@ use sotto_core::mls;
 use crate::outbox::Outcome;
 use crate::*;
 
-/// Amendments kept waiting for their message, per chat (older ones are dropped first).
-const MAX_WAITING: i64 = 1000;
+/// Amendments kept waiting for their message, per chat and sender (older ones are dropped
+/// first).
+const MAX_WAITING: i64 = 100;
 /// How long an amendment waits for its message (milliseconds).
 const WAITING_MS: i64 = 30 * 86_400_000;
 /// How long delivery receipts gather before they go, so that a burst of messages is
@@ -315,13 +316,14 @@ impl Client {
             json,
             self.now_ms() as i64
         ])?;
-        // A member sending amendments for messages that never come fills nothing up.
+        // A member sending amendments for messages that never come fills nothing up, and
+        // pushes out only its own.
         conn.prepare_cached(
-            "DELETE FROM amends_waiting WHERE group_id = ?1 AND id <= (
-                 SELECT id FROM amends_waiting WHERE group_id = ?1
-                 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            "DELETE FROM amends_waiting WHERE group_id = ?1 AND sender = ?2 AND id <= (
+                 SELECT id FROM amends_waiting WHERE group_id = ?1 AND sender = ?2
+                 ORDER BY id DESC LIMIT 1 OFFSET ?3)",
         )?
-        .execute(params![group_id, MAX_WAITING])?;
+        .execute(params![group_id, sender, MAX_WAITING])?;
         Ok(None)
     }
 
@@ -456,8 +458,13 @@ impl Client {
                     if ids.is_empty() {
                         break;
                     }
-                    if sendable {
-                        self.enqueue(&group_id, Body::Receipt { receipt, ids: ids.clone() })?;
+                    let valid: Vec<String> = ids
+                        .iter()
+                        .filter(|id| sotto_core::content::is_message_id(id))
+                        .cloned()
+                        .collect();
+                    if sendable && !valid.is_empty() {
+                        self.enqueue(&group_id, Body::Receipt { receipt, ids: valid })?;
                     }
                     let tx = begin(&self.conn)?;
                     for id in &ids {
@@ -657,7 +664,9 @@ impl Client {
         });
         let target = found.msg_id.clone();
         let view = self.send_amend(&found, Body::Delete { target });
-        if let Some(blob) = blob {
+        // The file goes once the deletion is out (while it waits, the others can still fetch
+        // what their chat still shows).
+        if let (Some(blob), Ok(_)) = (blob, &view) {
             let deleted = self.token().and_then(|token| {
                 self.api.delete::<proto::Deleted>(&format!("/v1/blobs/{blob}"), &token)
             });
@@ -722,22 +731,27 @@ impl Client {
     ) -> Result<Vec<MessageView>, Error> {
         let query = fts_query(text)?;
         let limit = limit.clamp(1, 1000) as i64;
-        let matching = "m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?1)
-                        AND m.deleted = 0";
         match chat {
+            // The index gives the newest matches first and stops at the limit (deleted
+            // messages left it with their text).
             None => self.message_views(
-                &format!("WHERE {matching} ORDER BY m.id DESC LIMIT ?2"),
+                "WHERE m.id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?1
+                                ORDER BY rowid DESC LIMIT ?2)
+                 ORDER BY m.id DESC",
                 params![query, limit],
             ),
             Some(chat) => {
                 let group_id = self.resolve(chat)?;
                 let groups = conversation(&self.conn, &group_id)?;
                 let mut out = Vec::new();
+                // The newest matches first; the first `limit` of this chat end the walk.
                 for g in groups {
                     out.extend(self.message_views(
-                        &format!(
-                            "WHERE {matching} AND m.group_id = ?3 ORDER BY m.id DESC LIMIT ?2"
-                        ),
+                        "WHERE m.id IN (
+                             SELECT f.rowid FROM messages_fts f JOIN messages x ON x.id = f.rowid
+                             WHERE messages_fts MATCH ?1 AND x.group_id = ?3
+                             ORDER BY f.rowid DESC LIMIT ?2)
+                         ORDER BY m.id DESC",
                         params![query, limit, g],
                     )?);
                 }
@@ -847,10 +861,9 @@ impl Client {
         if self.chat_row(&group_id)?.kind != "group" {
             return Err(Error::Invalid("only a group has a name".into()));
         }
-        self.send_body(
-            &group_id,
-            Body::ChatInfo { kind: ChatKind::Group, name: Some(name.clone()) },
-        )?;
+        self.require_active(&group_id)?;
+        self.require_verified_keys(&group_id)?;
+        // The new name shows here at once, also while the change waits to be sent.
         self.conn
             .execute("UPDATE chats SET name = ?2 WHERE group_id = ?1", params![group_id, name])?;
         let me = self.account.address.clone();
@@ -860,7 +873,23 @@ impl Client {
             &me,
             &format!("{me} renamed the group to {name}"),
         )?;
+        let info = Body::ChatInfo { kind: ChatKind::Group, name: Some(name) };
+        match self.send_body(&group_id, info) {
+            Err(e) if !crate::outbox::transient(&e) => return Err(e),
+            // Sent, or kept to be sent when the server is back.
+            _ => {}
+        }
         self.chat_summary(&group_id)
+    }
+
+    /// Refuses to change who is in a notes chat: it holds this account's devices only.
+    pub(crate) fn require_shared(&self, group_id: &[u8]) -> Result<(), Error> {
+        if self.chat_row(group_id)?.kind == "note" {
+            return Err(Error::Invalid(
+                "notes to self hold only your own devices; create a group to share them".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The notes chat (this account's devices only), made on first use.
@@ -882,10 +911,27 @@ impl Client {
     }
 }
 
-/// Forgets amendments that waited too long for their message.
+/// Forgets amendments that waited too long for their message (in a chat with disappearing
+/// messages, as long as a message lives), and what belonged to messages about to disappear.
 pub(crate) fn purge_waiting(conn: &Connection, now: u64) -> Result<(), Error> {
-    conn.prepare_cached("DELETE FROM amends_waiting WHERE at < ?1")?
-        .execute([now as i64 - WAITING_MS])?;
+    let now = now as i64;
+    conn.prepare_cached(
+        "DELETE FROM amends_waiting WHERE at < ?1 - ?2 OR at < ?1 - (
+             SELECT timer_secs * 1000 FROM chats c
+             WHERE c.group_id = amends_waiting.group_id AND c.timer_secs > 0)",
+    )?
+    .execute(params![now, WAITING_MS])?;
+    for (table, column) in
+        [("reactions", "target"), ("receipts", "msg_id"), ("receipts_due", "msg_id")]
+    {
+        conn.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE EXISTS (
+                 SELECT 1 FROM messages m WHERE m.group_id = {table}.group_id
+                 AND m.msg_id = {table}.{column} AND m.expires_at IS NOT NULL
+                 AND m.expires_at <= ?1)"
+        ))?
+        .execute([now])?;
+    }
     Ok(())
 }
 

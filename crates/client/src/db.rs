@@ -220,7 +220,7 @@ ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN read_at INTEGER;
 UPDATE messages SET read_at = received_at;
 CREATE INDEX messages_by_msg_id ON messages(msg_id);
-CREATE INDEX messages_unread ON messages(group_id) WHERE read_at IS NULL;
+CREATE INDEX messages_summary ON messages(group_id, kind, sent_at, read_at, sender, deleted);
 CREATE TABLE reactions (
     group_id BLOB NOT NULL,
     target TEXT NOT NULL,
@@ -240,6 +240,7 @@ CREATE TABLE amends_waiting (
     at INTEGER NOT NULL
 );
 CREATE INDEX amends_waiting_by_target ON amends_waiting(target);
+CREATE INDEX amends_waiting_by_sender ON amends_waiting(group_id, sender, id);
 CREATE TABLE receipts (
     group_id BLOB NOT NULL,
     msg_id TEXT NOT NULL,

@@ -1118,6 +1118,9 @@ impl Client {
             }
         }
         for (group_id, m) in messages {
+            if !sotto_core::content::is_message_id(&m.msg_id) {
+                continue;
+            }
             let status = if m.sender == self.account.address { "sent" } else { "received" };
             // A file message keeps what downloading it needs; anything else that does not
             // read as one is left out rather than shown broken.

@@ -216,11 +216,11 @@ fn markdown(chat: &ChatSummary, messages: &[MessageView], saved: &[Option<String
             page.push_str(&format!("*{when} — {}*\n\n", markdown_text(&m.body)));
             continue;
         }
-        page.push_str(&format!("**{who}** · {when}\n"));
+        page.push_str(&format!("**{who}** · {when}  \n"));
         if let Some(q) = &m.reply_to {
             let quoted = q.text.as_deref().map(markdown_text).unwrap_or_else(|| "…".into());
             let by = q.sender.as_deref().map(markdown_text).unwrap_or_default();
-            page.push_str(&format!("> {by}: {}\n", quoted.replace('\n', " ")));
+            page.push_str(&format!("> {by}: {}\n\n", quoted.replace('\n', " ")));
         }
         let body = if m.deleted {
             "*(deleted)*".to_string()

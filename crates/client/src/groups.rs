@@ -132,6 +132,7 @@ impl Client {
     pub fn add_members(&mut self, chat: &str, members: &[String]) -> Result<ChatSummary, Error> {
         let group_id = self.resolve(chat)?;
         self.require_active(&group_id)?;
+        self.require_shared(&group_id)?;
         let addresses = self.parse_addresses(members)?;
         let current: BTreeSet<Address> = mls::members(&db::provider(&self.conn), &group_id)?
             .into_iter()
@@ -202,6 +203,7 @@ impl Client {
     pub fn remove_members(&mut self, chat: &str, members: &[String]) -> Result<ChatSummary, Error> {
         let group_id = self.resolve(chat)?;
         self.require_active(&group_id)?;
+        self.require_shared(&group_id)?;
         let addresses = self.parse_addresses(members)?;
         if addresses.is_empty() {
             return Err(Error::Invalid("name at least one member to remove".into()));

@@ -118,8 +118,8 @@ pub struct ChatSummary {
     pub archived: bool,
 }
 
-/// The message a reply answers, as the reply quotes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The message a reply answers, as the reply quotes it. `Debug` leaves the text out.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Quote {
     /// Its id.
     pub id: String,
@@ -129,6 +129,16 @@ pub struct Quote {
     /// The start of its text (or a file's name); none if it is unknown here or deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+}
+
+impl std::fmt::Debug for Quote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quote")
+            .field("id", &self.id)
+            .field("sender", &self.sender)
+            .field("text", &self.text.as_ref().map(|t| format!("[{} bytes]", t.len())))
+            .finish()
+    }
 }
 
 /// One account's reaction to a message.

@@ -101,7 +101,10 @@ impl Client {
             .conn
             .prepare_cached("SELECT timer_secs FROM chats WHERE group_id = ?1")?
             .query_row([group_id], |r| r.get(0))?;
-        let expires_in = (text.is_some() && timer > 0).then_some(timer as u64);
+        // Reactions, edits and deletions disappear with the messages they amend.
+        let amends =
+            matches!(body, Body::Reaction { .. } | Body::Edit { .. } | Body::Delete { .. });
+        let expires_in = ((text.is_some() || amends) && timer > 0).then_some(timer as u64);
         let now = self.now_ms();
         let (reply_to, mentions) = match &body {
             Body::Text { reply_to, mentions, .. } => (
@@ -345,8 +348,8 @@ impl Client {
                 // contact's changed identity key shows up there.
                 self.prune_group(&entry.group_id)?;
                 self.require_verified_keys(&entry.group_id)?;
-                let msg = Message::decode(&entry.payload)
-                    .map_err(|e| Error::Io(format!("a stored message is unreadable: {e}")))?;
+                // One that no longer decodes fails alone; it must not hold up the outbox.
+                let msg = Message::decode(&entry.payload).map_err(Error::Core)?;
                 let tx = begin(&self.conn)?;
                 let sealed = self.seal(&tx, entry.id, &entry.group_id, &msg, entry.n)?;
                 let Some((request, json, n)) = sealed else {

@@ -41,6 +41,7 @@ impl Client {
         let healed = heal.updated;
         let mut report = self.finish_batch(processed, true)?;
         report.updated.extend(self.updated_views(changed)?);
+        dedupe_views(&mut report.updated);
         report.healed = healed;
         Ok(report)
     }
@@ -66,11 +67,14 @@ impl Client {
         self.queue_receipts(false)?;
         let mut report = self.unreported()?;
         report.processed = processed;
+        let mut seen = BTreeSet::new();
         for (group_id, msg_id) in touched.updated {
-            report.updated.extend(self.message_views(
-                "WHERE m.group_id = ?1 AND m.msg_id = ?2",
-                params![group_id, msg_id],
-            )?);
+            if seen.insert((group_id.clone(), msg_id.clone())) {
+                report.updated.extend(self.message_views(
+                    "WHERE m.group_id = ?1 AND m.msg_id = ?2",
+                    params![group_id, msg_id],
+                )?);
+            }
         }
         Ok(report)
     }
@@ -265,9 +269,7 @@ impl Client {
                 match decoded {
                     // Ids are the sender's random 128 bits in hex: anything else could collide
                     // with this device's own rows (its events) and hide them.
-                    Ok(Message { id, .. })
-                        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) =>
-                    {
+                    Ok(Message { id, .. }) if !sotto_core::content::is_message_id(&id) => {
                         record_failure(tx, seq, "a message whose id is malformed")?
                     }
                     Ok(Message {
@@ -521,6 +523,15 @@ impl Client {
             healed: Vec::new(),
         })
     }
+}
+
+/// Keeps one view per message: the latest.
+fn dedupe_views(views: &mut Vec<MessageView>) {
+    let mut seen = BTreeSet::new();
+    let mut kept: Vec<MessageView> =
+        views.drain(..).rev().filter(|v| seen.insert((v.chat.clone(), v.id.clone()))).collect();
+    kept.reverse();
+    *views = kept;
 }
 
 pub(crate) fn record_failure(tx: &Transaction<'_>, seq: u64, reason: &str) -> Result<(), Error> {

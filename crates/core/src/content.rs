@@ -391,5 +391,9 @@ mod tests {
         assert_eq!(Message::decode(newer).expect("decodes").body, Body::text("hi"));
         let edit = Body::Edit { target: id, text: "secret words".into() };
         assert!(!format!("{edit:?}").contains("secret"));
+        // Ids are lower-case hex, as every client writes them (an upper-case twin would be a
+        // second id for the same message).
+        assert!(is_message_id("0123456789abcdef0123456789abcdef"));
+        assert!(!is_message_id("0123456789ABCDEF0123456789abcdef"));
     }
 }

@@ -373,6 +373,8 @@ fn renames_nicknames_notes_and_chat_flags() {
     let notes =
         chats.as_array().expect("chats").iter().find(|c| c["kind"] == "note").expect("notes chat");
     assert_eq!(notes["members"], json!(["alice@localhost"]));
+    // Notes stay one's own.
+    assert_eq!(alice.err(&["group", "add", "notes", &bob.address]), "invalid_input");
     laptop.send(&alice.address, "and bread");
     alice.sync();
     assert_eq!(alice.history("notes"), vec![pair(&alice, "buy milk"), pair(&alice, "and bread")]);

@@ -121,8 +121,8 @@ async fn own_blob(state: &Shared, device: u64, id: Vec<u8>) -> Result<BlobRecord
 }
 
 /// `DELETE /v1/blobs/{id}`: the uploading account (any of its devices) takes its file back,
-/// as when the message that carried it is deleted for everyone. Deleting what is already gone
-/// succeeds, so a repeated request is harmless; another account's blob looks like none.
+/// as when the message that carried it is deleted for everyone. Another account's blob looks
+/// like none: both answer 404 (a client takes 404 as "already gone").
 pub(super) async fn delete(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
@@ -137,8 +137,7 @@ pub(super) async fn delete(
                 s.delete_blob(&id)?;
                 Ok(true)
             }
-            Some(_) => Ok(false),
-            None => Ok(true),
+            _ => Ok(false),
         }
     })
     .await?;
