@@ -43,6 +43,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             name: "a.txt".into(),
             media_type: "text/plain".into(),
         },
+        Body::Text {
+            text: "re: hi @fuzz@example.org".into(),
+            reply_to: Some("0123456789abcdef0123456789abcdef".into()),
+            mentions: vec!["fuzz@example.org".into()],
+        },
+        Body::Reaction { target: "0123456789abcdef0123456789abcdef".into(), emoji: "👍".into() },
+        Body::Edit { target: "0123456789abcdef0123456789abcdef".into(), text: "fixed".into() },
+        Body::Delete { target: "0123456789abcdef0123456789abcdef".into() },
+        Body::Receipt {
+            receipt: sotto_core::content::ReceiptKind::Read,
+            ids: vec!["0123456789abcdef0123456789abcdef".into()],
+        },
+        Body::ChatInfo { kind: ChatKind::Note, name: None },
     ];
     for (i, body) in bodies.into_iter().enumerate() {
         let m = Message {

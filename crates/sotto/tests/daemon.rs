@@ -451,3 +451,41 @@ fn the_protocol_document_and_the_daemon_agree() {
     events.sort();
     assert_eq!(documented("Events"), events, "docs/jsonrpc.md's events");
 }
+
+#[test]
+fn conversation_commands_work_through_the_daemon() {
+    let server = Server::start(&["--registration", "open"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let _daemon = Daemon::start(&alice, &[]);
+    // Every command below goes through alice's daemon.
+    let sent = bob.send(&alice.address, "the quarterly numbers");
+    let id = sent["id"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let found = alice.ok(&["search", "quarterly"]);
+        if found.as_array().is_some_and(|f| !f.is_empty()) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the daemon never received it");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(found[0]["id"], id.as_str());
+    assert_eq!(alice.ok(&["react", &id[..8], "🎉"])["reactions"][0]["emoji"], "🎉");
+    let reply = alice.ok(&["send", &bob.address, "--reply", &id, "thanks"]);
+    assert_eq!(reply["reply_to"]["text"], "the quarterly numbers");
+    assert_eq!(alice.ok(&["read", &bob.address])["unread"], 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("export");
+    let report = alice.ok(&["export", &bob.address, "--out", out.to_str().expect("out")]);
+    assert_eq!(report["messages"].as_u64().map(|n| n >= 2), Some(true), "{report}");
+    let page = std::fs::read_to_string(out.join(report["chats"][0].as_str().expect("file")))
+        .expect("page");
+    assert!(page.contains("the quarterly numbers") && page.contains("thanks"), "{page}");
+    // Bob sees the reaction and the reply.
+    let v = bob.ok(&["sync"]);
+    assert!(common::texts(&v["messages"]).contains(&pair(&alice, "thanks")), "{v}");
+    let history = bob.ok(&["history", &alice.address]);
+    let mine = history.as_array().expect("history").iter().find(|m| m["id"] == id.as_str());
+    assert_eq!(mine.expect("message")["reactions"][0]["from"], alice.address.as_str());
+}
