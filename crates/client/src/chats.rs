@@ -9,6 +9,9 @@ use sotto_core::content::Body;
 use sotto_core::mls::{self, Suite};
 
 use crate::conversation::{NOTES_TITLE, conversation};
+
+/// How much of the last message a chat's summary shows, in characters.
+const PREVIEW_CHARS: usize = 80;
 use crate::db;
 use crate::*;
 
@@ -205,7 +208,22 @@ impl Client {
             Vec::new()
         };
         let (mut messages, mut last, mut unread) = (0i64, None::<i64>, 0i64);
+        let mut preview: Option<(i64, String)> = None;
         for g in conversation(&self.conn, group_id)? {
+            let newest: Option<(i64, String, bool)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT id, body, deleted FROM messages
+                     WHERE group_id = ?1 AND kind IN ('text', 'file') ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row([&g], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            if let Some((row, body, deleted)) = newest
+                && preview.as_ref().is_none_or(|(p, _)| row > *p)
+            {
+                let text = if deleted { "(deleted)".to_string() } else { body };
+                preview = Some((row, text.chars().take(PREVIEW_CHARS).collect()));
+            }
             let (n, l, u): (i64, Option<i64>, i64) = self
                 .conn
                 .prepare_cached(
@@ -244,6 +262,7 @@ impl Client {
             _ => "(unnamed group)".into(),
         };
         Ok(ChatSummary {
+            preview: preview.map(|p| p.1),
             title,
             unread: unread as u64,
             muted,

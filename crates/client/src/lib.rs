@@ -116,6 +116,9 @@ pub struct ChatSummary {
     /// it is muted).
     #[serde(default)]
     pub archived: bool,
+    /// The start of the last text (or file name), for a chat list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
 }
 
 /// The message a reply answers, as the reply quotes it. `Debug` leaves the text out.

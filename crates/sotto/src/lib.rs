@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod daemon;
+pub mod tui;
 
 /// Parses a duration in seconds: a number with s, m, h, d or w (no unit: hours).
 pub fn parse_duration(s: &str) -> Result<u64, String> {

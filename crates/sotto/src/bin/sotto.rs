@@ -214,6 +214,9 @@ enum Command {
         #[arg(long)]
         every: Option<String>,
     },
+    /// The terminal client: every chat at a glance, the conversation, a composer; it stays
+    /// connected. `?` inside lists every key, `:help` every command. Respects NO_COLOR.
+    Tui,
     /// Stay connected and print messages as they arrive (one JSON object per line with --json).
     Listen {
         /// Stop after this many seconds.
@@ -1137,6 +1140,19 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
             sotto::daemon::serve(client, &options, &mut |where_| {
                 eprintln!("sotto daemon: {where_}")
             })?;
+        }
+        Command::Tui => {
+            if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+                return Err(Error::Invalid("sotto tui needs a terminal".into()));
+            }
+            if DaemonClient::connect(&home).is_some() {
+                return Err(Error::Invalid(
+                    "a daemon runs for this home: stop it first (the terminal client runs the \
+                     home's engine itself)"
+                        .into(),
+                ));
+            }
+            sotto::tui::run(open()?)?;
         }
         Command::Listen { timeout, count } => {
             if let Some(daemon) = DaemonClient::connect(&home) {

@@ -1,0 +1,870 @@
+//! The terminal client's state and what keys and engine events do to it. No terminal, no
+//! engine: [`App`] is fed keys, events and answers, and says what to ask the engine
+//! ([`Effect`]); `view` draws it. Tests drive it directly.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sotto_client::engine::{Command, Event};
+use sotto_client::{ChatFlag, ChatSummary, Error, MessageView};
+
+use crate::tui::keys::{Key, KeyCode};
+
+/// Messages loaded at a time (the first screen, then each page back).
+pub const PAGE: usize = 100;
+
+/// The `:` commands, for completion and the help screen: (name, arguments, what it does).
+pub const COMMANDS: &[(&str, &str, &str)] = &[
+    ("dm", "ADDRESS", "open (or start) the direct chat with ADDRESS"),
+    ("group", "NAME [ADDRESS...]", "create a group"),
+    ("add", "ADDRESS...", "add members to this group"),
+    ("remove", "ADDRESS...", "remove members from this group"),
+    ("leave", "", "leave this group"),
+    ("rename", "NAME", "rename this group"),
+    ("timer", "30s|1h|7d|off", "disappearing messages in this chat"),
+    ("reply", "MESSAGE", "answer a message (the next one you send)"),
+    ("react", "MESSAGE EMOJI", "react to a message (no emoji: take it back)"),
+    ("edit", "MESSAGE TEXT", "replace the text of a message of yours"),
+    ("delete", "MESSAGE", "delete a message of yours for everyone"),
+    ("resend", "MESSAGE", "send a failed message again"),
+    ("file", "PATH", "send a file"),
+    ("download", "MESSAGE [PATH]", "download a file"),
+    ("search", "WORDS", "search this chat (Esc returns)"),
+    ("mute", "", "no bell for this chat"),
+    ("unmute", "", "bell again"),
+    ("pin", "", "list this chat first"),
+    ("unpin", "", "stop listing it first"),
+    ("archive", "", "hide this chat until someone writes"),
+    ("name", "ADDRESS [NAME]", "a nickname for a contact (here only)"),
+    ("help", "", "keys and commands"),
+    ("quit", "", "leave the terminal client (also :q, Ctrl-C)"),
+];
+
+/// Which part of the screen keys go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    /// The chat list.
+    List,
+    /// The conversation (scrolling).
+    Conversation,
+    /// The composer (typing).
+    Composer,
+}
+
+/// What fills the screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    /// Chats, conversation, composer.
+    Main,
+    /// Every key and command.
+    Help,
+}
+
+/// What the app asks of the engine: a command, whose answer comes back to
+/// [`App::on_answer`] with the same tag; or a terminal bell.
+#[derive(Debug)]
+pub enum Effect {
+    /// Run this command.
+    Run(u64, Command),
+    /// Ring the terminal bell.
+    Bell,
+}
+
+/// What an answer is for.
+#[derive(Debug, Clone)]
+enum Asked {
+    Chats,
+    /// A chat's messages: the first page, or a page before those loaded.
+    History {
+        chat: String,
+        older: bool,
+    },
+    Search {
+        chat: String,
+    },
+    /// A message sent from the composer (its text, to restore on failure).
+    Send,
+    /// Anything else: what to say when it is done.
+    Other(&'static str),
+}
+
+/// The open conversation.
+#[derive(Debug, Clone)]
+pub struct Open {
+    /// The chat id, or none for a direct chat that starts with the first message.
+    pub chat: Option<String>,
+    /// The address of a direct chat not yet started.
+    pub to: Option<String>,
+    /// Its title.
+    pub title: String,
+    /// Loaded messages, oldest first.
+    pub messages: Vec<MessageView>,
+    /// Whether older messages may exist.
+    pub more_before: bool,
+    /// Lines scrolled up from the newest.
+    pub scroll: usize,
+    /// Search results shown instead of the conversation, with the words.
+    pub search: Option<String>,
+}
+
+/// The status line.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// `connected`, `disconnected (why)`, or `connecting`.
+    pub connection: String,
+    /// The last error, until the next key.
+    pub error: Option<String>,
+    /// The last notice or progress.
+    pub info: Option<String>,
+}
+
+/// The whole state of the terminal client.
+#[derive(Debug)]
+pub struct App {
+    /// This account's address.
+    pub me: String,
+    /// Colours on (off with `NO_COLOR`).
+    pub color: bool,
+    /// Every chat, as `chats --all` lists them.
+    pub chats: Vec<ChatSummary>,
+    /// The selected row of the visible (filtered) list.
+    pub selected: usize,
+    /// The list filter being typed, if any.
+    pub filter: Option<String>,
+    /// The open conversation.
+    pub open: Option<Open>,
+    /// Where keys go.
+    pub focus: Focus,
+    /// The composer's text.
+    pub composer: String,
+    /// The message the next one answers.
+    pub reply_to: Option<String>,
+    /// The `:` line being typed.
+    pub command: Option<String>,
+    /// What fills the screen.
+    pub screen: Screen,
+    /// The status line.
+    pub status: Status,
+    /// Warnings that stay until dismissed (a key changed, a lying server, a device lost).
+    pub banners: Vec<String>,
+    /// Set once the user asked to quit.
+    pub quit: bool,
+    /// Lines the conversation area showed last (for paging).
+    pub page_lines: usize,
+    pending_g: bool,
+    next_tag: u64,
+    asked: HashMap<u64, Asked>,
+}
+
+/// Whether a notice is one that must not be missed.
+fn alarming(text: &str) -> bool {
+    ["identity key changed", "untrusted", "revoked", "wiped", "did not arrive", "held back"]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
+impl App {
+    /// A fresh app for the account `me`.
+    pub fn new(me: &str, color: bool) -> App {
+        App {
+            me: me.to_string(),
+            color,
+            chats: Vec::new(),
+            selected: 0,
+            filter: None,
+            open: None,
+            focus: Focus::List,
+            composer: String::new(),
+            reply_to: None,
+            command: None,
+            screen: Screen::Main,
+            status: Status { connection: "connecting".into(), ..Status::default() },
+            banners: Vec::new(),
+            quit: false,
+            page_lines: 20,
+            pending_g: false,
+            next_tag: 1,
+            asked: HashMap::new(),
+        }
+    }
+
+    /// What to ask first.
+    pub fn start(&mut self) -> Vec<Effect> {
+        vec![self.ask(Asked::Chats, Command::Chats { all: true })]
+    }
+
+    fn ask(&mut self, what: Asked, command: Command) -> Effect {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.asked.insert(tag, what);
+        Effect::Run(tag, command)
+    }
+
+    fn other(&mut self, done: &'static str, command: Command) -> Effect {
+        self.ask(Asked::Other(done), command)
+    }
+
+    /// The chats the list shows: archived ones only while filtering, in list order.
+    pub fn visible(&self) -> Vec<&ChatSummary> {
+        let filter = self.filter.as_deref().map(str::to_lowercase);
+        self.chats
+            .iter()
+            .filter(|c| match &filter {
+                Some(f) => {
+                    c.title.to_lowercase().contains(f.as_str())
+                        || c.peer.as_deref().is_some_and(|p| p.contains(f.as_str()))
+                }
+                None => !c.archived,
+            })
+            .collect()
+    }
+
+    fn open_chat(&mut self, chat: &ChatSummary) -> Vec<Effect> {
+        self.open = Some(Open {
+            chat: Some(chat.id.clone()),
+            to: None,
+            title: chat.title.clone(),
+            messages: Vec::new(),
+            more_before: true,
+            scroll: 0,
+            search: None,
+        });
+        self.reply_to = None;
+        self.focus = Focus::Composer;
+        let history = Command::History { chat: chat.id.clone(), limit: Some(PAGE), before: None };
+        let mut out =
+            vec![self.ask(Asked::History { chat: chat.id.clone(), older: false }, history)];
+        if chat.unread > 0 {
+            out.push(self.other("", Command::Read { chat: chat.id.clone() }));
+        }
+        out
+    }
+
+    fn open_id(&self) -> Option<&str> {
+        self.open.as_ref().and_then(|o| o.chat.as_deref())
+    }
+
+    /// The open chat's summary.
+    pub fn open_summary(&self) -> Option<&ChatSummary> {
+        let id = self.open_id()?;
+        self.chats.iter().find(|c| c.id == id)
+    }
+
+    /// Whether a message belongs to the open conversation (a direct conversation may span
+    /// two chats with the same account).
+    fn in_open(&self, m: &MessageView) -> bool {
+        match (self.open_id(), self.open_summary()) {
+            (Some(id), _) if m.chat == id => true,
+            (_, Some(c)) if c.kind == "direct" => {
+                c.peer.as_deref() == Some(m.chat_name.as_str()) || c.title == m.chat_name
+            }
+            _ => false,
+        }
+    }
+
+    // ---- keys ----
+
+    /// A key. Returns what to ask of the engine.
+    pub fn on_key(&mut self, key: Key) -> Vec<Effect> {
+        self.status.error = None;
+        if key.ctrl && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return Vec::new();
+        }
+        if self.screen == Screen::Help {
+            self.screen = Screen::Main;
+            return Vec::new();
+        }
+        if self.command.is_some() {
+            return self.command_key(key);
+        }
+        if self.filter.is_some() && self.focus == Focus::List {
+            return self.filter_key(key);
+        }
+        match self.focus {
+            Focus::Composer => self.composer_key(key),
+            Focus::List => self.list_key(key),
+            Focus::Conversation => self.conversation_key(key),
+        }
+    }
+
+    /// Text pasted into the terminal (bracketed paste): into the composer, newlines kept.
+    pub fn on_paste(&mut self, text: &str) {
+        if let Some(line) = &mut self.command {
+            line.push_str(&text.replace(['\n', '\r'], " "));
+        } else {
+            self.focus = Focus::Composer;
+            self.composer.push_str(&text.replace("\r\n", "\n").replace('\r', "\n"));
+        }
+    }
+
+    /// The mouse wheel over the conversation.
+    pub fn on_scroll(&mut self, up: bool) -> Vec<Effect> {
+        self.scroll_by(if up { 3 } else { -3 })
+    }
+
+    fn focus_next(&mut self) {
+        self.focus = match self.focus {
+            Focus::List if self.open.is_some() => Focus::Conversation,
+            Focus::List => Focus::List,
+            Focus::Conversation => Focus::Composer,
+            Focus::Composer => Focus::List,
+        };
+    }
+
+    fn common_key(&mut self, key: Key) -> Option<Vec<Effect>> {
+        match key.code {
+            KeyCode::Tab => self.focus_next(),
+            KeyCode::Char(':') => self.command = Some(String::new()),
+            KeyCode::Char('?') | KeyCode::F(1) => self.screen = Screen::Help,
+            KeyCode::Char('q') => self.quit = true,
+            KeyCode::Char('i') if self.open.is_some() => self.focus = Focus::Composer,
+            KeyCode::Esc => {
+                // Leaving search results, or dismissing the oldest warning.
+                if let Some(open) = &mut self.open
+                    && open.search.is_some()
+                {
+                    return Some(self.leave_search());
+                }
+                if !self.banners.is_empty() {
+                    self.banners.remove(0);
+                }
+            }
+            _ => return None,
+        }
+        Some(Vec::new())
+    }
+
+    fn list_key(&mut self, key: Key) -> Vec<Effect> {
+        let n = self.visible().len();
+        match key.code {
+            KeyCode::Up | KeyCode::Char('k') => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.selected = (self.selected + 1).min(n.saturating_sub(1));
+            }
+            KeyCode::Char('g') if self.pending_g => {
+                self.selected = 0;
+                self.pending_g = false;
+            }
+            KeyCode::Char('g') => self.pending_g = true,
+            KeyCode::Char('G') | KeyCode::End => self.selected = n.saturating_sub(1),
+            KeyCode::Home => self.selected = 0,
+            KeyCode::Char('/') => {
+                self.filter = Some(String::new());
+                self.selected = 0;
+            }
+            KeyCode::Enter | KeyCode::Right | KeyCode::Char('l') => {
+                if let Some(chat) = self.visible().get(self.selected).map(|c| (*c).clone()) {
+                    return self.open_chat(&chat);
+                }
+            }
+            _ => return self.common_key(key).unwrap_or_default(),
+        }
+        if key.code != KeyCode::Char('g') {
+            self.pending_g = false;
+        }
+        Vec::new()
+    }
+
+    fn filter_key(&mut self, key: Key) -> Vec<Effect> {
+        let Some(filter) = &mut self.filter else { return Vec::new() };
+        match key.code {
+            KeyCode::Esc => self.filter = None,
+            KeyCode::Backspace => {
+                filter.pop();
+            }
+            KeyCode::Enter => {
+                let chat = self.visible().get(self.selected).map(|c| (*c).clone());
+                self.filter = None;
+                if let Some(chat) = chat {
+                    return self.open_chat(&chat);
+                }
+            }
+            KeyCode::Up => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Down => {
+                self.selected = (self.selected + 1).min(self.visible().len().saturating_sub(1))
+            }
+            KeyCode::Char(c) => {
+                filter.push(c);
+                self.selected = 0;
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn conversation_key(&mut self, key: Key) -> Vec<Effect> {
+        let page = self.page_lines.max(2) as isize - 1;
+        let out = match key.code {
+            KeyCode::Up | KeyCode::Char('k') => self.scroll_by(1),
+            KeyCode::Down | KeyCode::Char('j') => self.scroll_by(-1),
+            KeyCode::PageUp => self.scroll_by(page),
+            KeyCode::PageDown => self.scroll_by(-page),
+            KeyCode::Char('g') if self.pending_g => {
+                self.pending_g = false;
+                self.scroll_by(isize::MAX / 2)
+            }
+            KeyCode::Char('g') => {
+                self.pending_g = true;
+                return Vec::new();
+            }
+            KeyCode::Char('G') | KeyCode::End => {
+                if let Some(open) = &mut self.open {
+                    open.scroll = 0;
+                }
+                Vec::new()
+            }
+            KeyCode::Char('/') => {
+                self.command = Some("search ".into());
+                Vec::new()
+            }
+            _ => self.common_key(key).unwrap_or_default(),
+        };
+        self.pending_g = false;
+        out
+    }
+
+    fn composer_key(&mut self, key: Key) -> Vec<Effect> {
+        match key.code {
+            KeyCode::Enter if key.alt => self.composer.push('\n'),
+            KeyCode::Enter => return self.send(),
+            KeyCode::Esc => self.focus = Focus::Conversation,
+            KeyCode::Tab => self.focus_next(),
+            KeyCode::Backspace => {
+                self.composer.pop();
+            }
+            KeyCode::Char('u') if key.ctrl => self.composer.clear(),
+            KeyCode::PageUp => return self.scroll_by(self.page_lines as isize - 1),
+            KeyCode::PageDown => return self.scroll_by(1 - self.page_lines as isize),
+            // Alt and a character is an escape sequence the terminal split, not text.
+            KeyCode::Char(c) if !key.ctrl && !key.alt => self.composer.push(c),
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn scroll_by(&mut self, lines: isize) -> Vec<Effect> {
+        let Some(open) = &mut self.open else { return Vec::new() };
+        open.scroll = open.scroll.saturating_add_signed(lines);
+        Vec::new()
+    }
+
+    /// Called by the view with how many lines the conversation holds: clamps the scroll and
+    /// asks for older messages when the top is reached.
+    pub fn scrolled_to(&mut self, total_lines: usize, shown: usize) -> Vec<Effect> {
+        self.page_lines = shown;
+        let Some(open) = &mut self.open else { return Vec::new() };
+        let max = total_lines.saturating_sub(shown);
+        // At the top (or all of it fits): earlier messages are wanted.
+        let at_top = open.scroll >= max;
+        open.scroll = open.scroll.min(max);
+        if !at_top || !open.more_before || open.search.is_some() {
+            return Vec::new();
+        }
+        let (Some(chat), Some(before)) =
+            (open.chat.clone(), open.messages.first().map(|m| m.id.clone()))
+        else {
+            return Vec::new();
+        };
+        if self.asked.values().any(|a| matches!(a, Asked::History { older: true, .. })) {
+            return Vec::new();
+        }
+        let before = Some(before);
+        let command = Command::History { chat: chat.clone(), limit: Some(PAGE), before };
+        vec![self.ask(Asked::History { chat, older: true }, command)]
+    }
+
+    fn send(&mut self) -> Vec<Effect> {
+        let text = self.composer.trim_end().to_string();
+        if text.trim().is_empty() {
+            return Vec::new();
+        }
+        let Some(open) = &self.open else {
+            self.status.error =
+                Some("open a chat first (Enter on the list, or :dm ADDRESS)".into());
+            return Vec::new();
+        };
+        let (to, group) = match (&open.chat, &open.to) {
+            (Some(id), _) => (None, Some(id.clone())),
+            (None, Some(to)) => (Some(to.clone()), None),
+            _ => return Vec::new(),
+        };
+        self.composer.clear();
+        let reply_to = self.reply_to.take();
+        if let Some(open) = &mut self.open {
+            open.scroll = 0;
+        }
+        vec![self.ask(Asked::Send, Command::Send { to, group, text, reply_to })]
+    }
+
+    fn leave_search(&mut self) -> Vec<Effect> {
+        let Some(open) = &mut self.open else { return Vec::new() };
+        open.search = None;
+        let Some(chat) = open.chat.clone() else { return Vec::new() };
+        open.messages.clear();
+        open.more_before = true;
+        open.scroll = 0;
+        let history = Command::History { chat: chat.clone(), limit: Some(PAGE), before: None };
+        vec![self.ask(Asked::History { chat, older: false }, history)]
+    }
+
+    // ---- the `:` line ----
+
+    fn command_key(&mut self, key: Key) -> Vec<Effect> {
+        let Some(line) = &mut self.command else { return Vec::new() };
+        match key.code {
+            KeyCode::Esc => self.command = None,
+            KeyCode::Backspace if line.is_empty() => self.command = None,
+            KeyCode::Backspace => {
+                line.pop();
+            }
+            KeyCode::Tab if !line.contains(' ') => {
+                let matching: Vec<&str> = COMMANDS
+                    .iter()
+                    .map(|c| c.0)
+                    .filter(|name| name.starts_with(line.as_str()))
+                    .collect();
+                match matching.as_slice() {
+                    [one] => *line = format!("{one} "),
+                    [] => {}
+                    many => self.status.info = Some(many.join(" ")),
+                }
+            }
+            KeyCode::Enter => {
+                let line = self.command.take().unwrap_or_default();
+                return self.run_command(line.trim());
+            }
+            KeyCode::Char(c) => line.push(c),
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// Runs a `:` command.
+    pub fn run_command(&mut self, line: &str) -> Vec<Effect> {
+        let (name, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let rest = rest.trim();
+        let args: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+        let chat = self.open_id().map(str::to_owned);
+        let need_chat = |app: &mut App| -> Option<String> {
+            if chat.is_none() {
+                app.status.error = Some(format!(":{name} works in an open chat"));
+            }
+            chat.clone()
+        };
+        let flag = |app: &mut App, flag: ChatFlag, on: bool| -> Vec<Effect> {
+            match need_chat(app) {
+                Some(chat) => vec![app.other("done", Command::ChatFlag { chat, flag, on })],
+                None => Vec::new(),
+            }
+        };
+        match name {
+            "q" | "quit" => self.quit = true,
+            "help" | "h" => self.screen = Screen::Help,
+            "dm" => match args.first() {
+                Some(address) => return self.dm(address),
+                None => self.status.error = Some("usage: :dm ADDRESS".into()),
+            },
+            "group" => match args.split_first() {
+                Some((name, members)) => {
+                    let command =
+                        Command::GroupCreate { name: name.clone(), members: members.to_vec() };
+                    return vec![self.other("group created", command)];
+                }
+                None => self.status.error = Some("usage: :group NAME [ADDRESS...]".into()),
+            },
+            "add" | "remove" if !args.is_empty() => {
+                if let Some(chat) = need_chat(self) {
+                    let command = if name == "add" {
+                        Command::GroupAdd { chat, members: args }
+                    } else {
+                        Command::GroupRemove { chat, members: args }
+                    };
+                    return vec![self.other("members changed", command)];
+                }
+            }
+            "leave" => {
+                if let Some(chat) = need_chat(self) {
+                    return vec![self.other("left the group", Command::GroupLeave { chat })];
+                }
+            }
+            "rename" if !rest.is_empty() => {
+                if let Some(chat) = need_chat(self) {
+                    let command = Command::GroupRename { chat, name: rest.to_string() };
+                    return vec![self.other("renamed", command)];
+                }
+            }
+            "timer" if !rest.is_empty() => {
+                let seconds = match rest {
+                    "off" | "0" => Ok(0),
+                    d => crate::parse_duration(d),
+                };
+                match (seconds, need_chat(self)) {
+                    (Ok(seconds), Some(chat)) => {
+                        return vec![self.other("timer set", Command::ChatTimer { chat, seconds })];
+                    }
+                    (Err(e), _) => self.status.error = Some(e),
+                    _ => {}
+                }
+            }
+            "reply" if !rest.is_empty() => {
+                self.reply_to = Some(rest.to_string());
+                self.focus = Focus::Composer;
+            }
+            "react" if !args.is_empty() => {
+                let emoji = args.get(1).cloned().unwrap_or_default();
+                let command = Command::React { message: args[0].clone(), emoji };
+                return vec![self.other("reacted", command)];
+            }
+            "edit" if args.len() >= 2 => {
+                let (message, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let command =
+                    Command::Edit { message: message.to_string(), text: text.trim().to_string() };
+                return vec![self.other("edited", command)];
+            }
+            "delete" if !rest.is_empty() => {
+                return vec![self.other("deleted", Command::Delete { message: rest.to_string() })];
+            }
+            "resend" if !rest.is_empty() => {
+                return vec![self.other("sent", Command::Resend { message: rest.to_string() })];
+            }
+            "file" if !rest.is_empty() => {
+                if let Some(chat) = need_chat(self) {
+                    let path = std::path::absolute(rest).unwrap_or_else(|_| rest.into());
+                    let command = Command::SendFile { to: None, group: Some(chat), path };
+                    return vec![self.other("file sent", command)];
+                }
+            }
+            "download" if !args.is_empty() => {
+                let out = args.get(1).map(|p| std::path::absolute(p).unwrap_or_else(|_| p.into()));
+                let out = out.or_else(|| std::path::absolute(".").ok());
+                let command = Command::Download { message: args[0].clone(), out };
+                return vec![self.other("downloaded", command)];
+            }
+            "search" if !rest.is_empty() => {
+                if let Some(chat) = need_chat(self) {
+                    let command = Command::Search {
+                        text: rest.to_string(),
+                        chat: Some(chat.clone()),
+                        limit: Some(PAGE),
+                    };
+                    if let Some(open) = &mut self.open {
+                        open.search = Some(rest.to_string());
+                    }
+                    return vec![self.ask(Asked::Search { chat }, command)];
+                }
+            }
+            "mute" => return flag(self, ChatFlag::Muted, true),
+            "unmute" => return flag(self, ChatFlag::Muted, false),
+            "pin" => return flag(self, ChatFlag::Pinned, true),
+            "unpin" => return flag(self, ChatFlag::Pinned, false),
+            "archive" => return flag(self, ChatFlag::Archived, true),
+            "name" if !args.is_empty() => {
+                let (address, nick) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = Some(nick.trim().to_string()).filter(|n| !n.is_empty());
+                let command = Command::ContactName { address: address.to_string(), name };
+                return vec![self.other("named", command)];
+            }
+            "" => {}
+            _ => {
+                self.status.error = Some(match COMMANDS.iter().find(|c| c.0 == name) {
+                    Some((name, usage, _)) => format!("usage: :{name} {usage}"),
+                    None => format!("no command :{name} (:help lists them)"),
+                });
+            }
+        }
+        Vec::new()
+    }
+
+    fn dm(&mut self, address: &str) -> Vec<Effect> {
+        if let Some(chat) = self
+            .chats
+            .iter()
+            .find(|c| c.kind == "direct" && c.peer.as_deref() == Some(address))
+            .cloned()
+        {
+            return self.open_chat(&chat);
+        }
+        // Started by the first message.
+        self.open = Some(Open {
+            chat: None,
+            to: Some(address.to_string()),
+            title: address.to_string(),
+            messages: Vec::new(),
+            more_before: false,
+            scroll: 0,
+            search: None,
+        });
+        self.focus = Focus::Composer;
+        Vec::new()
+    }
+
+    // ---- the engine ----
+
+    /// An event from the engine.
+    pub fn on_event(&mut self, event: Event) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match event {
+            Event::Message { message } => {
+                let ours = message.sender == self.me;
+                let known = self.chats.iter().find(|c| c.id == message.chat);
+                let muted = known.is_some_and(|c| c.muted);
+                if !ours && !muted && matches!(message.kind.as_str(), "text" | "file") {
+                    out.push(Effect::Bell);
+                }
+                if message.kind == "event" && alarming(&message.body) {
+                    self.banners.push(message.body.clone());
+                }
+                if self.in_open(&message) {
+                    let open_id = self.open_id().map(str::to_owned);
+                    if let Some(open) = &mut self.open
+                        && open.search.is_none()
+                        && !open
+                            .messages
+                            .iter()
+                            .any(|m| m.id == message.id && m.chat == message.chat)
+                    {
+                        open.messages.push(message);
+                        if let Some(chat) = open_id {
+                            out.push(self.other("", Command::Read { chat }));
+                        }
+                    }
+                }
+                out.push(self.ask(Asked::Chats, Command::Chats { all: true }));
+            }
+            Event::Delivery { message } => {
+                if let Some(open) = &mut self.open
+                    && let Some(m) = open
+                        .messages
+                        .iter_mut()
+                        .find(|m| m.id == message.id && m.chat == message.chat)
+                {
+                    *m = message;
+                }
+            }
+            Event::Chat { .. } => out.push(self.ask(Asked::Chats, Command::Chats { all: true })),
+            Event::Notice { text } => {
+                if alarming(&text) {
+                    self.banners.push(text.clone());
+                }
+                self.status.info = Some(text);
+            }
+            Event::Failure { seq, reason } => {
+                self.status.error = Some(format!("a message (#{seq}) could not be read: {reason}"));
+            }
+            Event::Connection { state, reason } => {
+                self.status.connection = match reason {
+                    Some(r) if state != "connected" => format!("{state} ({r})"),
+                    _ => state,
+                };
+            }
+            Event::Progress { transfer, done, total } => {
+                let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+                self.status.info = Some(format!("{transfer}: {pct}% of {total} bytes"));
+            }
+        }
+        out
+    }
+
+    /// The engine's answer to the command tagged `tag`.
+    pub fn on_answer(&mut self, tag: u64, answer: Result<Value, Error>) -> Vec<Effect> {
+        let Some(asked) = self.asked.remove(&tag) else { return Vec::new() };
+        let value = match answer {
+            Ok(v) => v,
+            Err(e) => {
+                if let (Asked::Send, Error::Queued { .. }) = (&asked, &e) {
+                    self.status.info = Some(format!("kept, to be sent: {e}"));
+                    return self.refresh_open();
+                }
+                self.status.error = Some(e.to_string());
+                if alarming(&e.to_string()) || matches!(e, Error::IdentityChanged(_)) {
+                    self.banners.push(e.to_string());
+                }
+                return Vec::new();
+            }
+        };
+        match asked {
+            Asked::Chats => {
+                if let Ok(chats) = serde_json::from_value::<Vec<ChatSummary>>(value) {
+                    self.chats = chats;
+                    let n = self.visible().len();
+                    self.selected = self.selected.min(n.saturating_sub(1));
+                    // A direct chat started from `:dm` has an id now.
+                    if let Some(open) = &mut self.open
+                        && open.chat.is_none()
+                        && let Some(to) = &open.to
+                        && let Some(c) = self.chats.iter().find(|c| c.peer.as_ref() == Some(to))
+                    {
+                        open.chat = Some(c.id.clone());
+                        open.title = c.title.clone();
+                    }
+                }
+                Vec::new()
+            }
+            Asked::History { chat, older } => {
+                let Ok(page) = serde_json::from_value::<Vec<MessageView>>(value) else {
+                    return Vec::new();
+                };
+                if let Some(open) = &mut self.open
+                    && open.chat.as_deref() == Some(chat.as_str())
+                    && open.search.is_none()
+                {
+                    open.more_before = page.len() >= PAGE;
+                    if older {
+                        let mut page = page;
+                        page.append(&mut open.messages);
+                        open.messages = page;
+                    } else {
+                        open.messages = page;
+                    }
+                }
+                Vec::new()
+            }
+            Asked::Search { chat } => {
+                if let (Ok(mut found), Some(open)) =
+                    (serde_json::from_value::<Vec<MessageView>>(value), &mut self.open)
+                    && open.chat.as_deref() == Some(chat.as_str())
+                {
+                    found.reverse();
+                    self.status.info = Some(format!("{} found (Esc returns)", found.len()));
+                    open.messages = found;
+                    open.more_before = false;
+                    open.scroll = 0;
+                }
+                Vec::new()
+            }
+            Asked::Send => {
+                let mut out = Vec::new();
+                if let Ok(m) = serde_json::from_value::<MessageView>(value)
+                    && let Some(open) = &mut self.open
+                {
+                    if open.chat.is_none() {
+                        open.chat = Some(m.chat.clone());
+                    }
+                    if !open.messages.iter().any(|x| x.id == m.id) {
+                        open.messages.push(m);
+                    }
+                }
+                out.push(self.ask(Asked::Chats, Command::Chats { all: true }));
+                out
+            }
+            Asked::Other(done) => {
+                if !done.is_empty() {
+                    self.status.info = Some(done.to_string());
+                }
+                let mut out = self.refresh_open();
+                out.push(self.ask(Asked::Chats, Command::Chats { all: true }));
+                out
+            }
+        }
+    }
+
+    /// Loads the open chat's newest page again (after something changed it).
+    fn refresh_open(&mut self) -> Vec<Effect> {
+        let Some(open) = &self.open else { return Vec::new() };
+        let (Some(chat), None) = (open.chat.clone(), &open.search) else { return Vec::new() };
+        let limit = open.messages.len().clamp(PAGE, 1000);
+        let history = Command::History { chat: chat.clone(), limit: Some(limit), before: None };
+        vec![self.ask(Asked::History { chat, older: false }, history)]
+    }
+}

@@ -1,0 +1,294 @@
+//! The terminal client's screens and key flows, drawn on ratatui's `TestBackend` and compared
+//! with the snapshots in `tests/snapshots/` (`SOTTO_UPDATE_SNAPSHOTS=1` rewrites them).
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use serde_json::{Value, json};
+use sotto::tui::app::{App, Effect, Focus, Open, Screen};
+use sotto::tui::keys::{Key, KeyCode};
+use sotto::tui::view;
+use sotto_client::engine::Command;
+use sotto_client::{ChatSummary, MessageView};
+
+const T0: u64 = 1_796_400_000_000; // 2026-12-04 …
+
+fn chat(id: &str, kind: &str, title: &str, unread: u64, preview: &str) -> ChatSummary {
+    serde_json::from_value(json!({
+        "id": id, "kind": kind, "name": if kind == "group" { Some(title) } else { None },
+        "peer": if kind == "direct" { Some(title) } else { None }, "state": "active",
+        "members": ["alice@example.org", "bob@example.org"], "messages": 3,
+        "last_message_at": T0, "timer_secs": 0, "post_quantum": true, "title": title,
+        "unread": unread, "muted": false, "pinned": false, "archived": false,
+        "preview": preview,
+    }))
+    .expect("chat")
+}
+
+fn message(id: &str, sender: &str, body: &str, at: u64, extra: Value) -> MessageView {
+    let mut m = json!({
+        "chat": "c1", "chat_name": "bob@example.org", "id": id, "sender": sender,
+        "kind": "text", "body": body, "status": "received", "sent_at": at, "received_at": at,
+    });
+    if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+        m.extend(extra.clone());
+    }
+    serde_json::from_value(m).expect("message")
+}
+
+/// A home with three chats, the direct chat with bob open.
+fn app() -> App {
+    let mut app = App::new("alice@example.org", false);
+    app.status.connection = "connected".into();
+    app.chats = vec![
+        chat("c1", "direct", "bob@example.org", 2, "see you at one"),
+        chat("c2", "group", "team", 0, "minutes attached"),
+        chat("c3", "note", "Notes to self", 0, "buy milk"),
+    ];
+    let id = |n: u8| format!("{n:02x}{}", "ab".repeat(15));
+    let messages = vec![
+        message(
+            "event-1-0",
+            "bob@example.org",
+            "bob@example.org added you",
+            T0 - 86_400_000,
+            json!({"kind": "event"}),
+        ),
+        message(&id(1), "bob@example.org", "Lunch tomorrow?", T0 - 86_000_000, json!({})),
+        message(
+            &id(2),
+            "alice@example.org",
+            "Yes! Where?",
+            T0 - 85_000_000,
+            json!({"status": "read", "reactions": [{"from": "bob@example.org", "emoji": "👍"}]}),
+        ),
+        message(
+            &id(3),
+            "bob@example.org",
+            "The usual place, at one; a long line that has to wrap \
+            around because it does not fit in the conversation's width",
+            T0,
+            json!({"reply_to": {"id": id(2), "sender": "alice@example.org", "text": "Yes! Where?"}, "edited": true}),
+        ),
+        message(&id(4), "bob@example.org", "", T0 + 1000, json!({"deleted": true})),
+        message(
+            &id(5),
+            "bob@example.org",
+            "menu.pdf",
+            T0 + 2000,
+            json!({"kind": "file", "file": {"name": "menu.pdf", "size": 48213, "media_type": "application/pdf"}}),
+        ),
+        message(
+            &id(6),
+            "alice@example.org",
+            "see you at one",
+            T0 + 3000,
+            json!({"status": "pending"}),
+        ),
+    ];
+    app.open = Some(Open {
+        chat: Some("c1".into()),
+        to: None,
+        title: "bob@example.org".into(),
+        messages,
+        more_before: false,
+        scroll: 0,
+        search: None,
+    });
+    app.focus = Focus::Composer;
+    app
+}
+
+/// Draws `app` at `w`×`h`; the screen as text, one line per row.
+fn screen(app: &mut App, w: u16, h: u16) -> String {
+    let mut term = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+    let mut drawn = view::Drawn::default();
+    term.draw(|f| drawn = view::draw(f, app)).expect("draw");
+    app.scrolled_to(drawn.total_lines, drawn.shown);
+    let buffer = term.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        let mut line = String::new();
+        let mut skip = 0;
+        for x in 0..w {
+            let symbol = buffer[(x, y)].symbol().to_string();
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            skip = ratatui::text::Span::raw(symbol.as_str()).width().saturating_sub(1);
+            line.push_str(&symbol);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn snapshot(name: &str, got: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    if std::env::var_os("SOTTO_UPDATE_SNAPSHOTS").is_some() || !path.exists() {
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("snapshot dir");
+        std::fs::write(&path, got).expect("write snapshot");
+    }
+    let want = std::fs::read_to_string(&path).expect("snapshot");
+    assert_eq!(got, want, "{name} differs; SOTTO_UPDATE_SNAPSHOTS=1 rewrites it:\n{got}");
+}
+
+fn commands(effects: &[Effect]) -> Vec<&Command> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Run(_, c) => Some(c),
+            Effect::Bell => None,
+        })
+        .collect()
+}
+
+fn type_text(app: &mut App, text: &str) -> Vec<Effect> {
+    text.chars().flat_map(|c| app.on_key(Key::char(c))).collect()
+}
+
+#[test]
+fn main_screen_at_80_by_24() {
+    let mut app = app();
+    app.composer = "thanks, I'll be".into();
+    snapshot("main_80x24.txt", &screen(&mut app, 80, 24));
+}
+
+#[test]
+fn main_screen_wide_with_a_warning() {
+    let mut app = app();
+    app.banners.push("bob@example.org's identity key changed: compare safety numbers".into());
+    snapshot("main_120x30_warning.txt", &screen(&mut app, 120, 30));
+}
+
+#[test]
+fn help_lists_every_command() {
+    let mut app = app();
+    app.on_key(Key::new(KeyCode::Esc));
+    app.on_key(Key::char('?'));
+    assert_eq!(app.screen, Screen::Help);
+    let shown = screen(&mut app, 100, 45);
+    for (name, ..) in sotto::tui::app::COMMANDS {
+        assert!(shown.contains(&format!(":{name} ")), ":{name} missing from help:\n{shown}");
+    }
+    snapshot("help_100x45.txt", &shown);
+    app.on_key(Key::char('x'));
+    assert_eq!(app.screen, Screen::Main);
+}
+
+#[test]
+fn hostile_text_never_reaches_the_terminal() {
+    let mut app = app();
+    let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred\r\nfake line\u{202e}txt.exe\u{9b}31m";
+    app.chats[0].title = format!("bob{evil}");
+    app.chats[0].preview = Some(evil.into());
+    if let Some(open) = &mut app.open {
+        open.title = format!("bob{evil}");
+        open.messages.push(message(
+            &format!("07{}", "cd".repeat(15)),
+            &format!("mallory{evil}"),
+            evil,
+            T0 + 5000,
+            json!({"reactions": [{"from": evil, "emoji": evil}], "file": {"name": evil, "size": 1, "media_type": evil}}),
+        ));
+    }
+    app.banners.push(evil.into());
+    app.status.error = Some(evil.into());
+    let shown = screen(&mut app, 100, 30);
+    assert!(!shown.chars().any(|c| c.is_control() && c != '\n'), "{shown:?}");
+    assert!(!shown.contains('\u{202e}') && !shown.contains('\u{9b}'));
+    assert!(shown.contains("�]0;pwned�"), "{shown}");
+    snapshot("hostile_100x30.txt", &shown);
+}
+
+#[test]
+fn keys_move_open_send_and_run_commands() {
+    let mut app = App::new("alice@example.org", false);
+    app.chats = vec![
+        chat("c1", "direct", "bob@example.org", 0, "hi"),
+        chat("c2", "group", "team", 3, "minutes"),
+    ];
+    // The list: j moves, Enter opens and asks for the chat's history (and reads it).
+    assert_eq!(app.focus, Focus::List);
+    app.on_key(Key::char('j'));
+    assert_eq!(app.selected, 1);
+    let effects = app.on_key(Key::new(KeyCode::Enter));
+    let asked = commands(&effects);
+    assert!(
+        matches!(asked[0], Command::History { chat, limit: Some(100), before: None } if chat == "c2")
+    );
+    assert!(matches!(asked[1], Command::Read { chat } if chat == "c2"));
+    assert_eq!(app.focus, Focus::Composer);
+    // The composer: Alt-Enter is a new line, Enter sends.
+    type_text(&mut app, "two");
+    app.on_key(Key::alt(KeyCode::Enter));
+    type_text(&mut app, "lines");
+    let effects = app.on_key(Key::new(KeyCode::Enter));
+    assert!(matches!(commands(&effects)[0],
+        Command::Send { group: Some(g), text, reply_to: None, .. } if g == "c2" && text == "two\nlines"));
+    assert!(app.composer.is_empty());
+    // Pasting keeps newlines; an empty composer sends nothing.
+    app.on_paste("a\r\nb");
+    assert_eq!(app.composer, "a\nb");
+    app.on_key(Key::ctrl('u'));
+    assert!(app.on_key(Key::new(KeyCode::Enter)).is_empty());
+    // `:` commands, with completion.
+    app.on_key(Key::new(KeyCode::Esc));
+    app.on_key(Key::char(':'));
+    type_text(&mut app, "rea");
+    app.on_key(Key::new(KeyCode::Tab));
+    assert_eq!(app.command.as_deref(), Some("react "));
+    type_text(&mut app, "0a0b 🎉");
+    let effects = app.on_key(Key::new(KeyCode::Enter));
+    assert!(
+        matches!(commands(&effects)[0], Command::React { message, emoji } if message == "0a0b" && emoji == "🎉")
+    );
+    let effects = app.run_command("reply 0a0b");
+    assert!(effects.is_empty());
+    type_text(&mut app, "sure");
+    let effects = app.on_key(Key::new(KeyCode::Enter));
+    assert!(
+        matches!(commands(&effects)[0], Command::Send { reply_to: Some(r), .. } if r == "0a0b")
+    );
+    assert!(matches!(
+        commands(&app.run_command("timer 1h"))[0],
+        Command::ChatTimer { seconds: 3600, .. }
+    ));
+    assert!(
+        matches!(commands(&app.run_command("rename crew"))[0], Command::GroupRename { name, .. } if name == "crew")
+    );
+    assert!(commands(&app.run_command("nonsense")).is_empty());
+    assert!(app.status.error.as_deref().is_some_and(|e| e.contains(":help")));
+    // The list filter: / then letters; Enter opens the match.
+    app.focus = Focus::List;
+    app.on_key(Key::char('/'));
+    type_text(&mut app, "bob");
+    assert_eq!(app.visible().len(), 1);
+    let effects = app.on_key(Key::new(KeyCode::Enter));
+    assert!(matches!(commands(&effects)[0], Command::History { chat, .. } if chat == "c1"));
+    // Ctrl-C quits from anywhere.
+    app.on_key(Key::ctrl('c'));
+    assert!(app.quit);
+}
+
+#[test]
+fn scrolling_to_the_top_loads_older_messages_once() {
+    let mut app = app();
+    if let Some(open) = &mut app.open {
+        open.more_before = true;
+    }
+    app.focus = Focus::Conversation;
+    app.on_key(Key::char('g'));
+    app.on_key(Key::char('g'));
+    let mut term = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+    let mut drawn = view::Drawn::default();
+    term.draw(|f| drawn = view::draw(f, &app)).expect("draw");
+    let effects = app.scrolled_to(drawn.total_lines, drawn.shown);
+    let first = app.open.as_ref().and_then(|o| o.messages.first()).map(|m| m.id.clone());
+    assert!(
+        matches!(commands(&effects)[..], [Command::History { before, .. }] if *before == first)
+    );
+    // Asked once: until the answer comes, the top asks for nothing more.
+    assert!(app.scrolled_to(drawn.total_lines, drawn.shown).is_empty());
+}
