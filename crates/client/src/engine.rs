@@ -593,26 +593,32 @@ impl Engine {
     /// Runs a command; what it changed is also told as events.
     pub fn execute(&mut self, command: Command) -> Result<Value, Error> {
         let mut progress = Vec::new();
+        let result = self.execute_with(command, &mut |e| progress.push(e));
+        let mut events = progress;
+        events.append(&mut self.events);
+        self.events = events;
+        result
+    }
+
+    /// [`Engine::execute`], with a file transfer's progress told to `live` as it goes (at
+    /// most a hundred events per transfer) rather than queued with the other events.
+    pub fn execute_with(
+        &mut self,
+        command: Command,
+        live: &mut dyn FnMut(Event),
+    ) -> Result<Value, Error> {
         let transfer = match &command {
-            Command::SendFile { .. } => Some("upload"),
-            Command::Download { .. } => Some("download"),
-            _ => None,
+            Command::SendFile { .. } => "upload",
+            Command::Download { .. } | Command::Export { .. } => "download",
+            _ => "",
         };
         let mut last = 0;
         let result = execute(&mut self.client, command.clone(), &mut |done, total| {
-            // At most a hundred progress events per transfer.
             if done == total || done >= last + total.max(100) / 100 {
                 last = done;
-                progress.push((done, total));
+                live(Event::Progress { transfer: transfer.into(), done, total });
             }
         });
-        if let Some(transfer) = transfer {
-            self.events.extend(progress.into_iter().map(|(done, total)| Event::Progress {
-                transfer: transfer.into(),
-                done,
-                total,
-            }));
-        }
         self.report(&command, &result);
         result
     }
@@ -902,7 +908,7 @@ pub fn run(
         };
         match input {
             Input::Command(command, reply) => {
-                reply(engine.execute(command));
+                reply(engine.execute_with(command, on_event));
                 // A message that has to wait sets when it is tried next.
                 wake = wake.min(engine.next_wake());
             }

@@ -167,14 +167,18 @@ fn help_lists_every_command() {
     let mut app = app();
     app.on_key(Key::new(KeyCode::Esc));
     app.on_key(Key::char('?'));
-    assert_eq!(app.screen, Screen::Help);
+    assert!(matches!(app.screen, Screen::Help(0)));
     let shown = screen(&mut app, 100, 45);
     for (name, ..) in sotto::tui::app::COMMANDS {
         assert!(shown.contains(&format!(":{name} ")), ":{name} missing from help:\n{shown}");
     }
     snapshot("help_100x45.txt", &shown);
+    // At 80×24 it scrolls.
+    app.on_key(Key::char('j'));
+    assert!(matches!(app.screen, Screen::Help(1)));
+    snapshot("help_80x24_scrolled.txt", &screen(&mut app, 80, 24));
     app.on_key(Key::char('x'));
-    assert_eq!(app.screen, Screen::Main);
+    assert!(matches!(app.screen, Screen::Main));
 }
 
 #[test]
@@ -291,4 +295,59 @@ fn scrolling_to_the_top_loads_older_messages_once() {
     );
     // Asked once: until the answer comes, the top asks for nothing more.
     assert!(app.scrolled_to(drawn.total_lines, drawn.shown).is_empty());
+}
+
+#[test]
+fn safety_number_and_devices_screens() {
+    let mut app = app();
+    let view: sotto_client::SafetyView = serde_json::from_value(json!({
+        "address": "bob@example.org",
+        "safety_number": "12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890",
+        "qr_text": "sotto-safety:v1:bob@example.org:0123456789abcdef",
+        "verified": false, "changed_since_verified": false, "identity_key": "ab",
+    }))
+    .expect("view");
+    app.screen = Screen::Safety(view);
+    let shown = screen(&mut app, 80, 40);
+    assert!(shown.contains("12345  67890  12345  67890"), "{shown}");
+    assert!(shown.contains('▀') || shown.contains('▄'), "a QR code:\n{shown}");
+    snapshot("safety_80x40.txt", &shown);
+    // v marks the contact verified.
+    let effects = app.on_key(Key::char('v'));
+    assert!(matches!(commands(&effects)[..], [Command::Verify { mark_verified: true, .. }]));
+
+    let devices: Vec<sotto_client::DeviceView> = serde_json::from_value(json!([
+        {"device_id": 1, "name": "phone", "device_key": "aa", "this_device": true, "state": "active",
+         "linked_at": 1_796_000_000, "last_seen": 1_796_400_000, "wiped_at": null},
+        {"device_id": 4, "name": "old laptop", "device_key": "bb", "this_device": false,
+         "state": "active", "linked_at": 1_796_000_000, "last_seen": null, "wiped_at": null},
+    ]))
+    .expect("devices");
+    app.screen = Screen::Devices(devices, 0);
+    app.on_key(Key::char('j'));
+    snapshot("devices_80x24.txt", &screen(&mut app, 80, 24));
+    // Wiping asks first; anything but y cancels.
+    assert!(app.on_key(Key::char('w')).is_empty());
+    assert!(app.confirm.as_ref().is_some_and(|(q, _)| q.contains("wipe device 4")));
+    let asking = screen(&mut app, 80, 24);
+    assert!(asking.contains("wipe device 4? it is revoked and erases itself (y/n)"), "{asking}");
+    assert!(app.on_key(Key::char('n')).is_empty());
+    assert!(app.confirm.is_none());
+    app.run_command("wipe 4");
+    let effects = app.on_key(Key::char('y'));
+    assert!(matches!(commands(&effects)[..], [Command::DevicesWipe { device: 4 }]));
+}
+
+#[test]
+fn drafts_stay_with_their_chat() {
+    let mut app = app();
+    app.composer = "half a thought".into();
+    app.focus = Focus::List;
+    app.on_key(Key::char('j'));
+    app.on_key(Key::new(KeyCode::Enter));
+    assert!(app.composer.is_empty(), "team's composer starts empty");
+    app.focus = Focus::List;
+    app.on_key(Key::char('k'));
+    app.on_key(Key::new(KeyCode::Enter));
+    assert_eq!(app.composer, "half a thought");
 }

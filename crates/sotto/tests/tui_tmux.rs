@@ -113,6 +113,33 @@ fn two_terminal_clients_chat_through_a_real_server() {
     // Bob read her message (read receipts are off by default): hers shows delivered.
     assert!(tmux.wait_for("alice", "✓✓").contains("hello from a terminal"), "{screen}");
 
+    // Both open the safety number screen: the same 60 digits on each side.
+    let digits = |screen: &str| -> Vec<String> {
+        screen
+            .lines()
+            .map(|l| l.trim_matches(|c: char| c == '│' || c.is_whitespace()).to_owned())
+            .filter(|l| {
+                !l.is_empty()
+                    && l.split_whitespace()
+                        .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect()
+    };
+    for (who, peer) in [("alice", &bob.address), ("bob", &alice.address)] {
+        tmux.keys(who, &["Escape"]);
+        std::thread::sleep(Duration::from_millis(300));
+        tmux.keys(who, &[":"]);
+        tmux.text(who, &format!("safety {peer}"));
+        tmux.keys(who, &["Enter"]);
+        tmux.wait_for(who, "Safety number with");
+    }
+    let (a, b) = (digits(&tmux.screen("alice")), digits(&tmux.screen("bob")));
+    assert_eq!(a.len(), 3, "three rows of four groups:\n{}", tmux.screen("alice"));
+    assert_eq!(a, b, "both sides show the same number");
+    tmux.keys("alice", &["Escape"]);
+    tmux.keys("bob", &["Escape"]);
+    std::thread::sleep(Duration::from_millis(300));
+
     // Both quit cleanly, and the terminal is given back.
     // Escape alone (followed at once by another key, a terminal reads it as Alt).
     tmux.keys("alice", &["Escape"]);

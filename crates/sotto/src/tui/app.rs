@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 use sotto_client::engine::{Command, Event};
-use sotto_client::{ChatFlag, ChatSummary, Error, MessageView};
+use sotto_client::{ChatFlag, ChatSummary, DeviceView, Error, MessageView, SafetyView};
 
 use crate::tui::keys::{Key, KeyCode};
 
@@ -36,6 +36,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("unpin", "", "stop listing it first"),
     ("archive", "", "hide this chat until someone writes"),
     ("name", "ADDRESS [NAME]", "a nickname for a contact (here only)"),
+    ("safety", "[ADDRESS]", "the safety number (and QR code) with a contact"),
+    ("devices", "", "this account's devices"),
+    ("link", "CODE [NAME]", "approve a new device with the code it shows"),
+    ("revoke", "DEVICE", "revoke a device of this account"),
+    ("wipe", "DEVICE", "revoke a device and have it erase itself (asks first)"),
     ("help", "", "keys and commands"),
     ("quit", "", "leave the terminal client (also :q, Ctrl-C)"),
 ];
@@ -52,12 +57,16 @@ pub enum Focus {
 }
 
 /// What fills the screen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Screen {
     /// Chats, conversation, composer.
     Main,
-    /// Every key and command.
-    Help,
+    /// Every key and command, scrolled down this many lines.
+    Help(u16),
+    /// The safety number with a contact.
+    Safety(SafetyView),
+    /// This account's devices, and the selected row.
+    Devices(Vec<DeviceView>, usize),
 }
 
 /// What the app asks of the engine: a command, whose answer comes back to
@@ -82,7 +91,11 @@ enum Asked {
     Search {
         chat: String,
     },
-    /// A message sent from the composer (its text, to restore on failure).
+    /// A safety number.
+    Safety,
+    /// The device list (or something that changes it).
+    Devices,
+    /// A message sent from the composer.
     Send,
     /// Anything else: what to say when it is done.
     Other(&'static str),
@@ -147,6 +160,10 @@ pub struct App {
     pub status: Status,
     /// Warnings that stay until dismissed (a key changed, a lying server, a device lost).
     pub banners: Vec<String>,
+    /// A question waiting for `y` (anything else cancels), and what `y` runs.
+    pub confirm: Option<(String, Command)>,
+    /// Unsent texts of chats left, by chat id.
+    drafts: HashMap<String, String>,
     /// Set once the user asked to quit.
     pub quit: bool,
     /// Lines the conversation area showed last (for paging).
@@ -180,6 +197,8 @@ impl App {
             screen: Screen::Main,
             status: Status { connection: "connecting".into(), ..Status::default() },
             banners: Vec::new(),
+            confirm: None,
+            drafts: HashMap::new(),
             quit: false,
             page_lines: 20,
             pending_g: false,
@@ -220,6 +239,16 @@ impl App {
     }
 
     fn open_chat(&mut self, chat: &ChatSummary) -> Vec<Effect> {
+        // What was being written stays with its chat.
+        if let Some(id) = self.open_id().map(str::to_owned) {
+            let draft = std::mem::take(&mut self.composer);
+            if draft.is_empty() {
+                self.drafts.remove(&id);
+            } else {
+                self.drafts.insert(id, draft);
+            }
+        }
+        self.composer = self.drafts.remove(&chat.id).unwrap_or_default();
         self.open = Some(Open {
             chat: Some(chat.id.clone()),
             to: None,
@@ -271,9 +300,63 @@ impl App {
             self.quit = true;
             return Vec::new();
         }
-        if self.screen == Screen::Help {
-            self.screen = Screen::Main;
+        if let Some((_, command)) = self.confirm.take() {
+            if key.code == KeyCode::Char('y') {
+                return vec![self.other("done", command)];
+            }
+            self.status.info = Some("cancelled".into());
             return Vec::new();
+        }
+        match &mut self.screen {
+            Screen::Main => {}
+            Screen::Help(scroll) => {
+                match key.code {
+                    KeyCode::Down | KeyCode::Char('j') => *scroll = scroll.saturating_add(1),
+                    KeyCode::Up | KeyCode::Char('k') => *scroll = scroll.saturating_sub(1),
+                    KeyCode::PageDown | KeyCode::Char(' ') => *scroll = scroll.saturating_add(10),
+                    KeyCode::PageUp => *scroll = scroll.saturating_sub(10),
+                    _ => self.screen = Screen::Main,
+                }
+                return Vec::new();
+            }
+            Screen::Safety(view) => {
+                let address = view.address.clone();
+                let changed = view.changed_since_verified;
+                let verify = |mark_verified, accept_change| Command::Verify {
+                    address: address.clone(),
+                    mark_verified,
+                    expect: None,
+                    accept_change,
+                };
+                return match key.code {
+                    KeyCode::Char('v') => vec![self.ask(Asked::Safety, verify(true, false))],
+                    KeyCode::Char('a') if changed => {
+                        vec![self.ask(Asked::Safety, verify(false, true))]
+                    }
+                    _ => {
+                        self.screen = Screen::Main;
+                        Vec::new()
+                    }
+                };
+            }
+            Screen::Devices(list, selected) => {
+                match key.code {
+                    KeyCode::Up | KeyCode::Char('k') => *selected = selected.saturating_sub(1),
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        *selected = (*selected + 1).min(list.len().saturating_sub(1));
+                    }
+                    KeyCode::Char(c @ ('r' | 'w')) => {
+                        if let Some(d) = list.get(*selected).filter(|d| !d.this_device) {
+                            let verb = if c == 'r' { "revoke" } else { "wipe" };
+                            let line = format!("{verb} {}", d.device_id);
+                            self.screen = Screen::Main;
+                            return self.run_command(&line);
+                        }
+                    }
+                    _ => self.screen = Screen::Main,
+                }
+                return Vec::new();
+            }
         }
         if self.command.is_some() {
             return self.command_key(key);
@@ -316,7 +399,8 @@ impl App {
         match key.code {
             KeyCode::Tab => self.focus_next(),
             KeyCode::Char(':') => self.command = Some(String::new()),
-            KeyCode::Char('?') | KeyCode::F(1) => self.screen = Screen::Help,
+            KeyCode::Char('?') | KeyCode::F(1) => self.screen = Screen::Help(0),
+            KeyCode::Char('S') => return Some(self.run_command("safety")),
             KeyCode::Char('q') => self.quit = true,
             KeyCode::Char('i') if self.open.is_some() => self.focus = Focus::Composer,
             KeyCode::Esc => {
@@ -560,7 +644,7 @@ impl App {
         };
         match name {
             "q" | "quit" => self.quit = true,
-            "help" | "h" => self.screen = Screen::Help,
+            "help" | "h" => self.screen = Screen::Help(0),
             "dm" => match args.first() {
                 Some(address) => return self.dm(address),
                 None => self.status.error = Some("usage: :dm ADDRESS".into()),
@@ -665,6 +749,48 @@ impl App {
                 let command = Command::ContactName { address: address.to_string(), name };
                 return vec![self.other("named", command)];
             }
+            "safety" => {
+                let peer =
+                    self.open_summary().filter(|c| c.kind == "direct").and_then(|c| c.peer.clone());
+                match args.first().cloned().or(peer) {
+                    Some(address) => {
+                        let command = Command::Verify {
+                            address,
+                            mark_verified: false,
+                            expect: None,
+                            accept_change: false,
+                        };
+                        return vec![self.ask(Asked::Safety, command)];
+                    }
+                    None => {
+                        self.status.error =
+                            Some("usage: :safety ADDRESS (or open a direct chat)".into());
+                    }
+                }
+            }
+            "devices" => return vec![self.ask(Asked::Devices, Command::DevicesList)],
+            "link" if !args.is_empty() => {
+                let command =
+                    Command::DevicesLink { code: args[0].clone(), name: args.get(1).cloned() };
+                self.status.info = Some("approving the new device…".into());
+                return vec![self.ask(Asked::Devices, command)];
+            }
+            "revoke" | "wipe" if !args.is_empty() => match args[0].parse::<u64>() {
+                Ok(device) => {
+                    self.confirm = Some(if name == "revoke" {
+                        (
+                            format!("revoke device {device}? it loses every chat (y/n)"),
+                            Command::DevicesRevoke { device },
+                        )
+                    } else {
+                        (
+                            format!("wipe device {device}? it is revoked and erases itself (y/n)"),
+                            Command::DevicesWipe { device },
+                        )
+                    });
+                }
+                Err(_) => self.status.error = Some(format!("usage: :{name} DEVICE (a number)")),
+            },
             "" => {}
             _ => {
                 self.status.error = Some(match COMMANDS.iter().find(|c| c.0 == name) {
@@ -833,6 +959,21 @@ impl App {
                 }
                 Vec::new()
             }
+            Asked::Safety => {
+                match serde_json::from_value::<SafetyView>(value) {
+                    Ok(view) => self.screen = Screen::Safety(view),
+                    Err(e) => self.status.error = Some(format!("an unexpected answer: {e}")),
+                }
+                Vec::new()
+            }
+            Asked::Devices => match serde_json::from_value::<Vec<DeviceView>>(value) {
+                Ok(list) => {
+                    self.screen = Screen::Devices(list, 0);
+                    Vec::new()
+                }
+                // Linking answers with what it did; the list follows.
+                Err(_) => vec![self.ask(Asked::Devices, Command::DevicesList)],
+            },
             Asked::Send => {
                 let mut out = Vec::new();
                 if let Ok(m) = serde_json::from_value::<MessageView>(value)

@@ -8,7 +8,7 @@ use ratatui::layout::{Constraint, Direction, Layout, Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
-use sotto_client::{MessageView, format_time};
+use sotto_client::{DeviceView, MessageView, SafetyView, format_time};
 
 use crate::terminal_line;
 use crate::tui::app::{App, COMMANDS, Focus, Screen};
@@ -216,9 +216,20 @@ fn message_lines(app: &App, m: &MessageView, width: usize, lines: &mut Vec<Line<
 /// Draws the whole screen; returns what the app needs to clamp scrolling.
 pub fn draw(frame: &mut Frame<'_>, app: &App) -> Drawn {
     let area = frame.area();
-    if app.screen == Screen::Help {
-        help(frame, app, area);
-        return Drawn::default();
+    match &app.screen {
+        Screen::Main => {}
+        Screen::Help(scroll) => {
+            help(frame, app, area, *scroll);
+            return Drawn::default();
+        }
+        Screen::Safety(view) => {
+            safety(frame, app, view, area);
+            return Drawn::default();
+        }
+        Screen::Devices(list, selected) => {
+            devices(frame, app, list, *selected, area);
+            return Drawn::default();
+        }
     }
     let rows = Layout::default()
         .direction(Direction::Vertical)
@@ -386,6 +397,12 @@ fn composer(frame: &mut Frame<'_>, app: &App, area: Rect) {
 }
 
 fn status_line(frame: &mut Frame<'_>, app: &App, area: Rect) {
+    if let Some((question, _)) = &app.confirm {
+        let line =
+            Line::styled(question.clone(), fg(app, Color::Yellow).add_modifier(Modifier::BOLD));
+        frame.render_widget(Paragraph::new(line), area);
+        return;
+    }
     if let Some(line) = &app.command {
         let text = format!(":{}", terminal_line(line));
         let x = area.x + (text.chars().count() as u16).min(area.width.saturating_sub(1));
@@ -410,6 +427,95 @@ fn status_line(frame: &mut Frame<'_>, app: &App, area: Rect) {
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
+/// A QR code in half blocks, dark on light as scanners want it.
+fn qr_lines(text: &str) -> Vec<String> {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(qr) => qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build()
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn safety(frame: &mut Frame<'_>, app: &App, view: &SafetyView, area: Rect) {
+    frame.render_widget(Clear, area);
+    let title = format!(" Safety number with {} ", terminal_line(&view.address));
+    let inner = panel(frame, app, area, title, true);
+    let mut lines: Vec<Line<'static>> = vec![Line::raw("")];
+    let groups: Vec<&str> = view.safety_number.split(' ').collect();
+    for row in groups.chunks(4) {
+        lines.push(Line::styled(
+            format!("    {}", row.join("  ")),
+            Style::default().add_modifier(Modifier::BOLD),
+        ));
+    }
+    lines.push(Line::raw(""));
+    let (state, style) = if view.changed_since_verified {
+        (
+            format!(
+                "{}'s identity key CHANGED since you verified it: sending is blocked. Compare again, then v; or a accepts the change.",
+                terminal_line(&view.address)
+            ),
+            fg(app, Color::Red).add_modifier(Modifier::BOLD),
+        )
+    } else if view.verified {
+        ("verified: you compared this number with them".to_string(), fg(app, Color::Green))
+    } else {
+        ("not verified: compare these digits (or scan the code) with theirs, in person or on a call you trust; then press v".to_string(), Style::default())
+    };
+    for l in wrap(&state, inner.width as usize, 0, 0) {
+        lines.push(Line::styled(l, style));
+    }
+    lines.push(Line::styled("v mark verified   Esc back", dim()));
+    let qr = qr_lines(&view.qr_text);
+    let room = (inner.height as usize).saturating_sub(lines.len() + 1);
+    if qr.len() <= room {
+        lines.push(Line::raw(""));
+        lines.extend(qr.into_iter().map(Line::raw));
+    } else {
+        lines.push(Line::styled("(a taller terminal shows the QR code)", dim()));
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn devices(frame: &mut Frame<'_>, app: &App, list: &[DeviceView], selected: usize, area: Rect) {
+    frame.render_widget(Clear, area);
+    let inner = panel(frame, app, area, " Devices of this account ".to_string(), true);
+    let mut lines: Vec<Line<'static>> = Vec::new();
+    for (i, d) in list.iter().enumerate() {
+        let name = d.name.as_deref().map(terminal_line).unwrap_or_else(|| "(no name)".into());
+        let this = if d.this_device { " (this device)" } else { "" };
+        let seen = d
+            .last_seen
+            .map(|s| format!(", last seen {}", format_time(s * 1000)))
+            .unwrap_or_default();
+        let text = format!(
+            "{} {:>3}  {name}{this}  {}{seen}",
+            if i == selected { ">" } else { " " },
+            d.device_id,
+            d.state
+        );
+        let style = if i == selected {
+            Style::default().add_modifier(Modifier::REVERSED)
+        } else {
+            Style::default()
+        };
+        lines.push(Line::styled(text, style));
+    }
+    lines.push(Line::raw(""));
+    let keys = "j/k select   r revoke   w wipe (both ask first)   :link CODE approves a new \
+                device   Esc back";
+    lines
+        .extend(wrap(keys, inner.width as usize, 0, 0).into_iter().map(|l| Line::styled(l, dim())));
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
 /// Every key and command.
 pub fn help_lines() -> Vec<String> {
     let mut lines = vec![
@@ -425,28 +531,27 @@ pub fn help_lines() -> Vec<String> {
             .to_string(),
         "  :                a command (Tab completes)    ?  this help    q, Ctrl-C  quit"
             .to_string(),
+        "  S                the safety number with the open direct chat's contact".to_string(),
         String::new(),
         "Commands (MESSAGE: the #id shown after a message, or its start)".to_string(),
     ];
     for (name, args, what) in COMMANDS {
-        lines.push(format!("  :{name} {args:<18} {what}"));
+        lines.push(format!("  {:<28} {what}", format!(":{name} {args}")));
     }
     lines.push(String::new());
     lines.push(
         "Marks: … waiting  ✓ sent  ✓✓ delivered  ✓✓ read  ✗ not sent;  ^ pinned  ~ muted".into(),
     );
-    lines.push("Any key closes this help.".into());
+    lines.push("j/k, PgUp/PgDn scroll; any other key closes this help.".into());
     lines
 }
 
-fn help(frame: &mut Frame<'_>, app: &App, area: Rect) {
-    let block =
-        Block::default().borders(Borders::ALL).title(" Help ").border_style(border(app, true));
-    let inner = block.inner(area);
+fn help(frame: &mut Frame<'_>, app: &App, area: Rect, scroll: u16) {
     frame.render_widget(Clear, area);
-    frame.render_widget(block, area);
+    let inner = panel(frame, app, area, " Help (j/k scroll) ".to_string(), true);
     let lines: Vec<Line<'static>> = help_lines().into_iter().map(Line::raw).collect();
-    frame.render_widget(Paragraph::new(lines), inner);
+    let most = (lines.len() as u16).saturating_sub(inner.height);
+    frame.render_widget(Paragraph::new(lines).scroll((scroll.min(most), 0)), inner);
 }
 
 #[cfg(test)]
