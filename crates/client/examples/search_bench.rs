@@ -15,6 +15,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use std::time::Instant;
 
 use rusqlite::params;
@@ -59,23 +62,6 @@ impl Words {
     }
 }
 
-/// The home's database key, unwrapped from `keys.json` with the passphrase (the file's format
-/// is the contract; nothing of the client's internals is used).
-fn open_db(home: &std::path::Path) -> rusqlite::Connection {
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("keys.json")).expect("keys.json"))
-            .expect("key file");
-    let num = |k: &str| file[k].as_u64().expect("kdf parameter") as u32;
-    let cost = sotto_core::KdfCost { m_kib: num("m_kib"), t: num("t"), p: num("p") };
-    let salt = hex::decode(file["salt"].as_str().expect("salt")).expect("hex");
-    let kek = sotto_core::passphrase_key(PASSPHRASE.as_bytes(), &salt, cost).expect("kdf");
-    let wrapped = hex::decode(file["wrapped"].as_str().expect("wrapped")).expect("hex");
-    let key = sotto_core::open(&kek, b"sotto/v1/home-key", &wrapped).expect("unwraps");
-    let db = rusqlite::Connection::open(home.join("sotto.db")).expect("open db");
-    db.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(&key[..]))).expect("key");
-    db
-}
-
 /// Runs `f` `n` times; the median and 95th percentile in milliseconds.
 fn time(n: usize, mut f: impl FnMut() -> usize) -> (f64, f64, usize) {
     let mut samples = Vec::with_capacity(n);
@@ -90,26 +76,14 @@ fn time(n: usize, mut f: impl FnMut() -> usize) -> (f64, f64, usize) {
 }
 
 fn main() {
-    let mut messages = 100_000usize;
-    let mut chats = 50usize;
-    let mut out = std::path::PathBuf::from("bench-results");
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let value = args.next().expect("a value after each option");
-        match a.as_str() {
-            "--messages" => messages = value.parse().expect("number"),
-            "--chats" => chats = value.parse().expect("number"),
-            "--out" => out = value.into(),
-            other => panic!("unknown option {other}"),
-        }
-    }
+    let shared::Options { messages, chats, out } = shared::options();
     let world = common::World::new();
     let home = world._dir.path().join("alice");
     drop(world.client("alice"));
 
     // Fill: chats (left, so that listing them loads no MLS group) and their messages.
     let fill = Instant::now();
-    let mut db = open_db(&home);
+    let mut db = shared::open_db(&home, PASSPHRASE);
     let tx = db.transaction().expect("tx");
     let mut words = Words(0x9e37_79b9_7f4a_7c15);
     let base = 1_700_000_000_000i64;

@@ -210,7 +210,8 @@ CREATE TABLE device_names (
     // 13: conversations (content format 2): replies, mentions, edits (the winning edit's
     // sender time and id), deletions (tombstones), reactions, amendments that arrived before
     // their message, receipts, read state; chat flags and contacts' nicknames; full-text
-    // search over texts and file names, inside this same encrypted file.
+    // search over texts and file names, inside this same encrypted file; indexes for the chat
+    // list and for what a sync reports (without them each scanned every message).
     r#"
 ALTER TABLE messages ADD COLUMN reply_to TEXT;
 ALTER TABLE messages ADD COLUMN mentions TEXT;
@@ -221,6 +222,7 @@ ALTER TABLE messages ADD COLUMN read_at INTEGER;
 UPDATE messages SET read_at = received_at;
 CREATE INDEX messages_by_msg_id ON messages(msg_id);
 CREATE INDEX messages_summary ON messages(group_id, kind, sent_at, read_at, sender, deleted);
+CREATE INDEX messages_unreported ON messages(id) WHERE reported = 0;
 CREATE TABLE reactions (
     group_id BLOB NOT NULL,
     target TEXT NOT NULL,
