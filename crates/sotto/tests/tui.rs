@@ -158,7 +158,7 @@ fn main_screen_at_80_by_24() {
 #[test]
 fn main_screen_wide_with_a_warning() {
     let mut app = app();
-    app.banners.push("bob@example.org's identity key changed: compare safety numbers".into());
+    app.banners.push("bob@example.org's identity key changed (the account was recovered)".into());
     snapshot("main_120x30_warning.txt", &screen(&mut app, 120, 30));
 }
 
@@ -350,4 +350,46 @@ fn drafts_stay_with_their_chat() {
     app.on_key(Key::char('k'));
     app.on_key(Key::new(KeyCode::Enter));
     assert_eq!(app.composer, "half a thought");
+}
+
+#[test]
+fn file_paths_complete_and_transfers_show_a_bar() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["report-2026.pdf", "report-2025.pdf", "notes.txt"] {
+        std::fs::write(dir.path().join(name), b"x").expect("write");
+    }
+    std::fs::create_dir(dir.path().join("photos")).expect("dir");
+    let base = dir.path().display().to_string();
+    let complete = sotto::tui::app::complete_path;
+    assert_eq!(complete(&format!("file {base}/no")), Ok(format!("file {base}/notes.txt")));
+    assert_eq!(complete(&format!("file {base}/ph")), Ok(format!("file {base}/photos/")));
+    // Several fit: as far as they agree, then the candidates.
+    assert_eq!(complete(&format!("file {base}/rep")), Ok(format!("file {base}/report-202")));
+    assert_eq!(
+        complete(&format!("file {base}/report-202")),
+        Err(vec!["report-2025.pdf".to_string(), "report-2026.pdf".to_string()])
+    );
+    assert_eq!(complete(&format!("file {base}/nothing")), Err(Vec::new()));
+    // Through the `:` line.
+    let mut app = app();
+    app.focus = Focus::Conversation;
+    app.on_key(Key::char(':'));
+    type_text(&mut app, &format!("file {base}/no"));
+    app.on_key(Key::new(KeyCode::Tab));
+    assert_eq!(app.command, Some(format!("file {base}/notes.txt")));
+
+    app.command = None;
+    app.on_event(sotto_client::engine::Event::Progress {
+        transfer: "upload".into(),
+        done: 1 << 29,
+        total: 1 << 31,
+    });
+    let shown = screen(&mut app, 100, 24);
+    assert!(shown.contains("upload [=====               ] 25% of 2147483648 bytes"), "{shown}");
+    app.on_event(sotto_client::engine::Event::Progress {
+        transfer: "upload".into(),
+        done: 1 << 31,
+        total: 1 << 31,
+    });
+    assert!(!screen(&mut app, 100, 24).contains("upload ["));
 }

@@ -127,8 +127,10 @@ pub struct Status {
     pub connection: String,
     /// The last error, until the next key.
     pub error: Option<String>,
-    /// The last notice or progress.
+    /// The last notice.
     pub info: Option<String>,
+    /// A file transfer under way: `upload` or `download`, bytes done, bytes in all.
+    pub progress: Option<(String, u64, u64)>,
 }
 
 /// The whole state of the terminal client.
@@ -178,6 +180,59 @@ fn alarming(text: &str) -> bool {
     ["identity key changed", "untrusted", "revoked", "wiped", "did not arrive", "held back"]
         .iter()
         .any(|w| text.contains(w))
+}
+
+/// The command that deals with a warning, shown with it.
+pub fn remedy(text: &str) -> String {
+    if let Some(i) = text.find("'s identity key changed") {
+        let address = text[..i].rsplit(' ').next().unwrap_or("ADDRESS");
+        format!(":safety {address}")
+    } else if text.contains("identity key changed") {
+        ":safety ADDRESS".into()
+    } else if text.contains("revoked") || text.contains("wiped") {
+        ":devices".into()
+    } else {
+        String::new()
+    }
+}
+
+/// Completes the last path of a `:file` or `:download` line from the file system: the
+/// completed line, or the candidates when several fit.
+pub fn complete_path(line: &str) -> Result<String, Vec<String>> {
+    let Some((head, path)) = line.rsplit_once(' ') else { return Err(Vec::new()) };
+    let (dir, prefix) = match path.rfind('/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => ("", path),
+    };
+    let listed = if dir.is_empty() { "." } else { dir };
+    let Ok(entries) = std::fs::read_dir(listed) else { return Err(Vec::new()) };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let slash = if e.file_type().is_ok_and(|t| t.is_dir()) { "/" } else { "" };
+            name.starts_with(prefix).then(|| format!("{name}{slash}"))
+        })
+        .collect();
+    names.sort();
+    match names.as_slice() {
+        [] => Err(Vec::new()),
+        [one] => Ok(format!("{head} {dir}{one}")),
+        many => {
+            // As far as every candidate agrees.
+            let first = &many[0];
+            let common = (0..=first.len())
+                .rev()
+                .filter(|&n| first.is_char_boundary(n))
+                .find(|&n| many.iter().all(|m| m.starts_with(&first[..n])))
+                .unwrap_or(0);
+            if common > prefix.len() {
+                Ok(format!("{head} {dir}{}", &first[..common]))
+            } else {
+                Err(many.to_vec())
+            }
+        }
+    }
 }
 
 impl App {
@@ -602,6 +657,16 @@ impl App {
             KeyCode::Backspace => {
                 line.pop();
             }
+            KeyCode::Tab if line.starts_with("file ") || line.starts_with("download ") => {
+                match complete_path(line) {
+                    Ok(completed) => *line = completed,
+                    Err(many) if !many.is_empty() => {
+                        let shown: Vec<String> = many.into_iter().take(12).collect();
+                        self.status.info = Some(shown.join("  "));
+                    }
+                    Err(_) => {}
+                }
+            }
             KeyCode::Tab if !line.contains(' ') => {
                 let matching: Vec<&str> = COMMANDS
                     .iter()
@@ -885,8 +950,7 @@ impl App {
                 };
             }
             Event::Progress { transfer, done, total } => {
-                let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
-                self.status.info = Some(format!("{transfer}: {pct}% of {total} bytes"));
+                self.status.progress = (done < total).then_some((transfer, done, total));
             }
         }
         out

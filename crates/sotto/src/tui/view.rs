@@ -231,10 +231,26 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Drawn {
             return Drawn::default();
         }
     }
+    // Warnings that cannot be missed span the whole width, above the list and the chat.
+    let banner = if app.banners.is_empty() { 0 } else { 1 };
     let rows = Layout::default()
         .direction(Direction::Vertical)
-        .constraints([Constraint::Min(3), Constraint::Length(1)])
+        .constraints([Constraint::Length(banner), Constraint::Min(3), Constraint::Length(1)])
         .split(area);
+    if let Some(text) = app.banners.first() {
+        let more = if app.banners.len() > 1 {
+            format!(" (+{})", app.banners.len() - 1)
+        } else {
+            String::new()
+        };
+        let fix = crate::tui::app::remedy(text);
+        let fix =
+            if fix.is_empty() { String::new() } else { format!(" → {}", terminal_line(&fix)) };
+        let line = format!("⚠ {}{fix}{more} (Esc dismisses)", terminal_line(text));
+        let style = fg(app, Color::Red).add_modifier(Modifier::BOLD | Modifier::REVERSED);
+        frame.render_widget(Paragraph::new(Line::styled(line, style)), rows[0]);
+    }
+    let rows = [rows[1], rows[2]];
     let list_width = (area.width / 3).clamp(16, 30);
     let cols = Layout::default()
         .direction(Direction::Horizontal)
@@ -339,18 +355,7 @@ fn conversation(frame: &mut Frame<'_>, app: &App, area: Rect) -> Drawn {
         }
         (None, _) => " Sotto ".to_string(),
     };
-    let mut inner = panel(frame, app, area, title, app.focus == Focus::Conversation);
-    // Warnings that cannot be missed come first.
-    if !app.banners.is_empty() && inner.height > 2 {
-        let text = format!("⚠ {} (Esc dismisses)", terminal_line(&app.banners[0]));
-        let banner = Paragraph::new(Line::styled(
-            text,
-            fg(app, Color::Red).add_modifier(Modifier::BOLD | Modifier::REVERSED),
-        ));
-        frame.render_widget(banner, Rect { height: 1, ..inner });
-        inner.y += 1;
-        inner.height -= 1;
-    }
+    let inner = panel(frame, app, area, title, app.focus == Focus::Conversation);
     if app.open.is_none() {
         let hint = vec![
             Line::raw("Pick a chat on the left (j/k or arrows, Enter),"),
@@ -419,6 +424,16 @@ fn status_line(frame: &mut Frame<'_>, app: &App, area: Rect) {
         Span::raw(terminal_line(&app.me)),
         Span::styled(" │ ", dim()),
     ];
+    if let Some((transfer, done, total)) = &app.status.progress {
+        let filled = (done.saturating_mul(20) / (*total).max(1)) as usize;
+        let pct = done.saturating_mul(100) / (*total).max(1);
+        spans.push(Span::raw(format!(
+            "{transfer} [{}{}] {pct}% of {} bytes  ",
+            "=".repeat(filled.min(20)),
+            " ".repeat(20 - filled.min(20)),
+            total
+        )));
+    }
     match (&app.status.error, &app.status.info) {
         (Some(e), _) => spans.push(Span::styled(terminal_line(e), fg(app, Color::Red))),
         (None, Some(i)) => spans.push(Span::raw(terminal_line(i))),
