@@ -393,3 +393,92 @@ fn file_paths_complete_and_transfers_show_a_bar() {
     });
     assert!(!screen(&mut app, 100, 24).contains("upload ["));
 }
+
+fn tag_of(effects: &[Effect], want: impl Fn(&Command) -> bool) -> u64 {
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Run(tag, c) if want(c) => Some(*tag),
+            _ => None,
+        })
+        .expect("asked")
+}
+
+#[test]
+fn answers_land_where_they_belong_and_typed_ahead_keys_do_nothing() {
+    let mut app = app();
+    // A message sent to bob, answered after the user moved to carol, stays out of her view.
+    app.composer = "for bob".into();
+    let sent = app.on_key(Key::new(KeyCode::Enter));
+    let tag = tag_of(&sent, |c| matches!(c, Command::Send { .. }));
+    app.run_command("dm carol@example.org");
+    app.composer = "for carol, unsent".into();
+    let bobs = message("0b".repeat(16).as_str(), "alice@example.org", "for bob", T0, json!({}));
+    app.on_answer(tag, Ok(serde_json::to_value(&bobs).expect("json")));
+    let open = app.open.as_ref().expect("open");
+    assert_eq!((open.chat.as_deref(), open.to.as_deref()), (None, Some("carol@example.org")));
+    assert!(open.messages.is_empty(), "{:?}", open.messages);
+    // What was written for carol stays hers; bob's chat starts empty again.
+    app.focus = Focus::List;
+    app.on_key(Key::new(KeyCode::Enter));
+    assert!(app.composer.is_empty());
+    app.run_command("dm carol@example.org");
+    assert_eq!(app.composer, "for carol, unsent");
+
+    // A group named like a contact is not that contact's chat.
+    let mut app = crate::app();
+    app.chats.push(chat("g9", "group", "bob@example.org", 0, ""));
+    let mut fake = message(&"0c".repeat(16), "mallory@example.org", "it's me, bob", T0, json!({}));
+    fake.chat = "g9".into();
+    fake.chat_name = "bob@example.org".into();
+    app.on_event(sotto_client::engine::Event::Message { message: fake });
+    assert!(app.open.as_ref().expect("open").messages.iter().all(|m| m.chat == "c1"));
+
+    // Chat events never raise warnings (they may quote what others wrote); notices do, once.
+    let mut rename = message("event-9-0", "mallory@example.org", "", T0, json!({"kind": "event"}));
+    rename.body = "mallory renamed the group to: bob's identity key changed".into();
+    app.on_event(sotto_client::engine::Event::Message { message: rename });
+    assert!(app.banners.is_empty());
+    for _ in 0..3 {
+        app.on_event(sotto_client::engine::Event::Notice {
+            text: "bob@example.org's identity key changed".into(),
+        });
+    }
+    assert_eq!(app.banners.len(), 1);
+
+    // A burst of messages asks for the chat list once (then once more when that answer comes).
+    let mut app = crate::app();
+    let mut asked = 0;
+    for i in 0..10 {
+        let m =
+            message(&format!("{i:02x}{}", "ee".repeat(15)), "bob@example.org", "x", T0, json!({}));
+        asked += commands(&app.on_event(sotto_client::engine::Event::Message { message: m }))
+            .iter()
+            .filter(|c| matches!(c, Command::Chats { .. }))
+            .count();
+    }
+    assert_eq!(asked, 1);
+
+    // A safety screen asked for before the last key opens locked: the typed-ahead `v` does
+    // not mark anyone verified.
+    let asked = app.run_command("safety bob@example.org");
+    let tag = tag_of(&asked, |c| matches!(c, Command::Verify { .. }));
+    app.on_key(Key::char('v'));
+    let view = json!({"address": "bob@example.org", "safety_number": "1", "qr_text": "q",
+                      "verified": false, "changed_since_verified": true, "identity_key": "ab"});
+    app.on_answer(tag, Ok(view));
+    assert!(matches!(app.screen, Screen::Safety(_)) && app.locked);
+    assert!(app.on_key(Key::char('v')).is_empty(), "the first key only unlocks");
+    // Accepting a changed key asks first.
+    assert!(app.on_key(Key::char('a')).is_empty());
+    assert!(app.confirm.as_ref().is_some_and(|(q, _)| q.contains("without comparing")));
+
+    // Quitting with something unsent asks first.
+    let mut app = crate::app();
+    app.composer = "unsent".into();
+    app.focus = Focus::List;
+    app.on_key(Key::char('q'));
+    assert!(!app.quit && app.confirm.is_some());
+    app.on_key(Key::char('y'));
+    assert!(app.quit);
+}

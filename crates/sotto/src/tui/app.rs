@@ -13,6 +13,9 @@ use crate::tui::keys::{Key, KeyCode};
 /// Messages loaded at a time (the first screen, then each page back).
 pub const PAGE: usize = 100;
 
+/// Warnings kept waiting at most (the oldest goes first).
+const MAX_BANNERS: usize = 5;
+
 /// The `:` commands, for completion and the help screen: (name, arguments, what it does).
 pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("dm", "ADDRESS", "open (or start) the direct chat with ADDRESS"),
@@ -69,6 +72,15 @@ pub enum Screen {
     Devices(Vec<DeviceView>, usize),
 }
 
+/// What a `y` to a question does.
+#[derive(Debug)]
+pub enum Confirmed {
+    /// Run this command.
+    Run(Command),
+    /// Quit (with unsent drafts).
+    Quit,
+}
+
 /// What the app asks of the engine: a command, whose answer comes back to
 /// [`App::on_answer`] with the same tag; or a terminal bell.
 #[derive(Debug)]
@@ -91,12 +103,21 @@ enum Asked {
     Search {
         chat: String,
     },
-    /// A safety number.
-    Safety,
+    /// A safety number; `keys`: how many keys had been pressed when it was asked.
+    Safety {
+        keys: u64,
+    },
     /// The device list (or something that changes it).
-    Devices,
-    /// A message sent from the composer.
-    Send,
+    Devices {
+        keys: u64,
+    },
+    /// A message sent from the composer to this chat (or, starting one, this address).
+    Send {
+        chat: Option<String>,
+        to: Option<String>,
+    },
+    /// Marking a chat read: nothing to show.
+    Read,
     /// Anything else: what to say when it is done.
     Other(&'static str),
 }
@@ -162,8 +183,16 @@ pub struct App {
     pub status: Status,
     /// Warnings that stay until dismissed (a key changed, a lying server, a device lost).
     pub banners: Vec<String>,
-    /// A question waiting for `y` (anything else cancels), and what `y` runs.
-    pub confirm: Option<(String, Command)>,
+    /// A question waiting for `y` (anything else cancels), and what `y` does.
+    pub confirm: Option<(String, Confirmed)>,
+    /// Keys pressed so far (a screen asked for before the last key opens locked: what was
+    /// typed ahead must not answer it).
+    keys: u64,
+    /// Whether action keys on the open safety or devices screen are ignored until one key
+    /// unlocks it.
+    pub locked: bool,
+    /// The chat list is to be asked for again once the answer in flight arrives.
+    chats_dirty: bool,
     /// Unsent texts of chats left, by chat id.
     drafts: HashMap<String, String>,
     /// Set once the user asked to quit.
@@ -253,6 +282,9 @@ impl App {
             status: Status { connection: "connecting".into(), ..Status::default() },
             banners: Vec::new(),
             confirm: None,
+            keys: 0,
+            locked: false,
+            chats_dirty: false,
             drafts: HashMap::new(),
             quit: false,
             page_lines: 20,
@@ -264,7 +296,7 @@ impl App {
 
     /// What to ask first.
     pub fn start(&mut self) -> Vec<Effect> {
-        vec![self.ask(Asked::Chats, Command::Chats { all: true })]
+        self.ask_chats()
     }
 
     fn ask(&mut self, what: Asked, command: Command) -> Effect {
@@ -272,6 +304,16 @@ impl App {
         self.next_tag += 1;
         self.asked.insert(tag, what);
         Effect::Run(tag, command)
+    }
+
+    /// Asks for the chat list, unless an answer to that is on its way: then once more after
+    /// it (a burst of messages asks once or twice, not once per message).
+    fn ask_chats(&mut self) -> Vec<Effect> {
+        if self.asked.values().any(|a| matches!(a, Asked::Chats)) {
+            self.chats_dirty = true;
+            return Vec::new();
+        }
+        vec![self.ask(Asked::Chats, Command::Chats { all: true })]
     }
 
     fn other(&mut self, done: &'static str, command: Command) -> Effect {
@@ -293,17 +335,27 @@ impl App {
             .collect()
     }
 
-    fn open_chat(&mut self, chat: &ChatSummary) -> Vec<Effect> {
-        // What was being written stays with its chat.
-        if let Some(id) = self.open_id().map(str::to_owned) {
+    /// Keeps what was being written with the chat it was written in, and takes up what was
+    /// written in `next` (a chat id, or `to:ADDRESS` for a direct chat not started yet).
+    fn switch_draft(&mut self, next: &str) {
+        let current = self
+            .open
+            .as_ref()
+            .and_then(|o| o.chat.clone().or_else(|| o.to.as_ref().map(|t| format!("to:{t}"))));
+        if let Some(key) = current {
             let draft = std::mem::take(&mut self.composer);
             if draft.is_empty() {
-                self.drafts.remove(&id);
+                self.drafts.remove(&key);
             } else {
-                self.drafts.insert(id, draft);
+                self.drafts.insert(key, draft);
             }
         }
-        self.composer = self.drafts.remove(&chat.id).unwrap_or_default();
+        self.composer = self.drafts.remove(next).unwrap_or_default();
+        self.reply_to = None;
+    }
+
+    fn open_chat(&mut self, chat: &ChatSummary) -> Vec<Effect> {
+        self.switch_draft(&chat.id);
         self.open = Some(Open {
             chat: Some(chat.id.clone()),
             to: None,
@@ -319,7 +371,7 @@ impl App {
         let mut out =
             vec![self.ask(Asked::History { chat: chat.id.clone(), older: false }, history)];
         if chat.unread > 0 {
-            out.push(self.other("", Command::Read { chat: chat.id.clone() }));
+            out.push(self.ask(Asked::Read, Command::Read { chat: chat.id.clone() }));
         }
         out
     }
@@ -337,11 +389,19 @@ impl App {
     /// Whether a message belongs to the open conversation (a direct conversation may span
     /// two chats with the same account).
     fn in_open(&self, m: &MessageView) -> bool {
-        match (self.open_id(), self.open_summary()) {
-            (Some(id), _) if m.chat == id => true,
-            (_, Some(c)) if c.kind == "direct" => {
-                c.peer.as_deref() == Some(m.chat_name.as_str()) || c.title == m.chat_name
-            }
+        if self.open_id() == Some(m.chat.as_str()) {
+            return true;
+        }
+        // Another chat of the same direct conversation: both known as direct chats with the
+        // same account (a group named like a contact is not one).
+        let direct_peer = |id: &str| {
+            self.chats
+                .iter()
+                .find(|c| c.id == id && c.kind == "direct")
+                .and_then(|c| c.peer.clone())
+        };
+        match (self.open_id().and_then(direct_peer), direct_peer(&m.chat)) {
+            (Some(a), Some(b)) => a == b,
             _ => false,
         }
     }
@@ -355,11 +415,22 @@ impl App {
             self.quit = true;
             return Vec::new();
         }
-        if let Some((_, command)) = self.confirm.take() {
+        self.keys += 1;
+        if let Some((_, confirmed)) = self.confirm.take() {
             if key.code == KeyCode::Char('y') {
-                return vec![self.other("done", command)];
+                return match confirmed {
+                    Confirmed::Run(command) => vec![self.other("done", command)],
+                    Confirmed::Quit => {
+                        self.quit = true;
+                        Vec::new()
+                    }
+                };
             }
             self.status.info = Some("cancelled".into());
+            return Vec::new();
+        }
+        if self.locked && matches!(self.screen, Screen::Safety(_) | Screen::Devices(..)) {
+            self.locked = false;
             return Vec::new();
         }
         match &mut self.screen {
@@ -383,10 +454,17 @@ impl App {
                     expect: None,
                     accept_change,
                 };
+                let keys = self.keys;
                 return match key.code {
-                    KeyCode::Char('v') => vec![self.ask(Asked::Safety, verify(true, false))],
+                    KeyCode::Char('v') => {
+                        vec![self.ask(Asked::Safety { keys }, verify(true, false))]
+                    }
                     KeyCode::Char('a') if changed => {
-                        vec![self.ask(Asked::Safety, verify(false, true))]
+                        self.confirm = Some((
+                            format!("accept {address}'s new key without comparing? (y/n)"),
+                            Confirmed::Run(verify(false, true)),
+                        ));
+                        Vec::new()
                     }
                     _ => {
                         self.screen = Screen::Main;
@@ -456,7 +534,7 @@ impl App {
             KeyCode::Char(':') => self.command = Some(String::new()),
             KeyCode::Char('?') | KeyCode::F(1) => self.screen = Screen::Help(0),
             KeyCode::Char('S') => return Some(self.run_command("safety")),
-            KeyCode::Char('q') => self.quit = true,
+            KeyCode::Char('q') => self.ask_quit(),
             KeyCode::Char('i') if self.open.is_some() => self.focus = Focus::Composer,
             KeyCode::Esc => {
                 // Leaving search results, or dismissing the oldest warning.
@@ -633,7 +711,8 @@ impl App {
         if let Some(open) = &mut self.open {
             open.scroll = 0;
         }
-        vec![self.ask(Asked::Send, Command::Send { to, group, text, reply_to })]
+        let asked = Asked::Send { chat: group.clone(), to: to.clone() };
+        vec![self.ask(asked, Command::Send { to, group, text, reply_to })]
     }
 
     fn leave_search(&mut self) -> Vec<Effect> {
@@ -708,7 +787,7 @@ impl App {
             }
         };
         match name {
-            "q" | "quit" => self.quit = true,
+            "q" | "quit" => self.ask_quit(),
             "help" | "h" => self.screen = Screen::Help(0),
             "dm" => match args.first() {
                 Some(address) => return self.dm(address),
@@ -825,7 +904,7 @@ impl App {
                             expect: None,
                             accept_change: false,
                         };
-                        return vec![self.ask(Asked::Safety, command)];
+                        return vec![self.ask(Asked::Safety { keys: self.keys }, command)];
                     }
                     None => {
                         self.status.error =
@@ -833,24 +912,26 @@ impl App {
                     }
                 }
             }
-            "devices" => return vec![self.ask(Asked::Devices, Command::DevicesList)],
+            "devices" => {
+                return vec![self.ask(Asked::Devices { keys: self.keys }, Command::DevicesList)];
+            }
             "link" if !args.is_empty() => {
                 let command =
                     Command::DevicesLink { code: args[0].clone(), name: args.get(1).cloned() };
                 self.status.info = Some("approving the new device…".into());
-                return vec![self.ask(Asked::Devices, command)];
+                return vec![self.ask(Asked::Devices { keys: self.keys }, command)];
             }
             "revoke" | "wipe" if !args.is_empty() => match args[0].parse::<u64>() {
                 Ok(device) => {
                     self.confirm = Some(if name == "revoke" {
                         (
                             format!("revoke device {device}? it loses every chat (y/n)"),
-                            Command::DevicesRevoke { device },
+                            Confirmed::Run(Command::DevicesRevoke { device }),
                         )
                     } else {
                         (
                             format!("wipe device {device}? it is revoked and erases itself (y/n)"),
-                            Command::DevicesWipe { device },
+                            Confirmed::Run(Command::DevicesWipe { device }),
                         )
                     });
                 }
@@ -877,6 +958,7 @@ impl App {
             return self.open_chat(&chat);
         }
         // Started by the first message.
+        self.switch_draft(&format!("to:{address}"));
         self.open = Some(Open {
             chat: None,
             to: Some(address.to_string()),
@@ -888,6 +970,26 @@ impl App {
         });
         self.focus = Focus::Composer;
         Vec::new()
+    }
+
+    /// Quits, after asking if unsent drafts would be lost.
+    fn ask_quit(&mut self) {
+        if self.composer.trim().is_empty() && self.drafts.values().all(|d| d.trim().is_empty()) {
+            self.quit = true;
+        } else {
+            self.confirm =
+                Some(("quit? what you were writing is not kept (y/n)".into(), Confirmed::Quit));
+        }
+    }
+
+    /// Raises a warning banner (once, and at most a few waiting).
+    fn warn(&mut self, text: &str) {
+        if !self.banners.iter().any(|b| b == text) {
+            self.banners.push(text.to_string());
+        }
+        if self.banners.len() > MAX_BANNERS {
+            self.banners.remove(0);
+        }
     }
 
     // ---- the engine ----
@@ -903,9 +1005,6 @@ impl App {
                 if !ours && !muted && matches!(message.kind.as_str(), "text" | "file") {
                     out.push(Effect::Bell);
                 }
-                if message.kind == "event" && alarming(&message.body) {
-                    self.banners.push(message.body.clone());
-                }
                 if self.in_open(&message) {
                     let open_id = self.open_id().map(str::to_owned);
                     if let Some(open) = &mut self.open
@@ -917,11 +1016,11 @@ impl App {
                     {
                         open.messages.push(message);
                         if let Some(chat) = open_id {
-                            out.push(self.other("", Command::Read { chat }));
+                            out.push(self.ask(Asked::Read, Command::Read { chat }));
                         }
                     }
                 }
-                out.push(self.ask(Asked::Chats, Command::Chats { all: true }));
+                out.extend(self.ask_chats());
             }
             Event::Delivery { message } => {
                 if let Some(open) = &mut self.open
@@ -933,10 +1032,12 @@ impl App {
                     *m = message;
                 }
             }
-            Event::Chat { .. } => out.push(self.ask(Asked::Chats, Command::Chats { all: true })),
+            Event::Chat { .. } => out.extend(self.ask_chats()),
             Event::Notice { text } => {
+                // Notices are this client's own words (chat events may quote what others
+                // wrote, so they never raise one).
                 if alarming(&text) {
-                    self.banners.push(text.clone());
+                    self.warn(&text);
                 }
                 self.status.info = Some(text);
             }
@@ -962,34 +1063,52 @@ impl App {
         let value = match answer {
             Ok(v) => v,
             Err(e) => {
-                if let (Asked::Send, Error::Queued { .. }) = (&asked, &e) {
+                if let (Asked::Send { .. }, Error::Queued { .. }) = (&asked, &e) {
                     self.status.info = Some(format!("kept, to be sent: {e}"));
                     return self.refresh_open();
                 }
                 self.status.error = Some(e.to_string());
-                if alarming(&e.to_string()) || matches!(e, Error::IdentityChanged(_)) {
-                    self.banners.push(e.to_string());
+                if matches!(e, Error::IdentityChanged(_) | Error::Untrusted(_) | Error::Revoked(_))
+                {
+                    self.warn(&e.to_string());
+                }
+                // A page that does not load is not asked for again and again.
+                if let (Asked::History { older: true, .. }, Some(open)) = (&asked, &mut self.open) {
+                    open.more_before = false;
                 }
                 return Vec::new();
             }
         };
         match asked {
             Asked::Chats => {
+                let mut out = Vec::new();
+                if std::mem::take(&mut self.chats_dirty) {
+                    out.extend(self.ask_chats());
+                }
                 if let Ok(chats) = serde_json::from_value::<Vec<ChatSummary>>(value) {
+                    // The selection follows its chat when the list reorders.
+                    let selected = self.visible().get(self.selected).map(|c| c.id.clone());
                     self.chats = chats;
-                    let n = self.visible().len();
-                    self.selected = self.selected.min(n.saturating_sub(1));
+                    let visible = self.visible();
+                    let n = visible.len();
+                    self.selected = selected
+                        .and_then(|id| visible.iter().position(|c| c.id == id))
+                        .unwrap_or(self.selected)
+                        .min(n.saturating_sub(1));
                     // A direct chat started from `:dm` has an id now.
                     if let Some(open) = &mut self.open
                         && open.chat.is_none()
                         && let Some(to) = &open.to
-                        && let Some(c) = self.chats.iter().find(|c| c.peer.as_ref() == Some(to))
+                        && let Some(c) = self
+                            .chats
+                            .iter()
+                            .find(|c| c.kind == "direct" && c.peer.as_ref() == Some(to))
                     {
                         open.chat = Some(c.id.clone());
                         open.title = c.title.clone();
                     }
                 }
-                Vec::new()
+                out
             }
             Asked::History { chat, older } => {
                 let Ok(page) = serde_json::from_value::<Vec<MessageView>>(value) else {
@@ -1023,25 +1142,32 @@ impl App {
                 }
                 Vec::new()
             }
-            Asked::Safety => {
+            Asked::Safety { keys } => {
                 match serde_json::from_value::<SafetyView>(value) {
-                    Ok(view) => self.screen = Screen::Safety(view),
+                    Ok(view) => {
+                        self.locked = self.keys != keys;
+                        self.screen = Screen::Safety(view);
+                    }
                     Err(e) => self.status.error = Some(format!("an unexpected answer: {e}")),
                 }
                 Vec::new()
             }
-            Asked::Devices => match serde_json::from_value::<Vec<DeviceView>>(value) {
+            Asked::Devices { keys } => match serde_json::from_value::<Vec<DeviceView>>(value) {
                 Ok(list) => {
+                    self.locked = self.keys != keys;
                     self.screen = Screen::Devices(list, 0);
                     Vec::new()
                 }
                 // Linking answers with what it did; the list follows.
-                Err(_) => vec![self.ask(Asked::Devices, Command::DevicesList)],
+                Err(_) => vec![self.ask(Asked::Devices { keys }, Command::DevicesList)],
             },
-            Asked::Send => {
+            Asked::Read => Vec::new(),
+            Asked::Send { chat, to } => {
                 let mut out = Vec::new();
+                // Shown only if the chat it went to is still the one open.
                 if let Ok(m) = serde_json::from_value::<MessageView>(value)
                     && let Some(open) = &mut self.open
+                    && (chat.is_some() && open.chat == chat || to.is_some() && open.to == to)
                 {
                     if open.chat.is_none() {
                         open.chat = Some(m.chat.clone());
@@ -1050,7 +1176,7 @@ impl App {
                         open.messages.push(m);
                     }
                 }
-                out.push(self.ask(Asked::Chats, Command::Chats { all: true }));
+                out.extend(self.ask_chats());
                 out
             }
             Asked::Other(done) => {
@@ -1058,7 +1184,7 @@ impl App {
                     self.status.info = Some(done.to_string());
                 }
                 let mut out = self.refresh_open();
-                out.push(self.ask(Asked::Chats, Command::Chats { all: true }));
+                out.extend(self.ask_chats());
                 out
             }
         }

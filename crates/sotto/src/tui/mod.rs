@@ -46,6 +46,9 @@ impl Drop for Restore {
     }
 }
 
+/// Notes from the engine taken in per turn (a flood must not starve the keyboard).
+const NOTES_PER_TURN: usize = 256;
+
 /// Runs the terminal client on an open home until the user quits (or the device is revoked).
 pub fn run(client: Client) -> Result<(), Error> {
     let me = client.account().address;
@@ -66,6 +69,13 @@ pub fn run(client: Client) -> Result<(), Error> {
         })
         .map_err(io)?;
 
+    // A panic gives the terminal back before its message is printed (in raw mode, on the
+    // alternate screen, it would be lost).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        drop(Restore);
+        default_hook(info);
+    }));
     terminal::enable_raw_mode().map_err(io)?;
     let restore = Restore;
     execute!(
@@ -78,6 +88,7 @@ pub fn run(client: Client) -> Result<(), Error> {
     let mut term = Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(io)?;
 
     let mut app = App::new(&me, color);
+    let rang = std::cell::Cell::new(false);
     let perform = |effects: Vec<Effect>| {
         for effect in effects {
             match effect {
@@ -88,11 +99,14 @@ pub fn run(client: Client) -> Result<(), Error> {
                     });
                     let _ = inputs_tx.send(Input::Command(command, reply));
                 }
-                Effect::Bell => {
+                // Once per turn, however many messages arrived in it.
+                Effect::Bell if !rang.get() => {
+                    rang.set(true);
                     let mut out = std::io::stdout();
                     let _ = out.write_all(b"\x07");
                     let _ = out.flush();
                 }
+                Effect::Bell => {}
             }
         }
     };
@@ -100,8 +114,9 @@ pub fn run(client: Client) -> Result<(), Error> {
     let mut outcome = Ok(());
     let mut dirty = true;
     while !app.quit {
-        // Everything the engine said since the last turn.
-        while let Ok(note) = notes_rx.try_recv() {
+        rang.set(false);
+        // What the engine said since the last turn (at most so much of it).
+        for note in notes_rx.try_iter().take(NOTES_PER_TURN) {
             dirty = true;
             match note {
                 Note::Event(e) => perform(app.on_event(*e)),
@@ -113,6 +128,10 @@ pub fn run(client: Client) -> Result<(), Error> {
             }
         }
         if app.quit {
+            break;
+        }
+        if engine_thread.is_finished() {
+            outcome = Err(Error::Internal("the client engine stopped"));
             break;
         }
         if dirty {

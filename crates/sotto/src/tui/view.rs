@@ -28,6 +28,9 @@ fn text_width(s: &str) -> usize {
     Span::raw(s).width()
 }
 
+/// Lines of one message drawn at most.
+const MAX_LINES_PER_MESSAGE: usize = 200;
+
 /// What the last drawing found, for the app to clamp its scrolling with.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Drawn {
@@ -143,7 +146,8 @@ fn message_lines(app: &App, m: &MessageView, width: usize, lines: &mut Vec<Line<
     } else {
         terminal_line(m.sender_name.as_deref().unwrap_or(&m.sender))
     };
-    let id: String = m.id.chars().take(8).collect();
+    // Ids are checked when messages arrive; what reaches the terminal is made safe anyway.
+    let id: String = terminal_line(&m.id.chars().take(8).collect::<String>());
     let body = if m.deleted {
         "(deleted)".to_string()
     } else if let Some(f) = &m.file {
@@ -167,7 +171,16 @@ fn message_lines(app: &App, m: &MessageView, width: usize, lines: &mut Vec<Line<
     let mut first = true;
     let body_style =
         if m.deleted { dim().add_modifier(Modifier::ITALIC) } else { Style::default() };
+    // A message of thousands of lines shows its start (history and search have all of it).
+    let mut shown_lines = 0;
     for source in body.split('\n') {
+        if shown_lines >= MAX_LINES_PER_MESSAGE {
+            lines.push(Line::styled(
+                format!("{pad}… (longer: :search or the CLI's history)"),
+                dim(),
+            ));
+            break;
+        }
         let start = if first { head_width } else { 6 };
         for (i, l) in wrap(&terminal_line(source), width, start, 6).into_iter().enumerate() {
             let mut spans = Vec::new();
@@ -180,6 +193,7 @@ fn message_lines(app: &App, m: &MessageView, width: usize, lines: &mut Vec<Line<
             }
             spans.push(Span::styled(l, body_style));
             lines.push(Line::from(spans));
+            shown_lines += 1;
         }
         first = false;
     }
@@ -257,7 +271,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> Drawn {
         .constraints([Constraint::Length(list_width), Constraint::Min(20)])
         .split(rows[0]);
     chat_list(frame, app, cols[0]);
-    let composer_height = (app.composer.lines().count().max(1) as u16 + 2).min(8);
+    let composer_height = app.composer.lines().count().clamp(1, 6) as u16 + 2;
     let right = Layout::default()
         .direction(Direction::Vertical)
         .constraints([Constraint::Min(3), Constraint::Length(composer_height)])
@@ -322,8 +336,7 @@ fn chat_list(frame: &mut Frame<'_>, app: &App, area: Rect) {
             Span::styled(format!(" {flags}"), dim()),
         ]));
         let preview = c.preview.as_deref().map(terminal_line).unwrap_or_default();
-        let preview: String =
-            preview.replace('\n', " ").chars().take(width.saturating_sub(2)).collect();
+        let preview: String = preview.chars().take(width.saturating_sub(2)).collect();
         lines.push(Line::styled(format!("  {preview}"), dim()));
     }
     if visible.is_empty() {
@@ -508,7 +521,7 @@ fn devices(frame: &mut Frame<'_>, app: &App, list: &[DeviceView], selected: usiz
         let this = if d.this_device { " (this device)" } else { "" };
         let seen = d
             .last_seen
-            .map(|s| format!(", last seen {}", format_time(s * 1000)))
+            .map(|s| format!(", last seen {}", format_time(s.saturating_mul(1000))))
             .unwrap_or_default();
         let text = format!(
             "{} {:>3}  {name}{this}  {}{seen}",
