@@ -139,7 +139,7 @@ fn commands(effects: &[Effect]) -> Vec<&Command> {
         .iter()
         .filter_map(|e| match e {
             Effect::Run(_, c) => Some(c),
-            Effect::Bell => None,
+            Effect::Bell | Effect::Notify(_) => None,
         })
         .collect()
 }
@@ -481,4 +481,24 @@ fn answers_land_where_they_belong_and_typed_ahead_keys_do_nothing() {
     assert!(!app.quit && app.confirm.is_some());
     app.on_key(Key::char('y'));
     assert!(app.quit);
+}
+
+#[test]
+fn a_message_rings_and_notifies_with_the_chat_name_only() {
+    let mut app = app();
+    let m = message(&"0d".repeat(16), "bob@example.org", "the secret plan", T0, json!({}));
+    let effects = app.on_event(sotto_client::engine::Event::Message { message: m.clone() });
+    assert!(effects.iter().any(|e| matches!(e, Effect::Bell)));
+    let notes: Vec<&String> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notify(title) => Some(title),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notes, ["bob@example.org"]);
+    // Muted: neither.
+    app.chats[0].muted = true;
+    let effects = app.on_event(sotto_client::engine::Event::Message { message: m });
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Bell | Effect::Notify(_))));
 }

@@ -216,7 +216,12 @@ enum Command {
     },
     /// The terminal client: every chat at a glance, the conversation, a composer; it stays
     /// connected. `?` inside lists every key, `:help` every command. Respects NO_COLOR.
-    Tui,
+    Tui {
+        /// Desktop notifications too (through notify-send, where installed): the chat's name
+        /// only, never the message.
+        #[arg(long)]
+        notify: bool,
+    },
     /// Stay connected and print messages as they arrive (one JSON object per line with --json).
     Listen {
         /// Stop after this many seconds.
@@ -1141,7 +1146,7 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                 eprintln!("sotto daemon: {where_}")
             })?;
         }
-        Command::Tui => {
+        Command::Tui { notify } => {
             if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
                 return Err(Error::Invalid("sotto tui needs a terminal".into()));
             }
@@ -1152,7 +1157,7 @@ fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
                         .into(),
                 ));
             }
-            sotto::tui::run(open()?)?;
+            sotto::tui::run(open()?, sotto::tui::Options { notify })?;
         }
         Command::Listen { timeout, count } => {
             if let Some(daemon) = DaemonClient::connect(&home) {

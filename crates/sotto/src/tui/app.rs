@@ -89,6 +89,9 @@ pub enum Effect {
     Run(u64, Command),
     /// Ring the terminal bell.
     Bell,
+    /// A desktop notification that a message arrived in this chat (its title; never the
+    /// message itself).
+    Notify(String),
 }
 
 /// What an answer is for.
@@ -1004,6 +1007,8 @@ impl App {
                 let muted = known.is_some_and(|c| c.muted);
                 if !ours && !muted && matches!(message.kind.as_str(), "text" | "file") {
                     out.push(Effect::Bell);
+                    let title = known.map_or(message.chat_name.clone(), |c| c.title.clone());
+                    out.push(Effect::Notify(title));
                 }
                 if self.in_open(&message) {
                     let open_id = self.open_id().map(str::to_owned);

@@ -49,8 +49,35 @@ impl Drop for Restore {
 /// Notes from the engine taken in per turn (a flood must not starve the keyboard).
 const NOTES_PER_TURN: usize = 256;
 
+/// Shows a desktop notification through `notify-send` (libnotify), where there is one: the
+/// chat's title only, never the message. Titles come from other users: made plain text.
+fn notify(title: &str) {
+    let title: String = crate::terminal_line(title)
+        .chars()
+        .take(80)
+        .map(|c| if matches!(c, '<' | '>' | '&') { ' ' } else { c })
+        .collect();
+    let spawned = std::process::Command::new("notify-send")
+        .args(["--app-name=Sotto", "Sotto", &format!("New message in {title}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    // Reaped on a thread of its own: the screen never waits for it.
+    if let Ok(mut child) = spawned {
+        std::thread::spawn(move || child.wait());
+    }
+}
+
+/// How the terminal client runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Desktop notifications (through `notify-send`, where installed) besides the bell.
+    pub notify: bool,
+}
+
 /// Runs the terminal client on an open home until the user quits (or the device is revoked).
-pub fn run(client: Client) -> Result<(), Error> {
+pub fn run(client: Client, options: Options) -> Result<(), Error> {
     let me = client.account().address;
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let io = |e: std::io::Error| Error::Io(format!("terminal: {e}"));
@@ -89,6 +116,7 @@ pub fn run(client: Client) -> Result<(), Error> {
 
     let mut app = App::new(&me, color);
     let rang = std::cell::Cell::new(false);
+    let notified = std::cell::Cell::new(false);
     let perform = |effects: Vec<Effect>| {
         for effect in effects {
             match effect {
@@ -107,6 +135,11 @@ pub fn run(client: Client) -> Result<(), Error> {
                     let _ = out.flush();
                 }
                 Effect::Bell => {}
+                Effect::Notify(title) if options.notify && !notified.get() => {
+                    notified.set(true);
+                    notify(&title);
+                }
+                Effect::Notify(_) => {}
             }
         }
     };
@@ -115,6 +148,7 @@ pub fn run(client: Client) -> Result<(), Error> {
     let mut dirty = true;
     while !app.quit {
         rang.set(false);
+        notified.set(false);
         // What the engine said since the last turn (at most so much of it).
         for note in notes_rx.try_iter().take(NOTES_PER_TURN) {
             dirty = true;
