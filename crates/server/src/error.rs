@@ -10,6 +10,9 @@ pub enum Error {
     /// Reading files or binding the socket failed.
     #[error("{0}")]
     Io(String),
+    /// Another server process serves the same data directory.
+    #[error("{0}")]
+    InUse(String),
     /// The certificate or key could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),

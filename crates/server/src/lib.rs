@@ -76,6 +76,69 @@ pub fn create_invite(store: &dyn Store, ttl_secs: u64, uses: u32) -> Result<Invi
     Ok(Invite { code, expires_at, uses })
 }
 
+/// Holds the data directory for one serving process; released when dropped (or when the
+/// process ends, however it ends).
+#[derive(Debug)]
+pub struct DataLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the data directory for this process: a second server on the same directory would
+/// corrupt nothing (SQLite locks its files) but would split clients between two processes,
+/// each with its own rate limits, revocations in memory and key directory publisher. The
+/// lock file names the process that holds it.
+pub fn lock_data_dir(config: &Config) -> Result<DataLock, Error> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = config.data_dir.join("server.lock");
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    // Owner-only, like everything in the data directory.
+    private_file(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+            return Err(Error::InUse(format!(
+                "another sotto-server{who} serves {}; stop it first, or give this one its own \
+                 --data directory",
+                config.data_dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(Error::Io(format!("cannot lock {}: {e}", path.display())));
+        }
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    let _ = file.flush();
+    Ok(DataLock(file))
+}
+
+/// Where a running server said it listens (`DATA/server.url`), for the subcommands that talk
+/// to it.
+pub fn serving_url(config: &Config) -> Option<String> {
+    let url = std::fs::read_to_string(config.data_dir.join("server.url")).ok()?;
+    let url = url.trim();
+    (url.starts_with("http://") || url.starts_with("https://")).then(|| url.to_string())
+}
+
+/// Records where this server listens, for [`serving_url`].
+pub fn record_serving_url(config: &Config, url: &str) -> Result<(), Error> {
+    let path = config.data_dir.join("server.url");
+    private_file(&path)?;
+    std::fs::write(&path, url)
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
+}
+
 fn operator_key_path(config: &Config) -> std::path::PathBuf {
     config.data_dir.join("operator.key")
 }

@@ -459,7 +459,8 @@ fn the_operator_wipes_managed_accounts_only() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has not accepted"), "{out:?}");
     own.sync();
 
-    let out = wipe(&managed, "1");
+    // Without --server, the command finds the server serving the data directory.
+    let out = operator(&["operator", "wipe", &managed.address, "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(managed.err(&["sync"]), "device_wiped");
     assert!(all_bytes(&managed.home).is_empty());

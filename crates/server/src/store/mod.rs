@@ -28,6 +28,34 @@ pub struct DeviceRecord {
     pub last_seen: Option<u64>,
 }
 
+/// An account as the operator's listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Its address.
+    pub address: String,
+    /// When it registered (Unix seconds).
+    pub created_at: u64,
+    /// Devices not revoked.
+    pub devices: u64,
+    /// Devices revoked (or wiped).
+    pub revoked: u64,
+    /// When one of its devices last logged in.
+    pub last_seen: Option<u64>,
+}
+
+/// An invite not used up. Only the code's hash is kept: it names the invite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRecord {
+    /// SHA-256 of the code.
+    pub code_hash: Vec<u8>,
+    /// When it was minted (Unix seconds).
+    pub created_at: u64,
+    /// When it expires.
+    pub expires_at: u64,
+    /// Registrations it still allows.
+    pub uses_left: u32,
+}
+
 /// An account's signed device list and the keys the server checks against it. The server
 /// verifies the signature before storing; the store only keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +281,16 @@ pub trait Store: Send + Sync + 'static {
         uses: u32,
         now: u64,
     ) -> Result<(), StoreError>;
+
+    /// Every invite not used up, expired ones included, oldest first.
+    fn invites(&self) -> Result<Vec<InviteRecord>, StoreError>;
+
+    /// Withdraws the invites whose code hash starts with `prefix`, if exactly one does;
+    /// returns how many matched (0: none, more than 1: nothing withdrawn, say more).
+    fn revoke_invite(&self, prefix: &[u8]) -> Result<usize, StoreError>;
+
+    /// Every account, by address.
+    fn accounts(&self) -> Result<Vec<AccountRecord>, StoreError>;
 
     /// Creates an account and its first device, consuming one use of the invite (if any).
     /// Returns the device id.

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    BlobRecord, DeviceRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering,
-    PAGE_MAX_BYTES, QueueLimits, QueuePage, SignedBlob, Store, StoreError, Submission, WipeRecord,
+    AccountRecord, BlobRecord, DeviceRecord, InviteRecord, KeyPackageStock, LinkRecord, ListRecord,
+    NewAccount, Ordering, PAGE_MAX_BYTES, QueueLimits, QueuePage, SignedBlob, Store, StoreError,
+    Submission, WipeRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -657,6 +658,72 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
         Ok(())
+    }
+
+    fn invites(&self) -> Result<Vec<InviteRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT code_hash, created_at, expires_at, uses_left FROM invites
+                 WHERE uses_left > 0 ORDER BY created_at, code_hash",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(InviteRecord {
+                    code_hash: r.get(0)?,
+                    created_at: to_u64(r.get(1)?),
+                    expires_at: to_u64(r.get(2)?),
+                    uses_left: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn revoke_invite(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let matching: Vec<Vec<u8>> = {
+            let mut stmt = tx
+                .prepare("SELECT code_hash FROM invites WHERE substr(code_hash, 1, ?2) = ?1")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![prefix, prefix.len() as i64], |r| r.get(0))
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        if let [one] = matching.as_slice() {
+            tx.execute("DELETE FROM invites WHERE code_hash = ?1", [one]).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        Ok(matching.len())
+    }
+
+    fn accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT a.address, a.created_at,
+                        COUNT(d.device_id) FILTER (WHERE d.revoked_at IS NULL),
+                        COUNT(d.device_id) FILTER (WHERE d.revoked_at IS NOT NULL),
+                        MAX(d.last_seen)
+                 FROM accounts a LEFT JOIN devices d ON d.address = a.address
+                 GROUP BY a.address ORDER BY a.address",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AccountRecord {
+                    address: r.get(0)?,
+                    created_at: to_u64(r.get(1)?),
+                    devices: to_u64(r.get(2)?),
+                    revoked: to_u64(r.get(3)?),
+                    last_seen: r.get::<_, Option<i64>>(4)?.map(to_u64),
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
     }
 
     fn register(&self, account: &NewAccount<'_>, now: u64) -> Result<u64, StoreError> {

@@ -51,6 +51,25 @@ fn registration_and_invites(store: &dyn Store) {
     let d = store.device(alice).expect("device").expect("exists");
     assert_eq!((d.address.as_str(), d.device_key.as_slice()), ("alice@x", &b"ka"[..]));
     assert_eq!(store.devices("alice@x").expect("devices"), vec![d]);
+
+    // The operator's listings: accounts with their devices; invites not used up (the used-up
+    // one is gone), withdrawn by an unambiguous start of their hash.
+    let accounts = store.accounts().expect("accounts");
+    let names: Vec<&str> = accounts.iter().map(|a| a.address.as_str()).collect();
+    assert_eq!(names, ["alice@x", "bob@x"]);
+    assert_eq!((accounts[0].devices, accounts[0].revoked, accounts[0].created_at), (1, 0, 50));
+    let invites = store.invites().expect("invites");
+    assert_eq!(invites.iter().map(|i| i.code_hash.as_slice()).collect::<Vec<_>>(), [&b"old"[..]]);
+    assert_eq!((invites[0].uses_left, invites[0].expires_at), (5, 10));
+    store.create_invite(b"oak", 100, 1, 0).expect("invite");
+    assert_eq!(store.revoke_invite(b"o").expect("revoke"), 2, "ambiguous: nothing withdrawn");
+    assert_eq!(store.invites().expect("invites").len(), 2);
+    assert_eq!(store.revoke_invite(b"oa").expect("revoke"), 1);
+    assert_eq!(store.revoke_invite(b"zz").expect("revoke"), 0);
+    assert!(matches!(
+        store.register(&account("dan@x", b"kd", Some(b"oak")), 50),
+        Err(StoreError::InviteInvalid)
+    ));
 }
 
 fn key_packages(store: &dyn Store) {

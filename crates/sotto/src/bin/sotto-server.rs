@@ -110,6 +110,27 @@ enum Command {
     /// Act on a managed account's devices with the operator key.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// The accounts this server hosts (read from the data directory; works while it serves).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountsCommand {
+    /// Every account: devices in use and revoked, when it registered and was last seen.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One account and its devices (their ids are what `operator wipe` takes).
+    Show {
+        /// The account.
+        address: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,7 +142,8 @@ enum OperatorCommand {
         address: String,
         /// The device id.
         device: u64,
-        /// The running server's URL [default: http:// and the --listen address].
+        /// The running server's URL [default: where the server serving --data said it
+        /// listens, else http:// and the --listen address].
         #[arg(long)]
         server: Option<String>,
     },
@@ -141,6 +163,29 @@ enum InviteCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The invites not used up, expired ones included. Codes are not kept (only their
+    /// hashes): an invite is named by the start of its hash.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw an invite: its id from `invite list` (or an unambiguous start of it).
+    Revoke {
+        /// The invite's id.
+        id: String,
+    },
+}
+
+/// ", last seen TIME" for a login time, if there was one.
+fn last_seen(at: Option<u64>) -> String {
+    at.map(|s| format!(", last seen {}", sotto::format_time(s.saturating_mul(1000))))
+        .unwrap_or_default()
+}
+
+/// How an invite is named: the start of its code's hash (the code itself is not kept).
+fn invite_id(code_hash: &[u8]) -> String {
+    hex::encode(code_hash.get(..6).unwrap_or(code_hash))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -215,9 +260,14 @@ fn main() -> anyhow::Result<()> {
         submit_bytes_per_second: cli.serve.submit_rate,
         ..Config::default()
     };
-    if matches!(cli.command, None | Some(Command::Serve)) {
+    // One serving process per data directory; the lock is taken before the store opens.
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let _lock = if serving {
         config.check()?;
-    }
+        Some(sotto_server::lock_data_dir(&config)?)
+    } else {
+        None
+    };
     let store = sotto_server::open_store(&config)?;
     match cli.command {
         Some(Command::Invite(InviteCommand::Create { expires, uses, json })) => {
@@ -253,7 +303,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Operator(OperatorCommand::Wipe { address, device, server })) => {
             let command =
                 sotto_server::operator_wipe_command(&config, store.as_ref(), &address, device)?;
-            let server = server.unwrap_or_else(|| format!("http://{}", config.listen));
+            let server = server
+                .or_else(|| sotto_server::serving_url(&config))
+                .unwrap_or_else(|| format!("http://{}", config.listen));
             let url = format!("{}/v1/operator/wipe", server.trim_end_matches('/'));
             let agent: ureq::Agent =
                 ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -269,6 +321,126 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             println!("device {device} of {address} is revoked and will erase itself");
+            Ok(())
+        }
+        Some(Command::Invite(InviteCommand::List { json })) => {
+            let now = sotto_core::unix_now();
+            let invites = store.invites()?;
+            if json {
+                let list: Vec<serde_json::Value> = invites
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "id": invite_id(&i.code_hash), "created_at": i.created_at,
+                            "expires_at": i.expires_at, "uses_left": i.uses_left,
+                            "expired": i.expires_at <= now,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else if invites.is_empty() {
+                println!("no invites; `sotto-server invite create` mints one");
+            } else {
+                for i in &invites {
+                    let state = if i.expires_at <= now { "expired" } else { "valid until" };
+                    println!(
+                        "{}  {} use(s) left, {state} {}",
+                        invite_id(&i.code_hash),
+                        i.uses_left,
+                        sotto::format_time(i.expires_at.saturating_mul(1000))
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some(Command::Invite(InviteCommand::Revoke { id })) => {
+            let prefix = hex::decode(id.trim())
+                .ok()
+                .filter(|p| !p.is_empty())
+                .context("an invite id is hex, from `sotto-server invite list`")?;
+            match store.revoke_invite(&prefix)? {
+                0 => anyhow::bail!("no invite has the id {id}"),
+                1 => {
+                    println!("invite {id} withdrawn: its code registers nobody from now on");
+                    Ok(())
+                }
+                _ => anyhow::bail!("several invites start with {id}: give more of the id"),
+            }
+        }
+        Some(Command::Accounts(AccountsCommand::List { json })) => {
+            let accounts = store.accounts()?;
+            if json {
+                let list: Vec<serde_json::Value> = accounts
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "address": a.address, "created_at": a.created_at,
+                            "devices": a.devices, "revoked_devices": a.revoked,
+                            "last_seen": a.last_seen,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else if accounts.is_empty() {
+                println!("no accounts yet");
+            } else {
+                for a in &accounts {
+                    let seen = last_seen(a.last_seen);
+                    println!(
+                        "{}  {} device(s){}, registered {}{seen}",
+                        a.address,
+                        a.devices,
+                        if a.revoked > 0 {
+                            format!(" ({} revoked)", a.revoked)
+                        } else {
+                            String::new()
+                        },
+                        sotto::format_time(a.created_at.saturating_mul(1000))
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some(Command::Accounts(AccountsCommand::Show { address, json })) => {
+            let address = address.trim().to_ascii_lowercase();
+            let devices = store.devices(&address)?;
+            if devices.is_empty() {
+                anyhow::bail!("no account {address} on this server");
+            }
+            let managed = store.device_list(&address)?.and_then(|l| l.operator_key).is_some();
+            if json {
+                let list: Vec<serde_json::Value> = devices
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "device_id": d.device_id, "created_at": d.created_at,
+                            "revoked_at": d.revoked_at, "last_seen": d.last_seen,
+                            "device_key": hex::encode(&d.device_key),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "address": address, "managed": managed, "devices": list })
+                );
+            } else {
+                let how = if managed { "managed (operator wipe works)" } else { "not managed" };
+                println!("{address}: {how}");
+                for d in &devices {
+                    let state = match d.revoked_at {
+                        Some(t) => {
+                            format!("revoked {}", sotto::format_time(t.saturating_mul(1000)))
+                        }
+                        None => "active".into(),
+                    };
+                    let seen = last_seen(d.last_seen);
+                    println!(
+                        "  device {:>4}  {state}, linked {}{seen}",
+                        d.device_id,
+                        sotto::format_time(d.created_at.saturating_mul(1000))
+                    );
+                }
+            }
             Ok(())
         }
         None | Some(Command::Serve) => serve(config, store),
@@ -292,6 +464,13 @@ fn serve(
         let _ =
             writeln!(out, "sotto-server listening on {scheme}://{addr} (domain {})", config.domain)
                 .and_then(|()| out.flush());
+        // Where the subcommands that talk to this server find it.
+        let host = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        sotto_server::record_serving_url(&config, &format!("{scheme}://{host}"))?;
         tracing::info!(
             data = %config.data_dir.display(),
             registration = ?config.registration,
