@@ -93,4 +93,13 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     );
     // Read-only subcommands still work beside the running server.
     assert!(admin(&server, &["accounts", "list"]).status.success());
+    // A supervisor's checks: the process, then its store.
+    assert_eq!(
+        server.http("GET", "/healthz", None, ""),
+        (200, serde_json::json!({"status": "ok"}))
+    );
+    assert_eq!(
+        server.http("GET", "/readyz", None, ""),
+        (200, serde_json::json!({"status": "ready"}))
+    );
 }

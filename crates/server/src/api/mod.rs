@@ -494,6 +494,8 @@ fn parse_address(state: &Shared, text: &str) -> Result<Address, ApiError> {
 fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::MethodRouter<Shared>)> {
     vec![
         ("/v1/info", &["GET"], get(info)),
+        ("/healthz", &["GET"], get(healthz)),
+        ("/readyz", &["GET"], get(readyz)),
         ("/v1/register", &["POST"], post(register).layer(DefaultBodyLimit::max(SMALL_BODY))),
         ("/v1/auth/challenge", &["POST"], post(challenge).layer(DefaultBodyLimit::max(LOGIN_BODY))),
         ("/v1/auth/token", &["POST"], post(token).layer(DefaultBodyLimit::max(LOGIN_BODY))),
@@ -542,6 +544,18 @@ pub(crate) fn router(state: Shared) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// `GET /healthz`: the process answers (for a supervisor's liveness check).
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the store answers a query too (for a load balancer's readiness check);
+/// 503 `unavailable` otherwise. Says nothing else about the server.
+async fn readyz(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    blocking(&state, |s| s.device(0)).await?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
 async fn info(State(state): State<Shared>) -> Json<proto::ServerInfo> {
