@@ -552,7 +552,8 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: the store answers a query too (for a load balancer's readiness check);
-/// 503 `unavailable` otherwise. Says nothing else about the server.
+/// otherwise the store's error (500 `internal`, or 507 `storage_full`). Says nothing else
+/// about the server.
 async fn readyz(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
     blocking(&state, |s| s.device(0)).await?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
