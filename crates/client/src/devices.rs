@@ -1244,36 +1244,49 @@ impl Client {
 }
 
 /// Records an event (a line in a chat's history that no member wrote).
-/// A quiet mark in a chat: an account's change, told once as a notice.
-fn insert_mark(
-    conn: &rusqlite::Connection,
-    group_id: &[u8],
-    sender: &str,
-    text: &str,
-) -> Result<(), Error> {
-    let now = now_ms() as i64;
-    let id = format!("event-{}", hex::encode(sotto_core::random_bytes(8)?));
-    conn.execute(
-        "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at, received_at,
-                              reported, read_at)
-         VALUES (?1, ?2, ?3, 'mark', ?4, 'received', ?5, ?5, 1, ?5)",
-        params![group_id, id, sender, text, now],
-    )?;
-    Ok(())
-}
-
 pub(crate) fn insert_event(
     conn: &rusqlite::Connection,
     group_id: &[u8],
     sender: &str,
     text: &str,
 ) -> Result<(), Error> {
+    insert_line(conn, group_id, sender, text, false)
+}
+
+/// Records a quiet mark in a chat: an account's change, told once as a notice.
+fn insert_mark(
+    conn: &rusqlite::Connection,
+    group_id: &[u8],
+    sender: &str,
+    text: &str,
+) -> Result<(), Error> {
+    insert_line(conn, group_id, sender, text, true)
+}
+
+/// An event, or (`quiet`) a mark: already reported and read, so it is only in the history.
+fn insert_line(
+    conn: &rusqlite::Connection,
+    group_id: &[u8],
+    sender: &str,
+    text: &str,
+    quiet: bool,
+) -> Result<(), Error> {
     let now = now_ms() as i64;
     let id = format!("event-{}", hex::encode(sotto_core::random_bytes(8)?));
     conn.execute(
-        "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at, received_at)
-         VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?5)",
-        params![group_id, id, sender, text, now],
+        "INSERT INTO messages (group_id, msg_id, sender, kind, body, status, sent_at, received_at,
+                              reported, read_at)
+         VALUES (?1, ?2, ?3, ?6, ?4, 'received', ?5, ?5, ?7, ?8)",
+        params![
+            group_id,
+            id,
+            sender,
+            text,
+            now,
+            if quiet { "mark" } else { "event" },
+            quiet,
+            quiet.then_some(now)
+        ],
     )?;
     Ok(())
 }

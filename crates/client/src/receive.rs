@@ -199,36 +199,30 @@ impl Client {
                 .optional()?;
             Ok(queued.max(before.unwrap_or(0)).min(now))
         };
-        // A quiet mark: in the chat's history, but not reported as new.
-        let mark = |group_id: &[u8], n: usize, sender: &str, body: &str| {
+        // An event, or (`quiet`) a mark: in the chat's history, but not reported as new.
+        let line = |group_id: &[u8], n: usize, sender: &str, body: &str, quiet: bool| {
             tx.execute(
                 "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
                                                  sent_at, received_at, reported, read_at)
-                 VALUES (?1, ?2, ?3, 'mark', ?4, 'received', ?5, ?6, 1, ?6)",
+                 VALUES (?1, ?2, ?3, ?7, ?4, 'received', ?5, ?6, ?8, ?9)",
                 params![
                     group_id,
                     format!("event-{seq}-{n}"),
                     sender,
                     body,
                     happened(group_id)?,
-                    now
+                    now,
+                    if quiet { "mark" } else { "event" },
+                    quiet,
+                    quiet.then_some(now)
                 ],
             )
         };
+        let mark = |group_id: &[u8], n: usize, sender: &str, body: &str| {
+            line(group_id, n, sender, body, true)
+        };
         let event = |group_id: &[u8], n: usize, sender: &str, body: String| {
-            tx.execute(
-                "INSERT OR IGNORE INTO messages (group_id, msg_id, sender, kind, body, status,
-                                                 sent_at, received_at)
-                 VALUES (?1, ?2, ?3, 'event', ?4, 'received', ?5, ?6)",
-                params![
-                    group_id,
-                    format!("event-{seq}-{n}"),
-                    sender,
-                    body,
-                    happened(group_id)?,
-                    now
-                ],
-            )
+            line(group_id, n, sender, &body, false)
         };
         match incoming {
             Incoming::Joined { group_id, inviter } => {
