@@ -33,6 +33,19 @@ pub fn commitment(identity_key: &[u8], list: &SignedList) -> Vec<u8> {
     value
 }
 
+/// The directory value of a deleted address: the server's statement that the account is gone.
+/// Its identity half is all zeroes, which is no Ed25519 key, so it matches no device list.
+pub fn tombstone() -> Vec<u8> {
+    let mut value = vec![0u8; 32];
+    value.extend_from_slice(&Sha256::digest(b"sotto/v1/kt-deleted"));
+    value
+}
+
+/// Whether a directory value is [`tombstone`].
+pub fn is_tombstone(value: &[u8]) -> bool {
+    value == tombstone().as_slice()
+}
+
 /// The identity key a directory value names.
 pub fn committed_identity(value: &[u8]) -> Option<&[u8]> {
     (value.len() == 64).then(|| &value[..32])

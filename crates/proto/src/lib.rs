@@ -675,6 +675,13 @@ pub enum ErrorCode {
     NotMember,
     /// A submission id was reused for a different submission.
     SubmissionConflict,
+    /// The operator suspended the account; the device keeps its data and works again once
+    /// the account is resumed.
+    AccountSuspended,
+    /// The account's term ended (and its grace period); the operator can renew it.
+    AccountExpired,
+    /// The operator deleted the account; its address is not given to anyone else.
+    AccountDeleted,
     /// The server failed; the details are in its log.
     Internal,
 }

@@ -59,6 +59,10 @@ pub struct Config {
     /// Bytes a second that one device, and one group, may have stored in queues (counting a
     /// copy per recipient), in bursts of 64 seconds' worth.
     pub submit_bytes_per_second: u64,
+    /// How long an account whose term ended keeps working before it is suspended, seconds.
+    pub account_grace_secs: u64,
+    /// Where the admin API listens; `None` serves none.
+    pub admin_listen: Option<SocketAddr>,
     /// The time the key directory vouches for in the roots it answers with.
     pub clock: Clock,
 }
@@ -105,6 +109,14 @@ impl Config {
                 self.listen
             )));
         }
+        if let Some(admin) = self.admin_listen
+            && !admin.ip().is_loopback()
+        {
+            return Err(crate::Error::Config(format!(
+                "the admin API serves plain HTTP, so it listens on loopback only, not {admin}; \
+                 reach it from elsewhere through an SSH tunnel"
+            )));
+        }
         Ok(())
     }
 }
@@ -131,6 +143,8 @@ impl Default for Config {
             sweep_interval_secs: 300,
             blob_quota: 8 << 30,
             submit_bytes_per_second: 8 << 20,
+            account_grace_secs: 14 * 86_400,
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             clock: Clock::default(),
         }
     }

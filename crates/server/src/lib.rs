@@ -10,13 +10,17 @@
 //! - [`serve`] — runs the HTTP/WebSocket API (axum on tokio; TLS by rustls when configured).
 //! - [`create_invite`] — mints an invite code (the operator's `sotto-server invite create`).
 //! - [`create_operator_key`] — the key managed accounts accept for revocations and wipes.
+//! - [`admin`] — the operator's requests (account lifecycle, invites, audit log), executed by
+//!   the running server's admin API or on the data directory.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod api;
 mod config;
 mod error;
 pub mod kt;
 mod limits;
+mod metrics;
 mod net;
 mod session;
 pub mod store;
@@ -25,7 +29,7 @@ use std::sync::Arc;
 
 pub use config::{Clock, Config, TlsFiles};
 pub use error::Error;
-pub use net::{InProcess, bind, serve};
+pub use net::{InProcess, bind, bind_admin, serve, serve_with_admin};
 use sha2::{Digest, Sha256};
 use sotto_core::account::IdentityKey;
 pub use sotto_proto::RegistrationMode;
@@ -48,8 +52,14 @@ pub struct Invite {
     pub uses: u32,
 }
 
-/// Mints an invite code valid for `ttl_secs` seconds and `uses` registrations.
-pub fn create_invite(store: &dyn Store, ttl_secs: u64, uses: u32) -> Result<Invite, Error> {
+/// Mints an invite code valid for `ttl_secs` seconds and `uses` registrations; the accounts
+/// it registers get a term of `valid_for` seconds, if given.
+pub fn create_invite(
+    store: &dyn Store,
+    ttl_secs: u64,
+    uses: u32,
+    valid_for: Option<u64>,
+) -> Result<Invite, Error> {
     let raw = sotto_core::random_bytes(15).map_err(|e| Error::Internal(e.to_string()))?;
     // Base32 without padding: easy to read aloud and type, 120 bits of entropy.
     const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
@@ -72,7 +82,7 @@ pub fn create_invite(store: &dyn Store, ttl_secs: u64, uses: u32) -> Result<Invi
         .join("-");
     let now = sotto_core::unix_now();
     let expires_at = now.saturating_add(ttl_secs);
-    store.create_invite(&invite_hash(&code), expires_at, uses, now)?;
+    store.create_invite(&invite_hash(&code), expires_at, uses, valid_for, now)?;
     Ok(Invite { code, expires_at, uses })
 }
 
@@ -116,6 +126,8 @@ pub fn lock_data_dir(config: &Config) -> Result<DataLock, Error> {
             return Err(Error::Io(format!("cannot lock {}: {e}", path.display())));
         }
     }
+    // Whatever a server that ended badly left: the next one writes its own.
+    let _ = std::fs::remove_file(config.data_dir.join("admin.url"));
     let _ = file.set_len(0);
     let _ = file.rewind();
     let _ = write!(file, "{}", std::process::id());
@@ -276,8 +288,8 @@ mod tests {
     #[test]
     fn invites_are_random_readable_and_stored_hashed() {
         let store = store::SqliteStore::in_memory().expect("store");
-        let a = create_invite(&store, 60, 1).expect("invite");
-        let b = create_invite(&store, 60, 1).expect("invite");
+        let a = create_invite(&store, 60, 1, None).expect("invite");
+        let b = create_invite(&store, 60, 1, None).expect("invite");
         assert_ne!(a.code, b.code);
         assert_eq!(a.code.len(), 27, "{}", a.code);
         assert_eq!(a.code.split('-').map(str::len).collect::<Vec<_>>(), vec![6, 6, 6, 6]);

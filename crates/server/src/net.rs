@@ -87,11 +87,41 @@ pub async fn bind(config: &Config) -> Result<TcpListener, Error> {
         .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then drains in-flight requests.
+/// Binds the admin API's address, if one is configured, and records it in `DATA/admin.url`
+/// (with the token in `DATA/admin.token`) for the subcommands.
+pub async fn bind_admin(config: &Config) -> Result<Option<TcpListener>, Error> {
+    let Some(addr) = config.admin_listen else { return Ok(None) };
+    crate::admin::admin_token(config)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {addr} for the admin API: {e}")))?;
+    let local = listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
+    let url_file = config.data_dir.join("admin.url");
+    crate::private_file(&url_file)?;
+    std::fs::write(&url_file, format!("http://{local}"))
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", url_file.display())))?;
+    tracing::info!(%local, "admin API listening");
+    Ok(Some(listener))
+}
+
+/// Serves the API on `listener` (and the admin API, if configured) until `shutdown`
+/// completes, then drains in-flight requests.
 pub async fn serve(
     config: Config,
     store: Arc<dyn Store>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let admin = bind_admin(&config).await?;
+    serve_with_admin(config, store, listener, admin, shutdown).await
+}
+
+/// [`serve`], with the admin listener from [`bind_admin`].
+pub async fn serve_with_admin(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
@@ -124,6 +154,21 @@ pub async fn serve(
         .keep_alive_interval(Duration::from_secs(30))
         .max_concurrent_streams(64);
     let state = Arc::new(AppState::new(store, config, sessions, stopping, operator_key, kt)?);
+    let admin = match admin {
+        Some(listener) => Some(serve_admin(&state, listener, stop_tx.subscribe())?),
+        None => None,
+    };
+    let rebar = tokio::spawn({
+        let state = state.clone();
+        let every = Duration::from_secs(state.config.sweep_interval_secs.clamp(1, 60));
+        async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                state.refresh_barred().await;
+            }
+        }
+    });
     let app = router(state);
 
     let graceful = GracefulShutdown::new();
@@ -134,6 +179,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let abort = stream.abort_handle();
+        crate::metrics::METRICS
+            .connections_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let open = crate::metrics::OpenGauge::open(&crate::metrics::METRICS.connections_open);
         let service = {
             let app = app.clone();
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -146,6 +195,7 @@ pub async fn serve(
         let builder = builder.clone();
         let acceptor = tls.clone();
         tokio::spawn(async move {
+            let _open = open;
             let result = match acceptor {
                 None => {
                     let conn =
@@ -176,14 +226,56 @@ pub async fn serve(
         tracing::warn!("some connections did not finish in time");
     }
     sweeper.abort();
+    rebar.abort();
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(DRAIN, admin).await;
+    }
     Ok(())
+}
+
+/// Serves the admin API on `listener` until `stop` turns true.
+fn serve_admin(
+    state: &Arc<AppState>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let token = crate::admin::admin_token(&state.config)?;
+    let app = crate::api::admin::router(crate::api::admin::AdminState {
+        app: state.clone(),
+        token: Arc::new(zeroize::Zeroizing::new(token)),
+    });
+    Ok(tokio::spawn(async move {
+        let stopped = async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::warn!(error = %e, "the admin API stopped");
+        }
+    }))
 }
 
 /// Publishes every device list the key directory does not hold yet (one stored just before
 /// a crash, or whose publication failed).
 async fn reconcile_directory(store: &Arc<dyn Store>, kt: &KeyDirectory) {
     let store = store.clone();
-    let lists = match tokio::task::spawn_blocking(move || store.all_device_lists()).await {
+    let lists = match tokio::task::spawn_blocking(move || {
+        let mut lists =
+            store.all_device_lists()?.into_iter().map(|(a, l)| (a, Some(l))).collect::<Vec<_>>();
+        lists.extend(
+            store
+                .accounts()?
+                .into_iter()
+                .filter(|a| a.deleted_at.is_some())
+                .map(|a| (a.address, None)),
+        );
+        Ok::<_, crate::store::StoreError>(lists)
+    })
+    .await
+    {
         Ok(Ok(lists)) => lists,
         Ok(Err(e)) => return tracing::warn!(error = %e, "reading device lists failed"),
         Err(e) => return tracing::warn!(error = %e, "reading device lists failed"),
@@ -191,8 +283,15 @@ async fn reconcile_directory(store: &Arc<dyn Store>, kt: &KeyDirectory) {
     let mut wanted = std::collections::HashMap::new();
     for (address, list) in lists {
         let Ok(address) = address.parse::<sotto_core::Address>() else { continue };
-        let signed = sotto_core::account::SignedList { body: list.body, signature: list.signature };
-        let value = sotto_core::kt::commitment(&list.identity_key, &signed);
+        // A deleted account's address is tombstoned.
+        let value = match list {
+            Some(list) => {
+                let signed =
+                    sotto_core::account::SignedList { body: list.body, signature: list.signature };
+                sotto_core::kt::commitment(&list.identity_key, &signed)
+            }
+            None => sotto_core::kt::tombstone(),
+        };
         wanted.insert(sotto_core::kt::label(&address), value);
     }
     match kt.reconcile(wanted).await {

@@ -441,11 +441,12 @@ fn the_operator_wipes_managed_accounts_only() {
             .output()
             .expect("run sotto-server")
     };
+    // The key is made while the server runs, which puts it in service without a restart.
+    let server = Server::start_in(&data, "127.0.0.1:0", &["--registration", "open"]);
     let out = operator(&["operator-key"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(key.len(), 64);
-    let server = Server::start_in(&data, "127.0.0.1:0", &["--registration", "open"]);
 
     let managed = User::new("worker");
     let v = managed.ok(&["register", &managed.address, "--server", &server.url, "--managed"]);

@@ -1,5 +1,7 @@
 //! Operating a server, with the real `sotto-server` binary: listing accounts and their
-//! devices, listing and withdrawing invites, and one serving process per data directory.
+//! devices, listing and withdrawing invites, one serving process per data directory, the
+//! account lifecycle through the admin API and on a stopped server's data directory, the
+//! audit log and the metrics.
 
 mod common;
 
@@ -36,7 +38,7 @@ fn accounts_and_invites_are_listed_and_invites_withdrawn() {
         .collect();
     assert_eq!(listed, [("alice@localhost", 2), ("bob@localhost", 1)]);
     let shown = admin_json(&server, &["accounts", "show", "alice@localhost", "--json"]);
-    let ids: Vec<u64> = shown["devices"]
+    let ids: Vec<u64> = shown["device_list"]
         .as_array()
         .expect("devices")
         .iter()
@@ -45,10 +47,12 @@ fn accounts_and_invites_are_listed_and_invites_withdrawn() {
     assert_eq!(ids.len(), 2, "{shown}");
     assert_eq!(shown["managed"], false);
     let people = admin(&server, &["accounts", "list"]);
-    assert!(String::from_utf8_lossy(&people.stdout).contains("alice@localhost  2 device(s)"));
+    assert!(
+        String::from_utf8_lossy(&people.stdout).contains("alice@localhost  active; 2 device(s)")
+    );
     let missing = admin(&server, &["accounts", "show", "nobody@localhost"]);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no account nobody@localhost"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such account"));
 
     // Invites: the one with a use left is listed (never its code); withdrawn, it registers
     // nobody.
@@ -102,4 +106,189 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
         server.http("GET", "/readyz", None, ""),
         (200, serde_json::json!({"status": "ready"}))
     );
+}
+
+/// The account's state as `accounts show` gives it.
+fn state(server: &Server, address: &str) -> Value {
+    admin_json(server, &["accounts", "show", address, "--json"])["state"].clone()
+}
+
+#[test]
+fn accounts_are_suspended_resumed_expired_renewed_and_deleted() {
+    // Barred accounts are read again every second; a term's end has no grace here.
+    let mut server = Server::start(&["--sweep-interval", "1s", "--account-grace", "0s"]);
+    let invite = server.invite(&["--uses", "3"]);
+    let alice = User::register("alice", &server, &invite);
+    let bob = User::register("bob", &server, &invite);
+    alice.send(&bob.address, "hello");
+    assert_eq!(bob.sync(), [(alice.address.clone(), "hello".to_string())]);
+
+    // Suspended: bob is refused, keeps his messages, and gets what was sent meanwhile once
+    // resumed. Everything goes through the running server's admin API.
+    let suspended = admin_json(&server, &["accounts", "suspend", &bob.address, "--json"]);
+    assert_eq!(suspended["state"], "suspended", "{suspended}");
+    assert_eq!(bob.err(&["sync"]), "account_suspended");
+    assert_eq!(bob.history(&alice.address), [(alice.address.clone(), "hello".to_string())]);
+    alice.send(&bob.address, "while you were away");
+    admin_json(&server, &["accounts", "resume", &bob.address, "--json"]);
+    assert_eq!(bob.sync(), [(alice.address.clone(), "while you were away".to_string())]);
+
+    // A term: once it ends, bob's devices are refused within a second, even with a token
+    // issued before; renewing lets them back in at once.
+    let termed =
+        admin_json(&server, &["accounts", "term", &bob.address, "--valid-for", "2s", "--json"]);
+    assert!(termed["valid_until"].as_u64().is_some(), "{termed}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(state(&server, &bob.address), "expired");
+    assert_eq!(bob.err(&["sync"]), "account_expired");
+    let renewed =
+        admin_json(&server, &["accounts", "renew", &bob.address, "--for", "30d", "--json"]);
+    assert_eq!(renewed["state"], "active", "{renewed}");
+    bob.sync();
+
+    // An invite can give the accounts it creates a term.
+    let termed_invite = server.invite(&["--valid-for", "90d"]);
+    let carol = User::register("carol", &server, &termed_invite);
+    let until = admin_json(&server, &["accounts", "show", &carol.address, "--json"])["valid_until"]
+        .as_u64()
+        .expect("a term");
+    let now = sotto_core::unix_now();
+    assert!((now + 89 * 86_400..=now + 91 * 86_400).contains(&until), "{until}");
+
+    // Deleting asks for --yes; then bob is refused for good, keeps what he holds, and his
+    // address cannot be taken again.
+    let unsure = admin(&server, &["accounts", "delete", &bob.address]);
+    assert!(!unsure.status.success());
+    assert!(String::from_utf8_lossy(&unsure.stderr).contains("--yes"));
+    assert_eq!(state(&server, &bob.address), "active");
+    let deleted = admin_json(&server, &["accounts", "delete", &bob.address, "--yes", "--json"]);
+    assert_eq!(deleted["state"], "deleted", "{deleted}");
+    assert_eq!(bob.err(&["sync"]), "account_deleted");
+    assert_eq!(bob.history(&alice.address).len(), 2);
+    let (status, _) = server.http("GET", &format!("/v1/users/{}/devices", bob.address), None, "");
+    assert_eq!(status, 404, "a deleted account lists no devices");
+    let again = User::new("bob");
+    let code =
+        again.err(&["register", &again.address, "--server", &server.url, "--invite", &invite]);
+    assert_eq!(code, "address_taken");
+    let resumed = admin(&server, &["accounts", "resume", &bob.address]);
+    assert!(!resumed.status.success(), "a deleted account stays deleted");
+
+    // A wrong admin token is refused, and nothing changes.
+    let wrong = Command::new(SERVER)
+        .arg("--data")
+        .arg(&server.data)
+        .args(["accounts", "suspend", &alice.address])
+        .env("SOTTO_ADMIN_TOKEN", "0".repeat(64))
+        .output()
+        .expect("run");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong or missing admin token"));
+    assert_eq!(state(&server, &alice.address), "active");
+
+    // Stopped, the same commands work on the data directory, and the server starts with
+    // the change in force.
+    assert!(server.terminate(std::time::Duration::from_secs(20)));
+    let offline = admin_json(&server, &["accounts", "suspend", &alice.address, "--json"]);
+    assert_eq!(offline["state"], "suspended");
+    server.restart(&["--sweep-interval", "1s", "--account-grace", "0s"]);
+    assert_eq!(alice.err(&["sync"]), "account_suspended");
+
+    // The audit log has every change, with who made it, and no invite code.
+    let log = admin_json(&server, &["audit", "--json"]);
+    let lines = log.as_array().expect("lines");
+    let actions: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (l["action"].as_str().unwrap_or(""), l["subject"].as_str().unwrap_or("")))
+        .filter(|(a, _)| a.starts_with("account."))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("account.suspend", bob.address.as_str()),
+            ("account.resume", bob.address.as_str()),
+            ("account.term", bob.address.as_str()),
+            ("account.renew", bob.address.as_str()),
+            ("account.delete", bob.address.as_str()),
+            ("account.suspend", alice.address.as_str()),
+        ]
+    );
+    assert!(lines.iter().any(|l| l["actor"].as_str().is_some_and(|a| a.ends_with("(admin API)"))));
+    assert!(
+        lines.iter().any(|l| l["actor"].as_str().is_some_and(|a| a.ends_with("(data directory)")))
+    );
+    assert!(!log.to_string().contains(&invite));
+}
+
+/// Reads the admin API's address and token from the data directory.
+fn admin_endpoint(server: &Server) -> (String, String) {
+    let url = std::fs::read_to_string(server.data.join("admin.url")).expect("admin.url");
+    let token = std::fs::read_to_string(server.data.join("admin.token")).expect("admin.token");
+    (url.trim().trim_start_matches("http://").to_string(), token.trim().to_string())
+}
+
+/// A GET on the admin listener; the status and body (HTTP/1.0: never chunked).
+fn admin_get(addr: &str, path: &str, token: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn metrics_are_prometheus_text_behind_the_admin_token() {
+    let server = Server::start(&[]);
+    let invite = server.invite(&["--uses", "2"]);
+    let alice = User::register("alice", &server, &invite);
+    let bob = User::register("bob", &server, &invite);
+    alice.send(&bob.address, "hi");
+    bob.sync();
+    let (addr, token) = admin_endpoint(&server);
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let (status, _) = admin_get(&addr, "/metrics", "wrong");
+    assert_eq!(status, 401);
+    let (status, text) = admin_get(&addr, "/metrics", &token);
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains(&alice.address) && !text.contains(&bob.address), "no per-user labels");
+
+    // Parsed by the Prometheus project's own parser.
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        key = s.name + json.dumps(s.labels, sort_keys=True)
+        out[key] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client (.ci/run installs python3-prometheus-client)");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parse");
+    assert!(out.status.success(), "the parser refused: {}", String::from_utf8_lossy(&out.stderr));
+    let samples: std::collections::HashMap<String, f64> =
+        serde_json::from_slice(&out.stdout).expect("json");
+    let get = |k: &str| samples.get(k).copied().unwrap_or_else(|| panic!("no {k} in {samples:?}"));
+    assert!(get("sotto_submissions_total{}") >= 2.0, "welcome and message");
+    assert!(get("sotto_delivered_total{}") >= 1.0);
+    assert_eq!(get("sotto_accounts{}"), 2.0);
+    assert_eq!(get("sotto_devices{}"), 2.0);
+    assert!(get("sotto_store_commit_seconds_count{}") >= 1.0);
+    assert!(get("sotto_kt_epoch{}") >= 2.0, "two accounts published");
+    assert!(get(r#"sotto_http_requests_total{"route": "/v1/messages", "status": "200"}"#) >= 1.0);
+    // The public listener does not serve it.
+    let (status, _) = server.http("GET", "/metrics", None, "");
+    assert_eq!(status, 404);
 }

@@ -88,7 +88,7 @@ pub(super) fn first_list(
     if list.devices.len() != 1 || !list.lists(device_key) {
         return Err(invalid_list("a new account's device list holds exactly its first device"));
     }
-    if list.operator_key.is_some() && list.operator_key != state.operator_key {
+    if list.operator_key.is_some() && list.operator_key != state.operator_key() {
         return Err(invalid_list("the list names an operator key this server does not have"));
     }
     Ok(record)
@@ -302,7 +302,7 @@ pub(super) async fn operator_wipe(
     State(state): State<Shared>,
     ApiJson(req): ApiJson<proto::WipeRequest>,
 ) -> Result<Json<proto::WipeResponse>, ApiError> {
-    let Some(operator_key) = state.operator_key.clone() else {
+    let Some(operator_key) = state.operator_key() else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::NotManaged,

@@ -24,9 +24,10 @@ use crate::invite_hash;
 use crate::limits::{PeerAddr, RateLimiter};
 use crate::session::Sessions;
 use crate::store::{
-    KeyPackageStock, NewAccount, Ordering, PAGE_MAX_BYTES, Store, StoreError, Submission,
+    Barred, KeyPackageStock, NewAccount, Ordering, PAGE_MAX_BYTES, Store, StoreError, Submission,
 };
 
+pub(crate) mod admin;
 #[cfg(test)]
 mod authz_tests;
 mod blobs;
@@ -114,7 +115,7 @@ impl Notifier {
 /// What every handler shares.
 pub(crate) struct AppState {
     store: Arc<dyn Store>,
-    config: Config,
+    pub(crate) config: Config,
     notifier: Notifier,
     /// Becomes true when the server is shutting down.
     stopping: watch::Receiver<bool>,
@@ -137,8 +138,12 @@ pub(crate) struct AppState {
     /// Revoked devices: their tokens open only the wipe endpoints. Loaded at start, updated
     /// by every revocation (which all go through this API).
     revoked: std::sync::RwLock<std::collections::HashSet<u64>>,
-    /// The operator's public key, if one was made (`sotto-server operator-key`).
-    operator_key: Option<Vec<u8>>,
+    /// Devices of suspended, expired and deleted accounts: refused everything. Loaded at
+    /// start, refreshed on every sweep and after every change through the admin API.
+    barred: std::sync::RwLock<HashMap<u64, Barred>>,
+    /// The operator's public key, if one was made (`sotto-server operator-key`); the admin
+    /// API reloads it.
+    operator_key: std::sync::RwLock<Option<Vec<u8>>>,
     /// The key transparency directory.
     kt: crate::kt::KeyDirectory,
     /// Blobs being uploaded.
@@ -158,9 +163,14 @@ impl AppState {
         let per_hour = f64::from(config.registrations_per_hour_per_ip);
         let bytes_rate = config.submit_bytes_per_second as f64;
         let revoked = store.revoked_devices()?.into_iter().collect();
+        let barred = store
+            .barred_devices(config.account_grace_secs, config.clock.now_secs())?
+            .into_iter()
+            .collect();
         Ok(AppState {
             revoked: std::sync::RwLock::new(revoked),
-            operator_key,
+            barred: std::sync::RwLock::new(barred),
+            operator_key: std::sync::RwLock::new(operator_key),
             kt,
             uploading: Default::default(),
             store,
@@ -180,6 +190,40 @@ impl AppState {
 
     fn is_revoked(&self, device: u64) -> bool {
         self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&device)
+    }
+
+    fn barred(&self, device: u64) -> Option<Barred> {
+        self.barred.read().unwrap_or_else(|p| p.into_inner()).get(&device).copied()
+    }
+
+    /// Replaces the barred devices with `now_barred` and closes the live connections of those
+    /// newly barred.
+    pub(crate) fn set_barred(&self, now_barred: HashMap<u64, Barred>) {
+        let mut barred = self.barred.write().unwrap_or_else(|p| p.into_inner());
+        let newly: Vec<u64> =
+            now_barred.keys().filter(|d| !barred.contains_key(d)).copied().collect();
+        *barred = now_barred;
+        drop(barred);
+        self.notifier.notify(newly);
+    }
+
+    /// Reads the barred devices from the store again.
+    pub(crate) async fn refresh_barred(self: &Arc<Self>) {
+        let (grace, now) = (self.config.account_grace_secs, self.config.clock.now_secs());
+        let state = self.clone();
+        match blocking(&state, move |s| s.barred_devices(grace, now)).await {
+            Ok(list) => self.set_barred(list.into_iter().collect()),
+            Err(e) => tracing::warn!(error = %e.message, "reading barred accounts failed"),
+        }
+    }
+
+    pub(crate) fn operator_key(&self) -> Option<Vec<u8>> {
+        self.operator_key.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts a new operator key in service (after `sotto-server operator-key`).
+    pub(crate) fn set_operator_key(&self, key: Option<Vec<u8>>) {
+        *self.operator_key.write().unwrap_or_else(|p| p.into_inner()) = key;
     }
 
     /// Marks devices revoked and wakes their live connections, which then close.
@@ -311,9 +355,34 @@ impl From<StoreError> for ApiError {
                     "the server cannot store anything new right now (storage full or read-only)",
                 )
             }
+            StoreError::NoAccount => {
+                Self::new(S::NOT_FOUND, ErrorCode::UnknownUser, "no such account")
+            }
+            StoreError::AccountDeleted => barred_error(Barred::Deleted),
             other => Self::internal("store failed", &other),
         }
     }
+}
+
+/// The answer to a device whose account is refused service. The device keeps its data.
+fn barred_error(why: Barred) -> ApiError {
+    let (code, message) = match why {
+        Barred::Suspended => (
+            ErrorCode::AccountSuspended,
+            "this account is suspended by the server's operator; this device keeps its messages \
+             and works again once the account is resumed",
+        ),
+        Barred::Expired => (
+            ErrorCode::AccountExpired,
+            "this account's term has ended; ask the server's operator to renew it (this device \
+             keeps its messages)",
+        ),
+        Barred::Deleted => (
+            ErrorCode::AccountDeleted,
+            "this account was deleted by the server's operator; this device keeps what it holds",
+        ),
+    };
+    ApiError::new(StatusCode::FORBIDDEN, code, message)
 }
 
 impl IntoResponse for ApiError {
@@ -396,6 +465,9 @@ impl FromRequestParts<Shared> for AuthDevice {
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
         let device = authenticate(parts, state)?;
+        if let Some(why) = state.barred(device) {
+            return Err(barred_error(why));
+        }
         if state.is_revoked(device) {
             return Err(revoked_error());
         }
@@ -407,7 +479,11 @@ impl FromRequestParts<Shared> for AnyDevice {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        authenticate(parts, state).map(AnyDevice)
+        let device = authenticate(parts, state)?;
+        if let Some(why) = state.barred(device) {
+            return Err(barred_error(why));
+        }
+        Ok(AnyDevice(device))
     }
 }
 
@@ -535,10 +611,23 @@ fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::Method
     ]
 }
 
+/// Counts each answered request by its route's template and status.
+async fn count_request(
+    path: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let route = path.as_ref().map_or("other", |p| p.as_str());
+    crate::metrics::METRICS.request(route, response.status().as_u16());
+    response
+}
+
 pub(crate) fn router(state: Shared) -> Router {
     routes()
         .into_iter()
         .fold(Router::new(), |router, (path, _, handlers)| router.route(path, handlers))
+        .route_layer(axum::middleware::from_fn(count_request))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint")
         })
@@ -564,7 +653,7 @@ async fn info(State(state): State<Shared>) -> Json<proto::ServerInfo> {
         domain: state.config.domain.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         registration: state.config.registration,
-        operator_key: state.operator_key.clone().map(Bytes),
+        operator_key: state.operator_key().map(Bytes),
         kt: Some(proto::KtKeys {
             signing_key: Bytes(state.kt.signing_key()),
             vrf_key: Bytes(state.kt.vrf_key().to_vec()),
@@ -711,12 +800,35 @@ async fn token(
     if !state.sessions.consume(&req.nonce.0, now) {
         return Err(invalid());
     }
+    let address = device.address.clone();
+    let account = blocking(&state, move |s| s.account(&address)).await?;
+    let grace = state.config.account_grace_secs;
+    // A token never outlives the account's term and grace period.
+    let mut ttl = state.config.token_ttl_secs;
+    if let Some(account) = &account {
+        let why = if account.deleted_at.is_some() {
+            Some(Barred::Deleted)
+        } else if account.suspended_at.is_some() {
+            Some(Barred::Suspended)
+        } else {
+            match account.valid_until.map(|t| t.saturating_add(grace)) {
+                Some(end) if end <= now => Some(Barred::Expired),
+                Some(end) => {
+                    ttl = ttl.min(end - now);
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(why) = why {
+            return Err(barred_error(why));
+        }
+    }
     // "Last seen" for the account's device list; a full disk must not stop logins.
     if let Err(e) = blocking(&state, move |s| s.touch_device(device_id, now)).await {
         tracing::debug!(?e, "could not record a login");
     }
-    let ttl = state.config.token_ttl_secs;
-    let token = state.sessions.token(device_id, unix_now() + ttl);
+    let token = state.sessions.token(device_id, now + ttl);
     Ok(Json(proto::TokenResponse { token, expires_in: ttl }))
 }
 
@@ -1000,6 +1112,9 @@ async fn submit(
         s.submit(&submission, unix_now())
     })
     .await?;
+    let metrics = &crate::metrics::METRICS;
+    metrics.submissions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics.queued.fetch_add(notify.len() as u64, std::sync::atomic::Ordering::Relaxed);
     state.notifier.notify(notify);
     Ok(Json(proto::SubmitResponse { epoch, dropped }))
 }
@@ -1015,6 +1130,9 @@ async fn fetch(
     let (messages, more) =
         blocking(&state, move |s| s.fetch(device, q.after, limit, not_before, PAGE_MAX_BYTES))
             .await?;
+    crate::metrics::METRICS
+        .delivered
+        .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(Json(proto::QueueResponse {
         messages: messages
             .into_iter()
@@ -1030,6 +1148,7 @@ async fn ack(
     ApiJson(req): ApiJson<proto::AckRequest>,
 ) -> Result<Json<proto::AckResponse>, ApiError> {
     let removed = blocking_write(&state, move |s| s.ack(device, req.up_to)).await?;
+    crate::metrics::METRICS.acknowledged.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
     Ok(Json(proto::AckResponse { up_to: req.up_to, removed }))
 }
 
@@ -1080,6 +1199,7 @@ async fn websocket(
     // send small acknowledgement frames; messages go out as they are written.
     upgrade.max_message_size(64 * 1024).read_buffer_size(4 * 1024).write_buffer_size(0).on_upgrade(
         move |socket| async move {
+            let _open = crate::metrics::OpenGauge::open(&crate::metrics::METRICS.live_open);
             let mut socket = socket;
             // Set before the socket is dropped: dropping it closes the connection.
             if live_delivery(state, device, &mut socket).await == Ending::PeerGone {
@@ -1120,6 +1240,10 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
     let send_timeout =
         LIVE_SEND_TIMEOUT.min(std::time::Duration::from_secs(state.config.idle_timeout_secs));
     loop {
+        if let Some(why) = state.barred(device) {
+            let _ = socket.send(frame(&proto::ServerFrame::Error(barred_error(why).body()))).await;
+            return Ending::Done;
+        }
         if state.is_revoked(device) {
             let _ = socket.send(frame(&proto::ServerFrame::Error(revoked_error().body()))).await;
             return Ending::Done;
@@ -1144,6 +1268,9 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
                 return Ending::Done;
             }
         };
+        crate::metrics::METRICS
+            .delivered
+            .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for (seq, message, at) in messages {
             sent = seq;
             let f = proto::ServerFrame::Message(proto::QueuedMessage {
@@ -1184,7 +1311,10 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
                         let reply = match serde_json::from_str::<proto::ClientFrame>(&text) {
                             Ok(proto::ClientFrame::Ack(a)) => {
                                 match blocking_write(&state, move |s| s.ack(device, a.up_to)).await {
-                                    Ok(removed) => proto::ServerFrame::Acked(proto::AckResponse { up_to: a.up_to, removed }),
+                                    Ok(removed) => {
+                                        crate::metrics::METRICS.acknowledged.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
+                                        proto::ServerFrame::Acked(proto::AckResponse { up_to: a.up_to, removed })
+                                    }
                                     Err(e) => proto::ServerFrame::Error(e.body()),
                                 }
                             }

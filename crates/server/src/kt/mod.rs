@@ -180,12 +180,16 @@ impl KeyDirectory {
 
     async fn publish_now(&self, updates: HashMap<Vec<u8>, Vec<u8>>) -> Result<u64, Error> {
         let _publishing = self.gate.write().await;
+        let started = std::time::Instant::now();
         let dir = self.dir.clone();
         let updates: Vec<(AkdLabel, AkdValue)> =
             updates.into_iter().map(|(l, v)| (AkdLabel(l), AkdValue(v))).collect();
         let hash = blocking(async move { dir.publish(updates).await }).await?.map_err(kt_err)?;
         let row = self.record_root().await?;
         debug_assert_eq!(row.epoch, hash.0);
+        let metrics = &crate::metrics::METRICS;
+        metrics.kt_publish_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.kt_epoch.store(hash.0, std::sync::atomic::Ordering::Relaxed);
         Ok(hash.0)
     }
 

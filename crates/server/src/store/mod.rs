@@ -41,6 +41,69 @@ pub struct AccountRecord {
     pub revoked: u64,
     /// When one of its devices last logged in.
     pub last_seen: Option<u64>,
+    /// When the operator suspended it, if it is suspended.
+    pub suspended_at: Option<u64>,
+    /// The end of its term, if it has one (it is then suspended after the grace period).
+    pub valid_until: Option<u64>,
+    /// When it was deleted: only the address is kept, so it cannot be taken again.
+    pub deleted_at: Option<u64>,
+}
+
+/// What the store holds, read when metrics are scraped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreTotals {
+    /// Accounts not deleted.
+    pub accounts: u64,
+    /// Accounts suspended.
+    pub suspended: u64,
+    /// Devices not revoked.
+    pub devices: u64,
+    /// Messages waiting in queues.
+    pub queued_messages: u64,
+    /// Bytes waiting in queues.
+    pub queued_bytes: u64,
+    /// Bytes of files kept.
+    pub file_bytes: u64,
+}
+
+/// Why an account's devices are refused service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Barred {
+    /// The operator suspended the account.
+    Suspended,
+    /// Its term and grace period ran out.
+    Expired,
+    /// The operator deleted it.
+    Deleted,
+}
+
+/// A change the operator makes to an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChange {
+    /// Refuse its devices service until resumed; nothing is deleted.
+    Suspend,
+    /// Undo [`AccountChange::Suspend`].
+    Resume,
+    /// Set the end of its term (Unix seconds), or remove the term.
+    Term(Option<u64>),
+    /// Revoke its devices, delete its queues, key packages, files and device list; keep the
+    /// address, marked deleted.
+    Delete,
+}
+
+/// One line of the operator's audit log: who did what to whom, when. Never message traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// Who: the operator's name as the command gave it, and how it reached the server.
+    pub actor: String,
+    /// What: `account.suspend`, `invite.create`, ...
+    pub action: String,
+    /// The account or invite it concerns.
+    pub subject: String,
+    /// Anything else worth keeping (a term's end, a reason).
+    pub detail: String,
 }
 
 /// An invite not used up. Only the code's hash is kept: it names the invite.
@@ -54,6 +117,8 @@ pub struct InviteRecord {
     pub expires_at: u64,
     /// Registrations it still allows.
     pub uses_left: u32,
+    /// The term (seconds) of the accounts it registers, if they get one.
+    pub valid_for: Option<u64>,
 }
 
 /// An account's signed device list and the keys the server checks against it. The server
@@ -237,6 +302,12 @@ pub enum StoreError {
         /// The device.
         device: u64,
     },
+    /// No account with that address.
+    #[error("no such account")]
+    NoAccount,
+    /// The account was deleted; only its address is kept.
+    #[error("the account was deleted")]
+    AccountDeleted,
     /// A submission id seen before came with different content.
     #[error("submission id reused for a different submission")]
     SubmissionConflict,
@@ -273,12 +344,14 @@ pub enum StoreError {
 
 /// The primitive operations of a server store.
 pub trait Store: Send + Sync + 'static {
-    /// Records an invite.
+    /// Records an invite; the accounts it registers get a term of `valid_for` seconds, if
+    /// given.
     fn create_invite(
         &self,
         code_hash: &[u8],
         expires_at: u64,
         uses: u32,
+        valid_for: Option<u64>,
         now: u64,
     ) -> Result<(), StoreError>;
 
@@ -289,8 +362,35 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many matched (0: none, more than 1: nothing withdrawn, say more).
     fn revoke_invite(&self, prefix: &[u8]) -> Result<usize, StoreError>;
 
-    /// Every account, by address.
+    /// Every account, by address (deleted ones included).
     fn accounts(&self) -> Result<Vec<AccountRecord>, StoreError>;
+
+    /// One account, if the address was ever registered.
+    fn account(&self, address: &str) -> Result<Option<AccountRecord>, StoreError>;
+
+    /// Applies an operator's change to an account and records `audit`, at once. Returns the
+    /// ids of the files a deletion removed from the database (their bytes are for the caller
+    /// to delete). [`StoreError::NoAccount`] if the address was never registered,
+    /// [`StoreError::AccountDeleted`] if it was deleted.
+    fn change_account(
+        &self,
+        address: &str,
+        change: AccountChange,
+        audit: &AuditRecord,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+
+    /// Devices refused service at `now`: those of suspended and deleted accounts, and of
+    /// accounts whose term ended more than `grace` seconds ago.
+    fn barred_devices(&self, grace: u64, now: u64) -> Result<Vec<(u64, Barred)>, StoreError>;
+
+    /// Appends a line to the audit log.
+    fn record_audit(&self, audit: &AuditRecord) -> Result<(), StoreError>;
+
+    /// The newest `limit` lines of the audit log, oldest first.
+    fn audit_log(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Totals for the operator's metrics.
+    fn totals(&self) -> Result<StoreTotals, StoreError>;
 
     /// Creates an account and its first device, consuming one use of the invite (if any).
     /// Returns the device id.

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AccountRecord, BlobRecord, DeviceRecord, InviteRecord, KeyPackageStock, LinkRecord, ListRecord,
-    NewAccount, Ordering, PAGE_MAX_BYTES, QueueLimits, QueuePage, SignedBlob, Store, StoreError,
-    Submission, WipeRecord,
+    AccountChange, AccountRecord, AuditRecord, Barred, BlobRecord, DeviceRecord, InviteRecord,
+    KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering, PAGE_MAX_BYTES, QueueLimits,
+    QueuePage, SignedBlob, Store, StoreError, StoreTotals, Submission, WipeRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -129,6 +129,22 @@ ALTER TABLE key_packages ADD COLUMN ciphersuite INTEGER NOT NULL DEFAULT 3;
 DROP INDEX key_packages_by_device;
 CREATE INDEX key_packages_by_device ON key_packages(device_id, ciphersuite, last_resort, id);
 "#,
+    // Account lifecycle: suspension, terms, deletion (the address row stays), and the
+    // operator's audit log.
+    r#"
+ALTER TABLE accounts ADD COLUMN suspended_at INTEGER;
+ALTER TABLE accounts ADD COLUMN valid_until INTEGER;
+ALTER TABLE accounts ADD COLUMN deleted_at INTEGER;
+ALTER TABLE invites ADD COLUMN valid_for INTEGER;
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"#,
 ];
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
@@ -243,6 +259,36 @@ fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListRecord> {
 }
 
 const DEVICE_COLUMNS: &str = "device_id, address, device_key, created_at, revoked_at, last_seen";
+
+/// An account with its device counts; add a `WHERE` and `GROUP BY a.address`.
+const ACCOUNT_QUERY: &str = "SELECT a.address, a.created_at,
+        COUNT(d.device_id) FILTER (WHERE d.revoked_at IS NULL),
+        COUNT(d.device_id) FILTER (WHERE d.revoked_at IS NOT NULL),
+        MAX(d.last_seen), a.suspended_at, a.valid_until, a.deleted_at
+    FROM accounts a LEFT JOIN devices d ON d.address = a.address";
+
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
+    let time = |i| r.get::<_, Option<i64>>(i).map(|t| t.map(to_u64));
+    Ok(AccountRecord {
+        address: r.get(0)?,
+        created_at: to_u64(r.get(1)?),
+        devices: to_u64(r.get(2)?),
+        revoked: to_u64(r.get(3)?),
+        last_seen: time(4)?,
+        suspended_at: time(5)?,
+        valid_until: time(6)?,
+        deleted_at: time(7)?,
+    })
+}
+
+fn insert_audit(tx: &Connection, audit: &AuditRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![to_i64(audit.at), audit.actor, audit.action, audit.subject, audit.detail],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
 
 fn key_taken(tx: &Connection, key: &[u8]) -> Result<bool, StoreError> {
     Ok(tx
@@ -371,8 +417,12 @@ fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<(Job, Reply)>) {
             }
         }
         let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let started = std::time::Instant::now();
         let results = run_batch(&mut conn, &batch);
         drop(conn);
+        let metrics = &crate::metrics::METRICS;
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.commit_batch.observe(batch.len() as f64);
         for ((_, reply), result) in batch.into_iter().zip(results) {
             let _ = reply.send(result);
         }
@@ -649,12 +699,14 @@ impl Store for SqliteStore {
         code_hash: &[u8],
         expires_at: u64,
         uses: u32,
+        valid_for: Option<u64>,
         now: u64,
     ) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                "INSERT INTO invites (code_hash, created_at, expires_at, uses_left) VALUES (?1, ?2, ?3, ?4)",
-                params![code_hash, to_i64(now), to_i64(expires_at), uses],
+                "INSERT INTO invites (code_hash, created_at, expires_at, uses_left, valid_for)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![code_hash, to_i64(now), to_i64(expires_at), uses, valid_for.map(to_i64)],
             )
             .map_err(backend)?;
         Ok(())
@@ -664,7 +716,7 @@ impl Store for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT code_hash, created_at, expires_at, uses_left FROM invites
+                "SELECT code_hash, created_at, expires_at, uses_left, valid_for FROM invites
                  WHERE uses_left > 0 ORDER BY created_at, code_hash",
             )
             .map_err(backend)?;
@@ -675,6 +727,7 @@ impl Store for SqliteStore {
                     created_at: to_u64(r.get(1)?),
                     expires_at: to_u64(r.get(2)?),
                     uses_left: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    valid_for: r.get::<_, Option<i64>>(4)?.map(to_u64),
                 })
             })
             .map_err(backend)?;
@@ -703,23 +756,166 @@ impl Store for SqliteStore {
     fn accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
+            .prepare(&format!("{ACCOUNT_QUERY} GROUP BY a.address ORDER BY a.address"))
+            .map_err(backend)?;
+        let rows = stmt.query_map([], account_row).map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn account(&self, address: &str) -> Result<Option<AccountRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("{ACCOUNT_QUERY} WHERE a.address = ?1 GROUP BY a.address"),
+                [address],
+                account_row,
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn change_account(
+        &self,
+        address: &str,
+        change: AccountChange,
+        audit: &AuditRecord,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let deleted: Option<Option<i64>> = tx
+            .query_row("SELECT deleted_at FROM accounts WHERE address = ?1", [address], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?;
+        match deleted {
+            None => return Err(StoreError::NoAccount),
+            Some(Some(_)) => return Err(StoreError::AccountDeleted),
+            Some(None) => {}
+        }
+        let now = to_i64(audit.at);
+        let mut files = Vec::new();
+        match change {
+            AccountChange::Suspend => {
+                tx.execute(
+                    "UPDATE accounts SET suspended_at = COALESCE(suspended_at, ?2) WHERE address = ?1",
+                    params![address, now],
+                )
+                .map_err(backend)?;
+            }
+            AccountChange::Resume => {
+                tx.execute("UPDATE accounts SET suspended_at = NULL WHERE address = ?1", [address])
+                    .map_err(backend)?;
+            }
+            AccountChange::Term(until) => {
+                tx.execute(
+                    "UPDATE accounts SET valid_until = ?2 WHERE address = ?1",
+                    params![address, until.map(to_i64)],
+                )
+                .map_err(backend)?;
+            }
+            AccountChange::Delete => {
+                let devices: Vec<i64> = {
+                    let mut stmt = tx
+                        .prepare("SELECT device_id FROM devices WHERE address = ?1")
+                        .map_err(backend)?;
+                    let rows = stmt.query_map([address], |r| r.get(0)).map_err(backend)?;
+                    rows.collect::<Result<_, _>>().map_err(backend)?
+                };
+                for device in devices {
+                    revoke_in(&tx, to_u64(device), audit.at)?;
+                    tx.execute("DELETE FROM wipes WHERE device_id = ?1", [device])
+                        .map_err(backend)?;
+                }
+                files = {
+                    let mut stmt =
+                        tx.prepare("SELECT id FROM blobs WHERE address = ?1").map_err(backend)?;
+                    let rows = stmt.query_map([address], |r| r.get(0)).map_err(backend)?;
+                    rows.collect::<Result<_, _>>().map_err(backend)?
+                };
+                tx.execute("DELETE FROM blobs WHERE address = ?1", [address]).map_err(backend)?;
+                tx.execute(
+                    "UPDATE accounts SET deleted_at = ?2, suspended_at = NULL, valid_until = NULL,
+                            identity_key = NULL, recovery_key = NULL, operator_key = NULL,
+                            device_list = NULL, list_signature = NULL
+                     WHERE address = ?1",
+                    params![address, now],
+                )
+                .map_err(backend)?;
+            }
+        }
+        insert_audit(&tx, audit)?;
+        tx.commit().map_err(backend)?;
+        Ok(files)
+    }
+
+    fn barred_devices(&self, grace: u64, now: u64) -> Result<Vec<(u64, Barred)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
             .prepare(
-                "SELECT a.address, a.created_at,
-                        COUNT(d.device_id) FILTER (WHERE d.revoked_at IS NULL),
-                        COUNT(d.device_id) FILTER (WHERE d.revoked_at IS NOT NULL),
-                        MAX(d.last_seen)
-                 FROM accounts a LEFT JOIN devices d ON d.address = a.address
-                 GROUP BY a.address ORDER BY a.address",
+                "SELECT d.device_id, a.deleted_at IS NOT NULL, a.suspended_at IS NOT NULL
+                 FROM accounts a JOIN devices d ON d.address = a.address
+                 WHERE a.deleted_at IS NOT NULL OR a.suspended_at IS NOT NULL
+                    OR (a.valid_until IS NOT NULL AND a.valid_until + ?1 <= ?2)",
             )
             .map_err(backend)?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(AccountRecord {
-                    address: r.get(0)?,
-                    created_at: to_u64(r.get(1)?),
-                    devices: to_u64(r.get(2)?),
-                    revoked: to_u64(r.get(3)?),
-                    last_seen: r.get::<_, Option<i64>>(4)?.map(to_u64),
+            .query_map(params![to_i64(grace), to_i64(now)], |r| {
+                let why = match (r.get::<_, bool>(1)?, r.get::<_, bool>(2)?) {
+                    (true, _) => Barred::Deleted,
+                    (false, true) => Barred::Suspended,
+                    (false, false) => Barred::Expired,
+                };
+                Ok((to_u64(r.get(0)?), why))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn totals(&self) -> Result<StoreTotals, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT
+                   (SELECT COUNT(*) FROM accounts WHERE deleted_at IS NULL),
+                   (SELECT COUNT(*) FROM accounts WHERE suspended_at IS NOT NULL),
+                   (SELECT COUNT(*) FROM devices WHERE revoked_at IS NULL),
+                   (SELECT COALESCE(SUM(messages), 0) FROM queue_stats),
+                   (SELECT COALESCE(SUM(bytes), 0) FROM queue_stats),
+                   (SELECT COALESCE(SUM(received), 0) FROM blobs)",
+                [],
+                |r| {
+                    Ok(StoreTotals {
+                        accounts: to_u64(r.get(0)?),
+                        suspended: to_u64(r.get(1)?),
+                        devices: to_u64(r.get(2)?),
+                        queued_messages: to_u64(r.get(3)?),
+                        queued_bytes: to_u64(r.get(4)?),
+                        file_bytes: to_u64(r.get(5)?),
+                    })
+                },
+            )
+            .map_err(backend)
+    }
+
+    fn record_audit(&self, audit: &AuditRecord) -> Result<(), StoreError> {
+        insert_audit(&self.conn(), audit)
+    }
+
+    fn audit_log(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT at, actor, action, subject, detail FROM
+                   (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(AuditRecord {
+                    at: to_u64(r.get(0)?),
+                    actor: r.get(1)?,
+                    action: r.get(2)?,
+                    subject: r.get(3)?,
+                    detail: r.get(4)?,
                 })
             })
             .map_err(backend)?;
@@ -729,22 +925,23 @@ impl Store for SqliteStore {
     fn register(&self, account: &NewAccount<'_>, now: u64) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let mut term = None;
         if let Some(hash) = account.invite_hash {
-            let invite: Option<(i64, i64)> = tx
+            let invite: Option<(i64, i64, Option<i64>)> = tx
                 .query_row(
-                    "SELECT expires_at, uses_left FROM invites WHERE code_hash = ?1",
+                    "SELECT expires_at, uses_left, valid_for FROM invites WHERE code_hash = ?1",
                     [hash],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()
                 .map_err(backend)?;
             match invite {
                 None => return Err(StoreError::InviteInvalid),
-                Some((expires, _)) if to_u64(expires) <= now => {
+                Some((expires, _, _)) if to_u64(expires) <= now => {
                     return Err(StoreError::InviteExpired);
                 }
-                Some((_, uses)) if uses <= 0 => return Err(StoreError::InviteUsedUp),
-                Some(_) => {}
+                Some((_, uses, _)) if uses <= 0 => return Err(StoreError::InviteUsedUp),
+                Some((_, _, valid_for)) => term = valid_for.map(|v| now.saturating_add(to_u64(v))),
             }
         }
         let taken: bool = tx
@@ -763,8 +960,8 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
         }
         tx.execute(
-            "INSERT INTO accounts (address, created_at) VALUES (?1, ?2)",
-            params![account.address, to_i64(now)],
+            "INSERT INTO accounts (address, created_at, valid_until) VALUES (?1, ?2, ?3)",
+            params![account.address, to_i64(now), term.map(to_i64)],
         )
         .map_err(backend)?;
         set_list(&tx, account.address, account.list)?;

@@ -22,8 +22,8 @@ fn account<'a>(address: &'a str, key: &'a [u8], invite: Option<&'a [u8]>) -> New
 }
 
 fn registration_and_invites(store: &dyn Store) {
-    store.create_invite(b"inv", 100, 2, 0).expect("invite");
-    store.create_invite(b"old", 10, 5, 0).expect("invite");
+    store.create_invite(b"inv", 100, 2, None, 0).expect("invite");
+    store.create_invite(b"old", 10, 5, None, 0).expect("invite");
     let alice = store.register(&account("alice@x", b"ka", Some(b"inv")), 50).expect("alice");
     assert!(matches!(
         store.register(&account("alice@x", b"kz", Some(b"inv")), 50),
@@ -61,7 +61,7 @@ fn registration_and_invites(store: &dyn Store) {
     let invites = store.invites().expect("invites");
     assert_eq!(invites.iter().map(|i| i.code_hash.as_slice()).collect::<Vec<_>>(), [&b"old"[..]]);
     assert_eq!((invites[0].uses_left, invites[0].expires_at), (5, 10));
-    store.create_invite(b"oak", 100, 1, 0).expect("invite");
+    store.create_invite(b"oak", 100, 1, None, 0).expect("invite");
     assert_eq!(store.revoke_invite(b"o").expect("revoke"), 2, "ambiguous: nothing withdrawn");
     assert_eq!(store.invites().expect("invites").len(), 2);
     assert_eq!(store.revoke_invite(b"oa").expect("revoke"), 1);

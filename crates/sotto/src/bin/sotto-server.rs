@@ -7,6 +7,7 @@ use std::io::Write as _;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use sotto_server::admin::{self, Request};
 use sotto_server::{Config, RegistrationMode, TlsFiles};
 
 /// Sotto's server: relays end-to-end encrypted messages it cannot read.
@@ -88,6 +89,39 @@ struct ServeArgs {
     /// How often expired messages and sessions are swept (e.g. 5m).
     #[arg(long, env = "SOTTO_SWEEP_INTERVAL", default_value = "5m", value_parser = sotto::parse_duration)]
     sweep_interval: u64,
+    /// How long an account whose term ended keeps working before it is suspended (e.g. 14d).
+    #[arg(long, env = "SOTTO_ACCOUNT_GRACE", default_value = "14d", value_parser = parse_duration_or_zero)]
+    account_grace: u64,
+    /// Where the admin API (operator commands, /metrics) listens: a loopback address and
+    /// port, port 0 for any free one (recorded in DATA/admin.url), or `off`.
+    #[arg(long, env = "SOTTO_ADMIN_LISTEN", default_value = "127.0.0.1:0", value_parser = parse_admin_listen)]
+    admin_listen: AdminListen,
+}
+
+/// A duration that may be zero (`0`, `0s`, `0d`...).
+fn parse_duration_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(0);
+    }
+    sotto::parse_duration(s)
+}
+
+/// `--admin-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct AdminListen(Option<SocketAddr>);
+
+fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
+    if s == "off" {
+        return Ok(AdminListen(None));
+    }
+    let addr: SocketAddr =
+        s.parse().map_err(|_| format!("{s:?} is not an address:port (or `off`)"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the admin API listens on loopback only"
+        ));
+    }
+    Ok(AdminListen(Some(addr)))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -104,20 +138,39 @@ enum Command {
     #[command(subcommand)]
     Invite(InviteCommand),
     /// Create (once) and print the operator key. Accounts registered with `--managed` accept
-    /// it, letting the operator revoke and wipe their devices. Restart the server after
-    /// creating it so it is published.
-    OperatorKey,
+    /// it, letting the operator revoke and wipe their devices. A running server puts it in
+    /// service at once.
+    OperatorKey {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Act on a managed account's devices with the operator key.
     #[command(subcommand)]
     Operator(OperatorCommand),
-    /// The accounts this server hosts (read from the data directory; works while it serves).
+    /// The accounts this server hosts: list them, suspend, resume, give terms, delete.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// The audit log: every operator action (accounts, invites, the operator key), with who
+    /// and when. Never message traffic.
+    Audit {
+        /// How many of the newest lines.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
+/// Every operator command goes to the running server's admin API (found through
+/// DATA/admin.url, with the token in DATA/admin.token or SOTTO_ADMIN_TOKEN), which puts the
+/// change in service at once; when no server runs on --data, it is carried out on the data
+/// directory directly.
 #[derive(Subcommand, Debug)]
 enum AccountsCommand {
-    /// Every account: devices in use and revoked, when it registered and was last seen.
+    /// Every account: its state, devices in use and revoked, when it registered and was
+    /// last seen.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -127,6 +180,62 @@ enum AccountsCommand {
     Show {
         /// The account.
         address: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cut an account off: its devices get `account_suspended` and keep their data; messages
+    /// sent to it wait in its queues. Live connections close at once.
+    Suspend {
+        /// The account.
+        address: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo `suspend`.
+    Resume {
+        /// The account.
+        address: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give an account a term from now (e.g. 180d); after it and the grace period
+    /// (--account-grace) its devices get `account_expired` until it is renewed.
+    Term {
+        /// The account.
+        address: String,
+        /// How long from now.
+        #[arg(long, value_parser = sotto::parse_duration, required_unless_present = "none")]
+        valid_for: Option<u64>,
+        /// Remove the term instead.
+        #[arg(long, conflicts_with = "valid_for")]
+        none: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Extend an account's term: from its end, or from now if it has ended.
+    Renew {
+        /// The account.
+        address: String,
+        /// By how long (e.g. 180d).
+        #[arg(long = "for", value_parser = sotto::parse_duration, default_value = "180d")]
+        by: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an account: revoke its devices, delete its queues, key packages, files and
+    /// device list. The address stays taken, and the key directory records that it is gone.
+    /// Cannot be undone.
+    Delete {
+        /// The account.
+        address: String,
+        /// Do it: without this, only say what would happen.
+        #[arg(long)]
+        yes: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -159,7 +268,10 @@ enum InviteCommand {
         /// How many accounts the code can create.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         uses: u32,
-        /// Print JSON: {"code", "expires_at", "uses"}.
+        /// Give the accounts it creates a term (e.g. 180d), renewable with `accounts renew`.
+        #[arg(long, value_parser = sotto::parse_duration)]
+        valid_for: Option<u64>,
+        /// Print JSON: {"id", "code", "expires_at", "uses", "valid_for"}.
         #[arg(long)]
         json: bool,
     },
@@ -174,6 +286,9 @@ enum InviteCommand {
     Revoke {
         /// The invite's id.
         id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -181,11 +296,6 @@ enum InviteCommand {
 fn last_seen(at: Option<u64>) -> String {
     at.map(|s| format!(", last seen {}", sotto::format_time(s.saturating_mul(1000))))
         .unwrap_or_default()
-}
-
-/// How an invite is named: the start of its code's hash (the code itself is not kept).
-fn invite_id(code_hash: &[u8]) -> String {
-    hex::encode(code_hash.get(..6).unwrap_or(code_hash))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -258,193 +368,267 @@ fn main() -> anyhow::Result<()> {
         sweep_interval_secs: cli.serve.sweep_interval,
         blob_quota: cli.serve.blob_quota,
         submit_bytes_per_second: cli.serve.submit_rate,
+        account_grace_secs: cli.serve.account_grace,
+        admin_listen: cli.serve.admin_listen.0,
         ..Config::default()
     };
-    // One serving process per data directory; the lock is taken before the store opens.
-    let serving = matches!(cli.command, None | Some(Command::Serve));
-    let _lock = if serving {
-        config.check()?;
-        Some(sotto_server::lock_data_dir(&config)?)
-    } else {
-        None
-    };
-    let store = sotto_server::open_store(&config)?;
-    match cli.command {
-        Some(Command::Invite(InviteCommand::Create { expires, uses, json })) => {
-            let invite = sotto_server::create_invite(store.as_ref(), expires, uses)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "code": invite.code, "expires_at": invite.expires_at, "uses": invite.uses
-                    })
-                );
-            } else {
-                println!("{}", invite.code);
-                eprintln!(
-                    "valid for {} registration(s) until {} (Unix time {})",
-                    invite.uses,
-                    sotto::format_time(invite.expires_at * 1000),
-                    invite.expires_at
-                );
-            }
-            Ok(())
-        }
-        Some(Command::OperatorKey) => {
-            let key = sotto_server::create_operator_key(&config)?;
-            println!("{}", hex::encode(key.public()));
-            eprintln!(
-                "operator key in {}; restart sotto-server to publish it. Accounts registered \
-                 with `sotto register --managed` accept it.",
-                config.data_dir.join("operator.key").display()
-            );
-            Ok(())
+    let (request, json) = match cli.command {
+        None | Some(Command::Serve) => {
+            // One serving process per data directory; the lock is taken before the store opens.
+            config.check()?;
+            let _lock = sotto_server::lock_data_dir(&config)?;
+            let store = sotto_server::open_store(&config)?;
+            return serve(config, store);
         }
         Some(Command::Operator(OperatorCommand::Wipe { address, device, server })) => {
-            let command =
-                sotto_server::operator_wipe_command(&config, store.as_ref(), &address, device)?;
-            let server = server
-                .or_else(|| sotto_server::serving_url(&config))
-                .unwrap_or_else(|| format!("http://{}", config.listen));
-            let url = format!("{}/v1/operator/wipe", server.trim_end_matches('/'));
+            return operator_wipe(&config, &address, device, server);
+        }
+        Some(Command::Invite(c)) => match c {
+            InviteCommand::Create { expires, uses, valid_for, json } => {
+                (Request::InviteCreate { expires_in: expires, uses, valid_for }, json)
+            }
+            InviteCommand::List { json } => (Request::InviteList, json),
+            InviteCommand::Revoke { id, json } => (Request::InviteRevoke { id }, json),
+        },
+        Some(Command::OperatorKey { json }) => (Request::OperatorKey, json),
+        Some(Command::Audit { limit, json }) => (Request::Audit { limit }, json),
+        Some(Command::Accounts(c)) => match c {
+            AccountsCommand::List { json } => (Request::AccountsList, json),
+            AccountsCommand::Show { address, json } => (Request::AccountsShow { address }, json),
+            AccountsCommand::Suspend { address, json } => {
+                (Request::AccountsSuspend { address }, json)
+            }
+            AccountsCommand::Resume { address, json } => {
+                (Request::AccountsResume { address }, json)
+            }
+            AccountsCommand::Term { address, valid_for, none: _, json } => {
+                (Request::AccountsTerm { address, valid_for }, json)
+            }
+            AccountsCommand::Renew { address, by, json } => {
+                (Request::AccountsRenew { address, by }, json)
+            }
+            AccountsCommand::Delete { address, yes: false, .. } => anyhow::bail!(
+                "this deletes {address}: its devices are revoked, its queued messages, key \
+                 packages, files and device list are deleted, and the address stays taken. It \
+                 cannot be undone; add --yes to do it"
+            ),
+            AccountsCommand::Delete { address, yes: true, json } => {
+                (Request::AccountsDelete { address }, json)
+            }
+        },
+    };
+    let answer = admin_request(&config, &request)?;
+    if json {
+        println!("{answer}");
+    } else {
+        print_answer(&config, &request, &answer);
+    }
+    Ok(())
+}
+
+/// Who runs this command, for the audit log.
+fn operator_name() -> String {
+    std::env::var("SOTTO_OPERATOR")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Carries out an operator's request: through the running server's admin API, or on the data
+/// directory when no server runs (holding the directory's lock meanwhile, so none starts).
+fn admin_request(config: &Config, request: &Request) -> anyhow::Result<serde_json::Value> {
+    match sotto_server::lock_data_dir(config) {
+        Ok(_lock) => {
+            let store = sotto_server::open_store(config)?;
+            Ok(admin::execute_offline(config, store.as_ref(), request.clone(), &operator_name())?)
+        }
+        Err(sotto_server::Error::InUse(_)) => {
+            // A server that is starting records its admin address just after its lock.
+            let mut url = admin::admin_url(config);
+            for _ in 0..50 {
+                if url.is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                url = admin::admin_url(config);
+            }
+            let url = url.with_context(|| {
+                format!(
+                    "a server runs on {} without an admin API (--admin-listen off); stop it, \
+                     or restart it with one",
+                    config.data_dir.display()
+                )
+            })?;
+            let token = match std::env::var("SOTTO_ADMIN_TOKEN") {
+                Ok(t) => t,
+                Err(_) => admin::admin_token(config)?,
+            };
             let agent: ureq::Agent =
                 ureq::Agent::config_builder().http_status_as_error(false).build().into();
             let mut resp = agent
-                .post(&url)
-                .send_json(&command)
-                .with_context(|| format!("cannot reach the server at {server}; is it running?"))?;
+                .post(&format!("{url}/admin/v1"))
+                .header("Authorization", &format!("Bearer {token}"))
+                .header("X-Sotto-Operator", &operator_name())
+                .send_json(request)
+                .with_context(|| format!("cannot reach the server's admin API at {url}"))?;
             let body: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
             if !resp.status().is_success() {
                 anyhow::bail!(
-                    "the server refused: {}",
-                    body["error"]["message"].as_str().unwrap_or("unknown error")
-                );
-            }
-            println!("device {device} of {address} is revoked and will erase itself");
-            Ok(())
-        }
-        Some(Command::Invite(InviteCommand::List { json })) => {
-            let now = sotto_core::unix_now();
-            let invites = store.invites()?;
-            if json {
-                let list: Vec<serde_json::Value> = invites
-                    .iter()
-                    .map(|i| {
-                        serde_json::json!({
-                            "id": invite_id(&i.code_hash), "created_at": i.created_at,
-                            "expires_at": i.expires_at, "uses_left": i.uses_left,
-                            "expired": i.expires_at <= now,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(list));
-            } else if invites.is_empty() {
-                println!("no invites; `sotto-server invite create` mints one");
-            } else {
-                for i in &invites {
-                    let state = if i.expires_at <= now { "expired" } else { "valid until" };
-                    println!(
-                        "{}  {} use(s) left, {state} {}",
-                        invite_id(&i.code_hash),
-                        i.uses_left,
-                        sotto::format_time(i.expires_at.saturating_mul(1000))
-                    );
-                }
-            }
-            Ok(())
-        }
-        Some(Command::Invite(InviteCommand::Revoke { id })) => {
-            let prefix = hex::decode(id.trim())
-                .ok()
-                .filter(|p| !p.is_empty())
-                .context("an invite id is hex, from `sotto-server invite list`")?;
-            match store.revoke_invite(&prefix)? {
-                0 => anyhow::bail!("no invite has the id {id}"),
-                1 => {
-                    println!("invite {id} withdrawn: its code registers nobody from now on");
-                    Ok(())
-                }
-                _ => anyhow::bail!("several invites start with {id}: give more of the id"),
-            }
-        }
-        Some(Command::Accounts(AccountsCommand::List { json })) => {
-            let accounts = store.accounts()?;
-            if json {
-                let list: Vec<serde_json::Value> = accounts
-                    .iter()
-                    .map(|a| {
-                        serde_json::json!({
-                            "address": a.address, "created_at": a.created_at,
-                            "devices": a.devices, "revoked_devices": a.revoked,
-                            "last_seen": a.last_seen,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(list));
-            } else if accounts.is_empty() {
-                println!("no accounts yet");
-            } else {
-                for a in &accounts {
-                    let seen = last_seen(a.last_seen);
-                    println!(
-                        "{}  {} device(s){}, registered {}{seen}",
-                        a.address,
-                        a.devices,
-                        if a.revoked > 0 {
-                            format!(" ({} revoked)", a.revoked)
-                        } else {
-                            String::new()
-                        },
-                        sotto::format_time(a.created_at.saturating_mul(1000))
-                    );
-                }
-            }
-            Ok(())
-        }
-        Some(Command::Accounts(AccountsCommand::Show { address, json })) => {
-            let address = address.trim().to_ascii_lowercase();
-            let devices = store.devices(&address)?;
-            if devices.is_empty() {
-                anyhow::bail!("no account {address} on this server");
-            }
-            let managed = store.device_list(&address)?.and_then(|l| l.operator_key).is_some();
-            if json {
-                let list: Vec<serde_json::Value> = devices
-                    .iter()
-                    .map(|d| {
-                        serde_json::json!({
-                            "device_id": d.device_id, "created_at": d.created_at,
-                            "revoked_at": d.revoked_at, "last_seen": d.last_seen,
-                            "device_key": hex::encode(&d.device_key),
-                        })
-                    })
-                    .collect();
-                println!(
                     "{}",
-                    serde_json::json!({ "address": address, "managed": managed, "devices": list })
+                    body["error"]["message"].as_str().unwrap_or("the admin API refused")
                 );
-            } else {
-                let how = if managed { "managed (operator wipe works)" } else { "not managed" };
-                println!("{address}: {how}");
-                for d in &devices {
-                    let state = match d.revoked_at {
-                        Some(t) => {
-                            format!("revoked {}", sotto::format_time(t.saturating_mul(1000)))
-                        }
-                        None => "active".into(),
-                    };
-                    let seen = last_seen(d.last_seen);
-                    println!(
-                        "  device {:>4}  {state}, linked {}{seen}",
-                        d.device_id,
-                        sotto::format_time(d.created_at.saturating_mul(1000))
-                    );
-                }
             }
-            Ok(())
+            Ok(body)
         }
-        None | Some(Command::Serve) => serve(config, store),
+        Err(e) => Err(e.into()),
     }
+}
+
+fn time(at: &serde_json::Value) -> String {
+    at.as_u64().map(|s| sotto::format_time(s.saturating_mul(1000))).unwrap_or_default()
+}
+
+/// An account's line: its state and devices.
+fn account_line(a: &serde_json::Value) -> String {
+    let state = match a["state"].as_str().unwrap_or("") {
+        "active" => match a["valid_until"].as_u64() {
+            Some(_) => format!("active until {}", time(&a["valid_until"])),
+            None => "active".into(),
+        },
+        "grace" => format!("in grace: its term ended {}", time(&a["valid_until"])),
+        "expired" => format!("expired: its term ended {}", time(&a["valid_until"])),
+        "suspended" => format!("suspended {}", time(&a["suspended_at"])),
+        "deleted" => format!("deleted {}", time(&a["deleted_at"])),
+        other => other.to_string(),
+    };
+    let revoked = match a["revoked_devices"].as_u64() {
+        Some(n) if n > 0 => format!(" ({n} revoked)"),
+        _ => String::new(),
+    };
+    format!(
+        "{}  {state}; {} device(s){revoked}, registered {}{}",
+        a["address"].as_str().unwrap_or(""),
+        a["devices"],
+        time(&a["created_at"]),
+        last_seen(a["last_seen"].as_u64())
+    )
+}
+
+/// Prints an answer for people.
+fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) {
+    let empty = Vec::new();
+    let list = answer.as_array().unwrap_or(&empty);
+    match request {
+        Request::AccountsList if list.is_empty() => println!("no accounts yet"),
+        Request::AccountsList => list.iter().for_each(|a| println!("{}", account_line(a))),
+        Request::AccountsShow { .. } => {
+            println!("{}", account_line(answer));
+            let how = if answer["managed"] == true {
+                "managed (operator wipe works)"
+            } else {
+                "not managed"
+            };
+            println!("  {how}");
+            for d in answer["device_list"].as_array().unwrap_or(&empty) {
+                let state = match d["revoked_at"].as_u64() {
+                    Some(_) => format!("revoked {}", time(&d["revoked_at"])),
+                    None => "active".into(),
+                };
+                println!(
+                    "  device {:>4}  {state}, linked {}{}",
+                    d["device_id"],
+                    time(&d["created_at"]),
+                    last_seen(d["last_seen"].as_u64())
+                );
+            }
+        }
+        Request::AccountsSuspend { .. }
+        | Request::AccountsResume { .. }
+        | Request::AccountsTerm { .. }
+        | Request::AccountsRenew { .. }
+        | Request::AccountsDelete { .. } => println!("{}", account_line(answer)),
+        Request::InviteCreate { .. } => {
+            println!("{}", answer["code"].as_str().unwrap_or(""));
+            let term = match answer["valid_for"].as_u64() {
+                Some(secs) => format!("; the accounts it creates last {} day(s)", secs / 86_400),
+                None => String::new(),
+            };
+            eprintln!(
+                "valid for {} registration(s) until {}{term}",
+                answer["uses"],
+                time(&answer["expires_at"])
+            );
+        }
+        Request::InviteList if list.is_empty() => {
+            println!("no invites; `sotto-server invite create` mints one")
+        }
+        Request::InviteList => {
+            for i in list {
+                let state = if i["expired"] == true { "expired" } else { "valid until" };
+                println!(
+                    "{}  {} use(s) left, {state} {}",
+                    i["id"].as_str().unwrap_or(""),
+                    i["uses_left"],
+                    time(&i["expires_at"])
+                );
+            }
+        }
+        Request::InviteRevoke { id } => {
+            println!("invite {id} withdrawn: its code registers nobody from now on")
+        }
+        Request::Audit { .. } if list.is_empty() => println!("the audit log is empty"),
+        Request::Audit { .. } => {
+            for l in list {
+                let detail = l["detail"].as_str().filter(|d| !d.is_empty());
+                println!(
+                    "{}  {}  {} {}{}",
+                    time(&l["at"]),
+                    sotto::terminal_line(l["actor"].as_str().unwrap_or("")),
+                    l["action"].as_str().unwrap_or(""),
+                    sotto::terminal_line(l["subject"].as_str().unwrap_or("")),
+                    detail.map(|d| format!(" ({})", sotto::terminal_line(d))).unwrap_or_default()
+                );
+            }
+        }
+        Request::OperatorKey => {
+            println!("{}", answer["operator_key"].as_str().unwrap_or(""));
+            eprintln!(
+                "operator key in {}; it is in service (a server started later reads it too). \
+                 Accounts registered with `sotto register --managed` accept it.",
+                config.data_dir.join("operator.key").display()
+            );
+        }
+    }
+}
+
+/// `operator wipe`: signs the order with the operator key and hands it to the server.
+fn operator_wipe(
+    config: &Config,
+    address: &str,
+    device: u64,
+    server: Option<String>,
+) -> anyhow::Result<()> {
+    let store = sotto_server::open_store(config)?;
+    let command = sotto_server::operator_wipe_command(config, store.as_ref(), address, device)?;
+    let server = server
+        .or_else(|| sotto_server::serving_url(config))
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    let url = format!("{}/v1/operator/wipe", server.trim_end_matches('/'));
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = agent
+        .post(&url)
+        .send_json(&command)
+        .with_context(|| format!("cannot reach the server at {server}; is it running?"))?;
+    let body: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
+    if !resp.status().is_success() {
+        anyhow::bail!(
+            "the server refused: {}",
+            body["error"]["message"].as_str().unwrap_or("unknown error")
+        );
+    }
+    println!("device {device} of {address} is revoked and will erase itself");
+    Ok(())
 }
 
 fn serve(
@@ -457,6 +641,7 @@ fn serve(
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = sotto_server::bind(&config).await?;
+        let admin = sotto_server::bind_admin(&config).await?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         // Scripts read the address from this line; if stdout cannot take it, serve anyway.
@@ -476,7 +661,7 @@ fn serve(
             registration = ?config.registration,
             "serving"
         );
-        sotto_server::serve(config, store, listener, shutdown_signal()).await?;
+        sotto_server::serve_with_admin(config, store, listener, admin, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -1,0 +1,100 @@
+//! The admin listener: the operator's requests and the metrics, behind the admin token.
+//!
+//! `POST /admin/v1` takes an [`crate::admin::Request`] and answers its JSON; `GET /metrics`
+//! answers the Prometheus text format; `GET /healthz` answers without a token. The listener is
+//! loopback only ([`crate::Config::check`]), and the token is in `DATA/admin.token`.
+
+use super::*;
+use crate::admin::{AdminError, Effect, Request};
+
+/// What the admin routes share: the public API's state and the token.
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub(crate) app: Shared,
+    pub(crate) token: Arc<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminState { token: [redacted], .. }")
+    }
+}
+
+/// Checks the admin token and names the operator for the audit log.
+fn operator(state: &AdminState, headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !crate::admin::token_matches(&state.token, given) {
+        return Err(ApiError::unauthorized(
+            "wrong or missing admin token (Authorization: Bearer, from DATA/admin.token)",
+        ));
+    }
+    let name = headers.get("x-sotto-operator").and_then(|h| h.to_str().ok()).unwrap_or("");
+    Ok(format!("{} (admin API)", crate::admin::actor_name(name)))
+}
+
+/// `POST /admin/v1`.
+async fn call(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<Request>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let actor = operator(&state, &headers)?;
+    let Json(request) = body.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let app = state.app.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::admin::execute(&app.config, app.store.as_ref(), request, &actor)
+    })
+    .await
+    .map_err(|e| ApiError::internal("admin task failed", &e))?
+    .map_err(|e| match e {
+        AdminError::Invalid(message) => ApiError::bad_request(message),
+        AdminError::Server(e) => ApiError::internal("admin request failed", &e),
+    })?;
+    for effect in outcome.effects {
+        match effect {
+            Effect::Rebar => state.app.refresh_barred().await,
+            Effect::Tombstone(address) => {
+                if let Ok(address) = address.parse::<Address>() {
+                    let label = sotto_core::kt::label(&address);
+                    if let Err(e) = state.app.kt.publish(label, sotto_core::kt::tombstone()).await {
+                        tracing::error!(error = %e, "could not tombstone a deleted address; it will be reconciled");
+                    }
+                }
+            }
+            Effect::ReloadOperatorKey => match crate::load_operator_key(&state.app.config) {
+                Ok(key) => state.app.set_operator_key(key.map(|k| k.public())),
+                Err(e) => return Err(ApiError::internal("reading the operator key failed", &e)),
+            },
+        }
+    }
+    Ok(Json(outcome.answer))
+}
+
+/// `GET /metrics`.
+async fn metrics(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    operator(&state, &headers)?;
+    let totals = blocking(&state.app, |s| s.totals()).await?;
+    let text = crate::metrics::METRICS.render(&totals);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+        .into_response())
+}
+
+/// The admin listener's routes.
+pub(crate) fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/v1", post(call))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(SMALL_BODY))
+        .with_state(state)
+}
