@@ -292,3 +292,92 @@ print(json.dumps(out))
     let (status, _) = server.http("GET", "/metrics", None, "");
     assert_eq!(status, 404);
 }
+
+/// `sotto-server ARGS config check --json` with `env`: its JSON, or its error.
+fn config_check(
+    data: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Value, String> {
+    let out = Command::new(SERVER)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .args(["config", "check", "--json"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("json"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+#[test]
+fn settings_come_from_a_file_the_environment_and_the_command_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let file = dir.path().join("sotto.toml");
+    let path = file.to_str().expect("path");
+    std::fs::write(
+        &file,
+        "domain = \"file.example\"\nqueue_max_bytes = \"1M\"\nadmin-listen = \"off\"\n\
+         trusted-proxy = [\"10.0.0.1\", \"10.0.0.2\"]\ndanger-allow-plain-http = true\n",
+    )
+    .expect("write");
+    let from_file = config_check(&data, &["--config", path], &[]).expect("valid");
+    assert_eq!(from_file["domain"], "file.example");
+    assert_eq!(from_file["queue_max_bytes"], 1 << 20);
+    assert_eq!(from_file["admin_listen"], Value::Null);
+    assert_eq!(from_file["trusted_proxies"], serde_json::json!(["10.0.0.1", "10.0.0.2"]));
+    // The environment wins over the file, and the command line over both.
+    let env = config_check(&data, &["--config", path], &[("SOTTO_DOMAIN", "env.example")]);
+    assert_eq!(env.expect("valid")["domain"], "env.example");
+    let cli = config_check(
+        &data,
+        &["--config", path, "--domain", "cli.example"],
+        &[("SOTTO_DOMAIN", "env.example")],
+    );
+    assert_eq!(cli.expect("valid")["domain"], "cli.example");
+
+    // Mistakes are named.
+    std::fs::write(&file, "listen = \"127.0.0.1:7700\"\nlisen = \"oops\"\n").expect("write");
+    let unknown = config_check(&data, &["--config", path], &[]).expect_err("unknown key");
+    assert!(unknown.contains("unknown setting \"lisen\""), "{unknown}");
+    std::fs::write(&file, "queue-max-bytes = \"lots\"\n").expect("write");
+    let bad = config_check(&data, &["--config", path], &[]).expect_err("bad value");
+    assert!(bad.contains("queue-max-bytes"), "{bad}");
+    std::fs::write(&file, "listen = \"0.0.0.0:7700\"\n").expect("write");
+    let plain = config_check(&data, &["--config", path], &[]).expect_err("plain HTTP");
+    assert!(plain.contains("refusing to serve plain HTTP"), "{plain}");
+    std::fs::write(&file, "listen = [").expect("write");
+    let broken = config_check(&data, &["--config", path], &[]).expect_err("not TOML");
+    assert!(broken.contains("is not valid TOML"), "{broken}");
+
+    // The documented example is valid as it stands.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/deploy/sotto-server.toml");
+    let documented = config_check(&data, &["--config", example], &[]).expect("the example");
+    assert_eq!(documented["listen"], "127.0.0.1:7700");
+}
+
+#[test]
+fn logs_can_be_json_lines() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = Command::new(SERVER)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = lines.next().expect("a log line").expect("read");
+    let _ = child.kill();
+    let _ = child.wait();
+    let line: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert!(line["fields"]["message"].is_string(), "{line}");
+}

@@ -44,6 +44,8 @@ async fn call(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let actor = operator(&state, &headers)?;
     let Json(request) = body.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let op = serde_json::to_value(&request).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
+    tracing::info!(actor, op = op.as_deref().unwrap_or(""), "operator request");
     let app = state.app.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         crate::admin::execute(&app.config, app.store.as_ref(), request, &actor)

@@ -617,9 +617,14 @@ async fn count_request(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
     let response = next.run(request).await;
     let route = path.as_ref().map_or("other", |p| p.as_str());
-    crate::metrics::METRICS.request(route, response.status().as_u16());
+    let status = response.status().as_u16();
+    crate::metrics::METRICS.request(route, status);
+    // The route's template, never the path a client sent (it may hold an address or id).
+    tracing::debug!(%method, route, status, micros = started.elapsed().as_micros() as u64, "answered");
     response
 }
 

@@ -15,11 +15,21 @@ use sotto_server::{Config, RegistrationMode, TlsFiles};
 /// With no arguments it serves on 127.0.0.1:7700 for addresses @localhost, keeping its
 /// database in ./sotto-data. Registration is by invite: mint one with `sotto-server invite create`.
 #[derive(Parser, Debug)]
-#[command(name = "sotto-server", version, about, long_about)]
+#[command(name = "sotto-server", version, about, long_about, args_override_self = true)]
 struct Cli {
+    /// A TOML file of settings: each key is one of the long options below (`listen`,
+    /// `tls-cert`, `queue-max-bytes`...; docs/deploy/sotto-server.toml has them all).
+    /// Options given on the command line, then environment variables, win over the file.
+    #[arg(long, env = "SOTTO_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Directory of the server's database.
     #[arg(long, env = "SOTTO_DATA", default_value = "sotto-data", global = true)]
     data: PathBuf,
+    /// Log lines as `text` for people or `json` (one object a line) for a log collector.
+    /// SOTTO_LOG sets the level: error, warn, info (the default: start, stop, operator
+    /// actions, sweeps) or debug (every request's route, status and time; connections).
+    #[arg(long, env = "SOTTO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -125,6 +135,12 @@ fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Registration {
     Invite,
     Open,
@@ -151,6 +167,10 @@ enum Command {
     /// The accounts this server hosts: list them, suspend, resume, give terms, delete.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Check the settings (from --config, the environment and the command line) without
+    /// serving: print what the server would use, or what is wrong.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// The audit log: every operator action (accounts, invites, the operator key), with who
     /// and when. Never message traffic.
     Audit {
@@ -236,6 +256,16 @@ enum AccountsCommand {
         /// Do it: without this, only say what would happen.
         #[arg(long)]
         yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the settings and print them.
+    Check {
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -330,16 +360,86 @@ impl std::io::Write for LossyStderr {
     }
 }
 
+/// Options a settings file cannot hold.
+const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
+
+/// The arguments a settings file stands for, placed before the command line's so that those
+/// win. A key whose environment variable is set is skipped: the environment wins too.
+fn file_args(path: &std::path::Path, command: &clap::Command) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the settings file {}", path.display()))?;
+    let table: toml::Table =
+        text.parse().map_err(|e| anyhow::anyhow!("{} is not valid TOML: {e}", path.display()))?;
+    let settable: Vec<&clap::Arg> = command
+        .get_arguments()
+        .filter(|a| a.get_long().is_some_and(|l| !NOT_IN_FILE.contains(&l)))
+        .collect();
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let Some(arg) = settable.iter().find(|a| a.get_long() == Some(long.as_str())) else {
+            let names: Vec<&str> = settable.iter().filter_map(|a| a.get_long()).collect();
+            anyhow::bail!(
+                "{}: unknown setting {key:?}; the settings are {}",
+                path.display(),
+                names.join(", ")
+            );
+        };
+        if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {
+            continue;
+        }
+        let flag = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        let text = |v: &toml::Value| match v {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            _ => None,
+        };
+        match &value {
+            toml::Value::Boolean(true) if flag => args.push(format!("--{long}")),
+            toml::Value::Boolean(false) if flag => {}
+            toml::Value::Array(items) if !flag => {
+                let items: Option<Vec<String>> = items.iter().map(text).collect();
+                let items = items.with_context(|| {
+                    format!("{}: {key} takes a list of strings", path.display())
+                })?;
+                if !items.is_empty() {
+                    args.push(format!("--{long}={}", items.join(",")));
+                }
+            }
+            v if !flag => match text(v) {
+                Some(v) => args.push(format!("--{long}={v}")),
+                None => anyhow::bail!("{}: {key} takes a string or a number", path.display()),
+            },
+            _ => anyhow::bail!("{}: {key} takes true or false", path.display()),
+        }
+    }
+    Ok(args)
+}
+
+/// The command line, with the settings file's values where neither the command line nor the
+/// environment gives one.
+fn parse_cli() -> anyhow::Result<Cli> {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let command = Cli::command();
+    let cli = Cli::from_arg_matches(&command.clone().get_matches())?;
+    let Some(path) = &cli.config else { return Ok(cli) };
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let from_file = file_args(path, &command)?;
+    argv.splice(1.min(argv.len())..1.min(argv.len()), from_file.into_iter().map(Into::into));
+    Ok(Cli::from_arg_matches(&command.get_matches_from(argv))?)
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(|| LossyStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let cli = parse_cli()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LossyStderr);
+    match cli.log_format {
+        LogFormat::Text => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     let config = Config {
         data_dir: cli.data.clone(),
         listen: cli.serve.listen,
@@ -383,6 +483,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Operator(OperatorCommand::Wipe { address, device, server })) => {
             return operator_wipe(&config, &address, device, server);
         }
+        Some(Command::Config(ConfigCommand::Check { json })) => {
+            return config_check(&config, json);
+        }
         Some(Command::Invite(c)) => match c {
             InviteCommand::Create { expires, uses, valid_for, json } => {
                 (Request::InviteCreate { expires_in: expires, uses, valid_for }, json)
@@ -422,6 +525,53 @@ fn main() -> anyhow::Result<()> {
         println!("{answer}");
     } else {
         print_answer(&config, &request, &answer);
+    }
+    Ok(())
+}
+
+/// `config check`: the settings the server would run with, or what is wrong with them.
+fn config_check(config: &Config, json: bool) -> anyhow::Result<()> {
+    config.check()?;
+    if let Some(tls) = &config.tls {
+        for file in [&tls.cert, &tls.key] {
+            std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+        }
+    }
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let settings = serde_json::json!({
+        "data": config.data_dir, "listen": config.listen.to_string(), "scheme": scheme,
+        "domain": config.domain,
+        "registration": format!("{:?}", config.registration).to_ascii_lowercase(),
+        "admin_listen": config.admin_listen.map(|a| a.to_string()),
+        "queue_max_messages": config.queue_limits.max_messages,
+        "queue_max_bytes": config.queue_limits.max_bytes,
+        "message_ttl_secs": config.message_ttl_secs,
+        "max_connections": config.max_connections,
+        "max_connections_per_ip": config.max_connections_per_ip,
+        "header_timeout_secs": config.header_timeout_secs,
+        "idle_timeout_secs": config.idle_timeout_secs,
+        "trusted_proxies": config.trusted_proxies.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "device_requests_per_second": config.device_requests_per_second,
+        "registrations_per_hour_per_ip": config.registrations_per_hour_per_ip,
+        "blob_quota": config.blob_quota,
+        "submit_bytes_per_second": config.submit_bytes_per_second,
+        "sweep_interval_secs": config.sweep_interval_secs,
+        "account_grace_secs": config.account_grace_secs,
+    });
+    if json {
+        println!("{settings}");
+    } else {
+        println!(
+            "settings are valid: serving {scheme}://{} for @{} from {}",
+            config.listen,
+            config.domain,
+            config.data_dir.display()
+        );
+        if let Some(map) = settings.as_object() {
+            for (key, value) in map {
+                println!("  {key} = {value}");
+            }
+        }
     }
     Ok(())
 }
@@ -686,4 +836,32 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_documented_settings_file_has_every_setting() {
+        let text = include_str!("../../../../docs/deploy/sotto-server.toml");
+        let example: toml::Table = text.parse().expect("TOML");
+        let command = Cli::command();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long().filter(|l| !NOT_IN_FILE.contains(l)) else {
+                continue;
+            };
+            // Settings shown commented out count too (the TLS files have no default).
+            let set = |l: &str| l.trim_start_matches("# ").starts_with(&format!("{long} = "));
+            assert!(text.lines().any(set), "docs/deploy/sotto-server.toml lacks {long}");
+        }
+        for key in example.keys() {
+            assert!(
+                command.get_arguments().any(|a| a.get_long() == Some(key.as_str())),
+                "{key} is not a setting"
+            );
+        }
+    }
 }
