@@ -10,12 +10,14 @@
 //! - [`serve`] — runs the HTTP/WebSocket API (axum on tokio; TLS by rustls when configured).
 //! - [`create_invite`] — mints an invite code (the operator's `sotto-server invite create`).
 //! - [`create_operator_key`] — the key managed accounts accept for revocations and wipes.
+//! - [`backup`] — consistent copies of the data directory while serving, and restores.
 //! - [`admin`] — the operator's requests (account lifecycle, invites, audit log), executed by
 //!   the running server's admin API or on the data directory.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 mod api;
+pub mod backup;
 mod config;
 mod error;
 pub mod kt;

@@ -130,12 +130,14 @@ DROP INDEX key_packages_by_device;
 CREATE INDEX key_packages_by_device ON key_packages(device_id, ciphersuite, last_resort, id);
 "#,
     // Account lifecycle: suspension, terms, deletion (the address row stays), and the
-    // operator's audit log.
+    // operator's audit log. Groups restored from a backup take their epoch from their next
+    // commit.
     r#"
 ALTER TABLE accounts ADD COLUMN suspended_at INTEGER;
 ALTER TABLE accounts ADD COLUMN valid_until INTEGER;
 ALTER TABLE accounts ADD COLUMN deleted_at INTEGER;
 ALTER TABLE invites ADD COLUMN valid_for INTEGER;
+ALTER TABLE groups ADD COLUMN restored INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -488,22 +490,25 @@ fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u
             return Ok(to_u64(epoch));
         }
     }
-    let group: Option<(i64, bool)> = tx
+    let group: Option<(i64, bool, bool)> = tx
         .query_row(
-            "SELECT epoch, roster FROM groups WHERE group_id = ?1",
+            "SELECT epoch, roster, restored FROM groups WHERE group_id = ?1",
             [submission.group_id],
-            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get::<_, i64>(2)? != 0)),
         )
         .optional()
         .map_err(backend)?;
+    // Restored from a backup, the group may have moved on meanwhile: its members' epoch is
+    // taken as it comes, until a commit sets it again.
+    let restored = group.is_some_and(|(_, _, r)| r);
     // The sender's membership is checked before the epoch, so a stranger learns nothing of
     // the group; the recipients after it, so a member that missed a change is told to catch
     // up rather than that its recipients are wrong.
     let roster = match submission.ordering {
         Ordering::None => None,
-        _ => roster_of(tx, submission, group.map(|(_, known)| known))?,
+        _ => roster_of(tx, submission, group.map(|(_, known, _)| known))?,
     };
-    let current_epoch = group.map(|(e, _)| to_u64(e)).unwrap_or(0);
+    let current_epoch = group.map(|(e, _, _)| to_u64(e)).unwrap_or(0);
     let epoch = match submission.ordering {
         Ordering::None => current_epoch,
         Ordering::NotBefore(e) if e < current_epoch => {
@@ -513,7 +518,9 @@ fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u
             check_recipients(submission, roster.as_ref())?;
             current_epoch
         }
-        Ordering::AtEpoch(e) | Ordering::Advance(e) if e != current_epoch => {
+        Ordering::AtEpoch(e) | Ordering::Advance(e)
+            if e != current_epoch && !(restored && e > current_epoch) =>
+        {
             return Err(StoreError::StaleEpoch { current: current_epoch });
         }
         Ordering::AtEpoch(e) => {
@@ -524,7 +531,8 @@ fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u
             check_recipients(submission, roster.as_ref())?;
             tx.execute(
                 "INSERT INTO groups (group_id, epoch, roster) VALUES (?1, ?2, 1)
-                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, roster = 1",
+                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, roster = 1,
+                                                     restored = 0",
                 params![submission.group_id, to_i64(e + 1)],
             )
             .map_err(backend)?;

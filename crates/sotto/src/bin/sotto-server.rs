@@ -167,6 +167,29 @@ enum Command {
     /// The accounts this server hosts: list them, suspend, resume, give terms, delete.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Copy the data directory (both databases, the keys, the files) into a new directory,
+    /// consistently, while the server serves. The copy holds the server's secret keys: keep
+    /// it as safe as the data directory.
+    Backup {
+        /// A new (or empty) directory.
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a backup back into --data, after checking every file against its manifest. The
+    /// server must be stopped. Devices log in again; docs/operating.md says what else
+    /// clients see.
+    Restore {
+        /// The backup's directory.
+        from: PathBuf,
+        /// Move what --data holds into DATA/replaced-TIME/ and restore over it.
+        #[arg(long)]
+        replace: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the settings (from --config, the environment and the command line) without
     /// serving: print what the server would use, or what is wrong.
     #[command(subcommand)]
@@ -485,6 +508,57 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Config(ConfigCommand::Check { json })) => {
             return config_check(&config, json);
+        }
+        Some(Command::Backup { out, json }) => {
+            let manifest = sotto_server::backup::backup(&config, &out)?;
+            let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "dir": out, "created_at": manifest.created_at,
+                        "files": manifest.files.len(), "bytes": bytes,
+                    })
+                );
+            } else {
+                println!(
+                    "backed up {} file(s), {bytes} bytes, into {}; it holds the server's keys: \
+                     keep it safe",
+                    manifest.files.len(),
+                    out.display()
+                );
+            }
+            return Ok(());
+        }
+        Some(Command::Restore { from, replace, json }) => {
+            let _lock = sotto_server::lock_data_dir(&config).map_err(|e| match e {
+                sotto_server::Error::InUse(why) => {
+                    anyhow::anyhow!("{why}; a restore needs the server stopped")
+                }
+                other => other.into(),
+            })?;
+            let restored =
+                sotto_server::backup::restore(&config, &from, replace, &operator_name())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "created_at": restored.manifest.created_at,
+                        "files": restored.manifest.files.len(),
+                        "previous": restored.previous,
+                    })
+                );
+            } else {
+                println!(
+                    "restored the backup taken {} into {}",
+                    sotto::format_time(restored.manifest.created_at.saturating_mul(1000)),
+                    config.data_dir.display()
+                );
+                if let Some(previous) = &restored.previous {
+                    println!("what it held before is in {}", previous.display());
+                }
+            }
+            return Ok(());
         }
         Some(Command::Invite(c)) => match c {
             InviteCommand::Create { expires, uses, valid_for, json } => {
