@@ -1,8 +1,9 @@
-//! Helpers shared by the `sotto` and `sotto-server` binaries (formatting only; everything
-//! else lives in the client and server libraries).
+//! Helpers shared by the `sotto` and `sotto-server` binaries (formatting, completions and
+//! manual pages; everything else lives in the client and server libraries).
 #![forbid(unsafe_code)]
 
 pub mod daemon;
+pub mod packaging;
 pub mod tui;
 
 /// Parses a duration in seconds: a number with s, m, h, d or w (no unit: hours).

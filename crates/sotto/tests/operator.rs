@@ -480,3 +480,43 @@ fn a_backup_taken_under_load_is_restored_and_the_clients_continue() {
     let log = admin_json(&server, &["audit", "--json"]);
     assert!(log.to_string().contains("server.restore"), "{log}");
 }
+
+#[test]
+fn completions_manual_pages_and_the_systemd_unit_come_with_the_binaries() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (program, sub) in [(SERVER, "accounts"), (common::CLIENT, "send")] {
+        for shell in ["bash", "zsh", "fish"] {
+            let out = Command::new(program).args(["completions", shell]).output().expect("run");
+            assert!(out.status.success(), "{program} {shell}");
+            let script = String::from_utf8_lossy(&out.stdout);
+            assert!(script.contains(sub), "{program} {shell} completion lacks {sub}");
+        }
+        let out = Command::new(program).arg("man").arg(dir.path()).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for page in ["sotto-server.1", "sotto-server-accounts-suspend.1", "sotto.1", "sotto-send.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(text.contains(".TH"), "{page} is not a manual page");
+    }
+    let suspend =
+        std::fs::read_to_string(dir.path().join("sotto-server-accounts-suspend.1")).expect("page");
+    assert!(suspend.contains("account_suspended"), "the page carries the command's help");
+
+    // The unit file is one systemd accepts without a warning (with the binary where it says).
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/deploy/sotto-server.service"
+    ))
+    .expect("unit")
+    .replace("/usr/local/bin/sotto-server", SERVER);
+    let path = dir.path().join("sotto-server.service");
+    std::fs::write(&path, unit).expect("write");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (.ci/run installs systemd)");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze: {said}");
+}

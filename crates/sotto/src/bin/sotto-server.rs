@@ -190,6 +190,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write manual pages (sotto-server.1 and one per subcommand) into a directory.
+    Man {
+        /// The directory (e.g. /usr/local/share/man/man1).
+        dir: PathBuf,
+    },
     /// Check the settings (from --config, the environment and the command line) without
     /// serving: print what the server would use, or what is wrong.
     #[command(subcommand)]
@@ -508,6 +518,18 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Config(ConfigCommand::Check { json })) => {
             return config_check(&config, json);
+        }
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory as _;
+            sotto::packaging::completions(Cli::command(), shell, &mut std::io::stdout());
+            return Ok(());
+        }
+        Some(Command::Man { dir }) => {
+            use clap::CommandFactory as _;
+            let pages = sotto::packaging::man_pages(Cli::command(), &dir)
+                .with_context(|| format!("cannot write manual pages into {}", dir.display()))?;
+            println!("wrote {} manual page(s) into {}", pages.len(), dir.display());
+            return Ok(());
         }
         Some(Command::Backup { out, json }) => {
             let manifest = sotto_server::backup::backup(&config, &out)?;

@@ -222,6 +222,16 @@ enum Command {
         #[arg(long)]
         notify: bool,
     },
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write manual pages (sotto.1 and one per subcommand) into a directory.
+    Man {
+        /// The directory (e.g. /usr/local/share/man/man1).
+        dir: PathBuf,
+    },
     /// Stay connected and print messages as they arrive (one JSON object per line with --json).
     Listen {
         /// Stop after this many seconds.
@@ -893,6 +903,22 @@ fn print_chat(c: &ChatSummary) {
 }
 
 fn run(cli: Cli, unlock: &Unlock) -> Result<(), Error> {
+    // Neither needs a home.
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            sotto::packaging::completions(Cli::command(), *shell, &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory as _;
+            let pages = sotto::packaging::man_pages(Cli::command(), dir)
+                .map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+            println!("wrote {} manual page(s) into {}", pages.len(), dir.display());
+            return Ok(());
+        }
+        _ => {}
+    }
     let home = cli.home.clone().unwrap_or_else(default_home);
     let open = || unlock.open(&home);
     let json = cli.json;
