@@ -41,6 +41,20 @@ impl Serialize for Bytes {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Bytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_encoding("base64")
+            .description(Some("Binary data, standard base64."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Bytes {}
+
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
@@ -50,6 +64,7 @@ impl<'de> Deserialize<'de> for Bytes {
 
 /// `GET /v1/info`, unauthenticated: what this server is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerInfo {
     /// The domain of the addresses this server hosts.
     pub domain: String,
@@ -68,6 +83,7 @@ pub struct ServerInfo {
 
 /// The key transparency directory's public keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KtKeys {
     /// Ed25519 key that signs every epoch's root.
     pub signing_key: Bytes,
@@ -77,6 +93,7 @@ pub struct KtKeys {
 
 /// One epoch's root of the key directory, signed (`sotto_core::kt::Root`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedRoot {
     /// The epoch.
     pub epoch: u64,
@@ -95,6 +112,7 @@ pub struct SignedRoot {
 /// `GET /v1/kt/lookup/{address}` and `GET /v1/kt/history/{address}`: a proof (JSON of the
 /// AKD proof) and the signed root it verifies against.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KtProof {
     /// The root.
     pub root: SignedRoot,
@@ -104,6 +122,7 @@ pub struct KtProof {
 
 /// `GET /v1/kt/roots?from=N&limit=M`: signed roots, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KtRoots {
     /// The roots.
     pub roots: Vec<SignedRoot>,
@@ -112,6 +131,7 @@ pub struct KtRoots {
 /// `GET /v1/kt/audit?start=A&end=B`: proof that the directory only grew from epoch A to B
 /// (AKD's append-only proof, JSON; B - A is at most 32).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KtAudit {
     /// The proof.
     pub proof: Bytes,
@@ -120,6 +140,7 @@ pub struct KtAudit {
 /// A signed object: JSON bytes and an Ed25519 signature over a context string and them
 /// (`sotto_core::account`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedData {
     /// The JSON bytes.
     pub body: Bytes,
@@ -129,6 +150,7 @@ pub struct SignedData {
 
 /// How accounts are created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RegistrationMode {
     /// Only with an invite code minted by the operator.
@@ -139,6 +161,7 @@ pub enum RegistrationMode {
 
 /// `POST /v1/register`: create an account and its first device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The address to register, on this server's domain.
     pub address: String,
@@ -156,6 +179,7 @@ pub struct RegisterRequest {
 
 /// Answer to [`RegisterRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     /// The normalised address.
     pub address: String,
@@ -165,6 +189,7 @@ pub struct RegisterResponse {
 
 /// `POST /v1/auth/challenge`: ask for a nonce to sign.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChallengeRequest {
     /// The device that will sign.
     pub device_id: u64,
@@ -172,6 +197,7 @@ pub struct ChallengeRequest {
 
 /// Answer to [`ChallengeRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChallengeResponse {
     /// A single-use random nonce, valid for a short time.
     pub nonce: Bytes,
@@ -179,6 +205,7 @@ pub struct ChallengeResponse {
 
 /// `POST /v1/auth/token`: exchange a signed nonce for a bearer token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRequest {
     /// The device.
     pub device_id: u64,
@@ -190,6 +217,7 @@ pub struct TokenRequest {
 
 /// Answer to [`TokenRequest`]. The token is a secret: never log it.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// The bearer token.
     pub token: String,
@@ -208,6 +236,7 @@ impl fmt::Debug for TokenResponse {
 
 /// `POST /v1/keypackages`: publish key packages for the authenticated device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadKeyPackages {
     /// One-time key packages.
     #[serde(default)]
@@ -224,6 +253,7 @@ pub struct UploadKeyPackages {
 
 /// `GET /v1/keypackages` and answer to [`UploadKeyPackages`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyPackageCount {
     /// One-time key packages of the classical suite (0x0003) still unclaimed; clients that
     /// know only that suite read this.
@@ -238,6 +268,7 @@ pub struct KeyPackageCount {
 
 /// A device's key packages of one ciphersuite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SuiteStock {
     /// The MLS ciphersuite code point (as the key packages name it).
     pub ciphersuite: u16,
@@ -260,6 +291,7 @@ pub const SUITES: [u16; 2] = [CLASSICAL_SUITE, X_WING_SUITE];
 
 /// `POST /v1/keypackages/claim`: take one key package of every device of an account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimRequest {
     /// The account.
     pub address: String,
@@ -274,6 +306,7 @@ pub struct ClaimRequest {
 
 /// One claimed key package.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimedKeyPackage {
     /// The device it belongs to.
     pub device_id: u64,
@@ -283,6 +316,7 @@ pub struct ClaimedKeyPackage {
 
 /// Answer to [`ClaimRequest`]. Devices with no key package at all are left out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimResponse {
     /// The normalised address.
     pub address: String,
@@ -292,6 +326,7 @@ pub struct ClaimResponse {
 
 /// One device of an account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceInfo {
     /// Its id.
     pub device_id: u64,
@@ -312,6 +347,7 @@ pub struct DeviceInfo {
 
 /// A wipe command and, once the device obeyed, its signed confirmation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WipeStatus {
     /// The command (`sotto_core::account::WipeCommand`).
     pub command: SignedData,
@@ -322,6 +358,7 @@ pub struct WipeStatus {
 
 /// `GET /v1/users/{address}/devices`. Without a token only `device_list` is filled in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DevicesResponse {
     /// The normalised address.
     pub address: String,
@@ -336,6 +373,7 @@ pub struct DevicesResponse {
 /// no longer listed are revoked at once; `new_device` registers the one device the new list
 /// adds (linking).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateDevicesRequest {
     /// The new list, one version above the current one.
     pub device_list: SignedData,
@@ -346,6 +384,7 @@ pub struct UpdateDevicesRequest {
 
 /// A device being linked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewDevice {
     /// Its Ed25519 public key.
     pub device_key: Bytes,
@@ -355,6 +394,7 @@ pub struct NewDevice {
 
 /// Answer to [`UpdateDevicesRequest`] and [`RecoverRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateDevicesResponse {
     /// The list version now on file.
     pub version: u64,
@@ -370,6 +410,7 @@ pub struct UpdateDevicesResponse {
 /// identity key endorsed by the recovery key and lists only `device`; every other device is
 /// revoked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecoverRequest {
     /// The account.
     pub address: String,
@@ -383,6 +424,7 @@ pub struct RecoverRequest {
 /// `POST /v1/operator/wipe` (signed by the operator key, no token): order a device to erase
 /// itself. The device is revoked at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WipeRequest {
     /// The signed command.
     pub command: SignedData,
@@ -390,6 +432,7 @@ pub struct WipeRequest {
 
 /// Answer to [`WipeRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WipeResponse {
     /// The target device's id.
     pub device_id: u64,
@@ -398,6 +441,7 @@ pub struct WipeResponse {
 /// `GET /v1/wipe`: the wipe ordered for the authenticated device, if any. Revoked devices may
 /// call it (and `POST /v1/wipe/confirm`) and nothing else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PendingWipe {
     /// The command.
     #[serde(default)]
@@ -406,6 +450,7 @@ pub struct PendingWipe {
 
 /// `POST /v1/wipe/confirm`: the device's signed confirmation that it erased itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WipeConfirm {
     /// The confirmation.
     pub confirmation: SignedData,
@@ -413,6 +458,7 @@ pub struct WipeConfirm {
 
 /// `POST /v1/blobs`: start uploading an attachment's ciphertext of `size` bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewBlob {
     /// The ciphertext's full size.
     pub size: u64,
@@ -426,6 +472,7 @@ pub struct NewBlob {
 /// `PUT /v1/blobs/{id}?offset=N` (raw bytes, at most 8 MiB per request, `offset` =
 /// `received`); download with `GET /v1/blobs/{id}` (a `Range: bytes=N-` header resumes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobStatus {
     /// The blob id (16 bytes, hex in paths).
     pub id: Bytes,
@@ -437,6 +484,7 @@ pub struct BlobStatus {
 
 /// `DELETE /v1/blobs/{id}`: the file is gone (or was already).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deleted {
     /// Always true.
     pub deleted: bool,
@@ -445,6 +493,7 @@ pub struct Deleted {
 /// `POST /v1/links`, unauthenticated: a new device opens a link, with its request sealed
 /// under the linking code.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OpenLink {
     /// The link id derived from the code (16 bytes).
     pub link_id: Bytes,
@@ -454,6 +503,7 @@ pub struct OpenLink {
 
 /// `GET /v1/links/{id-hex}`: a link's sealed parts so far.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkState {
     /// The new device's sealed request.
     pub request: Bytes,
@@ -468,6 +518,7 @@ pub struct LinkState {
 /// `POST /v1/links/{id-hex}` (authenticated): the approving device adds its response or the
 /// history. Each part can be set once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinkReply {
     /// The sealed response.
     #[serde(default)]
@@ -479,6 +530,7 @@ pub struct LinkReply {
 
 /// What kind of MLS message a submission carries; decides how the server orders it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SubmitKind {
     /// An application message made in `epoch`: refused with [`ErrorCode::StaleEpoch`] if
@@ -493,6 +545,7 @@ pub enum SubmitKind {
 
 /// A message and the devices it goes to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// Recipient device ids.
     pub recipients: Vec<u64>,
@@ -505,6 +558,7 @@ pub struct Delivery {
 /// Submissions are idempotent by `submission_id`: sending the same request again (after a
 /// lost answer) returns the first answer and queues nothing twice.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubmitRequest {
     /// A random id (16 bytes) the client chooses per submission; retries reuse it.
     #[serde(default)]
@@ -533,6 +587,7 @@ pub struct SubmitRequest {
 
 /// Answer to [`SubmitRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubmitResponse {
     /// The group's epoch after the submission.
     pub epoch: u64,
@@ -544,6 +599,7 @@ pub struct SubmitResponse {
 
 /// A message waiting in a device's queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueuedMessage {
     /// Its position; strictly increasing within a queue.
     pub seq: u64,
@@ -558,6 +614,7 @@ pub struct QueuedMessage {
 
 /// `GET /v1/queue?after=SEQ&limit=N`: the authenticated device's queue, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueResponse {
     /// Up to `limit` messages after `after`.
     pub messages: Vec<QueuedMessage>,
@@ -567,6 +624,7 @@ pub struct QueueResponse {
 
 /// Query of `GET /v1/queue`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueQuery {
     /// Only messages with a greater seq.
     #[serde(default)]
@@ -578,6 +636,7 @@ pub struct QueueQuery {
 
 /// `POST /v1/queue/ack`: remove every message up to and including `up_to` from the queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckRequest {
     /// The highest seq processed.
     pub up_to: u64,
@@ -585,6 +644,7 @@ pub struct AckRequest {
 
 /// Answer to [`AckRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckResponse {
     /// The `up_to` of the request answered.
     pub up_to: u64,
@@ -594,6 +654,7 @@ pub struct AckResponse {
 
 /// Frames the server sends on `GET /v1/ws` (JSON text frames).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// A queued message; it stays queued until acknowledged.
@@ -606,6 +667,7 @@ pub enum ServerFrame {
 
 /// Frames a client sends on `GET /v1/ws`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Acknowledge every message up to and including `up_to`.
@@ -614,6 +676,7 @@ pub enum ClientFrame {
 
 /// Stable error codes; clients match on these, never on messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -688,6 +751,7 @@ pub enum ErrorCode {
 
 /// Every error response: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
@@ -695,6 +759,7 @@ pub struct ErrorBody {
 
 /// The error inside [`ErrorBody`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// What went wrong, for programs.
     pub code: ErrorCode,

@@ -33,6 +33,7 @@ mod authz_tests;
 mod blobs;
 mod devices;
 mod kt;
+mod openapi;
 
 pub(crate) use blobs::sweep as sweep_blobs;
 pub(crate) use devices::LINK_TTL_SECS;
@@ -570,6 +571,7 @@ fn parse_address(state: &Shared, text: &str) -> Result<Address, ApiError> {
 fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::MethodRouter<Shared>)> {
     vec![
         ("/v1/info", &["GET"], get(info)),
+        ("/v1/openapi.json", &["GET"], get(openapi_document)),
         ("/healthz", &["GET"], get(healthz)),
         ("/readyz", &["GET"], get(readyz)),
         ("/v1/register", &["POST"], post(register).layer(DefaultBodyLimit::max(SMALL_BODY))),
@@ -638,6 +640,12 @@ pub(crate) fn router(state: Shared) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// `GET /v1/openapi.json`: the API's OpenAPI 3.1 document (docs/openapi.json).
+async fn openapi_document() -> Response {
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(openapi::document_json);
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], DOCUMENT.as_str()).into_response()
 }
 
 /// `GET /healthz`: the process answers (for a supervisor's liveness check).
@@ -1188,8 +1196,19 @@ async fn websocket(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
     abort: Option<axum::Extension<crate::limits::Abort>>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::BadRequest,
+                format!("this endpoint takes a WebSocket upgrade: {}", rejection.body_text()),
+            )
+            .into_response();
+        }
+    };
     let abort = abort.map(|a| a.0).unwrap_or_default();
     let Some(slot) = LiveSlot::take(&state, device) else {
         return ApiError::new(
