@@ -142,7 +142,11 @@ impl Metrics {
             ("sotto_acknowledged_total", "Messages acknowledged and deleted.", &self.acknowledged),
             ("sotto_connections_total", "Connections accepted.", &self.connections_total),
             ("sotto_file_received_bytes_total", "File bytes received.", &self.file_bytes_in),
-            ("sotto_file_sent_bytes_total", "File bytes sent.", &self.file_bytes_out),
+            (
+                "sotto_file_sent_bytes_total",
+                "File bytes sent (counted when a download starts).",
+                &self.file_bytes_out,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(

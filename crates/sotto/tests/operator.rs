@@ -247,7 +247,11 @@ fn metrics_are_prometheus_text_behind_the_admin_token() {
     let alice = User::register("alice", &server, &invite);
     let bob = User::register("bob", &server, &invite);
     alice.send(&bob.address, "hi");
-    bob.sync();
+    let file = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(file.path(), vec![7u8; 100_000]).expect("write");
+    alice.ok(&["send-file", &bob.address, file.path().to_str().expect("path")]);
+    let got = bob.sync();
+    assert!(!got.is_empty());
     let (addr, token) = admin_endpoint(&server);
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     let (status, _) = admin_get(&addr, "/metrics", "wrong");
@@ -287,6 +291,8 @@ print(json.dumps(out))
     assert_eq!(get("sotto_devices{}"), 2.0);
     assert!(get("sotto_store_commit_seconds_count{}") >= 1.0);
     assert!(get("sotto_kt_epoch{}") >= 2.0, "two accounts published");
+    assert!(get("sotto_file_received_bytes_total{}") >= 100_000.0, "the file, sealed");
+    assert!(get("sotto_file_stored_bytes{}") >= 100_000.0);
     assert!(get(r#"sotto_http_requests_total{"route": "/v1/messages", "status": "200"}"#) >= 1.0);
     // The public listener does not serve it.
     let (status, _) = server.http("GET", "/metrics", None, "");

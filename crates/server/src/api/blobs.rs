@@ -212,6 +212,7 @@ pub(super) async fn upload(
     }
     // Bytes count as received only once they are on disk.
     file.sync_data().await.map_err(io_failed)?;
+    crate::metrics::METRICS.file_bytes_in.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
     let received = offset + written;
     // A complete file lives as long as messages do, or as its chat's timer says. Until
     // then `expires_at` is the deadline for finishing the upload, and the lifetime asked for
@@ -277,6 +278,10 @@ pub(super) async fn download(
         file.take(end.saturating_sub(start)),
         64 * 1024,
     );
+    // Counted as handed over when the response starts (a reader may stop early).
+    crate::metrics::METRICS
+        .file_bytes_out
+        .fetch_add(end.saturating_sub(start), std::sync::atomic::Ordering::Relaxed);
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     h.insert(axum::http::header::CONTENT_LENGTH, end.saturating_sub(start).into());
