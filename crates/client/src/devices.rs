@@ -716,8 +716,27 @@ impl Client {
             members.iter().map(|(d, _)| d.address.clone()).filter(|a| a != &me).collect();
         let mut stale = Vec::new();
         let mut packages = Vec::new();
+        let mut deleted = BTreeSet::new();
         for account in accounts {
-            let (list, devices) = self.verified_list(&account)?;
+            let (list, devices) = match self.verified_list(&account) {
+                Ok(found) => found,
+                // The operator deleted the account, and the directory says so: all its
+                // devices leave the group.
+                Err(e)
+                    if e.server_code() == Some("account_deleted")
+                        && self.kt_deleted(&account)? =>
+                {
+                    stale.extend(
+                        members
+                            .iter()
+                            .filter(|(d, _)| d.address == account)
+                            .map(|(d, _)| d.clone()),
+                    );
+                    deleted.insert(account);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             stale.extend(
                 members
                     .iter()
@@ -759,8 +778,11 @@ impl Client {
             })?;
             if done {
                 for d in &still {
-                    let text =
-                        format!("removed {d}: no longer in {}'s signed device list", d.address);
+                    let text = if deleted.contains(&d.address) {
+                        format!("removed {d}: the account {} was deleted on the server", d.address)
+                    } else {
+                        format!("removed {d}: no longer in {}'s signed device list", d.address)
+                    };
                     insert_event(&self.conn, group_id, me.as_str(), &text)?;
                 }
                 for k in &packages {

@@ -338,6 +338,20 @@ impl Client {
         Ok((told > 0 || again).then_some(seen))
     }
 
+    /// Whether the key directory records `address` as deleted (its tombstone, with a proof
+    /// against a root this device accepts): the server's claim that an account is gone is
+    /// then on the append-only record, not just in one answer.
+    pub(crate) fn kt_deleted(&mut self, address: &Address) -> Result<bool, Error> {
+        let (_, vrf_key) = self.directory_keys()?;
+        let token = self.token()?;
+        let answer: proto::KtProof =
+            self.api.get(&format!("/v1/kt/lookup/{address}"), Some(&token))?;
+        let root = self.accept_root(&answer.root, true)?;
+        let entry = kt::verify_lookup(&vrf_key, &root, address, &answer.proof.0)
+            .map_err(|e| untrusted(format!("{address}: {e}")))?;
+        Ok(kt::is_tombstone(&entry.value))
+    }
+
     /// Verifies that the directory holds `signed` (with `identity_key`) for `address`.
     pub(crate) fn kt_check(
         &mut self,

@@ -85,6 +85,8 @@ pub enum Request {
 pub(crate) enum Effect {
     /// Read which devices are barred again.
     Rebar,
+    /// These devices were revoked (an account's deletion).
+    Revoke(Vec<u64>),
     /// Record in the key directory that this address is gone.
     Tombstone(String),
     /// Read the operator key again.
@@ -198,6 +200,8 @@ pub(crate) fn execute(
         let account = store.account(&address)?.ok_or(StoreError::NoAccount)?;
         let mut effects = vec![Effect::Rebar];
         if change == AccountChange::Delete {
+            let devices = store.devices(&address)?.into_iter().map(|d| d.device_id).collect();
+            effects.push(Effect::Revoke(devices));
             effects.push(Effect::Tombstone(address));
         }
         Ok::<_, AdminError>(Outcome { answer: account_json(&account, grace, now), effects })

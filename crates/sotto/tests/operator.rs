@@ -155,6 +155,20 @@ fn accounts_are_suspended_resumed_expired_renewed_and_deleted() {
     let now = sotto_core::unix_now();
     assert!((now + 89 * 86_400..=now + 91 * 86_400).contains(&until), "{until}");
 
+    // A group with all three, before bob's account goes.
+    let team = alice.ok(&[
+        "group",
+        "create",
+        "team",
+        "--members",
+        &format!("{},{}", bob.address, carol.address),
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    bob.sync();
+    carol.sync();
+
     // Deleting asks for --yes; then bob is refused for good, keeps what he holds, and his
     // address cannot be taken again.
     let unsure = admin(&server, &["accounts", "delete", &bob.address]);
@@ -165,14 +179,23 @@ fn accounts_are_suspended_resumed_expired_renewed_and_deleted() {
     assert_eq!(deleted["state"], "deleted", "{deleted}");
     assert_eq!(bob.err(&["sync"]), "account_deleted");
     assert_eq!(bob.history(&alice.address).len(), 2);
-    let (status, _) = server.http("GET", &format!("/v1/users/{}/devices", bob.address), None, "");
-    assert_eq!(status, 404, "a deleted account lists no devices");
+    let (status, body) =
+        server.http("GET", &format!("/v1/users/{}/devices", bob.address), None, "");
+    assert_eq!((status, common::code(&body)), (403, "account_deleted"), "no devices listed");
     let again = User::new("bob");
     let code =
         again.err(&["register", &again.address, "--server", &server.url, "--invite", &invite]);
     assert_eq!(code, "address_taken");
     let resumed = admin(&server, &["accounts", "resume", &bob.address]);
     assert!(!resumed.status.success(), "a deleted account stays deleted");
+    // The others go on: the group drops bob's devices (the directory's tombstone confirms the
+    // deletion), and says so.
+    alice.send_group(&team, "bob has left the company");
+    assert_eq!(carol.sync(), [(alice.address.clone(), "bob has left the company".to_string())]);
+    let events = alice.ok(&["history", &team]).to_string();
+    assert!(events.contains("was deleted on the server"), "{events}");
+    carol.send_group(&team, "noted");
+    assert_eq!(alice.sync(), [(carol.address.clone(), "noted".to_string())]);
 
     // A wrong admin token is refused, and nothing changes.
     let wrong = Command::new(SERVER)

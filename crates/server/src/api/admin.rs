@@ -59,6 +59,9 @@ async fn call(
     for effect in outcome.effects {
         match effect {
             Effect::Rebar => state.app.refresh_barred().await,
+            // Senders learn at once that these devices are gone (`dropped`), and take them
+            // out of their groups.
+            Effect::Revoke(devices) => state.app.revoke(&devices),
             Effect::Tombstone(address) => {
                 if let Ok(address) = address.parse::<Address>() {
                     let label = sotto_core::kt::label(&address);

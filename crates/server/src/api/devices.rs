@@ -155,7 +155,9 @@ pub(super) async fn list(
         Ok((list, devices, own, wipes))
     })
     .await?;
-    let list = list.ok_or_else(|| unknown_user(&address))?;
+    let Some(list) = list else {
+        return Err(no_list(&state, &address).await);
+    };
     Ok(Json(proto::DevicesResponse {
         address: address.to_string(),
         device_list: proto::SignedData { body: Bytes(list.body), signature: Bytes(list.signature) },
@@ -174,6 +176,17 @@ pub(super) async fn list(
             })
             .collect(),
     }))
+}
+
+/// Why an address has no device list: it was deleted (410 `account_deleted`, which the key
+/// directory's tombstone lets clients check), or it never existed (404).
+async fn no_list(state: &Shared, address: &Address) -> ApiError {
+    let addr = address.to_string();
+    match blocking(state, move |s| s.account(&addr)).await {
+        Ok(Some(a)) if a.deleted_at.is_some() => barred_error(Barred::Deleted),
+        Ok(_) => unknown_user(address),
+        Err(e) => e,
+    }
 }
 
 /// `POST /v1/devices`: the next version of the caller's account's list. Unlisted devices are
@@ -445,8 +458,15 @@ pub(super) async fn recover(
         .map_err(|wait| ApiError::rate_limited("recovery attempts from this address", wait))?;
     let address = parse_address(&state, &req.address)?;
     let addr = address.to_string();
-    let current = blocking(&state, move |s| s.device_list(&addr)).await?;
-    let current = current.ok_or_else(|| unknown_user(&address))?;
+    let (current, account) =
+        blocking(&state, move |s| Ok((s.device_list(&addr)?, s.account(&addr)?))).await?;
+    // A barred account stays as the operator left it: recovery would replace its keys.
+    if let Some(why) = account.as_ref().and_then(|a| barred_state(a, &state.config)) {
+        return Err(barred_error(why));
+    }
+    let Some(current) = current else {
+        return Err(no_list(&state, &address).await);
+    };
     let known = current_list(&current)?;
     check_device_signature(&address, &req.device)?;
     let (list, record) = verify_list(&address, &req.device_list)?;

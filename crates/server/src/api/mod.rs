@@ -365,6 +365,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Whether, and why, an account is refused service now (its term counted with the grace
+/// period).
+fn barred_state(account: &crate::store::AccountRecord, config: &Config) -> Option<Barred> {
+    if account.deleted_at.is_some() {
+        Some(Barred::Deleted)
+    } else if account.suspended_at.is_some() {
+        Some(Barred::Suspended)
+    } else {
+        account
+            .valid_until
+            .filter(|end| end.saturating_add(config.account_grace_secs) <= unix_now())
+            .map(|_| Barred::Expired)
+    }
+}
+
 /// The answer to a device whose account is refused service. The device keeps its data.
 fn barred_error(why: Barred) -> ApiError {
     let (code, message) = match why {
@@ -819,22 +834,11 @@ async fn token(
     // A token never outlives the account's term and grace period.
     let mut ttl = state.config.token_ttl_secs;
     if let Some(account) = &account {
-        let why = if account.deleted_at.is_some() {
-            Some(Barred::Deleted)
-        } else if account.suspended_at.is_some() {
-            Some(Barred::Suspended)
-        } else {
-            match account.valid_until.map(|t| t.saturating_add(grace)) {
-                Some(end) if end <= now => Some(Barred::Expired),
-                Some(end) => {
-                    ttl = ttl.min(end - now);
-                    None
-                }
-                None => None,
-            }
-        };
-        if let Some(why) = why {
+        if let Some(why) = barred_state(account, &state.config) {
             return Err(barred_error(why));
+        }
+        if let Some(end) = account.valid_until.map(|t| t.saturating_add(grace)) {
+            ttl = ttl.min(end.saturating_sub(now).max(1));
         }
     }
     // "Last seen" for the account's device list; a full disk must not stop logins.
