@@ -65,30 +65,38 @@ fn db_err(path: &Path, e: rusqlite::Error) -> Error {
     Error::Io(format!("{}: {e}", path.display()))
 }
 
-/// A new owner-only directory (it must not exist, or be empty).
+/// Makes `dir`, owner-only, refusing one that exists: a directory someone else made (or
+/// holds files in) could read the copy or redirect its writes.
 fn fresh_dir(dir: &Path) -> Result<(), Error> {
-    if dir.exists() {
-        let mut entries = std::fs::read_dir(dir).map_err(|e| io("read", dir, e))?;
-        if entries.next().is_some() {
-            return Err(Error::Config(format!(
-                "{} is not empty; give a new directory for the backup",
-                dir.display()
-            )));
-        }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io("restrict", dir, e))?;
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
     }
-    Ok(())
+    builder.create(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Config(format!(
+                "{} exists; give a new directory (the backup makes it, readable by this user \
+                 only)",
+                dir.display()
+            ))
+        } else {
+            io("create", dir, e)
+        }
+    })
 }
 
-/// Hashes a file.
-fn digest(path: &Path) -> Result<(u64, String), Error> {
-    let mut file = std::fs::File::open(path).map_err(|e| io("read", path, e))?;
+/// Hashes a regular file (never a link, a device or a pipe), reading at most `limit` bytes.
+fn digest(path: &Path, limit: u64) -> Result<(u64, String), Error> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| io("read", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::Config(format!("{} is not a regular file", path.display())));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| io("read", path, e))?.take(limit);
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut size = 0u64;
@@ -139,7 +147,7 @@ fn snapshot(from: &Path, to: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Takes a backup of `config.data_dir` into `out` (a new or empty directory), while the
+/// Takes a backup of `config.data_dir` into `out` (a new directory it makes), while the
 /// server serves or not.
 pub fn backup(config: &Config, out: &Path) -> Result<Manifest, Error> {
     let data = &config.data_dir;
@@ -188,7 +196,7 @@ pub fn backup(config: &Config, out: &Path) -> Result<Manifest, Error> {
     }
     let mut files = Vec::with_capacity(paths.len());
     for path in paths {
-        let (size, sha256) = digest(&out.join(&path))?;
+        let (size, sha256) = digest(&out.join(&path), u64::MAX)?;
         files.push(BackupFile { path, size, sha256 });
     }
     let manifest = Manifest { version: VERSION, created_at, domain: config.domain.clone(), files };
@@ -214,7 +222,11 @@ pub fn verify(from: &Path) -> Result<Manifest, Error> {
     if !manifest.files.iter().any(|f| f.path == "sotto.db") {
         return Err(Error::Config("the backup has no sotto.db".into()));
     }
+    let mut seen = std::collections::HashSet::new();
     for file in &manifest.files {
+        if !seen.insert(file.path.as_str()) {
+            return Err(Error::Config(format!("the backup lists {:?} twice", file.path)));
+        }
         // Only names the backup itself writes: never a path that leaves the directory.
         let safe = file.path == "sotto.db"
             || file.path == "kt.db"
@@ -228,7 +240,7 @@ pub fn verify(from: &Path) -> Result<Manifest, Error> {
                 file.path
             )));
         }
-        let (size, sha256) = digest(&from.join(&file.path))?;
+        let (size, sha256) = digest(&from.join(&file.path), file.size.saturating_add(1))?;
         if size != file.size || sha256 != file.sha256 {
             return Err(Error::Config(format!(
                 "{} in the backup is damaged (its size or SHA-256 differs from the manifest); \
@@ -249,15 +261,34 @@ pub struct Restored {
     pub previous: Option<PathBuf>,
 }
 
+/// Files beside a database that SQLite would apply to it: a restored database must not meet
+/// its predecessor's.
+const SIDE_FILES: &[&str] = &["-wal", "-shm", "-journal"];
+
 /// Puts the backup in `from` back into `config.data_dir`. The server must be stopped (the
-/// caller holds [`crate::lock_data_dir`]). A data directory that holds a database is refused
-/// unless `replace`: its contents then move to `DATA/replaced-TIME/`.
+/// caller holds [`crate::lock_data_dir`]). If the directory holds any file the restore would
+/// write, it is refused unless `replace`: those files then move to `DATA/replaced-TIME/`.
+///
+/// Nothing in the data directory changes until the copy is complete and its database opens
+/// (in a staging directory inside it); a failure after that puts the previous files back.
 pub fn restore(
     config: &Config,
     from: &Path,
     replace: bool,
     actor: &str,
 ) -> Result<Restored, Error> {
+    let data = &config.data_dir;
+    std::fs::create_dir_all(data).map_err(|e| io("create", data, e))?;
+    let inside = match (from.canonicalize(), data.canonicalize()) {
+        (Ok(f), Ok(d)) => f.starts_with(&d),
+        _ => false,
+    };
+    if inside {
+        return Err(Error::Config(format!(
+            "the backup is inside the data directory {}; move it elsewhere first",
+            data.display()
+        )));
+    }
     let manifest = verify(from)?;
     if manifest.domain != config.domain {
         return Err(Error::Config(format!(
@@ -265,43 +296,52 @@ pub fn restore(
             manifest.domain, config.domain, manifest.domain
         )));
     }
-    let data = &config.data_dir;
     let now = sotto_core::unix_now();
-    let mut previous = None;
-    if data.join("sotto.db").exists() {
-        if !replace {
-            return Err(Error::Config(format!(
-                "{} already holds a server database; add --replace to move it aside and \
-                 restore over it",
-                data.display()
-            )));
+    let staging = data.join(format!(".restore-{now}-{}", std::process::id()));
+    let staged = stage(config, from, &manifest, &staging, now, actor);
+    let result = staged.and_then(|()| swap_in(data, &staging, &manifest, replace, now));
+    let _ = std::fs::remove_dir_all(&staging);
+    let previous = result?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [data.clone(), data.join("blobs")] {
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         }
-        let aside = data.join(format!("replaced-{now}"));
-        std::fs::create_dir_all(&aside).map_err(|e| io("create", &aside, e))?;
-        for entry in std::fs::read_dir(data).map_err(|e| io("read", data, e))? {
-            let entry = entry.map_err(|e| io("read", data, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name == "server.lock" || name.starts_with("replaced-") {
-                continue;
-            }
-            std::fs::rename(entry.path(), aside.join(&*name))
-                .map_err(|e| io("move aside", &entry.path(), e))?;
-        }
-        previous = Some(aside);
     }
-    std::fs::create_dir_all(data.join("blobs")).map_err(|e| io("create", data, e))?;
+    Ok(Restored { manifest, previous })
+}
+
+/// Copies the backup into `staging`, brings its database to this version's schema and makes
+/// up for the rewind.
+fn stage(
+    config: &Config,
+    from: &Path,
+    manifest: &Manifest,
+    staging: &Path,
+    now: u64,
+    actor: &str,
+) -> Result<(), Error> {
+    fresh_dir(staging)?;
+    std::fs::create_dir(staging.join("blobs")).map_err(|e| io("create", staging, e))?;
     for file in &manifest.files {
-        copy_file(&from.join(&file.path), &data.join(&file.path), None)?;
+        copy_file(&from.join(&file.path), &staging.join(&file.path), Some(file.size))?;
+        // Checked again as copied: the backup may have changed since it was verified.
+        if digest(&staging.join(&file.path), file.size.saturating_add(1))?.1 != file.sha256 {
+            return Err(Error::Config(format!("{} changed while it was restored", file.path)));
+        }
     }
-    // A new session key: every token given out since the backup is refused.
-    let _ = std::fs::remove_file(data.join("session.key"));
-    for stale in ["server.url", "admin.url"] {
-        let _ = std::fs::remove_file(data.join(stale));
-    }
-    let db = data.join("sotto.db");
-    // Bring the copy to this version's schema before adjusting it.
+    let db = staging.join("sotto.db");
     drop(crate::store::SqliteStore::open(&db)?);
+    if staging.join("kt.db").exists() {
+        let kt = staging.join("kt.db");
+        let conn = rusqlite::Connection::open(&kt).map_err(|e| db_err(&kt, e))?;
+        let check: String =
+            conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| db_err(&kt, e))?;
+        if check != "ok" {
+            return Err(Error::Config(format!("kt.db in the backup is damaged: {check}")));
+        }
+    }
     let mut conn = rusqlite::Connection::open(&db).map_err(|e| db_err(&db, e))?;
     let tx = conn.transaction().map_err(|e| db_err(&db, e))?;
     let gap = now
@@ -314,7 +354,7 @@ pub fn restore(
             .query_row(
                 &format!(
                     "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = ?1), 0), \
-                          COALESCE((SELECT MAX(rowid) FROM {table}), 0))"
+                     COALESCE((SELECT MAX(rowid) FROM {table}), 0))"
                 ),
                 [table],
                 |r| r.get(0),
@@ -341,5 +381,208 @@ pub fn restore(
     )
     .map_err(|e| db_err(&db, e))?;
     tx.commit().map_err(|e| db_err(&db, e))?;
-    Ok(Restored { manifest, previous })
+    drop(conn);
+    for name in ["sotto.db", "kt.db"] {
+        for side in SIDE_FILES {
+            let _ = std::fs::remove_file(staging.join(format!("{name}{side}")));
+        }
+    }
+    Ok(())
+}
+
+/// Moves what the restore replaces aside and the staged files into place; on failure, puts
+/// everything back. Returns where the replaced files went, if any.
+fn swap_in(
+    data: &Path,
+    staging: &Path,
+    manifest: &Manifest,
+    replace: bool,
+    now: u64,
+) -> Result<Option<PathBuf>, Error> {
+    // Everything the restored server would read: the files of the backup, the databases'
+    // side files, the blobs, and the session key (a new one is made at start).
+    let mut replaced: Vec<String> = vec!["blobs".into(), "session.key".into()];
+    replaced.extend(
+        manifest.files.iter().filter(|f| !f.path.starts_with("blobs/")).map(|f| f.path.clone()),
+    );
+    for name in ["sotto.db", "kt.db"] {
+        for side in SIDE_FILES {
+            replaced.push(format!("{name}{side}"));
+        }
+    }
+    let present: Vec<&String> =
+        replaced.iter().filter(|n| std::fs::symlink_metadata(data.join(n)).is_ok()).collect();
+    let only_empty_blobs = present.len() == 1
+        && present[0] == "blobs"
+        && std::fs::read_dir(data.join("blobs")).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if !present.is_empty() && !only_empty_blobs && !replace {
+        return Err(Error::Config(format!(
+            "{} already holds server data ({}); add --replace to move it aside and restore \
+             over it",
+            data.display(),
+            present.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut aside = None;
+    let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut run = || -> Result<(), Error> {
+        if !present.is_empty() {
+            let mut dir = data.join(format!("replaced-{now}"));
+            let mut n = 1;
+            while dir.exists() {
+                n += 1;
+                dir = data.join(format!("replaced-{now}-{n}"));
+            }
+            fresh_dir(&dir)?;
+            for name in &present {
+                let (from, to) = (data.join(name), dir.join(name));
+                std::fs::rename(&from, &to).map_err(|e| io("move aside", &from, e))?;
+                moves.push((from, to));
+            }
+            aside = Some(dir);
+        }
+        let mut names: Vec<String> = manifest
+            .files
+            .iter()
+            .filter(|f| !f.path.starts_with("blobs/"))
+            .map(|f| f.path.clone())
+            .collect();
+        names.push("blobs".into());
+        for name in names {
+            let (from, to) = (staging.join(&name), data.join(&name));
+            std::fs::rename(&from, &to).map_err(|e| io("move into place", &to, e))?;
+            moves.push((from, to));
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => {
+            for stale in ["server.url", "admin.url"] {
+                let _ = std::fs::remove_file(data.join(stale));
+            }
+            Ok(aside)
+        }
+        Err(e) => {
+            for (from, to) in moves.into_iter().rev() {
+                let _ = std::fs::rename(&to, &from);
+            }
+            if let Some(dir) = aside {
+                let _ = std::fs::remove_dir(dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory with one account, and a backup of it.
+    fn setup() -> (tempfile::TempDir, Config, PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        let store = crate::open_store(&config).expect("store");
+        store.create_invite(b"code", u64::MAX / 2, 1, None, 0).expect("invite");
+        drop(store);
+        std::fs::write(config.data_dir.join("kt.key"), [7u8; 32]).expect("key");
+        let out = dir.path().join("backup");
+        backup(&config, &out).expect("backup");
+        (dir, config, out)
+    }
+
+    fn invites(config: &Config) -> usize {
+        crate::open_store(config).expect("store").invites().expect("invites").len()
+    }
+
+    #[test]
+    fn a_backup_needs_a_new_directory() {
+        let (dir, config, _) = setup();
+        let existing = dir.path().join("empty");
+        std::fs::create_dir(&existing).expect("dir");
+        let refused = backup(&config, &existing).expect_err("exists");
+        assert!(refused.to_string().contains("exists"), "{refused}");
+    }
+
+    #[test]
+    fn a_failed_restore_changes_nothing() {
+        let (dir, config, out) = setup();
+        // A database of a newer schema, with its manifest entry made to match.
+        let bad = dir.path().join("bad");
+        std::fs::create_dir(&bad).expect("dir");
+        for f in ["sotto.db", "kt.db", "kt.key", "manifest.json"] {
+            if out.join(f).exists() {
+                std::fs::copy(out.join(f), bad.join(f)).expect("copy");
+            }
+        }
+        let conn = rusqlite::Connection::open(bad.join("sotto.db")).expect("open");
+        conn.pragma_update(None, "user_version", 99).expect("pragma");
+        drop(conn);
+        let mut manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(bad.join("manifest.json")).expect("read"))
+                .expect("manifest");
+        manifest.files.retain(|f| !f.path.starts_with("blobs/"));
+        for f in &mut manifest.files {
+            (f.size, f.sha256) = digest(&bad.join(&f.path), u64::MAX).expect("digest");
+        }
+        std::fs::write(bad.join("manifest.json"), serde_json::to_vec(&manifest).expect("json"))
+            .expect("write");
+        let before: Vec<_> = std::fs::read_dir(&config.data_dir)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(restore(&config, &bad, true, "ops").is_err());
+        let after: Vec<_> = std::fs::read_dir(&config.data_dir)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(before, after, "nothing moved");
+        assert_eq!(invites(&config), 1);
+
+        // A backup kept inside the data directory is refused before anything happens.
+        let inside = config.data_dir.join("kept");
+        std::fs::rename(&out, &inside).expect("move");
+        let refused = restore(&config, &inside, true, "ops").expect_err("inside");
+        assert!(refused.to_string().contains("inside the data directory"), "{refused}");
+        assert_eq!(invites(&config), 1);
+    }
+
+    #[test]
+    fn restore_refuses_any_existing_file_without_replace_and_leaves_no_stale_wal() {
+        let (_dir, config, out) = setup();
+        // Only kt.db and a write-ahead log are left: still refused without --replace.
+        std::fs::remove_file(config.data_dir.join("sotto.db")).expect("rm");
+        std::fs::write(config.data_dir.join("sotto.db-wal"), b"stale").expect("wal");
+        let refused = restore(&config, &out, false, "ops").expect_err("refused");
+        assert!(refused.to_string().contains("--replace"), "{refused}");
+        let done = restore(&config, &out, true, "ops").expect("restore");
+        let aside = done.previous.expect("moved aside");
+        assert!(aside.join("sotto.db-wal").exists());
+        assert!(!config.data_dir.join("sotto.db-wal").exists());
+        assert_eq!(invites(&config), 1);
+        // Twice in the same second: a second directory for what the second one replaces.
+        let again = restore(&config, &out, true, "ops").expect("again");
+        assert_ne!(again.previous.expect("aside"), aside);
+    }
+
+    #[test]
+    fn a_backup_holding_links_or_duplicates_is_refused() {
+        let (_dir, config, out) = setup();
+        std::fs::remove_file(out.join("kt.key")).expect("rm");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("/dev/zero", out.join("kt.key")).expect("link");
+        let refused = verify(&out).expect_err("link");
+        assert!(refused.to_string().contains("not a regular file"), "{refused}");
+        std::fs::remove_file(out.join("kt.key")).expect("rm");
+        std::fs::write(out.join("kt.key"), [7u8; 32]).expect("key");
+        let mut manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("read"))
+                .expect("manifest");
+        let first = manifest.files[0].clone();
+        manifest.files.push(first);
+        std::fs::write(out.join("manifest.json"), serde_json::to_vec(&manifest).expect("json"))
+            .expect("write");
+        let refused = restore(&config, &out, true, "ops").expect_err("twice");
+        assert!(refused.to_string().contains("twice"), "{refused}");
+    }
 }

@@ -131,7 +131,7 @@ impl CappedListener {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let Some(slot) = self.ip_slot(addr.ip()) else {
-                        tracing::debug!(ip = %addr.ip(), "too many connections from one address");
+                        tracing::debug!("too many connections from one address");
                         drop(stream);
                         continue;
                     };

@@ -170,56 +170,7 @@ pub async fn serve_with_admin(
         }
     });
     let app = router(state);
-
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept_capped() => accepted,
-            () = &mut shutdown => break,
-        };
-        let abort = stream.abort_handle();
-        crate::metrics::METRICS
-            .connections_total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let open = crate::metrics::OpenGauge::open(&crate::metrics::METRICS.connections_open);
-        let service = {
-            let app = app.clone();
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(axum::extract::ConnectInfo(PeerAddr(peer)));
-                req.extensions_mut().insert(abort.clone());
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            })
-        };
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let acceptor = tls.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let result = match acceptor {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(acceptor) => {
-                    let tls = match tokio::time::timeout(DRAIN, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
+    let graceful = accept_loop(listener, app, tls, builder, shutdown, true).await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
@@ -233,7 +184,73 @@ pub async fn serve_with_admin(
     Ok(())
 }
 
-/// Serves the admin API on `listener` until `stop` turns true.
+/// Accepts connections on `listener` and serves `app` on each until `shutdown` completes;
+/// returns the handle that drains them. `public`: counted in the metrics.
+async fn accept_loop(
+    listener: CappedListener,
+    app: axum::Router,
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    shutdown: impl Future<Output = ()>,
+    public: bool,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept_capped() => accepted,
+            () = &mut shutdown => break,
+        };
+        let abort = stream.abort_handle();
+        let open = public.then(|| {
+            let metrics = &crate::metrics::METRICS;
+            metrics.connections_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::OpenGauge::open(&metrics.connections_open)
+        });
+        let service = {
+            let app = app.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(PeerAddr(peer)));
+                req.extensions_mut().insert(abort.clone());
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            })
+        };
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let acceptor = tls.clone();
+        // No log line names the peer: client addresses are kept out of logs at every level.
+        tokio::spawn(async move {
+            let _open = open;
+            let result = match acceptor {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(DRAIN, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    graceful
+}
+
+/// Serves the admin API on `listener` until `stop` turns true: few connections, short
+/// timeouts, so that a local process holding connections open cannot take the server's file
+/// descriptors.
 fn serve_admin(
     state: &Arc<AppState>,
     listener: TcpListener,
@@ -244,6 +261,18 @@ fn serve_admin(
         app: state.clone(),
         token: Arc::new(zeroize::Zeroizing::new(token)),
     });
+    let listener = CappedListener::new(
+        listener,
+        ConnectionLimits {
+            max: ADMIN_CONNECTIONS,
+            per_ip: ADMIN_CONNECTIONS,
+            idle: ADMIN_TIMEOUT,
+            first_byte: ADMIN_TIMEOUT,
+            trusted: Vec::new().into(),
+        },
+    );
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(ADMIN_TIMEOUT);
     Ok(tokio::spawn(async move {
         let stopped = async move {
             while !*stop.borrow_and_update() {
@@ -252,11 +281,15 @@ fn serve_admin(
                 }
             }
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-            tracing::warn!(error = %e, "the admin API stopped");
-        }
+        let graceful = accept_loop(listener, app, None, builder, stopped, false).await;
+        let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
     }))
 }
+
+/// Most connections the admin listener keeps open.
+const ADMIN_CONNECTIONS: usize = 16;
+/// How long an admin connection may stay silent.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Publishes every device list the key directory does not hold yet (one stored just before
 /// a crash, or whose publication failed).

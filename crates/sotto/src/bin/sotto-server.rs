@@ -171,7 +171,7 @@ enum Command {
     /// consistently, while the server serves. The copy holds the server's secret keys: keep
     /// it as safe as the data directory.
     Backup {
-        /// A new (or empty) directory.
+        /// A new directory (made owner-only; one that exists is refused).
         out: PathBuf,
         /// Print JSON.
         #[arg(long)]
