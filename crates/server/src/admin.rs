@@ -19,7 +19,7 @@ use crate::{Config, Error};
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Every account.
-    AccountsList,
+    AccountsList {},
     /// One account and its devices.
     AccountsShow {
         /// The address.
@@ -65,7 +65,7 @@ pub enum Request {
         valid_for: Option<u64>,
     },
     /// The invites not used up.
-    InviteList,
+    InviteList {},
     /// Withdraw an invite by the start of its id.
     InviteRevoke {
         /// Hex.
@@ -77,7 +77,21 @@ pub enum Request {
         limit: u32,
     },
     /// Create the operator key if there is none; answer its public half.
-    OperatorKey,
+    OperatorKey {},
+}
+
+/// The latest time a term can end (what the database holds).
+const MAX_TIME: u64 = i64::MAX as u64;
+
+/// A request as the admin API takes it: the operator's name (for the audit log) and the
+/// request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Call {
+    /// Who asks (the operator's login name, as the command saw it).
+    pub operator: String,
+    /// What.
+    pub request: Request,
 }
 
 /// What a running server must do after a request, to put its change in service.
@@ -206,8 +220,16 @@ pub(crate) fn execute(
         }
         Ok::<_, AdminError>(Outcome { answer: account_json(&account, grace, now), effects })
     };
+    let current = |address: &str| {
+        let address = normal_address(config, address)?;
+        match store.account(&address)? {
+            Some(a) if a.deleted_at.is_some() => Err(AdminError::from(StoreError::AccountDeleted)),
+            Some(a) => Ok(a),
+            None => Err(AdminError::from(StoreError::NoAccount)),
+        }
+    };
     match request {
-        Request::AccountsList => {
+        Request::AccountsList {} => {
             let list: Vec<Value> =
                 store.accounts()?.iter().map(|a| account_json(a, grace, now)).collect();
             done(Value::Array(list), vec![])
@@ -233,16 +255,22 @@ pub(crate) fn execute(
             done(answer, vec![])
         }
         Request::AccountsSuspend { address } => {
+            if current(&address)?.suspended_at.is_some() {
+                return Err(AdminError::Invalid(format!("{address} is suspended already")));
+            }
             change(&address, AccountChange::Suspend, "account.suspend", String::new())
         }
         Request::AccountsResume { address } => {
+            if current(&address)?.suspended_at.is_none() {
+                return Err(AdminError::Invalid(format!("{address} is not suspended")));
+            }
             change(&address, AccountChange::Resume, "account.resume", String::new())
         }
         Request::AccountsDelete { address } => {
             change(&address, AccountChange::Delete, "account.delete", String::new())
         }
         Request::AccountsTerm { address, valid_for } => {
-            let until = valid_for.map(|v| now.saturating_add(v));
+            let until = valid_for.map(|v| now.saturating_add(v).min(MAX_TIME));
             let detail = until.map(|u| format!("valid until {u}")).unwrap_or("no term".into());
             change(&address, AccountChange::Term(until), "account.term", detail)
         }
@@ -250,7 +278,7 @@ pub(crate) fn execute(
             let normal = normal_address(config, &address)?;
             let account = store.account(&normal)?.ok_or(StoreError::NoAccount)?;
             let from = account.valid_until.unwrap_or(now).max(now);
-            let until = from.saturating_add(by);
+            let until = from.saturating_add(by).min(MAX_TIME);
             change(&normal, AccountChange::Term(Some(until)), "account.renew", {
                 format!("valid until {until}")
             })
@@ -258,6 +286,9 @@ pub(crate) fn execute(
         Request::InviteCreate { expires_in, uses, valid_for } => {
             if uses == 0 {
                 return Err(AdminError::Invalid("an invite needs at least one use".into()));
+            }
+            if expires_in == 0 {
+                return Err(AdminError::Invalid("an invite must stay valid for some time".into()));
             }
             let invite = crate::create_invite(store, expires_in, uses, valid_for)?;
             let hash = crate::invite_hash(&invite.code);
@@ -275,7 +306,7 @@ pub(crate) fn execute(
                 vec![],
             )
         }
-        Request::InviteList => {
+        Request::InviteList {} => {
             let list: Vec<Value> = store
                 .invites()?
                 .iter()
@@ -320,7 +351,7 @@ pub(crate) fn execute(
                 .collect();
             done(Value::Array(lines), vec![])
         }
-        Request::OperatorKey => {
+        Request::OperatorKey {} => {
             let existed = crate::load_operator_key(config)?.is_some();
             let key = crate::create_operator_key(config)?;
             let public = hex::encode(key.public());

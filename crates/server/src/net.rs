@@ -140,6 +140,9 @@ pub async fn serve_with_admin(
     );
     let operator_key = crate::load_operator_key(&config)?.map(|k| k.public());
     let kt = crate::kt::KeyDirectory::open(&config.data_dir, config.clock.clone()).await?;
+    if let Ok(root) = kt.latest_root().await {
+        crate::metrics::METRICS.kt_epoch.store(root.epoch, std::sync::atomic::Ordering::Relaxed);
+    }
     reconcile_directory(&store, &kt).await;
     let sweeper = tokio::spawn(sweep_periodically(store.clone(), config.clone(), kt.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());

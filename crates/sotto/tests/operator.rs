@@ -369,11 +369,17 @@ fn settings_come_from_a_file_the_environment_and_the_command_line() {
         &[("SOTTO_DOMAIN", "env.example")],
     );
     assert_eq!(cli.expect("valid")["domain"], "cli.example");
+    // A list given on the command line replaces the file's.
+    let proxies = config_check(&data, &["--config", path, "--trusted-proxy", "10.9.9.9"], &[]);
+    assert_eq!(proxies.expect("valid")["trusted_proxies"], serde_json::json!(["10.9.9.9"]));
 
     // Mistakes are named.
     std::fs::write(&file, "listen = \"127.0.0.1:7700\"\nlisen = \"oops\"\n").expect("write");
     let unknown = config_check(&data, &["--config", path], &[]).expect_err("unknown key");
     assert!(unknown.contains("unknown setting \"lisen\""), "{unknown}");
+    std::fs::write(&file, "queue_max_messages = 5\nqueue-max-messages = 7\n").expect("write");
+    let twice = config_check(&data, &["--config", path], &[]).expect_err("twice");
+    assert!(twice.contains("set twice"), "{twice}");
     std::fs::write(&file, "queue-max-bytes = \"lots\"\n").expect("write");
     let bad = config_check(&data, &["--config", path], &[]).expect_err("bad value");
     assert!(bad.contains("queue-max-bytes"), "{bad}");

@@ -5,7 +5,7 @@
 //! loopback only ([`crate::Config::check`]), and the token is in `DATA/admin.token`.
 
 use super::*;
-use crate::admin::{AdminError, Effect, Request};
+use crate::admin::{AdminError, Call, Effect};
 
 /// What the admin routes share: the public API's state and the token.
 #[derive(Clone)]
@@ -20,8 +20,8 @@ impl std::fmt::Debug for AdminState {
     }
 }
 
-/// Checks the admin token and names the operator for the audit log.
-fn operator(state: &AdminState, headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+/// Checks the admin token.
+fn authorize(state: &AdminState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
@@ -32,18 +32,24 @@ fn operator(state: &AdminState, headers: &axum::http::HeaderMap) -> Result<Strin
             "wrong or missing admin token (Authorization: Bearer, from DATA/admin.token)",
         ));
     }
-    let name = headers.get("x-sotto-operator").and_then(|h| h.to_str().ok()).unwrap_or("");
-    Ok(format!("{} (admin API)", crate::admin::actor_name(name)))
+    Ok(())
 }
 
 /// `POST /admin/v1`.
 async fn call(
     State(state): State<AdminState>,
     headers: axum::http::HeaderMap,
-    body: Result<Json<Request>, JsonRejection>,
+    body: Result<Json<Call>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let actor = operator(&state, &headers)?;
-    let Json(request) = body.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    authorize(&state, &headers)?;
+    let Json(Call { operator, request }) = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, r.body_text())
+        } else {
+            ApiError::bad_request(r.body_text())
+        }
+    })?;
+    let actor = format!("{} (admin API)", crate::admin::actor_name(&operator));
     let op = serde_json::to_value(&request).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
     tracing::info!(actor, op = op.as_deref().unwrap_or(""), "operator request");
     let app = state.app.clone();
@@ -84,7 +90,7 @@ async fn metrics(
     State(state): State<AdminState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
+    authorize(&state, &headers)?;
     let totals = blocking(&state.app, |s| s.totals()).await?;
     let text = crate::metrics::METRICS.render(&totals);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)

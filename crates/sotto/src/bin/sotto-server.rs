@@ -398,7 +398,11 @@ const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
 
 /// The arguments a settings file stands for, placed before the command line's so that those
 /// win. A key whose environment variable is set is skipped: the environment wins too.
-fn file_args(path: &std::path::Path, command: &clap::Command) -> anyhow::Result<Vec<String>> {
+fn file_args(
+    path: &std::path::Path,
+    command: &clap::Command,
+    given: &std::collections::HashSet<String>,
+) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the settings file {}", path.display()))?;
     let table: toml::Table =
@@ -408,8 +412,15 @@ fn file_args(path: &std::path::Path, command: &clap::Command) -> anyhow::Result<
         .filter(|a| a.get_long().is_some_and(|l| !NOT_IN_FILE.contains(&l)))
         .collect();
     let mut args = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (key, value) in table {
         let long = key.replace('_', "-");
+        if !seen.insert(long.clone()) {
+            anyhow::bail!(
+                "{}: {long} is set twice (as {key} and another spelling)",
+                path.display()
+            );
+        }
         let Some(arg) = settable.iter().find(|a| a.get_long() == Some(long.as_str())) else {
             let names: Vec<&str> = settable.iter().filter_map(|a| a.get_long()).collect();
             anyhow::bail!(
@@ -418,7 +429,10 @@ fn file_args(path: &std::path::Path, command: &clap::Command) -> anyhow::Result<
                 names.join(", ")
             );
         };
-        if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {
+        // The command line replaces the file's value (lists included), and so does the
+        // environment.
+        if given.contains(&long) || arg.get_env().is_some_and(|env| std::env::var_os(env).is_some())
+        {
             continue;
         }
         let flag = matches!(arg.get_action(), clap::ArgAction::SetTrue);
@@ -457,7 +471,13 @@ fn parse_cli() -> anyhow::Result<Cli> {
     let cli = Cli::from_arg_matches(&command.clone().get_matches())?;
     let Some(path) = &cli.config else { return Ok(cli) };
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let from_file = file_args(path, &command)?;
+    let given = argv
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str()?.strip_prefix("--"))
+        .filter_map(|a| a.split('=').next().map(str::to_owned))
+        .collect();
+    let from_file = file_args(path, &command, &given)?;
     argv.splice(1.min(argv.len())..1.min(argv.len()), from_file.into_iter().map(Into::into));
     Ok(Cli::from_arg_matches(&command.get_matches_from(argv))?)
 }
@@ -586,13 +606,13 @@ fn main() -> anyhow::Result<()> {
             InviteCommand::Create { expires, uses, valid_for, json } => {
                 (Request::InviteCreate { expires_in: expires, uses, valid_for }, json)
             }
-            InviteCommand::List { json } => (Request::InviteList, json),
+            InviteCommand::List { json } => (Request::InviteList {}, json),
             InviteCommand::Revoke { id, json } => (Request::InviteRevoke { id }, json),
         },
-        Some(Command::OperatorKey { json }) => (Request::OperatorKey, json),
+        Some(Command::OperatorKey { json }) => (Request::OperatorKey {}, json),
         Some(Command::Audit { limit, json }) => (Request::Audit { limit }, json),
         Some(Command::Accounts(c)) => match c {
-            AccountsCommand::List { json } => (Request::AccountsList, json),
+            AccountsCommand::List { json } => (Request::AccountsList {}, json),
             AccountsCommand::Show { address, json } => (Request::AccountsShow { address }, json),
             AccountsCommand::Suspend { address, json } => {
                 (Request::AccountsSuspend { address }, json)
@@ -683,6 +703,19 @@ fn operator_name() -> String {
 /// Carries out an operator's request: through the running server's admin API, or on the data
 /// directory when no server runs (holding the directory's lock meanwhile, so none starts).
 fn admin_request(config: &Config, request: &Request) -> anyhow::Result<serde_json::Value> {
+    let reads_only = matches!(
+        request,
+        Request::AccountsList {}
+            | Request::AccountsShow { .. }
+            | Request::InviteList {}
+            | Request::Audit { .. }
+    );
+    if reads_only && !config.data_dir.join("sotto.db").exists() {
+        anyhow::bail!(
+            "{} holds no server data; give the server's --data (or its --config)",
+            config.data_dir.display()
+        );
+    }
     match sotto_server::lock_data_dir(config) {
         Ok(_lock) => {
             let store = sotto_server::open_store(config)?;
@@ -714,8 +747,7 @@ fn admin_request(config: &Config, request: &Request) -> anyhow::Result<serde_jso
             let mut resp = agent
                 .post(&format!("{url}/admin/v1"))
                 .header("Authorization", &format!("Bearer {token}"))
-                .header("X-Sotto-Operator", &operator_name())
-                .send_json(request)
+                .send_json(admin::Call { operator: operator_name(), request: request.clone() })
                 .with_context(|| format!("cannot reach the server's admin API at {url}"))?;
             let body: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
             if !resp.status().is_success() {
@@ -765,8 +797,8 @@ fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) 
     let empty = Vec::new();
     let list = answer.as_array().unwrap_or(&empty);
     match request {
-        Request::AccountsList if list.is_empty() => println!("no accounts yet"),
-        Request::AccountsList => list.iter().for_each(|a| println!("{}", account_line(a))),
+        Request::AccountsList {} if list.is_empty() => println!("no accounts yet"),
+        Request::AccountsList {} => list.iter().for_each(|a| println!("{}", account_line(a))),
         Request::AccountsShow { .. } => {
             println!("{}", account_line(answer));
             let how = if answer["managed"] == true {
@@ -805,10 +837,10 @@ fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) 
                 time(&answer["expires_at"])
             );
         }
-        Request::InviteList if list.is_empty() => {
+        Request::InviteList {} if list.is_empty() => {
             println!("no invites; `sotto-server invite create` mints one")
         }
-        Request::InviteList => {
+        Request::InviteList {} => {
             for i in list {
                 let state = if i["expired"] == true { "expired" } else { "valid until" };
                 println!(
@@ -836,7 +868,7 @@ fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) 
                 );
             }
         }
-        Request::OperatorKey => {
+        Request::OperatorKey {} => {
             println!("{}", answer["operator_key"].as_str().unwrap_or(""));
             eprintln!(
                 "operator key in {}; it is in service (a server started later reads it too). \
