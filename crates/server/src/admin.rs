@@ -255,14 +255,19 @@ pub(crate) fn execute(
             done(answer, vec![])
         }
         Request::AccountsSuspend { address } => {
-            if current(&address)?.suspended_at.is_some() {
-                return Err(AdminError::Invalid(format!("{address} is suspended already")));
+            let account = current(&address)?;
+            if account.suspended_at.is_some() {
+                return Err(AdminError::Invalid(format!(
+                    "{} is suspended already",
+                    account.address
+                )));
             }
             change(&address, AccountChange::Suspend, "account.suspend", String::new())
         }
         Request::AccountsResume { address } => {
-            if current(&address)?.suspended_at.is_none() {
-                return Err(AdminError::Invalid(format!("{address} is not suspended")));
+            let account = current(&address)?;
+            if account.suspended_at.is_none() {
+                return Err(AdminError::Invalid(format!("{} is not suspended", account.address)));
             }
             change(&address, AccountChange::Resume, "account.resume", String::new())
         }
@@ -270,6 +275,9 @@ pub(crate) fn execute(
             change(&address, AccountChange::Delete, "account.delete", String::new())
         }
         Request::AccountsTerm { address, valid_for } => {
+            if valid_for == Some(0) {
+                return Err(AdminError::Invalid("a term must last some time".into()));
+            }
             let until = valid_for.map(|v| now.saturating_add(v).min(MAX_TIME));
             let detail = until.map(|u| format!("valid until {u}")).unwrap_or("no term".into());
             change(&address, AccountChange::Term(until), "account.term", detail)
@@ -289,6 +297,9 @@ pub(crate) fn execute(
             }
             if expires_in == 0 {
                 return Err(AdminError::Invalid("an invite must stay valid for some time".into()));
+            }
+            if valid_for == Some(0) {
+                return Err(AdminError::Invalid("a term must last some time".into()));
             }
             let invite = crate::create_invite(store, expires_in, uses, valid_for)?;
             let hash = crate::invite_hash(&invite.code);

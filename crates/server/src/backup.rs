@@ -26,6 +26,12 @@ use crate::{Config, Error};
 
 /// The manifest's format version.
 const VERSION: u32 = 1;
+/// The largest manifest read.
+const MAX_MANIFEST: u64 = 64 << 20;
+/// A file in the data directory while a restore swaps files: a server refuses to start on a
+/// directory a restore left half done.
+pub const RESTORE_MARKER: &str = "restore-in-progress";
+
 /// Files copied as they are, if present. The session key is not: a restored server makes a
 /// new one.
 const KEYS: &[&str] = &["kt.key", "kt-vrf.key", "operator.key", "admin.token"];
@@ -154,6 +160,16 @@ pub fn backup(config: &Config, out: &Path) -> Result<Manifest, Error> {
     if !data.join("sotto.db").exists() {
         return Err(Error::Config(format!("{} holds no server database", data.display())));
     }
+    if let (Some(parent), Ok(data)) =
+        (out.parent().and_then(|p| p.canonicalize().ok()), data.canonicalize())
+        && parent.starts_with(&data)
+    {
+        return Err(Error::Config(format!(
+            "a backup inside the data directory {} would be lost with it; give a directory \
+             elsewhere",
+            data.display()
+        )));
+    }
     fresh_dir(out)?;
     let created_at = sotto_core::unix_now();
     let mut paths: Vec<String> = Vec::new();
@@ -210,7 +226,22 @@ pub fn backup(config: &Config, out: &Path) -> Result<Manifest, Error> {
 /// Reads and checks a backup: the manifest, and every file's size and digest.
 pub fn verify(from: &Path) -> Result<Manifest, Error> {
     let path = from.join("manifest.json");
-    let text = std::fs::read(&path).map_err(|e| io("read", &path, e))?;
+    let meta = std::fs::symlink_metadata(&path).map_err(|e| io("read", &path, e))?;
+    if !meta.file_type().is_file() || meta.len() > MAX_MANIFEST {
+        return Err(Error::Config(format!(
+            "{} is not a backup manifest (a regular file of at most {MAX_MANIFEST} bytes)",
+            path.display()
+        )));
+    }
+    let mut text = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_MANIFEST).read_to_end(&mut text))
+        .map_err(|e| io("read", &path, e))?;
+    if let Ok(blobs) = std::fs::symlink_metadata(from.join("blobs"))
+        && !blobs.file_type().is_dir()
+    {
+        return Err(Error::Config("the backup's blobs is not a directory".into()));
+    }
     let manifest: Manifest = serde_json::from_slice(&text)
         .map_err(|e| Error::Config(format!("{} is not a backup manifest: {e}", path.display())))?;
     if manifest.version != VERSION {
@@ -279,6 +310,11 @@ pub fn restore(
 ) -> Result<Restored, Error> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data).map_err(|e| io("create", data, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700));
+    }
     let inside = match (from.canonicalize(), data.canonicalize()) {
         (Ok(f), Ok(d)) => f.starts_with(&d),
         _ => false,
@@ -401,10 +437,10 @@ fn swap_in(
 ) -> Result<Option<PathBuf>, Error> {
     // Everything the restored server would read: the files of the backup, the databases'
     // side files, the blobs, and the session key (a new one is made at start).
-    let mut replaced: Vec<String> = vec!["blobs".into(), "session.key".into()];
-    replaced.extend(
-        manifest.files.iter().filter(|f| !f.path.starts_with("blobs/")).map(|f| f.path.clone()),
-    );
+    let mut replaced: Vec<String> =
+        vec!["blobs".into(), "session.key".into(), "sotto.db".into(), "kt.db".into()];
+    // Every key the server reads, even one the backup lacks: it would not belong with it.
+    replaced.extend(KEYS.iter().map(|k| (*k).to_string()));
     for name in ["sotto.db", "kt.db"] {
         for side in SIDE_FILES {
             replaced.push(format!("{name}{side}"));
@@ -425,6 +461,8 @@ fn swap_in(
     }
     let mut aside = None;
     let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let marker = data.join(RESTORE_MARKER);
+    std::fs::write(&marker, format!("{now}\n")).map_err(|e| io("write", &marker, e))?;
     let mut run = || -> Result<(), Error> {
         if !present.is_empty() {
             let mut dir = data.join(format!("replaced-{now}"));
@@ -460,15 +498,29 @@ fn swap_in(
             for stale in ["server.url", "admin.url"] {
                 let _ = std::fs::remove_file(data.join(stale));
             }
+            let _ = std::fs::remove_file(&marker);
             Ok(aside)
         }
         Err(e) => {
+            let mut stuck = Vec::new();
             for (from, to) in moves.into_iter().rev() {
-                let _ = std::fs::rename(&to, &from);
+                if std::fs::rename(&to, &from).is_err() {
+                    stuck.push(to.display().to_string());
+                }
             }
             if let Some(dir) = aside {
                 let _ = std::fs::remove_dir(dir);
             }
+            if !stuck.is_empty() {
+                // The marker stays: the server will not start on this directory.
+                return Err(Error::Io(format!(
+                    "{e}; and these could not be put back: {} (move them back by hand, then \
+                     delete {})",
+                    stuck.join(", "),
+                    marker.display()
+                )));
+            }
+            let _ = std::fs::remove_file(&marker);
             Err(e)
         }
     }
@@ -496,12 +548,27 @@ mod tests {
     }
 
     #[test]
-    fn a_backup_needs_a_new_directory() {
+    fn a_backup_needs_a_new_directory_outside_the_data() {
         let (dir, config, _) = setup();
         let existing = dir.path().join("empty");
         std::fs::create_dir(&existing).expect("dir");
         let refused = backup(&config, &existing).expect_err("exists");
         assert!(refused.to_string().contains("exists"), "{refused}");
+        let inside = backup(&config, &config.data_dir.join("copy")).expect_err("inside");
+        assert!(inside.to_string().contains("inside the data directory"), "{inside}");
+    }
+
+    #[test]
+    fn keys_the_backup_lacks_go_aside_and_a_half_done_restore_stops_the_server() {
+        let (_dir, config, out) = setup();
+        std::fs::write(config.data_dir.join("operator.key"), [9u8; 32]).expect("key");
+        let done = restore(&config, &out, true, "ops").expect("restore");
+        assert!(!config.data_dir.join("operator.key").exists(), "not the backup's");
+        assert!(done.previous.expect("aside").join("operator.key").exists());
+        assert!(crate::check_no_interrupted_restore(&config).is_ok());
+        std::fs::write(config.data_dir.join(RESTORE_MARKER), "1\n").expect("marker");
+        let refused = crate::check_no_interrupted_restore(&config).expect_err("marker");
+        assert!(refused.to_string().contains("did not finish"), "{refused}");
     }
 
     #[test]

@@ -83,7 +83,8 @@ pub fn create_invite(
         .collect::<Vec<_>>()
         .join("-");
     let now = sotto_core::unix_now();
-    let expires_at = now.saturating_add(ttl_secs);
+    // At most what the database holds, so that what is said is what is stored.
+    let expires_at = now.saturating_add(ttl_secs).min(i64::MAX as u64);
     store.create_invite(&invite_hash(&code), expires_at, uses, valid_for, now)?;
     Ok(Invite { code, expires_at, uses })
 }
@@ -135,6 +136,21 @@ pub fn lock_data_dir(config: &Config) -> Result<DataLock, Error> {
     let _ = write!(file, "{}", std::process::id());
     let _ = file.flush();
     Ok(DataLock(file))
+}
+
+/// Refuses a data directory that a restore left half done (its marker is there): a server
+/// started on it would make new key-directory keys, and every client would refuse it.
+pub fn check_no_interrupted_restore(config: &Config) -> Result<(), Error> {
+    let marker = config.data_dir.join(backup::RESTORE_MARKER);
+    if marker.exists() {
+        return Err(Error::Config(format!(
+            "a restore into {} did not finish ({} is there); run the restore again with \
+             --replace (what it replaced is in a replaced-* directory beside it)",
+            config.data_dir.display(),
+            marker.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Where a running server said it listens (`DATA/server.url`), for the subcommands that talk

@@ -62,8 +62,8 @@ const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.
 /// Every figure the server keeps.
 #[derive(Debug)]
 pub(crate) struct Metrics {
-    /// Requests answered, by route template and status code.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Requests answered, by route template, then status code.
+    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     /// Submissions stored (each a message for a group, with its copies).
     pub(crate) submissions: AtomicU64,
     /// Copies queued for devices.
@@ -118,7 +118,13 @@ impl Metrics {
     /// the path a client sent.
     pub(crate) fn request(&self, route: &str, status: u16) {
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((route.to_string(), status)).or_insert(0) += 1;
+        // The hot path allocates nothing: a route is a new key once.
+        match map.get_mut(route) {
+            Some(statuses) => *statuses.entry(status).or_insert(0) += 1,
+            None => {
+                map.insert(route.to_string(), BTreeMap::from([(status, 1)]));
+            }
+        }
     }
 
     /// The Prometheus text exposition of every figure, with the store's totals.
@@ -128,12 +134,14 @@ impl Metrics {
             "# HELP sotto_http_requests_total Requests answered, by route and status.\n\
              # TYPE sotto_http_requests_total counter\n",
         );
-        for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "sotto_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                escape(route)
-            );
+        for (route, statuses) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for (status, n) in statuses {
+                let _ = writeln!(
+                    out,
+                    "sotto_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
+            }
         }
         let counters = [
             ("sotto_submissions_total", "Submissions stored.", &self.submissions),

@@ -124,6 +124,7 @@ pub async fn serve_with_admin(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    crate::check_no_interrupted_restore(&config)?;
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let sessions = Sessions::load_or_create(&config.data_dir.join("session.key"))?;
     // `stopping` tells long-lived tasks (WebSocket deliveries) to wind down.

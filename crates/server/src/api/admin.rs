@@ -35,13 +35,23 @@ fn authorize(state: &AdminState, headers: &axum::http::HeaderMap) -> Result<(), 
     Ok(())
 }
 
+/// Refuses a request without the token before anything of its body is read.
+async fn require_token(
+    State(state): State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `POST /admin/v1`.
 async fn call(
     State(state): State<AdminState>,
-    headers: axum::http::HeaderMap,
     body: Result<Json<Call>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers)?;
     let Json(Call { operator, request }) = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, r.body_text())
@@ -86,11 +96,7 @@ async fn call(
 }
 
 /// `GET /metrics`.
-async fn metrics(
-    State(state): State<AdminState>,
-    headers: axum::http::HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
     let totals = blocking(&state.app, |s| s.totals()).await?;
     let text = crate::metrics::METRICS.render(&totals);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
@@ -102,6 +108,7 @@ pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/admin/v1", post(call))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(healthz))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint")

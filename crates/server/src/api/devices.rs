@@ -178,12 +178,16 @@ pub(super) async fn list(
     }))
 }
 
-/// Why an address has no device list: it was deleted (410 `account_deleted`, which the key
+/// Why an address has no device list: it was deleted (403 `account_deleted`, which the key
 /// directory's tombstone lets clients check), or it never existed (404).
 async fn no_list(state: &Shared, address: &Address) -> ApiError {
     let addr = address.to_string();
     match blocking(state, move |s| s.account(&addr)).await {
-        Ok(Some(a)) if a.deleted_at.is_some() => barred_error(Barred::Deleted),
+        Ok(Some(a)) if a.deleted_at.is_some() => ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::AccountDeleted,
+            format!("{address} was deleted by this server's operator"),
+        ),
         Ok(_) => unknown_user(address),
         Err(e) => e,
     }

@@ -6,6 +6,14 @@ use std::path::PathBuf;
 use std::io::Write as _;
 
 use anyhow::Context;
+
+/// `println!` that never panics: a reader that went away (`| head -1`) ends the output,
+/// not the program.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 use clap::{Parser, Subcommand, ValueEnum};
 use sotto_server::admin::{self, Request};
 use sotto_server::{Config, RegistrationMode, TlsFiles};
@@ -530,6 +538,7 @@ fn main() -> anyhow::Result<()> {
             // One serving process per data directory; the lock is taken before the store opens.
             config.check()?;
             let _lock = sotto_server::lock_data_dir(&config)?;
+            sotto_server::check_no_interrupted_restore(&config)?;
             let store = sotto_server::open_store(&config)?;
             return serve(config, store);
         }
@@ -548,14 +557,14 @@ fn main() -> anyhow::Result<()> {
             use clap::CommandFactory as _;
             let pages = sotto::packaging::man_pages(Cli::command(), &dir)
                 .with_context(|| format!("cannot write manual pages into {}", dir.display()))?;
-            println!("wrote {} manual page(s) into {}", pages.len(), dir.display());
+            say!("wrote {} manual page(s) into {}", pages.len(), dir.display());
             return Ok(());
         }
         Some(Command::Backup { out, json }) => {
             let manifest = sotto_server::backup::backup(&config, &out)?;
             let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({
                         "dir": out, "created_at": manifest.created_at,
@@ -563,7 +572,7 @@ fn main() -> anyhow::Result<()> {
                     })
                 );
             } else {
-                println!(
+                say!(
                     "backed up {} file(s), {bytes} bytes, into {}; it holds the server's keys: \
                      keep it safe",
                     manifest.files.len(),
@@ -582,7 +591,7 @@ fn main() -> anyhow::Result<()> {
             let restored =
                 sotto_server::backup::restore(&config, &from, replace, &operator_name())?;
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({
                         "created_at": restored.manifest.created_at,
@@ -591,13 +600,13 @@ fn main() -> anyhow::Result<()> {
                     })
                 );
             } else {
-                println!(
+                say!(
                     "restored the backup taken {} into {}",
                     sotto::format_time(restored.manifest.created_at.saturating_mul(1000)),
                     config.data_dir.display()
                 );
                 if let Some(previous) = &restored.previous {
-                    println!("what it held before is in {}", previous.display());
+                    say!("what it held before is in {}", previous.display());
                 }
             }
             return Ok(());
@@ -638,7 +647,7 @@ fn main() -> anyhow::Result<()> {
     };
     let answer = admin_request(&config, &request)?;
     if json {
-        println!("{answer}");
+        say!("{answer}");
     } else {
         print_answer(&config, &request, &answer);
     }
@@ -675,9 +684,9 @@ fn config_check(config: &Config, json: bool) -> anyhow::Result<()> {
         "account_grace_secs": config.account_grace_secs,
     });
     if json {
-        println!("{settings}");
+        say!("{settings}");
     } else {
-        println!(
+        say!(
             "settings are valid: serving {scheme}://{} for @{} from {}",
             config.listen,
             config.domain,
@@ -685,7 +694,7 @@ fn config_check(config: &Config, json: bool) -> anyhow::Result<()> {
         );
         if let Some(map) = settings.as_object() {
             for (key, value) in map {
-                println!("  {key} = {value}");
+                say!("  {key} = {value}");
             }
         }
     }
@@ -742,8 +751,11 @@ fn admin_request(config: &Config, request: &Request) -> anyhow::Result<serde_jso
                 Ok(t) => t,
                 Err(_) => admin::admin_token(config)?,
             };
-            let agent: ureq::Agent =
-                ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(60)))
+                .build()
+                .into();
             let mut resp = agent
                 .post(&format!("{url}/admin/v1"))
                 .header("Authorization", &format!("Bearer {token}"))
@@ -797,22 +809,22 @@ fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) 
     let empty = Vec::new();
     let list = answer.as_array().unwrap_or(&empty);
     match request {
-        Request::AccountsList {} if list.is_empty() => println!("no accounts yet"),
-        Request::AccountsList {} => list.iter().for_each(|a| println!("{}", account_line(a))),
+        Request::AccountsList {} if list.is_empty() => say!("no accounts yet"),
+        Request::AccountsList {} => list.iter().for_each(|a| say!("{}", account_line(a))),
         Request::AccountsShow { .. } => {
-            println!("{}", account_line(answer));
+            say!("{}", account_line(answer));
             let how = if answer["managed"] == true {
                 "managed (operator wipe works)"
             } else {
                 "not managed"
             };
-            println!("  {how}");
+            say!("  {how}");
             for d in answer["device_list"].as_array().unwrap_or(&empty) {
                 let state = match d["revoked_at"].as_u64() {
                     Some(_) => format!("revoked {}", time(&d["revoked_at"])),
                     None => "active".into(),
                 };
-                println!(
+                say!(
                     "  device {:>4}  {state}, linked {}{}",
                     d["device_id"],
                     time(&d["created_at"]),
@@ -824,9 +836,9 @@ fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) 
         | Request::AccountsResume { .. }
         | Request::AccountsTerm { .. }
         | Request::AccountsRenew { .. }
-        | Request::AccountsDelete { .. } => println!("{}", account_line(answer)),
+        | Request::AccountsDelete { .. } => say!("{}", account_line(answer)),
         Request::InviteCreate { .. } => {
-            println!("{}", answer["code"].as_str().unwrap_or(""));
+            say!("{}", answer["code"].as_str().unwrap_or(""));
             let term = match answer["valid_for"].as_u64() {
                 Some(secs) => format!("; the accounts it creates last {} day(s)", secs / 86_400),
                 None => String::new(),
@@ -838,12 +850,12 @@ fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) 
             );
         }
         Request::InviteList {} if list.is_empty() => {
-            println!("no invites; `sotto-server invite create` mints one")
+            say!("no invites; `sotto-server invite create` mints one")
         }
         Request::InviteList {} => {
             for i in list {
                 let state = if i["expired"] == true { "expired" } else { "valid until" };
-                println!(
+                say!(
                     "{}  {} use(s) left, {state} {}",
                     i["id"].as_str().unwrap_or(""),
                     i["uses_left"],
@@ -852,13 +864,13 @@ fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) 
             }
         }
         Request::InviteRevoke { id } => {
-            println!("invite {id} withdrawn: its code registers nobody from now on")
+            say!("invite {id} withdrawn: its code registers nobody from now on")
         }
-        Request::Audit { .. } if list.is_empty() => println!("the audit log is empty"),
+        Request::Audit { .. } if list.is_empty() => say!("the audit log is empty"),
         Request::Audit { .. } => {
             for l in list {
                 let detail = l["detail"].as_str().filter(|d| !d.is_empty());
-                println!(
+                say!(
                     "{}  {}  {} {}{}",
                     time(&l["at"]),
                     sotto::terminal_line(l["actor"].as_str().unwrap_or("")),
@@ -869,7 +881,7 @@ fn print_answer(config: &Config, request: &Request, answer: &serde_json::Value) 
             }
         }
         Request::OperatorKey {} => {
-            println!("{}", answer["operator_key"].as_str().unwrap_or(""));
+            say!("{}", answer["operator_key"].as_str().unwrap_or(""));
             eprintln!(
                 "operator key in {}; it is in service (a server started later reads it too). \
                  Accounts registered with `sotto register --managed` accept it.",
@@ -905,7 +917,7 @@ fn operator_wipe(
             body["error"]["message"].as_str().unwrap_or("unknown error")
         );
     }
-    println!("device {device} of {address} is revoked and will erase itself");
+    say!("device {device} of {address} is revoked and will erase itself");
     Ok(())
 }
 
