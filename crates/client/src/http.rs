@@ -149,6 +149,11 @@ impl HttpTransport {
         let config = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
+            // A pooled connection is reused only well within the server's header timeout
+            // (15 s by default, which also runs while a kept-alive connection waits): at the
+            // pool's default of 15 s the server could close one just as it is reused, and a
+            // request on it would fail unanswered.
+            .max_idle_age(Duration::from_secs(5))
             .user_agent(concat!("sotto/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             .build();

@@ -388,19 +388,24 @@ pub fn execute_offline(
         .map(|o| o.answer)
 }
 
-fn admin_token_path(config: &Config) -> std::path::PathBuf {
-    config.data_dir.join("admin.token")
+/// The admin API's token (`DATA/admin.token`, owner-only), made on first use: 32 random bytes,
+/// hex. It allows every operator request.
+pub fn admin_token(config: &Config) -> Result<String, Error> {
+    token_file(&config.data_dir.join("admin.token"))
 }
 
-/// The admin API's token (`DATA/admin.token`, owner-only), made on first use: 32 random bytes,
-/// hex.
-pub fn admin_token(config: &Config) -> Result<String, Error> {
-    let path = admin_token_path(config);
-    match std::fs::read_to_string(&path) {
+/// The token that allows only `GET /metrics` (`DATA/metrics.token`), for a scraper that
+/// should not be able to change accounts.
+pub fn metrics_token(config: &Config) -> Result<String, Error> {
+    token_file(&config.data_dir.join("metrics.token"))
+}
+
+fn token_file(path: &std::path::Path) -> Result<String, Error> {
+    match std::fs::read_to_string(path) {
         Ok(t) if t.trim().len() == 64 => return Ok(t.trim().to_string()),
         Ok(_) => {
             return Err(Error::Config(format!(
-                "{} is not an admin token; delete it to make a new one",
+                "{} is not a token; delete it to make a new one",
                 path.display()
             )));
         }
@@ -409,8 +414,8 @@ pub fn admin_token(config: &Config) -> Result<String, Error> {
     }
     let token =
         hex::encode(sotto_core::random_bytes(32).map_err(|e| Error::Internal(e.to_string()))?);
-    crate::private_file(&path)?;
-    std::fs::write(&path, &token)
+    crate::private_file(path)?;
+    std::fs::write(path, &token)
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
     Ok(token)
 }

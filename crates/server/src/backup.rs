@@ -34,7 +34,7 @@ pub const RESTORE_MARKER: &str = "restore-in-progress";
 
 /// Files copied as they are, if present. The session key is not: a restored server makes a
 /// new one.
-const KEYS: &[&str] = &["kt.key", "kt-vrf.key", "operator.key", "admin.token"];
+const KEYS: &[&str] = &["kt.key", "kt-vrf.key", "operator.key", "admin.token", "metrics.token"];
 /// An upper bound on queue positions (and device ids) the server hands out a second: the
 /// writer commits at most 512 submissions a batch, each at most a few thousand copies.
 const MAX_IDS_PER_SECOND: u64 = 100_000_000;

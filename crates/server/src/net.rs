@@ -261,9 +261,11 @@ fn serve_admin(
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let token = crate::admin::admin_token(&state.config)?;
+    let metrics_token = crate::admin::metrics_token(&state.config)?;
     let app = crate::api::admin::router(crate::api::admin::AdminState {
         app: state.clone(),
         token: Arc::new(zeroize::Zeroizing::new(token)),
+        metrics_token: Arc::new(zeroize::Zeroizing::new(metrics_token)),
     });
     let listener = CappedListener::new(
         listener,

@@ -320,6 +320,18 @@ print(json.dumps(out))
     // The public listener does not serve it.
     let (status, _) = server.http("GET", "/metrics", None, "");
     assert_eq!(status, 404);
+    // The metrics token opens /metrics and nothing else.
+    let scraper = std::fs::read_to_string(server.data.join("metrics.token")).expect("token");
+    let scraper = scraper.trim();
+    assert_eq!(admin_get(&addr, "/metrics", scraper).0, 200);
+    let refused = Command::new(SERVER)
+        .arg("--data")
+        .arg(&server.data)
+        .args(["accounts", "list"])
+        .env("SOTTO_ADMIN_TOKEN", scraper)
+        .output()
+        .expect("run");
+    assert!(!refused.status.success(), "the metrics token is not an admin token");
 }
 
 /// `sotto-server ARGS config check --json` with `env`: its JSON, or its error.

@@ -12,6 +12,8 @@ use crate::admin::{AdminError, Call, Effect};
 pub(crate) struct AdminState {
     pub(crate) app: Shared,
     pub(crate) token: Arc<zeroize::Zeroizing<String>>,
+    /// Allows `GET /metrics` only.
+    pub(crate) metrics_token: Arc<zeroize::Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -20,14 +22,19 @@ impl std::fmt::Debug for AdminState {
     }
 }
 
-/// Checks the admin token.
-fn authorize(state: &AdminState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+/// Checks the admin token (or, for `GET /metrics`, the metrics token).
+fn authorize(
+    state: &AdminState,
+    headers: &axum::http::HeaderMap,
+    metrics: bool,
+) -> Result<(), ApiError> {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !crate::admin::token_matches(&state.token, given) {
+    let metrics_ok = metrics && crate::admin::token_matches(&state.metrics_token, given);
+    if !metrics_ok && !crate::admin::token_matches(&state.token, given) {
         return Err(ApiError::unauthorized(
             "wrong or missing admin token (Authorization: Bearer, from DATA/admin.token)",
         ));
@@ -41,7 +48,8 @@ async fn require_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match authorize(&state, request.headers()) {
+    let metrics = request.uri().path() == "/metrics";
+    match authorize(&state, request.headers(), metrics) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
