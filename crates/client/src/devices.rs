@@ -480,6 +480,16 @@ impl Client {
         }
     }
 
+    /// After the server refused this device because of its account (suspended, expired or
+    /// deleted): erases it if a wipe was ordered for it (a lost device, say, whose account was
+    /// then closed), otherwise gives `refused` back.
+    pub fn obey_wipe_or(&mut self, refused: Error) -> Error {
+        match self.try_obey_revocation() {
+            Ok(Error::Revoked(_)) | Err(_) => refused,
+            Ok(e) => e,
+        }
+    }
+
     fn try_obey_revocation(&mut self) -> Result<Error, Error> {
         let token = self.token()?;
         let pending: proto::PendingWipe = self.api.get("/v1/wipe", Some(&token))?;

@@ -676,6 +676,7 @@ impl Engine {
     fn check_revoked(&mut self, e: Error) -> Error {
         let e = match e {
             e if e.server_code() == Some("device_revoked") => self.client.obey_revocation(),
+            e if e.server_code().is_some_and(crate::account_barred) => self.client.obey_wipe_or(e),
             e => e,
         };
         if matches!(e, Error::Revoked(_) | Error::Wiped(_)) {

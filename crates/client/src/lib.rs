@@ -57,6 +57,13 @@ pub use crate::conversation::{ChatFlag, Contact, ReceiptSettings};
 use crate::db::AccountRow;
 pub use crate::devices::{DeviceView, LinkOutcome, LinkedDevice};
 pub use crate::error::Error;
+
+/// Whether a server error code says this device's account is refused service (suspended,
+/// expired or deleted by the operator): the device keeps its data, unless a wipe was ordered
+/// for it ([`Client::obey_wipe_or`]).
+pub fn account_barred(code: &str) -> bool {
+    matches!(code, "account_suspended" | "account_expired" | "account_deleted")
+}
 pub use crate::export::{EXPORT_WARNING, ExportFormat, ExportReport, format_time};
 pub use crate::files::Downloaded;
 pub use crate::heal::{DEFAULT_HEAL_INTERVAL_SECS, HealReport};

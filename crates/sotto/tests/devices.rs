@@ -429,18 +429,21 @@ fn recovery_takes_the_account_back_and_contacts_see_the_key_change() {
     assert!(fresh.sync().contains(&pair(&bob, "found you")));
 }
 
+/// Runs `sotto-server --data DATA ARGS`.
+fn operator_command(data: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::SERVER)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run sotto-server")
+}
+
 #[test]
 fn the_operator_wipes_managed_accounts_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let operator = |args: &[&str]| {
-        std::process::Command::new(common::SERVER)
-            .arg("--data")
-            .arg(&data)
-            .args(args)
-            .output()
-            .expect("run sotto-server")
-    };
+    let operator = |args: &[&str]| operator_command(&data, args);
     // The key is made while the server runs, which puts it in service without a restart.
     let server = Server::start_in(&data, "127.0.0.1:0", &["--registration", "open"]);
     let out = operator(&["operator-key"]);
@@ -588,4 +591,30 @@ fn after_a_revocation_the_remaining_devices_replace_their_keys() {
     assert!(phone.sync().contains(&pair(&bob, "to all of alice")));
     assert!(alice.sync().contains(&pair(&bob, "to all of alice")));
     assert!(!stored_texts(&tablet).contains(&"to all of alice".to_string()));
+}
+
+#[test]
+fn a_wipe_ordered_before_the_account_is_deleted_still_reaches_the_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let operator = |args: &[&str]| operator_command(&data, args);
+    let server = Server::start_in(&data, "127.0.0.1:0", &["--registration", "open"]);
+    assert!(operator(&["operator-key"]).status.success());
+    let [lost, kept] = ["lost", "kept"].map(User::new);
+    lost.ok(&["register", &lost.address, "--server", &server.url, "--managed"]);
+    kept.ok(&["register", &kept.address, "--server", &server.url, "--managed"]);
+    lost.sync();
+    kept.sync();
+    // The operator wipes the lost laptop, then closes the account before it comes online.
+    let out = operator(&["operator", "wipe", &lost.address, "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = operator(&["accounts", "delete", &lost.address, "--yes"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lost.err(&["sync"]), "device_wiped");
+    assert!(all_bytes(&lost.home).is_empty());
+    // A suspended account without a wipe keeps its data.
+    let out = operator(&["accounts", "suspend", &kept.address]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(kept.err(&["sync"]), "account_suspended");
+    assert!(!all_bytes(&kept.home).is_empty());
 }

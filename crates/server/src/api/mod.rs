@@ -496,7 +496,12 @@ impl FromRequestParts<Shared> for AnyDevice {
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
         let device = authenticate(parts, state)?;
-        if let Some(why) = state.barred(device) {
+        // A revoked device may always learn of (and confirm) a wipe, whatever became of its
+        // account since: an operator who wipes a lost device and then suspends or deletes the
+        // account must not keep the wipe from it.
+        if !state.is_revoked(device)
+            && let Some(why) = state.barred(device)
+        {
             return Err(barred_error(why));
         }
         Ok(AnyDevice(device))
@@ -834,10 +839,16 @@ async fn token(
     // A token never outlives the account's term and grace period.
     let mut ttl = state.config.token_ttl_secs;
     if let Some(account) = &account {
-        if let Some(why) = barred_state(account, &state.config) {
+        // A revoked device still logs in, to fetch a wipe ordered for it: its token opens
+        // nothing else (every other route refuses it, barred account or not).
+        if let Some(why) = barred_state(account, &state.config)
+            && !state.is_revoked(device_id)
+        {
             return Err(barred_error(why));
         }
-        if let Some(end) = account.valid_until.map(|t| t.saturating_add(grace)) {
+        if let Some(end) = account.valid_until.map(|t| t.saturating_add(grace))
+            && !state.is_revoked(device_id)
+        {
             ttl = ttl.min(end.saturating_sub(now).max(1));
         }
     }

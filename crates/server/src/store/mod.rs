@@ -87,7 +87,7 @@ pub enum AccountChange {
     /// Set the end of its term (Unix seconds), or remove the term.
     Term(Option<u64>),
     /// Revoke its devices, delete its queues, key packages, files and device list; keep the
-    /// address, marked deleted.
+    /// address, marked deleted, and any wipe ordered for its devices.
     Delete,
 }
 

@@ -829,10 +829,10 @@ impl Store for SqliteStore {
                     let rows = stmt.query_map([address], |r| r.get(0)).map_err(backend)?;
                     rows.collect::<Result<_, _>>().map_err(backend)?
                 };
+                // Wipes ordered before stay: a lost device still erases itself when it next
+                // asks, even after its account is gone.
                 for device in devices {
                     revoke_in(&tx, to_u64(device), audit.at)?;
-                    tx.execute("DELETE FROM wipes WHERE device_id = ?1", [device])
-                        .map_err(backend)?;
                 }
                 files = {
                     let mut stmt =

@@ -674,6 +674,13 @@ fn main() -> ExitCode {
                 Error::Server { ref code, .. } if code == "device_revoked" => {
                     unlock.open(&home).map(|mut c| c.obey_revocation()).unwrap_or(e)
                 }
+                // A closed account's device still obeys a wipe ordered before.
+                Error::Server { ref code, .. } if sotto_client::account_barred(code) => {
+                    match unlock.open(&home) {
+                        Ok(mut c) => c.obey_wipe_or(e),
+                        Err(_) => e,
+                    }
+                }
                 e => e,
             };
             if json {
