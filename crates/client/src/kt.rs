@@ -343,13 +343,18 @@ impl Client {
     /// then on the append-only record, not just in one answer.
     pub(crate) fn kt_deleted(&mut self, address: &Address) -> Result<bool, Error> {
         let (_, vrf_key) = self.directory_keys()?;
+        Ok(kt::is_tombstone(&self.kt_lookup(&vrf_key, address)?))
+    }
+
+    /// The directory's value for `address`, checked against a fresh root this device accepts.
+    fn kt_lookup(&mut self, vrf_key: &[u8], address: &Address) -> Result<Vec<u8>, Error> {
         let token = self.token()?;
         let answer: proto::KtProof =
             self.api.get(&format!("/v1/kt/lookup/{address}"), Some(&token))?;
         let root = self.accept_root(&answer.root, true)?;
-        let entry = kt::verify_lookup(&vrf_key, &root, address, &answer.proof.0)
+        let entry = kt::verify_lookup(vrf_key, &root, address, &answer.proof.0)
             .map_err(|e| untrusted(format!("{address}: {e}")))?;
-        Ok(kt::is_tombstone(&entry.value))
+        Ok(entry.value)
     }
 
     /// Verifies that the directory holds `signed` (with `identity_key`) for `address`.
@@ -378,13 +383,7 @@ impl Client {
                 return Err(Error::Untrusted(split));
             }
         }
-        let token = self.token()?;
-        let answer: proto::KtProof =
-            self.api.get(&format!("/v1/kt/lookup/{address}"), Some(&token))?;
-        let root = self.accept_root(&answer.root, true)?;
-        let entry = kt::verify_lookup(&vrf_key, &root, address, &answer.proof.0)
-            .map_err(|e| untrusted(format!("{address}: {e}")))?;
-        Ok(if entry.value == kt::commitment(identity_key, signed) {
+        Ok(if self.kt_lookup(&vrf_key, address)? == kt::commitment(identity_key, signed) {
             KtCheck::Holds
         } else {
             KtCheck::Differs

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::store::{AccountChange, AccountRecord, AuditRecord, Store, StoreError};
+use crate::store::{AccountChange, AccountRecord, AuditRecord, Barred, Store, StoreError};
 use crate::{Config, Error};
 
 /// One thing the operator asks of the server.
@@ -103,8 +103,8 @@ pub(crate) enum Effect {
     Revoke(Vec<u64>),
     /// Record in the key directory that this address is gone.
     Tombstone(String),
-    /// Read the operator key again.
-    ReloadOperatorKey,
+    /// Put this operator key (its public half) in service.
+    OperatorKey(Vec<u8>),
 }
 
 /// A request's answer and what the server must do next.
@@ -147,16 +147,12 @@ pub fn actor_name(name: &str) -> String {
 }
 
 fn account_json(a: &AccountRecord, grace: u64, now: u64) -> Value {
-    let state = if a.deleted_at.is_some() {
-        "deleted"
-    } else if a.suspended_at.is_some() {
-        "suspended"
-    } else {
-        match a.valid_until {
-            Some(end) if end.saturating_add(grace) <= now => "expired",
-            Some(end) if end <= now => "grace",
-            _ => "active",
-        }
+    let state = match a.barred(grace, now) {
+        Some(Barred::Deleted) => "deleted",
+        Some(Barred::Suspended) => "suspended",
+        Some(Barred::Expired) => "expired",
+        None if a.valid_until.is_some_and(|end| end <= now) => "grace",
+        None => "active",
     };
     json!({
         "address": a.address, "state": state, "created_at": a.created_at,
@@ -364,14 +360,14 @@ pub(crate) fn execute(
         }
         Request::OperatorKey {} => {
             let existed = crate::load_operator_key(config)?.is_some();
-            let key = crate::create_operator_key(config)?;
-            let public = hex::encode(key.public());
+            let key = crate::create_operator_key(config)?.public();
+            let public = hex::encode(&key);
             if !existed {
                 store.record_audit(&audit("operator_key.create", &public, String::new()))?;
             }
             done(
                 json!({ "operator_key": public, "created": !existed }),
-                vec![Effect::ReloadOperatorKey],
+                vec![Effect::OperatorKey(key)],
             )
         }
     }

@@ -94,10 +94,7 @@ async fn call(
                     }
                 }
             }
-            Effect::ReloadOperatorKey => match crate::load_operator_key(&state.app.config) {
-                Ok(key) => state.app.set_operator_key(key.map(|k| k.public())),
-                Err(e) => return Err(ApiError::internal("reading the operator key failed", &e)),
-            },
+            Effect::OperatorKey(key) => state.app.set_operator_key(Some(key)),
         }
     }
     Ok(Json(outcome.answer))

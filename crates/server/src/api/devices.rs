@@ -465,7 +465,9 @@ pub(super) async fn recover(
     let (current, account) =
         blocking(&state, move |s| Ok((s.device_list(&addr)?, s.account(&addr)?))).await?;
     // A barred account stays as the operator left it: recovery would replace its keys.
-    if let Some(why) = account.as_ref().and_then(|a| barred_state(a, &state.config)) {
+    if let Some(why) =
+        account.as_ref().and_then(|a| a.barred(state.config.account_grace_secs, unix_now()))
+    {
         return Err(barred_error(why));
     }
     let Some(current) = current else {

@@ -365,21 +365,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Whether, and why, an account is refused service now (its term counted with the grace
-/// period).
-fn barred_state(account: &crate::store::AccountRecord, config: &Config) -> Option<Barred> {
-    if account.deleted_at.is_some() {
-        Some(Barred::Deleted)
-    } else if account.suspended_at.is_some() {
-        Some(Barred::Suspended)
-    } else {
-        account
-            .valid_until
-            .filter(|end| end.saturating_add(config.account_grace_secs) <= unix_now())
-            .map(|_| Barred::Expired)
-    }
-}
-
 /// The answer to a device whose account is refused service. The device keeps its data.
 fn barred_error(why: Barred) -> ApiError {
     let (code, message) = match why {
@@ -841,7 +826,7 @@ async fn token(
     if let Some(account) = &account {
         // A revoked device still logs in, to fetch a wipe ordered for it: its token opens
         // nothing else (every other route refuses it, barred account or not).
-        if let Some(why) = barred_state(account, &state.config)
+        if let Some(why) = account.barred(state.config.account_grace_secs, unix_now())
             && !state.is_revoked(device_id)
         {
             return Err(barred_error(why));

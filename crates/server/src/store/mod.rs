@@ -66,6 +66,21 @@ pub struct StoreTotals {
     pub file_bytes: u64,
 }
 
+impl AccountRecord {
+    /// Why the account's devices are refused service at `now`, if they are: deleted, then
+    /// suspended, then a term that ended more than `grace` seconds ago (the same rule as
+    /// [`Store::barred_devices`]).
+    pub fn barred(&self, grace: u64, now: u64) -> Option<Barred> {
+        if self.deleted_at.is_some() {
+            Some(Barred::Deleted)
+        } else if self.suspended_at.is_some() {
+            Some(Barred::Suspended)
+        } else {
+            self.valid_until.filter(|end| end.saturating_add(grace) <= now).map(|_| Barred::Expired)
+        }
+    }
+}
+
 /// Why an account's devices are refused service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Barred {
