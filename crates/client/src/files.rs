@@ -1,8 +1,11 @@
-//! Attachments: a file is encrypted in 64 KiB chunks under a fresh key (STREAM, see
+//! Attachments: a file is padded with zeros to its Padmé length (so the blob's size says
+//! little of the file's) and encrypted in 64 KiB chunks under a fresh key (STREAM, see
 //! `sotto_core::attachment`), uploaded in pieces that resume where the server's copy ends,
 //! and announced in an MLS message that carries the key, size, digest, name and media type.
-//! Downloads stream, authenticate every chunk, and reach their final name only after the
-//! size and digest match. Memory stays constant whatever the file's size.
+//! Downloads stream, authenticate every chunk, check that the padding is zero and cut it
+//! off, and reach their final name only after the size and digest match. Files from older
+//! clients, unpadded, read as before (their message says so). Memory stays constant
+//! whatever the file's size.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sotto_core::attachment::{self, CHUNK, FileKey, SEALED_CHUNK};
+use sotto_core::attachment::{self, CHUNK, FileKey, Layout, SEALED_CHUNK};
 use sotto_core::content::Body;
 use sotto_proto as proto;
 
@@ -65,6 +68,74 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Reads chunk `chunk`'s share of the file (at the file's current position) and seals it
+/// with the padding that follows, as `layout` says.
+fn seal_chunk(
+    file: &mut impl Read,
+    path: &Path,
+    key: &FileKey,
+    layout: Layout,
+    chunk: u64,
+    plain: &mut [u8],
+) -> Result<Vec<u8>, Error> {
+    // Reading a whole chunk's worth notices a file that grew; one that shrank ends early.
+    let n = read_full(file, &mut plain[..CHUNK]).map_err(io(path))?;
+    let len = layout.chunk_len(chunk);
+    if n != layout.data_len(chunk) {
+        return Err(Error::Io(format!("{} changed while it was being sent", path.display())));
+    }
+    plain[n..len].fill(0);
+    let position = u32::try_from(chunk).map_err(|_| Error::Invalid("file too large".into()))?;
+    Ok(key.seal(position, layout.is_last(chunk), &plain[..len])?)
+}
+
+/// Where opened chunks go: the file's bytes into the digest, the whole plaintext (padding
+/// too, so a download resumes at any chunk) into the `.part` file.
+struct Sink<'a, W> {
+    file: &'a mut W,
+    path: &'a Path,
+    hash: &'a mut Sha256,
+}
+
+/// Reads chunks `from..` of a blob laid out as `layout` from `reader`, authenticates each,
+/// checks its padding and passes it to `sink`; the blob must end exactly after the last.
+fn open_chunks<W: Write>(
+    reader: &mut impl Read,
+    url: &str,
+    key: &FileKey,
+    layout: Layout,
+    from: u64,
+    sink: &mut Sink<'_, W>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), Error> {
+    let chunks = layout.chunks();
+    let mut sealed = vec![0u8; SEALED_CHUNK];
+    for chunk in from..chunks {
+        let len = layout.chunk_len(chunk) + attachment::TAG;
+        let n = read_full(reader, &mut sealed[..len])
+            .map_err(|e| Error::Unreachable { url: url.into(), reason: e.to_string() })?;
+        if n < len {
+            return Err(Error::Tampered(format!(
+                "the file on the server is truncated (chunk {chunk} of {chunks} is short)"
+            )));
+        }
+        let position =
+            u32::try_from(chunk).map_err(|_| Error::Protocol("bad attachment reference".into()))?;
+        let plain = key
+            .open(position, layout.is_last(chunk), &sealed[..len])
+            .map_err(|e| Error::Tampered(e.to_string()))?;
+        let data = layout.unpad(chunk, &plain).map_err(|e| Error::Tampered(e.to_string()))?;
+        sink.hash.update(data);
+        sink.file.write_all(&plain).map_err(io(sink.path))?;
+        progress(layout.progress(chunk + 1), layout.size());
+    }
+    let mut extra = [0u8; 1];
+    if read_full(reader, &mut extra).unwrap_or(0) > 0 {
+        return Err(Error::Tampered("the file on the server is longer than announced".into()));
+    }
+    Ok(())
+}
+
 impl Client {
     /// Encrypts and uploads a file, then sends it to `target`. An interrupted upload resumes
     /// where the server's copy ends, in this run (after a failed request) or the next one
@@ -93,7 +164,10 @@ impl Client {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let sealed_size = attachment::encrypted_len(size);
+        // Every file goes padded; an upload begun unpadded (by an older version) has another
+        // blob size, so it is started again rather than resumed.
+        let layout = Layout::new(size, true);
+        let sealed_size = layout.sealed_len();
         // In a chat with disappearing messages the file on the server goes with the message.
         let timer: i64 = self.conn.query_row(
             "SELECT timer_secs FROM chats WHERE group_id = ?1",
@@ -103,7 +177,7 @@ impl Client {
         let lifetime = (timer > 0).then_some(timer as u64);
         let (blob, key) = self.upload_slot(&canonical, size, mtime, sealed_size, lifetime)?;
         let sha256 = digest_file(path)?;
-        self.upload(&blob, &key, path, size, progress)?;
+        self.upload(&blob, &key, path, layout, progress)?;
         self.conn.execute(
             "DELETE FROM uploads WHERE path = ?1 AND size = ?2 AND mtime = ?3",
             params![canonical.to_string_lossy(), size as i64, mtime as i64],
@@ -116,6 +190,7 @@ impl Client {
             sha256: hex::encode(sha256),
             media_type: attachment::media_type(&name).into(),
             name,
+            padded: true,
         };
         let sent = self.send_body(&group_id, body)?;
         sent.ok_or(Error::Internal("file message without a stored row"))
@@ -180,12 +255,13 @@ impl Client {
         blob: &[u8],
         key: &FileKey,
         path: &Path,
-        size: u64,
+        layout: Layout,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(), Error> {
         let id = hex::encode(blob);
-        let chunks = attachment::chunks(size);
-        let sealed_size = attachment::encrypted_len(size);
+        let size = layout.size();
+        let chunks = layout.chunks();
+        let sealed_size = layout.sealed_len();
         let mut file = std::fs::File::open(path).map_err(io(path))?;
         let mut plain = vec![0u8; CHUNK];
         let mut attempts = 0;
@@ -198,21 +274,15 @@ impl Client {
                 return Err(Error::Protocol("the server's copy ends inside a chunk".into()));
             }
             let mut chunk = offset / SEALED_CHUNK as u64;
-            progress(chunk.min(chunks) * CHUNK as u64, size);
+            progress(layout.progress(chunk), size);
+            // Chunks of padding alone lie past the file's end, where reading finds nothing.
             file.seek(SeekFrom::Start(chunk * CHUNK as u64)).map_err(io(path))?;
             while chunk < chunks {
                 let mut piece = Vec::with_capacity(CHUNKS_PER_REQUEST * SEALED_CHUNK);
                 while chunk < chunks && piece.len() < CHUNKS_PER_REQUEST * SEALED_CHUNK {
-                    let last = chunk + 1 == chunks;
-                    let n = read_full(&mut file, &mut plain).map_err(io(path))?;
-                    let expected = if last { size - chunk * CHUNK as u64 } else { CHUNK as u64 };
-                    if n as u64 != expected {
-                        return Err(Error::Io(format!(
-                            "{} changed while it was being sent",
-                            path.display()
-                        )));
-                    }
-                    piece.extend_from_slice(&key.seal(chunk as u32, last, &plain[..n])?);
+                    piece.extend_from_slice(&seal_chunk(
+                        &mut file, path, key, layout, chunk, &mut plain,
+                    )?);
                     chunk += 1;
                 }
                 // A long upload outlives a token: take a fresh one (cached) for each piece.
@@ -223,7 +293,7 @@ impl Client {
                     Ok(s) => {
                         offset = s.received;
                         attempts = 0;
-                        progress((chunk * CHUNK as u64).min(size), size);
+                        progress(layout.progress(chunk), size);
                     }
                     Err(e @ (Error::Unreachable { .. } | Error::Server { .. }))
                         if attempts + 1 < UPLOAD_ATTEMPTS
@@ -265,11 +335,14 @@ impl Client {
             [] => return Err(Error::Invalid(format!("no file message matches {message:?}"))),
             _ => return Err(Error::Invalid(format!("{message:?} matches several messages"))),
         };
-        let Body::File { blob, key, nonce, size, sha256, name, media_type } = body else {
+        let Body::File { blob, key, nonce, size, sha256, name, media_type, padded } = body else {
             return Err(Error::Internal("stored attachment is not a file"));
         };
         let bad = |_| Error::Protocol("bad attachment reference".into());
-        if blob.is_empty() || !blob.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if blob.is_empty()
+            || !blob.bytes().all(|b| b.is_ascii_hexdigit())
+            || size > attachment::MAX_FILE
+        {
             return Err(Error::Protocol("bad attachment reference".into()));
         }
         let key = FileKey::from_parts(
@@ -285,7 +358,7 @@ impl Client {
             return Err(Error::Invalid(format!("{} exists; choose another --out", out.display())));
         }
         let part = PathBuf::from(format!("{}.part", out.display()));
-        let result = self.fetch_into(&blob, &key, size, &part, progress);
+        let result = self.fetch_into(&blob, &key, Layout::new(size, padded), &part, progress);
         let digest = match result {
             Ok(d) => d,
             Err(e @ Error::Tampered(_)) => {
@@ -305,17 +378,17 @@ impl Client {
         Ok(Downloaded { path: out.display().to_string(), size, sha256, media_type })
     }
 
-    /// Streams, authenticates and appends every chunk after those already in `part`;
-    /// returns the plaintext's SHA-256.
+    /// Streams, authenticates and appends every chunk after those already in `part`, then
+    /// cuts the padding off; returns the plaintext's SHA-256.
     fn fetch_into(
         &mut self,
         blob: &str,
         key: &FileKey,
-        size: u64,
+        layout: Layout,
         part: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Vec<u8>, Error> {
-        let chunks = attachment::chunks(size);
+        let chunks = layout.chunks();
         // A `.part` that is a link (someone else's doing, in a shared directory) would make
         // the download write wherever it points.
         if std::fs::symlink_metadata(part).is_ok_and(|m| !m.file_type().is_file()) {
@@ -331,15 +404,17 @@ impl Client {
             .truncate(false)
             .open(part)
             .map_err(io(part))?;
-        // Whole chunks already here were authenticated by an earlier run: keep them.
+        // Whole chunks already here were authenticated (and their padding checked) by an
+        // earlier run: keep them. The padding is kept in `part` too until the end, so a
+        // download interrupted there resumes at its chunk as well.
         let have = (file.metadata().map_err(io(part))?.len() / CHUNK as u64).min(chunks - 1);
         file.set_len(have * CHUNK as u64).map_err(io(part))?;
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
         file.seek(SeekFrom::Start(0)).map_err(io(part))?;
-        for _ in 0..have {
+        for chunk in 0..have {
             file.read_exact(&mut buf).map_err(io(part))?;
-            hash.update(&buf);
+            hash.update(&buf[..layout.data_len(chunk)]);
         }
         let token = self.token()?;
         let mut reader = self.api.get_stream(
@@ -347,35 +422,163 @@ impl Client {
             have * SEALED_CHUNK as u64,
             &token,
         )?;
-        let mut sealed = vec![0u8; SEALED_CHUNK];
-        for chunk in have..chunks {
-            let last = chunk + 1 == chunks;
-            let len = if last {
-                (size - chunk * CHUNK as u64) as usize + attachment::TAG
-            } else {
-                SEALED_CHUNK
-            };
-            let n = read_full(&mut reader, &mut sealed[..len]).map_err(|e| Error::Unreachable {
-                url: self.api.base().into(),
-                reason: e.to_string(),
-            })?;
-            if n < len {
-                return Err(Error::Tampered(format!(
-                    "the file on the server is truncated (chunk {chunk} of {chunks} is short)"
-                )));
-            }
-            let plain = key
-                .open(chunk as u32, last, &sealed[..len])
-                .map_err(|e| Error::Tampered(e.to_string()))?;
-            hash.update(plain.as_slice());
-            file.write_all(&plain).map_err(io(part))?;
-            progress(((chunk + 1) * CHUNK as u64).min(size), size);
-        }
-        let mut extra = [0u8; 1];
-        if read_full(&mut reader, &mut extra).unwrap_or(0) > 0 {
-            return Err(Error::Tampered("the file on the server is longer than announced".into()));
-        }
+        let url = self.api.base().to_string();
+        let mut sink = Sink { file: &mut file, path: part, hash: &mut hash };
+        open_chunks(&mut reader, &url, key, layout, have, &mut sink, progress)?;
+        file.set_len(layout.size()).map_err(io(part))?;
         file.sync_all().map_err(io(part))?;
         Ok(hash.finalize().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    /// Pseudo-random bytes.
+    fn data(size: usize) -> Vec<u8> {
+        let mut x = size as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A blob as this version seals it (`padded`), or as older clients did.
+    fn seal(key: &FileKey, data: &[u8], padded: bool) -> Vec<u8> {
+        let layout = Layout::new(data.len() as u64, padded);
+        let mut file = Cursor::new(data);
+        let mut plain = vec![0u8; CHUNK];
+        let mut blob = Vec::new();
+        for chunk in 0..layout.chunks() {
+            let sealed = seal_chunk(&mut file, Path::new("f"), key, layout, chunk, &mut plain);
+            blob.extend_from_slice(&sealed.expect("seal"));
+        }
+        blob
+    }
+
+    /// What opening a blob gave.
+    #[derive(Debug)]
+    struct Opened {
+        /// What `.part` got.
+        part: Vec<u8>,
+        digest: Vec<u8>,
+        /// The progress told.
+        told: Vec<u64>,
+    }
+
+    /// Opens a blob's chunks from `from` on.
+    fn open(blob: &[u8], key: &FileKey, layout: Layout, from: u64) -> Result<Opened, Error> {
+        let (mut part, mut hash, mut told) = (Vec::new(), Sha256::new(), Vec::new());
+        let mut sink = Sink { file: &mut part, path: Path::new("f.part"), hash: &mut hash };
+        let rest = blob.get(from as usize * SEALED_CHUNK..).unwrap_or_default();
+        open_chunks(
+            &mut Cursor::new(rest),
+            "http://test",
+            key,
+            layout,
+            from,
+            &mut sink,
+            &mut |d, _| told.push(d),
+        )?;
+        Ok(Opened { part, digest: hash.finalize().to_vec(), told })
+    }
+
+    #[test]
+    fn files_go_padded_and_come_back_whole() {
+        let key = FileKey::generate().expect("key");
+        let c = CHUNK;
+        // Around chunk edges, and 4 MiB + 1, whose padding (128 KiB) fills whole chunks.
+        for size in [0, 1, 1000, c - 1, c, c + 1, 300_000, 5 * c, (4 << 20) + 1] {
+            let file = data(size);
+            let layout = Layout::new(size as u64, true);
+            let blob = seal(&key, &file, true);
+            assert_eq!(
+                blob.len() as u64,
+                attachment::encrypted_len(attachment::padme(size as u64))
+            );
+            let Opened { part, digest, told } = open(&blob, &key, layout, 0).expect("opens");
+            assert_eq!(part.len() as u64, layout.padded_len(), "padding is written too");
+            assert_eq!(&part[..size], &file[..], "{size}");
+            assert!(part[size..].iter().all(|&b| b == 0));
+            assert_eq!(digest, Sha256::digest(&file).to_vec());
+            assert!(told.windows(2).all(|w| w[0] <= w[1]) && told.last() == Some(&(size as u64)));
+            // Resuming at any chunk reads the rest.
+            for from in [1, layout.chunks() - 1].into_iter().filter(|&f| f < layout.chunks()) {
+                let rest = open(&blob, &key, layout, from).expect("resumes").part;
+                assert_eq!(rest, part[from as usize * c..], "{size} from {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn unpadded_files_of_older_clients_still_read() {
+        let key = FileKey::generate().expect("key");
+        for size in [0, 1000, CHUNK + 1, 300_000] {
+            let file = data(size);
+            let old = seal(&key, &file, false);
+            assert_eq!(old.len() as u64, attachment::encrypted_len(size as u64));
+            let layout = Layout::new(size as u64, false);
+            let opened = open(&old, &key, layout, 0).expect("opens");
+            assert_eq!(opened.part, file);
+            assert_eq!(opened.digest, Sha256::digest(&file).to_vec());
+        }
+        // A blob whose message says the other layout is refused, not misread.
+        let file = data(300_000);
+        let (old, new) = (seal(&key, &file, false), seal(&key, &file, true));
+        for (blob, padded) in [(&old, true), (&new, false)] {
+            let err = open(blob, &key, Layout::new(300_000, padded), 0).expect_err("refused");
+            assert!(matches!(err, Error::Tampered(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn hostile_blobs_are_refused_clearly() {
+        let key = FileKey::generate().expect("key");
+        let size = 300_000;
+        let file = data(size);
+        let layout = Layout::new(size as u64, true);
+        let blob = seal(&key, &file, true);
+        let message = |blob: &[u8]| match open(blob, &key, layout, 0) {
+            Err(Error::Tampered(m)) => m,
+            other => panic!("not refused as tampered: {other:?}"),
+        };
+        // Padding that is not zero, though sealed by the key's holder.
+        let last = layout.chunks() - 1;
+        let mut plain = vec![0u8; layout.chunk_len(last)];
+        let data_len = layout.data_len(last);
+        plain[..data_len].copy_from_slice(&file[last as usize * CHUNK..]);
+        plain[data_len + 10] = 1;
+        let mut bad = blob[..last as usize * SEALED_CHUNK].to_vec();
+        bad.extend_from_slice(&key.seal(last as u32, true, &plain).expect("seal"));
+        assert_eq!(bad.len(), blob.len());
+        assert!(message(&bad).contains("padding that is not zero"));
+        // Shorter or longer than the announced size says.
+        assert!(message(&blob[..blob.len() - 1]).contains("truncated"));
+        let mut long = blob.clone();
+        long.push(0);
+        assert!(message(&long).contains("longer than announced"));
+        let mut flipped = blob.clone();
+        flipped[1000] ^= 1;
+        assert!(message(&flipped).contains("does not authenticate"));
+    }
+
+    #[test]
+    fn a_file_that_changes_while_sent_is_refused() {
+        let key = FileKey::generate().expect("key");
+        let layout = Layout::new(1000, true);
+        let mut plain = vec![0u8; CHUNK];
+        for now in [999, 1001] {
+            let mut file = Cursor::new(data(now));
+            let err = seal_chunk(&mut file, Path::new("f"), &key, layout, 0, &mut plain)
+                .expect_err("changed");
+            assert!(err.to_string().contains("changed while it was being sent"), "{err}");
+        }
     }
 }

@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             sha256: "33".repeat(32),
             name: "a.txt".into(),
             media_type: "text/plain".into(),
+            padded: true,
         },
         Body::Text {
             text: "re: hi @fuzz@example.org".into(),

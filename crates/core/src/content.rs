@@ -5,6 +5,11 @@
 //! changed: a body type this version does not know decodes as [`Body::Unsupported`], and a
 //! message carries the lowest format version that can read it (a plain text stays version 1,
 //! so older clients keep reading it; a reply is a text with fields they ignore).
+//!
+//! So that a message's size says little of its content, [`Message::encode`] pads the JSON
+//! with trailing spaces to one of a few sizes ([`padded_len`]): JSON allows whitespace after
+//! the value, so every decoder, older clients' included, reads a padded message as before,
+//! and this one reads unpadded messages from older clients.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +33,39 @@ pub const MAX_TIMER_SECS: u64 = 365 * 86_400;
 
 /// Largest accepted text body, in bytes.
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
+
+/// The smallest size a message pads to. The envelope (id, clock, count) takes about 100
+/// bytes, so a text of up to 150 bytes, a reaction, a deletion or a receipt for a few
+/// messages fit in it; a file reference (about 390 bytes) takes the next size. A
+/// key-directory root, told now and then, adds about 350 bytes.
+pub const MIN_PADDED_LEN: usize = 256;
+
+/// The largest power-of-two size a message pads to: it holds the longest text
+/// ([`MAX_TEXT_LEN`]) with its envelope unless the text is mostly characters JSON escapes.
+/// Longer encodings (at most about 520 KB: a text of control characters, each escaped to six
+/// bytes, with the most mentions) pad to a multiple of it.
+pub const MAX_PADDED_BUCKET: usize = 128 * 1024;
+
+/// The size an encoded message of `len` bytes pads to: the next power of two from
+/// [`MIN_PADDED_LEN`] up to [`MAX_PADDED_BUCKET`], then the next multiple of
+/// [`MAX_PADDED_BUCKET`]. Every legal message takes one of 13 sizes (256 B … 128 KiB, then
+/// 256, 384 and 512 KiB), at the cost of at most doubling it.
+///
+/// ```
+/// use sotto_core::content::padded_len;
+/// assert_eq!(padded_len(90), 256);
+/// assert_eq!(padded_len(257), 512);
+/// assert_eq!(padded_len(70_000), 128 * 1024);
+/// assert_eq!(padded_len(200_000), 256 * 1024);
+/// assert_eq!(padded_len(300_000), 384 * 1024);
+/// ```
+pub fn padded_len(len: usize) -> usize {
+    if len <= MAX_PADDED_BUCKET {
+        len.max(MIN_PADDED_LEN).next_power_of_two()
+    } else {
+        len.div_ceil(MAX_PADDED_BUCKET).saturating_mul(MAX_PADDED_BUCKET)
+    }
+}
 
 /// Whether a conversation is a 1:1 chat or a named group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +133,11 @@ pub enum Body {
         name: String,
         /// Its media type.
         media_type: String,
+        /// Whether the blob holds the file followed by zero bytes up to
+        /// [`crate::attachment::padme`]`(size)`, as every file is sent since padding began.
+        /// False (absent) in files from older clients, whose blob holds `size` bytes.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        padded: bool,
     },
     /// Disappearing messages: every device deletes this chat's messages `seconds` after they
     /// arrive (0 turns it off).
@@ -211,13 +254,17 @@ pub struct Message {
 }
 
 impl Message {
-    /// Encodes the message.
+    /// Encodes the message: JSON, padded with trailing spaces to [`padded_len`] of its length.
     pub fn encode(&self) -> Vec<u8> {
         // Serializing these plain types into a Vec cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut json = serde_json::to_vec(self).unwrap_or_default();
+        json.resize(padded_len(json.len()), b' ');
+        json
     }
 
-    /// Decodes and checks a message.
+    /// Decodes and checks a message, padded or not (whitespace after the JSON value is
+    /// skipped, whatever its length: the limits are on the fields, which padding leaves
+    /// alone).
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         // serde's messages can quote the input; report only what kind of error and where.
         let msg: Message = serde_json::from_slice(bytes).map_err(|e| {
@@ -262,7 +309,7 @@ impl Message {
             Body::ChatInfo { name: Some(n), .. } if n.len() > 256 => {
                 Err(Error::MalformedContent("group name too long".into()))
             }
-            Body::File { blob, key, nonce, sha256, name, media_type, size }
+            Body::File { blob, key, nonce, sha256, name, media_type, size, .. }
                 if blob.len() != 32
                     || key.len() != 64
                     || nonce.len() != 14
@@ -347,6 +394,113 @@ mod tests {
         let many = vec![id.to_string(); MAX_RECEIPT_IDS + 1];
         let receipt = Body::Receipt { receipt: ReceiptKind::Delivered, ids: many };
         assert!(Message::decode(&Message { body: receipt, ..m.clone() }.encode()).is_err());
+    }
+
+    /// A message as a client sends it: a random id, a clock, a count.
+    fn sent(body: Body) -> Message {
+        Message {
+            v: body.version(),
+            id: "0123456789abcdef0123456789abcdef".into(),
+            sent_at: 1_800_000_000_000,
+            expires_in: None,
+            n: Some(41),
+            root: None,
+            body,
+        }
+    }
+
+    fn is_bucket(len: usize) -> bool {
+        (len.is_power_of_two() && (MIN_PADDED_LEN..=MAX_PADDED_BUCKET).contains(&len))
+            || (len > MAX_PADDED_BUCKET && len.is_multiple_of(MAX_PADDED_BUCKET))
+    }
+
+    #[test]
+    fn messages_pad_to_few_sizes_and_unpadded_ones_still_read() {
+        let id = "0123456789abcdef0123456789abcdef".to_string();
+        let root = crate::kt::SeenRoot {
+            epoch: 9,
+            hash: vec![1; 32],
+            previous: vec![2; 32],
+            time: 1_800_000_000,
+            signature: vec![3; 64],
+        };
+        let file = |padded| Body::File {
+            blob: "00".repeat(16),
+            key: "11".repeat(32),
+            nonce: "22".repeat(7),
+            size: 300_000,
+            sha256: "33".repeat(32),
+            name: "report.pdf".into(),
+            media_type: "application/pdf".into(),
+            padded,
+        };
+        let mut messages: Vec<Message> = [0, 1, 50, 200, 1000, 5000, 60_000, MAX_TEXT_LEN]
+            .into_iter()
+            .map(|n| sent(Body::text("é".repeat(n / 2))))
+            .collect();
+        messages.extend(
+            [
+                file(true),
+                file(false),
+                Body::Reaction { target: id.clone(), emoji: "👍".into() },
+                Body::Receipt { receipt: ReceiptKind::Read, ids: vec![id.clone(); 500] },
+                Body::Delete { target: id.clone() },
+                Body::Timer { seconds: 3600 },
+                Body::ChatInfo { kind: ChatKind::Group, name: Some("team".into()) },
+            ]
+            .map(sent),
+        );
+        messages.push(Message {
+            root: Some(root.clone()),
+            expires_in: Some(60),
+            ..sent(file(true))
+        });
+        // Quotes and control characters: JSON escapes them, up to six bytes each.
+        messages.push(sent(Body::text("\"\u{1}".repeat(MAX_TEXT_LEN / 2))));
+        for m in &messages {
+            let bytes = m.encode();
+            let plain = serde_json::to_vec(m).expect("json");
+            assert!(is_bucket(bytes.len()), "{} bytes", bytes.len());
+            assert_eq!(bytes.len(), padded_len(plain.len()));
+            assert_eq!(&bytes[..plain.len()], &plain[..], "the JSON, then spaces");
+            assert!(bytes[plain.len()..].iter().all(|&b| b == b' '));
+            assert_eq!(Message::decode(&bytes).expect("padded decodes"), *m);
+            // What older clients sent, unpadded, reads the same.
+            assert_eq!(Message::decode(&plain).expect("unpadded decodes"), *m);
+        }
+        // A short text and its envelope fit the smallest size, a file reference the next.
+        assert_eq!(messages[2].encode().len(), MIN_PADDED_LEN);
+        assert_eq!(sent(file(true)).encode().len(), 512);
+
+        // A file from an older client has no `padded`: its blob is not padded.
+        let old = br#"{"v":1,"id":"a","sent_at":1,"type":"file","blob":"00000000000000000000000000000000","key":"1111111111111111111111111111111111111111111111111111111111111111","nonce":"22222222222222","size":5,"sha256":"3333333333333333333333333333333333333333333333333333333333333333","name":"a","media_type":"text/plain"}"#;
+        assert!(matches!(
+            Message::decode(old).expect("decodes").body,
+            Body::File { padded: false, .. }
+        ));
+        assert!(!String::from_utf8_lossy(&sent(file(false)).encode()).contains("padded"));
+
+        // The largest message a client may send, every field at its limit and escaped to the
+        // most bytes, still takes one of the 13 sizes and decodes.
+        let worst = Message {
+            v: VERSION,
+            id: "f".repeat(64),
+            sent_at: u64::MAX,
+            expires_in: Some(MAX_TIMER_SECS),
+            n: Some(u64::MAX),
+            root: Some(root),
+            body: Body::Text {
+                text: "\u{1}".repeat(MAX_TEXT_LEN),
+                reply_to: Some(id),
+                mentions: vec!["\u{1}".repeat(320); MAX_MENTIONS],
+            },
+        };
+        let bytes = worst.encode();
+        assert_eq!(bytes.len(), 512 * 1024);
+        assert_eq!(Message::decode(&bytes).expect("decodes"), worst);
+        let sizes: std::collections::BTreeSet<usize> =
+            (0..=bytes.len()).step_by(97).map(padded_len).collect();
+        assert_eq!(sizes.len(), 13);
     }
 
     #[test]

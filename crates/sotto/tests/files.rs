@@ -1,5 +1,6 @@
-//! Attachments, with the real server and CLI: round trips, an interrupted upload resumed, a
-//! tampered or truncated blob refused, and a large file in bounded memory.
+//! Attachments, with the real server and CLI: round trips (padded on the server), an
+//! interrupted upload resumed, a tampered or truncated blob refused, and a large file in
+//! bounded memory.
 
 mod common;
 
@@ -92,13 +93,20 @@ fn files_round_trip_in_direct_and_group_chats() {
         member.ok(&["download", &id, "--out", out.to_str().expect("path")]);
         assert_eq!(std::fs::read(&out).expect("read").len(), 0);
     }
-    // Nothing readable reaches the server: not the name, not the content.
+    // Nothing readable reaches the server: not the name, not the content, not the exact
+    // size (the file is padded to its Padmé length, 303 104 bytes, before encryption).
     let blobs = server.data.join("blobs");
     let head = &std::fs::read(&original).expect("read")[..64];
+    let mut sizes = Vec::new();
     for entry in std::fs::read_dir(&blobs).expect("blobs").flatten() {
         let bytes = std::fs::read(entry.path()).expect("blob");
         assert!(!bytes.windows(head.len()).any(|w| w == head));
+        sizes.push(bytes.len() as u64);
     }
+    sizes.sort();
+    let padded = sotto_core::attachment::padme(300_000);
+    assert_eq!(padded, 303_104);
+    assert_eq!(sizes, [16, sotto_core::attachment::encrypted_len(padded)]);
     let db = std::fs::read(server.data.join("sotto.db")).expect("db");
     assert!(!db.windows(10).any(|w| w == b"report.pdf"));
 }
