@@ -3,6 +3,7 @@
 //! all the others, and every member decrypts what it receives, so the client-side cost of
 //! fan-out shows.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,11 @@ pub const SENDERS: usize = 2;
 struct Member {
     provider: Provider<MemoryStorage>,
     identity: Identity,
+    /// What it sent and has not seen come back: the server sends a group's messages to every
+    /// member, the sender too, and those copies are skipped as a real client skips them.
+    sent: HashSet<Vec<u8>>,
+    /// Its queue key: the server seals what it queues for the device.
+    queue: Arc<sotto_core::queue::QueueKey>,
 }
 
 /// Runs the workload for a group of `size`.
@@ -63,7 +69,7 @@ pub async fn e2ee(
         d.key.store(&provider)?;
         let identity =
             Identity { device: DeviceRef { address: d.address, device_id: d.id }, key: d.key };
-        members.push(Member { provider, identity });
+        members.push(Member { provider, identity, sent: HashSet::new(), queue: d.queue });
         tokens.push(d.token);
     }
     // Set the group up locally; the measured part is steady-state messaging through the server.
@@ -81,7 +87,10 @@ pub async fn e2ee(
             )?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let first = mls::group_credential(&members[0].provider, &gid)?;
     let out = mls::add_members(&members[0].provider, &gid, &members[0].identity, &packages)?;
+    let next = mls::next_group_credential(&members[0].provider, &gid)?
+        .context("a commit without a pending commit")?;
     mls::merge_pending_commit(&members[0].provider, &gid)?;
     let welcome = out.welcome.unwrap_or_default();
     for m in &members[1..] {
@@ -92,7 +101,9 @@ pub async fn e2ee(
     // The server learns the group's roster from its first commit, as with real clients.
     let roster: Vec<(u64, &str)> =
         ids.iter().copied().zip(tokens.iter().map(String::as_str)).collect();
-    sotto::enrol(&http, addr, &gid, &roster, out.commit, welcome).await?;
+    let credentials =
+        sotto::Credentials { first: first.as_bytes().to_vec(), next: next.as_bytes().to_vec() };
+    sotto::enrol(&http, addr, &gid, &roster, (out.commit, welcome), &credentials).await?;
     let members: Vec<Arc<Mutex<Member>>> =
         members.into_iter().map(|m| Arc::new(Mutex::new(m))).collect();
 
@@ -106,12 +117,15 @@ pub async fn e2ee(
         if i >= SENDERS {
             continue;
         }
-        let recipients: Vec<u64> = ids.iter().copied().filter(|d| *d != ids[i]).collect();
         tasks.push(tokio::spawn(send(
             http.clone(),
             addr,
-            tokens[i].clone(),
-            Sending { member: member.clone(), group: gid.clone(), epoch, recipients },
+            Sending {
+                member: member.clone(),
+                group: gid.clone(),
+                epoch,
+                credential: credentials.next.clone(),
+            },
             recorder.clone(),
             stop.clone(),
             sent.clone(),
@@ -143,17 +157,21 @@ pub async fn e2ee(
     })
 }
 
+/// The sending member's device id (submission ids must not repeat across senders).
+fn sender_id(s: &Sending) -> u64 {
+    s.member.lock().unwrap_or_else(|p| p.into_inner()).identity.device.device_id
+}
+
 struct Sending {
     member: Arc<Mutex<Member>>,
     group: Vec<u8>,
     epoch: u64,
-    recipients: Vec<u64>,
+    credential: Vec<u8>,
 }
 
 async fn send(
     http: sotto::Http,
     addr: SocketAddr,
-    token: String,
     s: Sending,
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
@@ -163,27 +181,29 @@ async fn send(
     while !stop.load(Ordering::Relaxed) {
         let plaintext = recorder.payload();
         let ciphertext = tokio::task::block_in_place(|| {
-            let m = s.member.lock().unwrap_or_else(|p| p.into_inner());
-            mls::encrypt(&m.provider, &s.group, &m.identity, &plaintext)
+            let mut m = s.member.lock().unwrap_or_else(|p| p.into_inner());
+            let c = mls::encrypt(&m.provider, &s.group, &m.identity, &plaintext)?;
+            m.sent.insert(c.clone());
+            anyhow::Ok(c)
         })?;
         n += 1;
         let request = proto::SubmitRequest {
             submission_id: Some(proto::Bytes(
-                [s.recipients.len() as u64, n].map(u64::to_le_bytes).concat(),
+                [s.epoch, n, sender_id(&s)].map(u64::to_le_bytes).concat(),
             )),
             group_id: proto::Bytes(s.group.clone()),
             kind: proto::SubmitKind::Application,
             epoch: s.epoch,
-            delivery: proto::Delivery {
-                recipients: s.recipients.clone(),
-                message: proto::Bytes(ciphertext),
-            },
+            delivery: proto::Delivery { recipients: Vec::new(), message: proto::Bytes(ciphertext) },
             welcome: None,
             removed: Vec::new(),
             expires_at: None,
+            credential: Some(proto::Bytes(s.credential.clone())),
+            next_credential: None,
+            roster: None,
         };
         let accepted: anyhow::Result<proto::SubmitResponse> =
-            sotto::post(&http, addr, "/v1/messages", Some(&token), &request).await;
+            sotto::post(&http, addr, "/v1/messages", None, &request).await;
         match accepted {
             Ok(_) => {
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -209,10 +229,15 @@ async fn receive(
         let WsMessage::Text(text) = frame else { continue };
         let Ok(proto::ServerFrame::Message(m)) = serde_json::from_str(&text) else { continue };
         let incoming = tokio::task::block_in_place(|| {
-            let member = member.lock().unwrap_or_else(|p| p.into_inner());
-            mls::process(&member.provider, &m.message.0)
+            let mut member = member.lock().unwrap_or_else(|p| p.into_inner());
+            let me = member.identity.device.device_id;
+            let copy = sotto::opened(&member.queue, me, &m.message.0)?;
+            if member.sent.remove(&copy) {
+                return Ok(None);
+            }
+            anyhow::Ok(Some(mls::process(&member.provider, &copy)?))
         })?;
-        if let Incoming::Application { plaintext, .. } = incoming {
+        if let Some(Incoming::Application { plaintext, .. }) = incoming {
             recorder.delivered(&plaintext);
         }
         let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sotto_core::auth;
 use sotto_core::mls::DeviceKey;
+use sotto_core::queue::QueueKey;
 use sotto_proto as proto;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -120,6 +121,14 @@ pub(crate) struct Device {
     pub(crate) token: String,
     pub(crate) address: sotto_core::Address,
     pub(crate) key: DeviceKey,
+    /// Its queue key, given to the server: what waits in its queue is sealed to it, as for
+    /// every real client.
+    pub(crate) queue: Arc<QueueKey>,
+}
+
+/// A copy as the device reads it: opened if the server sealed it.
+pub(crate) fn opened(queue: &QueueKey, me: u64, copy: &[u8]) -> anyhow::Result<Vec<u8>> {
+    if sotto_core::queue::is_sealed(copy) { Ok(queue.open(me, copy)?) } else { Ok(copy.to_vec()) }
 }
 
 pub(crate) async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow::Result<Device> {
@@ -161,7 +170,14 @@ pub(crate) async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow:
         &proto::TokenRequest { device_id: id, nonce: ch.nonce, signature: proto::Bytes(signature) },
     )
     .await?;
-    Ok(Device { id, token: tok.token, address, key })
+    let queue = QueueKey::generate()?;
+    let body = proto::QueueKey { key: proto::Bytes(queue.public().to_vec()) };
+    let req = hyper::Request::put(format!("http://{addr}/v1/queue/key"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", tok.token))
+        .body(Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
+    let _: proto::QueueKey = exchange(http, "/v1/queue/key", req).await?;
+    Ok(Device { id, token: tok.token, address, key, queue: Arc::new(queue) })
 }
 
 /// Opens a device's WebSocket.
@@ -179,7 +195,7 @@ pub(crate) async fn websocket(
 /// Receives a device's queue over the WebSocket, acknowledging each message, until `stop`.
 async fn receive(
     addr: SocketAddr,
-    token: String,
+    (me, token, queue): (u64, String, Arc<QueueKey>),
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -193,7 +209,10 @@ async fn receive(
         };
         let WsMessage::Text(text) = frame else { continue };
         if let Ok(proto::ServerFrame::Message(m)) = serde_json::from_str(&text) {
-            recorder.delivered(&m.message.0);
+            let payload = opened(&queue, me, &m.message.0)?;
+            if !own_copy(&payload, me) {
+                recorder.delivered(&payload);
+            }
             let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
             ws.send(WsMessage::Text(serde_json::to_string(&ack)?.into())).await?;
         }
@@ -201,16 +220,34 @@ async fn receive(
     Ok(())
 }
 
+/// A group's credentials for epochs 0 and 1: the MLS exporter's for real groups, made up
+/// for the relay's stand-in groups (the server only checks that they open the roster).
+pub(crate) struct Credentials {
+    pub first: Vec<u8>,
+    pub next: Vec<u8>,
+}
+
+impl Credentials {
+    /// Made-up credentials for a stand-in group.
+    pub(crate) fn made_up(group: &[u8]) -> Self {
+        use sha2::Digest as _;
+        let derive = |epoch: u8| {
+            sha2::Sha256::new().chain_update(group).chain_update([epoch]).finalize().to_vec()
+        };
+        Credentials { first: derive(0), next: derive(1) }
+    }
+}
+
 /// Makes `devices` the roster of `group` on the server, as a group's creation does: the first
-/// submits a commit (epoch 0) whose welcome goes to the others, who acknowledge it. Returns
-/// the group's epoch.
+/// submits a commit (epoch 0, with its token: the group is new) whose welcome goes to the
+/// others; everyone acknowledges what that queued. Returns the group's epoch.
 pub(crate) async fn enrol(
     http: &Http,
     addr: SocketAddr,
     group: &[u8],
     devices: &[(u64, &str)],
-    commit: Vec<u8>,
-    welcome: Vec<u8>,
+    (commit, welcome): (Vec<u8>, Vec<u8>),
+    credentials: &Credentials,
 ) -> anyhow::Result<u64> {
     let Some(((_, creator), rest)) = devices.split_first() else { return Ok(0) };
     if rest.is_empty() {
@@ -228,10 +265,13 @@ pub(crate) async fn enrol(
         }),
         removed: Vec::new(),
         expires_at: None,
+        credential: Some(proto::Bytes(credentials.first.clone())),
+        next_credential: Some(proto::Bytes(credentials.next.clone())),
+        roster: None,
     };
     let created: proto::SubmitResponse =
         post(http, addr, "/v1/messages", Some(creator), &request).await?;
-    for (_, token) in rest {
+    for (_, token) in devices {
         let page: proto::QueueResponse = get(http, addr, "/v1/queue", token).await?;
         if let Some(last) = page.messages.last() {
             let ack = proto::AckRequest { up_to: last.seq };
@@ -242,50 +282,73 @@ pub(crate) async fn enrol(
     Ok(created.epoch)
 }
 
-/// The group every relay and backlog message goes to (all registered devices are members).
-const BENCH_GROUP: &[u8] = b"bench";
+/// The group device `i` sends to: itself and the next device (a ring of one-to-one chats).
+fn pair_group(i: usize) -> Vec<u8> {
+    format!("bench-pair-{i}").into_bytes()
+}
 
-async fn enrol_all(http: &Http, addr: SocketAddr, devices: &[Device]) -> anyhow::Result<()> {
-    let roster: Vec<(u64, &str)> = devices.iter().map(|d| (d.id, d.token.as_str())).collect();
-    enrol(http, addr, BENCH_GROUP, &roster, b"commit".to_vec(), b"join".to_vec()).await?;
+/// Makes every device's pair group, the roster of each: the device and the next one.
+async fn enrol_pairs(http: &Http, addr: SocketAddr, devices: &[Device]) -> anyhow::Result<()> {
+    for (i, d) in devices.iter().enumerate() {
+        let next = &devices[(i + 1) % devices.len()];
+        let roster = [(d.id, d.token.as_str()), (next.id, next.token.as_str())];
+        let group = pair_group(i);
+        let parts = (b"commit".to_vec(), b"join".to_vec());
+        enrol(http, addr, &group, &roster, parts, &Credentials::made_up(&group)).await?;
+    }
     Ok(())
 }
 
-/// Submits one opaque payload for `to`, with a unique submission id.
+/// Where a payload's sender is written (after the timestamp): the copy a sealed submission
+/// queues for its own sender is recognised by it, and not counted as delivered.
+const SENDER_AT: std::ops::Range<usize> = 8..16;
+
+/// Whether a delivered payload is the copy of one `me` sent.
+fn own_copy(payload: &[u8], me: u64) -> bool {
+    payload.get(SENDER_AT) == Some(&me.to_le_bytes()[..])
+}
+
+/// Submits one opaque payload of device `from` into its pair group (sealed: no token), with
+/// a unique submission id.
 async fn submit(
     http: &Http,
     addr: SocketAddr,
-    token: &str,
     counter: &AtomicU64,
-    to: u64,
-    payload: Vec<u8>,
+    (from, group): (u64, &[u8]),
+    mut payload: Vec<u8>,
 ) -> anyhow::Result<proto::SubmitResponse> {
     let n = counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(at) = payload.get_mut(SENDER_AT) {
+        at.copy_from_slice(&from.to_le_bytes());
+    }
     let request = proto::SubmitRequest {
         submission_id: Some(proto::Bytes(n.to_le_bytes().to_vec())),
-        group_id: proto::Bytes(BENCH_GROUP.to_vec()),
+        group_id: proto::Bytes(group.to_vec()),
         kind: proto::SubmitKind::Application,
         epoch: 1,
-        delivery: proto::Delivery { recipients: vec![to], message: proto::Bytes(payload) },
+        delivery: proto::Delivery { recipients: Vec::new(), message: proto::Bytes(payload) },
         welcome: None,
         removed: Vec::new(),
         expires_at: None,
+        credential: Some(proto::Bytes(Credentials::made_up(group).next)),
+        next_credential: None,
+        roster: None,
     };
-    post(http, addr, "/v1/messages", Some(token), &request).await
+    post(http, addr, "/v1/messages", None, &request).await
 }
 
-/// One submission slot: sends to `to` again and again, each after the previous was accepted.
+/// One submission slot: sends into `group` again and again, each after the previous was
+/// accepted.
 async fn send_loop(
     http: Http,
     addr: SocketAddr,
-    token: String,
-    to: u64,
+    (from, group): (u64, Vec<u8>),
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
     counter: Arc<AtomicU64>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        let sent = submit(&http, addr, &token, &counter, to, recorder.payload()).await;
+        let sent = submit(&http, addr, &counter, (from, &group), recorder.payload()).await;
         if sent.is_err() {
             recorder.error();
         }
@@ -300,14 +363,14 @@ pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<Rela
     for n in 0..p.devices {
         devices.push(register(&http, addr, n).await.context("registering a device")?);
     }
-    enrol_all(&http, addr, &devices).await.context("making the bench group")?;
+    enrol_pairs(&http, addr, &devices).await.context("making the bench groups")?;
     let recorder = Arc::new(Recorder::new(p.warmup, p.measure));
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for d in &devices {
         receivers.push(tokio::spawn(receive(
             addr,
-            d.token.clone(),
+            (d.id, d.token.clone(), d.queue.clone()),
             recorder.clone(),
             stop.clone(),
         )));
@@ -315,13 +378,11 @@ pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<Rela
     let counter = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for (i, d) in devices.iter().enumerate() {
-        let to = devices[(i + 1) % devices.len()].id;
         for _ in 0..p.window {
             senders.push(tokio::spawn(send_loop(
                 http.clone(),
                 addr,
-                d.token.clone(),
-                to,
+                (d.id, pair_group(i)),
                 recorder.clone(),
                 stop.clone(),
                 counter.clone(),
@@ -364,21 +425,20 @@ pub async fn backlog(
     for n in 0..devices {
         all.push(register(&http, addr, n).await.context("registering a device")?);
     }
-    enrol_all(&http, addr, &all).await.context("making the bench group")?;
+    enrol_pairs(&http, addr, &all).await.context("making the bench groups")?;
     let recorder =
         Arc::new(Recorder::new(std::time::Duration::ZERO, std::time::Duration::from_secs(3600)));
     let started = std::time::Instant::now();
     let mut senders = Vec::new();
     let counter = Arc::new(AtomicU64::new(0));
     for (i, d) in all.iter().enumerate() {
-        let to = all[(i + 1) % devices].id;
         for slot in 0..crate::BACKLOG_WINDOW {
-            let (http, token, recorder, counter) =
-                (http.clone(), d.token.clone(), recorder.clone(), counter.clone());
+            let (http, recorder, counter) = (http.clone(), recorder.clone(), counter.clone());
+            let (from, group) = (d.id, pair_group(i));
             let count = crate::slot_share(per_device, slot);
             senders.push(tokio::spawn(async move {
                 for _ in 0..count {
-                    submit(&http, addr, &token, &counter, to, recorder.payload()).await?;
+                    submit(&http, addr, &counter, (from, &group), recorder.payload()).await?;
                 }
                 anyhow::Ok(())
             }));
@@ -391,13 +451,17 @@ pub async fn backlog(
     let started = std::time::Instant::now();
     let mut drainers = Vec::new();
     for d in &all {
-        let (http, token) = (http.clone(), d.token.clone());
+        let (http, token, me, queue) = (http.clone(), d.token.clone(), d.id, d.queue.clone());
         drainers.push(tokio::spawn(async move {
             let (mut after, mut received) = (0u64, 0usize);
             loop {
                 let page: proto::QueueResponse =
                     get(&http, addr, &format!("/v1/queue?after={after}&limit=500"), &token).await?;
-                received += page.messages.len();
+                for m in &page.messages {
+                    if !own_copy(&opened(&queue, me, &m.message.0)?, me) {
+                        received += 1;
+                    }
+                }
                 if let Some(last) = page.messages.last() {
                     after = last.seq;
                     let _: proto::AckResponse = post(

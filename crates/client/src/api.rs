@@ -75,18 +75,14 @@ impl Api {
     pub(crate) fn submit(
         &self,
         mut request: proto::SubmitRequest,
-        token: &str,
+        token: Option<&str>,
     ) -> Result<proto::SubmitResponse, Error> {
         if request.submission_id.is_none() {
             request.submission_id = Some(proto::Bytes(sotto_core::random_bytes(16)?));
         }
         let body = serde_json::to_vec(&request).map_err(|e| Error::Protocol(e.to_string()))?;
-        let call = Request {
-            method: Method::Post,
-            path: "/v1/messages",
-            token: Some(token),
-            body: Body::Json(&body),
-        };
+        let call =
+            Request { method: Method::Post, path: "/v1/messages", token, body: Body::Json(&body) };
         let deadline = self.clock.now_ms() + SUBMIT_RETRY_WINDOW.as_millis() as u64;
         let mut delay = Duration::from_millis(100);
         let mut uncertain = false;
@@ -154,6 +150,21 @@ impl Api {
     ) -> Result<R, Error> {
         let json = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
         self.call(&Request { method: Method::Post, path, token, body: Body::Json(&json) })
+    }
+
+    pub(crate) fn put<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        token: &str,
+    ) -> Result<R, Error> {
+        let json = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.call(&Request {
+            method: Method::Put,
+            path,
+            token: Some(token),
+            body: Body::Json(&json),
+        })
     }
 
     pub(crate) fn delete<R: DeserializeOwned>(&self, path: &str, token: &str) -> Result<R, Error> {

@@ -284,6 +284,20 @@ WHEN old.kind IN ('text', 'file') BEGIN
 END;
 INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages WHERE kind IN ('text', 'file');
 "#,
+    // Sealed submissions go to every device of the group, this one included: the digests
+    // of what this device submitted, to skip its own copies. The queue key: the server seals
+    // what waits in this device's queue to its public half.
+    r#"
+CREATE TABLE echoes (
+    digest BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE queue_key (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seed BLOB NOT NULL,
+    given INTEGER NOT NULL DEFAULT 0
+);
+"#,
 ];
 
 const DB_FILE: &str = "sotto.db";
@@ -508,6 +522,34 @@ pub(crate) fn add_notice_once(conn: &Connection, text: &str) -> Result<(), Error
         add_notice(conn, text)?;
     }
     Ok(())
+}
+
+/// How long an own submission's digest is kept for its copy to come back: longer than any
+/// server keeps a queued message.
+const ECHO_KEEP_MS: i64 = 90 * 24 * 3600 * 1000;
+
+fn echo_digest(message: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(message).into()
+}
+
+/// Notes that this device submitted `message`: the server queues a copy for this device too.
+pub(crate) fn expect_echo(conn: &Connection, message: &[u8], now_ms: i64) -> Result<(), Error> {
+    conn.prepare_cached("INSERT OR IGNORE INTO echoes (digest, created_at) VALUES (?1, ?2)")?
+        .execute(params![&echo_digest(message)[..], now_ms])?;
+    Ok(())
+}
+
+/// Whether `message` is the copy of one this device submitted (then forgotten), and forgets
+/// digests too old to come back.
+pub(crate) fn take_echo(conn: &Connection, message: &[u8], now_ms: i64) -> Result<bool, Error> {
+    let taken = conn
+        .prepare_cached("DELETE FROM echoes WHERE digest = ?1")?
+        .execute([&echo_digest(message)[..]])?
+        > 0;
+    conn.prepare_cached("DELETE FROM echoes WHERE created_at < ?1")?
+        .execute([now_ms.saturating_sub(ECHO_KEEP_MS)])?;
+    Ok(taken)
 }
 
 pub(crate) fn last_seq(conn: &Connection) -> Result<u64, Error> {

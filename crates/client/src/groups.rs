@@ -62,23 +62,29 @@ impl Client {
         let (entry, request) = {
             let tx = begin(&self.conn)?;
             let p = db::provider(&tx);
-            let recipients = self.recipients(&p, group_id)?;
+            let credential = mls::group_credential(&p, group_id)?;
             let (out, welcome_to) = make(&p, &self.me)?;
             let changes = mls::pending_changes(&p, group_id)?;
+            let next = mls::next_group_credential(&p, group_id)?
+                .ok_or(Error::Internal("a commit without a pending commit"))?;
             let removed =
                 changes.removed.iter().chain(&changes.left).map(|d| d.device_id).collect();
+            db::expect_echo(&tx, &out.commit, self.now_ms() as i64)?;
             let request = proto::SubmitRequest {
                 submission_id: Some(Bytes(sotto_core::random_bytes(16)?)),
                 group_id: Bytes(group_id.to_vec()),
                 kind: proto::SubmitKind::Commit,
                 epoch: out.epoch,
-                delivery: proto::Delivery { recipients, message: Bytes(out.commit) },
+                delivery: proto::Delivery { recipients: Vec::new(), message: Bytes(out.commit) },
                 welcome: out
                     .welcome
                     .filter(|_| !welcome_to.is_empty())
                     .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
                 removed,
                 expires_at: None,
+                credential: Some(Bytes(credential.as_bytes().to_vec())),
+                next_credential: Some(Bytes(next.as_bytes().to_vec())),
+                roster: None,
             };
             // The pending commit and the submission that carries it are kept together: a
             // crash before the answer leaves a commit in doubt, settled before anything else.
@@ -86,7 +92,7 @@ impl Client {
             tx.commit()?;
             (entry, request)
         };
-        match self.api.submit(request, &token) {
+        match self.submit_sealed(request, &token) {
             Ok(resp) => {
                 crate::outbox::failpoint("after-commit");
                 self.commit_taken(entry, group_id)?;
@@ -223,19 +229,23 @@ impl Client {
             let token = self.token()?;
             let tx = begin(&self.conn)?;
             let p = db::provider(&tx);
-            let recipients = self.recipients(&p, &group_id)?;
+            let credential = mls::group_credential(&p, &group_id)?;
             let (epoch, proposal) = mls::leave(&p, &group_id, &self.me)?;
+            db::expect_echo(&tx, &proposal, self.now_ms() as i64)?;
             let request = proto::SubmitRequest {
                 submission_id: None,
                 group_id: Bytes(group_id.clone()),
                 kind: proto::SubmitKind::Proposal,
                 epoch,
-                delivery: proto::Delivery { recipients, message: Bytes(proposal) },
+                delivery: proto::Delivery { recipients: Vec::new(), message: Bytes(proposal) },
                 welcome: None,
                 removed: Vec::new(),
                 expires_at: None,
+                credential: Some(Bytes(credential.as_bytes().to_vec())),
+                next_credential: None,
+                roster: None,
             };
-            match self.api.submit(request, &token) {
+            match self.submit_sealed(request, &token) {
                 Ok(_) => {
                     mls::delete_group(&p, &group_id)?;
                     tx.execute("UPDATE chats SET state = 'left' WHERE group_id = ?1", [&group_id])?;

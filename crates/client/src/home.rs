@@ -182,6 +182,7 @@ impl Client {
             identity,
             api,
             touched: Default::default(),
+            queue_key: Default::default(),
         }
     }
 

@@ -34,6 +34,9 @@ impl Connector for HttpConnector {
 pub struct HttpTransport {
     base: String,
     agent: Agent,
+    /// For requests without a token (sealed submissions above all): a pool of its own, so
+    /// that they never travel on a connection that carried this device's token.
+    anonymous: Agent,
     ca_certs: Vec<Certificate<'static>>,
 }
 
@@ -157,8 +160,10 @@ impl HttpTransport {
             .user_agent(concat!("sotto/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             .build();
-        let agent = Agent::with_parts(config, DefaultConnector::new(), LiteralFirst::default());
-        Ok(HttpTransport { base, agent, ca_certs })
+        let agent =
+            Agent::with_parts(config.clone(), DefaultConnector::new(), LiteralFirst::default());
+        let anonymous = Agent::with_parts(config, DefaultConnector::new(), LiteralFirst::default());
+        Ok(HttpTransport { base, agent, anonymous, ca_certs })
     }
 
     fn tls_connector(&self) -> Result<WsConnector, Error> {
@@ -189,19 +194,18 @@ impl Transport for HttpTransport {
 
     fn call(&self, request: &Request<'_>) -> Result<Response, Failed> {
         let url = format!("{}{}", self.base, request.path);
+        let agent = if request.token.is_some() { &self.agent } else { &self.anonymous };
         let result = match (request.method, request.body) {
-            (Method::Get, _) => authorize(self.agent.get(&url), request.token).call(),
-            (Method::Delete, _) => authorize(self.agent.delete(&url), request.token).call(),
-            (Method::Post, Body::Empty) => {
-                authorize(self.agent.post(&url), request.token).send_empty()
-            }
-            (Method::Post, Body::Json(json)) => authorize(self.agent.post(&url), request.token)
+            (Method::Get, _) => authorize(agent.get(&url), request.token).call(),
+            (Method::Delete, _) => authorize(agent.delete(&url), request.token).call(),
+            (Method::Post, Body::Empty) => authorize(agent.post(&url), request.token).send_empty(),
+            (Method::Post, Body::Json(json)) => authorize(agent.post(&url), request.token)
                 .header("Content-Type", "application/json")
                 .send(json),
             (method, Body::Bytes(bytes)) => {
                 let req = match method {
-                    Method::Put => self.agent.put(&url),
-                    _ => self.agent.post(&url),
+                    Method::Put => agent.put(&url),
+                    _ => agent.post(&url),
                 };
                 // A piece takes what the link allows.
                 authorize(req, request.token)
@@ -218,7 +222,7 @@ impl Transport for HttpTransport {
                     Body::Json(b) => b,
                     _ => &[],
                 };
-                authorize(self.agent.put(&url), request.token)
+                authorize(agent.put(&url), request.token)
                     .header("Content-Type", "application/json")
                     .send(bytes)
             }

@@ -423,6 +423,8 @@ pub struct Client {
     identity: IdentityKey,
     api: Api,
     touched: std::cell::RefCell<Touched>,
+    /// This device's queue key, once loaded (see [`Client::queue_key`]).
+    queue_key: std::cell::OnceCell<sotto_core::queue::QueueKey>,
 }
 
 impl std::fmt::Debug for Client {

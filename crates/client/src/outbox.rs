@@ -229,9 +229,21 @@ impl Client {
 
     /// Delivers one entry (see the module documentation).
     fn deliver(&mut self, mut entry: Entry) -> Result<Outcome, Error> {
+        let mut caught_up = false;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let outcome = match self.attempt(&mut entry) {
                 Ok(()) => Outcome::Sent,
+                // The full queue may be this device's own: the server queues a copy of every
+                // submission for its sender's device too, and a device that only sends never
+                // empties it. Catching up does; then it is tried once more.
+                Err(e) if e.server_code() == Some("queue_full") && !caught_up => {
+                    caught_up = true;
+                    match self.catch_up() {
+                        Ok(_) => continue,
+                        Err(e) if transient(&e) => Outcome::Later(e),
+                        Err(e) => return Err(e),
+                    }
+                }
                 Err(e) if e.is_stale_epoch() => {
                     // Never taken: encrypt again once caught up.
                     self.conn
@@ -371,7 +383,7 @@ impl Client {
             }
         };
         failpoint("before-submit");
-        let resp = self.api.submit(request, &token)?;
+        let resp = self.submit_sealed(request, &token)?;
         failpoint("after-submit");
         if !resp.dropped.is_empty() {
             db::mark_dropped(&self.conn, &entry.group_id)?;
@@ -425,23 +437,25 @@ impl Client {
         let msg = Message { n: Some(n.max(0) as u64), root, ..msg.clone() };
         // One load of the group; a message for nobody is not encrypted at all (the savepoint
         // or transaction it runs in is dropped).
-        let mls::Sealed { epoch, members, ciphertext } =
+        let mls::Sealed { epoch, members, ciphertext, credential } =
             mls::seal(&p, group_id, &self.me, &msg.encode())?;
-        let recipients: Vec<u64> =
-            members.into_iter().filter(|d| d != &self.me.device).map(|d| d.device_id).collect();
-        if recipients.is_empty() {
+        if members.iter().all(|d| d == &self.me.device) {
             return Ok(None);
         }
+        db::expect_echo(tx, &ciphertext, self.now_ms() as i64)?;
         let request = proto::SubmitRequest {
             submission_id: Some(Bytes(sotto_core::random_bytes(16)?)),
             group_id: Bytes(group_id.to_vec()),
             kind: proto::SubmitKind::Application,
             epoch,
-            delivery: proto::Delivery { recipients, message: Bytes(ciphertext) },
+            delivery: proto::Delivery { recipients: Vec::new(), message: Bytes(ciphertext) },
             welcome: None,
             removed: Vec::new(),
             // Copies nobody fetched in time go too (disappearing messages).
             expires_at: msg.expires_in.map(|s| msg.sent_at / 1000 + s),
+            credential: Some(Bytes(credential.as_bytes().to_vec())),
+            next_credential: None,
+            roster: None,
         };
         let json = serde_json::to_vec(&request).map_err(|e| Error::Io(e.to_string()))?;
         tx.prepare_cached("UPDATE outbox SET request = ?2, n = ?3 WHERE id = ?1")?
@@ -651,7 +665,7 @@ impl Client {
             let request: proto::SubmitRequest = serde_json::from_slice(&json)
                 .map_err(|e| Error::Io(format!("a stored commit is unreadable: {e}")))?;
             let token = self.token()?;
-            match self.api.submit(request, &token) {
+            match self.submit_sealed(request, &token) {
                 Ok(_) => self.commit_taken(entry, &group_id)?,
                 Err(e) if transient(&e) => return Err(e),
                 // Refused (another commit won the epoch, or the group is closed to us).

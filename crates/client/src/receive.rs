@@ -85,11 +85,59 @@ impl Client {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// This device's queue key, made (and kept in the home) the first time.
+    pub(crate) fn queue_key(&self) -> Result<&sotto_core::queue::QueueKey, Error> {
+        if let Some(key) = self.queue_key.get() {
+            return Ok(key);
+        }
+        let seed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT seed FROM queue_key WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        let key = match seed {
+            Some(seed) => sotto_core::queue::QueueKey::from_seed(&seed)?,
+            None => {
+                let key = sotto_core::queue::QueueKey::generate()?;
+                self.conn.execute(
+                    "INSERT INTO queue_key (id, seed, given) VALUES (1, ?1, 0)",
+                    [key.seed()],
+                )?;
+                key
+            }
+        };
+        Ok(self.queue_key.get_or_init(|| key))
+    }
+
+    /// Gives the server this device's queue key, once: from then on what waits in the queue
+    /// is sealed to it. A server that does not take it (an older one) is asked again later.
+    pub(crate) fn give_queue_key(&mut self) -> Result<(), Error> {
+        let given: Option<i64> = self
+            .conn
+            .query_row("SELECT given FROM queue_key WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        if given == Some(1) {
+            return Ok(());
+        }
+        let key = proto::QueueKey { key: proto::Bytes(self.queue_key()?.public().to_vec()) };
+        let token = self.token()?;
+        match self.api.put::<_, proto::QueueKey>("/v1/queue/key", &key, &token) {
+            Ok(_) => {
+                self.conn.execute("UPDATE queue_key SET given = 1 WHERE id = 1", [])?;
+                Ok(())
+            }
+            Err(e) if crate::outbox::transient(&e) => Err(e),
+            // Refused, by an older server that does not take keys: its copies stay as they
+            // come, and it is asked again at the next sync.
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Processes the whole queue; returns how many messages it processed.
     pub(crate) fn catch_up(&mut self) -> Result<u64, Error> {
         // This device's own commits whose fate is unknown come first: a commit the server
         // took must be merged before the messages that follow it can be read.
         self.resolve_in_doubt()?;
+        self.give_queue_key()?;
         let mut processed = 0;
         let processed_up_to = db::last_seq(&self.conn)?;
         if processed_up_to > db::last_acked(&self.conn)? {
@@ -136,6 +184,32 @@ impl Client {
     pub(crate) fn process_one(&self, seq: u64, data: &[u8], at: Option<u64>) -> Result<(), Error> {
         let tx = begin(&self.conn)?;
         if seq <= db::last_seq(&tx)? {
+            return Ok(());
+        }
+        // What waits in the queue is sealed to this device's queue key (copies queued before
+        // it gave the key are not).
+        let opened;
+        let data = if sotto_core::queue::is_sealed(data) {
+            match self.queue_key().and_then(|k| Ok(k.open(self.me.device.device_id, data)?)) {
+                Ok(plain) => {
+                    opened = plain;
+                    &opened[..]
+                }
+                Err(e @ Error::Database(_)) => return Err(e),
+                Err(e) => {
+                    record_failure(&tx, seq, &e.to_string())?;
+                    db::set_last_seq(&tx, seq)?;
+                    tx.commit()?;
+                    return Ok(());
+                }
+            }
+        } else {
+            data
+        };
+        // The server sends a group's messages to all its devices, the sender's too.
+        if db::take_echo(&tx, data, self.now_ms() as i64)? {
+            db::set_last_seq(&tx, seq)?;
+            tx.commit()?;
             return Ok(());
         }
         let outcome = mls::process(&db::provider(&tx), data)

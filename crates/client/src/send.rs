@@ -3,23 +3,35 @@
 use rusqlite::params;
 use sotto_core::Address;
 use sotto_core::content::{Body, ChatKind};
-use sotto_core::mls::{self, Provider, Suite};
+use sotto_core::mls::{self, Suite};
+use sotto_proto as proto;
 
-use crate::db::{self, Storage};
+use crate::db;
 use crate::outbox;
 use crate::*;
 
 impl Client {
-    pub(crate) fn recipients(
+    /// Submits to a group without naming this device: the request carries the group's
+    /// credential, and the server sends it to every device of the group. A group the server
+    /// holds no sealed roster for (new to it, from before sealed rosters, or restored from a
+    /// backup) takes it once with this device's token and the group's devices, which the
+    /// server then keeps sealed as its roster.
+    pub(crate) fn submit_sealed(
         &self,
-        p: &Provider<Storage<'_>>,
-        group_id: &[u8],
-    ) -> Result<Vec<u64>, Error> {
-        Ok(mls::members(p, group_id)?
-            .into_iter()
-            .filter(|d| d != &self.me.device)
-            .map(|d| d.device_id)
-            .collect())
+        request: proto::SubmitRequest,
+        token: &str,
+    ) -> Result<proto::SubmitResponse, Error> {
+        match self.api.submit(request.clone(), None) {
+            Err(e) if e.server_code() == Some("group_unsealed") => {
+                let roster = mls::members(&db::provider(&self.conn), &request.group_id.0)?
+                    .into_iter()
+                    .map(|d| d.device_id)
+                    .collect();
+                let request = proto::SubmitRequest { roster: Some(roster), ..request };
+                self.api.submit(request, Some(token))
+            }
+            other => other,
+        }
     }
 
     /// Sends a text message; creates the direct chat on first use.

@@ -32,6 +32,8 @@ pub mod content;
 mod error;
 pub mod kt;
 pub mod mls;
+pub mod queue;
+pub mod roster;
 pub mod safety;
 
 pub use address::{Address, DeviceRef};

@@ -21,6 +21,9 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 
+use zeroize::Zeroizing;
+
+use crate::roster::{self, GroupCredential};
 use crate::{Address, DeviceRef, Error};
 
 mod crypto;
@@ -678,6 +681,89 @@ pub fn epoch_authenticator<S: StorageProvider<CURRENT_VERSION>>(
     Ok(load(p, group_id)?.epoch_authenticator().as_slice().to_vec())
 }
 
+/// The group's credential for its current epoch: what a submission to the group shows the
+/// server (see [`crate::roster`]).
+pub fn group_credential<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<GroupCredential, Error> {
+    credential_of(&load(p, group_id)?, p)
+}
+
+fn credential_of<S: StorageProvider<CURRENT_VERSION>>(
+    group: &MlsGroup,
+    p: &Provider<S>,
+) -> Result<GroupCredential, Error> {
+    let secret = Zeroizing::new(
+        group
+            .export_secret(p.crypto(), roster::EXPORTER_LABEL, b"", roster::CREDENTIAL_LEN)
+            .map_err(mls_err)?,
+    );
+    GroupCredential::from_bytes(&secret)
+}
+
+/// The credential of the epoch this device's pending commit leads to, if it has one: the
+/// commit brings it to the server, which seals the new roster under it.
+pub fn next_group_credential<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    group_id: &[u8],
+) -> Result<Option<GroupCredential>, Error> {
+    let group = load(p, group_id)?;
+    let Some(staged) = group.pending_commit() else { return Ok(None) };
+    let secret = Zeroizing::new(
+        staged
+            .export_secret(p.crypto(), roster::EXPORTER_LABEL, b"", roster::CREDENTIAL_LEN)
+            .map_err(mls_err)?,
+    );
+    GroupCredential::from_bytes(&secret).map(Some)
+}
+
+/// The HPKE suite of queue keys (see [`crate::queue`]): X25519, HKDF-SHA256,
+/// ChaCha20-Poly1305.
+const QUEUE_HPKE: openmls_traits::types::HpkeConfig = openmls_traits::types::HpkeConfig(
+    openmls_traits::types::HpkeKemType::DhKem25519,
+    openmls_traits::types::HpkeKdfType::HkdfSha256,
+    openmls_traits::types::HpkeAeadType::ChaCha20Poly1305,
+);
+
+/// An HPKE key pair (private, public) of the queue suite, derived from `seed`.
+pub(crate) fn hpke_keypair(seed: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), Error> {
+    use openmls_traits::crypto::OpenMlsCrypto as _;
+    let pair = CRYPTO
+        .derive_hpke_keypair(QUEUE_HPKE, seed)
+        .map_err(|_| Error::Internal("deriving an HPKE key pair failed"))?;
+    Ok((Zeroizing::new(pair.private.to_vec()), pair.public))
+}
+
+/// HPKE to `public` in the queue suite: the encapsulation and `len` bytes exported.
+pub(crate) fn hpke_export_to(
+    public: &[u8],
+    info: &[u8],
+    context: &[u8],
+    len: usize,
+) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), Error> {
+    use openmls_traits::crypto::OpenMlsCrypto as _;
+    let (enc, secret) = CRYPTO
+        .hpke_setup_sender_and_export(QUEUE_HPKE, public, info, context, len)
+        .map_err(|_| Error::Invalid("not a usable queue key".into()))?;
+    Ok((enc, Zeroizing::new(secret.to_vec())))
+}
+
+/// The receiving side of [`hpke_export_to`].
+pub(crate) fn hpke_export_from(
+    enc: &[u8],
+    private: &[u8],
+    info: &[u8],
+    context: &[u8],
+    len: usize,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    use openmls_traits::crypto::OpenMlsCrypto as _;
+    let secret = CRYPTO
+        .hpke_setup_receiver_and_export(QUEUE_HPKE, enc, private, info, context, len)
+        .map_err(|_| Error::MalformedMls("a sealed queued message does not open".into()))?;
+    Ok(Zeroizing::new(secret.to_vec()))
+}
+
 /// What a commit changes in a group's membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -769,9 +855,12 @@ pub struct Sealed {
     pub members: Vec<DeviceRef>,
     /// The MLS message.
     pub ciphertext: Vec<u8>,
+    /// The group's credential for `epoch`, which the submission shows the server.
+    pub credential: GroupCredential,
 }
 
-/// [`encrypt`] with the epoch and members it was encrypted for, from one load of the group.
+/// [`encrypt`] with the epoch, members and credential it was encrypted for, from one load of
+/// the group.
 pub fn seal<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,
     group_id: &[u8],
@@ -781,8 +870,9 @@ pub fn seal<S: StorageProvider<CURRENT_VERSION>>(
     let mut group = load(p, group_id)?;
     let epoch = group.epoch().as_u64();
     let members = group.members().filter_map(|m| device_of(&m.credential)).collect();
+    let credential = credential_of(&group, p)?;
     let msg = group.create_message(p, &me.key.0, plaintext).map_err(mls_err)?;
-    Ok(Sealed { epoch, members, ciphertext: serialize(&msg)? })
+    Ok(Sealed { epoch, members, ciphertext: serialize(&msg)?, credential })
 }
 
 /// The devices in a group, in leaf order.

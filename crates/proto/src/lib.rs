@@ -547,13 +547,22 @@ pub enum SubmitKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
-    /// Recipient device ids.
+    /// Recipient device ids: for a welcome, the devices the commit adds; for the message
+    /// itself, none (it goes to every device in the group's roster, the sender's included).
+    #[serde(default)]
     pub recipients: Vec<u64>,
     /// The MLS message.
     pub message: Bytes,
 }
 
 /// `POST /v1/messages`: submit an MLS message for a group.
+///
+/// The submission names no sender: it is sent without a device token and carries the
+/// group's `credential` for `epoch` (derived by every member from the MLS exporter, see
+/// `sotto_core::roster`), which must open the group's sealed roster on the server. The
+/// message goes to every device in the roster, the sender's own included. Only a group the
+/// server holds no sealed roster for ([`ErrorCode::GroupUnsealed`]: new, from before sealed
+/// rosters, or restored from a backup) takes a submission with a device token, and `roster`.
 ///
 /// Submissions are idempotent by `submission_id`: sending the same request again (after a
 /// lost answer) returns the first answer and queues nothing twice.
@@ -583,6 +592,18 @@ pub struct SubmitRequest {
     /// Undelivered copies are deleted at this time (Unix seconds): disappearing messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The group's credential for `epoch` (32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Bytes>,
+    /// For a commit: the credential of the epoch it leads to, under which the server seals
+    /// the new roster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_credential: Option<Bytes>,
+    /// Every device in the group (the sender's included), sent with a device token only
+    /// after [`ErrorCode::GroupUnsealed`]: the server seals it as the group's roster if it
+    /// knows none (a group restored from a backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roster: Option<Vec<u64>>,
 }
 
 /// Answer to [`SubmitRequest`].
@@ -632,6 +653,16 @@ pub struct QueueQuery {
     /// At most this many (the server caps it).
     #[serde(default)]
     pub limit: Option<u32>,
+}
+
+/// `PUT /v1/queue/key`: the public key (X25519, 32 bytes) the server seals this device's
+/// queued copies to from now on, so that what waits in its queue is unreadable at rest (see
+/// `sotto_core::queue`). Answered with [`QueueKey`] too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueKey {
+    /// The public key.
+    pub key: Bytes,
 }
 
 /// `POST /v1/queue/ack`: remove every message up to and including `up_to` from the queue.
@@ -734,10 +765,14 @@ pub enum ErrorCode {
     UnknownFile,
     /// The file is being uploaded: another request is writing it, or it is not complete yet.
     UploadInProgress,
-    /// The submitting device is not a member of the group, or a recipient is not.
+    /// The submission's group credential is not the group's, or a device is not a member.
     NotMember,
     /// A submission id was reused for a different submission.
     SubmissionConflict,
+    /// The server holds no sealed roster for the group (a new group, one from before sealed
+    /// rosters, or one restored from a backup): submit again with a device token and the
+    /// group's roster.
+    GroupUnsealed,
     /// The operator suspended the account; the device keeps its data and works again once
     /// the account is resumed.
     AccountSuspended,

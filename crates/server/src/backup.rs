@@ -13,8 +13,9 @@
 //! - queue positions and device ids jump ahead, past any the server can have given out
 //!   since the backup, so no client mistakes a new message for one it processed;
 //! - the session key is replaced, so every token is refused and devices log in again;
-//! - every group's roster and epoch are taken from its next commit (devices that joined
-//!   after the backup are unknown to the copy).
+//! - every group's epoch is taken from its next submission, and a group that moved on since
+//!   the backup has its roster sealed again by the next member to submit, who names it
+//!   (devices that joined after the backup are unknown to the copy).
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -385,26 +386,29 @@ fn stage(
         .saturating_add(10)
         .saturating_mul(MAX_IDS_PER_SECOND);
     let gap = i64::try_from(gap).unwrap_or(i64::MAX / 4);
-    for table in ["queue", "devices"] {
-        let current: i64 = tx
-            .query_row(
-                &format!(
-                    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = ?1), 0), \
-                     COALESCE((SELECT MAX(rowid) FROM {table}), 0))"
-                ),
-                [table],
-                |r| r.get(0),
-            )
-            .map_err(|e| db_err(&db, e))?;
-        tx.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [table])
-            .map_err(|e| db_err(&db, e))?;
-        tx.execute(
-            "INSERT INTO sqlite_sequence (name, seq) VALUES (?1, ?2)",
-            rusqlite::params![table, current.saturating_add(gap)],
+    // Queue positions count per device.
+    tx.execute("UPDATE devices SET queue_seq = queue_seq + ?1", [gap])
+        .map_err(|e| db_err(&db, e))?;
+    let table = "devices";
+    let current: i64 = tx
+        .query_row(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = ?1), 0), \
+             COALESCE((SELECT MAX(rowid) FROM devices), 0))",
+            [table],
+            |r| r.get(0),
         )
         .map_err(|e| db_err(&db, e))?;
-    }
+    tx.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [table])
+        .map_err(|e| db_err(&db, e))?;
+    tx.execute(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES (?1, ?2)",
+        rusqlite::params![table, current.saturating_add(gap)],
+    )
+    .map_err(|e| db_err(&db, e))?;
+    // A sealed roster stays: if the group has not moved on since, its members' credential
+    // still opens it; if it has, the next member to submit seals the roster again.
     tx.execute("UPDATE groups SET roster = 0, restored = 1", []).map_err(|e| db_err(&db, e))?;
+    tx.execute("DELETE FROM group_members", []).map_err(|e| db_err(&db, e))?;
     tx.execute(
         "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         rusqlite::params![

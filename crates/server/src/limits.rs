@@ -68,6 +68,20 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
+impl<K: Hash + Eq> RateLimiter<K> {
+    /// Takes `n` tokens that were spent already (what a request turned out to cost): the
+    /// bucket may go into debt, down to minus one burst, and the key's next requests wait.
+    pub(crate) fn charge(&self, key: K, n: f64) {
+        let now = Instant::now();
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = map.entry(key).or_insert(Bucket { tokens: self.burst, last: now });
+        let elapsed = now.duration_since(bucket.last).as_secs_f64();
+        bucket.tokens =
+            ((bucket.tokens + elapsed * self.rate).min(self.burst) - n).max(-self.burst);
+        bucket.last = now;
+    }
+}
+
 /// The address limits count against: an IPv4 address (also when written IPv4-mapped), or an
 /// IPv6 address's /64 (one subscriber usually has a whole /64).
 pub(crate) fn address_bucket(ip: IpAddr) -> IpAddr {

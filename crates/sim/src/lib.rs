@@ -32,8 +32,8 @@ use sotto_core::content::{Body, Message, VERSION};
 use sotto_core::mls::{self, DeviceKey, Identity, Incoming, Provider};
 use sotto_core::{Address, DeviceRef};
 use sotto_server::store::{
-    ListRecord, NewAccount, Ordering, PAGE_MAX_BYTES, QueueLimits, SqliteStore, Store, StoreError,
-    Submission,
+    GroupAuth, GroupCredential, ListRecord, NewAccount, Ordering, PAGE_MAX_BYTES, QueueLimits,
+    SqliteStore, Store, StoreError, Submission, To,
 };
 
 /// SplitMix64: small, fast, and the same everywhere.
@@ -130,9 +130,19 @@ pub struct Violation {
 
 #[derive(Debug, Clone)]
 enum Request {
-    Submit { id: Vec<u8>, ordering: Ordering, message: Vec<u8>, recipients: Vec<u64> },
-    Fetch { after: u64 },
-    Ack { up_to: u64 },
+    Submit {
+        id: Vec<u8>,
+        ordering: Ordering,
+        message: Vec<u8>,
+        credential: GroupCredential,
+        next: Option<GroupCredential>,
+    },
+    Fetch {
+        after: u64,
+    },
+    Ack {
+        up_to: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +214,9 @@ struct Client {
     /// Its clock's rate (timers run this much slower or faster).
     drift: f64,
     next_message: u32,
+    /// What it submitted: the server sends the group's messages to every member, the
+    /// sender's device too, and those copies are skipped.
+    echoes: HashSet<Vec<u8>>,
 }
 
 const STEP_MS: u64 = 20;
@@ -249,7 +262,7 @@ fn list() -> ListRecord {
 fn store_error(e: &StoreError) -> String {
     match e {
         StoreError::StaleEpoch { .. } => "stale_epoch".into(),
-        StoreError::NotMember { device } => format!("not_member {device}"),
+        StoreError::NotMember => "not_member".into(),
         other => other.to_string(),
     }
 }
@@ -311,21 +324,25 @@ impl Sim {
         }
         let sender = self.ids[c];
         let answer = match request {
-            Request::Submit { id, ordering, message, recipients } => {
-                let joining: &[u64] = &[];
+            Request::Submit { id, ordering, message, credential, next } => {
                 let submission = Submission {
-                    sender,
                     id: Some(&id),
                     digest: [0; 32],
                     group_id: &self.group,
                     ordering,
-                    deliveries: vec![(&recipients, &message)],
-                    joining,
+                    to: To::Group(GroupAuth {
+                        credential: &credential,
+                        next: next.as_ref(),
+                        device: None,
+                        roster: None,
+                    }),
+                    message: &message,
+                    welcome: None,
                     removed: &[],
                     limits: QueueLimits::UNLIMITED,
                     expires_at: None,
                 };
-                let result = self.store.submit(&submission, self.now / 1000);
+                let result = self.store.submit(&submission, self.now / 1000).map(|done| done.epoch);
                 if result.is_ok() && self.seen_submissions.insert((sender, id.clone())) {
                     match ordering {
                         Ordering::NotBefore(_) => {
@@ -433,12 +450,7 @@ impl Sim {
         Ok(())
     }
 
-    fn recipients(&self, c: usize) -> Vec<u64> {
-        self.ids.iter().copied().filter(|d| *d != self.ids[c]).collect()
-    }
-
     fn write(&mut self, c: usize) -> Result<(), String> {
-        let recipients = self.recipients(c);
         let group = self.group.clone();
         let client = &mut self.clients[c];
         let msg_id = match client.resend.take() {
@@ -462,6 +474,8 @@ impl Sim {
         let ciphertext =
             mls::encrypt(p, &group, &client.me, &message.encode()).map_err(|e| e.to_string())?;
         let epoch = mls::epoch(p, &group).map_err(|e| e.to_string())?;
+        let credential = mls::group_credential(p, &group).map_err(|e| e.to_string())?;
+        client.echoes.insert(ciphertext.clone());
         // The submission id carries the message id (and a fresh tag): the harness reads it back.
         self.next_req += 1;
         let id = format!("{msg_id}#{}", self.next_req).into_bytes();
@@ -470,24 +484,30 @@ impl Sim {
             id,
             ordering: Ordering::NotBefore(epoch),
             message: ciphertext,
-            recipients,
+            credential,
+            next: None,
         };
         self.send(c, Doing::Sending, request);
         Ok(())
     }
 
     fn commit(&mut self, c: usize) -> Result<(), String> {
-        let recipients = self.recipients(c);
-        let client = &self.clients[c];
+        let client = &mut self.clients[c];
+        let credential =
+            mls::group_credential(&client.provider, &self.group).map_err(|e| e.to_string())?;
         let out = mls::self_update(&client.provider, &self.group, &client.me)
             .map_err(|e| e.to_string())?;
+        let next =
+            mls::next_group_credential(&client.provider, &self.group).map_err(|e| e.to_string())?;
+        client.echoes.insert(out.commit.clone());
         self.next_req += 1;
         let id = format!("commit-c{c}#{}", self.next_req).into_bytes();
         let request = Request::Submit {
             id,
             ordering: Ordering::Advance(out.epoch),
             message: out.commit,
-            recipients,
+            credential,
+            next,
         };
         self.send(c, Doing::Committing, request);
         Ok(())
@@ -542,6 +562,11 @@ impl Sim {
         for (seq, bytes) in page {
             let client = &mut self.clients[c];
             if seq <= client.processed {
+                continue;
+            }
+            if client.echoes.remove(&bytes) {
+                client.processed = seq;
+                last = Some(seq);
                 continue;
             }
             match mls::process(&client.provider, &bytes) {
@@ -682,6 +707,7 @@ fn setup(seed: u64) -> Result<Sim, String> {
             cut_off_until: 0,
             drift: rng.range(50, 200) as f64 / 100.0,
             next_message: 0,
+            echoes: HashSet::new(),
         });
         ids.push(id);
     }
@@ -706,26 +732,42 @@ fn setup(seed: u64) -> Result<Sim, String> {
             .map_err(|e| err(&e))?,
         );
     }
+    let first = mls::group_credential(&creator.provider, &group).map_err(|e| err(&e))?;
     let out =
         mls::add_members(&creator.provider, &group, &creator.me, &packages).map_err(|e| err(&e))?;
+    let next = mls::next_group_credential(&creator.provider, &group)
+        .map_err(|e| err(&e))?
+        .ok_or("no pending commit")?;
     mls::merge_pending_commit(&creator.provider, &group).map_err(|e| err(&e))?;
     let welcome = out.welcome.ok_or("no welcome")?;
     for other in &clients[1..] {
         mls::process(&other.provider, &welcome).map_err(|e| err(&e))?;
     }
     let creation = Submission {
-        sender: ids[0],
         id: None,
         digest: [0; 32],
         group_id: &group,
         ordering: Ordering::Advance(0),
-        deliveries: Vec::new(),
-        joining: &ids[1..],
+        to: To::Group(GroupAuth {
+            credential: &first,
+            next: Some(&next),
+            device: Some(ids[0]),
+            roster: None,
+        }),
+        message: &out.commit,
+        welcome: Some((&ids[1..], &welcome)),
         removed: &[],
         limits: QueueLimits::UNLIMITED,
         expires_at: None,
     };
     store.submit(&creation, 0).map_err(|e| err(&e))?;
+    // Everyone took part in the creation above: its copies are acknowledged at once.
+    for &d in &ids {
+        let (page, _) = store.fetch(d, 0, 100, 0, PAGE_MAX_BYTES).map_err(|e| err(&e))?;
+        if let Some((last, _, _)) = page.last() {
+            store.ack(d, *last).map_err(|e| err(&e))?;
+        }
+    }
     Ok(Sim {
         rng,
         faults,

@@ -200,7 +200,9 @@ fn hostile_api_requests() {
 
     // A submission naming a device that does not exist is refused whole.
     let body = json!({"group_id": b64(b"g"), "kind": "commit", "epoch": 0,
-                      "delivery": {"recipients": [], "message": b64(b"c")},
+                      "credential": common::credential(b"g", 0),
+                      "next_credential": common::credential(b"g", 1),
+                      "delivery": {"message": b64(b"c")},
                       "welcome": {"recipients": [mallory, 999_999], "message": b64(b"x")}});
     let (s, v) = server.http("POST", "/v1/messages", Some(&token), &body.to_string());
     assert_eq!((s, code(&v)), (404, "unknown_device"));
@@ -304,10 +306,11 @@ fn ided(bodies: Vec<sotto_core::content::Body>) -> Vec<(String, sotto_core::cont
     bodies.into_iter().enumerate().map(|(i, b)| (format!("{i:032x}"), b)).collect()
 }
 
-fn deliver(server: &Server, token: &str, group: &[u8], to: u64, message: &[u8]) {
-    let body = json!({"group_id": b64(group), "kind": "application", "epoch": 1,
-                      "delivery": {"recipients": [to], "message": b64(message)}});
-    let (s, v) = server.http("POST", "/v1/messages", Some(token), &body.to_string());
+/// Submits `message` into a group made with `common::start_group` (sealed: every device in
+/// it gets a copy, the sender's too).
+fn deliver(server: &Server, group: &[u8], message: &[u8]) {
+    let body = common::app_message(group, 1, message);
+    let (s, v) = server.http("POST", "/v1/messages", None, &body.to_string());
     assert_eq!(s, 200, "{v}");
 }
 
@@ -331,8 +334,8 @@ fn a_corrupted_welcome_rolls_back_and_the_genuine_one_still_joins() {
     let at = corrupted.len() - 20;
     corrupted[at] ^= 0x40;
     common::start_group(&server, &token, &gid, &[bob_device], &corrupted);
-    deliver(&server, &token, &gid, bob_device, &welcome);
-    deliver(&server, &token, &gid, bob_device, &messages[0]);
+    deliver(&server, &gid, &welcome);
+    deliver(&server, &gid, &messages[0]);
     let report = bob.ok(&["sync"]);
     assert_eq!(report["failures"].as_array().map(Vec::len), Some(1), "{report}");
     assert_eq!(
@@ -388,7 +391,7 @@ fn a_group_posing_as_a_direct_chat_is_shown_as_a_group() {
     );
     common::start_group(&server, &token, &gid, &[bob_device], &welcome);
     for m in &messages {
-        deliver(&server, &token, &gid, bob_device, m);
+        deliver(&server, &gid, m);
     }
     bob.sync();
     let chats = bob.ok(&["chats"]);
@@ -417,7 +420,7 @@ fn a_message_id_that_could_pass_for_a_local_event_is_refused() {
     );
     common::start_group(&server, &token, &gid, &[bob_device], &welcome);
     for m in &messages {
-        deliver(&server, &token, &gid, bob_device, m);
+        deliver(&server, &gid, m);
     }
     let report = bob.ok(&["sync"]);
     assert_eq!(

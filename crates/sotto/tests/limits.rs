@@ -141,12 +141,9 @@ fn a_full_disk_refuses_new_messages_and_keeps_what_it_has() {
     let mut refusals = Vec::new();
     common::start_group(&server, &token, b"filler", &[carol_device], b"filler");
     for size in [256 * 1024, 32 * 1024, 4 * 1024, 512, 64] {
-        let blob = common::b64(&vec![7u8; size]);
-        let body = json!({"group_id": common::b64(b"filler"), "kind": "application", "epoch": 1,
-                          "delivery": {"recipients": [carol_device], "message": blob}})
-        .to_string();
+        let body = common::app_message(b"filler", 1, &vec![7u8; size]).to_string();
         loop {
-            let (s, v) = server.http("POST", "/v1/messages", Some(&token), &body);
+            let (s, v) = server.http("POST", "/v1/messages", None, &body);
             if s != 200 {
                 refusals.push((s, code(&v).to_string()));
                 break;
@@ -192,12 +189,9 @@ fn a_reader_that_never_reads_does_not_fill_server_memory() {
     let (_, token, _) = api_device(&server, "fast@localhost", None);
     // 24 MiB waits in the slow device's queue.
     common::start_group(&server, &token, b"flood", &[slow], b"flood");
-    let blob = common::b64(&vec![9u8; 256 * 1024]);
-    let body = json!({"group_id": common::b64(b"flood"), "kind": "application", "epoch": 1,
-                      "delivery": {"recipients": [slow], "message": blob}})
-    .to_string();
+    let body = common::app_message(b"flood", 1, &vec![9u8; 256 * 1024]).to_string();
     for _ in 0..96 {
-        assert_eq!(server.http("POST", "/v1/messages", Some(&token), &body).0, 200);
+        assert_eq!(server.http("POST", "/v1/messages", None, &body).0, 200);
     }
     let before = rss_kib(server.pid());
     // Connect as often as the server allows, then never read.

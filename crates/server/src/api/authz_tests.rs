@@ -55,14 +55,20 @@ async fn world() -> World {
     store.update_devices("owner@localhost", 4, &list(5), None, &[revoked], now).expect("revoke");
     store.put_wipe(wiped, &(b"command".to_vec(), vec![0; 64]), now).expect("wipe");
     let joining = [sibling];
+    let (first, next) = (credential(0), credential(1));
     let create = crate::store::Submission {
-        sender: owner,
         id: None,
         digest: [0; 32],
         group_id: b"matrix",
         ordering: Ordering::Advance(0),
-        deliveries: vec![(&joining[..], &b"welcome"[..])],
-        joining: &joining,
+        to: crate::store::To::Group(crate::store::GroupAuth {
+            credential: &first,
+            next: Some(&next),
+            device: Some(owner),
+            roster: None,
+        }),
+        message: b"commit",
+        welcome: Some((&joining[..], &b"welcome"[..])),
         removed: &[],
         limits: QueueLimits::UNLIMITED,
         expires_at: None,
@@ -134,16 +140,28 @@ fn request_for(w: &World, method: &str, route: &str) -> (String, String) {
         ("POST", "/v1/blobs") => r#"{"size": 10}"#.to_string(),
         ("PUT", "/v1/blobs/{id}") => "x".to_string(),
         ("POST", "/v1/queue/ack") => r#"{"up_to": 0}"#.to_string(),
-        // An application message into the owner's group, for the owner's device.
+        // A usable X25519 public key.
+        ("PUT", "/v1/queue/key") => serde_json::json!({
+            "key": Bytes(sotto_core::queue::QueueKey::from_seed(&[5; 32]).expect("key").public().to_vec())
+        })
+        .to_string(),
+        // An application message into the owner's group, with the group's credential: who
+        // sends it does not matter, only a token that is not valid does.
         ("POST", "/v1/messages") => serde_json::json!({
             "group_id": "bWF0cml4", "kind": "application", "epoch": 1,
-            "delivery": {"recipients": [1], "message": "aGk="}
+            "credential": Bytes(credential(1).as_bytes().to_vec()),
+            "delivery": {"message": "aGk="}
         })
         .to_string(),
         _ => "{}".to_string(),
     };
     let path = if method == "PUT" { format!("{path}?offset=0") } else { path };
     (path, body)
+}
+
+/// The matrix group's credential for an epoch.
+fn credential(epoch: u8) -> crate::store::GroupCredential {
+    crate::store::GroupCredential::from_bytes(&[epoch + 1; 32]).expect("credential")
 }
 
 async fn status(w: &World, method: &str, path: &str, token: Option<&str>, body: String) -> u16 {

@@ -13,7 +13,7 @@ use axum::extract::{
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use sotto_core::{Address, auth, unix_now};
 use sotto_proto::{self as proto, Bytes, ErrorCode};
@@ -55,6 +55,9 @@ const BLOB_BURST: f64 = 200.0;
 /// A device, and a group, may queue bursts of this many seconds' worth of
 /// [`Config::submit_bytes_per_second`].
 const SUBMIT_BURST_SECS: f64 = 64.0;
+/// Sealed submissions name no device: their limits count per client address, which has the
+/// allowance of this many devices.
+const PER_ADDRESS_DEVICES: f64 = 16.0;
 /// Default and largest page of a queue fetch.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
@@ -75,6 +78,7 @@ const LIVE_PING: std::time::Duration = std::time::Duration::from_secs(30);
 /// take nothing from either (the connection caps bound them).
 static BUFFERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64 * 1024);
 static PUBLIC_BUFFERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16 * 1024);
+static SUBMIT_BUFFERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64 * 1024);
 const UNBUDGETED: usize = 16 * 1024;
 /// Largest bodies of routes that need no token: logging in, registering or recovering,
 /// opening a link (whose sealed request is up to 64 KiB).
@@ -124,8 +128,10 @@ pub(crate) struct AppState {
     device_rate: RateLimiter<u64>,
     /// Registration attempts per client IP address.
     registration_rate: RateLimiter<IpAddr>,
-    /// Bytes each device has had stored in queues.
-    sender_bytes: RateLimiter<u64>,
+    /// Bytes each client address has had stored in queues.
+    ip_bytes: RateLimiter<IpAddr>,
+    /// Submissions per client address (they carry no device token).
+    ip_submits: RateLimiter<IpAddr>,
     /// Live connections per device.
     live: Mutex<HashMap<u64, usize>>,
     /// Bytes stored in queues per group.
@@ -179,7 +185,16 @@ impl AppState {
             stopping,
             device_rate: RateLimiter::new(per_second, per_second * 10.0),
             registration_rate: RateLimiter::new(per_hour / 3600.0, per_hour),
-            sender_bytes: RateLimiter::new(bytes_rate, bytes_rate * SUBMIT_BURST_SECS),
+            // An address may be a whole office behind one NAT: it gets the budget of
+            // several devices.
+            ip_bytes: RateLimiter::new(
+                bytes_rate * PER_ADDRESS_DEVICES,
+                bytes_rate * PER_ADDRESS_DEVICES * SUBMIT_BURST_SECS,
+            ),
+            ip_submits: RateLimiter::new(
+                per_second * PER_ADDRESS_DEVICES,
+                per_second * PER_ADDRESS_DEVICES * 10.0,
+            ),
             group_bytes: RateLimiter::new(bytes_rate, bytes_rate * SUBMIT_BURST_SECS),
             blob_creations: RateLimiter::new(BLOBS_PER_SECOND, BLOB_BURST),
             live: Mutex::default(),
@@ -328,10 +343,16 @@ impl From<StoreError> for ApiError {
                 "the device list changed meanwhile; fetch it and try again",
             ),
             StoreError::UnknownLink => devices::unknown_link(),
-            StoreError::NotMember { device } => Self::new(
+            StoreError::NotMember => Self::new(
                 S::FORBIDDEN,
                 ErrorCode::NotMember,
-                format!("device {device} is not a member of this group"),
+                "the group's credential does not match: not a member of this group",
+            ),
+            StoreError::GroupUnsealed => Self::new(
+                S::CONFLICT,
+                ErrorCode::GroupUnsealed,
+                "the server holds no sealed roster for this group: submit again with a device \
+                 token and the group's roster",
             ),
             StoreError::SubmissionConflict => Self::new(
                 S::CONFLICT,
@@ -411,7 +432,12 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .unwrap_or(MAX_BODY);
         let kib = u32::try_from(announced.min(MAX_BODY) / 1024 + 1).unwrap_or(u32::MAX);
-        let budget = if req.extensions().get::<Authenticated>().is_some() {
+        // Sealed submissions carry no token (their credential is checked once the body is
+        // in): they have a budget of their own, so bodies sent without a token to this route
+        // hold up neither members' other requests nor logging in.
+        let budget = if req.uri().path() == "/v1/messages" {
+            &SUBMIT_BUFFERING
+        } else if req.extensions().get::<Authenticated>().is_some() {
             &BUFFERING
         } else {
             &PUBLIC_BUFFERING
@@ -614,6 +640,7 @@ fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::Method
         ("/v1/messages", &["POST"], post(submit)),
         ("/v1/queue", &["GET"], get(fetch)),
         ("/v1/queue/ack", &["POST"], post(ack)),
+        ("/v1/queue/key", &["PUT"], put(set_queue_key).layer(DefaultBodyLimit::max(SMALL_BODY))),
         ("/v1/ws", &["GET"], get(websocket)),
     ]
 }
@@ -983,8 +1010,8 @@ async fn claim_key_packages(
     }))
 }
 
-/// Refuses a submission's shape before anything is looked up: sizes, what only a commit may
-/// carry, and recipient lists that are empty or name a device twice.
+/// Refuses a submission's shape before anything is looked up: sizes, credentials, what only
+/// a commit may carry, and device lists that name a device twice.
 fn check_submission(req: &proto::SubmitRequest) -> Result<(), ApiError> {
     if req.group_id.0.is_empty() || req.group_id.0.len() > 64 {
         return Err(ApiError::bad_request("group_id must be 1 to 64 bytes"));
@@ -992,34 +1019,49 @@ fn check_submission(req: &proto::SubmitRequest) -> Result<(), ApiError> {
     if req.submission_id.as_ref().is_some_and(|id| id.0.is_empty() || id.0.len() > 64) {
         return Err(ApiError::bad_request("submission_id must be 1 to 64 bytes"));
     }
-    if req.kind != proto::SubmitKind::Commit && (req.welcome.is_some() || !req.removed.is_empty()) {
-        return Err(ApiError::bad_request("only a commit carries a welcome or removes devices"));
+    let commit = req.kind == proto::SubmitKind::Commit;
+    if !commit
+        && (req.welcome.is_some() || !req.removed.is_empty() || req.next_credential.is_some())
+    {
+        return Err(ApiError::bad_request(
+            "only a commit carries a welcome, removes devices or brings the next credential",
+        ));
     }
-    if req.removed.len() > MAX_RECIPIENTS {
+    let credential_len = sotto_core::roster::CREDENTIAL_LEN;
+    let well_formed = |c: &Option<Bytes>| c.as_ref().is_some_and(|c| c.0.len() == credential_len);
+    if !well_formed(&req.credential) {
         return Err(ApiError::bad_request(format!(
-            "a commit removes at most {MAX_RECIPIENTS} devices"
+            "a submission carries the group's credential ({credential_len} bytes)"
         )));
     }
-    let mut removed = std::collections::HashSet::with_capacity(req.removed.len());
-    if let Some(d) = req.removed.iter().find(|d| !removed.insert(**d)) {
-        return Err(ApiError::bad_request(format!("device {d} is removed twice")));
-    }
-    let deliveries = std::iter::once(&req.delivery).chain(req.welcome.as_ref());
-    let recipients: Vec<u64> =
-        deliveries.clone().flat_map(|d| d.recipients.iter().copied()).collect();
-    if recipients.is_empty() {
-        return Err(ApiError::bad_request("a submission needs at least one recipient"));
-    }
-    if recipients.len() > MAX_RECIPIENTS {
-        return Err(ApiError::bad_request(format!("at most {MAX_RECIPIENTS} recipients")));
-    }
-    let mut seen = std::collections::HashSet::with_capacity(recipients.len());
-    if let Some(d) = recipients.iter().find(|d| !seen.insert(**d)) {
+    if commit && !well_formed(&req.next_credential) {
         return Err(ApiError::bad_request(format!(
-            "device {d} is named twice among the recipients"
+            "a commit carries the next epoch's credential ({credential_len} bytes)"
         )));
     }
-    if deliveries.clone().any(|d| d.message.0.is_empty()) {
+    if !req.delivery.recipients.is_empty() {
+        return Err(ApiError::bad_request(
+            "a message goes to the group's roster: it names no recipients",
+        ));
+    }
+    let lists = [
+        ("removed", &req.removed),
+        ("welcome recipients", req.welcome.as_ref().map_or(&req.removed, |w| &w.recipients)),
+        ("roster", req.roster.as_ref().unwrap_or(&req.removed)),
+    ];
+    for (what, list) in lists {
+        if list.len() > MAX_RECIPIENTS {
+            return Err(ApiError::bad_request(format!("at most {MAX_RECIPIENTS} {what}")));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(list.len());
+        if let Some(d) = list.iter().find(|d| !seen.insert(**d)) {
+            return Err(ApiError::bad_request(format!("device {d} is named twice in {what}")));
+        }
+    }
+    if req.welcome.as_ref().is_some_and(|w| w.recipients.is_empty()) {
+        return Err(ApiError::bad_request("a welcome needs at least one recipient"));
+    }
+    if std::iter::once(&req.delivery).chain(req.welcome.as_ref()).any(|d| d.message.0.is_empty()) {
         return Err(ApiError::bad_request("empty message"));
     }
     Ok(())
@@ -1033,7 +1075,7 @@ fn submission_digest(req: &proto::SubmitRequest) -> [u8; 32] {
         h.update((bytes.len() as u64).to_be_bytes());
         h.update(bytes);
     };
-    field(b"sotto-submission-v1");
+    field(b"sotto-submission-v2");
     field(&req.group_id.0);
     field(&[req.kind as u8]);
     field(&req.epoch.to_be_bytes());
@@ -1047,89 +1089,96 @@ fn submission_digest(req: &proto::SubmitRequest) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// `POST /v1/messages`: a sealed submission. The request names no device (a token is looked
+/// at only when the group has no sealed roster yet); the group's credential shows that a
+/// member made it. What one request stores is bounded per client address and per group,
+/// besides each recipient's queue limits.
 async fn submit(
     State(state): State<Shared>,
-    AuthDevice(sender): AuthDevice,
+    ClientIp(ip): ClientIp,
+    MaybeDevice(device): MaybeDevice,
     ApiJson(req): ApiJson<proto::SubmitRequest>,
 ) -> Result<Json<proto::SubmitResponse>, ApiError> {
+    state.ip_submits.check(ip).map_err(|wait| ApiError::rate_limited("submissions", wait))?;
     check_submission(&req)?;
-    if req.removed.contains(&sender) {
-        return Err(ApiError::bad_request("a commit cannot remove the device that makes it"));
-    }
+    let credential = |c: Option<Bytes>| {
+        c.map(|c| sotto_core::roster::GroupCredential::from_bytes(&c.0))
+            .transpose()
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    };
     let digest = submission_digest(&req);
-    let submission_id = req.submission_id.map(|id| id.0);
-    let mut deliveries: Vec<proto::Delivery> =
-        std::iter::once(req.delivery).chain(req.welcome).collect();
-    // A member may not have processed a revocation yet: revoked devices get nothing, and the
-    // sender learns which were left out.
-    let mut dropped = Vec::new();
-    for d in &mut deliveries {
-        d.recipients.retain(|r| {
-            let revoked = state.is_revoked(*r);
-            if revoked {
-                dropped.push(*r);
-            }
-            !revoked
-        });
-    }
-    // Each recipient gets its own copy: what one request may store is bounded per sending
-    // device and per group, besides each recipient's queue limits.
-    let stored: u64 =
-        deliveries.iter().map(|d| d.message.0.len() as u64 * d.recipients.len() as u64).sum();
+    let current = credential(req.credential)?.ok_or(ApiError::bad_request("no credential"))?;
+    let next = credential(req.next_credential)?;
+    // Bytes this request may store: the message once per roster device at most, the welcome
+    // once per device it adds. The roster is sealed, so its size is bounded by the limit.
+    let welcome_bytes =
+        req.welcome.as_ref().map_or(0, |w| w.message.0.len() * w.recipients.len()) as f64;
     let per_second = state.config.submit_bytes_per_second as f64;
-    if stored as f64 > per_second * SUBMIT_BURST_SECS {
+    let message_bytes = req.delivery.message.0.len() as f64;
+    if message_bytes + welcome_bytes > per_second * SUBMIT_BURST_SECS {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::TooLarge,
             format!(
-                "this submission would store {stored} bytes in queues; the limit is {}",
+                "this submission would store {} bytes in queues; the limit is {}",
+                (message_bytes + welcome_bytes) as u64,
                 (per_second * SUBMIT_BURST_SECS) as u64
             ),
         ));
     }
     state
-        .sender_bytes
-        .check_n(sender, stored as f64)
-        .map_err(|wait| ApiError::rate_limited("bytes queued by this device", wait))?;
+        .ip_bytes
+        .check_n(ip, message_bytes + welcome_bytes)
+        .map_err(|wait| ApiError::rate_limited("bytes queued from this address", wait))?;
+    let group_key = req.group_id.0.clone();
     state
         .group_bytes
-        .check_n(req.group_id.0.clone(), stored as f64)
+        .check_n(group_key.clone(), message_bytes + welcome_bytes)
         .map_err(|wait| ApiError::rate_limited("bytes queued in this group", wait))?;
     let ordering = match req.kind {
         proto::SubmitKind::Application => Ordering::NotBefore(req.epoch),
         proto::SubmitKind::Commit => Ordering::Advance(req.epoch),
         proto::SubmitKind::Proposal => Ordering::AtEpoch(req.epoch),
     };
-    let notify: Vec<u64> = deliveries.iter().flat_map(|d| d.recipients.iter().copied()).collect();
+    let submission_id = req.submission_id.map(|id| id.0);
     let group_id = req.group_id.0;
-    let removed = req.removed;
+    let message = req.delivery.message.0;
+    let welcome = req.welcome.map(|w| (w.recipients, w.message.0));
+    let (removed, roster) = (req.removed, req.roster);
     let limits = state.config.queue_limits;
     let expires_at = req.expires_at;
-    let epoch = blocking_write(&state, move |s| {
-        let joining = deliveries.get(1).map_or(&[][..], |w| w.recipients.as_slice());
+    let done = blocking_write(&state, move |s| {
         let submission = Submission {
-            sender,
             id: submission_id.as_deref(),
             digest,
             group_id: &group_id,
             ordering,
+            to: crate::store::To::Group(crate::store::GroupAuth {
+                credential: &current,
+                next: next.as_ref(),
+                device,
+                roster: roster.as_deref(),
+            }),
+            message: &message,
+            welcome: welcome.as_ref().map(|(r, m)| (r.as_slice(), m.as_slice())),
+            removed: &removed,
             limits,
             expires_at,
-            deliveries: deliveries
-                .iter()
-                .map(|d| (d.recipients.as_slice(), d.message.0.as_slice()))
-                .collect(),
-            joining,
-            removed: &removed,
         };
         s.submit(&submission, unix_now())
     })
     .await?;
+    let queued = done.recipients.len() as u64;
+    // One copy was checked before; the copies the roster took are charged now, so a large
+    // group's senders wait longer.
+    let fan_out = (queued.saturating_sub(1) as f64) * message_bytes;
+    state.ip_bytes.charge(ip, fan_out);
+    state.group_bytes.charge(group_key, fan_out);
     let metrics = &crate::metrics::METRICS;
     metrics.submissions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    metrics.queued.fetch_add(notify.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    state.notifier.notify(notify);
-    Ok(Json(proto::SubmitResponse { epoch, dropped }))
+    metrics.queued.fetch_add(queued, std::sync::atomic::Ordering::Relaxed);
+    state.notifier.notify(done.recipients);
+    Ok(Json(proto::SubmitResponse { epoch: done.epoch, dropped: done.dropped }))
 }
 
 async fn fetch(
@@ -1153,6 +1202,20 @@ async fn fetch(
             .collect(),
         more,
     }))
+}
+
+async fn set_queue_key(
+    State(state): State<Shared>,
+    AuthDevice(device): AuthDevice,
+    ApiJson(req): ApiJson<proto::QueueKey>,
+) -> Result<Json<proto::QueueKey>, ApiError> {
+    // A key the server cannot seal to would fail every submission to the device's groups:
+    // it is tried now.
+    sotto_core::queue::Sealer::new(&req.key.0, device)
+        .map_err(|e| ApiError::bad_request(format!("not a usable queue key: {e}")))?;
+    let key = req.key.0.clone();
+    blocking(&state, move |s| s.set_queue_key(device, &key)).await?;
+    Ok(Json(req))
 }
 
 async fn ack(

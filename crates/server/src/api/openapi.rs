@@ -49,6 +49,7 @@ use sotto_proto as proto;
     proto::QueueResponse,
     proto::AckRequest,
     proto::AckResponse,
+    proto::QueueKey,
     proto::KtRoots,
     proto::KtProof,
     proto::KtAudit,
@@ -407,8 +408,9 @@ fn operations() -> Vec<Op> {
         (
             "POST",
             "/v1/messages",
-            "Submit a message, proposal or commit for a group.",
-            Token,
+            "Submit a message, proposal or commit for a group, sealed: it names no sender and \
+             carries the group's credential (a token only for a group without a sealed roster).",
+            Either,
             In("SubmitRequest"),
             Json("SubmitResponse"),
             &[],
@@ -433,6 +435,16 @@ fn operations() -> Vec<Op> {
             Json("AckResponse"),
             &[],
             &[400, 401, 403, 507],
+        ),
+        (
+            "PUT",
+            "/v1/queue/key",
+            "Set the key this device's queued copies are sealed to.",
+            Token,
+            In("QueueKey"),
+            Json("QueueKey"),
+            &[],
+            &[400, 401, 403],
         ),
         (
             "GET",

@@ -9,6 +9,7 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use sotto_core::roster::GroupCredential;
 pub use sqlite::SqliteStore;
 
 /// A registered device.
@@ -239,12 +240,10 @@ impl QueueLimits {
     pub const UNLIMITED: QueueLimits = QueueLimits { max_messages: u64::MAX, max_bytes: u64::MAX };
 }
 
-/// A message for a group, with its recipients, and an optional welcome, stored atomically.
+/// A message for a group and an optional welcome, stored atomically.
 #[derive(Debug, Clone)]
 pub struct Submission<'a> {
-    /// The submitting device.
-    pub sender: u64,
-    /// The sender's idempotency key: a submission seen before is not stored again.
+    /// The submitter's idempotency key: a submission seen before is not stored again.
     pub id: Option<&'a [u8]>,
     /// A digest of the submission's content, kept with `id`: a repeat of `id` with other
     /// content is refused.
@@ -253,16 +252,58 @@ pub struct Submission<'a> {
     pub group_id: &'a [u8],
     /// Ordering rule.
     pub ordering: Ordering,
-    /// Recipients and message.
-    pub deliveries: Vec<(&'a [u64], &'a [u8])>,
-    /// For a commit: the devices it adds (they join the roster).
-    pub joining: &'a [u64],
-    /// For a commit: the devices it removes (they leave the roster).
+    /// Whom the message goes to, and what shows the submission may be made.
+    pub to: To<'a>,
+    /// The message.
+    pub message: &'a [u8],
+    /// For a commit: the welcome and the devices it adds (they join the roster).
+    pub welcome: Option<(&'a [u64], &'a [u8])>,
+    /// For a commit: the devices it removes (they leave the roster, after this commit).
     pub removed: &'a [u64],
     /// No recipient's queue may grow past these.
     pub limits: QueueLimits,
     /// Undelivered copies are deleted at this time (Unix seconds).
     pub expires_at: Option<u64>,
+}
+
+/// Whom a submission goes to.
+#[derive(Debug, Clone)]
+pub enum To<'a> {
+    /// Every device in the group's roster (the sender's too: the server does not know it).
+    Group(GroupAuth<'a>),
+    /// Exactly these devices, with no roster kept or checked: a plain relay (store tests).
+    Devices(&'a [u64]),
+}
+
+/// What shows that a submission comes from a member of the group.
+///
+/// The store keeps a group's roster only sealed under the current epoch's credential
+/// (`sotto_core::roster`): a credential that opens it is a member's. A group with no sealed
+/// roster (new, kept from before sealed rosters, restored from a backup) is sealed by the
+/// first submission that names an authenticated `device`: a new group's roster is that
+/// device; an older group's is its plaintext roster, which the sealing deletes, and the
+/// device must be in it; a restored group's is `roster`, which must include the device.
+#[derive(Debug, Clone)]
+pub struct GroupAuth<'a> {
+    /// The credential of the submission's epoch.
+    pub credential: &'a GroupCredential,
+    /// For a commit: the next epoch's credential, which seals the new roster.
+    pub next: Option<&'a GroupCredential>,
+    /// The submitting device, if it authenticated (only to seal an unsealed group).
+    pub device: Option<u64>,
+    /// The roster the submitter claims (only to seal a group restored from a backup).
+    pub roster: Option<&'a [u64]>,
+}
+
+/// What a stored submission did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Submitted {
+    /// The group's epoch afterwards.
+    pub epoch: u64,
+    /// Devices a copy was queued for (empty when a repeat was answered).
+    pub recipients: Vec<u64>,
+    /// Roster devices that are revoked: nothing was queued for them.
+    pub dropped: Vec<u64>,
 }
 
 /// Most bytes of messages in one page of a queue (a single larger message still comes alone),
@@ -311,12 +352,12 @@ pub enum StoreError {
     /// A recipient device does not exist.
     #[error("unknown device {0}")]
     UnknownDevice(u64),
-    /// The sender, or a recipient, is not in the group's roster.
-    #[error("device {device} is not a member of the group")]
-    NotMember {
-        /// The device.
-        device: u64,
-    },
+    /// The credential does not open the group's roster, or the device is not in it.
+    #[error("not a member of the group")]
+    NotMember,
+    /// The group has no sealed roster: it takes a submission from an authenticated device.
+    #[error("the group has no sealed roster yet")]
+    GroupUnsealed,
     /// No account with that address.
     #[error("no such account")]
     NoAccount,
@@ -440,6 +481,10 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of every revoked device.
     fn revoked_devices(&self) -> Result<Vec<u64>, StoreError>;
 
+    /// Sets the public key copies queued for a device are sealed to from now on (see
+    /// `sotto_core::queue`); the caller has checked it is usable.
+    fn set_queue_key(&self, device_id: u64, key: &[u8]) -> Result<(), StoreError>;
+
     /// Records that a device logged in.
     fn touch_device(&self, device_id: u64, now: u64) -> Result<(), StoreError>;
 
@@ -514,21 +559,19 @@ pub trait Store: Send + Sync + 'static {
         ciphersuites: &[u16],
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
-    /// Checks the group's roster and the ordering rule, queues every delivery and updates the
-    /// roster (for a commit), all or nothing. Returns the group's epoch afterwards.
+    /// Checks the submission's credential against the group's sealed roster (see
+    /// [`GroupAuth`]) and the ordering rule, queues the message for every roster device (the
+    /// welcome for the devices a commit adds) and, for a commit, seals the new roster under
+    /// the next epoch's credential, all or nothing.
     ///
-    /// The roster is who may submit to a group and be sent to in it: a group the store has
-    /// not seen holds only its creator; a commit adds its `joining` devices and takes off its
-    /// `removed` ones. The sender and every recipient must be in it ([`StoreError::NotMember`]; the
-    /// sender is checked before the epoch, so a stranger learns nothing, and the recipients
-    /// after it, so a member that missed a change gets [`StoreError::StaleEpoch`] and
-    /// catches up). A group stored before rosters existed is not checked until
-    /// its next commit sets its roster (the sender and that commit's recipients).
+    /// The epoch is checked before the credential: a member that missed a change gets
+    /// [`StoreError::StaleEpoch`] and catches up (the current epoch number is all a stranger
+    /// who knows the group's id learns). A wrong credential gets [`StoreError::NotMember`].
     ///
-    /// A submission whose (sender, id) was stored before is not checked or stored again: the
-    /// epoch recorded then is returned, or [`StoreError::SubmissionConflict`] if its digest
-    /// differs.
-    fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError>;
+    /// A submission whose id was stored before is not checked or stored again: the epoch
+    /// recorded then is returned, or [`StoreError::SubmissionConflict`] if its digest
+    /// differs. No submission row names its sender.
+    fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<Submitted, StoreError>;
 
     /// Up to `limit` queued messages (and about `max_bytes`, at most [`PAGE_MAX_BYTES`]; a
     /// single larger message still comes alone) of a device with

@@ -6,10 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use sotto_core::queue::Sealer;
+
 use super::{
-    AccountChange, AccountRecord, AuditRecord, Barred, BlobRecord, DeviceRecord, InviteRecord,
-    KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering, PAGE_MAX_BYTES, QueueLimits,
-    QueuePage, SignedBlob, Store, StoreError, StoreTotals, Submission, WipeRecord,
+    AccountChange, AccountRecord, AuditRecord, Barred, BlobRecord, DeviceRecord, GroupAuth,
+    GroupCredential, InviteRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering,
+    PAGE_MAX_BYTES, QueueLimits, QueuePage, SignedBlob, Store, StoreError, StoreTotals, Submission,
+    Submitted, To, WipeRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -147,6 +150,39 @@ CREATE TABLE audit (
     detail TEXT NOT NULL
 );
 "#,
+    // Sealed rosters: a group's roster is kept only sealed under its epoch's credential,
+    // which clients hold. Rosters in the clear (`group_members`) stay until their group's
+    // next submission seals them. Submissions no longer record their sender (device 0).
+    r#"
+ALTER TABLE groups ADD COLUMN sealed BLOB;
+ALTER TABLE groups ADD COLUMN past BLOB;
+UPDATE OR IGNORE submissions SET device_id = 0;
+DELETE FROM submissions WHERE device_id != 0;
+"#,
+    // Queue positions count per device, so that the copies of one submission get unrelated
+    // positions in each queue (a global sequence showed them side by side). Every device
+    // goes on from the highest position given out so far: no client mistakes a new message
+    // for one it processed.
+    r#"
+ALTER TABLE devices ADD COLUMN queue_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN queue_key BLOB;
+UPDATE devices SET queue_seq = MAX(
+    COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'queue'), 0),
+    COALESCE((SELECT MAX(seq) FROM queue), 0));
+CREATE TABLE queue_per_device (
+    device_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+INSERT INTO queue_per_device SELECT device_id, seq, message, created_at, expires_at FROM queue;
+DROP TABLE queue;
+ALTER TABLE queue_per_device RENAME TO queue;
+CREATE INDEX queue_by_age ON queue(created_at);
+CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
+"#,
 ];
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
@@ -218,7 +254,7 @@ impl SqliteStore {
     }
 
     /// Hands a write to the writer thread and waits until it is committed (or refused).
-    fn write(&self, job: Job) -> Result<u64, StoreError> {
+    fn write(&self, job: Job) -> Result<Done, StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.writer
             .send((job, reply))
@@ -351,28 +387,47 @@ const MAX_BATCH: usize = 512;
 /// An owned copy of a [`Submission`], to hand to the writer thread.
 #[derive(Debug)]
 struct OwnedSubmission {
-    sender: u64,
     id: Option<Vec<u8>>,
     group_id: Vec<u8>,
     digest: [u8; 32],
     ordering: Ordering,
-    deliveries: Vec<(Vec<u64>, Vec<u8>)>,
-    joining: Vec<u64>,
+    to: OwnedTo,
+    message: Vec<u8>,
+    welcome: Option<(Vec<u64>, Vec<u8>)>,
     removed: Vec<u64>,
     limits: QueueLimits,
     expires_at: Option<u64>,
 }
 
+#[derive(Debug)]
+enum OwnedTo {
+    Group {
+        credential: GroupCredential,
+        next: Option<GroupCredential>,
+        device: Option<u64>,
+        roster: Option<Vec<u64>>,
+    },
+    Devices(Vec<u64>),
+}
+
 impl From<&Submission<'_>> for OwnedSubmission {
     fn from(s: &Submission<'_>) -> Self {
         OwnedSubmission {
-            sender: s.sender,
             id: s.id.map(<[u8]>::to_vec),
             digest: s.digest,
             group_id: s.group_id.to_vec(),
             ordering: s.ordering,
-            deliveries: s.deliveries.iter().map(|(r, m)| (r.to_vec(), m.to_vec())).collect(),
-            joining: s.joining.to_vec(),
+            to: match &s.to {
+                To::Group(a) => OwnedTo::Group {
+                    credential: a.credential.clone(),
+                    next: a.next.cloned(),
+                    device: a.device,
+                    roster: a.roster.map(<[u64]>::to_vec),
+                },
+                To::Devices(d) => OwnedTo::Devices(d.to_vec()),
+            },
+            message: s.message.to_vec(),
+            welcome: s.welcome.map(|(r, m)| (r.to_vec(), m.to_vec())),
             removed: s.removed.to_vec(),
             expires_at: s.expires_at,
             limits: s.limits,
@@ -383,13 +438,21 @@ impl From<&Submission<'_>> for OwnedSubmission {
 impl OwnedSubmission {
     fn borrowed(&self) -> Submission<'_> {
         Submission {
-            sender: self.sender,
             id: self.id.as_deref(),
             digest: self.digest,
             group_id: &self.group_id,
             ordering: self.ordering,
-            deliveries: self.deliveries.iter().map(|(r, m)| (r.as_slice(), m.as_slice())).collect(),
-            joining: &self.joining,
+            to: match &self.to {
+                OwnedTo::Group { credential, next, device, roster } => To::Group(GroupAuth {
+                    credential,
+                    next: next.as_ref(),
+                    device: *device,
+                    roster: roster.as_deref(),
+                }),
+                OwnedTo::Devices(d) => To::Devices(d),
+            },
+            message: &self.message,
+            welcome: self.welcome.as_ref().map(|(r, m)| (r.as_slice(), m.as_slice())),
             removed: &self.removed,
             limits: self.limits,
             expires_at: self.expires_at,
@@ -400,16 +463,24 @@ impl OwnedSubmission {
 /// A write for the writer thread.
 #[derive(Debug)]
 enum Job {
-    Submit(OwnedSubmission, u64),
+    Submit(Box<OwnedSubmission>, u64),
     Ack(u64, u64),
 }
 
-type Reply = mpsc::SyncSender<Result<u64, StoreError>>;
+/// What a job did.
+#[derive(Debug)]
+enum Done {
+    Submitted(Submitted),
+    Acked(u64),
+}
+
+type Reply = mpsc::SyncSender<Result<Done, StoreError>>;
 
 /// The writer thread: takes every job waiting, runs each in a savepoint of one transaction and
 /// commits once, so concurrent writers share one fsync (group commit). Each job answers only
 /// after the commit that made it durable; a failed job rolls back alone.
 fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<(Job, Reply)>) {
+    let mut sealers = Sealers::default();
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -420,7 +491,7 @@ fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<(Job, Reply)>) {
         }
         let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::time::Instant::now();
-        let results = run_batch(&mut conn, &batch);
+        let results = run_batch(&mut conn, &batch, &mut sealers);
         drop(conn);
         let metrics = &crate::metrics::METRICS;
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
@@ -431,7 +502,11 @@ fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<(Job, Reply)>) {
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: &[(Job, Reply)]) -> Vec<Result<u64, StoreError>> {
+fn run_batch(
+    conn: &mut Connection,
+    batch: &[(Job, Reply)],
+    sealers: &mut Sealers,
+) -> Vec<Result<Done, StoreError>> {
     let fail_all = |e: rusqlite::Error| {
         let e = backend(e);
         batch.iter().map(|_| Err(clone_error(&e))).collect()
@@ -447,8 +522,10 @@ fn run_batch(conn: &mut Connection, batch: &[(Job, Reply)]) -> Vec<Result<u64, S
             Err(e) => return fail_all(e),
         };
         let result = match job {
-            Job::Submit(s, now) => submit_in(&sp, &s.borrowed(), *now),
-            Job::Ack(device, up_to) => ack_in(&sp, *device, *up_to),
+            Job::Submit(s, now) => {
+                submit_in(&sp, &s.borrowed(), *now, sealers).map(Done::Submitted)
+            }
+            Job::Ack(device, up_to) => ack_in(&sp, *device, *up_to).map(Done::Acked),
         };
         // Dropping the savepoint without committing it rolls this job back alone.
         if result.is_ok()
@@ -472,151 +549,197 @@ fn clone_error(e: &StoreError) -> StoreError {
 }
 
 /// Stores one submission inside the writer's transaction (see [`Store::submit`]).
-fn submit_in(tx: &Connection, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError> {
+fn submit_in(
+    tx: &Connection,
+    submission: &Submission<'_>,
+    now: u64,
+    sealers: &mut Sealers,
+) -> Result<Submitted, StoreError> {
     if let Some(id) = submission.id {
         let seen: Option<(i64, Option<Vec<u8>>)> = tx
             .query_row(
-                "SELECT epoch, digest FROM submissions WHERE device_id = ?1 AND submission_id = ?2",
-                params![to_i64(submission.sender), id],
+                "SELECT epoch, digest FROM submissions WHERE device_id = 0 AND submission_id = ?1",
+                [id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(backend)?;
         if let Some((epoch, digest)) = seen {
-            // Rows stored before digests were kept have none: they still answer repeats.
             if digest.is_some_and(|d| d != submission.digest) {
                 return Err(StoreError::SubmissionConflict);
             }
-            return Ok(to_u64(epoch));
+            return Ok(Submitted { epoch: to_u64(epoch), ..Submitted::default() });
         }
     }
-    let group: Option<(i64, bool, bool)> = tx
+    let group: Option<GroupRow> = tx
         .query_row(
-            "SELECT epoch, roster, restored FROM groups WHERE group_id = ?1",
+            "SELECT epoch, roster, restored, sealed, past FROM groups WHERE group_id = ?1",
             [submission.group_id],
-            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get::<_, i64>(2)? != 0)),
+            |r| {
+                Ok(GroupRow {
+                    epoch: to_u64(r.get(0)?),
+                    plain_roster: r.get::<_, i64>(1)? != 0,
+                    restored: r.get::<_, i64>(2)? != 0,
+                    sealed: r.get(3)?,
+                    past: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                })
+            },
         )
         .optional()
         .map_err(backend)?;
     // Restored from a backup, the group may have moved on meanwhile: its members' epoch is
-    // taken as it comes, until a commit sets it again.
-    let restored = group.is_some_and(|(_, _, r)| r);
-    // The sender's membership is checked before the epoch, so a stranger learns nothing of
-    // the group; the recipients after it, so a member that missed a change is told to catch
-    // up rather than that its recipients are wrong.
-    let roster = match submission.ordering {
-        Ordering::None => None,
-        _ => roster_of(tx, submission, group.map(|(_, known, _)| known))?,
+    // taken as it comes, until a submission seals its roster again.
+    let restored = group.as_ref().is_some_and(|g| g.restored);
+    let current = group.as_ref().map_or(0, |g| g.epoch);
+    // A sealed group checks the credential first: a stranger learns nothing, not even the
+    // epoch; a member that is behind is told to catch up.
+    let opened = match (&submission.to, &group) {
+        (To::Group(auth), Some(g)) if !g.restored => match g.sealed.as_deref() {
+            Some(sealed) => Some(open_sealed(auth, submission.group_id, g, sealed)?),
+            None => None,
+        },
+        _ => None,
     };
-    let current_epoch = group.map(|(e, _, _)| to_u64(e)).unwrap_or(0);
-    let epoch = match submission.ordering {
-        Ordering::None => current_epoch,
-        Ordering::NotBefore(e) if e < current_epoch => {
-            return Err(StoreError::StaleEpoch { current: current_epoch });
+    let stale = match submission.ordering {
+        Ordering::None => false,
+        Ordering::NotBefore(e) => e < current,
+        Ordering::AtEpoch(e) | Ordering::Advance(e) => e != current && !(restored && e > current),
+    };
+    if stale {
+        return Err(StoreError::StaleEpoch { current });
+    }
+    // The epoch the submission was made in: the group's, or a restored group's as it comes.
+    let made_in = match submission.ordering {
+        Ordering::None => current,
+        Ordering::NotBefore(e) | Ordering::AtEpoch(e) | Ordering::Advance(e) => e.max(current),
+    };
+    let (auth, roster) = match (&submission.to, opened) {
+        (To::Devices(devices), _) => (None, devices.iter().copied().collect::<BTreeSet<u64>>()),
+        (To::Group(auth), Some(roster)) => (Some(auth), roster),
+        (To::Group(auth), None) => {
+            (Some(auth), roster_of(tx, submission, auth, group.as_ref(), made_in)?)
         }
-        Ordering::NotBefore(_) => {
-            check_recipients(submission, roster.as_ref())?;
-            current_epoch
+    };
+    let mut out = Submitted { epoch: current, ..Submitted::default() };
+    let mut queue = QueueWriter::new(tx, submission, now, sealers)?;
+    for &device in &roster {
+        queue.put(device, submission.message, &mut out)?;
+    }
+    let joining = submission.welcome.map_or(&[][..], |(to, _)| to);
+    if let Some((to, welcome)) = submission.welcome {
+        for &device in to {
+            queue.put(device, welcome, &mut out)?;
         }
-        Ordering::AtEpoch(e) | Ordering::Advance(e)
-            if e != current_epoch && !(restored && e > current_epoch) =>
-        {
-            return Err(StoreError::StaleEpoch { current: current_epoch });
+    }
+    match (submission.ordering, auth) {
+        (Ordering::Advance(e), Some(auth)) => {
+            // The new roster: the members before, less those removed and revoked, plus
+            // those added; readable only with the next epoch's credential.
+            let next = auth.next.ok_or(StoreError::NotMember)?;
+            let mut after = roster;
+            after.extend(joining.iter().copied());
+            for d in submission.removed.iter().chain(&out.dropped) {
+                after.remove(d);
+            }
+            let mut past = group.as_ref().map(|g| g.past.clone()).unwrap_or_default();
+            past.extend_from_slice(&e.to_be_bytes());
+            past.extend_from_slice(&auth.credential.verifier());
+            let keep = PAST_EPOCHS * PAST_ENTRY;
+            let past = past.split_off(past.len().saturating_sub(keep));
+            seal_group(tx, submission.group_id, e + 1, next, &after, &past)?;
+            out.epoch = e + 1;
         }
-        Ordering::AtEpoch(e) => {
-            check_recipients(submission, roster.as_ref())?;
-            e
-        }
-        Ordering::Advance(e) => {
-            check_recipients(submission, roster.as_ref())?;
+        (Ordering::Advance(e), None) => {
             tx.execute(
-                "INSERT INTO groups (group_id, epoch, roster) VALUES (?1, ?2, 1)
-                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, roster = 1,
-                                                     restored = 0",
+                "INSERT INTO groups (group_id, epoch) VALUES (?1, ?2)
+                 ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, restored = 0",
                 params![submission.group_id, to_i64(e + 1)],
             )
             .map_err(backend)?;
-            update_roster(tx, submission, roster)?;
-            e + 1
+            out.epoch = e + 1;
         }
-    };
-    {
-        let mut exists =
-            tx.prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1").map_err(backend)?;
-        let mut stats = tx
-            .prepare_cached("SELECT messages, bytes FROM queue_stats WHERE device_id = ?1")
-            .map_err(backend)?;
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO queue (device_id, message, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(backend)?;
-        let mut count = tx
-            .prepare_cached(
-                "INSERT INTO queue_stats (device_id, messages, bytes) VALUES (?1, 1, ?2)
-                 ON CONFLICT (device_id) DO UPDATE
-                 SET messages = messages + 1, bytes = bytes + excluded.bytes",
-            )
-            .map_err(backend)?;
-        let limits = submission.limits;
-        for (recipients, message) in &submission.deliveries {
-            let len = message.len() as u64;
-            for &device in *recipients {
-                if !exists.exists([to_i64(device)]).map_err(backend)? {
-                    return Err(StoreError::UnknownDevice(device));
-                }
-                let (messages, bytes): (i64, i64) = stats
-                    .query_row([to_i64(device)], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-                    .map_err(backend)?
-                    .unwrap_or((0, 0));
-                if to_u64(messages) >= limits.max_messages
-                    || to_u64(bytes).saturating_add(len) > limits.max_bytes
-                {
-                    return Err(StoreError::QueueFull { device });
-                }
-                insert
-                    .execute(params![
-                        to_i64(device),
-                        message,
-                        to_i64(now),
-                        submission.expires_at.map(to_i64)
-                    ])
-                    .map_err(backend)?;
-                count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
-            }
+        (_, Some(auth)) if group.as_ref().is_none_or(|g| g.sealed.is_none() || g.restored) => {
+            // The first submission to a group without a sealed roster seals it.
+            seal_group(tx, submission.group_id, made_in, auth.credential, &roster, &[])?;
+            out.epoch = made_in;
         }
+        _ => {}
     }
     if let Some(id) = submission.id {
         tx.execute(
             "INSERT INTO submissions (device_id, submission_id, epoch, created_at, digest)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                to_i64(submission.sender),
-                id,
-                to_i64(epoch),
-                to_i64(now),
-                &submission.digest[..]
-            ],
+             VALUES (0, ?1, ?2, ?3, ?4)",
+            params![id, to_i64(out.epoch), to_i64(now), &submission.digest[..]],
         )
         .map_err(backend)?;
     }
-    Ok(epoch)
+    Ok(out)
 }
 
-/// The group's roster, with the sender checked to be in it; `None` for a group that predates
-/// rosters (`known == Some(false)`): it is not checked, and its next commit sets its roster.
-/// A group the server has not seen yet holds only its creator, the sender.
+/// A group as stored.
+struct GroupRow {
+    epoch: u64,
+    /// Its roster is in `group_members`, in the clear (kept from before sealed rosters).
+    plain_roster: bool,
+    restored: bool,
+    sealed: Option<Vec<u8>>,
+    /// Verifiers of its last epochs' credentials ([`PAST_ENTRY`] bytes each: the epoch, then
+    /// the verifier), oldest first.
+    past: Vec<u8>,
+}
+
+/// How many earlier epochs a member may be behind and still be told to catch up (further
+/// behind, it is refused as a stranger is).
+const PAST_EPOCHS: usize = 64;
+const PAST_ENTRY: usize = 8 + 32;
+
+/// Opens a sealed roster with the submission's credential: the roster, or
+/// [`StoreError::StaleEpoch`] for a credential of one of the group's recent epochs, or
+/// [`StoreError::NotMember`].
+fn open_sealed(
+    auth: &GroupAuth<'_>,
+    group_id: &[u8],
+    group: &GroupRow,
+    sealed: &[u8],
+) -> Result<BTreeSet<u64>, StoreError> {
+    if let Ok(roster) =
+        sotto_core::roster::open_roster(auth.credential, group_id, group.epoch, sealed)
+    {
+        return Ok(roster.into_iter().collect());
+    }
+    let verifier = auth.credential.verifier();
+    if group.past.chunks_exact(PAST_ENTRY).any(|entry| entry[8..] == verifier) {
+        return Err(StoreError::StaleEpoch { current: group.epoch });
+    }
+    Err(StoreError::NotMember)
+}
+
+/// The roster a group submission goes to, once the submission has shown it may be made (see
+/// [`crate::store::GroupAuth`]).
 fn roster_of(
     tx: &Connection,
     submission: &Submission<'_>,
-    known: Option<bool>,
-) -> Result<Option<BTreeSet<u64>>, StoreError> {
-    let roster: BTreeSet<u64> = match known {
-        Some(false) => return Ok(None),
-        None => BTreeSet::from([submission.sender]),
-        Some(true) => {
+    auth: &GroupAuth<'_>,
+    group: Option<&GroupRow>,
+    made_in: u64,
+) -> Result<BTreeSet<u64>, StoreError> {
+    if let Some(g) = group
+        && let Some(sealed) = g.sealed.as_deref()
+    {
+        let opened =
+            sotto_core::roster::open_roster(auth.credential, submission.group_id, made_in, sealed);
+        match opened {
+            Ok(roster) => return Ok(roster.into_iter().collect()),
+            // Restored from a backup, the roster may be of an epoch the group has left: it
+            // is sealed again like a group that had none.
+            Err(_) if g.restored => {}
+            Err(_) => return Err(StoreError::NotMember),
+        }
+    }
+    let device = auth.device.ok_or(StoreError::GroupUnsealed)?;
+    let roster: BTreeSet<u64> = match group {
+        None => BTreeSet::from([device]),
+        Some(g) if g.plain_roster => {
             let mut members = tx
                 .prepare_cached("SELECT device_id FROM group_members WHERE group_id = ?1")
                 .map_err(backend)?;
@@ -625,61 +748,163 @@ fn roster_of(
                 .map_err(backend)?;
             rows.map(|r| r.map(to_u64)).collect::<Result<_, _>>().map_err(backend)?
         }
+        Some(_) => auth.roster.ok_or(StoreError::GroupUnsealed)?.iter().copied().collect(),
     };
-    if !roster.contains(&submission.sender) {
-        return Err(StoreError::NotMember { device: submission.sender });
+    if !roster.contains(&device) {
+        return Err(StoreError::NotMember);
     }
-    Ok(Some(roster))
+    Ok(roster)
 }
 
-/// Checks that every recipient is in the roster (devices a commit adds count for its own
-/// deliveries).
-fn check_recipients(
-    submission: &Submission<'_>,
-    roster: Option<&BTreeSet<u64>>,
+/// Writes a group's epoch and its roster sealed under that epoch's credential; the roster in
+/// the clear, if it had one, is deleted.
+fn seal_group(
+    tx: &Connection,
+    group_id: &[u8],
+    epoch: u64,
+    credential: &GroupCredential,
+    roster: &BTreeSet<u64>,
+    past: &[u8],
 ) -> Result<(), StoreError> {
-    let Some(roster) = roster else { return Ok(()) };
-    let joining: BTreeSet<u64> = match submission.ordering {
-        Ordering::Advance(_) => submission.joining.iter().copied().collect(),
-        _ => BTreeSet::new(),
-    };
-    for (recipients, _) in &submission.deliveries {
-        if let Some(&d) = recipients.iter().find(|d| !roster.contains(d) && !joining.contains(d)) {
-            return Err(StoreError::NotMember { device: d });
+    let ids: Vec<u64> = roster.iter().copied().collect();
+    let sealed = sotto_core::roster::seal_roster(credential, group_id, epoch, &ids)
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO groups (group_id, epoch, roster, restored, sealed, past)
+         VALUES (?1, ?2, 0, 0, ?3, ?4)
+         ON CONFLICT (group_id) DO UPDATE SET epoch = excluded.epoch, roster = 0, restored = 0,
+                                             sealed = excluded.sealed, past = excluded.past",
+        params![group_id, to_i64(epoch), sealed, past],
+    )
+    .map_err(backend)?;
+    tx.execute("DELETE FROM group_members WHERE group_id = ?1", [group_id]).map_err(backend)?;
+    Ok(())
+}
+
+/// How long the writer seals a device's copies with one HPKE encapsulation.
+const SEALER_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Most devices whose sealers are kept at once.
+const MAX_SEALERS: usize = 100_000;
+
+/// The sealers of the devices copies were queued for lately (see `sotto_core::queue`): in
+/// the writer thread's memory only, each used for at most [`SEALER_LIFETIME`].
+#[derive(Default)]
+struct Sealers(std::collections::HashMap<u64, (std::time::Instant, Vec<u8>, Sealer)>);
+
+impl Sealers {
+    /// `message` sealed for `device`, whose queue key is `public`.
+    fn seal(&mut self, device: u64, public: &[u8], message: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let usable = |e: &(std::time::Instant, Vec<u8>, Sealer)| {
+            e.0.elapsed() < SEALER_LIFETIME && e.1 == public
+        };
+        if !self.0.get(&device).is_some_and(usable) {
+            if self.0.len() >= MAX_SEALERS {
+                self.0.retain(|_, e| e.0.elapsed() < SEALER_LIFETIME);
+                if self.0.len() >= MAX_SEALERS {
+                    self.0.clear();
+                }
+            }
+            let sealer = Sealer::new(public, device)
+                .map_err(|e| StoreError::Backend(format!("sealing for device {device}: {e}")))?;
+            self.0.insert(device, (std::time::Instant::now(), public.to_vec(), sealer));
+        }
+        match self.0.get(&device) {
+            Some((_, _, sealer)) => sealer
+                .seal(device, message)
+                .map_err(|e| StoreError::Backend(format!("sealing for device {device}: {e}"))),
+            None => Err(StoreError::Backend("a sealer went missing".into())),
         }
     }
-    Ok(())
 }
 
-/// Writes a commit's roster: the members before it plus the devices it adds, minus those it
-/// removes. A group new to the server starts with its creator; one that predates rosters
-/// starts with the sender and the recipients of this commit.
-fn update_roster(
-    tx: &Connection,
-    submission: &Submission<'_>,
-    before: Option<BTreeSet<u64>>,
-) -> Result<(), StoreError> {
-    let mut add: BTreeSet<u64> = submission.joining.iter().copied().collect();
-    add.insert(submission.sender);
-    if before.is_none() {
-        add.extend(submission.deliveries.iter().flat_map(|(r, _)| r.iter().copied()));
+/// Queues copies of a submission's messages, within each recipient's limits.
+struct QueueWriter<'t> {
+    sealers: &'t mut Sealers,
+    device: rusqlite::CachedStatement<'t>,
+    stats: rusqlite::CachedStatement<'t>,
+    next_seq: rusqlite::CachedStatement<'t>,
+    insert: rusqlite::CachedStatement<'t>,
+    count: rusqlite::CachedStatement<'t>,
+    limits: QueueLimits,
+    expires_at: Option<i64>,
+    now: i64,
+}
+
+impl<'t> QueueWriter<'t> {
+    fn new(
+        tx: &'t Connection,
+        s: &Submission<'_>,
+        now: u64,
+        sealers: &'t mut Sealers,
+    ) -> Result<Self, StoreError> {
+        let prepare = |sql: &str| tx.prepare_cached(sql).map_err(backend);
+        Ok(QueueWriter {
+            sealers,
+            device: prepare(
+                "SELECT revoked_at IS NOT NULL, queue_key FROM devices WHERE device_id = ?1",
+            )?,
+            stats: prepare("SELECT messages, bytes FROM queue_stats WHERE device_id = ?1")?,
+            next_seq: prepare(
+                "UPDATE devices SET queue_seq = queue_seq + 1 WHERE device_id = ?1
+                 RETURNING queue_seq",
+            )?,
+            insert: prepare(
+                "INSERT INTO queue (device_id, seq, message, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?,
+            count: prepare(
+                "INSERT INTO queue_stats (device_id, messages, bytes) VALUES (?1, 1, ?2)
+                 ON CONFLICT (device_id) DO UPDATE
+                 SET messages = messages + 1, bytes = bytes + excluded.bytes",
+            )?,
+            limits: s.limits,
+            expires_at: s.expires_at.map(to_i64),
+            now: to_i64(now),
+        })
     }
-    let mut insert = tx
-        .prepare_cached(
-            "INSERT INTO group_members (group_id, device_id) VALUES (?1, ?2)
-             ON CONFLICT (group_id, device_id) DO NOTHING",
-        )
-        .map_err(backend)?;
-    for d in add {
-        insert.execute(params![submission.group_id, to_i64(d)]).map_err(backend)?;
+
+    /// Queues `message` for `device`; a revoked device gets nothing and is noted in `out`.
+    fn put(&mut self, device: u64, message: &[u8], out: &mut Submitted) -> Result<(), StoreError> {
+        let row: Option<(bool, Option<Vec<u8>>)> = self
+            .device
+            .query_row([to_i64(device)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(backend)?;
+        let queue_key = match row {
+            None => return Err(StoreError::UnknownDevice(device)),
+            Some((true, _)) => {
+                out.dropped.push(device);
+                return Ok(());
+            }
+            Some((false, key)) => key,
+        };
+        // A device that gave a queue key gets its copy sealed and padded; one that did not
+        // (yet) gets it as it came.
+        let sealed = match &queue_key {
+            Some(public) => Some(self.sealers.seal(device, public, message)?),
+            None => None,
+        };
+        let message = sealed.as_deref().unwrap_or(message);
+        let len = message.len() as u64;
+        let (messages, bytes): (i64, i64) = self
+            .stats
+            .query_row([to_i64(device)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(backend)?
+            .unwrap_or((0, 0));
+        if to_u64(messages) >= self.limits.max_messages
+            || to_u64(bytes).saturating_add(len) > self.limits.max_bytes
+        {
+            return Err(StoreError::QueueFull { device });
+        }
+        let seq: i64 = self.next_seq.query_row([to_i64(device)], |r| r.get(0)).map_err(backend)?;
+        self.insert
+            .execute(params![to_i64(device), seq, message, self.now, self.expires_at])
+            .map_err(backend)?;
+        self.count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
+        out.recipients.push(device);
+        Ok(())
     }
-    let mut delete = tx
-        .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND device_id = ?2")
-        .map_err(backend)?;
-    for &d in submission.removed {
-        delete.execute(params![submission.group_id, to_i64(d)]).map_err(backend)?;
-    }
-    Ok(())
 }
 
 /// Removes acknowledged messages inside the writer's transaction (see [`Store::ack`]).
@@ -1121,8 +1346,11 @@ impl Store for SqliteStore {
         Ok(claimed)
     }
 
-    fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<u64, StoreError> {
-        self.write(Job::Submit(OwnedSubmission::from(submission), now))
+    fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<Submitted, StoreError> {
+        match self.write(Job::Submit(Box::new(OwnedSubmission::from(submission)), now))? {
+            Done::Submitted(s) => Ok(s),
+            Done::Acked(_) => Err(StoreError::Backend("the writer answered another job".into())),
+        }
     }
 
     fn fetch(
@@ -1272,6 +1500,16 @@ impl Store for SqliteStore {
         rows.map(|r| r.map(to_u64)).collect::<Result<_, _>>().map_err(backend)
     }
 
+    fn set_queue_key(&self, device_id: u64, key: &[u8]) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE devices SET queue_key = ?2 WHERE device_id = ?1",
+                params![to_i64(device_id), key],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
     fn touch_device(&self, device_id: u64, now: u64) -> Result<(), StoreError> {
         self.conn()
             .execute(
@@ -1394,7 +1632,12 @@ impl Store for SqliteStore {
     }
 
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
-        self.write(Job::Ack(device_id, up_to))
+        match self.write(Job::Ack(device_id, up_to))? {
+            Done::Acked(n) => Ok(n),
+            Done::Submitted(_) => {
+                Err(StoreError::Backend("the writer answered another job".into()))
+            }
+        }
     }
 
     fn create_blob(&self, blob: &BlobRecord, quota: u64) -> Result<(), StoreError> {
@@ -1482,10 +1725,12 @@ mod tests {
     use super::*;
     use crate::store::NewAccount;
 
-    /// A group stored before rosters existed keeps working, and its next commit sets a roster
-    /// that then shuts out everyone else.
+    /// Groups without a sealed roster — from before rosters, with a roster in the clear, or
+    /// restored from a backup — are sealed by the first submission of an authenticated
+    /// member, and the roster in the clear is gone.
     #[test]
-    fn groups_from_before_rosters_are_adopted_by_their_next_commit() {
+    fn unsealed_groups_are_sealed_by_a_member() {
+        use crate::store::tests::{cred, relay};
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.db");
         let store = SqliteStore::open(&path).expect("store");
@@ -1495,31 +1740,103 @@ mod tests {
             store.register(&account, 1).expect("register")
         };
         let (a, b, m) = (reg("a@x", b"a"), reg("b@x", b"b"), reg("m@x", b"m"));
-        Connection::open(&path)
-            .expect("open")
-            .execute("INSERT INTO groups (group_id, epoch) VALUES (?1, 3)", [&b"old"[..]])
-            .expect("an old group");
-        let (to_a, to_b) = ([a], [b]);
-        let sub = |sender, ordering, to: &'static [u64]| Submission {
-            sender,
-            id: None,
-            digest: [0; 32],
-            group_id: b"old",
-            ordering,
-            deliveries: vec![(to, &b"m"[..])],
-            joining: &[],
-            removed: &[],
-            limits: QueueLimits::UNLIMITED,
-            expires_at: None,
-        };
-        let to_a: &'static [u64] = Box::leak(Box::new(to_a));
-        let to_b: &'static [u64] = Box::leak(Box::new(to_b));
-        assert_eq!(store.submit(&sub(a, Ordering::NotBefore(3), to_b), 1).expect("unchecked"), 3);
-        assert_eq!(store.submit(&sub(a, Ordering::Advance(3), to_b), 1).expect("commit"), 4);
-        assert_eq!(store.submit(&sub(b, Ordering::NotBefore(4), to_a), 1).expect("member"), 4);
+        let raw = Connection::open(&path).expect("open");
+        raw.execute(
+            "INSERT INTO groups (group_id, epoch, roster) VALUES (?1, 3, 1)",
+            [&b"plain"[..]],
+        )
+        .expect("a group with a roster in the clear");
+        for d in [a, b] {
+            raw.execute(
+                "INSERT INTO group_members (group_id, device_id) VALUES (?1, ?2)",
+                params![&b"plain"[..], to_i64(d)],
+            )
+            .expect("member");
+        }
+        raw.execute("INSERT INTO groups (group_id, epoch) VALUES (?1, 5)", [&b"unknown"[..]])
+            .expect("a group whose roster nobody knows");
+        let c3 = cred(3);
+        let sub =
+            |group: &'static [u8], epoch, device, roster: Option<&'static [u64]>| Submission {
+                group_id: group,
+                to: To::Group(GroupAuth { credential: &c3, next: None, device, roster }),
+                ..relay(&[], b"m", Ordering::NotBefore(epoch))
+            };
+        // Without a token, the member is asked for one.
         assert!(matches!(
-            store.submit(&sub(m, Ordering::NotBefore(4), to_a), 1),
-            Err(StoreError::NotMember { device }) if device == m
+            store.submit(&sub(b"plain", 3, None, None), 1),
+            Err(StoreError::GroupUnsealed)
+        ));
+        // Someone not in the roster in the clear cannot seal it.
+        assert!(matches!(
+            store.submit(&sub(b"plain", 3, Some(m), None), 1),
+            Err(StoreError::NotMember)
+        ));
+        let done = store.submit(&sub(b"plain", 3, Some(a), None), 1).expect("sealed");
+        assert_eq!((done.epoch, done.recipients), (3, vec![a, b]));
+        let members: i64 =
+            raw.query_row("SELECT COUNT(*) FROM group_members", [], |r| r.get(0)).expect("count");
+        assert_eq!(members, 0, "no roster in the clear remains");
+        // From now on the credential alone is enough, and the token no longer helps.
+        assert_eq!(
+            store.submit(&sub(b"plain", 3, None, None), 1).expect("sealed").recipients,
+            vec![a, b]
+        );
+        let c4 = cred(4);
+        let other = Submission {
+            to: To::Group(GroupAuth { credential: &c4, next: None, device: Some(a), roster: None }),
+            ..sub(b"plain", 3, None, None)
+        };
+        assert!(matches!(store.submit(&other, 1), Err(StoreError::NotMember)));
+        // A group whose roster is unknown takes the one its first member names, which must
+        // include that member.
+        let ab: &'static [u64] = Box::leak(Box::new([a, b]));
+        let only_b: &'static [u64] = Box::leak(Box::new([b]));
+        assert!(matches!(
+            store.submit(&sub(b"unknown", 5, Some(a), None), 1),
+            Err(StoreError::GroupUnsealed)
+        ));
+        assert!(matches!(
+            store.submit(&sub(b"unknown", 5, Some(a), Some(only_b)), 1),
+            Err(StoreError::NotMember)
+        ));
+        let done = store.submit(&sub(b"unknown", 5, Some(a), Some(ab)), 1).expect("sealed");
+        assert_eq!(done.recipients, vec![a, b]);
+        let sealed: Vec<u8> = raw
+            .query_row("SELECT sealed FROM groups WHERE group_id = ?1", [&b"unknown"[..]], |r| {
+                r.get(0)
+            })
+            .expect("sealed roster");
+        for d in [a, b] {
+            assert!(
+                !sealed.windows(8).any(|w| w == d.to_be_bytes()),
+                "device ids are not readable"
+            );
+        }
+        // Restored from a backup taken at epoch 5, the group has moved on to 7 meanwhile:
+        // its old roster does not open with the new credential, so a member seals it again.
+        raw.execute("UPDATE groups SET restored = 1", []).expect("restored");
+        let c7 = cred(7);
+        let moved_on = |device| Submission {
+            to: To::Group(GroupAuth { credential: &c7, next: None, device, roster: Some(ab) }),
+            ..sub(b"unknown", 7, None, None)
+        };
+        assert!(matches!(store.submit(&moved_on(None), 1), Err(StoreError::GroupUnsealed)));
+        assert_eq!(store.submit(&moved_on(Some(b)), 1).expect("resealed").epoch, 7);
+        assert!(matches!(
+            store.submit(
+                &Submission {
+                    to: To::Group(GroupAuth {
+                        credential: &c3,
+                        next: None,
+                        device: None,
+                        roster: None
+                    }),
+                    ..sub(b"unknown", 7, None, None)
+                },
+                1
+            ),
+            Err(StoreError::NotMember)
         ));
     }
 }

@@ -130,21 +130,9 @@ fn key_packages(store: &dyn Store) {
 fn queues_and_ordering(store: &dyn Store) {
     let a = store.register(&account("qa@x", b"qa", None), 1).expect("a");
     let b = store.register(&account("qb@x", b"qb", None), 1).expect("b");
-    let g = b"group";
     let (only_a, a_and_b, only_b, a_and_ghost) = ([a], [a, b], [b], [a, 999]);
-    let commit = |epoch, msg: &'static [u8]| Submission {
-        sender: a,
-        id: None,
-        digest: [0; 32],
-        joining: &[],
-        removed: &[],
-        group_id: g,
-        ordering: Ordering::Advance(epoch),
-        deliveries: vec![(&only_a[..], msg)],
-        limits: QueueLimits::UNLIMITED,
-        expires_at: None,
-    };
-    assert_eq!(store.submit(&commit(0, b"c0"), 1).expect("first commit"), 1);
+    let commit = |epoch, msg: &'static [u8]| relay(&only_a, msg, Ordering::Advance(epoch));
+    assert_eq!(store.submit(&commit(0, b"c0"), 1).expect("first commit").epoch, 1);
     assert!(matches!(
         store.submit(&commit(0, b"x"), 1),
         Err(StoreError::StaleEpoch { current: 1 })
@@ -153,72 +141,19 @@ fn queues_and_ordering(store: &dyn Store) {
         store.submit(&commit(5, b"x"), 1),
         Err(StoreError::StaleEpoch { current: 1 })
     ));
-    let proposal = Submission {
-        sender: a,
-        id: None,
-        digest: [0; 32],
-        joining: &[],
-        removed: &[],
-        group_id: g,
-        ordering: Ordering::AtEpoch(1),
-        deliveries: vec![(&only_a, b"p")],
-        limits: QueueLimits::UNLIMITED,
-        expires_at: None,
-    };
-    assert_eq!(store.submit(&proposal, 1).expect("proposal"), 1);
-    let app = Submission {
-        sender: a,
-        id: None,
-        digest: [0; 32],
-        joining: &[],
-        removed: &[],
-        group_id: g,
-        ordering: Ordering::None,
-        deliveries: vec![(&a_and_b[..], &b"m1"[..]), (&only_b[..], &b"w"[..])],
-        limits: QueueLimits::UNLIMITED,
-        expires_at: None,
-    };
-    assert_eq!(store.submit(&app, 1).expect("app"), 1);
+    let proposal = relay(&only_a, b"p", Ordering::AtEpoch(1));
+    assert_eq!(store.submit(&proposal, 1).expect("proposal").epoch, 1);
+    let app =
+        Submission { welcome: Some((&only_b, b"w")), ..relay(&a_and_b, b"m1", Ordering::None) };
+    let done = store.submit(&app, 1).expect("app");
+    assert_eq!((done.epoch, done.recipients), (1, vec![a, b, b]));
     // An application message from an epoch the group has left is refused.
-    let old_app = Submission {
-        sender: a,
-        id: None,
-        digest: [0; 32],
-        joining: &[],
-        removed: &[],
-        group_id: g,
-        ordering: Ordering::NotBefore(0),
-        deliveries: vec![(&only_a, b"x")],
-        limits: QueueLimits::UNLIMITED,
-        expires_at: None,
-    };
+    let old_app = relay(&only_a, b"x", Ordering::NotBefore(0));
     assert!(matches!(store.submit(&old_app, 1), Err(StoreError::StaleEpoch { current: 1 })));
-    let new_app = Submission {
-        sender: a,
-        id: None,
-        digest: [0; 32],
-        joining: &[],
-        removed: &[],
-        group_id: g,
-        ordering: Ordering::NotBefore(1),
-        deliveries: vec![],
-        limits: QueueLimits::UNLIMITED,
-        expires_at: None,
-    };
-    assert_eq!(store.submit(&new_app, 1).expect("current epoch"), 1);
+    let new_app = relay(&[], b"x", Ordering::NotBefore(1));
+    assert_eq!(store.submit(&new_app, 1).expect("current epoch").epoch, 1);
     // One unknown recipient refuses the whole submission.
-    let bad = Submission {
-        sender: a,
-        id: None,
-        digest: [0; 32],
-        joining: &[],
-        removed: &[],
-        group_id: g,
-        ordering: Ordering::None,
-        deliveries: vec![(&a_and_ghost, b"z")],
-        limits: QueueLimits::UNLIMITED,
-        expires_at: None,
-    };
+    let bad = relay(&a_and_ghost, b"z", Ordering::None);
     assert!(matches!(store.submit(&bad, 1), Err(StoreError::UnknownDevice(999))));
 
     let (msgs, more) = store.fetch(a, 0, 2, 0, PAGE_MAX_BYTES).expect("fetch");
@@ -267,26 +202,19 @@ backends! {
 }
 
 fn submissions_are_idempotent(store: &dyn Store) {
-    let a = store.register(&account("ia@x", b"ia", None), 1).expect("a");
     let b = store.register(&account("ib@x", b"ib", None), 1).expect("b");
     let to_b = [b];
     let commit = |id: &'static [u8], epoch| Submission {
-        sender: a,
         id: Some(id),
-        digest: [0; 32],
-        joining: &to_b,
-        removed: &[],
-        group_id: b"g",
-        ordering: Ordering::Advance(epoch),
-        deliveries: vec![(&to_b[..], &b"c"[..])],
-        limits: QueueLimits::UNLIMITED,
-        expires_at: None,
+        ..relay(&to_b, b"c", Ordering::Advance(epoch))
     };
-    assert_eq!(store.submit(&commit(b"s1", 0), 1).expect("first"), 1);
+    assert_eq!(store.submit(&commit(b"s1", 0), 1).expect("first").epoch, 1);
     // The same submission again (its answer was lost): same answer, nothing queued twice.
-    assert_eq!(store.submit(&commit(b"s1", 0), 2).expect("retry"), 1);
+    let again = store.submit(&commit(b"s1", 0), 2).expect("retry");
+    assert_eq!((again.epoch, again.recipients), (1, vec![]));
     assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 1);
-    // The same id with other content is not taken for a repeat.
+    // The same id with other content is not taken for a repeat, whoever sends it (ids are
+    // random and name no sender).
     let changed = Submission { digest: [1; 32], ..commit(b"s1", 0) };
     assert!(matches!(store.submit(&changed, 2), Err(StoreError::SubmissionConflict)));
     // A different submission for the old epoch is stale.
@@ -294,9 +222,7 @@ fn submissions_are_idempotent(store: &dyn Store) {
         store.submit(&commit(b"s2", 0), 3),
         Err(StoreError::StaleEpoch { current: 1 })
     ));
-    // Another device may use the same id.
-    let from_b = Submission { sender: b, ..commit(b"s1", 1) };
-    assert_eq!(store.submit(&from_b, 4).expect("b's own"), 2);
+    assert_eq!(store.submit(&commit(b"s3", 1), 4).expect("next").epoch, 2);
     // Records are swept once old; a refused submission left none.
     store.sweep(5, 0, 0).expect("sweep");
     assert!(matches!(
@@ -310,19 +236,7 @@ fn pages_are_bounded_in_bytes(store: &dyn Store) {
     let to_a = [a];
     let big = vec![0u8; PAGE_MAX_BYTES / 2 + 1];
     for _ in 0..3 {
-        let s = Submission {
-            sender: a,
-            id: None,
-            digest: [0; 32],
-            joining: &[],
-            removed: &[],
-            group_id: b"g",
-            ordering: Ordering::None,
-            deliveries: vec![(&to_a[..], &big[..])],
-            limits: QueueLimits::UNLIMITED,
-            expires_at: None,
-        };
-        store.submit(&s, 1).expect("submit");
+        store.submit(&relay(&to_a, &big, Ordering::None), 1).expect("submit");
     }
     let (page, more) = store.fetch(a, 0, 100, 0, PAGE_MAX_BYTES).expect("fetch");
     assert_eq!((page.len(), more), (1, true), "two would exceed the byte budget");
@@ -331,24 +245,12 @@ fn pages_are_bounded_in_bytes(store: &dyn Store) {
 }
 
 fn queue_limits_and_expiry(store: &dyn Store) {
-    let a = store.register(&account("la@x", b"la", None), 1).expect("a");
+    store.register(&account("la@x", b"la", None), 1).expect("a");
     let b = store.register(&account("lb@x", b"lb", None), 1).expect("b");
     let to_b = [b];
     let limits = QueueLimits { max_messages: 3, max_bytes: 10 };
     let send = |msg: &'static [u8], now| {
-        let s = Submission {
-            sender: a,
-            id: None,
-            digest: [0; 32],
-            joining: &[],
-            removed: &[],
-            group_id: b"g",
-            ordering: Ordering::None,
-            deliveries: vec![(&to_b[..], msg)],
-            limits,
-            expires_at: None,
-        };
-        store.submit(&s, now)
+        store.submit(&Submission { limits, ..relay(&to_b, msg, Ordering::None) }, now)
     };
     send(b"1234", 10).expect("1");
     send(b"1234", 10).expect("2");
@@ -366,18 +268,7 @@ fn queue_limits_and_expiry(store: &dyn Store) {
     assert_eq!(store.fetch(b, 0, 10, 15, PAGE_MAX_BYTES).expect("fetch").0.len(), 2);
     assert_eq!(store.sweep(0, 15, 0).expect("sweep"), 1);
     // A message's own expiry (disappearing messages) removes it too, and frees its quota.
-    let s = Submission {
-        sender: a,
-        id: None,
-        digest: [0; 32],
-        joining: &[],
-        removed: &[],
-        group_id: b"g",
-        ordering: Ordering::None,
-        deliveries: vec![(&to_b[..], b"x")],
-        limits,
-        expires_at: Some(100),
-    };
+    let s = Submission { limits, expires_at: Some(100), ..relay(&to_b, b"x", Ordering::None) };
     let before = store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len();
     store.submit(&s, 20).expect("expiring");
     assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), before + 1);
@@ -415,19 +306,7 @@ fn device_lists_and_revocation(store: &dyn Store) {
         vec![(b, b"kb".to_vec())]
     );
     let to_b = [b];
-    let sub = Submission {
-        sender: a,
-        id: None,
-        digest: [0; 32],
-        joining: &[],
-        removed: &[],
-        group_id: b"g",
-        ordering: Ordering::None,
-        deliveries: vec![(&to_b, b"m")],
-        limits: QueueLimits::UNLIMITED,
-        expires_at: None,
-    };
-    store.submit(&sub, 3).expect("submit");
+    store.submit(&relay(&to_b, b"m", Ordering::None), 3).expect("submit");
     // Revoking drops the queue and key packages, keeps the row.
     assert_eq!(store.update_devices("dl@x", 2, &list(3), None, &[b], 4).expect("revoke"), None);
     assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 0);
@@ -506,59 +385,112 @@ fn rosters(store: &dyn Store) {
         store.register(&account(&address, name.as_bytes(), None), 1).expect("register")
     };
     let (a, b, c, m) = (reg("ra"), reg("rb"), reg("rc"), reg("rm"));
-    let g = b"roster group";
-    let sub = |sender, ordering, deliveries: Vec<(&'static [u64], &'static [u8])>| Submission {
-        sender,
+    let (c0, c1, c2, c3, wrong) = (cred(10), cred(11), cred(12), cred(13), cred(99));
+    let not_member = |r: Result<Submitted, StoreError>| matches!(r, Err(StoreError::NotMember));
+    let sorted = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v
+    };
+    let (to_b, to_c) = ([b], [c]);
+
+    // A group new to the server takes its first submission only from an authenticated
+    // device, which becomes its roster.
+    let anonymous = in_group(&c0, Ordering::Advance(0), b"c0");
+    assert!(matches!(store.submit(&anonymous, 1), Err(StoreError::GroupUnsealed)));
+    let create = Submission {
+        to: To::Group(GroupAuth { next: Some(&c1), device: Some(a), ..auth(&c0) }),
+        welcome: Some((&to_b, b"welcome")),
+        ..in_group(&c0, Ordering::Advance(0), b"c0")
+    };
+    let done = store.submit(&create, 1).expect("create");
+    assert_eq!((done.epoch, sorted(done.recipients)), (1, vec![a, b]), "commit to a, welcome to b");
+    // Without the epoch's credential nobody can commit, propose or send, with a token or not,
+    // and a stranger is not told the epoch; an earlier epoch's credential is told to catch up.
+    assert!(not_member(store.submit(&in_group(&wrong, Ordering::NotBefore(1), b"x"), 1)));
+    assert!(not_member(store.submit(&in_group(&wrong, Ordering::NotBefore(0), b"x"), 1)));
+    assert!(matches!(
+        store.submit(&in_group(&c0, Ordering::NotBefore(0), b"x"), 1),
+        Err(StoreError::StaleEpoch { current: 1 })
+    ));
+    let with_token = Submission {
+        to: To::Group(GroupAuth { device: Some(m), ..auth(&wrong) }),
+        ..in_group(&wrong, Ordering::AtEpoch(1), b"p")
+    };
+    assert!(not_member(store.submit(&with_token, 1)));
+    let junk = Submission {
+        to: To::Group(GroupAuth { next: Some(&wrong), ..auth(&wrong) }),
+        ..in_group(&wrong, Ordering::Advance(1), b"junk")
+    };
+    assert!(not_member(store.submit(&junk, 1)));
+    // A member's message goes to the whole roster, its sender's device included.
+    let done = store.submit(&in_group(&c1, Ordering::NotBefore(1), b"hi"), 1).expect("b");
+    assert_eq!((done.epoch, sorted(done.recipients)), (1, vec![a, b]));
+    // A commit that removes b and adds c: b still gets it, c gets the welcome.
+    let swap = Submission {
+        to: To::Group(GroupAuth { next: Some(&c2), ..auth(&c1) }),
+        welcome: Some((&to_c, b"welcome")),
+        removed: &to_b,
+        ..in_group(&c1, Ordering::Advance(1), b"c1")
+    };
+    let done = store.submit(&swap, 1).expect("swap");
+    assert_eq!((done.epoch, sorted(done.recipients)), (2, vec![a, b, c]));
+    // b knows only the old credential: whatever epoch it claims, it is told to catch up (and
+    // then learns it was removed); nothing it sends is taken.
+    for epoch in [1, 2] {
+        assert!(matches!(
+            store.submit(&in_group(&c1, Ordering::NotBefore(epoch), b"x"), 1),
+            Err(StoreError::StaleEpoch { current: 2 })
+        ));
+    }
+    let done = store.submit(&in_group(&c2, Ordering::NotBefore(2), b"hey"), 1).expect("c");
+    assert_eq!(sorted(done.recipients), vec![a, c]);
+    // A revoked device gets nothing and leaves the roster at the next commit.
+    store.update_devices("rc@x", 1, &list(2), None, &[c], 2).expect("revoke c");
+    let done = store.submit(&in_group(&c2, Ordering::NotBefore(2), b"x"), 1).expect("a");
+    assert_eq!((done.recipients, done.dropped), (vec![a], vec![c]));
+    let rekey = Submission {
+        to: To::Group(GroupAuth { next: Some(&c3), ..auth(&c2) }),
+        ..in_group(&c2, Ordering::Advance(2), b"c2")
+    };
+    assert_eq!(store.submit(&rekey, 1).expect("rekey").dropped, vec![c]);
+    let done = store.submit(&in_group(&c3, Ordering::NotBefore(3), b"x"), 1).expect("a");
+    assert_eq!((done.recipients, done.dropped), (vec![a], vec![]));
+}
+
+/// A test group credential.
+pub(crate) fn cred(n: u8) -> GroupCredential {
+    GroupCredential::from_bytes(&[n; 32]).expect("credential")
+}
+
+fn auth(credential: &GroupCredential) -> GroupAuth<'_> {
+    GroupAuth { credential, next: None, device: None, roster: None }
+}
+
+/// A submission to the rosters test's group, shown with `credential`.
+fn in_group<'a>(
+    credential: &'a GroupCredential,
+    ordering: Ordering,
+    message: &'a [u8],
+) -> Submission<'a> {
+    Submission {
+        to: To::Group(auth(credential)),
+        group_id: b"roster group",
+        ..relay(&[], message, ordering)
+    }
+}
+
+/// A plain relay of `message` to `to` in group `g` (no roster).
+pub(crate) fn relay<'a>(to: &'a [u64], message: &'a [u8], ordering: Ordering) -> Submission<'a> {
+    Submission {
         id: None,
         digest: [0; 32],
-        group_id: g,
+        group_id: b"g",
         ordering,
-        deliveries,
-        joining: &[],
+        to: To::Devices(to),
+        message,
+        welcome: None,
         removed: &[],
         limits: QueueLimits::UNLIMITED,
         expires_at: None,
-    };
-    let not_member = |r: Result<u64, StoreError>, who: u64| matches!(r, Err(StoreError::NotMember { device }) if device == who);
-    let to = |d: u64| -> &'static [u64] { Box::leak(Box::new([d])) };
-
-    // A group new to the server holds only its creator: nobody else can be sent to in it.
-    assert!(not_member(store.submit(&sub(m, Ordering::NotBefore(0), vec![(to(a), b"x")]), 1), a));
-    // The creator's first commit adds b by welcome.
-    let create = Submission {
-        joining: to(b),
-        ..sub(a, Ordering::Advance(0), vec![(&[], b"c0"), (to(b), b"welcome")])
-    };
-    assert_eq!(store.submit(&create, 1).expect("create"), 1);
-    // A stranger can neither commit nor send, and is not told the epoch.
-    assert!(not_member(store.submit(&sub(m, Ordering::Advance(1), vec![(&[], b"junk")]), 1), m));
-    assert!(not_member(store.submit(&sub(m, Ordering::NotBefore(0), vec![(to(b), b"x")]), 1), m));
-    assert!(not_member(store.submit(&sub(m, Ordering::AtEpoch(1), vec![(to(a), b"p")]), 1), m));
-    // Members send to members only.
-    assert!(not_member(store.submit(&sub(a, Ordering::NotBefore(1), vec![(to(c), b"x")]), 1), c));
-    assert_eq!(
-        store.submit(&sub(b, Ordering::NotBefore(1), vec![(to(a), b"hi")]), 1).expect("b"),
-        1
-    );
-    // A commit that removes b and adds c.
-    let swap = Submission {
-        joining: to(c),
-        removed: to(b),
-        ..sub(a, Ordering::Advance(1), vec![(to(b), b"c1"), (to(c), b"welcome")])
-    };
-    assert_eq!(store.submit(&swap, 1).expect("swap"), 2);
-    assert!(not_member(store.submit(&sub(b, Ordering::NotBefore(2), vec![(to(a), b"x")]), 1), b));
-    assert!(not_member(store.submit(&sub(a, Ordering::NotBefore(2), vec![(to(b), b"x")]), 1), b));
-    assert_eq!(
-        store.submit(&sub(c, Ordering::NotBefore(2), vec![(to(a), b"hey")]), 1).expect("c"),
-        2
-    );
-    // Devices added outside a commit's welcome do not join.
-    let sneaky =
-        Submission { joining: to(m), ..sub(c, Ordering::NotBefore(2), vec![(to(m), b"x")]) };
-    assert!(not_member(store.submit(&sneaky, 1), m));
-    // A revoked device leaves every roster.
-    let list_v2 = list(2);
-    store.update_devices("rc@x", 1, &list_v2, None, &[c], 2).expect("revoke c");
-    assert!(not_member(store.submit(&sub(a, Ordering::NotBefore(2), vec![(to(c), b"x")]), 1), c));
+    }
 }

@@ -48,8 +48,17 @@ impl Server {
 
     /// Starts a server on `data` listening on `listen`.
     pub fn start_in(data: &Path, listen: &str, extra: &[&str]) -> Server {
-        let (child, url) = spawn(data, listen, extra);
+        let (child, url) = spawn(data, listen, extra, None);
         Server { child, url, data: data.to_path_buf(), _dir: None }
+    }
+
+    /// Starts a server with a fresh data directory whose log, every line at debug level,
+    /// goes to `log`.
+    pub fn start_logged(extra: &[&str], log: &Path) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let (child, url) = spawn(&data, "127.0.0.1:0", extra, Some(log));
+        Server { child, url, data, _dir: Some(dir) }
     }
 
     /// Starts the server again on the same data directory and port (stopping it first if it
@@ -57,7 +66,7 @@ impl Server {
     pub fn restart(&mut self, extra: &[&str]) {
         self.kill();
         let listen = format!("127.0.0.1:{}", self.port());
-        (self.child, self.url) = spawn(&self.data, &listen, extra);
+        (self.child, self.url) = spawn(&self.data, &listen, extra, None);
     }
 
     /// The server's process id.
@@ -157,15 +166,19 @@ impl Server {
 }
 
 /// Spawns `sotto-server` and reads the URL it announces.
-fn spawn(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+fn spawn(data: &Path, listen: &str, extra: &[&str], log: Option<&Path>) -> (Child, String) {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => Stdio::inherit(),
+    };
     let mut child = Command::new(SERVER)
         .arg("--data")
         .arg(data)
         .args(["--listen", listen])
         .args(extra)
-        .env("SOTTO_LOG", "warn")
+        .env("SOTTO_LOG", if log.is_some() { "debug" } else { "warn" })
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start sotto-server");
     let stdout = child.stdout.take().expect("stdout");
@@ -349,10 +362,29 @@ pub fn pair(sender: &User, body: &str) -> (String, String) {
 /// them. The group is then at epoch 1.
 pub fn start_group(server: &Server, token: &str, group: &[u8], members: &[u64], welcome: &[u8]) {
     let body = json!({"group_id": b64(group), "kind": "commit", "epoch": 0,
-                      "delivery": {"recipients": [], "message": b64(b"commit")},
+                      "credential": credential(group, 0),
+                      "next_credential": credential(group, 1),
+                      "delivery": {"message": b64(b"commit")},
                       "welcome": {"recipients": members, "message": b64(welcome)}});
     let (s, v) = server.http("POST", "/v1/messages", Some(token), &body.to_string());
     assert_eq!(s, 200, "{v}");
+}
+
+/// A made-up group credential of `group` at `epoch` (base64), for groups made straight
+/// through the API with [`start_group`]: real clients derive theirs from MLS.
+pub fn credential(group: &[u8], epoch: u64) -> String {
+    let mut c = [0xc5u8; 32];
+    for (i, b) in group.iter().take(24).enumerate() {
+        c[i] = *b;
+    }
+    c[24..].copy_from_slice(&epoch.to_be_bytes());
+    b64(&c)
+}
+
+/// A sealed application message into a group made with [`start_group`], at `epoch`.
+pub fn app_message(group: &[u8], epoch: u64, message: &[u8]) -> Value {
+    json!({"group_id": b64(group), "kind": "application", "epoch": epoch,
+           "credential": credential(group, epoch), "delivery": {"message": b64(message)}})
 }
 
 pub fn b64(bytes: &[u8]) -> String {
