@@ -229,7 +229,7 @@ impl Client {
 
     /// Delivers one entry (see the module documentation).
     fn deliver(&mut self, mut entry: Entry) -> Result<Outcome, Error> {
-        let mut caught_up = false;
+        let (mut caught_up, mut behind) = (false, false);
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let outcome = match self.attempt(&mut entry) {
                 Ok(()) => Outcome::Sent,
@@ -244,7 +244,12 @@ impl Client {
                         Err(e) => return Err(e),
                     }
                 }
-                Err(e) if e.is_stale_epoch() => {
+                // A device far behind its group is refused as a stranger would be (the
+                // server tells a member apart only for recent epochs): it catches up once.
+                Err(e)
+                    if e.is_stale_epoch() || (e.server_code() == Some("not_member") && !behind) =>
+                {
+                    behind = true;
                     // Never taken: encrypt again once caught up.
                     self.conn
                         .execute("UPDATE outbox SET request = NULL WHERE id = ?1", [entry.id])?;

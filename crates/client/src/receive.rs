@@ -119,15 +119,17 @@ impl Client {
             return Ok(());
         }
         let key = proto::QueueKey { key: proto::Bytes(self.queue_key()?.public().to_vec()) };
-        let token = self.token()?;
+        // Logging in fails here as it would for the fetch that follows, which reports it.
+        let Ok(token) = self.token() else { return Ok(()) };
         match self.api.put::<_, proto::QueueKey>("/v1/queue/key", &key, &token) {
             Ok(_) => {
                 self.conn.execute("UPDATE queue_key SET given = 1 WHERE id = 1", [])?;
                 Ok(())
             }
-            Err(e) if crate::outbox::transient(&e) => Err(e),
-            // Refused, by an older server that does not take keys: its copies stay as they
-            // come, and it is asked again at the next sync.
+            // Not taken (an older server without the endpoint, a full disk, no connection):
+            // copies stay as they come meanwhile, and the server is asked again at the next
+            // sync. Reading the queue never waits for it.
+            Err(Error::Database(e)) => Err(Error::Database(e)),
             Err(_) => Ok(()),
         }
     }

@@ -94,6 +94,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         write(dir, "link", name, &link.seal(part, b"{\"device_key\":\"00\"}")?)?;
     }
 
+    // sealed: a queued copy sealed to the fixed queue key, and a sealed roster
+    let queue = sotto_core::queue::QueueKey::from_seed(&[7; 32])?;
+    let sealer = sotto_core::queue::Sealer::new(queue.public(), 1)?;
+    write(dir, "sealed", "copy", &sealer.seal(1, b"an MLS message")?)?;
+    let credential = sotto_core::roster::GroupCredential::from_bytes(&[7; 32])?;
+    write(
+        dir,
+        "sealed",
+        "roster",
+        &sotto_core::roster::seal_roster(&credential, b"group", 1, &[1, 2, 3])?,
+    )?;
+
     // attachment: position byte (high bit: last chunk), then the chunk
     let key = FileKey::from_parts(&[5; 32], &[6; 7])?;
     write(dir, "attachment", "last", &tagged(0x80, &key.seal(0, true, b"a small file")?))?;

@@ -98,12 +98,15 @@ pub fn seal_roster(
     epoch: u64,
     devices: &[u64],
 ) -> Result<Vec<u8>, Error> {
-    let mut ids: Vec<u64> = devices.to_vec();
+    let mut ids: Vec<u64> = devices.iter().copied().filter(|&d| d != 0).collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.len() > MAX_ROSTER {
         return Err(Error::Invalid(format!("a group holds at most {MAX_ROSTER} devices")));
     }
+    // Padded with zeros (no device has id 0) to a power of two, at least 4: the sealed size
+    // tells the group's size only roughly.
+    ids.resize(ids.len().max(4).next_power_of_two(), 0);
     let plain = Zeroizing::new(ids.iter().flat_map(|d| d.to_be_bytes()).collect::<Vec<u8>>());
     let nonce = random_bytes(NONCE_LEN)?;
     let key = credential.roster_key();
@@ -141,7 +144,11 @@ pub fn open_roster(
     if !plain.len().is_multiple_of(8) {
         return Err(refused());
     }
-    Ok(plain.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+    Ok(plain
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+        .filter(|&d| d != 0)
+        .collect())
 }
 
 #[cfg(test)]
@@ -161,8 +168,12 @@ mod tests {
         for n in 0..sealed.len() {
             assert!(open_roster(&c, b"g", 1, &sealed[..n]).is_err());
         }
-        // The device ids are not in the sealed bytes.
+        // The device ids are not in the sealed bytes, and the size gives the count roughly.
         assert!(!sealed.windows(8).any(|w| w == 9u64.to_be_bytes()));
+        let five = seal_roster(&c, b"g", 1, &[1, 2, 3, 4, 5]).expect("sealed");
+        let eight = seal_roster(&c, b"g", 1, &[1, 2, 3, 4, 5, 6, 7, 8]).expect("sealed");
+        assert_eq!(five.len(), eight.len());
+        assert_eq!(sealed.len(), seal_roster(&c, b"g", 1, &[1]).expect("sealed").len());
     }
 
     #[test]

@@ -69,6 +69,16 @@ impl<K: Hash + Eq> RateLimiter<K> {
 }
 
 impl<K: Hash + Eq> RateLimiter<K> {
+    /// Whether `n` tokens are there, without taking them: `Err` with how long until they are.
+    pub(crate) fn peek(&self, key: &K, n: f64) -> Result<(), Duration> {
+        let n = n.min(self.burst);
+        let map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(bucket) = map.get(key) else { return Ok(()) };
+        let elapsed = Instant::now().duration_since(bucket.last).as_secs_f64();
+        let tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        if tokens >= n { Ok(()) } else { Err(Duration::from_secs_f64((n - tokens) / self.rate)) }
+    }
+
     /// Takes `n` tokens that were spent already (what a request turned out to cost): the
     /// bucket may go into debt, down to minus one burst, and the key's next requests wait.
     pub(crate) fn charge(&self, key: K, n: f64) {

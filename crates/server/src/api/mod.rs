@@ -645,6 +645,10 @@ fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::Method
     ]
 }
 
+/// Routes whose requests are message traffic, never logged one by one.
+const MESSAGE_TRAFFIC: [&str; 5] =
+    ["/v1/messages", "/v1/queue", "/v1/queue/ack", "/v1/queue/key", "/v1/ws"];
+
 /// Counts each answered request by its route's template and status.
 async fn count_request(
     path: Option<axum::extract::MatchedPath>,
@@ -658,7 +662,11 @@ async fn count_request(
     let status = response.status().as_u16();
     crate::metrics::METRICS.request(route, status);
     // The route's template, never the path a client sent (it may hold an address or id).
-    tracing::debug!(%method, route, status, micros = started.elapsed().as_micros() as u64, "answered");
+    // Message traffic (submissions, fetches, acknowledgements, live delivery) is not logged
+    // at any level: a log of it would say who talks when.
+    if !MESSAGE_TRAFFIC.contains(&route) {
+        tracing::debug!(%method, route, status, micros = started.elapsed().as_micros() as u64, "answered");
+    }
     response
 }
 
@@ -864,8 +872,10 @@ async fn token(
             ttl = ttl.min(end.saturating_sub(now).max(1));
         }
     }
-    // "Last seen" for the account's device list; a full disk must not stop logins.
-    if let Err(e) = blocking(&state, move |s| s.touch_device(device_id, now)).await {
+    // "Last seen" for the account's device list, to the hour (when a device logs in is
+    // traffic too); a full disk must not stop logins.
+    let seen = now - now % 3600;
+    if let Err(e) = blocking(&state, move |s| s.touch_device(device_id, seen)).await {
         tracing::debug!(?e, "could not record a login");
     }
     let token = state.sessions.token(device_id, now + ttl);
@@ -1019,6 +1029,10 @@ fn check_submission(req: &proto::SubmitRequest) -> Result<(), ApiError> {
     if req.submission_id.as_ref().is_some_and(|id| id.0.is_empty() || id.0.len() > 64) {
         return Err(ApiError::bad_request("submission_id must be 1 to 64 bytes"));
     }
+    // Epochs and times are kept as SQLite integers.
+    if req.epoch >= i64::MAX as u64 || req.expires_at.is_some_and(|t| t > i64::MAX as u64 / 2) {
+        return Err(ApiError::bad_request("epoch or expires_at out of range"));
+    }
     let commit = req.kind == proto::SubmitKind::Commit;
     if !commit
         && (req.welcome.is_some() || !req.removed.is_empty() || req.next_credential.is_some())
@@ -1126,6 +1140,9 @@ async fn submit(
             ),
         ));
     }
+    // The address pays for what it sends at once, refused or not; the group only for what
+    // was stored (a stranger who knows a group's id cannot spend its budget), but a group in
+    // debt waits.
     state
         .ip_bytes
         .check_n(ip, message_bytes + welcome_bytes)
@@ -1133,7 +1150,7 @@ async fn submit(
     let group_key = req.group_id.0.clone();
     state
         .group_bytes
-        .check_n(group_key.clone(), message_bytes + welcome_bytes)
+        .peek(&group_key, message_bytes)
         .map_err(|wait| ApiError::rate_limited("bytes queued in this group", wait))?;
     let ordering = match req.kind {
         proto::SubmitKind::Application => Ordering::NotBefore(req.epoch),
@@ -1146,7 +1163,17 @@ async fn submit(
     let welcome = req.welcome.map(|w| (w.recipients, w.message.0));
     let (removed, roster) = (req.removed, req.roster);
     let limits = state.config.queue_limits;
-    let expires_at = req.expires_at;
+    // Queued copies keep their time only to the minute (or an eighth of the time-to-live, if
+    // that is shorter): enough to expire them, too little to line copies up by the second.
+    let grain = (state.config.message_ttl_secs / 8).clamp(1, 60);
+    let queue_time = unix_now() / grain * grain;
+    // A disappearing message's expiry is the sender's clock plus the timer: kept as it came,
+    // it would give the second it was sent. It is rounded up to the minute, or to an eighth of
+    // the time it has left if that is shorter (a copy must not outlive a short timer by much).
+    let expires_at = req.expires_at.map(|t| {
+        let grain = (t.saturating_sub(queue_time) / 8).clamp(1, grain);
+        t.div_ceil(grain).saturating_mul(grain)
+    });
     let done = blocking_write(&state, move |s| {
         let submission = Submission {
             id: submission_id.as_deref(),
@@ -1165,15 +1192,14 @@ async fn submit(
             limits,
             expires_at,
         };
-        s.submit(&submission, unix_now())
+        s.submit(&submission, queue_time)
     })
     .await?;
     let queued = done.recipients.len() as u64;
-    // One copy was checked before; the copies the roster took are charged now, so a large
-    // group's senders wait longer.
-    let fan_out = (queued.saturating_sub(1) as f64) * message_bytes;
-    state.ip_bytes.charge(ip, fan_out);
-    state.group_bytes.charge(group_key, fan_out);
+    // What the copies took is charged now, so a large group's senders wait longer.
+    let stored = done.bytes as f64;
+    state.ip_bytes.charge(ip, (stored - message_bytes - welcome_bytes).max(0.0));
+    state.group_bytes.charge(group_key, stored);
     let metrics = &crate::metrics::METRICS;
     metrics.submissions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     metrics.queued.fetch_add(queued, std::sync::atomic::Ordering::Relaxed);
@@ -1326,6 +1352,17 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
     let mut heard = tokio::time::Instant::now();
     let send_timeout =
         LIVE_SEND_TIMEOUT.min(std::time::Duration::from_secs(state.config.idle_timeout_secs));
+    // Acknowledgements are written one at a time, off the delivery loop (which goes on
+    // sending while one waits for its commit); those that arrive meanwhile are folded into
+    // the next, since each covers everything before it.
+    let mut acking: Option<tokio::task::JoinHandle<(u64, Result<u64, ApiError>)>> = None;
+    let mut ack_wanted: Option<u64> = None;
+    let start_ack = |up_to: u64| {
+        let state = state.clone();
+        tokio::spawn(
+            async move { (up_to, blocking_write(&state, move |s| s.ack(device, up_to)).await) },
+        )
+    };
     loop {
         if let Some(why) = state.barred(device) {
             let _ = socket.send(frame(&proto::ServerFrame::Error(barred_error(why).body()))).await;
@@ -1389,26 +1426,44 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
             }
             stop = stopping.changed() => if stop.is_err() { return Ending::Done },
             changed = wake.changed() => if changed.is_err() { return Ending::Done },
+            done = async {
+                match acking.as_mut() {
+                    Some(handle) => handle.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                acking = ack_wanted.take().map(start_ack);
+                let reply = match done {
+                    Ok((up_to, Ok(removed))) => {
+                        crate::metrics::METRICS.acknowledged.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
+                        proto::ServerFrame::Acked(proto::AckResponse { up_to, removed })
+                    }
+                    Ok((_, Err(e))) => proto::ServerFrame::Error(e.body()),
+                    Err(e) => proto::ServerFrame::Error(ApiError::internal("acknowledging failed", &e).body()),
+                };
+                if socket.send(frame(&reply)).await.is_err() {
+                    return Ending::Done;
+                }
+            }
             incoming = socket.recv() => {
                 if matches!(incoming, Some(Ok(_))) {
                     heard = tokio::time::Instant::now();
                 }
                 match incoming {
                     Some(Ok(WsMessage::Text(text))) => {
-                        let reply = match serde_json::from_str::<proto::ClientFrame>(&text) {
+                        match serde_json::from_str::<proto::ClientFrame>(&text) {
+                            Ok(proto::ClientFrame::Ack(a)) if acking.is_none() => {
+                                acking = Some(start_ack(a.up_to));
+                            }
                             Ok(proto::ClientFrame::Ack(a)) => {
-                                match blocking_write(&state, move |s| s.ack(device, a.up_to)).await {
-                                    Ok(removed) => {
-                                        crate::metrics::METRICS.acknowledged.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
-                                        proto::ServerFrame::Acked(proto::AckResponse { up_to: a.up_to, removed })
-                                    }
-                                    Err(e) => proto::ServerFrame::Error(e.body()),
+                                ack_wanted = Some(ack_wanted.map_or(a.up_to, |w| w.max(a.up_to)));
+                            }
+                            Err(e) => {
+                                let reply = proto::ServerFrame::Error(ApiError::bad_request(format!("bad frame: {e}")).body());
+                                if socket.send(frame(&reply)).await.is_err() {
+                                    return Ending::Done;
                                 }
                             }
-                            Err(e) => proto::ServerFrame::Error(ApiError::bad_request(format!("bad frame: {e}")).body()),
-                        };
-                        if socket.send(frame(&reply)).await.is_err() {
-                            return Ending::Done;
                         }
                     }
                     Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return Ending::Done,

@@ -304,6 +304,8 @@ pub struct Submitted {
     pub recipients: Vec<u64>,
     /// Roster devices that are revoked: nothing was queued for them.
     pub dropped: Vec<u64>,
+    /// Bytes queued, all copies together.
+    pub bytes: u64,
 }
 
 /// Most bytes of messages in one page of a queue (a single larger message still comes alone),

@@ -190,6 +190,8 @@ CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// A read-only connection for queue fetches (file databases only).
+    reader: Option<Mutex<Connection>>,
     /// Submissions and acknowledgements go through the writer thread (group commit).
     writer: mpsc::Sender<(Job, Reply)>,
 }
@@ -215,7 +217,17 @@ fn to_u64(v: i64) -> u64 {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::from_connection(Connection::open(path).map_err(backend)?)
+        let mut store = Self::from_connection(Connection::open(path).map_err(backend)?)?;
+        // Deliveries read on a connection of their own: in WAL mode they see every committed
+        // write without waiting for the writer's next commit and its fsync.
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(backend)?;
+        reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        store.reader = Some(Mutex::new(reader));
+        Ok(store)
     }
 
     /// An in-memory database, for unit tests.
@@ -250,7 +262,7 @@ impl SqliteStore {
             .name("sotto-store-writer".into())
             .spawn(move || writer(shared, rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { conn, writer: tx })
+        Ok(SqliteStore { conn, reader: None, writer: tx })
     }
 
     /// Hands a write to the writer thread and waits until it is committed (or refused).
@@ -642,10 +654,7 @@ fn submit_in(
                 after.remove(d);
             }
             let mut past = group.as_ref().map(|g| g.past.clone()).unwrap_or_default();
-            past.extend_from_slice(&e.to_be_bytes());
             past.extend_from_slice(&auth.credential.verifier());
-            let keep = PAST_EPOCHS * PAST_ENTRY;
-            let past = past.split_off(past.len().saturating_sub(keep));
             seal_group(tx, submission.group_id, e + 1, next, &after, &past)?;
             out.epoch = e + 1;
         }
@@ -683,15 +692,15 @@ struct GroupRow {
     plain_roster: bool,
     restored: bool,
     sealed: Option<Vec<u8>>,
-    /// Verifiers of its last epochs' credentials ([`PAST_ENTRY`] bytes each: the epoch, then
-    /// the verifier), oldest first.
+    /// Verifiers of its last epochs' credentials ([`PAST_ENTRY`] bytes each), oldest first,
+    /// with random ones before them up to [`PAST_EPOCHS`], so the count says nothing.
     past: Vec<u8>,
 }
 
 /// How many earlier epochs a member may be behind and still be told to catch up (further
 /// behind, it is refused as a stranger is).
 const PAST_EPOCHS: usize = 64;
-const PAST_ENTRY: usize = 8 + 32;
+const PAST_ENTRY: usize = 32;
 
 /// Opens a sealed roster with the submission's credential: the roster, or
 /// [`StoreError::StaleEpoch`] for a credential of one of the group's recent epochs, or
@@ -708,7 +717,7 @@ fn open_sealed(
         return Ok(roster.into_iter().collect());
     }
     let verifier = auth.credential.verifier();
-    if group.past.chunks_exact(PAST_ENTRY).any(|entry| entry[8..] == verifier) {
+    if group.past.chunks_exact(PAST_ENTRY).any(|entry| entry == verifier) {
         return Err(StoreError::StaleEpoch { current: group.epoch });
     }
     Err(StoreError::NotMember)
@@ -769,6 +778,16 @@ fn seal_group(
     let ids: Vec<u64> = roster.iter().copied().collect();
     let sealed = sotto_core::roster::seal_roster(credential, group_id, epoch, &ids)
         .map_err(|e| StoreError::Backend(e.to_string()))?;
+    // Always the last PAST_EPOCHS verifiers' worth of bytes: random ones fill in for epochs a
+    // new group never had.
+    let keep = PAST_EPOCHS * PAST_ENTRY;
+    let mut past = past[past.len().saturating_sub(keep)..].to_vec();
+    if past.len() < keep {
+        let mut filled = sotto_core::random_bytes(keep - past.len())
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        filled.extend_from_slice(&past);
+        past = filled;
+    }
     tx.execute(
         "INSERT INTO groups (group_id, epoch, roster, restored, sealed, past)
          VALUES (?1, ?2, 0, 0, ?3, ?4)
@@ -903,6 +922,7 @@ impl<'t> QueueWriter<'t> {
             .map_err(backend)?;
         self.count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
         out.recipients.push(device);
+        out.bytes += len;
         Ok(())
     }
 }
@@ -1362,7 +1382,10 @@ impl Store for SqliteStore {
         max_bytes: usize,
     ) -> Result<QueuePage, StoreError> {
         let max_bytes = max_bytes.min(PAGE_MAX_BYTES);
-        let conn = self.conn();
+        let conn = match &self.reader {
+            Some(reader) => reader.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.conn(),
+        };
         let mut stmt = conn
             .prepare_cached(
                 "SELECT seq, message, created_at FROM queue WHERE device_id = ?1 AND seq > ?2

@@ -53,11 +53,12 @@ impl Server {
     }
 
     /// Starts a server with a fresh data directory whose log, every line at debug level,
-    /// goes to `log`.
+    /// goes to `log`. It listens on 127.0.0.2, so that its own address is not taken for a
+    /// client's (clients connect from 127.0.0.1).
     pub fn start_logged(extra: &[&str], log: &Path) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        let (child, url) = spawn(&data, "127.0.0.1:0", extra, Some(log));
+        let (child, url) = spawn(&data, "127.0.0.2:0", extra, Some(log));
         Server { child, url, data, _dir: Some(dir) }
     }
 
