@@ -1166,12 +1166,13 @@ async fn submit(
     // Queued copies keep their time only to the minute (or an eighth of the time-to-live, if
     // that is shorter): enough to expire them, too little to line copies up by the second.
     let grain = (state.config.message_ttl_secs / 8).clamp(1, 60);
-    let queue_time = unix_now() / grain * grain;
+    let now = unix_now();
+    let queue_time = now / grain * grain;
     // A disappearing message's expiry is the sender's clock plus the timer: kept as it came,
     // it would give the second it was sent. It is rounded up to the minute, or to an eighth of
     // the time it has left if that is shorter (a copy must not outlive a short timer by much).
     let expires_at = req.expires_at.map(|t| {
-        let grain = (t.saturating_sub(queue_time) / 8).clamp(1, grain);
+        let grain = (t.saturating_sub(now) / 8).clamp(1, grain);
         t.div_ceil(grain).saturating_mul(grain)
     });
     let done = blocking_write(&state, move |s| {
