@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
+
 use openmls_memory_storage::MemoryStorage;
 use serde::Serialize;
 use sotto_core::DeviceRef;
 use sotto_core::mls::{self, Identity, Incoming, Provider};
 use sotto_proto as proto;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use sotto_proto::live::Version;
 
 use crate::Recorder;
 use crate::proc_stats::CpuMeter;
@@ -112,7 +112,7 @@ pub async fn e2ee(
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, member) in members.iter().enumerate() {
-        let ws = sotto::websocket(addr, &tokens[i]).await?;
+        let ws = sotto::Live::open(addr, &tokens[i], Version::V2).await?;
         tasks.push(tokio::spawn(receive(ws, member.clone(), recorder.clone(), stop.clone())));
         if i >= SENDERS {
             continue;
@@ -215,33 +215,34 @@ async fn send(
 }
 
 async fn receive(
-    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    mut live: sotto::Live,
     member: Arc<Mutex<Member>>,
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) {
-        let frame = match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-            Err(_) => continue,
-            Ok(None) => break,
-            Ok(Some(frame)) => frame?,
+        let page = match live.next(Duration::from_millis(200)).await? {
+            sotto::Next::Page(page) => page,
+            sotto::Next::Nothing => continue,
+            sotto::Next::Closed => break,
         };
-        let WsMessage::Text(text) = frame else { continue };
-        let Ok(proto::ServerFrame::Message(m)) = serde_json::from_str(&text) else { continue };
-        let incoming = tokio::task::block_in_place(|| {
-            let mut member = member.lock().unwrap_or_else(|p| p.into_inner());
-            let me = member.identity.device.device_id;
-            let copy = sotto::opened(&member.queue, me, &m.message.0)?;
-            if member.sent.remove(&copy) {
-                return Ok(None);
+        for m in &page {
+            let incoming = tokio::task::block_in_place(|| {
+                let mut member = member.lock().unwrap_or_else(|p| p.into_inner());
+                let me = member.identity.device.device_id;
+                let copy = sotto::opened(&member.queue, me, &m.message.0)?;
+                if member.sent.remove(&copy) {
+                    return Ok(None);
+                }
+                anyhow::Ok(Some(mls::process(&member.provider, &copy)?))
+            })?;
+            if let Some(Incoming::Application { plaintext, .. }) = incoming {
+                recorder.delivered(&plaintext);
             }
-            anyhow::Ok(Some(mls::process(&member.provider, &copy)?))
-        })?;
-        if let Some(Incoming::Application { plaintext, .. }) = incoming {
-            recorder.delivered(&plaintext);
         }
-        let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
-        ws.send(WsMessage::Text(serde_json::to_string(&ack)?.into())).await?;
+        if let Some(last) = page.last() {
+            live.ack(last.seq).await?;
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use sotto_bench::report::{self, Machine, Report};
 use sotto_bench::sotto::SottoServer;
 use sotto_bench::synapse::{self, SynapseServer};
 use sotto_bench::{RelayParams, crypto, daemon, e2ee, idle, jetstream, sotto};
+use sotto_proto::live::Version;
 
 /// Sotto's load generator: the same workload against Sotto and peers, in one run.
 ///
@@ -22,8 +23,10 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Systems to measure: sotto, jetstream (default sync), jetstream-fsync (sync always),
-    /// synapse (to-device messages); and, only when named, daemon (`sotto daemon` against
-    /// `sotto send` processes, and its notification latency).
+    /// synapse (to-device messages); and, only when named, sotto-json (Sotto's relay with
+    /// live connections speaking version 1, JSON frames one message each: the reference for
+    /// version 2's binary pages) and daemon (`sotto daemon` against `sotto send` processes,
+    /// and its notification latency).
     #[arg(long, value_delimiter = ',', default_value = "sotto,jetstream-fsync,jetstream,synapse")]
     systems: Vec<String>,
     /// Simulated devices.
@@ -104,8 +107,12 @@ fn found(bin: &PathBuf) -> bool {
 
 fn say_relay(r: &sotto_bench::RelayResult) {
     eprintln!(
-        "{:>16} window {:>3}: {:>8.0} msgs/s  p99 {:>6} µs",
-        r.system, r.window, r.msgs_per_sec, r.p99_us
+        "{:>16} window {:>3}: {:>8.0} msgs/s  p99 {:>6} µs  server {:>4.0} µs CPU/msg",
+        r.system,
+        r.window,
+        r.msgs_per_sec,
+        r.p99_us,
+        r.server_cpu_percent * 10_000.0 / r.msgs_per_sec.max(1.0)
     );
 }
 
@@ -160,15 +167,16 @@ async fn main() -> anyhow::Result<()> {
     };
     for system in &a.systems {
         match system.as_str() {
-            "sotto" => {
+            "sotto" | "sotto-json" => {
+                let version = if system == "sotto" { Version::V2 } else { Version::V1 };
                 for &w in &a.windows {
                     // A fresh server per run: no run inherits another's queues.
                     let server = SottoServer::start(&server_bin)?;
-                    let r = sotto::relay(&server, &params(w)).await?;
+                    let r = sotto::relay(&server, &params(w), (system, version)).await?;
                     say_relay(&r);
                     report.relay.push(r);
                 }
-                if a.backlog > 0 {
+                if a.backlog > 0 && system == "sotto" {
                     let server = SottoServer::start(&server_bin)?;
                     let b = sotto::backlog(&server, a.devices.max(2), a.backlog).await?;
                     say_backlog(&b);

@@ -175,13 +175,15 @@ pub fn markdown(r: &Report) -> String {
             md,
             "Workload: each device sends 1 KiB payloads to the next device with `window` submissions \
              in flight, each waiting for the server's acknowledgement; receivers acknowledge every \
-             message. Latency is end to end, from submission to the receiver.\n"
+             message (Sotto: each page of messages its live connection carries). Latency is end \
+             to end, from submission to the receiver. Server CPU µs/msg is the server process's \
+             CPU time (from /proc) per message relayed.\n"
         );
         let _ = writeln!(
             md,
-            "| system | devices | window | msgs/s | vs jetstream-fsync | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU % | server peak RSS MiB | errors |"
+            "| system | devices | window | msgs/s | vs jetstream-fsync | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU % | server CPU µs/msg | server peak RSS MiB | errors |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for x in &r.relay {
             let reference = r
                 .relay
@@ -193,7 +195,7 @@ pub fn markdown(r: &Report) -> String {
                 .unwrap_or(0.0);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {} |",
                 x.system,
                 x.devices,
                 x.window,
@@ -204,6 +206,7 @@ pub fn markdown(r: &Report) -> String {
                 x.p99_us,
                 x.p999_us,
                 x.server_cpu_percent,
+                cpu_per_message(x.server_cpu_percent, x.msgs_per_sec),
                 x.server_peak_rss_kib as f64 / 1024.0,
                 x.errors
             );
@@ -501,4 +504,9 @@ fn crypto_markdown(md: &mut String, r: &Report) {
             100.0 * dec / verify
         );
     }
+}
+
+/// Server CPU microseconds per message, from its CPU share and the message rate.
+fn cpu_per_message(cpu_percent: f64, msgs_per_sec: f64) -> f64 {
+    if msgs_per_sec > 0.0 { cpu_percent * 10_000.0 / msgs_per_sec } else { 0.0 }
 }

@@ -18,6 +18,7 @@ use sotto_core::auth;
 use sotto_core::mls::DeviceKey;
 use sotto_core::queue::QueueKey;
 use sotto_proto as proto;
+use sotto_proto::live::{Down, PROTOCOL_V2, Up, Version};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -180,41 +181,95 @@ pub(crate) async fn register(http: &Http, addr: SocketAddr, n: usize) -> anyhow:
     Ok(Device { id, token: tok.token, address, key, queue: Arc::new(queue) })
 }
 
-/// Opens a device's WebSocket.
-pub(crate) async fn websocket(
-    addr: SocketAddr,
-    token: &str,
-) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(tokio_tungstenite::client_async(request, stream).await?.0)
+/// A device's live connection, in either version of the protocol (`sotto_proto::live`).
+pub(crate) struct Live {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    version: Version,
 }
 
-/// Receives a device's queue over the WebSocket, acknowledging each message, until `stop`.
+/// What waiting on a [`Live`] connection gave.
+pub(crate) enum Next {
+    /// Queued messages: one per frame in version 1, a page in version 2.
+    Page(Vec<proto::QueuedMessage>),
+    /// Nothing yet, or a frame that carries no message.
+    Nothing,
+    /// The connection closed.
+    Closed,
+}
+
+impl Live {
+    /// Opens a device's live connection, offering `version`.
+    pub(crate) async fn open(
+        addr: SocketAddr,
+        token: &str,
+        version: Version,
+    ) -> anyhow::Result<Live> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
+        request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+        if version == Version::V2 {
+            request.headers_mut().insert("sec-websocket-protocol", PROTOCOL_V2.parse()?);
+        }
+        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+        Ok(Live { ws, version })
+    }
+
+    /// Waits up to `wait` for the next frame.
+    pub(crate) async fn next(&mut self, wait: std::time::Duration) -> anyhow::Result<Next> {
+        let frame = match tokio::time::timeout(wait, self.ws.next()).await {
+            Err(_) => return Ok(Next::Nothing),
+            Ok(None) => return Ok(Next::Closed),
+            Ok(Some(frame)) => frame?,
+        };
+        let down = match frame {
+            WsMessage::Text(text) => Down::from_text(&text)?,
+            WsMessage::Binary(bytes) => Down::from_binary(&bytes)?,
+            WsMessage::Close(_) => return Ok(Next::Closed),
+            _ => return Ok(Next::Nothing),
+        };
+        Ok(match down {
+            Down::Messages(page) => Next::Page(page),
+            Down::Acked(_) => Next::Nothing,
+            Down::Error(e) => bail!("the server refused: {}", e.error.message),
+        })
+    }
+
+    /// Acknowledges everything up to and including `up_to`.
+    pub(crate) async fn ack(&mut self, up_to: u64) -> anyhow::Result<()> {
+        let ack = Up::Ack(proto::AckRequest { up_to });
+        let frame = match self.version {
+            Version::V2 => WsMessage::Binary(ack.to_binary().into()),
+            Version::V1 => WsMessage::Text(ack.to_text().into()),
+        };
+        Ok(self.ws.send(frame).await?)
+    }
+}
+
+/// Receives a device's queue over the WebSocket, acknowledging each frame's messages, until
+/// `stop`.
 async fn receive(
     addr: SocketAddr,
     (me, token, queue): (u64, String, Arc<QueueKey>),
+    version: Version,
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut ws = websocket(addr, &token).await?;
+    let mut live = Live::open(addr, &token, version).await?;
     while !stop.load(Ordering::Relaxed) {
-        let next = tokio::time::timeout(std::time::Duration::from_millis(200), ws.next()).await;
-        let frame = match next {
-            Err(_) => continue,
-            Ok(None) => break,
-            Ok(Some(frame)) => frame?,
+        let page = match live.next(std::time::Duration::from_millis(200)).await? {
+            Next::Page(page) => page,
+            Next::Nothing => continue,
+            Next::Closed => break,
         };
-        let WsMessage::Text(text) = frame else { continue };
-        if let Ok(proto::ServerFrame::Message(m)) = serde_json::from_str(&text) {
+        for m in &page {
             let payload = opened(&queue, me, &m.message.0)?;
             if !own_copy(&payload, me) {
                 recorder.delivered(&payload);
             }
-            let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
-            ws.send(WsMessage::Text(serde_json::to_string(&ack)?.into())).await?;
+        }
+        if let Some(last) = page.last() {
+            live.ack(last.seq).await?;
         }
     }
     Ok(())
@@ -355,8 +410,13 @@ async fn send_loop(
     }
 }
 
-/// Runs the relay workload once.
-pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<RelayResult> {
+/// Runs the relay workload once, live connections speaking `version`; the result is named
+/// `system`.
+pub async fn relay(
+    server: &SottoServer,
+    p: &RelayParams,
+    (system, version): (&str, Version),
+) -> anyhow::Result<RelayResult> {
     let http = http_client();
     let addr = server.addr;
     let mut devices = Vec::with_capacity(p.devices);
@@ -371,6 +431,7 @@ pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<Rela
         receivers.push(tokio::spawn(receive(
             addr,
             (d.id, d.token.clone(), d.queue.clone()),
+            version,
             recorder.clone(),
             stop.clone(),
         )));
@@ -398,7 +459,7 @@ pub async fn relay(server: &SottoServer, p: &RelayParams) -> anyhow::Result<Rela
             Ok(Ok(())) => {}
         }
     }
-    Ok(recorder.result("sotto", p, cpu, peak_rss_kib(server.pid())))
+    Ok(recorder.result(system, p, cpu, peak_rss_kib(server.pid())))
 }
 
 async fn get<R: serde::de::DeserializeOwned>(

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sotto_proto as proto;
+use sotto_proto::live::{Down, FrameError, Up};
 
 use crate::outbox::transient;
 use crate::transport::{LiveLink, Received};
@@ -798,32 +799,35 @@ impl Engine {
         }
     }
 
-    /// A frame from the live connection. Returns the acknowledgement to send back, if any.
-    pub fn frame(&mut self, text: &str) -> Option<String> {
-        match serde_json::from_str::<proto::ServerFrame>(text) {
-            Ok(proto::ServerFrame::Message(m)) => {
-                if let Err(e) = self.client.process_one(m.seq, &m.message.0, m.at) {
-                    // The local database failed: not acknowledged, so it comes again.
-                    self.events.push(Event::Notice { text: format!("could not store: {e}") });
-                    return None;
-                }
-                let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
-                match self.client.finish_batch(1, false) {
+    /// A frame from the live connection. Returns the acknowledgement to send back, if any:
+    /// one for a whole page of messages.
+    pub fn frame(&mut self, frame: Result<Down, FrameError>) -> Option<Up> {
+        match frame {
+            Ok(Down::Messages(page)) => {
+                let (processed, up_to) = match self.client.process_page(&page) {
+                    Ok(done) => done?,
+                    Err(e) => {
+                        // The local database failed: not acknowledged, so it comes again.
+                        self.events.push(Event::Notice { text: format!("could not store: {e}") });
+                        return None;
+                    }
+                };
+                match self.client.finish_batch(processed, false) {
                     Ok(report) => self.report_sync(report),
                     Err(e) => {
                         let e = self.check_revoked(e);
                         self.events.push(Event::Notice { text: e.to_string() });
                     }
                 }
-                serde_json::to_string(&ack).ok()
+                Some(Up::Ack(proto::AckRequest { up_to }))
             }
-            Ok(proto::ServerFrame::Acked(a)) => {
+            Ok(Down::Acked(a)) => {
                 if let Err(e) = crate::db::set_last_acked(&self.client.conn, a.up_to) {
                     self.events.push(Event::Notice { text: format!("could not store: {e}") });
                 }
                 None
             }
-            Ok(proto::ServerFrame::Error(e)) => {
+            Ok(Down::Error(e)) => {
                 let error = Error::Server {
                     status: 0,
                     code: crate::error::code_name(e.error.code),
@@ -862,7 +866,7 @@ pub enum Input {
     /// A command, and where its answer goes.
     Command(Command, Reply),
     /// A frame from live connection number `.0`.
-    Frame(u64, String),
+    Frame(u64, Result<Down, FrameError>),
     /// Live connection number `.0` closed.
     Closed(u64),
     /// Stop.
@@ -879,7 +883,7 @@ pub fn run(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<(), Error> {
     let mut generation = 0u64;
-    let mut reader: Option<(Arc<AtomicBool>, Sender<String>)> = None;
+    let mut reader: Option<(Arc<AtomicBool>, Sender<Up>)> = None;
     // When something is due (a reconnection, an outbox retry); ticks happen then, not after
     // every command or frame.
     let mut wake = 0;
@@ -913,8 +917,8 @@ pub fn run(
                 // A message that has to wait sets when it is tried next.
                 wake = wake.min(engine.next_wake());
             }
-            Input::Frame(g, text) if g == generation => {
-                if let Some(ack) = engine.frame(&text)
+            Input::Frame(g, frame) if g == generation => {
+                if let Some(ack) = engine.frame(frame)
                     && let Some((_, acks)) = &reader
                 {
                     let _ = acks.send(ack);
@@ -946,9 +950,9 @@ fn read_live(
     mut link: Box<dyn LiveLink>,
     generation: u64,
     feed: Sender<Input>,
-) -> (Arc<AtomicBool>, Sender<String>) {
+) -> (Arc<AtomicBool>, Sender<Up>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let (ack_tx, acks) = std::sync::mpsc::channel::<String>();
+    let (ack_tx, acks) = std::sync::mpsc::channel::<Up>();
     let stopping = stop.clone();
     std::thread::spawn(move || {
         loop {
@@ -963,8 +967,8 @@ fn read_live(
                 }
             }
             match link.recv(Duration::from_millis(25)) {
-                Received::Frame(text) => {
-                    if feed.send(Input::Frame(generation, text)).is_err() {
+                Received::Frame(frame) => {
+                    if feed.send(Input::Frame(generation, frame)).is_err() {
                         link.close();
                         return;
                     }

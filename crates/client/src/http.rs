@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sotto_proto as proto;
+use sotto_proto::live::Version;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector as WsConnector, Message as WsMessage, WebSocket};
@@ -248,6 +249,23 @@ impl Transport for HttpTransport {
     }
 
     fn connect_live(&self, token: &str) -> Result<Box<dyn LiveLink>, Error> {
+        match self.connect_ws(token, Version::V2) {
+            // A server from before version 2 accepts the upgrade without a subprotocol:
+            // speak version 1 to it.
+            Err(Error::Unreachable { reason, .. }) if reason == NO_SUBPROTOCOL => {
+                self.connect_ws(token, Version::V1)
+            }
+            other => other,
+        }
+    }
+}
+
+/// Why an upgrade that offered version 2 failed when the server chose no subprotocol.
+const NO_SUBPROTOCOL: &str = "the server chose no subprotocol";
+
+impl HttpTransport {
+    /// Opens the live connection, offering `version` (version 1 needs no offer).
+    fn connect_ws(&self, token: &str, version: Version) -> Result<Box<dyn LiveLink>, Error> {
         let base = &self.base;
         let url = if let Some(rest) = base.strip_prefix("https://") {
             format!("wss://{rest}/v1/ws")
@@ -261,6 +279,12 @@ impl Transport for HttpTransport {
             .parse()
             .map_err(|_| Error::Internal("token is not a valid header value"))?;
         request.headers_mut().insert("Authorization", auth);
+        if version == Version::V2 {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                tungstenite::http::HeaderValue::from_static(proto::live::PROTOCOL_V2),
+            );
+        }
         let host = request.uri().host().unwrap_or("localhost").trim_matches(['[', ']']).to_string();
         let port =
             request.uri().port_u16().unwrap_or(if url.starts_with("wss") { 443 } else { 80 });
@@ -278,9 +302,14 @@ impl Transport for HttpTransport {
                     refusal(resp.status().as_u16(), resp.body().as_deref())
                         .unwrap_or_else(|| unreachable(format!("HTTP {}", resp.status())))
                 }
+                tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
+                        tungstenite::error::SubProtocolError::NoSubProtocol,
+                    ),
+                )) => unreachable(NO_SUBPROTOCOL.into()),
                 e => unreachable(e.to_string()),
             })?;
-        Ok(Box::new(WsLink { socket, timeout: None }))
+        Ok(Box::new(WsLink { socket, timeout: None, version }))
     }
 }
 
@@ -300,6 +329,8 @@ struct WsLink {
     socket: WebSocket<MaybeTlsStream<TcpStream>>,
     /// The read timeout the socket has now.
     timeout: Option<Duration>,
+    /// What the connection speaks.
+    version: Version,
 }
 
 impl WsLink {
@@ -323,7 +354,8 @@ impl LiveLink for WsLink {
         self.set_timeout(timeout);
         loop {
             return match self.socket.read() {
-                Ok(WsMessage::Text(t)) => Received::Frame(t.to_string()),
+                Ok(WsMessage::Text(t)) => Received::Frame(proto::live::Down::from_text(&t)),
+                Ok(WsMessage::Binary(b)) => Received::Frame(proto::live::Down::from_binary(&b)),
                 Ok(WsMessage::Close(_)) => Received::Closed,
                 // Pings are answered by tungstenite on the next read or write.
                 Ok(_) => continue,
@@ -340,8 +372,12 @@ impl LiveLink for WsLink {
         }
     }
 
-    fn send(&mut self, text: &str) -> bool {
-        self.socket.send(WsMessage::Text(text.into())).is_ok()
+    fn send(&mut self, frame: &proto::live::Up) -> bool {
+        let message = match self.version {
+            Version::V2 => WsMessage::Binary(frame.to_binary().into()),
+            Version::V1 => WsMessage::Text(frame.to_text().into()),
+        };
+        self.socket.send(message).is_ok()
     }
 
     fn close(&mut self) {

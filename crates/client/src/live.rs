@@ -1,5 +1,6 @@
-//! Live delivery over the WebSocket: messages are processed as they arrive and acknowledged
-//! one by one; the connection is re-established with backoff and jitter when it drops.
+//! Live delivery over the WebSocket: messages are processed as they arrive, a page at a time,
+//! and each page is acknowledged at once; the connection is re-established with backoff and
+//! jitter when it drops.
 
 use std::time::{Duration, Instant};
 
@@ -94,15 +95,13 @@ impl Client {
                 Received::Idle => continue,
                 Received::Closed => return Ok(()),
             };
-            match serde_json::from_str::<proto::ServerFrame>(&frame) {
-                Ok(proto::ServerFrame::Message(m)) => {
-                    self.process_one(m.seq, &m.message.0, m.at)?;
-                    let ack = proto::ClientFrame::Ack(proto::AckRequest { up_to: m.seq });
-                    let text = serde_json::to_string(&ack).unwrap_or_default();
-                    if !socket.send(&text) {
+            match frame {
+                Ok(proto::live::Down::Messages(page)) => {
+                    let Some((processed, up_to)) = self.process_page(&page)? else { continue };
+                    if !socket.send(&proto::live::Up::Ack(proto::AckRequest { up_to })) {
                         return Ok(());
                     }
-                    let report = self.finish_batch(1, false)?;
+                    let report = self.finish_batch(processed, false)?;
                     report.messages.iter().for_each(&mut *on_message);
                     // Receipts (after a short gathering) and anything else due go now.
                     if let Err(e) = self.flush_outbox(None, false)
@@ -111,8 +110,8 @@ impl Client {
                         return Err(e);
                     }
                 }
-                Ok(proto::ServerFrame::Acked(a)) => crate::db::set_last_acked(&self.conn, a.up_to)?,
-                Ok(proto::ServerFrame::Error(e)) => {
+                Ok(proto::live::Down::Acked(a)) => crate::db::set_last_acked(&self.conn, a.up_to)?,
+                Ok(proto::live::Down::Error(e)) => {
                     return Err(Error::Server {
                         status: 0,
                         code: crate::error::code_name(e.error.code),

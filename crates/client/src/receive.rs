@@ -152,12 +152,9 @@ impl Client {
             let page: proto::QueueResponse = self
                 .api
                 .get(&format!("/v1/queue?after={after}&limit={SYNC_PAGE}"), Some(&token))?;
-            for m in &page.messages {
-                self.process_one(m.seq, &m.message.0, m.at)?;
-                processed += 1;
-            }
-            if let Some(last) = page.messages.last() {
-                self.ack(last.seq)?;
+            if let Some((n, last)) = self.process_page(&page.messages)? {
+                processed += n;
+                self.ack(last)?;
             }
             if !page.more || page.messages.is_empty() {
                 return Ok(processed);
@@ -181,11 +178,35 @@ impl Client {
         }
     }
 
-    /// Processes one queued message in one transaction with the new sync position. `at` is
-    /// when the server queued it (Unix seconds), if it says.
-    pub(crate) fn process_one(&self, seq: u64, data: &[u8], at: Option<u64>) -> Result<(), Error> {
+    /// Processes a page of queued messages, oldest first, in one local transaction with the
+    /// new sync position: one write to disk for the page, not one per message. A crash, or the
+    /// local database failing, leaves the whole page to be processed again; a message that
+    /// fails for its own reasons is recorded and the page goes on. Returns how many messages
+    /// the page held and the last one's seq (what to acknowledge), if any.
+    pub(crate) fn process_page(
+        &self,
+        page: &[proto::QueuedMessage],
+    ) -> Result<Option<(u64, u64)>, Error> {
+        let Some(last) = page.last() else { return Ok(None) };
         let tx = begin(&self.conn)?;
-        if seq <= db::last_seq(&tx)? {
+        for m in page {
+            self.process_in(&tx, m.seq, &m.message.0, m.at)?;
+        }
+        tx.commit()?;
+        Ok(Some((page.len() as u64, last.seq)))
+    }
+
+    /// Processes one queued message inside `tx`, the page's transaction. `at` is when the
+    /// server queued it (Unix seconds), if it says. What processing wrote is undone alone if
+    /// the message fails for its own reasons (a savepoint), and the failure is recorded.
+    fn process_in(
+        &self,
+        tx: &Transaction<'_>,
+        seq: u64,
+        data: &[u8],
+        at: Option<u64>,
+    ) -> Result<(), Error> {
+        if seq <= db::last_seq(tx)? {
             return Ok(());
         }
         // What waits in the queue is sealed to this device's queue key (copies queued before
@@ -199,45 +220,36 @@ impl Client {
                 }
                 Err(e @ Error::Database(_)) => return Err(e),
                 Err(e) => {
-                    record_failure(&tx, seq, &e.to_string())?;
-                    db::set_last_seq(&tx, seq)?;
-                    tx.commit()?;
-                    return Ok(());
+                    record_failure(tx, seq, &e.to_string())?;
+                    return db::set_last_seq(tx, seq);
                 }
             }
         } else {
             data
         };
         // The server sends a group's messages to all its devices, the sender's too.
-        if db::take_echo(&tx, data, self.now_ms() as i64)? {
-            db::set_last_seq(&tx, seq)?;
-            tx.commit()?;
-            return Ok(());
+        if db::take_echo(tx, data, self.now_ms() as i64)? {
+            return db::set_last_seq(tx, seq);
         }
-        let outcome = mls::process(&db::provider(&tx), data)
+        tx.execute_batch("SAVEPOINT message")?;
+        let outcome = mls::process(&db::provider(tx), data)
             .map_err(Error::from)
-            .and_then(|incoming| self.apply(&tx, seq, at, incoming));
+            .and_then(|incoming| self.apply(tx, seq, at, incoming));
         match outcome {
-            Ok(()) => {}
+            Ok(()) => tx.execute_batch("RELEASE message")?,
             // The local database failing is not the message's fault: nothing is recorded, and
-            // the message is processed again next time.
+            // the page is processed again next time.
             Err(e @ Error::Database(_)) => return Err(e),
             // Anything else about this one message is recorded, and the queue goes on.
             Err(e) => {
-                // Roll back whatever processing wrote, then record the failure alone.
-                drop(tx);
-                let tx = begin(&self.conn)?;
-                if !self.expected_failure(&tx, data)? {
-                    record_failure(&tx, seq, &e.to_string())?;
+                // Undo whatever processing wrote, then record the failure alone.
+                tx.execute_batch("ROLLBACK TO message; RELEASE message")?;
+                if !self.expected_failure(tx, data)? {
+                    record_failure(tx, seq, &e.to_string())?;
                 }
-                db::set_last_seq(&tx, seq)?;
-                tx.commit()?;
-                return Ok(());
             }
         }
-        db::set_last_seq(&tx, seq)?;
-        tx.commit()?;
-        Ok(())
+        db::set_last_seq(tx, seq)
     }
 
     /// Whether a message that failed to process belongs to a chat this device has left, where

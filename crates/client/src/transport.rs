@@ -10,6 +10,8 @@
 use std::io::Read;
 use std::time::Duration;
 
+use sotto_proto as proto;
+
 use crate::Error;
 
 /// An HTTP method the API uses.
@@ -108,8 +110,9 @@ pub trait Transport: Send {
 /// What waiting on the live connection gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
-    /// A text frame.
-    Frame(String),
+    /// A frame, in whichever version the connection speaks (`sotto_proto::live`), or why it
+    /// could not be read.
+    Frame(Result<proto::live::Down, proto::live::FrameError>),
     /// Nothing within the time allowed.
     Idle,
     /// The connection is gone.
@@ -120,8 +123,8 @@ pub enum Received {
 pub trait LiveLink: Send {
     /// Waits up to `timeout` for the next frame.
     fn recv(&mut self, timeout: Duration) -> Received;
-    /// Sends a text frame; false if the connection is gone.
-    fn send(&mut self, text: &str) -> bool;
+    /// Sends a frame; false if the connection is gone.
+    fn send(&mut self, frame: &proto::live::Up) -> bool;
     /// Closes the connection.
     fn close(&mut self);
 }

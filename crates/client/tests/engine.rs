@@ -25,8 +25,8 @@ fn texts(events: &[Event]) -> Vec<String> {
 fn pump(engine: &mut Engine, link: &mut dyn LiveLink) -> Vec<Event> {
     loop {
         match link.recv(Duration::ZERO) {
-            Received::Frame(text) => {
-                if let Some(ack) = engine.frame(&text) {
+            Received::Frame(frame) => {
+                if let Some(ack) = engine.frame(frame) {
                     assert!(link.send(&ack));
                 }
             }

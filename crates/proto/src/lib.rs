@@ -1,6 +1,7 @@
 //! Sotto's wire types: every request and response body exchanged between `sotto-server` and
-//! its clients, over HTTP (JSON) and WebSocket (JSON text frames). Only this crate knows the
-//! encoding; binary fields travel as standard base64 strings ([`Bytes`]).
+//! its clients, over HTTP (JSON) and WebSocket (JSON text frames, or binary frames in version 2:
+//! [`live`]). Only this crate knows the encoding; binary fields in JSON travel as standard
+//! base64 strings ([`Bytes`]).
 //!
 //! All paths are under `/v1`. Authenticated endpoints take `Authorization: Bearer TOKEN`, a
 //! token obtained by signing a challenge with the device key ([`ChallengeRequest`],
@@ -20,6 +21,8 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub mod live;
 
 /// The API version prefix.
 pub const PREFIX: &str = "/v1";
@@ -619,7 +622,7 @@ pub struct SubmitResponse {
 }
 
 /// A message waiting in a device's queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueuedMessage {
     /// Its position; strictly increasing within a queue.
@@ -666,7 +669,7 @@ pub struct QueueKey {
 }
 
 /// `POST /v1/queue/ack`: remove every message up to and including `up_to` from the queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckRequest {
     /// The highest seq processed.
@@ -674,7 +677,7 @@ pub struct AckRequest {
 }
 
 /// Answer to [`AckRequest`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckResponse {
     /// The `up_to` of the request answered.
@@ -683,7 +686,7 @@ pub struct AckResponse {
     pub removed: u64,
 }
 
-/// Frames the server sends on `GET /v1/ws` (JSON text frames).
+/// Frames the server sends on `GET /v1/ws` in version 1 (JSON text frames; see [`live`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -696,7 +699,7 @@ pub enum ServerFrame {
     Error(ErrorBody),
 }
 
-/// Frames a client sends on `GET /v1/ws`.
+/// Frames a client sends on `GET /v1/ws` in version 1 (see [`live`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -785,7 +788,7 @@ pub enum ErrorCode {
 }
 
 /// Every error response: `{"error": {"code": ..., "message": ...}}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
@@ -793,7 +796,7 @@ pub struct ErrorBody {
 }
 
 /// The error inside [`ErrorBody`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// What went wrong, for programs.

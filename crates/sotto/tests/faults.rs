@@ -1,5 +1,6 @@
-//! Faults: the server killed with SIGKILL while clients send, clients killed mid-sync, and
-//! members committing to one group at once. Nothing acknowledged may be lost or doubled, and
+//! Faults: the server killed with SIGKILL while clients send and while a live connection
+//! takes pages of messages, clients killed mid-sync, and members committing to one group at
+//! once. Nothing acknowledged may be lost or doubled, and
 //! every member must see the same order.
 //!
 //! Sizes come from the environment so the long versions run by hand:
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, User, pair};
+use common::{Server, User, api_device, app_message, b64, http_at, pair, start_group};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -144,6 +145,168 @@ fn server_killed_repeatedly_while_clients_send() {
         acked.len(),
         per_sender * 3,
         histories[3].len()
+    );
+}
+
+/// What a reader of the live connection (version 2) saw.
+#[derive(Default)]
+struct Received {
+    /// Payloads of the messages processed, in order, each once per new seq.
+    payloads: Vec<Vec<u8>>,
+    /// The largest page that came in one frame.
+    largest_page: usize,
+    /// Connections made.
+    connections: usize,
+}
+
+/// Reads `token`'s queue over live connections speaking version 2, reconnecting whenever the
+/// server goes away, as a client does: each page is processed (what a seq already processed
+/// is skipped) and then acknowledged with one frame. Returns once `want` messages starting
+/// with `m-` were processed and their acknowledgement was applied, or at `deadline`.
+fn read_pages(
+    server_addr: &str,
+    token: &str,
+    want: usize,
+    deadline: std::time::Instant,
+) -> Received {
+    use sotto_proto::live::{Down, PROTOCOL_V2, Up};
+    use tungstenite::Message;
+    use tungstenite::client::IntoClientRequest as _;
+
+    let mut seen = Received::default();
+    let mut last = 0u64;
+    let mut counted = 0usize;
+    while std::time::Instant::now() < deadline {
+        let mut request = format!("ws://{server_addr}/v1/ws").into_client_request().expect("url");
+        let headers = request.headers_mut();
+        headers.insert("Authorization", format!("Bearer {token}").parse().expect("header"));
+        headers.insert("Sec-WebSocket-Protocol", PROTOCOL_V2.parse().expect("header"));
+        let Ok((mut ws, _)) = tungstenite::connect(request) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        }
+        seen.connections += 1;
+        while std::time::Instant::now() < deadline {
+            let bytes = match ws.read() {
+                Ok(Message::Binary(b)) => b,
+                Ok(Message::Text(t)) => panic!("a version 2 connection sent text: {t}"),
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            match Down::from_binary(&bytes).expect("a well-formed frame") {
+                Down::Messages(page) => {
+                    seen.largest_page = seen.largest_page.max(page.len());
+                    for m in &page {
+                        if m.seq <= last {
+                            continue; // Delivered again after a crash: processed already.
+                        }
+                        last = m.seq;
+                        if m.message.0.starts_with(b"m-") {
+                            counted += 1;
+                            seen.payloads.push(m.message.0.clone());
+                        }
+                    }
+                    let ack = Up::Ack(sotto_proto::AckRequest { up_to: last }).to_binary();
+                    if ws.send(Message::Binary(ack.into())).is_err() {
+                        break;
+                    }
+                }
+                Down::Acked(a) if counted >= want && a.up_to >= last => return seen,
+                Down::Acked(_) => {}
+                Down::Error(e) => panic!("the server refused: {}", e.error.message),
+            }
+        }
+    }
+    seen
+}
+
+/// Version 2 of the live connection under SIGKILL: the server is killed again and again
+/// while a device receives pages of messages and acknowledges each page with one frame, and
+/// a sender keeps submitting. Every accepted message arrives exactly once (a reader skips
+/// seqs it processed, as clients do), and the queue ends empty: no acknowledgement removed
+/// what was not delivered, and none was lost.
+#[test]
+fn server_killed_during_batched_deliveries_and_acknowledgements() {
+    let total = env("SOTTO_FAULT_MESSAGES", 700) * 2;
+    let kills = env("SOTTO_FAULT_KILLS", 12) / 2;
+    let mut server = Server::start(&["--registration", "open"]);
+    let (sender, sender_token, _) = api_device(&server, "alice@localhost", None);
+    let (reader, reader_token, _) = api_device(&server, "bob@localhost", None);
+    let group = b"batched-pages".to_vec();
+    start_group(&server, &sender_token, &group, &[sender, reader], b"welcome");
+
+    let addr = server.addr().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let receiving = {
+        let (addr, token) = (addr.clone(), reader_token.clone());
+        std::thread::spawn(move || read_pages(&addr, &token, total, deadline))
+    };
+    // Two senders; each submission is retried with its id until the server takes it, as the
+    // outbox does, so the server takes every message exactly once.
+    let sending: Vec<_> = (0..2)
+        .map(|s| {
+            let (addr, group) = (addr.clone(), group.clone());
+            std::thread::spawn(move || {
+                for i in (s..total).step_by(2) {
+                    let mut body = app_message(&group, 1, format!("m-{i}").as_bytes());
+                    body["submission_id"] = b64(&(i as u128).to_be_bytes()).into();
+                    let body = body.to_string();
+                    loop {
+                        let request = ("POST", "/v1/messages");
+                        let answer = http_at(&addr, request, None, &body, Duration::from_secs(5));
+                        match answer {
+                            Some((200, _)) => {
+                                // Paced, so that the kills find messages on their way.
+                                std::thread::sleep(Duration::from_millis(3));
+                                break;
+                            }
+                            Some((429 | 503, _)) | None => {
+                                std::thread::sleep(Duration::from_millis(20))
+                            }
+                            Some((status, v)) => panic!("submission {i}: {status} {v}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kills land while messages flow: they go on until the senders are done, at least
+    // `kills` times.
+    let mut pauses = Pauses(0x2545_f491_4f6c_dd1d);
+    let mut killed = 0;
+    while killed < kills || !sending.iter().all(|s| s.is_finished()) {
+        std::thread::sleep(Duration::from_millis(pauses.next_ms(200, 700)));
+        server.kill();
+        killed += 1;
+        std::thread::sleep(Duration::from_millis(pauses.next_ms(0, 300)));
+        server.restart(&["--registration", "open"]);
+    }
+    for s in sending {
+        s.join().expect("sender");
+    }
+    let seen = receiving.join().expect("reader");
+
+    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+    for p in &seen.payloads {
+        *counts.entry(p).or_default() += 1;
+    }
+    if let Some((p, n)) = counts.iter().find(|(_, n)| **n > 1) {
+        panic!("{} processed {n} times", String::from_utf8_lossy(p));
+    }
+    let missing: Vec<usize> =
+        (0..total).filter(|i| !counts.contains_key(format!("m-{i}").as_bytes())).collect();
+    assert!(missing.is_empty(), "{} of {total} never arrived: {missing:?}", missing.len());
+    assert!(seen.largest_page > 1, "no page held more than one message");
+    assert!(seen.connections > killed / 2, "{} connections for {killed} kills", seen.connections);
+    let (status, queue) = server.http("GET", "/v1/queue", Some(&reader_token), "");
+    assert_eq!(status, 200, "{queue}");
+    assert_eq!(queue["messages"], serde_json::json!([]), "acknowledged messages remain queued");
+    eprintln!(
+        "{killed} kills; {total} messages over {} connections, pages of up to {}",
+        seen.connections, seen.largest_page
     );
 }
 

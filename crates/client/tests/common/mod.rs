@@ -164,7 +164,8 @@ impl Transport for InMemory {
     }
 }
 
-/// The live connection, as the queue polled: each new message becomes a frame.
+/// The live connection, as the queue polled: what is new becomes a page of up to three
+/// messages, as version 2 of the live protocol sends them.
 pub struct Polling {
     fake: Arc<Fake>,
     token: String,
@@ -180,7 +181,7 @@ impl LiveLink for Polling {
                 return Received::Closed;
             }
         }
-        let path = format!("/v1/queue?after={}&limit=1", self.after);
+        let path = format!("/v1/queue?after={}&limit=3", self.after);
         let request = Request {
             method: Method::Get,
             path: &path,
@@ -189,18 +190,21 @@ impl LiveLink for Polling {
         };
         let Ok(resp) = InMemory(self.fake.clone()).call(&request) else { return Received::Closed };
         let page: proto::QueueResponse = serde_json::from_slice(&resp.body).expect("page");
-        match page.messages.into_iter().next() {
+        match page.messages.last() {
             Some(m) => {
                 self.after = m.seq;
-                let frame = proto::ServerFrame::Message(m);
-                Received::Frame(serde_json::to_string(&frame).expect("frame"))
+                // Through the encoding, as a real connection would carry it.
+                let frame = proto::live::Down::Messages(page.messages).to_binary();
+                Received::Frame(proto::live::Down::from_binary(&frame))
             }
             None => Received::Idle,
         }
     }
 
-    fn send(&mut self, text: &str) -> bool {
-        let Ok(proto::ClientFrame::Ack(ack)) = serde_json::from_str(text) else { return false };
+    fn send(&mut self, frame: &proto::live::Up) -> bool {
+        let Ok(proto::live::Up::Ack(ack)) = proto::live::Up::from_binary(&frame.to_binary()) else {
+            return false;
+        };
         let body = serde_json::to_vec(&ack).expect("json");
         let request = Request {
             method: Method::Post,

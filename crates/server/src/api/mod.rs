@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use sotto_core::{Address, auth, unix_now};
+use sotto_proto::live::Version;
 use sotto_proto::{self as proto, Bytes, ErrorCode};
 use tokio::sync::watch;
 
@@ -1311,12 +1312,16 @@ async fn websocket(
     // Idle connections dominate a messaging server's memory: keep per-connection buffers
     // small (the default read buffer alone is 128 KiB, touched at allocation). Clients only
     // send small acknowledgement frames; messages go out as they are written.
+    // Version 2 (binary, batched frames) when the client offers it; JSON text frames otherwise.
+    let upgrade = upgrade.protocols([proto::live::PROTOCOL_V2]);
     upgrade.max_message_size(64 * 1024).read_buffer_size(4 * 1024).write_buffer_size(0).on_upgrade(
         move |socket| async move {
             let _open = crate::metrics::OpenGauge::open(&crate::metrics::METRICS.live_open);
             let mut socket = socket;
+            let version =
+                proto::live::Version::from_protocol(socket.protocol().map(|p| p.as_bytes()));
             // Set before the socket is dropped: dropping it closes the connection.
-            if live_delivery(state, device, &mut socket).await == Ending::PeerGone {
+            if live_delivery(state, device, version, &mut socket).await == Ending::PeerGone {
                 abort.set();
             }
             drop(socket);
@@ -1325,8 +1330,49 @@ async fn websocket(
     )
 }
 
-fn frame(f: &proto::ServerFrame) -> WsMessage {
+/// "An acknowledgement was applied", in the connection's version.
+fn acked_frame(version: Version, acked: proto::AckResponse) -> WsMessage {
+    match version {
+        Version::V2 => WsMessage::Binary(proto::live::Down::Acked(acked).to_binary().into()),
+        Version::V1 => json_frame(&proto::ServerFrame::Acked(acked)),
+    }
+}
+
+/// An error, in the connection's version.
+fn error_frame(version: Version, e: &ApiError) -> WsMessage {
+    match version {
+        Version::V2 => WsMessage::Binary(proto::live::Down::Error(e.body()).to_binary().into()),
+        Version::V1 => json_frame(&proto::ServerFrame::Error(e.body())),
+    }
+}
+
+fn json_frame(f: &proto::ServerFrame) -> WsMessage {
     WsMessage::Text(serde_json::to_string(f).unwrap_or_default().into())
+}
+
+/// The frames that carry a page of queued messages: one binary frame in version 2; in
+/// version 1 a JSON frame per message, each made as it is sent.
+fn page_frames(
+    version: Version,
+    messages: Vec<(u64, Vec<u8>, u64)>,
+) -> Box<dyn Iterator<Item = WsMessage> + Send> {
+    match version {
+        Version::V2 => {
+            let bytes = messages.iter().map(|m| m.1.len()).sum();
+            let mut out = proto::live::messages_frame(messages.len(), bytes);
+            for (seq, message, at) in &messages {
+                proto::live::put_message(&mut out, *seq, *at, message);
+            }
+            Box::new(std::iter::once(WsMessage::Binary(out.into())))
+        }
+        Version::V1 => Box::new(messages.into_iter().map(|(seq, message, at)| {
+            json_frame(&proto::ServerFrame::Message(proto::QueuedMessage {
+                seq,
+                message: Bytes(message),
+                at: Some(at),
+            }))
+        })),
+    }
 }
 
 /// How a live connection ended.
@@ -1341,7 +1387,12 @@ enum Ending {
 
 /// Streams a device's queue over a WebSocket: everything queued, then each new message as it
 /// arrives. Messages stay queued until the client acknowledges them.
-async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> Ending {
+async fn live_delivery(
+    state: Shared,
+    device: u64,
+    version: Version,
+    socket: &mut WebSocket,
+) -> Ending {
     let mut wake = state.notifier.subscribe(device);
     let mut stopping = state.stopping.clone();
     let mut sent = 0u64;
@@ -1366,11 +1417,11 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
     };
     loop {
         if let Some(why) = state.barred(device) {
-            let _ = socket.send(frame(&proto::ServerFrame::Error(barred_error(why).body()))).await;
+            let _ = socket.send(error_frame(version, &barred_error(why))).await;
             return Ending::Done;
         }
         if state.is_revoked(device) {
-            let _ = socket.send(frame(&proto::ServerFrame::Error(revoked_error().body()))).await;
+            let _ = socket.send(error_frame(version, &revoked_error())).await;
             return Ending::Done;
         }
         if *stopping.borrow_and_update() {
@@ -1389,22 +1440,24 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
         let (messages, more) = match page {
             Ok(page) => page,
             Err(e) => {
-                let _ = socket.send(frame(&proto::ServerFrame::Error(e.body()))).await;
+                let _ = socket.send(error_frame(version, &e)).await;
                 return Ending::Done;
             }
         };
         crate::metrics::METRICS
             .delivered
             .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for (seq, message, at) in messages {
-            sent = seq;
-            let f = proto::ServerFrame::Message(proto::QueuedMessage {
-                seq,
-                message: Bytes(message),
-                at: Some(at),
-            });
+        // Nothing new sends nothing (version 2 has no empty page).
+        let frames = match messages.last() {
+            Some(&(last, ..)) => {
+                sent = last;
+                page_frames(version, messages)
+            }
+            None => Box::new(std::iter::empty()),
+        };
+        for f in frames {
             // A reader that takes no data for this long is gone; its messages stay queued.
-            match tokio::time::timeout(send_timeout, socket.send(frame(&f))).await {
+            match tokio::time::timeout(send_timeout, socket.send(f)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Ending::Done,
                 Err(_) => return Ending::PeerGone,
@@ -1437,12 +1490,12 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
                 let reply = match done {
                     Ok((up_to, Ok(removed))) => {
                         crate::metrics::METRICS.acknowledged.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
-                        proto::ServerFrame::Acked(proto::AckResponse { up_to, removed })
+                        acked_frame(version, proto::AckResponse { up_to, removed })
                     }
-                    Ok((_, Err(e))) => proto::ServerFrame::Error(e.body()),
-                    Err(e) => proto::ServerFrame::Error(ApiError::internal("acknowledging failed", &e).body()),
+                    Ok((_, Err(e))) => error_frame(version, &e),
+                    Err(e) => error_frame(version, &ApiError::internal("acknowledging failed", &e)),
                 };
-                if socket.send(frame(&reply)).await.is_err() {
+                if socket.send(reply).await.is_err() {
                     return Ending::Done;
                 }
             }
@@ -1450,25 +1503,25 @@ async fn live_delivery(state: Shared, device: u64, socket: &mut WebSocket) -> En
                 if matches!(incoming, Some(Ok(_))) {
                     heard = tokio::time::Instant::now();
                 }
-                match incoming {
-                    Some(Ok(WsMessage::Text(text))) => {
-                        match serde_json::from_str::<proto::ClientFrame>(&text) {
-                            Ok(proto::ClientFrame::Ack(a)) if acking.is_none() => {
-                                acking = Some(start_ack(a.up_to));
-                            }
-                            Ok(proto::ClientFrame::Ack(a)) => {
-                                ack_wanted = Some(ack_wanted.map_or(a.up_to, |w| w.max(a.up_to)));
-                            }
-                            Err(e) => {
-                                let reply = proto::ServerFrame::Error(ApiError::bad_request(format!("bad frame: {e}")).body());
-                                if socket.send(frame(&reply)).await.is_err() {
-                                    return Ending::Done;
-                                }
-                            }
+                let up = match incoming {
+                    Some(Ok(WsMessage::Text(text))) => proto::live::Up::from_text(&text),
+                    Some(Ok(WsMessage::Binary(bytes))) => proto::live::Up::from_binary(&bytes),
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return Ending::Done,
+                    Some(Ok(_)) => continue,
+                };
+                match up {
+                    Ok(proto::live::Up::Ack(a)) if acking.is_none() => {
+                        acking = Some(start_ack(a.up_to));
+                    }
+                    Ok(proto::live::Up::Ack(a)) => {
+                        ack_wanted = Some(ack_wanted.map_or(a.up_to, |w| w.max(a.up_to)));
+                    }
+                    Err(e) => {
+                        let reply = error_frame(version, &ApiError::bad_request(format!("bad frame: {e}")));
+                        if socket.send(reply).await.is_err() {
+                            return Ending::Done;
                         }
                     }
-                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return Ending::Done,
-                    Some(Ok(_)) => {}
                 }
             }
         }

@@ -449,7 +449,7 @@ fn operations() -> Vec<Op> {
         (
             "GET",
             "/v1/ws",
-            "Live delivery over a WebSocket (JSON frames).",
+            "Live delivery over a WebSocket: JSON text frames, or binary pages with the subprotocol `sotto.2`.",
             Token,
             Nothing,
             Upgrade,

@@ -130,7 +130,8 @@ impl Server {
         self.url.trim_start_matches("http://")
     }
 
-    /// A raw HTTP/1.1 request that may go unanswered for `within`: `None` then.
+    /// A raw HTTP/1.1 request that may go unanswered for `within`: `None` then, and when
+    /// nothing listens.
     pub fn http_within(
         &self,
         method: &str,
@@ -139,31 +140,44 @@ impl Server {
         body: &str,
         within: Duration,
     ) -> Option<(u16, Value)> {
-        let addr = self.addr();
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(within)).expect("timeout");
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write");
-        let mut raw = Vec::new();
-        if stream.read_to_end(&mut raw).is_err() && raw.is_empty() {
-            return None;
-        }
-        let text = String::from_utf8_lossy(&raw);
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-        // Tolerate chunked encoding: take the JSON between the first '{' and the last '}'.
-        let json = match (body.find('{'), body.rfind('}')) {
-            (Some(a), Some(b)) => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
-            _ => Value::Null,
-        };
-        Some((status, json))
+        http_at(self.addr(), (method, path), token, body, within)
     }
+}
+
+/// A raw HTTP/1.1 request to the server at `addr` that may go unanswered for `within`: `None`
+/// then, and when nothing listens there.
+pub fn http_at(
+    addr: &str,
+    (method, path): (&str, &str),
+    token: Option<&str>,
+    body: &str,
+    within: Duration,
+) -> Option<(u16, Value)> {
+    // A server that is down answers nothing, like one that does not answer in time.
+    let Ok(mut stream) = TcpStream::connect(addr) else { return None };
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    if stream.read_to_end(&mut raw).is_err() && raw.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&raw);
+    // A server killed while answering leaves no status line, or half of one.
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok())?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    // Tolerate chunked encoding: take the JSON between the first '{' and the last '}'.
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    Some((status, json))
 }
 
 /// Spawns `sotto-server` and reads the URL it announces.
