@@ -237,6 +237,8 @@ impl SqliteStore {
 
     fn from_connection(mut conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        // The writer's hot statements (a submission uses a dozen) all stay prepared.
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", true).map_err(backend)?;
@@ -384,11 +386,11 @@ fn revoke_in(tx: &Connection, device: u64, now: u64) -> Result<(), StoreError> {
 
 /// Takes messages that left a queue off its counters.
 fn uncount(tx: &Connection, device: i64, messages: i64, bytes: i64) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE queue_stats SET messages = MAX(messages - ?2, 0), bytes = MAX(bytes - ?3, 0)
          WHERE device_id = ?1",
-        params![device, messages, bytes],
     )
+    .and_then(|mut q| q.execute(params![device, messages, bytes]))
     .map_err(backend)?;
     Ok(())
 }
@@ -569,12 +571,10 @@ fn submit_in(
 ) -> Result<Submitted, StoreError> {
     if let Some(id) = submission.id {
         let seen: Option<(i64, Option<Vec<u8>>)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT epoch, digest FROM submissions WHERE device_id = 0 AND submission_id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()
+            .and_then(|mut q| q.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(backend)?;
         if let Some((epoch, digest)) = seen {
             if digest.is_some_and(|d| d != submission.digest) {
@@ -583,21 +583,20 @@ fn submit_in(
             return Ok(Submitted { epoch: to_u64(epoch), ..Submitted::default() });
         }
     }
+    // (The group's past verifiers, 2 KiB, are read only when they are needed.)
     let group: Option<GroupRow> = tx
-        .query_row(
-            "SELECT epoch, roster, restored, sealed, past FROM groups WHERE group_id = ?1",
-            [submission.group_id],
-            |r| {
+        .prepare_cached("SELECT epoch, roster, restored, sealed FROM groups WHERE group_id = ?1")
+        .and_then(|mut q| {
+            q.query_row([submission.group_id], |r| {
                 Ok(GroupRow {
                     epoch: to_u64(r.get(0)?),
                     plain_roster: r.get::<_, i64>(1)? != 0,
                     restored: r.get::<_, i64>(2)? != 0,
                     sealed: r.get(3)?,
-                    past: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
                 })
-            },
-        )
-        .optional()
+            })
+            .optional()
+        })
         .map_err(backend)?;
     // Restored from a backup, the group may have moved on meanwhile: its members' epoch is
     // taken as it comes, until a submission seals its roster again.
@@ -607,7 +606,7 @@ fn submit_in(
     // epoch; a member that is behind is told to catch up.
     let opened = match (&submission.to, &group) {
         (To::Group(auth), Some(g)) if !g.restored => match g.sealed.as_deref() {
-            Some(sealed) => Some(open_sealed(auth, submission.group_id, g, sealed)?),
+            Some(sealed) => Some(open_sealed(tx, auth, submission.group_id, g, sealed)?),
             None => None,
         },
         _ => None,
@@ -653,7 +652,7 @@ fn submit_in(
             for d in submission.removed.iter().chain(&out.dropped) {
                 after.remove(d);
             }
-            let mut past = group.as_ref().map(|g| g.past.clone()).unwrap_or_default();
+            let mut past = past_of(tx, submission.group_id)?;
             past.extend_from_slice(&auth.credential.verifier());
             seal_group(tx, submission.group_id, e + 1, next, &after, &past)?;
             out.epoch = e + 1;
@@ -675,11 +674,13 @@ fn submit_in(
         _ => {}
     }
     if let Some(id) = submission.id {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO submissions (device_id, submission_id, epoch, created_at, digest)
              VALUES (0, ?1, ?2, ?3, ?4)",
-            params![id, to_i64(out.epoch), to_i64(now), &submission.digest[..]],
         )
+        .and_then(|mut q| {
+            q.execute(params![id, to_i64(out.epoch), to_i64(now), &submission.digest[..]])
+        })
         .map_err(backend)?;
     }
     Ok(out)
@@ -692,9 +693,16 @@ struct GroupRow {
     plain_roster: bool,
     restored: bool,
     sealed: Option<Vec<u8>>,
-    /// Verifiers of its last epochs' credentials ([`PAST_ENTRY`] bytes each), oldest first,
-    /// with random ones before them up to [`PAST_EPOCHS`], so the count says nothing.
-    past: Vec<u8>,
+}
+
+/// A group's verifiers of its last epochs' credentials ([`PAST_ENTRY`] bytes each), oldest
+/// first, with random ones before them up to [`PAST_EPOCHS`], so the count says nothing.
+fn past_of(tx: &Connection, group_id: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let past: Option<Option<Vec<u8>>> = tx
+        .prepare_cached("SELECT past FROM groups WHERE group_id = ?1")
+        .and_then(|mut q| q.query_row([group_id], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    Ok(past.flatten().unwrap_or_default())
 }
 
 /// How many earlier epochs a member may be behind and still be told to catch up (further
@@ -706,6 +714,7 @@ const PAST_ENTRY: usize = 32;
 /// [`StoreError::StaleEpoch`] for a credential of one of the group's recent epochs, or
 /// [`StoreError::NotMember`].
 fn open_sealed(
+    tx: &Connection,
     auth: &GroupAuth<'_>,
     group_id: &[u8],
     group: &GroupRow,
@@ -717,7 +726,7 @@ fn open_sealed(
         return Ok(roster.into_iter().collect());
     }
     let verifier = auth.credential.verifier();
-    if group.past.chunks_exact(PAST_ENTRY).any(|entry| entry == verifier) {
+    if past_of(tx, group_id)?.chunks_exact(PAST_ENTRY).any(|entry| entry == verifier) {
         return Err(StoreError::StaleEpoch { current: group.epoch });
     }
     Err(StoreError::NotMember)
@@ -931,17 +940,18 @@ impl<'t> QueueWriter<'t> {
 fn ack_in(tx: &Connection, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
     let args = params![to_i64(device_id), to_i64(up_to)];
     let (messages, bytes): (i64, i64) = tx
-        .query_row(
+        .prepare_cached(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(message)), 0) FROM queue
              WHERE device_id = ?1 AND seq <= ?2",
-            args,
-            |r| Ok((r.get(0)?, r.get(1)?)),
         )
+        .and_then(|mut q| q.query_row(args, |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(backend)?;
     if messages == 0 {
         return Ok(0);
     }
-    tx.execute("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2", args).map_err(backend)?;
+    tx.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2")
+        .and_then(|mut q| q.execute(args))
+        .map_err(backend)?;
     uncount(tx, to_i64(device_id), messages, bytes)?;
     Ok(to_u64(messages))
 }
