@@ -4,14 +4,15 @@
 # pages), and prints each profile's top entries by self time. perf samples the software
 # cpu-clock event across the machine (this kind of machine has no hardware counters) and the
 # report keeps the server process only.
-#   scripts/profile-relay.sh [WINDOW] [SECONDS]   (defaults: 16, 8)
+#   scripts/profile-relay.sh [WINDOW] [SECONDS]   (defaults: 16, 8; SKIP_BUILD=1 uses the
+#   release binaries as they are)
 set -euo pipefail
 WINDOW=${1:-16}
 SECONDS_PER_RUN=${2:-8}
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 command -v perf > /dev/null || { echo "perf not found (Debian: linux-perf)" >&2; exit 1; }
 # Line tables only: symbols and inlined frames in the report, the optimised code unchanged.
-CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+[ -n "${SKIP_BUILD:-}" ] || CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
     cargo build --quiet --release --manifest-path "$ROOT/Cargo.toml" -p sotto -p sotto-bench --bin sotto-server --bin sotto-bench
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
