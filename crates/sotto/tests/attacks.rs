@@ -519,3 +519,81 @@ fn live_socket(
         .insert("Authorization", format!("Bearer {token}").parse().expect("a valid header value"));
     tungstenite::connect(request)
 }
+
+/// Hostile frames on a live connection of version 2 (binary pages): frames that are not what
+/// the protocol allows are answered with a `bad_request` error frame and change nothing; an
+/// acknowledgement far past what was delivered removes only the sender's own queue; the
+/// connection stays usable; and the 64 KiB frame limit closes a connection that sends more.
+#[test]
+fn malformed_binary_frames_are_refused_and_change_nothing() {
+    use sotto_proto::live::{Down, PROTOCOL_V2, Up};
+    use tungstenite::Message;
+    use tungstenite::client::IntoClientRequest as _;
+
+    let server = Server::start(&["--registration", "open"]);
+    let (alice, alice_token, _) = api_device(&server, "alice@localhost", None);
+    let (bob, bob_token, _) = api_device(&server, "bob@localhost", None);
+    let group = b"hostile-frames".to_vec();
+    common::start_group(&server, &alice_token, &group, &[alice, bob], b"welcome");
+    let connect = |token: &str| {
+        let mut request =
+            format!("ws://{}/v1/ws", server.addr()).into_client_request().expect("url");
+        let headers = request.headers_mut();
+        headers.insert("Authorization", format!("Bearer {token}").parse().expect("header"));
+        headers.insert("Sec-WebSocket-Protocol", PROTOCOL_V2.parse().expect("header"));
+        let (ws, response) = tungstenite::connect(request).expect("websocket");
+        assert_eq!(response.headers()["sec-websocket-protocol"], PROTOCOL_V2);
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        }
+        ws
+    };
+    let next = |ws: &mut LiveSocket| loop {
+        match ws.read().expect("a frame") {
+            Message::Binary(b) => return Down::from_binary(&b).expect("a well-formed frame"),
+            Message::Text(t) => panic!("a version 2 connection sent text: {t}"),
+            _ => {}
+        }
+    };
+    for text in [&b"one"[..], b"two"] {
+        let (status, v) = submit_as(&server, None, &common::app_message(&group, 1, text));
+        assert_eq!(status, 200, "{v}");
+    }
+    // Bob's queue holds the welcome and both messages.
+    let mut ws = connect(&bob_token);
+    let Down::Messages(page) = next(&mut ws) else { panic!("no page first") };
+    assert_eq!(page.len(), 3, "what was queued comes in one page");
+    for bad in
+        [vec![], vec![0x09], vec![0x01, 0, 0], vec![0x01; 10], b"{\"type\":\"ack\"}".to_vec()]
+    {
+        ws.send(Message::Binary(bad.clone().into())).expect("send");
+        match next(&mut ws) {
+            Down::Error(e) => {
+                assert_eq!(code(&serde_json::to_value(&e).expect("json")), "bad_request", "{bad:?}")
+            }
+            other => panic!("{bad:?} was answered with {other:?}"),
+        }
+    }
+    let (_, queue) = server.http("GET", "/v1/queue", Some(&bob_token), "");
+    assert_eq!(queue["messages"].as_array().map(Vec::len), Some(3), "bad frames removed nothing");
+    // An acknowledgement far past the end removes bob's queue and nobody else's.
+    let ack = Up::Ack(sotto_proto::AckRequest { up_to: u64::MAX }).to_binary();
+    ws.send(Message::Binary(ack.into())).expect("send");
+    match next(&mut ws) {
+        Down::Acked(a) => assert_eq!((a.up_to, a.removed), (u64::MAX, 3)),
+        other => panic!("the acknowledgement was answered with {other:?}"),
+    }
+    let (_, theirs) = server.http("GET", "/v1/queue", Some(&alice_token), "");
+    // (Alice holds the commit too, and a welcome: start_group welcomes every member.)
+    assert_eq!(theirs["messages"].as_array().map(Vec::len), Some(4), "alice's copies are hers");
+    // A frame over the limit ends the connection rather than being buffered.
+    let _ = ws.send(Message::Binary(vec![0x01; 70 * 1024].into()));
+    let closed = (0..20).any(|_| matches!(ws.read(), Err(_) | Ok(Message::Close(_))));
+    assert!(closed, "a 70 KiB frame was taken");
+    // The server goes on serving the device.
+    let mut again = connect(&bob_token);
+    let (status, v) = submit_as(&server, None, &common::app_message(&group, 1, b"after"));
+    assert_eq!(status, 200, "{v}");
+    let Down::Messages(page) = next(&mut again) else { panic!("no page after reconnecting") };
+    assert_eq!(page[0].message.0, b"after");
+}
