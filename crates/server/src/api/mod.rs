@@ -92,28 +92,123 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// timeout if that is shorter).
 const LIVE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Wakes WebSocket connections of devices whose queue received something.
+/// Wakes WebSocket connections of devices whose queue received something, and keeps the
+/// copies just queued for devices that are connected, so that a live connection delivers
+/// them from memory rather than reading them back from the store.
 #[derive(Debug, Default)]
 struct Notifier {
-    devices: Mutex<HashMap<u64, watch::Sender<()>>>,
+    devices: Mutex<HashMap<u64, Slot>>,
 }
 
+/// A connected device: how its live connections are woken, and its latest copies.
+#[derive(Debug)]
+struct Slot {
+    wake: watch::Sender<()>,
+    /// Copies queued since its connections last took them, by increasing seq: `(seq, time
+    /// queued, copy)`. At most [`RECENT_COPIES`] copies and [`RECENT_BYTES`] bytes; the
+    /// oldest make room, and a connection that misses one reads the store instead.
+    recent: std::collections::VecDeque<(u64, u64, Arc<[u8]>)>,
+    bytes: usize,
+}
+
+/// Most copies, and bytes, kept in memory per connected device.
+const RECENT_COPIES: usize = 32;
+const RECENT_BYTES: usize = 128 * 1024;
+
 impl Notifier {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn subscribe(&self, device: u64) -> watch::Receiver<()> {
-        let mut map = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(device).or_insert_with(|| watch::channel(()).0).subscribe()
+        let mut map = self.lock();
+        let slot = map.entry(device).or_insert_with(|| Slot {
+            wake: watch::channel(()).0,
+            recent: Default::default(),
+            bytes: 0,
+        });
+        slot.wake.subscribe()
     }
 
     fn notify(&self, devices: impl IntoIterator<Item = u64>) {
-        let mut map = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.lock();
         for device in devices {
-            if let Some(tx) = map.get(&device) {
-                if tx.receiver_count() == 0 {
+            if let Some(slot) = map.get(&device) {
+                if slot.wake.receiver_count() == 0 {
                     map.remove(&device);
                 } else {
-                    tx.send_replace(());
+                    slot.wake.send_replace(());
                 }
             }
+        }
+    }
+
+    /// Keeps the copies just stored for the devices that are connected, then wakes them.
+    fn queued(&self, copies: Vec<crate::store::QueuedCopy>) {
+        let mut map = self.lock();
+        let mut woken = Vec::new();
+        for copy in copies {
+            let Some(slot) = map.get_mut(&copy.device) else { continue };
+            if slot.wake.receiver_count() == 0 {
+                map.remove(&copy.device);
+                continue;
+            }
+            if copy.message.len() <= RECENT_BYTES {
+                // Concurrent submissions may answer out of order: keep the seqs sorted.
+                let at = slot.recent.partition_point(|(seq, ..)| *seq < copy.seq);
+                slot.bytes += copy.message.len();
+                slot.recent.insert(at, (copy.seq, copy.at, Arc::from(copy.message)));
+                while slot.recent.len() > RECENT_COPIES || slot.bytes > RECENT_BYTES {
+                    match slot.recent.pop_front() {
+                        Some((_, _, m)) => slot.bytes -= m.len(),
+                        None => break,
+                    }
+                }
+            }
+            woken.push(copy.device);
+        }
+        drop(map);
+        self.notify(woken);
+    }
+
+    /// The copies that follow `after` in `device`'s queue without a gap, if the first of them
+    /// is in memory (up to `count` copies and `max_bytes`, one at least), and whether more
+    /// are; those up to `after` are forgotten. `None`: the store must be read.
+    fn recent(
+        &self,
+        device: u64,
+        after: u64,
+        count: usize,
+        max_bytes: usize,
+    ) -> Option<crate::store::QueuePage> {
+        let mut map = self.lock();
+        let slot = map.get_mut(&device)?;
+        while slot.recent.front().is_some_and(|(seq, ..)| *seq <= after) {
+            if let Some((_, _, m)) = slot.recent.pop_front() {
+                slot.bytes -= m.len();
+            }
+        }
+        let mut page = Vec::new();
+        let (mut next, mut bytes) = (after.checked_add(1)?, 0);
+        for (seq, at, message) in &slot.recent {
+            if *seq != next {
+                break;
+            }
+            if page.len() == count || (!page.is_empty() && bytes + message.len() > max_bytes) {
+                return Some((page, true));
+            }
+            bytes += message.len();
+            page.push((*seq, message.to_vec(), *at));
+            next += 1;
+        }
+        (!page.is_empty()).then_some((page, false))
+    }
+
+    /// Forgets a device's copies once no connection of it is left.
+    fn release(&self, device: u64) {
+        let mut map = self.lock();
+        if map.get(&device).is_some_and(|slot| slot.wake.receiver_count() == 0) {
+            map.remove(&device);
         }
     }
 }
@@ -1205,7 +1300,7 @@ async fn submit(
     let metrics = &crate::metrics::METRICS;
     metrics.submissions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     metrics.queued.fetch_add(queued, std::sync::atomic::Ordering::Relaxed);
-    state.notifier.notify(done.recipients);
+    state.notifier.queued(done.copies);
     Ok(Json(proto::SubmitResponse { epoch: done.epoch, dropped: done.dropped }))
 }
 
@@ -1321,9 +1416,11 @@ async fn websocket(
             let version =
                 proto::live::Version::from_protocol(socket.protocol().map(|p| p.as_bytes()));
             // Set before the socket is dropped: dropping it closes the connection.
-            if live_delivery(state, device, version, &mut socket).await == Ending::PeerGone {
+            if live_delivery(state.clone(), device, version, &mut socket).await == Ending::PeerGone
+            {
                 abort.set();
             }
+            state.notifier.release(device);
             drop(socket);
             drop(slot);
         },
@@ -1432,11 +1529,18 @@ async fn live_delivery(
             return Ending::Done;
         }
         wake.borrow_and_update();
-        let not_before = unix_now().saturating_sub(state.config.message_ttl_secs);
-        let page = blocking(&state, move |s| {
-            s.fetch(device, sent, LIVE_PAGE, not_before, LIVE_PAGE_BYTES)
-        })
-        .await;
+        // What was just queued comes from memory when it follows what was sent; anything
+        // else (the first page, a gap, a copy memory let go) from the store.
+        let page = match state.notifier.recent(device, sent, LIVE_PAGE as usize, LIVE_PAGE_BYTES) {
+            Some(page) => Ok(page),
+            None => {
+                let not_before = unix_now().saturating_sub(state.config.message_ttl_secs);
+                blocking(&state, move |s| {
+                    s.fetch(device, sent, LIVE_PAGE, not_before, LIVE_PAGE_BYTES)
+                })
+                .await
+            }
+        };
         let (messages, more) = match page {
             Ok(page) => page,
             Err(e) => {
@@ -1525,5 +1629,66 @@ async fn live_delivery(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod notifier_tests {
+    use super::*;
+    use crate::store::QueuedCopy;
+
+    fn copy(device: u64, seq: u64, len: usize) -> QueuedCopy {
+        QueuedCopy { device, seq, at: 60, message: vec![seq as u8; len] }
+    }
+
+    fn seqs(page: &[(u64, Vec<u8>, u64)]) -> Vec<u64> {
+        page.iter().map(|(seq, ..)| *seq).collect()
+    }
+
+    #[test]
+    fn copies_come_from_memory_only_without_a_gap() {
+        let n = Notifier::default();
+        // A device with no live connection keeps nothing.
+        n.queued(vec![copy(7, 1, 10)]);
+        assert!(n.recent(7, 0, 16, 1 << 20).is_none());
+        let _live = n.subscribe(7);
+        // Answered out of order, kept in order.
+        n.queued(vec![copy(7, 3, 10), copy(8, 1, 10)]);
+        n.queued(vec![copy(7, 2, 10)]);
+        let (page, more) = n.recent(7, 1, 16, 1 << 20).expect("from memory");
+        assert_eq!((seqs(&page), more), (vec![2, 3], false));
+        assert_eq!(page[0].2, 60);
+        // What was sent is forgotten; a gap sends the reader to the store.
+        assert!(n.recent(7, 3, 16, 1 << 20).is_none());
+        n.queued(vec![copy(7, 5, 10)]);
+        assert!(n.recent(7, 3, 16, 1 << 20).is_none(), "4 is missing");
+        // Pages stop at the count and the byte limit (one copy at least).
+        n.queued((6..10).map(|s| copy(7, s, 100)).collect());
+        let (page, more) = n.recent(7, 4, 2, 1 << 20).expect("from memory");
+        assert_eq!((seqs(&page), more), (vec![5, 6], true));
+        let (page, more) = n.recent(7, 6, 16, 150).expect("from memory");
+        assert_eq!((seqs(&page), more), (vec![7], true));
+    }
+
+    #[test]
+    fn memory_is_bounded_and_let_go() {
+        let n = Notifier::default();
+        let live = n.subscribe(1);
+        n.queued((1..=100).map(|s| copy(1, s, 10)).collect());
+        // Only the newest are kept: the oldest come from the store.
+        assert!(n.recent(1, 0, 16, 1 << 20).is_none());
+        let first = 100 - RECENT_COPIES as u64;
+        let (page, _) = n.recent(1, first, 100, 1 << 20).expect("the newest");
+        assert_eq!(page.len(), RECENT_COPIES);
+        n.queued((101..=104).map(|s| copy(1, s, RECENT_BYTES / 2)).collect());
+        let slot_bytes = n.lock().get(&1).map(|s| s.bytes).unwrap_or(0);
+        assert!(slot_bytes <= RECENT_BYTES, "{slot_bytes} bytes kept");
+        // A copy larger than the budget is never kept.
+        n.queued(vec![copy(1, 105, RECENT_BYTES + 1)]);
+        assert!(n.recent(1, 104, 16, usize::MAX).is_none());
+        // The last connection gone, the device's copies go.
+        drop(live);
+        n.release(1);
+        assert!(n.lock().is_empty());
     }
 }

@@ -306,6 +306,38 @@ pub struct Submitted {
     pub dropped: Vec<u64>,
     /// Bytes queued, all copies together.
     pub bytes: u64,
+    /// The copies queued, as stored, the first [`COPIES_RETURNED_BYTES`] of them: a live
+    /// connection can deliver them from memory instead of reading them back.
+    pub copies: Vec<QueuedCopy>,
+}
+
+/// Most bytes of copies a submission returns in [`Submitted::copies`] (a message to a large
+/// group would otherwise be held twice in memory).
+pub const COPIES_RETURNED_BYTES: u64 = 1 << 20;
+
+/// A copy a submission queued for one device, as stored (sealed to the device's queue key
+/// where it gave one). Its `Debug` shows only the length.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct QueuedCopy {
+    /// The device whose queue holds it.
+    pub device: u64,
+    /// Its position in that queue.
+    pub seq: u64,
+    /// When it was queued, as stored (Unix seconds, rounded).
+    pub at: u64,
+    /// The copy.
+    pub message: Vec<u8>,
+}
+
+impl std::fmt::Debug for QueuedCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedCopy")
+            .field("device", &self.device)
+            .field("seq", &self.seq)
+            .field("at", &self.at)
+            .field("bytes", &self.message.len())
+            .finish()
+    }
 }
 
 /// Most bytes of messages in one page of a queue (a single larger message still comes alone),

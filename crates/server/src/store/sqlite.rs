@@ -11,8 +11,8 @@ use sotto_core::queue::Sealer;
 use super::{
     AccountChange, AccountRecord, AuditRecord, Barred, BlobRecord, DeviceRecord, GroupAuth,
     GroupCredential, InviteRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering,
-    PAGE_MAX_BYTES, QueueLimits, QueuePage, SignedBlob, Store, StoreError, StoreTotals, Submission,
-    Submitted, To, WipeRecord,
+    PAGE_MAX_BYTES, QueueLimits, QueuePage, QueuedCopy, SignedBlob, Store, StoreError, StoreTotals,
+    Submission, Submitted, To, WipeRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -932,6 +932,14 @@ impl<'t> QueueWriter<'t> {
         self.count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
         out.recipients.push(device);
         out.bytes += len;
+        if out.bytes <= super::COPIES_RETURNED_BYTES {
+            out.copies.push(QueuedCopy {
+                device,
+                seq: to_u64(seq),
+                at: to_u64(self.now),
+                message: message.to_vec(),
+            });
+        }
         Ok(())
     }
 }
