@@ -290,9 +290,14 @@ pub(crate) fn private_file(path: &std::path::Path) -> Result<(), Error> {
             let mut name = path.as_os_str().to_owned();
             name.push(suffix);
             let file = std::path::Path::new(&name);
-            if file.exists() {
-                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| Error::Io(format!("cannot restrict {}: {e}", file.display())))?;
+            match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {}
+                // A journal that is not there (or that a closing connection removed just now)
+                // is made again with the database file's mode.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+                Err(e) => {
+                    return Err(Error::Io(format!("cannot restrict {}: {e}", file.display())));
+                }
             }
         }
     }
