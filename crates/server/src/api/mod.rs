@@ -97,7 +97,23 @@ const LIVE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 /// them from memory rather than reading them back from the store.
 #[derive(Debug, Default)]
 struct Notifier {
-    devices: Mutex<HashMap<u64, Slot>>,
+    devices: Mutex<Slots>,
+}
+
+/// Every connected device's slot, and the bytes of copies they keep together.
+#[derive(Debug, Default)]
+struct Slots {
+    map: HashMap<u64, Slot>,
+    bytes: usize,
+}
+
+impl Slots {
+    /// Removes a device's slot and what it kept.
+    fn remove(&mut self, device: u64) {
+        if let Some(slot) = self.map.remove(&device) {
+            self.bytes -= slot.bytes;
+        }
+    }
 }
 
 /// A connected device: how its live connections are woken, and its latest copies.
@@ -114,15 +130,18 @@ struct Slot {
 /// Most copies, and bytes, kept in memory per connected device.
 const RECENT_COPIES: usize = 32;
 const RECENT_BYTES: usize = 128 * 1024;
+/// Most bytes kept for all devices together: many connections that stall while a large group
+/// is busy hold no more than this; beyond it, copies are read from the store.
+const RECENT_TOTAL_BYTES: usize = 32 << 20;
 
 impl Notifier {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.devices.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn subscribe(&self, device: u64) -> watch::Receiver<()> {
-        let mut map = self.lock();
-        let slot = map.entry(device).or_insert_with(|| Slot {
+        let mut slots = self.lock();
+        let slot = slots.map.entry(device).or_insert_with(|| Slot {
             wake: watch::channel(()).0,
             recent: Default::default(),
             bytes: 0,
@@ -131,11 +150,11 @@ impl Notifier {
     }
 
     fn notify(&self, devices: impl IntoIterator<Item = u64>) {
-        let mut map = self.lock();
+        let mut slots = self.lock();
         for device in devices {
-            if let Some(slot) = map.get(&device) {
+            if let Some(slot) = slots.map.get(&device) {
                 if slot.wake.receiver_count() == 0 {
-                    map.remove(&device);
+                    slots.remove(device);
                 } else {
                     slot.wake.send_replace(());
                 }
@@ -145,29 +164,33 @@ impl Notifier {
 
     /// Keeps the copies just stored for the devices that are connected, then wakes them.
     fn queued(&self, copies: Vec<crate::store::QueuedCopy>) {
-        let mut map = self.lock();
+        let mut slots = self.lock();
+        let Slots { map, bytes: total } = &mut *slots;
         let mut woken = Vec::new();
         for copy in copies {
             let Some(slot) = map.get_mut(&copy.device) else { continue };
-            if slot.wake.receiver_count() == 0 {
-                map.remove(&copy.device);
+            woken.push(copy.device);
+            let len = copy.message.len();
+            if len > RECENT_BYTES || *total + len > RECENT_TOTAL_BYTES {
                 continue;
             }
-            if copy.message.len() <= RECENT_BYTES {
-                // Concurrent submissions may answer out of order: keep the seqs sorted.
-                let at = slot.recent.partition_point(|(seq, ..)| *seq < copy.seq);
-                slot.bytes += copy.message.len();
-                slot.recent.insert(at, (copy.seq, copy.at, Arc::from(copy.message)));
-                while slot.recent.len() > RECENT_COPIES || slot.bytes > RECENT_BYTES {
-                    match slot.recent.pop_front() {
-                        Some((_, _, m)) => slot.bytes -= m.len(),
-                        None => break,
+            // Concurrent submissions may answer out of order: keep the seqs sorted.
+            let at = slot.recent.partition_point(|(seq, ..)| *seq < copy.seq);
+            slot.recent.insert(at, (copy.seq, copy.at, Arc::from(copy.message)));
+            slot.bytes += len;
+            *total += len;
+            while slot.recent.len() > RECENT_COPIES || slot.bytes > RECENT_BYTES {
+                match slot.recent.pop_front() {
+                    Some((_, _, m)) => {
+                        slot.bytes -= m.len();
+                        *total -= m.len();
                     }
+                    None => break,
                 }
             }
-            woken.push(copy.device);
         }
-        drop(map);
+        drop(slots);
+        // (Devices whose connections are all gone lose their slot here.)
         self.notify(woken);
     }
 
@@ -181,11 +204,13 @@ impl Notifier {
         count: usize,
         max_bytes: usize,
     ) -> Option<crate::store::QueuePage> {
-        let mut map = self.lock();
+        let mut slots = self.lock();
+        let Slots { map, bytes: total } = &mut *slots;
         let slot = map.get_mut(&device)?;
         while slot.recent.front().is_some_and(|(seq, ..)| *seq <= after) {
             if let Some((_, _, m)) = slot.recent.pop_front() {
                 slot.bytes -= m.len();
+                *total -= m.len();
             }
         }
         let mut page = Vec::new();
@@ -206,9 +231,9 @@ impl Notifier {
 
     /// Forgets a device's copies once no connection of it is left.
     fn release(&self, device: u64) {
-        let mut map = self.lock();
-        if map.get(&device).is_some_and(|slot| slot.wake.receiver_count() == 0) {
-            map.remove(&device);
+        let mut slots = self.lock();
+        if slots.map.get(&device).is_some_and(|slot| slot.wake.receiver_count() == 0) {
+            slots.remove(device);
         }
     }
 }
@@ -1681,14 +1706,31 @@ mod notifier_tests {
         let (page, _) = n.recent(1, first, 100, 1 << 20).expect("the newest");
         assert_eq!(page.len(), RECENT_COPIES);
         n.queued((101..=104).map(|s| copy(1, s, RECENT_BYTES / 2)).collect());
-        let slot_bytes = n.lock().get(&1).map(|s| s.bytes).unwrap_or(0);
+        let slot_bytes = n.lock().map.get(&1).map(|s| s.bytes).unwrap_or(0);
         assert!(slot_bytes <= RECENT_BYTES, "{slot_bytes} bytes kept");
+        assert_eq!(n.lock().bytes, slot_bytes);
         // A copy larger than the budget is never kept.
         n.queued(vec![copy(1, 105, RECENT_BYTES + 1)]);
         assert!(n.recent(1, 104, 16, usize::MAX).is_none());
         // The last connection gone, the device's copies go.
         drop(live);
         n.release(1);
-        assert!(n.lock().is_empty());
+        assert!(n.lock().map.is_empty());
+        assert_eq!(n.lock().bytes, 0);
+    }
+
+    #[test]
+    fn all_devices_together_keep_a_bounded_amount() {
+        let n = Notifier::default();
+        let per = RECENT_BYTES / 2;
+        let devices = 2 * RECENT_TOTAL_BYTES / per;
+        let live: Vec<_> = (0..devices as u64).map(|d| n.subscribe(d)).collect();
+        n.queued((0..devices as u64).map(|d| copy(d, 1, per)).collect());
+        let total = n.lock().bytes;
+        assert!(total <= RECENT_TOTAL_BYTES, "{total} bytes kept");
+        // Those that found no room read the store; every device was woken all the same.
+        assert!(n.recent(devices as u64 - 1, 0, 16, usize::MAX).is_none());
+        assert!(n.recent(0, 0, 16, usize::MAX).is_some());
+        assert!(live.iter().all(|rx| rx.has_changed().unwrap_or(false)));
     }
 }
