@@ -249,23 +249,25 @@ impl Transport for HttpTransport {
     }
 
     fn connect_live(&self, token: &str) -> Result<Box<dyn LiveLink>, Error> {
-        match self.connect_ws(token, Version::V2) {
-            // A server from before version 2 accepts the upgrade without a subprotocol:
-            // speak version 1 to it.
-            Err(Error::Unreachable { reason, .. }) if reason == NO_SUBPROTOCOL => {
-                self.connect_ws(token, Version::V1)
-            }
-            other => other,
+        // A server from before version 2 accepts the upgrade without a subprotocol: speak
+        // version 1 to it.
+        match self.connect_ws(token, Version::V2)? {
+            Some(link) => Ok(link),
+            None => self
+                .connect_ws(token, Version::V1)?
+                .ok_or(Error::Internal("a version 1 upgrade needs no subprotocol")),
         }
     }
 }
 
-/// Why an upgrade that offered version 2 failed when the server chose no subprotocol.
-const NO_SUBPROTOCOL: &str = "the server chose no subprotocol";
-
 impl HttpTransport {
-    /// Opens the live connection, offering `version` (version 1 needs no offer).
-    fn connect_ws(&self, token: &str, version: Version) -> Result<Box<dyn LiveLink>, Error> {
+    /// Opens the live connection, offering `version` (version 1 needs no offer). `None`: the
+    /// server chose no subprotocol although one was offered.
+    fn connect_ws(
+        &self,
+        token: &str,
+        version: Version,
+    ) -> Result<Option<Box<dyn LiveLink>>, Error> {
         let base = &self.base;
         let url = if let Some(rest) = base.strip_prefix("https://") {
             format!("wss://{rest}/v1/ws")
@@ -294,22 +296,26 @@ impl HttpTransport {
             .ok_or_else(|| unreachable("connection refused".into()))?;
         let _ = stream.set_nodelay(true);
         let connector = if url.starts_with("wss") { Some(self.tls_connector()?) } else { None };
-        let (socket, _) = tungstenite::client_tls_with_config(request, stream, None, connector)
-            .map_err(|e| match e {
-                // The server answered the upgrade with a refusal: keep its code (a revoked
-                // device, an expired token) so the caller can act on it.
-                tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
-                    refusal(resp.status().as_u16(), resp.body().as_deref())
-                        .unwrap_or_else(|| unreachable(format!("HTTP {}", resp.status())))
-                }
-                tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
-                        tungstenite::error::SubProtocolError::NoSubProtocol,
-                    ),
-                )) => unreachable(NO_SUBPROTOCOL.into()),
-                e => unreachable(e.to_string()),
-            })?;
-        Ok(Box::new(WsLink { socket, timeout: None, version }))
+        let socket = match tungstenite::client_tls_with_config(request, stream, None, connector) {
+            Ok((socket, _)) => socket,
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
+                    tungstenite::error::SubProtocolError::NoSubProtocol,
+                ),
+            ))) => return Ok(None),
+            Err(e) => {
+                return Err(match e {
+                    // The server answered the upgrade with a refusal: keep its code (a revoked
+                    // device, an expired token) so the caller can act on it.
+                    tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
+                        refusal(resp.status().as_u16(), resp.body().as_deref())
+                            .unwrap_or_else(|| unreachable(format!("HTTP {}", resp.status())))
+                    }
+                    e => unreachable(e.to_string()),
+                });
+            }
+        };
+        Ok(Some(Box::new(WsLink { socket, timeout: None, version })))
     }
 }
 

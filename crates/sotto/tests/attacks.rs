@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Server, User, api_device, b64, code, pair};
+use common::{LiveSocket, Server, User, api_device, b64, code, live_socket, pair, read_within};
 use serde_json::{Value, json};
 
 fn device_id(user: &User) -> u64 {
@@ -422,7 +422,7 @@ fn a_trusted_proxy_names_the_client_for_per_address_limits() {
 fn live_sockets_that_never_answer_are_closed_and_free_their_place() {
     let server = Server::start(&["--registration", "open", "--idle-timeout", "3s"]);
     let (_, token, _) = api_device(&server, "silent@localhost", None);
-    let connect = || live_socket(&server, &token);
+    let connect = || live_socket(server.addr(), &token, false);
     // Four sockets (the most a device may hold) that never read, so never answer a ping.
     let silent: Vec<_> = (0..4).map(|_| connect().expect("websocket").0).collect();
     assert!(connect().is_err(), "a fifth is refused while four are held");
@@ -458,7 +458,7 @@ fn a_reader_given_up_on_is_reset_not_left_to_the_kernel() {
         assert_eq!(server.http("POST", "/v1/messages", None, &body).0, 200);
     }
     // Connect, never read, keep the socket open: the server's sends stall, it gives up.
-    let (socket, _) = live_socket(&server, &slow_token).expect("websocket");
+    let (socket, _) = live_socket(server.addr(), &slow_token, false).expect("websocket");
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(
         closing_sockets(server.port()),
@@ -505,21 +505,6 @@ fn bodies_announced_without_a_token_cannot_hold_up_members() {
     drop(held);
 }
 
-type LiveSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
-
-/// Opens a device's live connection (`GET /v1/ws`), to be left unread.
-fn live_socket(
-    server: &Server,
-    token: &str,
-) -> tungstenite::Result<(LiveSocket, tungstenite::handshake::client::Response)> {
-    use tungstenite::client::IntoClientRequest as _;
-    let mut request = format!("ws://{}/v1/ws", server.addr()).into_client_request()?;
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().expect("a valid header value"));
-    tungstenite::connect(request)
-}
-
 /// Hostile frames on a live connection of version 2 (binary pages): frames that are not what
 /// the protocol allows are answered with a `bad_request` error frame and change nothing; an
 /// acknowledgement far past what was delivered removes only the sender's own queue; the
@@ -528,7 +513,6 @@ fn live_socket(
 fn malformed_binary_frames_are_refused_and_change_nothing() {
     use sotto_proto::live::{Down, PROTOCOL_V2, Up};
     use tungstenite::Message;
-    use tungstenite::client::IntoClientRequest as _;
 
     let server = Server::start(&["--registration", "open"]);
     let (alice, alice_token, _) = api_device(&server, "alice@localhost", None);
@@ -536,16 +520,9 @@ fn malformed_binary_frames_are_refused_and_change_nothing() {
     let group = b"hostile-frames".to_vec();
     common::start_group(&server, &alice_token, &group, &[alice, bob], b"welcome");
     let connect = |token: &str| {
-        let mut request =
-            format!("ws://{}/v1/ws", server.addr()).into_client_request().expect("url");
-        let headers = request.headers_mut();
-        headers.insert("Authorization", format!("Bearer {token}").parse().expect("header"));
-        headers.insert("Sec-WebSocket-Protocol", PROTOCOL_V2.parse().expect("header"));
-        let (ws, response) = tungstenite::connect(request).expect("websocket");
+        let (ws, response) = live_socket(server.addr(), token, true).expect("websocket");
         assert_eq!(response.headers()["sec-websocket-protocol"], PROTOCOL_V2);
-        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        }
+        read_within(&ws, Duration::from_secs(10));
         ws
     };
     let next = |ws: &mut LiveSocket| loop {

@@ -169,25 +169,18 @@ fn read_pages(
     want: usize,
     deadline: std::time::Instant,
 ) -> Received {
-    use sotto_proto::live::{Down, PROTOCOL_V2, Up};
+    use sotto_proto::live::{Down, Up};
     use tungstenite::Message;
-    use tungstenite::client::IntoClientRequest as _;
 
     let mut seen = Received::default();
     let mut last = 0u64;
     let mut counted = 0usize;
     while std::time::Instant::now() < deadline {
-        let mut request = format!("ws://{server_addr}/v1/ws").into_client_request().expect("url");
-        let headers = request.headers_mut();
-        headers.insert("Authorization", format!("Bearer {token}").parse().expect("header"));
-        headers.insert("Sec-WebSocket-Protocol", PROTOCOL_V2.parse().expect("header"));
-        let Ok((mut ws, _)) = tungstenite::connect(request) else {
+        let Ok((mut ws, _)) = common::live_socket(server_addr, token, true) else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-            s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-        }
+        common::read_within(&ws, Duration::from_secs(2));
         seen.connections += 1;
         while std::time::Instant::now() < deadline {
             let bytes = match ws.read() {

@@ -180,6 +180,34 @@ pub fn http_at(
     Some((status, json))
 }
 
+/// A live connection over plain TCP.
+pub type LiveSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+/// Opens `token`'s live connection (`GET /v1/ws`) at `addr`, offering version 2 of the live
+/// protocol (binary pages) if `v2`.
+pub fn live_socket(
+    addr: &str,
+    token: &str,
+    v2: bool,
+) -> tungstenite::Result<(LiveSocket, tungstenite::handshake::client::Response)> {
+    use tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
+    let headers = request.headers_mut();
+    headers.insert("Authorization", format!("Bearer {token}").parse().expect("a header value"));
+    if v2 {
+        let offer = sotto_proto::live::PROTOCOL_V2.parse().expect("a header value");
+        headers.insert("Sec-WebSocket-Protocol", offer);
+    }
+    tungstenite::connect(request)
+}
+
+/// Makes reads on `socket` give up after `within`.
+pub fn read_within(socket: &LiveSocket, within: Duration) {
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = socket.get_ref() {
+        s.set_read_timeout(Some(within)).expect("timeout");
+    }
+}
+
 /// Spawns `sotto-server` and reads the URL it announces.
 fn spawn(data: &Path, listen: &str, extra: &[&str], log: Option<&Path>) -> (Child, String) {
     let stderr = match log {
