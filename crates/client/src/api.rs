@@ -171,19 +171,15 @@ impl Api {
         self.call(&Request { method: Method::Delete, path, token: Some(token), body: Body::Empty })
     }
 
-    /// `PUT` raw bytes (an upload piece); the answer as JSON.
-    pub(crate) fn put_bytes<R: DeserializeOwned>(
+    /// `PUT` the bytes `body` reads (an upload), streamed; the answer as JSON.
+    pub(crate) fn put_stream<R: DeserializeOwned>(
         &self,
         path: &str,
-        body: &[u8],
+        body: &mut dyn std::io::Read,
         token: &str,
     ) -> Result<R, Error> {
-        self.call(&Request {
-            method: Method::Put,
-            path,
-            token: Some(token),
-            body: Body::Bytes(body),
-        })
+        let resp = self.transport.put_stream(path, token, body).map_err(|e| self.unreachable(e))?;
+        self.finish(resp)
     }
 
     /// `GET` a byte stream from `offset` (a `Range` request); the reader of its body.

@@ -9,6 +9,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, params};
@@ -17,11 +18,12 @@ use sha2::{Digest, Sha256};
 use sotto_core::attachment::{self, CHUNK, FileKey, Layout, SEALED_CHUNK};
 use sotto_core::content::Body;
 use sotto_proto as proto;
+use zeroize::Zeroizing;
 
 use crate::{Client, Error, MessageView, Target};
 
-/// Chunks per upload request (1 MiB of plaintext).
-const CHUNKS_PER_REQUEST: usize = 16;
+/// Chunks sealed into one piece of an upload's body (1 MiB of plaintext).
+const PIECE_CHUNKS: usize = 16;
 /// Attempts at one upload piece when the connection fails.
 const UPLOAD_ATTEMPTS: usize = 5;
 
@@ -42,20 +44,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::Io(format!("{}: {e}", path.display()))
 }
 
-/// SHA-256 of a file, streamed.
-fn digest_file(path: &Path) -> Result<Vec<u8>, Error> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            return Ok(h.finalize().to_vec());
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 /// Reads up to `buf.len()` bytes, stopping only at the end of the file.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -68,16 +56,15 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Reads chunk `chunk`'s share of the file (at the file's current position) and seals it
-/// with the padding that follows, as `layout` says.
-fn seal_chunk(
+/// Reads chunk `chunk`'s share of the file (at the file's current position) into `plain`
+/// and pads it as `layout` says; returns the chunk's plaintext length.
+fn read_chunk(
     file: &mut impl Read,
     path: &Path,
-    key: &FileKey,
     layout: Layout,
     chunk: u64,
     plain: &mut [u8],
-) -> Result<Vec<u8>, Error> {
+) -> Result<usize, Error> {
     // Reading a whole chunk's worth notices a file that grew; one that shrank ends early.
     let n = read_full(file, &mut plain[..CHUNK]).map_err(io(path))?;
     let len = layout.chunk_len(chunk);
@@ -85,8 +72,66 @@ fn seal_chunk(
         return Err(Error::Io(format!("{} changed while it was being sent", path.display())));
     }
     plain[n..len].fill(0);
-    let position = u32::try_from(chunk).map_err(|_| Error::Invalid("file too large".into()))?;
-    Ok(key.seal(position, layout.is_last(chunk), &plain[..len])?)
+    Ok(len)
+}
+
+/// A chunk's plaintext, padded, on its way to be sealed.
+type Plain = Result<(u64, Vec<u8>), Error>;
+/// Sealed chunks to send in one request, and the chunk that follows them.
+type Piece = Result<(Vec<u8>, u64), Error>;
+
+/// Reads the file from its start, hashing the file's bytes, and passes chunks `start..` on
+/// to be sealed (the ones before are on the server already and are only hashed). Returns the
+/// SHA-256; an error goes down the channel too, in order.
+fn read_chunks(
+    file: &mut impl Read,
+    path: &Path,
+    layout: Layout,
+    start: u64,
+    out: &SyncSender<Plain>,
+) -> Result<Vec<u8>, Error> {
+    let mut hash = Sha256::new();
+    let mut plain = vec![0u8; CHUNK];
+    for chunk in 0..layout.chunks() {
+        let len = match read_chunk(file, path, layout, chunk, &mut plain) {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = out.send(Err(e));
+                return Err(Error::Internal("the file could not be read"));
+            }
+        };
+        hash.update(&plain[..layout.data_len(chunk)]);
+        if chunk >= start && out.send(Ok((chunk, plain[..len].to_vec()))).is_err() {
+            return Err(Error::Internal("the upload stopped"));
+        }
+    }
+    Ok(hash.finalize().to_vec())
+}
+
+/// Seals the chunks `read_chunks` passes and gathers them into pieces of [`PIECE_CHUNKS`]
+/// (the last piece ends with the last chunk). Stops when either side goes.
+fn seal_pieces(key: &FileKey, layout: Layout, input: &Receiver<Plain>, out: &SyncSender<Piece>) {
+    let mut piece = Vec::with_capacity(PIECE_CHUNKS * SEALED_CHUNK);
+    for item in input {
+        let sealed = item.and_then(|(chunk, plain)| {
+            let position =
+                u32::try_from(chunk).map_err(|_| Error::Invalid("file too large".into()))?;
+            Ok((chunk, key.seal(position, layout.is_last(chunk), &plain)?))
+        });
+        let (chunk, sealed) = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = out.send(Err(e));
+                return;
+            }
+        };
+        piece.extend_from_slice(&sealed);
+        if (piece.len() >= PIECE_CHUNKS * SEALED_CHUNK || layout.is_last(chunk))
+            && out.send(Ok((std::mem::take(&mut piece), chunk + 1))).is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Where opened chunks go: the file's bytes into the digest, the whole plaintext (padding
@@ -97,10 +142,61 @@ struct Sink<'a, W> {
     hash: &'a mut Sha256,
 }
 
+/// An upload's body: the sealed pieces as they come from [`seal_pieces`], from `at` in the
+/// first. Tells `progress` the chunks sent so far.
+struct PieceReader<'a> {
+    pieces: Receiver<Piece>,
+    piece: Vec<u8>,
+    at: usize,
+    /// Why the pieces stopped, if they did not end.
+    failed: Option<Error>,
+    /// The chunk after the piece being read.
+    through: Option<u64>,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl Read for PieceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at >= self.piece.len() {
+            match self.pieces.recv() {
+                Ok(Ok((piece, through))) => {
+                    // The first piece skips what the server has; later ones start at 0.
+                    self.at = self.at.saturating_sub(self.piece.len());
+                    self.piece = piece;
+                    if let Some(done) = self.through.replace(through) {
+                        (self.progress)(done);
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.failed = Some(e);
+                    return Err(std::io::Error::other("the file could not be sealed"));
+                }
+                Err(_) => {
+                    if let Some(done) = self.through.take() {
+                        (self.progress)(done);
+                    }
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.piece.len() - self.at);
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// An opened chunk's plaintext, padding included.
+type Opened = Result<(u64, Zeroizing<Vec<u8>>), Error>;
+
+/// Chunks opened ahead of the one being written.
+const OPEN_AHEAD: usize = 16;
+
 /// Reads chunks `from..` of a blob laid out as `layout` from `reader`, authenticates each,
 /// checks its padding and passes it to `sink`; the blob must end exactly after the last.
+/// A thread reads and authenticates while this one checks, hashes and writes.
 fn open_chunks<W: Write>(
-    reader: &mut impl Read,
+    reader: &mut (impl Read + Send),
     url: &str,
     key: &FileKey,
     layout: Layout,
@@ -109,8 +205,39 @@ fn open_chunks<W: Write>(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), Error> {
     let chunks = layout.chunks();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(OPEN_AHEAD);
+        scope.spawn(move || read_and_open(reader, url, key, layout, from, &tx));
+        let mut next = from;
+        for opened in rx {
+            let (chunk, plain) = opened?;
+            let data = layout.unpad(chunk, &plain).map_err(|e| Error::Tampered(e.to_string()))?;
+            sink.hash.update(data);
+            sink.file.write_all(&plain).map_err(io(sink.path))?;
+            progress(layout.progress(chunk + 1), layout.size());
+            next = chunk + 1;
+        }
+        if next == chunks {
+            Ok(())
+        } else {
+            Err(Error::Internal("the download stopped before its end"))
+        }
+    })
+}
+
+/// The reading half of [`open_chunks`]: sends each chunk opened, in order, or the first
+/// error; stops when the receiver goes.
+fn read_and_open(
+    reader: &mut impl Read,
+    url: &str,
+    key: &FileKey,
+    layout: Layout,
+    from: u64,
+    out: &SyncSender<Opened>,
+) {
+    let chunks = layout.chunks();
     let mut sealed = vec![0u8; SEALED_CHUNK];
-    for chunk in from..chunks {
+    let mut open = |chunk: u64| -> Result<Zeroizing<Vec<u8>>, Error> {
         let len = layout.chunk_len(chunk) + attachment::TAG;
         let n = read_full(reader, &mut sealed[..len])
             .map_err(|e| Error::Unreachable { url: url.into(), reason: e.to_string() })?;
@@ -121,19 +248,21 @@ fn open_chunks<W: Write>(
         }
         let position =
             u32::try_from(chunk).map_err(|_| Error::Protocol("bad attachment reference".into()))?;
-        let plain = key
-            .open(position, layout.is_last(chunk), &sealed[..len])
-            .map_err(|e| Error::Tampered(e.to_string()))?;
-        let data = layout.unpad(chunk, &plain).map_err(|e| Error::Tampered(e.to_string()))?;
-        sink.hash.update(data);
-        sink.file.write_all(&plain).map_err(io(sink.path))?;
-        progress(layout.progress(chunk + 1), layout.size());
+        key.open(position, layout.is_last(chunk), &sealed[..len])
+            .map_err(|e| Error::Tampered(e.to_string()))
+    };
+    for chunk in from..chunks {
+        let opened = open(chunk);
+        let failed = opened.is_err();
+        if out.send(opened.map(|plain| (chunk, plain))).is_err() || failed {
+            return;
+        }
     }
     let mut extra = [0u8; 1];
     if read_full(reader, &mut extra).unwrap_or(0) > 0 {
-        return Err(Error::Tampered("the file on the server is longer than announced".into()));
+        let _ = out
+            .send(Err(Error::Tampered("the file on the server is longer than announced".into())));
     }
-    Ok(())
 }
 
 impl Client {
@@ -176,8 +305,7 @@ impl Client {
         )?;
         let lifetime = (timer > 0).then_some(timer as u64);
         let (blob, key) = self.upload_slot(&canonical, size, mtime, sealed_size, lifetime)?;
-        let sha256 = digest_file(path)?;
-        self.upload(&blob, &key, path, layout, progress)?;
+        let sha256 = self.upload(&blob, &key, path, layout, progress)?;
         self.conn.execute(
             "DELETE FROM uploads WHERE path = ?1 AND size = ?2 AND mtime = ?3",
             params![canonical.to_string_lossy(), size as i64, mtime as i64],
@@ -249,7 +377,12 @@ impl Client {
         Ok((status.id.0, key))
     }
 
-    /// Uploads the encrypted chunks from where the server's copy ends.
+    /// Uploads the encrypted chunks from where the server's copy ends; returns the file's
+    /// SHA-256, taken from the very bytes sealed.
+    ///
+    /// Three stages run at once: a thread reads the file and hashes it, a second seals its
+    /// chunks, and this one streams them to the server in one request, which makes what it
+    /// received durable as it goes (so a broken upload resumes near where it broke).
     fn upload(
         &mut self,
         blob: &[u8],
@@ -257,58 +390,85 @@ impl Client {
         path: &Path,
         layout: Layout,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<u8>, Error> {
         let id = hex::encode(blob);
         let size = layout.size();
-        let chunks = layout.chunks();
         let sealed_size = layout.sealed_len();
-        let mut file = std::fs::File::open(path).map_err(io(path))?;
-        let mut plain = vec![0u8; CHUNK];
         let mut attempts = 0;
-        'resume: loop {
+        loop {
             let token = self.token()?;
             let status: proto::BlobStatus =
                 self.api.get(&format!("/v1/blobs/{id}/status"), Some(&token))?;
-            let mut offset = status.received;
-            if !offset.is_multiple_of(SEALED_CHUNK as u64) && offset != sealed_size {
-                return Err(Error::Protocol("the server's copy ends inside a chunk".into()));
+            let offset = status.received;
+            if offset > sealed_size {
+                return Err(Error::Protocol("the server's copy is longer than the file".into()));
             }
-            let mut chunk = offset / SEALED_CHUNK as u64;
-            progress(layout.progress(chunk), size);
-            // Chunks of padding alone lie past the file's end, where reading finds nothing.
-            file.seek(SeekFrom::Start(chunk * CHUNK as u64)).map_err(io(path))?;
-            while chunk < chunks {
-                let mut piece = Vec::with_capacity(CHUNKS_PER_REQUEST * SEALED_CHUNK);
-                while chunk < chunks && piece.len() < CHUNKS_PER_REQUEST * SEALED_CHUNK {
-                    piece.extend_from_slice(&seal_chunk(
-                        &mut file, path, key, layout, chunk, &mut plain,
-                    )?);
-                    chunk += 1;
-                }
-                // A long upload outlives a token: take a fresh one (cached) for each piece.
-                let token = self.token()?;
-                let put: Result<proto::BlobStatus, Error> =
-                    self.api.put_bytes(&format!("/v1/blobs/{id}?offset={offset}"), &piece, &token);
-                match put {
-                    Ok(s) => {
-                        offset = s.received;
-                        attempts = 0;
-                        progress(layout.progress(chunk), size);
+            // The server's copy may end inside a chunk: sealing is deterministic, so that
+            // chunk is sealed again and sent from where the copy ends.
+            let (start, skip) = if offset == sealed_size {
+                (layout.chunks(), 0)
+            } else {
+                let start = offset / SEALED_CHUNK as u64;
+                (start, (offset - start * SEALED_CHUNK as u64) as usize)
+            };
+            progress(layout.progress(start), size);
+            let api = &self.api;
+            let outcome = std::thread::scope(|scope| -> Result<Option<Vec<u8>>, Error> {
+                let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel(PIECE_CHUNKS);
+                let (piece_tx, piece_rx) = std::sync::mpsc::sync_channel(1);
+                let mut file = std::fs::File::open(path).map_err(io(path))?;
+                let reader =
+                    scope.spawn(move || read_chunks(&mut file, path, layout, start, &plain_tx));
+                scope.spawn(move || seal_pieces(key, layout, &plain_rx, &piece_tx));
+                if start < layout.chunks() {
+                    let mut body = PieceReader {
+                        pieces: piece_rx,
+                        piece: Vec::new(),
+                        at: skip,
+                        failed: None,
+                        through: None,
+                        progress: &mut |done| progress(layout.progress(done), size),
+                    };
+                    let put: Result<proto::BlobStatus, Error> = api.put_stream(
+                        &format!("/v1/blobs/{id}?offset={offset}"),
+                        &mut body,
+                        &token,
+                    );
+                    // A failure here (the file changed, say) ends the upload, whatever the
+                    // server made of the cut request.
+                    if let Some(e) = body.failed.take() {
+                        return Err(e);
                     }
-                    Err(e @ (Error::Unreachable { .. } | Error::Server { .. }))
-                        if attempts + 1 < UPLOAD_ATTEMPTS
-                            && e.server_code().is_none_or(|c| {
+                    match put {
+                        Ok(s) if s.received == sealed_size => {}
+                        // Cut short somewhere: ask again where the copy ends.
+                        Ok(_) => return Ok(None),
+                        Err(e @ (Error::Unreachable { .. } | Error::Server { .. }))
+                            if e.server_code().is_none_or(|c| {
                                 c == "wrong_offset" || c == "upload_in_progress"
                             }) =>
-                    {
-                        attempts += 1;
-                        std::thread::sleep(Duration::from_millis(500 * attempts as u64));
-                        continue 'resume;
+                        {
+                            // Dropping the pieces' receiver stops both threads.
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
+                }
+                reader.join().map_err(|_| Error::Internal("the file reader failed"))?.map(Some)
+            });
+            match outcome? {
+                Some(digest) => return Ok(digest),
+                None if attempts + 1 < UPLOAD_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(500 * attempts as u64));
+                }
+                None => {
+                    return Err(Error::Unreachable {
+                        url: self.api.base().to_string(),
+                        reason: format!("the upload broke off {UPLOAD_ATTEMPTS} times"),
+                    });
                 }
             }
-            return Ok(());
         }
     }
 
@@ -457,8 +617,11 @@ mod tests {
         let mut plain = vec![0u8; CHUNK];
         let mut blob = Vec::new();
         for chunk in 0..layout.chunks() {
-            let sealed = seal_chunk(&mut file, Path::new("f"), key, layout, chunk, &mut plain);
-            blob.extend_from_slice(&sealed.expect("seal"));
+            let len = read_chunk(&mut file, Path::new("f"), layout, chunk, &mut plain);
+            let len = len.expect("read");
+            blob.extend_from_slice(
+                &key.seal(chunk as u32, layout.is_last(chunk), &plain[..len]).expect("seal"),
+            );
         }
         blob
     }
@@ -569,15 +732,93 @@ mod tests {
         assert!(message(&flipped).contains("does not authenticate"));
     }
 
+    /// The upload's reading and sealing threads, run as `upload` runs them from chunk `start`.
+    fn upload_pieces(key: &FileKey, file: &[u8], start: u64) -> (Vec<Vec<u8>>, Vec<u64>, Vec<u8>) {
+        let layout = Layout::new(file.len() as u64, true);
+        let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel(2);
+        let (piece_tx, piece_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                read_chunks(&mut Cursor::new(file), Path::new("f"), layout, start, &plain_tx)
+            });
+            scope.spawn(move || seal_pieces(key, layout, &plain_rx, &piece_tx));
+            let (pieces, through): (Vec<_>, Vec<_>) =
+                piece_rx.iter().map(|p| p.expect("piece")).unzip();
+            (pieces, through, reader.join().expect("reader").expect("digest"))
+        })
+    }
+
+    #[test]
+    fn uploads_seal_in_pieces_what_a_single_pass_seals() {
+        let key = FileKey::generate().expect("key");
+        let per_piece = PIECE_CHUNKS * SEALED_CHUNK;
+        for size in
+            [0, 1000, PIECE_CHUNKS * CHUNK, PIECE_CHUNKS * CHUNK + 1, 3 * PIECE_CHUNKS * CHUNK - 5]
+        {
+            let file = data(size);
+            let layout = Layout::new(size as u64, true);
+            let whole = seal(&key, &file, true);
+            let (pieces, through, digest) = upload_pieces(&key, &file, 0);
+            assert_eq!(pieces.concat(), whole, "{size}");
+            assert!(pieces.iter().rev().skip(1).all(|p| p.len() == per_piece), "{size}");
+            assert_eq!(through.last(), Some(&layout.chunks()));
+            assert_eq!(digest, Sha256::digest(&file).to_vec(), "{size}");
+            // Resumed after some chunks: the rest is sealed, the digest is still the file's.
+            let start = layout.chunks() - 1;
+            let (rest, _, digest) = upload_pieces(&key, &file, start);
+            assert_eq!(rest.concat(), whole[start as usize * SEALED_CHUNK..], "{size}");
+            assert_eq!(digest, Sha256::digest(&file).to_vec(), "{size}");
+        }
+        // A server's copy that ends inside a chunk: the body starts from there.
+        let file = data(5 * CHUNK + 77);
+        let whole = seal(&key, &file, true);
+        for offset in [1, SEALED_CHUNK - 1, 3 * SEALED_CHUNK + 100, whole.len() - 1] {
+            let layout = Layout::new(file.len() as u64, true);
+            let start = (offset / SEALED_CHUNK) as u64;
+            let (pieces, _, _) = upload_pieces(&key, &file, start);
+            let (tx, rx) = std::sync::mpsc::sync_channel(pieces.len());
+            for (i, piece) in pieces.into_iter().enumerate() {
+                tx.send(Ok((piece, start + i as u64 + 1))).expect("send");
+            }
+            drop(tx);
+            let mut told = Vec::new();
+            let mut body = PieceReader {
+                pieces: rx,
+                piece: Vec::new(),
+                at: offset - start as usize * SEALED_CHUNK,
+                failed: None,
+                through: None,
+                progress: &mut |done| told.push(done),
+            };
+            let mut sent = Vec::new();
+            body.read_to_end(&mut sent).expect("read");
+            assert_eq!(sent, whole[offset..], "from {offset}");
+            assert!(told.windows(2).all(|w| w[0] < w[1]), "{told:?}");
+            assert!(told.last().is_some_and(|&t| t <= layout.chunks()), "{told:?}");
+        }
+        // A file that changes under the reader stops the upload with the reader's error.
+        let layout = Layout::new(5 * CHUNK as u64, true);
+        let short = data(3 * CHUNK);
+        let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel(2);
+        let (piece_tx, piece_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                read_chunks(&mut Cursor::new(&short), Path::new("f"), layout, 0, &plain_tx)
+            });
+            scope.spawn(move || seal_pieces(&key, layout, &plain_rx, &piece_tx));
+            let err = piece_rx.iter().find_map(Result::err).expect("an error");
+            assert!(err.to_string().contains("changed while it was being sent"), "{err}");
+        });
+    }
+
     #[test]
     fn a_file_that_changes_while_sent_is_refused() {
-        let key = FileKey::generate().expect("key");
         let layout = Layout::new(1000, true);
         let mut plain = vec![0u8; CHUNK];
         for now in [999, 1001] {
             let mut file = Cursor::new(data(now));
-            let err = seal_chunk(&mut file, Path::new("f"), &key, layout, 0, &mut plain)
-                .expect_err("changed");
+            let err =
+                read_chunk(&mut file, Path::new("f"), layout, 0, &mut plain).expect_err("changed");
             assert!(err.to_string().contains("changed while it was being sent"), "{err}");
         }
     }

@@ -248,6 +248,24 @@ impl Transport for HttpTransport {
         Ok(Stream { status, body: Box::new(resp.into_body().into_reader()) })
     }
 
+    fn put_stream(
+        &self,
+        path: &str,
+        token: &str,
+        body: &mut dyn std::io::Read,
+    ) -> Result<Response, Failed> {
+        // Sent as it is read (chunked), as fast as the link takes it.
+        let resp = authorize(self.agent.put(format!("{}{path}", self.base)), Some(token))
+            .header("Content-Type", "application/octet-stream")
+            .config()
+            .timeout_global(None)
+            .timeout_send_body(None)
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .build()
+            .send(ureq::SendBody::from_reader(body));
+        whole(resp.map_err(failed)?)
+    }
+
     fn connect_live(&self, token: &str) -> Result<Box<dyn LiveLink>, Error> {
         // A server from before version 2 accepts the upgrade without a subprotocol: speak
         // version 1 to it.

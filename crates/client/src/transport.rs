@@ -102,6 +102,25 @@ pub trait Transport: Send {
     fn call(&self, request: &Request<'_>) -> Result<Response, Failed>;
     /// `GET`s a byte stream from `offset` on.
     fn stream(&self, path: &str, offset: u64, token: &str) -> Result<Stream, Failed>;
+    /// `PUT`s the bytes `body` reads (an upload) and reads the whole answer; no overall time
+    /// limit applies. This default reads the body whole and sends it as [`Body::Bytes`]; a
+    /// transport that can stream a request body does so.
+    fn put_stream(
+        &self,
+        path: &str,
+        token: &str,
+        body: &mut dyn std::io::Read,
+    ) -> Result<Response, Failed> {
+        let mut bytes = Vec::new();
+        body.read_to_end(&mut bytes)
+            .map_err(|e| Failed { reason: e.to_string(), not_sent: true })?;
+        self.call(&Request {
+            method: Method::Put,
+            path,
+            token: Some(token),
+            body: Body::Bytes(&bytes),
+        })
+    }
     /// Opens the live connection, authenticated with `token`. A refusal by the server is
     /// returned as the error the HTTP API would give.
     fn connect_live(&self, token: &str) -> Result<Box<dyn LiveLink>, Error>;

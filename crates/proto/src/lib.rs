@@ -472,8 +472,10 @@ pub struct NewBlob {
 }
 
 /// A blob's state: answer to [`NewBlob`] and `GET /v1/blobs/{id}/status`. Upload with
-/// `PUT /v1/blobs/{id}?offset=N` (raw bytes, at most 8 MiB per request, `offset` =
-/// `received`); download with `GET /v1/blobs/{id}` (a `Range: bytes=N-` header resumes).
+/// `PUT /v1/blobs/{id}?offset=N` (raw bytes, `offset` = `received`; one request may carry
+/// the rest of the file, and `received` advances durably every 8 MiB while it streams, so
+/// it can end anywhere, inside an encrypted chunk too); download with `GET /v1/blobs/{id}`
+/// (a `Range: bytes=N-` header resumes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobStatus {

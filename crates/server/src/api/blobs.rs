@@ -13,8 +13,10 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use super::*;
 use crate::store::BlobRecord;
 
-/// Most bytes in one upload request.
-pub(super) const MAX_UPLOAD_REQUEST: usize = 8 << 20;
+/// Within a long upload request, bytes received between durability checkpoints: each is
+/// flushed to disk and recorded in the background while the next arrive, so an upload that
+/// breaks off resumes at most this far back.
+const CHECKPOINT: u64 = 8 << 20;
 /// How long an unfinished upload may wait before it is deleted.
 const INCOMPLETE_TTL: u64 = 86_400;
 /// Largest blob: the largest file, encrypted.
@@ -26,11 +28,13 @@ fn max_blob() -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct Uploading(StdMutex<HashSet<Vec<u8>>>);
 
-struct UploadGuard<'a>(&'a Uploading, Vec<u8>);
+/// A blob's place in [`Uploading`], given up when the request and its last durability
+/// checkpoint are both done (a checkpoint may finish after its request was cut off).
+struct UploadGuard(Shared, Vec<u8>);
 
-impl Drop for UploadGuard<'_> {
+impl Drop for UploadGuard {
     fn drop(&mut self) {
-        self.0.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        self.0.uploading.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
     }
 }
 
@@ -153,6 +157,14 @@ pub(super) async fn delete(
     Ok(Json(proto::Deleted { deleted: true }))
 }
 
+/// Waits for an upload's durability checkpoint.
+async fn settle(done: tokio::task::JoinHandle<Result<(), ApiError>>) -> Result<(), ApiError> {
+    done.await.map_err(|e| ApiError::internal("upload checkpoint failed", &e))?
+}
+
+/// Bytes per read or write of a stored file: each is one trip to a blocking thread.
+const IO_BUFFER: usize = 1 << 20;
+
 /// `GET /v1/blobs/{id}/status`.
 pub(super) async fn status(
     State(state): State<Shared>,
@@ -186,7 +198,7 @@ pub(super) async fn upload(
             ));
         }
     }
-    let _guard = UploadGuard(&state.uploading, id.clone());
+    let guard = Arc::new(UploadGuard(state.clone(), id.clone()));
     if offset != blob.received {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -195,10 +207,17 @@ pub(super) async fn upload(
         ));
     }
     let path = blob_path(&state, &id);
-    let mut file =
-        tokio::fs::OpenOptions::new().write(true).open(&path).await.map_err(io_failed)?;
+    let file = tokio::fs::OpenOptions::new().write(true).open(&path).await.map_err(io_failed)?;
+    // A second handle on the same open file, for the checkpoints' fsyncs.
+    let syncer = Arc::new(file.try_clone().await.map_err(io_failed)?.into_std().await);
+    let mut file = file;
     file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io_failed)?;
+    // The body arrives in pieces of a few KiB; each write to a `tokio::fs::File` is a trip
+    // to a blocking thread, so they are gathered into writes of 1 MiB.
+    let mut file = tokio::io::BufWriter::with_capacity(IO_BUFFER, file);
     let mut written = 0u64;
+    let mut checkpoint: Option<tokio::task::JoinHandle<Result<(), ApiError>>> = None;
+    let mut checked = offset;
     let mut stream = body.into_data_stream();
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| {
@@ -209,9 +228,28 @@ pub(super) async fn upload(
         }
         file.write_all(&piece).await.map_err(io_failed)?;
         written += piece.len() as u64;
+        if offset + written - checked >= CHECKPOINT {
+            // One checkpoint at a time: the one before must be done.
+            if let Some(done) = checkpoint.take() {
+                settle(done).await?;
+            }
+            file.flush().await.map_err(io_failed)?;
+            checked = offset + written;
+            let (state, syncer, guard, expires_at) =
+                (state.clone(), syncer.clone(), guard.clone(), blob.expires_at);
+            checkpoint = Some(tokio::task::spawn_blocking(move || {
+                syncer.sync_data().map_err(io_failed)?;
+                let id = &guard.1;
+                state.store.blob_received(id, checked, expires_at).map_err(ApiError::from)
+            }));
+        }
+    }
+    if let Some(done) = checkpoint.take() {
+        settle(done).await?;
     }
     // Bytes count as received only once they are on disk.
-    file.sync_data().await.map_err(io_failed)?;
+    file.flush().await.map_err(io_failed)?;
+    file.get_ref().sync_data().await.map_err(io_failed)?;
     crate::metrics::METRICS.file_bytes_in.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
     let received = offset + written;
     // A complete file lives as long as messages do, or as its chat's timer says. Until
@@ -224,6 +262,7 @@ pub(super) async fn upload(
     };
     let record_id = id.clone();
     blocking(&state, move |s| s.blob_received(&record_id, received, expires_at)).await?;
+    drop(guard);
     Ok(Json(proto::BlobStatus { id: Bytes(id), size: blob.size, received }))
 }
 
@@ -276,7 +315,7 @@ pub(super) async fn download(
     file.seek(std::io::SeekFrom::Start(start)).await.map_err(io_failed)?;
     let stream = tokio_util::io::ReaderStream::with_capacity(
         file.take(end.saturating_sub(start)),
-        64 * 1024,
+        IO_BUFFER,
     );
     // Counted as handed over when the response starts (a reader may stop early).
     crate::metrics::METRICS

@@ -751,7 +751,8 @@ fn routes() -> Vec<(&'static str, &'static [&'static str], axum::routing::Method
             get(blobs::download)
                 .put(blobs::upload)
                 .delete(blobs::delete)
-                .layer(DefaultBodyLimit::max(blobs::MAX_UPLOAD_REQUEST)),
+                // An upload is streamed to disk, bounded by its file's announced size.
+                .layer(DefaultBodyLimit::disable()),
         ),
         ("/v1/blobs/{id}/status", &["GET"], get(blobs::status)),
         ("/v1/kt/roots", &["GET"], get(kt::roots)),
