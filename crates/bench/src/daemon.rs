@@ -125,15 +125,15 @@ pub struct DaemonResult {
 
 /// One user's home directory.
 #[derive(Debug)]
-struct Home {
-    dir: PathBuf,
-    address: String,
+pub(crate) struct Home {
+    pub(crate) dir: PathBuf,
+    pub(crate) address: String,
 }
 
 impl Home {
     /// `sotto --home DIR --json` with the homes' passphrase (and the cheap test KDF, which only
     /// debug builds obey).
-    fn command(&self, bin: &Path) -> Command {
+    pub(crate) fn command(&self, bin: &Path) -> Command {
         let mut c = Command::new(bin);
         c.env("SOTTO_PASSPHRASE", PASSPHRASE)
             .env("SOTTO_INSECURE_FAST_KDF", "1")
@@ -144,7 +144,12 @@ impl Home {
     }
 
     /// Registers `name@localhost` in a fresh home under `scratch`.
-    fn register(bin: &Path, scratch: &Path, name: &str, server: &str) -> anyhow::Result<Home> {
+    pub(crate) fn register(
+        bin: &Path,
+        scratch: &Path,
+        name: &str,
+        server: &str,
+    ) -> anyhow::Result<Home> {
         let home = Home { dir: scratch.join(name), address: format!("{name}@localhost") };
         let out = home
             .command(bin)
@@ -159,7 +164,7 @@ impl Home {
     }
 
     /// Sends `text` to `to` with one `sotto send` process; fails unless it was sent.
-    fn send(&self, bin: &Path, to: &str, text: &str) -> anyhow::Result<()> {
+    pub(crate) fn send(&self, bin: &Path, to: &str, text: &str) -> anyhow::Result<()> {
         let out = self
             .command(bin)
             .args(["send", to, text])

@@ -14,6 +14,7 @@
 pub mod crypto;
 pub mod daemon;
 pub mod e2ee;
+pub mod files;
 pub mod idle;
 pub mod jetstream;
 pub mod kt;

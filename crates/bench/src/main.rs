@@ -9,7 +9,7 @@ use sotto_bench::jetstream::NatsServer;
 use sotto_bench::report::{self, Machine, Report};
 use sotto_bench::sotto::SottoServer;
 use sotto_bench::synapse::{self, SynapseServer};
-use sotto_bench::{RelayParams, crypto, daemon, e2ee, idle, jetstream, sotto};
+use sotto_bench::{RelayParams, crypto, daemon, e2ee, files, idle, jetstream, sotto};
 use sotto_proto::live::Version;
 
 /// Sotto's load generator: the same workload against Sotto and peers, in one run.
@@ -23,11 +23,16 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Systems to measure: sotto, jetstream (default sync), jetstream-fsync (sync always),
-    /// synapse (to-device messages); and, only when named, sotto-json (Sotto's relay with
-    /// live connections speaking version 1, JSON frames one message each: the reference for
-    /// version 2's binary pages) and daemon (`sotto daemon` against `sotto send` processes,
-    /// and its notification latency).
-    #[arg(long, value_delimiter = ',', default_value = "sotto,jetstream-fsync,jetstream,synapse")]
+    /// synapse (to-device messages), files (a file sent and downloaded with the `sotto`
+    /// binary, beside one core's cipher speed); and, only when named, sotto-json (Sotto's
+    /// relay with live connections speaking version 1, JSON frames one message each: the
+    /// reference for version 2's binary pages) and daemon (`sotto daemon` against `sotto
+    /// send` processes, and its notification latency).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sotto,jetstream-fsync,jetstream,synapse,files"
+    )]
     systems: Vec<String>,
     /// Simulated devices.
     #[arg(long, default_value_t = 16)]
@@ -70,6 +75,9 @@ struct Args {
     /// Messages whose notification latency the daemon workload measures.
     #[arg(long, default_value_t = 200)]
     daemon_notify: usize,
+    /// The file's size in the files workload, MiB (0: skip it).
+    #[arg(long, default_value_t = 1024)]
+    file_mib: u64,
     /// Where to write the results.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -138,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         a.daemon_sends = a.daemon_sends.min(5);
         a.daemon_cli_sends = a.daemon_cli_sends.map(|n| n.min(5));
         a.daemon_notify = a.daemon_notify.min(5);
+        a.file_mib = a.file_mib.min(4);
         a.seconds = 1;
         a.warmup = 0;
     }
@@ -157,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         e2ee: Vec::new(),
         kt: Vec::new(),
         daemon: Vec::new(),
+        files: Vec::new(),
         skipped: Vec::new(),
     };
     let params = |window: usize| RelayParams {
@@ -248,8 +258,29 @@ async fn main() -> anyhow::Result<()> {
                     tokio::task::spawn_blocking(move || daemon::run(&server, &params)).await??;
                 report.daemon.push(r);
             }
+            "files" => {
+                if a.file_mib == 0 {
+                    continue;
+                }
+                let bin = match (&a.client_bin, sibling("sotto", "--client-bin")) {
+                    (Some(p), _) => p.clone(),
+                    (None, Ok(p)) => p,
+                    (None, Err(why)) if a.smoke => {
+                        eprintln!("skipping files: {why}");
+                        report.skipped.push((system.clone(), why.to_string()));
+                        continue;
+                    }
+                    (None, Err(why)) => return Err(why),
+                };
+                let server = SottoServer::start(&server_bin)?;
+                let mib = a.file_mib;
+                let r =
+                    tokio::task::spawn_blocking(move || files::run(&server, &bin, mib)).await??;
+                report.files.push(r);
+            }
             other => anyhow::bail!(
-                "unknown system {other:?}: use sotto, jetstream, jetstream-fsync, synapse, daemon"
+                "unknown system {other:?}: use sotto, sotto-json, jetstream, jetstream-fsync, \
+                 synapse, daemon, files"
             ),
         }
     }

@@ -37,6 +37,8 @@ pub struct Report {
     pub kt: Vec<crate::kt::KtResult>,
     /// `sotto daemon` against `sotto send` processes, and its notification latency.
     pub daemon: Vec<DaemonResult>,
+    /// Attachments sent and downloaded, beside the cipher's speed.
+    pub files: Vec<crate::files::FilesResult>,
     /// Systems requested but not run, and why.
     pub skipped: Vec<(String, String)>,
 }
@@ -339,6 +341,39 @@ pub fn markdown(r: &Report) -> String {
     }
     for x in &r.daemon {
         daemon_markdown(&mut md, x);
+    }
+    if !r.files.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nAttachments: alice sends bob a file with `sotto send-file` (read, hashed, \
+             sealed in 64 KiB ChaCha20-Poly1305 chunks, streamed to the server, which makes \
+             it durable) and bob fetches it with `sotto download` (authenticated, hashed, \
+             written and made durable), each timed from process start to exit; beside them, \
+             one core sealing and opening 64 KiB chunks, and the disk writing a file as \
+             large and syncing it, in the same run:\n"
+        );
+        let _ = writeln!(
+            md,
+            "| file MiB | upload MiB/s | of sealing | download MiB/s | of opening | seal MiB/s (1 core) | open MiB/s | disk write MiB/s | client peak RSS MiB up / down | server peak RSS MiB |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for x in &r.files {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} % | {:.0} | {:.0} % | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} |",
+                x.size_mib,
+                x.upload_mib_per_sec,
+                100.0 * x.upload_mib_per_sec / x.seal_mib_per_sec,
+                x.download_mib_per_sec,
+                100.0 * x.download_mib_per_sec / x.open_mib_per_sec,
+                x.seal_mib_per_sec,
+                x.open_mib_per_sec,
+                x.disk_write_mib_per_sec,
+                x.upload_client_peak_rss_kib as f64 / 1024.0,
+                x.download_client_peak_rss_kib as f64 / 1024.0,
+                x.server_peak_rss_kib as f64 / 1024.0,
+            );
+        }
     }
     if !r.skipped.is_empty() {
         let _ = writeln!(md, "\nNot run:");

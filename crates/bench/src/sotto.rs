@@ -44,7 +44,7 @@ impl SottoServer {
             .args(["--device-rate", "1000000", "--registration-rate", "1000000"])
             .args(["--queue-max-messages", "100000000", "--queue-max-bytes", "1000G"])
             .args(["--max-connections", "200000", "--submit-rate", "1000G"])
-            .args(["--max-connections-per-ip", "200000"])
+            .args(["--max-connections-per-ip", "200000", "--blob-quota", "1000G"])
             .env("SOTTO_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

@@ -58,6 +58,20 @@ fn smoke_run_writes_a_report() {
     assert_eq!(idle[0]["connections"], 200);
     let report = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(report.contains("| sotto | 4 | 1 |"), "{report}");
+    // The files workload ran (its file came back whole) or says why not.
+    match results["files"].as_array().and_then(|f| f.first()) {
+        Some(f) => {
+            assert_eq!(f["size_mib"], 4, "{f}");
+            for key in ["upload_mib_per_sec", "download_mib_per_sec", "seal_mib_per_sec"] {
+                assert!(f[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {f}");
+            }
+            assert!(report.contains("Attachments:"), "{report}");
+        }
+        None => assert!(
+            results["skipped"].as_array().is_some_and(|s| s.iter().any(|x| x[0] == "files")),
+            "files neither ran nor was skipped: {results}"
+        ),
+    }
     // Peers either ran or say why not.
     for system in ["jetstream", "jetstream-fsync", "synapse"] {
         let ran =
