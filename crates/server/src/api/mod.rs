@@ -62,7 +62,7 @@ const PER_ADDRESS_DEVICES: f64 = 16.0;
 /// Default and largest page of a queue fetch.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
-/// Store writes in flight on blocking threads; more wait their turn without a thread.
+/// Store writes handed to the writer at once; more wait their turn.
 const MAX_CONCURRENT_WRITES: usize = 128;
 /// Page size on the WebSocket: small, so a slow reader holds little server memory.
 const LIVE_PAGE: u32 = 16;
@@ -675,16 +675,20 @@ fn authenticate(parts: &mut Parts, state: &Shared) -> Result<u64, ApiError> {
     Ok(device)
 }
 
-/// Runs a store write on a blocking thread, at most [`MAX_CONCURRENT_WRITES`] at a time. Writes
-/// wait for a shared commit; bounding them keeps blocking threads free for reads, so a flood of
-/// submissions cannot starve deliveries.
-async fn blocking_write<T: Send + 'static>(
+/// Hands a write to the store's writer without a blocking thread (see
+/// [`Store::submit_queued`]) and waits for its answer, holding one of
+/// [`MAX_CONCURRENT_WRITES`] permits meanwhile: the writer's queue stays bounded, and a flood
+/// of submissions waits its turn without holding anything.
+async fn queued_write<T>(
     state: &Shared,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    start: impl FnOnce(&dyn Store) -> crate::store::Pending<T>,
 ) -> Result<T, ApiError> {
     let _permit =
         state.writes.acquire().await.map_err(|e| ApiError::internal("write limiter closed", &e))?;
-    blocking(state, f).await
+    match start(state.store.as_ref()).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal("store writer stopped", &e)),
+    }
 }
 
 /// Runs a store call on a blocking thread.
@@ -1297,7 +1301,7 @@ async fn submit(
         let grain = (t.saturating_sub(now) / 8).clamp(1, grain);
         t.div_ceil(grain).saturating_mul(grain)
     });
-    let done = blocking_write(&state, move |s| {
+    let done = queued_write(&state, |s| {
         let submission = Submission {
             id: submission_id.as_deref(),
             digest,
@@ -1315,7 +1319,7 @@ async fn submit(
             limits,
             expires_at,
         };
-        s.submit(&submission, queue_time)
+        s.submit_queued(&submission, queue_time)
     })
     .await?;
     let queued = done.recipients.len() as u64;
@@ -1372,7 +1376,7 @@ async fn ack(
     AuthDevice(device): AuthDevice,
     ApiJson(req): ApiJson<proto::AckRequest>,
 ) -> Result<Json<proto::AckResponse>, ApiError> {
-    let removed = blocking_write(&state, move |s| s.ack(device, req.up_to)).await?;
+    let removed = queued_write(&state, |s| s.ack_queued(device, req.up_to)).await?;
     crate::metrics::METRICS.acknowledged.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
     Ok(Json(proto::AckResponse { up_to: req.up_to, removed }))
 }
@@ -1535,7 +1539,7 @@ async fn live_delivery(
     let start_ack = |up_to: u64| {
         let state = state.clone();
         tokio::spawn(
-            async move { (up_to, blocking_write(&state, move |s| s.ack(device, up_to)).await) },
+            async move { (up_to, queued_write(&state, |s| s.ack_queued(device, up_to)).await) },
         )
     };
     loop {

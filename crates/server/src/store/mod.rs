@@ -432,6 +432,10 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// A write handed to the store whose answer comes later (see [`Store::submit_queued`]). The
+/// sender goes away without answering only if the store stopped.
+pub type Pending<T> = tokio::sync::oneshot::Receiver<Result<T, StoreError>>;
+
 /// The primitive operations of a server store.
 pub trait Store: Send + Sync + 'static {
     /// Records an invite; the accounts it registers get a term of `valid_for` seconds, if
@@ -606,6 +610,13 @@ pub trait Store: Send + Sync + 'static {
     /// recorded then is returned, or [`StoreError::SubmissionConflict`] if its digest
     /// differs. No submission row names its sender.
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<Submitted, StoreError>;
+
+    /// [`Store::submit`] for an async caller: the submission is handed over at once and the
+    /// answer arrives on the receiver, with no thread blocked while it waits for its commit.
+    fn submit_queued(&self, submission: &Submission<'_>, now: u64) -> Pending<Submitted>;
+
+    /// [`Store::ack`] for an async caller, as [`Store::submit_queued`].
+    fn ack_queued(&self, device_id: u64, up_to: u64) -> Pending<u64>;
 
     /// Up to `limit` queued messages (and about `max_bytes`, at most [`PAGE_MAX_BYTES`]; a
     /// single larger message still comes alone) of a device with

@@ -11,8 +11,8 @@ use sotto_core::queue::Sealer;
 use super::{
     AccountChange, AccountRecord, AuditRecord, Barred, BlobRecord, DeviceRecord, GroupAuth,
     GroupCredential, InviteRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering,
-    PAGE_MAX_BYTES, QueueLimits, QueuePage, QueuedCopy, SignedBlob, Store, StoreError, StoreTotals,
-    Submission, Submitted, To, WipeRecord,
+    PAGE_MAX_BYTES, Pending, QueueLimits, QueuePage, QueuedCopy, SignedBlob, Store, StoreError,
+    StoreTotals, Submission, Submitted, To, WipeRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -193,7 +193,7 @@ pub struct SqliteStore {
     /// A read-only connection for queue fetches (file databases only).
     reader: Option<Mutex<Connection>>,
     /// Submissions and acknowledgements go through the writer thread (group commit).
-    writer: mpsc::Sender<(Job, Reply)>,
+    writer: mpsc::Sender<Job>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -267,15 +267,12 @@ impl SqliteStore {
         Ok(SqliteStore { conn, reader: None, writer: tx })
     }
 
-    /// Hands a write to the writer thread and waits until it is committed (or refused).
-    fn write(&self, job: Job) -> Result<Done, StoreError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.writer
-            .send((job, reply))
-            .map_err(|_| StoreError::Backend("the store's writer thread stopped".into()))?;
-        answer
-            .recv()
-            .map_err(|_| StoreError::Backend("the store's writer thread stopped".into()))?
+    /// Hands a write to the writer thread; its answer comes once it is committed (or
+    /// refused).
+    fn hand_over(&self, job: Job) {
+        if let Err(mpsc::SendError(job)) = self.writer.send(job) {
+            job.answer(Err(writer_stopped()));
+        }
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -474,11 +471,11 @@ impl OwnedSubmission {
     }
 }
 
-/// A write for the writer thread.
+/// A write for the writer thread, and where its answer goes.
 #[derive(Debug)]
 enum Job {
-    Submit(Box<OwnedSubmission>, u64),
-    Ack(u64, u64),
+    Submit(Box<OwnedSubmission>, u64, Answer<Submitted>),
+    Ack(u64, u64, Answer<u64>),
 }
 
 /// What a job did.
@@ -488,12 +485,62 @@ enum Done {
     Acked(u64),
 }
 
-type Reply = mpsc::SyncSender<Result<Done, StoreError>>;
+impl Job {
+    /// Sends the job's answer.
+    fn answer(self, result: Result<Done, StoreError>) {
+        fn other<T>() -> Result<T, StoreError> {
+            Err(StoreError::Backend("the writer answered another job".into()))
+        }
+        match self {
+            Job::Submit(_, _, to) => to.send(result.and_then(|d| match d {
+                Done::Submitted(s) => Ok(s),
+                Done::Acked(_) => other(),
+            })),
+            Job::Ack(_, _, to) => to.send(result.and_then(|d| match d {
+                Done::Acked(n) => Ok(n),
+                Done::Submitted(_) => other(),
+            })),
+        }
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Backend("the store's writer thread stopped".into())
+}
+
+/// Where a job's answer goes: an async caller's channel, or a thread that blocks on it.
+#[derive(Debug)]
+enum Answer<T> {
+    Async(tokio::sync::oneshot::Sender<Result<T, StoreError>>),
+    Blocking(mpsc::SyncSender<Result<T, StoreError>>),
+}
+
+impl<T> Answer<T> {
+    fn send(self, result: Result<T, StoreError>) {
+        // A caller that went away no longer wants it.
+        let _ = match self {
+            Answer::Async(to) => to.send(result).map_err(drop),
+            Answer::Blocking(to) => to.send(result).map_err(drop),
+        };
+    }
+}
+
+/// A channel for a caller that blocks until the answer comes (any thread, one that drives
+/// async tasks too, as before the writer answered async callers).
+fn blocking_answer<T>() -> (Answer<T>, mpsc::Receiver<Result<T, StoreError>>) {
+    let (to, from) = mpsc::sync_channel(1);
+    (Answer::Blocking(to), from)
+}
+
+/// Waits for the answer on a [`blocking_answer`] channel.
+fn wait<T>(from: mpsc::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    from.recv().map_err(|_| writer_stopped())?
+}
 
 /// The writer thread: takes every job waiting, runs each in a savepoint of one transaction and
 /// commits once, so concurrent writers share one fsync (group commit). Each job answers only
 /// after the commit that made it durable; a failed job rolls back alone.
-fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<(Job, Reply)>) {
+fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<Job>) {
     let mut sealers = Sealers::default();
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -510,15 +557,15 @@ fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<(Job, Reply)>) {
         let metrics = &crate::metrics::METRICS;
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         metrics.commit_batch.observe(batch.len() as f64);
-        for ((_, reply), result) in batch.into_iter().zip(results) {
-            let _ = reply.send(result);
+        for (job, result) in batch.into_iter().zip(results) {
+            job.answer(result);
         }
     }
 }
 
 fn run_batch(
     conn: &mut Connection,
-    batch: &[(Job, Reply)],
+    batch: &[Job],
     sealers: &mut Sealers,
 ) -> Vec<Result<Done, StoreError>> {
     let fail_all = |e: rusqlite::Error| {
@@ -530,16 +577,16 @@ fn run_batch(
         Err(e) => return fail_all(e),
     };
     let mut results = Vec::with_capacity(batch.len());
-    for (job, _) in batch {
+    for job in batch {
         let sp = match tx.savepoint() {
             Ok(sp) => sp,
             Err(e) => return fail_all(e),
         };
         let result = match job {
-            Job::Submit(s, now) => {
+            Job::Submit(s, now, _) => {
                 submit_in(&sp, &s.borrowed(), *now, sealers).map(Done::Submitted)
             }
-            Job::Ack(device, up_to) => ack_in(&sp, *device, *up_to).map(Done::Acked),
+            Job::Ack(device, up_to, _) => ack_in(&sp, *device, *up_to).map(Done::Acked),
         };
         // Dropping the savepoint without committing it rolls this job back alone.
         if result.is_ok()
@@ -1385,10 +1432,16 @@ impl Store for SqliteStore {
     }
 
     fn submit(&self, submission: &Submission<'_>, now: u64) -> Result<Submitted, StoreError> {
-        match self.write(Job::Submit(Box::new(OwnedSubmission::from(submission)), now))? {
-            Done::Submitted(s) => Ok(s),
-            Done::Acked(_) => Err(StoreError::Backend("the writer answered another job".into())),
-        }
+        let (to, answer) = blocking_answer();
+        self.hand_over(Job::Submit(Box::new(OwnedSubmission::from(submission)), now, to));
+        wait(answer)
+    }
+
+    fn submit_queued(&self, submission: &Submission<'_>, now: u64) -> Pending<Submitted> {
+        let (to, answer) = tokio::sync::oneshot::channel();
+        let job = Job::Submit(Box::new(OwnedSubmission::from(submission)), now, Answer::Async(to));
+        self.hand_over(job);
+        answer
     }
 
     fn fetch(
@@ -1673,12 +1726,15 @@ impl Store for SqliteStore {
     }
 
     fn ack(&self, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
-        match self.write(Job::Ack(device_id, up_to))? {
-            Done::Acked(n) => Ok(n),
-            Done::Submitted(_) => {
-                Err(StoreError::Backend("the writer answered another job".into()))
-            }
-        }
+        let (to, answer) = blocking_answer();
+        self.hand_over(Job::Ack(device_id, up_to, to));
+        wait(answer)
+    }
+
+    fn ack_queued(&self, device_id: u64, up_to: u64) -> Pending<u64> {
+        let (to, answer) = tokio::sync::oneshot::channel();
+        self.hand_over(Job::Ack(device_id, up_to, Answer::Async(to)));
+        answer
     }
 
     fn create_blob(&self, blob: &BlobRecord, quota: u64) -> Result<(), StoreError> {
