@@ -194,6 +194,22 @@ pub struct SqliteStore {
     reader: Option<Mutex<Connection>>,
     /// Submissions and acknowledgements go through the writer thread (group commit).
     writer: mpsc::Sender<Job>,
+    /// Dropped with the store, which ends the checkpoint thread (file databases only).
+    checkpoints: Option<mpsc::Sender<()>>,
+}
+
+/// How often the checkpoint thread copies the write-ahead log into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The checkpoint thread: a passive checkpoint every [`CHECKPOINT_EVERY`] (it copies what no
+/// reader still needs and waits for nobody), until the store is dropped.
+fn checkpoints(conn: &Connection, stopped: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
+        }
+    }
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -227,6 +243,18 @@ impl SqliteStore {
         .map_err(backend)?;
         reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
         store.reader = Some(Mutex::new(reader));
+        // The write-ahead log is copied back into the database by a thread of its own, not
+        // by whichever commit crosses SQLite's threshold: the writer's group commits no
+        // longer stall for it.
+        let checkpointer = Connection::open(path).map_err(backend)?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        store.conn().pragma_update(None, "wal_autocheckpoint", 0).map_err(backend)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("sotto-store-checkpoint".into())
+            .spawn(move || checkpoints(&checkpointer, &stopped))
+            .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
+        store.checkpoints = Some(stop);
         Ok(store)
     }
 
@@ -264,7 +292,7 @@ impl SqliteStore {
             .name("sotto-store-writer".into())
             .spawn(move || writer(shared, rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { conn, reader: None, writer: tx })
+        Ok(SqliteStore { conn, reader: None, writer: tx, checkpoints: None })
     }
 
     /// Hands a write to the writer thread; its answer comes once it is committed (or
