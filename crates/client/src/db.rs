@@ -300,6 +300,42 @@ CREATE TABLE queue_key (
 "#,
 ];
 
+/// A counter of writes to MLS group state (the tables an `MlsGroup` is loaded from), which a
+/// group kept in memory between a page's messages checks before it is used again. Made at
+/// every opening, so that a table the MLS storage recreates in a later version gets its
+/// triggers back.
+fn mls_generation_schema() -> String {
+    let mut sql = String::from(
+        "CREATE TABLE IF NOT EXISTS mls_generation (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             n INTEGER NOT NULL
+         );
+         INSERT OR IGNORE INTO mls_generation (id, n) VALUES (1, 0);",
+    );
+    let tables = [
+        ("group_data", "openmls_group_data"),
+        ("proposals", "openmls_proposals"),
+        ("leaf_nodes", "openmls_own_leaf_nodes"),
+    ];
+    for (short, table) in tables {
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER IF NOT EXISTS mls_generation_{short}_{} AFTER {op} ON {table}
+                 BEGIN UPDATE mls_generation SET n = n + 1 WHERE id = 1; END;",
+                op.to_lowercase()
+            ));
+        }
+    }
+    sql
+}
+
+/// How many writes to MLS group state there have been (see [`mls_generation_schema`]).
+pub(crate) fn mls_generation(conn: &Connection) -> Result<i64, Error> {
+    Ok(conn
+        .prepare_cached("SELECT n FROM mls_generation WHERE id = 1")?
+        .query_row([], |r| r.get(0))?)
+}
+
 const DB_FILE: &str = "sotto.db";
 
 /// Whether `home` holds a database.
@@ -350,6 +386,7 @@ pub(crate) fn open(home: &Path, create: bool, key: &HomeKey) -> Result<Connectio
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
         tx.commit()?;
     }
+    conn.execute_batch(&mls_generation_schema())?;
     Ok(conn)
 }
 
@@ -575,4 +612,47 @@ pub(crate) fn set_last_acked(conn: &Connection, seq: u64) -> Result<(), Error> {
 pub(crate) fn set_last_seq(conn: &Connection, seq: u64) -> Result<(), Error> {
     conn.execute("UPDATE sync_state SET last_seq = ?1 WHERE id = 1", [seq as i64])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_to_mls_group_state_count_and_the_count_survives_reopening() {
+        let home = tempfile::tempdir().expect("dir");
+        let key = HomeKey(zeroize::Zeroizing::new([7u8; 32]));
+        let conn = open(home.path(), true, &key).expect("open");
+        let before = mls_generation(&conn).expect("count");
+        conn.execute(
+            "INSERT INTO openmls_group_data (provider_version, group_id, data_type, group_data)
+             VALUES (1, x'01', 'tree', x'00')",
+            [],
+        )
+        .expect("insert");
+        conn.execute("UPDATE openmls_group_data SET group_data = x'01'", []).expect("update");
+        conn.execute(
+            "INSERT INTO openmls_own_leaf_nodes (provider_version, group_id, leaf_node)
+             VALUES (1, x'01', x'00')",
+            [],
+        )
+        .expect("insert");
+        conn.execute("DELETE FROM openmls_group_data", []).expect("delete");
+        assert_eq!(mls_generation(&conn).expect("count"), before + 4);
+        // Sotto's own tables do not count.
+        conn.execute("UPDATE sync_state SET last_seq = 5", []).expect("update");
+        assert_eq!(mls_generation(&conn).expect("count"), before + 4);
+        drop(conn);
+        let conn = open(home.path(), false, &key).expect("reopen");
+        assert_eq!(mls_generation(&conn).expect("count"), before + 4);
+        let triggers: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'
+                 AND name LIKE 'mls_generation_%'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("triggers");
+        assert_eq!(triggers, 9);
+    }
 }

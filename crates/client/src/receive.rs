@@ -189,8 +189,9 @@ impl Client {
     ) -> Result<Option<(u64, u64)>, Error> {
         let Some(last) = page.last() else { return Ok(None) };
         let tx = begin(&self.conn)?;
+        let mut cache = PageCache::default();
         for m in page {
-            self.process_in(&tx, m.seq, &m.message.0, m.at)?;
+            self.process_in(&tx, m.seq, &m.message.0, m.at, &mut cache)?;
         }
         tx.commit()?;
         Ok(Some((page.len() as u64, last.seq)))
@@ -205,6 +206,7 @@ impl Client {
         seq: u64,
         data: &[u8],
         at: Option<u64>,
+        cache: &mut PageCache,
     ) -> Result<(), Error> {
         if seq <= db::last_seq(tx)? {
             return Ok(());
@@ -232,9 +234,21 @@ impl Client {
             return db::set_last_seq(tx, seq);
         }
         tx.execute_batch("SAVEPOINT message")?;
-        let outcome = mls::process(&db::provider(tx), data)
+        // The group kept from the message before serves only if nothing wrote MLS state
+        // since it was kept.
+        if cache.generation != Some(db::mls_generation(tx)?) {
+            cache.group.clear();
+        }
+        let outcome = mls::process_cached(&db::provider(tx), data, &mut cache.group)
             .map_err(Error::from)
-            .and_then(|incoming| self.apply(tx, seq, at, incoming));
+            .and_then(|incoming| {
+                cache.generation = Some(db::mls_generation(tx)?);
+                self.apply(tx, seq, at, incoming)
+            });
+        if outcome.is_err() {
+            // What the group holds in memory may be ahead of what the savepoint keeps.
+            cache.group.clear();
+        }
         match outcome {
             Ok(()) => tx.execute_batch("RELEASE message")?,
             // The local database failing is not the message's fault: nothing is recorded, and
@@ -251,7 +265,18 @@ impl Client {
         }
         db::set_last_seq(tx, seq)
     }
+}
 
+/// What a page's messages carry from one to the next: the group the last application
+/// message was for, as processing it left the group, and the count of MLS state writes then
+/// (see `db::mls_generation`), which tells whether anything has written since.
+#[derive(Debug, Default)]
+struct PageCache {
+    group: mls::GroupCache,
+    generation: Option<i64>,
+}
+
+impl Client {
     /// Whether a message that failed to process belongs to a chat this device has left, where
     /// failing is expected.
     pub(crate) fn expected_failure(

@@ -951,6 +951,41 @@ pub fn process<S: StorageProvider<CURRENT_VERSION>>(
     p: &Provider<S>,
     bytes: &[u8],
 ) -> Result<Incoming, Error> {
+    process_cached(p, bytes, &mut GroupCache::default())
+}
+
+/// A group kept in memory between messages, as the last application message processed left
+/// it (in memory and in storage alike), so that the next message to the same group need not
+/// load its state again. Valid only while nothing else writes the group's state: its holder
+/// [`GroupCache::clear`]s it otherwise. `Debug` shows nothing of the group.
+#[derive(Default)]
+pub struct GroupCache {
+    group: Option<MlsGroup>,
+}
+
+impl std::fmt::Debug for GroupCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCache").field("holds", &self.group.is_some()).finish()
+    }
+}
+
+impl GroupCache {
+    /// Forgets the group held (its state in storage may have changed).
+    pub fn clear(&mut self) {
+        self.group = None;
+    }
+}
+
+/// [`process`] with a group kept between calls: the group a message is for comes from
+/// `cache` if it holds that group, else from storage; after an application message the
+/// group stays in `cache`. Anything else (a commit, a proposal, a welcome, an error, whose
+/// storage writes the caller may undo) leaves `cache` empty.
+pub fn process_cached<S: StorageProvider<CURRENT_VERSION>>(
+    p: &Provider<S>,
+    bytes: &[u8],
+    cache: &mut GroupCache,
+) -> Result<Incoming, Error> {
+    let cached = cache.group.take();
     let protocol: ProtocolMessage = match decode(bytes)?.extract() {
         MlsMessageBodyIn::Welcome(welcome) => {
             let staged = StagedWelcome::new_from_welcome(p, &join_config(), welcome, None)
@@ -967,12 +1002,16 @@ pub fn process<S: StorageProvider<CURRENT_VERSION>>(
         _ => return Err(Error::UnexpectedMls("neither a welcome nor a group message")),
     };
     let group_id = protocol.group_id().as_slice().to_vec();
-    let mut group = load(p, &group_id)?;
+    let mut group = match cached {
+        Some(g) if g.group_id().as_slice() == group_id.as_slice() => g,
+        _ => load(p, &group_id)?,
+    };
     let processed = group.process_message(p, protocol).map_err(mls_err)?;
     let sender = device_of(processed.credential());
     match processed.into_content() {
         ProcessedMessageContent::ApplicationMessage(app) => {
             let sender = sender.ok_or(Error::UnexpectedMls("sender has no Sotto credential"))?;
+            cache.group = Some(group);
             Ok(Incoming::Application { group_id, sender, plaintext: app.into_bytes() })
         }
         ProcessedMessageContent::ProposalMessage(proposal) => {
@@ -1054,6 +1093,46 @@ mod tests {
     #[test]
     fn a_group_lives_through_add_message_and_leave() {
         group_lifecycle(Suite::Classical);
+    }
+
+    /// A group with alice and bob in it, bob joined.
+    fn pair(alice: &(InMemProvider, Identity), bob: &(InMemProvider, Identity)) -> Vec<u8> {
+        let gid = create_group(&alice.0, &alice.1, Suite::Classical).expect("group");
+        let out = add_members(&alice.0, &gid, &alice.1, &[package(bob, &alice.0)]).expect("add");
+        merge_pending_commit(&alice.0, &gid).expect("merge");
+        assert!(matches!(
+            process(&bob.0, &out.welcome.expect("welcome")),
+            Ok(Incoming::Joined { .. })
+        ));
+        gid
+    }
+
+    #[test]
+    fn a_kept_group_reads_a_run_of_messages_across_groups_as_loading_does() {
+        let (alice, bob, carol) = (device("alice", 1), device("bob", 2), device("carol", 3));
+        let (one, two) = (pair(&alice, &bob), pair(&carol, &bob));
+        let mut cache = GroupCache::default();
+        for i in 0..6 {
+            let (from, gid) = if i % 3 == 2 { (&carol, &two) } else { (&alice, &one) };
+            let text = format!("message {i}");
+            let ct = encrypt(&from.0, gid, &from.1, text.as_bytes()).expect("encrypt");
+            match process_cached(&bob.0, &ct, &mut cache).expect("decrypt") {
+                Incoming::Application { group_id, plaintext, .. } => {
+                    assert_eq!((&group_id, plaintext), (gid, text.into_bytes()));
+                }
+                other => panic!("expected a message, got {other:?}"),
+            }
+            assert!(cache.group.is_some(), "an application message leaves its group kept");
+        }
+        // What the kept group wrote is in storage: bob's state loads and goes on from there,
+        // and a replay fails against either.
+        let ct = encrypt(&alice.0, &one, &alice.1, b"after").expect("encrypt");
+        assert!(matches!(process(&bob.0, &ct), Ok(Incoming::Application { .. })));
+        assert!(process_cached(&bob.0, &ct, &mut cache).is_err(), "a replay");
+        assert!(cache.group.is_none(), "an error leaves nothing kept");
+        // Bob's own messages, sent meanwhile, still read at alice's.
+        let mine = encrypt(&bob.0, &one, &bob.1, b"from bob").expect("encrypt");
+        assert!(matches!(process(&alice.0, &mine), Ok(Incoming::Application { .. })));
     }
 
     #[test]

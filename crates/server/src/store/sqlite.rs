@@ -204,10 +204,19 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// The checkpoint thread: a passive checkpoint every [`CHECKPOINT_EVERY`] (it copies what no
 /// reader still needs and waits for nobody), until the store is dropped.
 fn checkpoints(conn: &Connection, stopped: &mpsc::Receiver<()>) {
+    // Said once when checkpoints start failing (a full disk, say) and once when they work again.
+    let mut failing = false;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "checkpoints of the write-ahead log fail");
+            }
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("checkpoints of the write-ahead log work again");
+            }
+            _ => {}
         }
     }
 }
