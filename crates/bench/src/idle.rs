@@ -13,8 +13,9 @@ use crate::sotto::{self, SottoServer};
 
 /// Connections opened from one loopback source address (below the ephemeral port range).
 const PER_SOURCE: usize = 20_000;
-/// Devices the connections are spread over.
-const DEVICES: usize = 100;
+/// Live connections the server lets one device hold; the connections are spread over as
+/// many devices as that takes (with fewer, the server refuses the fifth of a device's).
+const LIVE_PER_DEVICE: usize = 4;
 
 /// Server memory at one number of idle connections.
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +50,8 @@ pub async fn idle(server: &SottoServer, steps: &[usize]) -> anyhow::Result<Vec<I
     let http = sotto::http_client();
     let addr = server.addr();
     let mut devices = Vec::new();
-    for n in 0..DEVICES.min(steps.iter().copied().max().unwrap_or(1)) {
+    let most = steps.iter().copied().max().unwrap_or(1);
+    for n in 0..most.div_ceil(LIVE_PER_DEVICE) {
         devices.push(sotto::register(&http, addr, n).await.context("registering a device")?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
