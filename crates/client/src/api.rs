@@ -171,14 +171,16 @@ impl Api {
         self.call(&Request { method: Method::Delete, path, token: Some(token), body: Body::Empty })
     }
 
-    /// `PUT` the bytes `body` reads (an upload), streamed; the answer as JSON.
+    /// `PUT` the `len` bytes `body` reads (an upload), streamed; the answer as JSON.
     pub(crate) fn put_stream<R: DeserializeOwned>(
         &self,
         path: &str,
         body: &mut dyn std::io::Read,
+        len: u64,
         token: &str,
     ) -> Result<R, Error> {
-        let resp = self.transport.put_stream(path, token, body).map_err(|e| self.unreachable(e))?;
+        let resp =
+            self.transport.put_stream(path, token, body, len).map_err(|e| self.unreachable(e))?;
         self.finish(resp)
     }
 

@@ -24,6 +24,10 @@ use crate::{Client, Error, MessageView, Target};
 
 /// Chunks sealed into one piece of an upload's body (1 MiB of plaintext).
 const PIECE_CHUNKS: usize = 16;
+/// Most bytes one upload request streams: each must go through within a time that allows
+/// for a slow link (see `HttpTransport::put_stream`), so that a server that stops reading
+/// cannot hold the upload for ever.
+const UPLOAD_REQUEST: u64 = 64 << 20;
 /// Attempts at one upload piece when the connection fails.
 const UPLOAD_ATTEMPTS: usize = 5;
 
@@ -148,6 +152,8 @@ struct PieceReader<'a> {
     pieces: Receiver<Piece>,
     piece: Vec<u8>,
     at: usize,
+    /// Bytes this request may still take; then the body ends.
+    left: u64,
     /// Why the pieces stopped, if they did not end.
     failed: Option<Error>,
     /// The chunk after the piece being read.
@@ -157,6 +163,9 @@ struct PieceReader<'a> {
 
 impl Read for PieceReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
         while self.at >= self.piece.len() {
             match self.pieces.recv() {
                 Ok(Ok((piece, through))) => {
@@ -179,9 +188,10 @@ impl Read for PieceReader<'_> {
                 }
             }
         }
-        let n = buf.len().min(self.piece.len() - self.at);
+        let n = buf.len().min(self.piece.len() - self.at).min(self.left as usize);
         buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
         self.at += n;
+        self.left -= n as u64;
         Ok(n)
     }
 }
@@ -412,7 +422,6 @@ impl Client {
                 (start, (offset - start * SEALED_CHUNK as u64) as usize)
             };
             progress(layout.progress(start), size);
-            let api = &self.api;
             let outcome = std::thread::scope(|scope| -> Result<Option<Vec<u8>>, Error> {
                 let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel(PIECE_CHUNKS);
                 let (piece_tx, piece_rx) = std::sync::mpsc::sync_channel(1);
@@ -425,33 +434,42 @@ impl Client {
                         pieces: piece_rx,
                         piece: Vec::new(),
                         at: skip,
+                        left: 0,
                         failed: None,
                         through: None,
                         progress: &mut |done| progress(layout.progress(done), size),
                     };
-                    let put: Result<proto::BlobStatus, Error> = api.put_stream(
-                        &format!("/v1/blobs/{id}?offset={offset}"),
-                        &mut body,
-                        &token,
-                    );
-                    // A failure here (the file changed, say) ends the upload, whatever the
-                    // server made of the cut request.
-                    if let Some(e) = body.failed.take() {
-                        return Err(e);
-                    }
-                    match put {
-                        Ok(s) if s.received == sealed_size => {}
-                        // Cut short somewhere: ask again where the copy ends.
-                        Ok(_) => return Ok(None),
-                        Err(e @ (Error::Unreachable { .. } | Error::Server { .. }))
-                            if e.server_code().is_none_or(|c| {
-                                c == "wrong_offset" || c == "upload_in_progress"
-                            }) =>
-                        {
-                            // Dropping the pieces' receiver stops both threads.
-                            return Ok(None);
+                    let mut offset = offset;
+                    while offset < sealed_size {
+                        let sending = UPLOAD_REQUEST.min(sealed_size - offset);
+                        body.left = sending;
+                        // A long upload outlives a token: a fresh one (cached) for each request.
+                        let token = self.token()?;
+                        let put: Result<proto::BlobStatus, Error> = self.api.put_stream(
+                            &format!("/v1/blobs/{id}?offset={offset}"),
+                            &mut body,
+                            sending,
+                            &token,
+                        );
+                        // A failure here (the file changed, say) ends the upload, whatever the
+                        // server made of the cut request.
+                        if let Some(e) = body.failed.take() {
+                            return Err(e);
                         }
-                        Err(e) => return Err(e),
+                        match put {
+                            Ok(s) if s.received == offset + sending => offset = s.received,
+                            // Cut short somewhere: ask again where the copy ends.
+                            Ok(_) => return Ok(None),
+                            Err(e @ (Error::Unreachable { .. } | Error::Server { .. }))
+                                if e.server_code().is_none_or(|c| {
+                                    c == "wrong_offset" || c == "upload_in_progress"
+                                }) =>
+                            {
+                                // Dropping the pieces' receiver stops both threads.
+                                return Ok(None);
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
                 reader.join().map_err(|_| Error::Internal("the file reader failed"))?.map(Some)
@@ -786,6 +804,7 @@ mod tests {
                 pieces: rx,
                 piece: Vec::new(),
                 at: offset - start as usize * SEALED_CHUNK,
+                left: u64::MAX,
                 failed: None,
                 through: None,
                 progress: &mut |done| told.push(done),

@@ -253,13 +253,16 @@ impl Transport for HttpTransport {
         path: &str,
         token: &str,
         body: &mut dyn std::io::Read,
+        len: u64,
     ) -> Result<Response, Failed> {
-        // Sent as it is read (chunked), as fast as the link takes it.
+        // Sent as it is read (chunked). It may take two minutes and then as long as 64 KiB/s
+        // takes: a server that stops reading is given up on, a slow link is not.
+        let allowed = Duration::from_secs(120 + len / (64 << 10));
         let resp = authorize(self.agent.put(format!("{}{path}", self.base)), Some(token))
             .header("Content-Type", "application/octet-stream")
             .config()
             .timeout_global(None)
-            .timeout_send_body(None)
+            .timeout_send_body(Some(allowed))
             .timeout_recv_response(Some(Duration::from_secs(120)))
             .build()
             .send(ureq::SendBody::from_reader(body));

@@ -102,14 +102,15 @@ pub trait Transport: Send {
     fn call(&self, request: &Request<'_>) -> Result<Response, Failed>;
     /// `GET`s a byte stream from `offset` on.
     fn stream(&self, path: &str, offset: u64, token: &str) -> Result<Stream, Failed>;
-    /// `PUT`s the bytes `body` reads (an upload) and reads the whole answer; no overall time
-    /// limit applies. This default reads the body whole and sends it as [`Body::Bytes`]; a
+    /// `PUT`s the `len` bytes `body` reads (an upload) and reads the whole answer, allowing
+    /// for a slow link. This default reads the body whole and sends it as [`Body::Bytes`]; a
     /// transport that can stream a request body does so.
     fn put_stream(
         &self,
         path: &str,
         token: &str,
         body: &mut dyn std::io::Read,
+        _len: u64,
     ) -> Result<Response, Failed> {
         let mut bytes = Vec::new();
         body.read_to_end(&mut bytes)

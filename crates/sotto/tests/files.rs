@@ -321,6 +321,57 @@ fn blob_endpoints_refuse_hostile_input_and_keep_quotas() {
     assert!((200..=210).contains(&started), "{started} files before the limit");
 }
 
+/// A file deleted while its upload streams stops taking bytes at the upload's next durability
+/// checkpoint: the upload gets 404 and the disk keeps nothing, so deleting cannot make room
+/// in the quota for bytes that keep arriving.
+#[test]
+fn a_file_deleted_during_its_upload_stops_taking_bytes() {
+    use std::io::Read as _;
+    let server = Server::start(&["--registration", "open"]);
+    let (_, alice, _) = common::api_device(&server, "alice@localhost", None);
+    let size = 64u64 << 20;
+    let (s, v) = server.http("POST", "/v1/blobs", Some(&alice), &format!(r#"{{"size":{size}}}"#));
+    assert_eq!(s, 200, "{v}");
+    let id: String =
+        common::unb64(v["id"].as_str().expect("id")).iter().map(|b| format!("{b:02x}")).collect();
+    let blobs = server.data.join("blobs");
+
+    // A chunked upload, 1 MiB at a time.
+    let mut stream = std::net::TcpStream::connect(server.addr()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    write!(
+        stream,
+        "PUT /v1/blobs/{id}?offset=0 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {alice}\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .expect("head");
+    let piece = vec![7u8; 1 << 20];
+    let send = |stream: &mut std::net::TcpStream| -> std::io::Result<()> {
+        write!(stream, "{:x}\r\n", piece.len())?;
+        stream.write_all(&piece)?;
+        stream.write_all(b"\r\n")
+    };
+    for _ in 0..4 {
+        send(&mut stream).expect("piece");
+    }
+    let (s, v) = server.http("DELETE", &format!("/v1/blobs/{id}"), Some(&alice), "");
+    assert_eq!(s, 200, "deleted while uploading: {v}");
+    // The upload goes on sending; by its next checkpoint (8 MiB) the server has stopped.
+    let mut sent = 4;
+    while sent < 40 && send(&mut stream).is_ok() {
+        sent += 1;
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("unknown_file"), "{answer}");
+    assert!(sent < 40, "the server took all {sent} MiB of a deleted file");
+    let left: Vec<_> = std::fs::read_dir(&blobs).expect("blobs").collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// A GET with an optional `Range` header; returns the status and the raw body.
 fn raw_get(server: &Server, path: &str, token: &str, range: Option<&str>) -> (u16, Vec<u8>) {
     use std::io::Read as _;

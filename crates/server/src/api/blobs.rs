@@ -157,13 +157,28 @@ pub(super) async fn delete(
     Ok(Json(proto::Deleted { deleted: true }))
 }
 
+/// When a blob with `received` bytes expires. A complete file lives as long as messages do,
+/// or as its chat's timer says; until then `expires_at` is the deadline for finishing the
+/// upload, and the lifetime asked for is kept in `lifetime`.
+fn expiry(state: &AppState, blob: &BlobRecord, received: u64) -> u64 {
+    if received == blob.size {
+        unix_now() + blob.lifetime.min(state.config.message_ttl_secs)
+    } else {
+        blob.expires_at
+    }
+}
+
 /// Waits for an upload's durability checkpoint.
 async fn settle(done: tokio::task::JoinHandle<Result<(), ApiError>>) -> Result<(), ApiError> {
     done.await.map_err(|e| ApiError::internal("upload checkpoint failed", &e))?
 }
 
-/// Bytes per read or write of a stored file: each is one trip to a blocking thread.
-const IO_BUFFER: usize = 1 << 20;
+/// Bytes per write of an upload to its file: each is one trip to a blocking thread. An
+/// upload holds about twice this (here and in `tokio::fs::File`) while it lasts.
+const UPLOAD_BUFFER: usize = 256 << 10;
+/// Bytes per read of a download from its file. A download holds about twice this while it
+/// lasts, and a client may keep many open (one per HTTP/2 stream), so it stays small.
+const DOWNLOAD_BUFFER: usize = 64 << 10;
 
 /// `GET /v1/blobs/{id}/status`.
 pub(super) async fn status(
@@ -213,8 +228,8 @@ pub(super) async fn upload(
     let mut file = file;
     file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io_failed)?;
     // The body arrives in pieces of a few KiB; each write to a `tokio::fs::File` is a trip
-    // to a blocking thread, so they are gathered into writes of 1 MiB.
-    let mut file = tokio::io::BufWriter::with_capacity(IO_BUFFER, file);
+    // to a blocking thread, so they are gathered into larger writes.
+    let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_BUFFER, file);
     let mut written = 0u64;
     let mut checkpoint: Option<tokio::task::JoinHandle<Result<(), ApiError>>> = None;
     let mut checked = offset;
@@ -229,18 +244,23 @@ pub(super) async fn upload(
         file.write_all(&piece).await.map_err(io_failed)?;
         written += piece.len() as u64;
         if offset + written - checked >= CHECKPOINT {
-            // One checkpoint at a time: the one before must be done.
+            // One checkpoint at a time: the one before must be done. A blob deleted (or
+            // expired) meanwhile ends the upload there: its file is gone from the quota.
             if let Some(done) = checkpoint.take() {
                 settle(done).await?;
             }
             file.flush().await.map_err(io_failed)?;
             checked = offset + written;
-            let (state, syncer, guard, expires_at) =
-                (state.clone(), syncer.clone(), guard.clone(), blob.expires_at);
+            let (state, syncer, guard) = (state.clone(), syncer.clone(), guard.clone());
+            let expires_at = expiry(&state, &blob, checked);
             checkpoint = Some(tokio::task::spawn_blocking(move || {
                 syncer.sync_data().map_err(io_failed)?;
                 let id = &guard.1;
-                state.store.blob_received(id, checked, expires_at).map_err(ApiError::from)
+                match state.store.blob_received(id, checked, expires_at) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(no_blob()),
+                    Err(e) => Err(e.into()),
+                }
             }));
         }
     }
@@ -252,16 +272,11 @@ pub(super) async fn upload(
     file.get_ref().sync_data().await.map_err(io_failed)?;
     crate::metrics::METRICS.file_bytes_in.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
     let received = offset + written;
-    // A complete file lives as long as messages do, or as its chat's timer says. Until
-    // then `expires_at` is the deadline for finishing the upload, and the lifetime asked for
-    // is kept in `lifetime`.
-    let expires_at = if received == blob.size {
-        unix_now() + blob.lifetime.min(state.config.message_ttl_secs)
-    } else {
-        blob.expires_at
-    };
+    let expires_at = expiry(&state, &blob, received);
     let record_id = id.clone();
-    blocking(&state, move |s| s.blob_received(&record_id, received, expires_at)).await?;
+    if !blocking(&state, move |s| s.blob_received(&record_id, received, expires_at)).await? {
+        return Err(no_blob());
+    }
     drop(guard);
     Ok(Json(proto::BlobStatus { id: Bytes(id), size: blob.size, received }))
 }
@@ -315,7 +330,7 @@ pub(super) async fn download(
     file.seek(std::io::SeekFrom::Start(start)).await.map_err(io_failed)?;
     let stream = tokio_util::io::ReaderStream::with_capacity(
         file.take(end.saturating_sub(start)),
-        IO_BUFFER,
+        DOWNLOAD_BUFFER,
     );
     // Counted as handed over when the response starts (a reader may stop early).
     crate::metrics::METRICS

@@ -677,8 +677,10 @@ fn authenticate(parts: &mut Parts, state: &Shared) -> Result<u64, ApiError> {
 
 /// Hands a write to the store's writer without a blocking thread (see
 /// [`Store::submit_queued`]) and waits for its answer, holding one of
-/// [`MAX_CONCURRENT_WRITES`] permits meanwhile: the writer's queue stays bounded, and a flood
-/// of submissions waits its turn without holding anything.
+/// [`MAX_CONCURRENT_WRITES`] permits meanwhile, so a flood of submissions waits its turn
+/// without holding anything. (A request cancelled while its write is queued gives its permit
+/// back, and the writer still does the write: what bounds the queue then is the per-device
+/// and per-address rates.)
 async fn queued_write<T>(
     state: &Shared,
     start: impl FnOnce(&dyn Store) -> crate::store::Pending<T>,

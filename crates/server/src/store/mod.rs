@@ -563,8 +563,9 @@ pub trait Store: Send + Sync + 'static {
     /// A blob by id.
     fn blob(&self, id: &[u8]) -> Result<Option<BlobRecord>, StoreError>;
 
-    /// Records how much of a blob is durably received (and, once complete, when it expires).
-    fn blob_received(&self, id: &[u8], received: u64, expires_at: u64) -> Result<(), StoreError>;
+    /// Records how much of a blob is durably received (and, once complete, when it expires);
+    /// false if there is no such blob (any more: deleted or expired meanwhile).
+    fn blob_received(&self, id: &[u8], received: u64, expires_at: u64) -> Result<bool, StoreError>;
 
     /// Ids of blobs that expired by `now`; [`Store::delete_blob`] removes them.
     fn expired_blobs(&self, now: u64) -> Result<Vec<Vec<u8>>, StoreError>;

@@ -1830,14 +1830,15 @@ impl Store for SqliteStore {
             .map_err(backend)
     }
 
-    fn blob_received(&self, id: &[u8], received: u64, expires_at: u64) -> Result<(), StoreError> {
-        self.conn()
+    fn blob_received(&self, id: &[u8], received: u64, expires_at: u64) -> Result<bool, StoreError> {
+        let changed = self
+            .conn()
             .execute(
                 "UPDATE blobs SET received = ?2, expires_at = ?3 WHERE id = ?1",
                 params![id, to_i64(received), to_i64(expires_at)],
             )
             .map_err(backend)?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     fn expired_blobs(&self, now: u64) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -370,7 +370,8 @@ fn blobs_and_quotas(store: &dyn Store) {
         Err(StoreError::BlobQuota { used: 60, quota: 100 })
     ));
     store.create_blob(&blob(b"b2", "other@x", 41), 100).expect("another account's quota");
-    store.blob_received(b"b1", 60, 500).expect("received");
+    assert!(store.blob_received(b"b1", 60, 500).expect("received"));
+    assert!(!store.blob_received(b"no such blob", 60, 500).expect("received"), "no row, no update");
     let b1 = store.blob(b"b1").expect("blob").expect("exists");
     assert_eq!((b1.received, b1.expires_at), (60, 500));
     assert_eq!(store.blob(b"nope").expect("blob"), None);
