@@ -28,7 +28,8 @@ const PIECE_CHUNKS: usize = 16;
 /// for a slow link (see `HttpTransport::put_stream`), so that a server that stops reading
 /// cannot hold the upload for ever.
 const UPLOAD_REQUEST: u64 = 64 << 20;
-/// Attempts at one upload piece when the connection fails.
+/// Attempts at an upload, each resuming where the server's copy ends, when the connection
+/// fails.
 const UPLOAD_ATTEMPTS: usize = 5;
 
 /// What a download produced.
@@ -81,7 +82,7 @@ fn read_chunk(
 
 /// A chunk's plaintext, padded, on its way to be sealed.
 type Plain = Result<(u64, Vec<u8>), Error>;
-/// Sealed chunks to send in one request, and the chunk that follows them.
+/// Sealed chunks, a piece of an upload's body, and the chunk that follows them.
 type Piece = Result<(Vec<u8>, u64), Error>;
 
 /// Reads the file from its start, hashing the file's bytes, and passes chunks `start..` on
