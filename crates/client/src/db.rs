@@ -577,6 +577,13 @@ pub(crate) fn expect_echo(conn: &Connection, message: &[u8], now_ms: i64) -> Res
     Ok(())
 }
 
+/// Whether `message` is the copy of one this device submitted, without forgetting it.
+pub(crate) fn is_echo(conn: &Connection, message: &[u8]) -> Result<bool, Error> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM echoes WHERE digest = ?1")?
+        .exists([&echo_digest(message)[..]])?)
+}
+
 /// Whether `message` is the copy of one this device submitted (then forgotten), and forgets
 /// digests too old to come back.
 pub(crate) fn take_echo(conn: &Connection, message: &[u8], now_ms: i64) -> Result<bool, Error> {

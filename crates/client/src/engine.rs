@@ -806,6 +806,12 @@ impl Engine {
             Ok(Down::Messages(page)) => {
                 let (processed, up_to) = match self.client.process_page(&page) {
                     Ok(done) => done?,
+                    // A message kept by reference could not be fetched: not acknowledged, and
+                    // the catch-up after reconnecting takes the page again.
+                    Err(e) if crate::outbox::transient(&e) => {
+                        self.disconnected(e.to_string());
+                        return None;
+                    }
                     Err(e) => {
                         // The local database failed: not acknowledged, so it comes again.
                         self.events.push(Event::Notice { text: format!("could not store: {e}") });

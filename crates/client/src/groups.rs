@@ -69,17 +69,24 @@ impl Client {
                 .ok_or(Error::Internal("a commit without a pending commit"))?;
             let removed =
                 changes.removed.iter().chain(&changes.left).map(|d| d.device_id).collect();
-            db::expect_echo(&tx, &out.commit, self.now_ms() as i64)?;
+            // What is too large to copy into every queue goes once, by reference.
+            let copies = mls::members(&p, group_id)?.len();
+            let commit = self.by_reference(&token, out.commit, copies)?;
+            let welcome = match out.welcome.filter(|_| !welcome_to.is_empty()) {
+                Some(w) => Some(proto::Delivery {
+                    message: Bytes(self.by_reference(&token, w, welcome_to.len())?),
+                    recipients: welcome_to,
+                }),
+                None => None,
+            };
+            db::expect_echo(&tx, &commit, self.now_ms() as i64)?;
             let request = proto::SubmitRequest {
                 submission_id: Some(Bytes(sotto_core::random_bytes(16)?)),
                 group_id: Bytes(group_id.to_vec()),
                 kind: proto::SubmitKind::Commit,
                 epoch: out.epoch,
-                delivery: proto::Delivery { recipients: Vec::new(), message: Bytes(out.commit) },
-                welcome: out
-                    .welcome
-                    .filter(|_| !welcome_to.is_empty())
-                    .map(|w| proto::Delivery { recipients: welcome_to, message: Bytes(w) }),
+                delivery: proto::Delivery { recipients: Vec::new(), message: Bytes(commit) },
+                welcome,
                 removed,
                 expires_at: None,
                 credential: Some(Bytes(credential.as_bytes().to_vec())),
@@ -92,6 +99,13 @@ impl Client {
             tx.commit()?;
             (entry, request)
         };
+        // Files behind references, to delete if the commit is refused.
+        let referenced: Vec<Vec<u8>> = std::iter::once(&request.delivery)
+            .chain(&request.welcome)
+            .filter(|d| sotto_core::reference::is_reference(&d.message.0))
+            .map(|d| d.message.0.clone())
+            .collect();
+        let forget = |this: &Self| referenced.iter().for_each(|r| this.forget_reference(&token, r));
         match self.submit_sealed(request, &token) {
             Ok(resp) => {
                 crate::outbox::failpoint("after-commit");
@@ -103,12 +117,14 @@ impl Client {
             }
             Err(e) if e.is_stale_epoch() => {
                 self.commit_refused(entry, group_id)?;
+                forget(self);
                 Ok(false)
             }
             // Its fate is unknown: it stays in doubt until the server can be asked again.
             Err(e) if crate::outbox::transient(&e) => Err(e),
             Err(e) => {
                 self.commit_refused(entry, group_id)?;
+                forget(self);
                 Err(e)
             }
         }

@@ -36,6 +36,7 @@ mod kt;
 mod live;
 mod outbox;
 mod receive;
+mod reference;
 mod send;
 pub mod transport;
 mod vault;

@@ -97,7 +97,13 @@ impl Client {
             };
             match frame {
                 Ok(proto::live::Down::Messages(page)) => {
-                    let Some((processed, up_to)) = self.process_page(&page)? else { continue };
+                    let done = match self.process_page(&page) {
+                        // A message kept by reference could not be fetched: the connection is
+                        // given up, and the catch-up after reconnecting takes the page again.
+                        Err(e) if crate::outbox::transient(&e) => return Ok(()),
+                        other => other?,
+                    };
+                    let Some((processed, up_to)) = done else { continue };
                     if !socket.send(&proto::live::Up::Ack(proto::AckRequest { up_to })) {
                         return Ok(());
                     }

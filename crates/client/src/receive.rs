@@ -184,55 +184,54 @@ impl Client {
     /// fails for its own reasons is recorded and the page goes on. Returns how many messages
     /// the page held and the last one's seq (what to acknowledge), if any.
     pub(crate) fn process_page(
-        &self,
+        &mut self,
         page: &[proto::QueuedMessage],
     ) -> Result<Option<(u64, u64)>, Error> {
         let Some(last) = page.last() else { return Ok(None) };
+        // Copies are opened, and what references name fetched, before the transaction.
+        let ready = self.ready(page)?;
         let tx = begin(&self.conn)?;
         let mut cache = PageCache::default();
-        for m in page {
-            self.process_in(&tx, m.seq, &m.message.0, m.at, &mut cache)?;
+        for m in ready {
+            self.process_in(&tx, m, &mut cache)?;
         }
         tx.commit()?;
         Ok(Some((page.len() as u64, last.seq)))
     }
 
-    /// Processes one queued message inside `tx`, the page's transaction. `at` is when the
-    /// server queued it (Unix seconds), if it says. What processing wrote is undone alone if
-    /// the message fails for its own reasons (a savepoint), and the failure is recorded.
+    /// Processes one queued message inside `tx`, the page's transaction. What processing
+    /// wrote is undone alone if the message fails for its own reasons (a savepoint), and the
+    /// failure is recorded.
     fn process_in(
         &self,
         tx: &Transaction<'_>,
-        seq: u64,
-        data: &[u8],
-        at: Option<u64>,
+        m: crate::reference::Ready<'_>,
         cache: &mut PageCache,
     ) -> Result<(), Error> {
+        let (seq, at) = (m.seq, m.at);
         if seq <= db::last_seq(tx)? {
             return Ok(());
         }
-        // What waits in the queue is sealed to this device's queue key (copies queued before
-        // it gave the key are not).
-        let opened;
-        let data = if sotto_core::queue::is_sealed(data) {
-            match self.queue_key().and_then(|k| Ok(k.open(self.me.device.device_id, data)?)) {
-                Ok(plain) => {
-                    opened = plain;
-                    &opened[..]
-                }
-                Err(e @ Error::Database(_)) => return Err(e),
-                Err(e) => {
-                    record_failure(tx, seq, &e.to_string())?;
-                    return db::set_last_seq(tx, seq);
-                }
+        let data = match &m.copy {
+            Ok(data) => &data[..],
+            Err(reason) => {
+                record_failure(tx, seq, reason)?;
+                return db::set_last_seq(tx, seq);
             }
-        } else {
-            data
         };
         // The server sends a group's messages to all its devices, the sender's too.
         if db::take_echo(tx, data, self.now_ms() as i64)? {
             return db::set_last_seq(tx, seq);
         }
+        // A reference: the message it names was fetched before the transaction.
+        let data = match &m.referenced {
+            None => data,
+            Some(Ok(message)) => &message[..],
+            Some(Err(reason)) => {
+                record_failure(tx, seq, &format!("a message kept by reference: {reason}"))?;
+                return db::set_last_seq(tx, seq);
+            }
+        };
         tx.execute_batch("SAVEPOINT message")?;
         // The group kept from the message before serves only if nothing wrote MLS state
         // since it was kept.

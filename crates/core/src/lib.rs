@@ -33,6 +33,7 @@ mod error;
 pub mod kt;
 pub mod mls;
 pub mod queue;
+pub mod reference;
 pub mod roster;
 pub mod safety;
 

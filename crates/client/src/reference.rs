@@ -1,0 +1,145 @@
+//! Messages by reference (`sotto_core::reference`): a commit or welcome too large to copy
+//! into every recipient's queue goes to the server once, as an encrypted file, and the queues
+//! get a small reference to it. Receiving, the file is fetched and opened before the page's
+//! transaction begins, so no request waits inside it.
+
+use std::borrow::Cow;
+use std::io::Read as _;
+
+use sotto_core::reference::{self, Reference};
+use sotto_proto as proto;
+
+use crate::outbox::transient;
+use crate::*;
+
+/// A message longer than this goes by reference...
+const INLINE_MAX: usize = 64 << 10;
+/// ...and so does one whose copies would together take more than this. A commit in a group
+/// of 100 (about 9 KB) is still copied; the welcome that creates such a group is not.
+const INLINE_FANOUT: u64 = 1 << 20;
+
+/// Whether a message of `len` bytes for `copies` queues goes by reference.
+pub(crate) fn goes_by_reference(len: usize, copies: usize) -> bool {
+    len > INLINE_MAX || (len as u64).saturating_mul(copies as u64) > INLINE_FANOUT
+}
+
+/// A queued message made ready for processing: its copy opened (what waits in a queue is
+/// sealed to the device's queue key) and, for a reference, the message it names fetched.
+pub(crate) struct Ready<'a> {
+    pub(crate) seq: u64,
+    /// When the server queued it (Unix seconds), if it says.
+    pub(crate) at: Option<u64>,
+    /// The copy as queued, opened; or why it did not open.
+    pub(crate) copy: Result<Cow<'a, [u8]>, String>,
+    /// For a reference: the message it names, or why that could not be had.
+    pub(crate) referenced: Option<Result<Vec<u8>, String>>,
+}
+
+impl Client {
+    /// `message` as it goes into `copies` queues: itself, or — if that is too much to copy —
+    /// a reference to it, kept on the server as an encrypted file this device uploads now.
+    pub(crate) fn by_reference(
+        &self,
+        token: &str,
+        message: Vec<u8>,
+        copies: usize,
+    ) -> Result<Vec<u8>, Error> {
+        if !goes_by_reference(message.len(), copies) {
+            return Ok(message);
+        }
+        let size = reference::sealed_len(message.len() as u64);
+        let status: proto::BlobStatus =
+            self.api.post("/v1/blobs", &proto::NewBlob { size, expires_in: None }, Some(token))?;
+        let blob: [u8; 16] = status.id.0.as_slice().try_into().map_err(|_| {
+            Error::Protocol("the server gave a file id that is not 16 bytes".into())
+        })?;
+        let (sealed, r) = reference::seal(blob, &message)?;
+        let put: proto::BlobStatus = self.api.put_stream(
+            &format!("/v1/blobs/{}?offset=0", r.blob_hex()),
+            &mut std::io::Cursor::new(&sealed),
+            size,
+            token,
+        )?;
+        if put.received != size {
+            return Err(Error::Protocol(format!(
+                "the server kept {} of the {size} bytes of a message sent by reference",
+                put.received
+            )));
+        }
+        Ok(r.encode())
+    }
+
+    /// Deletes the file behind a reference this device made, once the message it carried
+    /// will not be sent (its commit was refused). Failing to is harmless: it expires.
+    pub(crate) fn forget_reference(&self, token: &str, queued: &[u8]) {
+        if let Ok(Some(r)) = Reference::decode(queued) {
+            let path = format!("/v1/blobs/{}", r.blob_hex());
+            let _ = self.api.delete::<proto::Deleted>(&path, token);
+        }
+    }
+
+    /// Downloads and opens the message a reference names.
+    fn dereference(&self, token: &str, r: &Reference) -> Result<Vec<u8>, Error> {
+        let expected = r.sealed_len();
+        let stream = self.api.get_stream(&format!("/v1/blobs/{}", r.blob_hex()), 0, token)?;
+        // A server that sends more than the reference says is cut off one byte past it.
+        let mut sealed = Vec::with_capacity(expected as usize);
+        stream.take(expected + 1).read_to_end(&mut sealed).map_err(|e| Error::Unreachable {
+            url: self.api.base().to_string(),
+            reason: format!("reading a message kept by reference: {e}"),
+        })?;
+        reference::open(r, &sealed).map_err(|e| Error::Tampered(e.to_string()))
+    }
+
+    /// Opens the copies of a page's new messages and fetches what references among them name
+    /// (not those this device sent: their copies are skipped). A fetch that may succeed later
+    /// (the server unreachable, busy) fails the page, to be taken again; one that never will
+    /// (no such file, a file that is not what its reference says) fails that message alone.
+    pub(crate) fn ready<'a>(
+        &mut self,
+        page: &'a [proto::QueuedMessage],
+    ) -> Result<Vec<Ready<'a>>, Error> {
+        let done = db::last_seq(&self.conn)?;
+        let mut token = None;
+        let mut out = Vec::with_capacity(page.len());
+        for m in page.iter().filter(|m| m.seq > done) {
+            let copy = self.open_copy(&m.message.0)?;
+            let mut referenced = None;
+            if let Ok(c) = &copy
+                && reference::is_reference(c)
+                && !db::is_echo(&self.conn, c)?
+            {
+                let fetched = match Reference::decode(c) {
+                    Ok(Some(r)) => {
+                        let t = match &token {
+                            Some(t) => t,
+                            None => token.insert(self.token()?),
+                        };
+                        match self.dereference(t, &r) {
+                            Err(e) if transient(&e) => return Err(e),
+                            other => other.map_err(|e| e.to_string()),
+                        }
+                    }
+                    Ok(None) => Err("not a message reference".into()),
+                    Err(e) => Err(e.to_string()),
+                };
+                referenced = Some(fetched);
+            }
+            out.push(Ready { seq: m.seq, at: m.at, copy, referenced });
+        }
+        Ok(out)
+    }
+
+    /// A queued copy opened with this device's queue key (copies queued before it gave the
+    /// key are not sealed); the local database failing is the only error.
+    fn open_copy<'a>(&self, data: &'a [u8]) -> Result<Result<Cow<'a, [u8]>, String>, Error> {
+        if !sotto_core::queue::is_sealed(data) {
+            return Ok(Ok(Cow::Borrowed(data)));
+        }
+        match self.queue_key().and_then(|k| Ok(k.open(self.me.device.device_id, data)?)) {
+            Ok(plain) => Ok(Ok(Cow::Owned(plain))),
+            Err(e @ Error::Database(_)) => Err(e),
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+}
