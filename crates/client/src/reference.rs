@@ -12,8 +12,8 @@ use sotto_proto as proto;
 use crate::outbox::transient;
 use crate::*;
 
-/// A message longer than this goes by reference...
-const INLINE_MAX: usize = 64 << 10;
+/// A message longer than this goes by reference (a submission is at most 2 MiB of JSON)...
+const INLINE_MAX: usize = 1 << 20;
 /// ...and so does one whose copies would together take more than this. A commit in a group
 /// of 100 (about 9 KB) is still copied; the welcome that creates such a group is not.
 const INLINE_FANOUT: u64 = 1 << 20;

@@ -418,3 +418,146 @@ fn files_count_in_chats_and_reach_a_newly_linked_device() {
     laptop.ok(&["download", &id, "--out", out.to_str().expect("path")]);
     assert!(same_file(&original, &out));
 }
+
+/// A raw member of a group: a device registered straight through the API whose MLS state
+/// this test holds, with one X-Wing key package on the server.
+struct RawMember {
+    token: String,
+    provider: sotto_core::mls::Provider<openmls_memory_storage::MemoryStorage>,
+}
+
+fn raw_member(server: &Server, address: &str) -> RawMember {
+    use sotto_core::mls::{self, Identity, Provider, Suite};
+    let (id, token, key) = common::api_device(server, address, None);
+    let provider = Provider::new(openmls_memory_storage::MemoryStorage::default());
+    key.store(&provider).expect("store key");
+    let device =
+        sotto_core::DeviceRef { address: address.parse().expect("address"), device_id: id };
+    let me = Identity { device, key };
+    let kp = mls::key_packages(&provider, &me, Suite::PostQuantum, 1, false).expect("kp");
+    let body = serde_json::json!({ "key_packages": [common::b64(&kp[0])] }).to_string();
+    let (s, v) = server.http("POST", "/v1/keypackages", Some(&token), &body);
+    assert_eq!(s, 200, "{v}");
+    RawMember { token, provider }
+}
+
+fn blob_files(server: &Server) -> usize {
+    std::fs::read_dir(server.data.join("blobs")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn large_welcomes_go_by_reference_and_hostile_references_fail_alone() {
+    use sotto_core::mls::{self, Incoming};
+    use sotto_core::reference::{self, Reference};
+    let server = Server::start(&["--registration", "open", "--registration-rate", "1000"]);
+    let alice = User::register("alice", &server, "");
+    let bob = User::register("bob", &server, "");
+    let carol = User::register("carol", &server, "");
+    // Thirty X-Wing members: the welcome that adds them (some 80 KB) is too large to copy
+    // into each of their queues.
+    let mallory = raw_member(&server, "mallory@localhost");
+    let mut members = vec![bob.address.clone(), "mallory@localhost".to_string()];
+    for i in 0..29 {
+        let address = format!("member{i}@localhost");
+        raw_member(&server, &address);
+        members.push(address);
+    }
+    alice.ok(&["group", "create", "big", "--members", &members.join(",")]);
+    assert_eq!(blob_files(&server), 1, "the welcome is kept once, as a file");
+    alice.send_group("big", "hello all");
+    assert_eq!(bob.sync(), vec![common::pair(&alice, "hello all")]);
+    assert!(alice.sync().is_empty(), "alice's own commit and message are skipped");
+
+    // mallory reads the welcome as a reference, fetches it, joins, and reads on.
+    let (s, v) = server.http("GET", "/v1/queue?after=0", Some(&mallory.token), "");
+    assert_eq!(s, 200, "{v}");
+    let mut group_id = None;
+    for (i, m) in v["messages"].as_array().expect("messages").iter().enumerate() {
+        let queued = common::unb64(m["message"].as_str().expect("message"));
+        let message = match Reference::decode(&queued).expect("decodes") {
+            Some(r) => {
+                let path = format!("/v1/blobs/{}", r.blob_hex());
+                let (s, sealed) = raw_get(&server, &path, &mallory.token, None);
+                assert_eq!(s, 200);
+                reference::open(&r, &sealed).expect("opens")
+            }
+            None => queued,
+        };
+        match mls::process(&mallory.provider, &message).expect("processes") {
+            Incoming::Joined { group_id: g, .. } => {
+                assert_eq!(i, 0, "the welcome comes first");
+                assert!(m["message"].as_str().expect("b64").len() < 200, "by reference");
+                group_id = Some(g);
+            }
+            _ => assert!(i > 0),
+        }
+    }
+    let group_id = group_id.expect("joined");
+    let p = &mallory.provider;
+    let submit = |message: &[u8]| {
+        let credential = mls::group_credential(p, &group_id).expect("credential");
+        let body = serde_json::json!({
+            "group_id": common::b64(&group_id), "kind": "application",
+            "epoch": mls::epoch(p, &group_id).expect("epoch"),
+            "credential": common::b64(credential.as_bytes()),
+            "delivery": {"message": common::b64(message)},
+        });
+        let (s, v) = server.http("POST", "/v1/messages", None, &body.to_string());
+        assert_eq!(s, 200, "{v}");
+    };
+    // A member sends references to no file, to a file that is not what the reference says,
+    // and one that is malformed; then alice writes again.
+    submit(&reference::seal([0xab; 16], b"nothing here").expect("seal").1.encode());
+    let size = reference::sealed_len(1000);
+    let (s, v) =
+        server.http("POST", "/v1/blobs", Some(&mallory.token), &format!(r#"{{"size":{size}}}"#));
+    assert_eq!(s, 200, "{v}");
+    let id: [u8; 16] = common::unb64(v["id"].as_str().expect("id")).try_into().expect("16 bytes");
+    let (garbage, _) = reference::seal(id, &[1u8; 1000]).expect("seal");
+    let (_, lying) = reference::seal(id, &[2u8; 1000]).expect("seal");
+    let mut stream = std::net::TcpStream::connect(server.addr()).expect("connect");
+    write!(
+        stream,
+        "PUT /v1/blobs/{}?offset=0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nContent-Length: {size}\r\n\r\n",
+        lying.blob_hex(),
+        mallory.token
+    )
+    .expect("head");
+    stream.write_all(&garbage).expect("body");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    submit(&lying.encode());
+    submit(&[0xff, b'S', b'R', 1, 0, 0]);
+    alice.send_group("big", "after the noise");
+    let v = bob.ok(&["sync"]);
+    assert_eq!(common::texts(&v["messages"]), vec![common::pair(&alice, "after the noise")]);
+    let failures = v["failures"].as_array().expect("failures");
+    assert_eq!(failures.len(), 3, "{v}");
+    for (failure, what) in
+        failures.iter().zip(["no such file", "does not authenticate", "is 99 bytes"])
+    {
+        let reason = failure["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("by reference") && reason.contains(what), "{failure}");
+    }
+
+    // A member added later gets the welcome by reference too; a member removed is gone.
+    alice.ok(&["group", "add", "big", &carol.address]);
+    alice.ok(&["group", "remove", "big", "mallory@localhost"]);
+    alice.send_group("big", "without mallory");
+    assert_eq!(carol.sync(), vec![common::pair(&alice, "without mallory")]);
+    assert_eq!(bob.sync(), vec![common::pair(&alice, "without mallory")]);
+    // The raw members read nothing more: their queues hold every copy sent since. What was
+    // too large to copy (the first welcome, the commits whose paths still reach every leaf)
+    // went as files, so no queued copy comes near the size of the welcome.
+    let db = rusqlite::Connection::open(server.data.join("sotto.db")).expect("server db");
+    let (largest, total): (i64, i64) = db
+        .query_row("SELECT max(length(message)), sum(length(message)) FROM queue", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("queue");
+    assert!(largest < 16 << 10, "a queued copy of {largest} bytes");
+    assert!(total < 1 << 20, "{total} bytes queued");
+    assert!(blob_files(&server) >= 3, "the welcome, its commits and mallory's file");
+}
