@@ -50,7 +50,7 @@ pub struct FilesResult {
 
 /// Runs `command` to its end; its wall time and peak resident memory (KiB), or its output
 /// if it failed.
-fn timed(mut command: Command) -> anyhow::Result<(Duration, u64, Vec<u8>)> {
+pub(crate) fn timed(mut command: Command) -> anyhow::Result<(Duration, u64, Vec<u8>)> {
     let start = Instant::now();
     let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).spawn()?;
     let mut stdout = child.stdout.take().context("stdout")?;

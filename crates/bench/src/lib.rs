@@ -11,6 +11,7 @@
 //! the server's acknowledgement of each. Receivers acknowledge every message. Each payload
 //! carries its send time, so the receiver measures end-to-end latency into an HDR histogram.
 
+pub mod big_group;
 pub mod crypto;
 pub mod daemon;
 pub mod e2ee;

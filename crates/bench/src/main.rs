@@ -9,7 +9,7 @@ use sotto_bench::jetstream::NatsServer;
 use sotto_bench::report::{self, Machine, Report};
 use sotto_bench::sotto::SottoServer;
 use sotto_bench::synapse::{self, SynapseServer};
-use sotto_bench::{RelayParams, crypto, daemon, e2ee, files, idle, jetstream, sotto};
+use sotto_bench::{RelayParams, big_group, crypto, daemon, e2ee, files, idle, jetstream, sotto};
 use sotto_proto::live::Version;
 
 /// Sotto's load generator: the same workload against Sotto and peers, in one run.
@@ -24,14 +24,16 @@ struct Args {
     smoke: bool,
     /// Systems to measure: sotto, jetstream (default sync), jetstream-fsync (sync always),
     /// synapse (to-device messages), files (a file sent and downloaded with the `sotto`
-    /// binary, beside one core's cipher speed); and, only when named, sotto-json (Sotto's
+    /// binary, beside one core's cipher speed), big-group (a group of --big-group-members
+    /// created, joined, grown and shrunk with the `sotto` binary); and, only when named,
+    /// sotto-json (Sotto's
     /// relay with live connections speaking version 1, JSON frames one message each: the
     /// reference for version 2's binary pages) and daemon (`sotto daemon` against `sotto
     /// send` processes, and its notification latency).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sotto,jetstream-fsync,jetstream,synapse,files"
+        default_value = "sotto,jetstream-fsync,jetstream,synapse,files,big-group"
     )]
     systems: Vec<String>,
     /// Simulated devices.
@@ -75,6 +77,10 @@ struct Args {
     /// Messages whose notification latency the daemon workload measures.
     #[arg(long, default_value_t = 200)]
     daemon_notify: usize,
+    /// Members of the group in the big-group workload (a group created, joined, grown and
+    /// shrunk with the `sotto` binary).
+    #[arg(long, default_value_t = 10_000)]
+    big_group_members: usize,
     /// The file's size in the files workload, MiB (0: skip it).
     #[arg(long, default_value_t = 1024)]
     file_mib: u64,
@@ -147,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         a.daemon_cli_sends = a.daemon_cli_sends.map(|n| n.min(5));
         a.daemon_notify = a.daemon_notify.min(5);
         a.file_mib = a.file_mib.min(4);
+        a.big_group_members = a.big_group_members.min(20);
         a.seconds = 1;
         a.warmup = 0;
     }
@@ -167,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         kt: Vec::new(),
         daemon: Vec::new(),
         files: Vec::new(),
+        big_group: Vec::new(),
         skipped: Vec::new(),
     };
     let params = |window: usize| RelayParams {
@@ -278,9 +286,28 @@ async fn main() -> anyhow::Result<()> {
                     tokio::task::spawn_blocking(move || files::run(&server, &bin, mib)).await??;
                 report.files.push(r);
             }
+            "big-group" => {
+                let bin = match (&a.client_bin, sibling("sotto", "--client-bin")) {
+                    (Some(p), _) => p.clone(),
+                    (None, Ok(p)) => p,
+                    (None, Err(why)) if a.smoke => {
+                        eprintln!("skipping big-group: {why}");
+                        report.skipped.push((system.clone(), why.to_string()));
+                        continue;
+                    }
+                    (None, Err(why)) => return Err(why),
+                };
+                let server = SottoServer::start(&server_bin)?;
+                let r = big_group::run(&server, &bin, a.big_group_members).await?;
+                eprintln!(
+                    "{:>16} {} members: created in {:.1} s, joined in {:.1} s",
+                    "big-group", r.members, r.create_seconds, r.join_seconds
+                );
+                report.big_group.push(r);
+            }
             other => anyhow::bail!(
                 "unknown system {other:?}: use sotto, sotto-json, jetstream, jetstream-fsync, \
-                 synapse, daemon, files"
+                 synapse, daemon, files, big-group"
             ),
         }
     }

@@ -39,6 +39,8 @@ pub struct Report {
     pub daemon: Vec<DaemonResult>,
     /// Attachments sent and downloaded, beside the cipher's speed.
     pub files: Vec<crate::files::FilesResult>,
+    /// The big-group workload.
+    pub big_group: Vec<crate::big_group::BigGroupResult>,
     /// Systems requested but not run, and why.
     pub skipped: Vec<(String, String)>,
 }
@@ -375,6 +377,9 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
+    for x in &r.big_group {
+        big_group_markdown(&mut md, x);
+    }
     if !r.skipped.is_empty() {
         let _ = writeln!(md, "\nNot run:");
         for (system, why) in &r.skipped {
@@ -544,4 +549,44 @@ fn crypto_markdown(md: &mut String, r: &Report) {
 /// Server CPU microseconds per message, from its CPU share and the message rate.
 fn cpu_per_message(cpu_percent: f64, msgs_per_sec: f64) -> f64 {
     if msgs_per_sec > 0.0 { cpu_percent * 10_000.0 / msgs_per_sec } else { 0.0 }
+}
+
+fn big_group_markdown(md: &mut String, x: &crate::big_group::BigGroupResult) {
+    let _ = writeln!(
+        md,
+        "\nA group of {} end to end: alice, bob, carol and dave are `sotto` processes, the \
+         other members devices registered through the API with one key package each (they \
+         never read, so their queues keep every copy). Each step is one process, start to \
+         exit; a process that only opens its home takes {:.2} s.\n",
+        x.members, x.baseline_seconds
+    );
+    let _ = writeln!(md, "| step | seconds |");
+    let _ = writeln!(md, "|---|---:|");
+    let rows = [
+        ("alice creates the group with everyone", x.create_seconds),
+        ("bob joins (`sync`)", x.join_seconds),
+        ("alice sends a text", x.send_seconds),
+        ("bob reads it (`sync`)", x.read_seconds),
+        ("alice adds dave", x.add_seconds),
+        ("dave joins (`sync`)", x.add_join_seconds),
+        ("bob follows the add (`sync`)", x.add_follow_seconds),
+        ("alice removes carol", x.remove_seconds),
+        ("bob follows the removal and reads the next text (`sync`)", x.remove_follow_seconds),
+    ];
+    for (what, seconds) in rows {
+        let _ = writeln!(md, "| {what} | {seconds:.2} |");
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let _ = writeln!(
+        md,
+        "\nStored on the server after the creation: {:.1} MiB of files (messages kept once, by \
+         reference) and {:.1} MiB in all queues together; at the end {:.1} MiB and {:.1} MiB. \
+         Peak memory: the creating client {:.0} MiB, the server {:.0} MiB.",
+        mib(x.create_file_bytes),
+        mib(x.create_queued_bytes),
+        mib(x.file_bytes),
+        mib(x.queued_bytes),
+        x.create_peak_rss_kib as f64 / 1024.0,
+        x.server_peak_rss_kib as f64 / 1024.0,
+    );
 }

@@ -67,6 +67,11 @@ impl SottoServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self._data.0
+    }
 }
 
 impl Drop for SottoServer {

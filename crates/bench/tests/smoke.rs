@@ -72,6 +72,21 @@ fn smoke_run_writes_a_report() {
             "files neither ran nor was skipped: {results}"
         ),
     }
+    // The big-group workload ran (everyone read what they should) or says why not.
+    match results["big_group"].as_array().and_then(|f| f.first()) {
+        Some(g) => {
+            assert_eq!(g["members"], 20, "{g}");
+            for key in ["create_seconds", "join_seconds", "remove_follow_seconds"] {
+                assert!(g[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {g}");
+            }
+            assert!(g["queued_bytes"].as_u64().is_some_and(|b| b > 0), "{g}");
+            assert!(report.contains("A group of 20 end to end"), "{report}");
+        }
+        None => assert!(
+            results["skipped"].as_array().is_some_and(|s| s.iter().any(|x| x[0] == "big-group")),
+            "big-group neither ran nor was skipped: {results}"
+        ),
+    }
     // Peers either ran or say why not.
     for system in ["jetstream", "jetstream-fsync", "synapse"] {
         let ran =
