@@ -177,7 +177,7 @@ impl Api {
         path: &str,
         body: &mut dyn std::io::Read,
         len: u64,
-        token: &str,
+        token: Option<&str>,
     ) -> Result<R, Error> {
         let resp =
             self.transport.put_stream(path, token, body, len).map_err(|e| self.unreachable(e))?;

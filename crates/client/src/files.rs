@@ -368,7 +368,7 @@ impl Client {
         let token = self.token()?;
         let status: proto::BlobStatus = self.api.post(
             "/v1/blobs",
-            &proto::NewBlob { size: sealed_size, expires_in: lifetime },
+            &proto::NewBlob { size: sealed_size, expires_in: lifetime, group: None },
             Some(&token),
         )?;
         let key = FileKey::generate()?;
@@ -450,7 +450,7 @@ impl Client {
                             &format!("/v1/blobs/{id}?offset={offset}"),
                             &mut body,
                             sending,
-                            &token,
+                            Some(&token),
                         );
                         // A failure here (the file changed, say) ends the upload, whatever the
                         // server made of the cut request.

@@ -71,10 +71,11 @@ impl Client {
                 changes.removed.iter().chain(&changes.left).map(|d| d.device_id).collect();
             // What is too large to copy into every queue goes once, by reference.
             let copies = mls::members(&p, group_id)?.len();
-            let commit = self.by_reference(&token, out.commit, copies)?;
+            let group = (group_id, &credential);
+            let commit = self.by_reference(group, &token, out.commit, copies)?;
             let welcome = match out.welcome.filter(|_| !welcome_to.is_empty()) {
                 Some(w) => Some(proto::Delivery {
-                    message: Bytes(self.by_reference(&token, w, welcome_to.len())?),
+                    message: Bytes(self.by_reference(group, &token, w, welcome_to.len())?),
                     recipients: welcome_to,
                 }),
                 None => None,

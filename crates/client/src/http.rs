@@ -251,14 +251,14 @@ impl Transport for HttpTransport {
     fn put_stream(
         &self,
         path: &str,
-        token: &str,
+        token: Option<&str>,
         body: &mut dyn std::io::Read,
         len: u64,
     ) -> Result<Response, Failed> {
         // Sent as it is read (chunked). It may take two minutes and then as long as 64 KiB/s
         // takes: a server that stops reading is given up on, a slow link is not.
         let allowed = Duration::from_secs(120 + len / (64 << 10));
-        let resp = authorize(self.agent.put(format!("{}{path}", self.base)), Some(token))
+        let resp = authorize(self.agent.put(format!("{}{path}", self.base)), token)
             .header("Content-Type", "application/octet-stream")
             .config()
             .timeout_global(None)

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::io::Read as _;
 
 use sotto_core::reference::{self, Reference};
+use sotto_core::roster::GroupCredential;
 use sotto_proto as proto;
 
 use crate::outbox::transient;
@@ -37,9 +38,13 @@ pub(crate) struct Ready<'a> {
 
 impl Client {
     /// `message` as it goes into `copies` queues: itself, or — if that is too much to copy —
-    /// a reference to it, kept on the server as an encrypted file this device uploads now.
+    /// a reference to it, kept on the server as an encrypted file uploaded now. The file is
+    /// made with the group's credential and no token, so the server learns no more about who
+    /// sent the message than from the submission itself; a group the server holds no sealed
+    /// roster for yet (being created) takes it with this device's token, as its submission.
     pub(crate) fn by_reference(
         &self,
+        (group_id, credential): (&[u8], &GroupCredential),
         token: &str,
         message: Vec<u8>,
         copies: usize,
@@ -48,8 +53,19 @@ impl Client {
             return Ok(message);
         }
         let size = reference::sealed_len(message.len() as u64);
-        let status: proto::BlobStatus =
-            self.api.post("/v1/blobs", &proto::NewBlob { size, expires_in: None }, Some(token))?;
+        let group = proto::BlobGroup {
+            group_id: proto::Bytes(group_id.to_vec()),
+            credential: proto::Bytes(credential.as_bytes().to_vec()),
+        };
+        let anonymous = proto::NewBlob { size, expires_in: None, group: Some(group) };
+        let (status, token): (proto::BlobStatus, _) =
+            match self.api.post("/v1/blobs", &anonymous, None) {
+                Err(e) if e.server_code() == Some("group_unsealed") => {
+                    let mine = proto::NewBlob { size, expires_in: None, group: None };
+                    (self.api.post("/v1/blobs", &mine, Some(token))?, Some(token))
+                }
+                other => (other?, None),
+            };
         let blob: [u8; 16] = status.id.0.as_slice().try_into().map_err(|_| {
             Error::Protocol("the server gave a file id that is not 16 bytes".into())
         })?;
@@ -70,7 +86,8 @@ impl Client {
     }
 
     /// Deletes the file behind a reference this device made, once the message it carried
-    /// will not be sent (its commit was refused). Failing to is harmless: it expires.
+    /// will not be sent (its commit was refused). Only a file made with this device's token
+    /// can be; one made with the group's credential expires, as failing to delete does.
     pub(crate) fn forget_reference(&self, token: &str, queued: &[u8]) {
         if let Ok(Some(r)) = Reference::decode(queued) {
             let path = format!("/v1/blobs/{}", r.blob_hex());

@@ -102,25 +102,21 @@ pub trait Transport: Send {
     fn call(&self, request: &Request<'_>) -> Result<Response, Failed>;
     /// `GET`s a byte stream from `offset` on.
     fn stream(&self, path: &str, offset: u64, token: &str) -> Result<Stream, Failed>;
-    /// `PUT`s the `len` bytes `body` reads (an upload) and reads the whole answer, allowing
+    /// `PUT`s the `len` bytes `body` reads (an upload; with `token`, if given) and reads the
+    /// whole answer, allowing
     /// for a slow link. This default reads the body whole and sends it as [`Body::Bytes`]; a
     /// transport that can stream a request body does so.
     fn put_stream(
         &self,
         path: &str,
-        token: &str,
+        token: Option<&str>,
         body: &mut dyn std::io::Read,
         _len: u64,
     ) -> Result<Response, Failed> {
         let mut bytes = Vec::new();
         body.read_to_end(&mut bytes)
             .map_err(|e| Failed { reason: e.to_string(), not_sent: true })?;
-        self.call(&Request {
-            method: Method::Put,
-            path,
-            token: Some(token),
-            body: Body::Bytes(&bytes),
-        })
+        self.call(&Request { method: Method::Put, path, token, body: Body::Bytes(&bytes) })
     }
     /// Opens the live connection, authenticated with `token`. A refusal by the server is
     /// returned as the error the HTTP API would give.

@@ -465,10 +465,26 @@ pub struct WipeConfirm {
 pub struct NewBlob {
     /// The ciphertext's full size.
     pub size: u64,
+    /// Sent without a device token instead: the group whose member makes the file (a message
+    /// kept by reference, `sotto_core::reference`), which the server learns in place of an
+    /// uploader. The file counts against the group's quota, not an account's, and anyone who
+    /// has its id may append to it until it is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<BlobGroup>,
     /// For a chat with disappearing messages: delete the file this many seconds after it is
     /// complete (sooner than the server's usual time-to-live).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<u64>,
+}
+
+/// A group member's standing, for a file made without a device token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BlobGroup {
+    /// The MLS group id.
+    pub group_id: Bytes,
+    /// The group's credential for its current epoch (32 bytes), as a submission carries it.
+    pub credential: Bytes,
 }
 
 /// A blob's state: answer to [`NewBlob`] and `GET /v1/blobs/{id}/status`. Upload with

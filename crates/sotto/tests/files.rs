@@ -515,19 +515,9 @@ fn large_welcomes_go_by_reference_and_hostile_references_fail_alone() {
     let id: [u8; 16] = common::unb64(v["id"].as_str().expect("id")).try_into().expect("16 bytes");
     let (garbage, _) = reference::seal(id, &[1u8; 1000]).expect("seal");
     let (_, lying) = reference::seal(id, &[2u8; 1000]).expect("seal");
-    let mut stream = std::net::TcpStream::connect(server.addr()).expect("connect");
-    write!(
-        stream,
-        "PUT /v1/blobs/{}?offset=0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Authorization: Bearer {}\r\nContent-Length: {size}\r\n\r\n",
-        lying.blob_hex(),
-        mallory.token
-    )
-    .expect("head");
-    stream.write_all(&garbage).expect("body");
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let path = format!("/v1/blobs/{}?offset=0", lying.blob_hex());
+    let (s, answer) = raw_put(&server, &path, Some(&mallory.token), &garbage);
+    assert_eq!(s, 200, "{answer}");
     submit(&lying.encode());
     submit(&[0xff, b'S', b'R', 1, 0, 0]);
     alice.send_group("big", "after the noise");
@@ -541,6 +531,25 @@ fn large_welcomes_go_by_reference_and_hostile_references_fail_alone() {
         let reason = failure["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("by reference") && reason.contains(what), "{failure}");
     }
+
+    // Files made with no token need a member's credential of the group's current epoch.
+    let anonymous = |group: &[u8], credential: &[u8]| {
+        let body = serde_json::json!({"size": 100, "group": {
+            "group_id": common::b64(group), "credential": common::b64(credential)}});
+        server.http("POST", "/v1/blobs", None, &body.to_string())
+    };
+    let credential = mls::group_credential(p, &group_id).expect("credential");
+    let (s, v) = anonymous(&group_id, credential.as_bytes());
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = anonymous(&group_id, &[7; 32]);
+    assert_eq!((s, common::code(&v)), (403, "not_member"), "{v}");
+    let (s, v) = anonymous(b"no such group", credential.as_bytes());
+    assert_eq!((s, common::code(&v)), (409, "group_unsealed"), "{v}");
+    let (s, v) = server.http("POST", "/v1/blobs", None, r#"{"size":100}"#);
+    assert_eq!((s, common::code(&v)), (401, "unauthorized"), "{v}");
+    // Nobody appends to a file made with a token without that token.
+    let (s, v) = raw_put(&server, &format!("/v1/blobs/{}?offset=0", lying.blob_hex()), None, b"x");
+    assert_eq!(s, 404, "{v}");
 
     // A member added later gets the welcome by reference too; a member removed is gone.
     alice.ok(&["group", "add", "big", &carol.address]);
@@ -560,4 +569,40 @@ fn large_welcomes_go_by_reference_and_hostile_references_fail_alone() {
     assert!(largest < 16 << 10, "a queued copy of {largest} bytes");
     assert!(total < 1 << 20, "{total} bytes queued");
     assert!(blob_files(&server) >= 3, "the welcome, its commits and mallory's file");
+    // Only the group's first welcome (its creator submits with a token too) and mallory's
+    // file name an uploader: the files of later commits were made with the group's
+    // credential, as their submissions were.
+    let owners: Vec<(i64, String)> = db
+        .prepare("SELECT device_id, address FROM blobs")
+        .expect("blobs")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let named: Vec<&str> =
+        owners.iter().filter(|(d, _)| *d != 0).map(|(_, a)| a.as_str()).collect();
+    assert_eq!(named.len(), 2, "{owners:?}");
+    assert!(named.contains(&"alice@localhost") && named.contains(&"mallory@localhost"));
+    assert!(owners.iter().all(|(d, a)| *d != 0 || a.starts_with("group:")), "{owners:?}");
+    // mallory, removed, can no longer make files for the group.
+    let (s, v) = anonymous(&group_id, credential.as_bytes());
+    assert!(s == 403 || s == 409, "{s} {v}");
+}
+
+/// A PUT of `body`, with `token` if given; the status and the answer's text.
+fn raw_put(server: &Server, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(server.addr()).expect("connect");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("head");
+    stream.write_all(body).expect("body");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    (status, answer)
 }

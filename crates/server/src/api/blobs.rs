@@ -71,23 +71,43 @@ fn io_failed(e: std::io::Error) -> ApiError {
 /// `POST /v1/blobs`.
 pub(super) async fn create(
     State(state): State<Shared>,
-    AuthDevice(device): AuthDevice,
+    ClientIp(ip): ClientIp,
+    MaybeDevice(device): MaybeDevice,
     ApiJson(req): ApiJson<proto::NewBlob>,
 ) -> Result<Json<proto::BlobStatus>, ApiError> {
     if req.size == 0 || req.size > max_blob() {
         return Err(ApiError::bad_request(format!("a file is 1 to {} bytes", max_blob())));
     }
-    state
-        .blob_creations
-        .check(device)
-        .map_err(|wait| ApiError::rate_limited("new files from this device", wait))?;
+    // Made with a token, a file is its account's; made with a group's credential instead, it
+    // is the group's, and the server learns no uploader (see `anonymous_owner`).
+    let owner = match (device, &req.group) {
+        (Some(device), _) => {
+            state
+                .blob_creations
+                .check(device)
+                .map_err(|wait| ApiError::rate_limited("new files from this device", wait))?;
+            None
+        }
+        (None, Some(group)) => Some(anonymous_owner(&state, ip, group, req.size).await?),
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "a file is made with a device token, or with a group's credential",
+            ));
+        }
+    };
+    let device = device.unwrap_or(0);
     let now = unix_now();
     let id = sotto_core::random_bytes(16).map_err(|e| ApiError::internal("random id", &e))?;
     let path = blob_path(&state, &id);
     let quota = state.config.blob_quota;
     let record_id = id.clone();
     let record = blocking(&state, move |s| {
-        let address = s.device(device)?.map(|d| d.address).unwrap_or_default();
+        let address = match owner {
+            Some(group) => group,
+            None => s.device(device)?.map(|d| d.address).unwrap_or_default(),
+        };
         let record = BlobRecord {
             id: record_id,
             device,
@@ -118,10 +138,44 @@ pub(super) async fn create(
     Ok(Json(status_of(&record)))
 }
 
-async fn own_blob(state: &Shared, device: u64, id: Vec<u8>) -> Result<BlobRecord, ApiError> {
+/// Checks that a file made without a token comes from a member of `group` in its current
+/// epoch, and charges its bytes to the group and the client's address as a submission's are;
+/// returns the owner its quota is kept under: the group, never an account (no address has a
+/// `:`).
+async fn anonymous_owner(
+    state: &Shared,
+    ip: IpAddr,
+    group: &proto::BlobGroup,
+    size: u64,
+) -> Result<String, ApiError> {
+    let credential = sotto_core::roster::GroupCredential::from_bytes(&group.credential.0)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let group_id = group.group_id.0.clone();
+    if group_id.is_empty() || group_id.len() > 256 {
+        return Err(ApiError::bad_request("a group id is 1 to 256 bytes"));
+    }
+    state
+        .ip_bytes
+        .check_n(ip, size as f64)
+        .map_err(|wait| ApiError::rate_limited("bytes stored from this address", wait))?;
+    let key = group_id.clone();
+    blocking(state, move |s| s.check_member(&key, &credential)).await?;
+    state
+        .group_bytes
+        .check_n(group_id.clone(), size as f64)
+        .map_err(|wait| ApiError::rate_limited("bytes stored in this group", wait))?;
+    Ok(format!("group:{}", hex::encode(&group_id)))
+}
+
+/// A blob this caller may write to: its own device's, or — with no token — one made with a
+/// group's credential. Anything else looks like no upload at all.
+async fn own_blob(
+    state: &Shared,
+    device: Option<u64>,
+    id: Vec<u8>,
+) -> Result<BlobRecord, ApiError> {
     let blob = blocking(state, move |s| s.blob(&id)).await?;
-    // Someone else's upload looks like no upload at all.
-    blob.filter(|b| b.device == device).ok_or_else(no_blob)
+    blob.filter(|b| b.device == device.unwrap_or(0)).ok_or_else(no_blob)
 }
 
 /// `DELETE /v1/blobs/{id}`: the uploading account (any of its devices) takes its file back,
@@ -183,7 +237,7 @@ const DOWNLOAD_BUFFER: usize = 64 << 10;
 /// `GET /v1/blobs/{id}/status`.
 pub(super) async fn status(
     State(state): State<Shared>,
-    AuthDevice(device): AuthDevice,
+    MaybeDevice(device): MaybeDevice,
     Path(id): Path<String>,
 ) -> Result<Json<proto::BlobStatus>, ApiError> {
     let blob = own_blob(&state, device, blob_id(&id)?).await?;
@@ -194,7 +248,7 @@ pub(super) async fn status(
 /// ends; answers with what is now durably stored.
 pub(super) async fn upload(
     State(state): State<Shared>,
-    AuthDevice(device): AuthDevice,
+    MaybeDevice(device): MaybeDevice,
     Path(id): Path<String>,
     query: Result<Query<HashMap<String, u64>>, QueryRejection>,
     body: Body,

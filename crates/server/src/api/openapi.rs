@@ -318,8 +318,9 @@ fn operations() -> Vec<Op> {
         (
             "POST",
             "/v1/blobs",
-            "Start an attachment upload.",
-            Token,
+            "Start an attachment upload; or, with a group's credential and no token, a file for \
+             a message kept by reference, which names no uploader.",
+            Either,
             In("NewBlob"),
             Json("BlobStatus"),
             &[],
@@ -338,8 +339,9 @@ fn operations() -> Vec<Op> {
         (
             "PUT",
             "/v1/blobs/{id}",
-            "Append to an upload at its durable end.",
-            Token,
+            "Append to an upload at its durable end (a file made with a group's credential: \
+             no token).",
+            Either,
             Bytes,
             Json("BlobStatus"),
             &[ID, OFFSET],
@@ -359,7 +361,7 @@ fn operations() -> Vec<Op> {
             "GET",
             "/v1/blobs/{id}/status",
             "How much of an upload the server holds.",
-            Token,
+            Either,
             Nothing,
             Json("BlobStatus"),
             &[ID],

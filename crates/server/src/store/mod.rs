@@ -557,6 +557,16 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes links opened before `before`; returns how many.
     fn expire_links(&self, before: u64) -> Result<u64, StoreError>;
 
+    /// Whether `credential` is a member's of `group_id` in its current epoch (it opens the
+    /// group's sealed roster): [`StoreError::StaleEpoch`] for one of its recent epochs,
+    /// [`StoreError::GroupUnsealed`] for a group with no sealed roster, else
+    /// [`StoreError::NotMember`].
+    fn check_member(
+        &self,
+        group_id: &[u8],
+        credential: &sotto_core::roster::GroupCredential,
+    ) -> Result<(), StoreError>;
+
     /// Records a new blob if its account's blobs stay within `quota` bytes.
     fn create_blob(&self, blob: &BlobRecord, quota: u64) -> Result<(), StoreError>;
 

@@ -668,20 +668,7 @@ fn submit_in(
         }
     }
     // (The group's past verifiers, 2 KiB, are read only when they are needed.)
-    let group: Option<GroupRow> = tx
-        .prepare_cached("SELECT epoch, roster, restored, sealed FROM groups WHERE group_id = ?1")
-        .and_then(|mut q| {
-            q.query_row([submission.group_id], |r| {
-                Ok(GroupRow {
-                    epoch: to_u64(r.get(0)?),
-                    plain_roster: r.get::<_, i64>(1)? != 0,
-                    restored: r.get::<_, i64>(2)? != 0,
-                    sealed: r.get(3)?,
-                })
-            })
-            .optional()
-        })
-        .map_err(backend)?;
+    let group = group_row(tx, submission.group_id)?;
     // Restored from a backup, the group may have moved on meanwhile: its members' epoch is
     // taken as it comes, until a submission seals its roster again.
     let restored = group.as_ref().is_some_and(|g| g.restored);
@@ -768,6 +755,23 @@ fn submit_in(
         .map_err(backend)?;
     }
     Ok(out)
+}
+
+/// A group as stored, if it is.
+fn group_row(tx: &Connection, group_id: &[u8]) -> Result<Option<GroupRow>, StoreError> {
+    tx.prepare_cached("SELECT epoch, roster, restored, sealed FROM groups WHERE group_id = ?1")
+        .and_then(|mut q| {
+            q.query_row([group_id], |r| {
+                Ok(GroupRow {
+                    epoch: to_u64(r.get(0)?),
+                    plain_roster: r.get::<_, i64>(1)? != 0,
+                    restored: r.get::<_, i64>(2)? != 0,
+                    sealed: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(backend)
 }
 
 /// A group as stored.
@@ -1772,6 +1776,23 @@ impl Store for SqliteStore {
         let (to, answer) = tokio::sync::oneshot::channel();
         self.hand_over(Job::Ack(device_id, up_to, Answer::Async(to)));
         answer
+    }
+
+    fn check_member(
+        &self,
+        group_id: &[u8],
+        credential: &sotto_core::roster::GroupCredential,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let group = group_row(&conn, group_id)?;
+        let auth = GroupAuth { credential, next: None, device: None, roster: None };
+        match group {
+            Some(g) if !g.restored => match g.sealed.as_deref() {
+                Some(sealed) => open_sealed(&conn, &auth, group_id, &g, sealed).map(|_| ()),
+                None => Err(StoreError::GroupUnsealed),
+            },
+            _ => Err(StoreError::GroupUnsealed),
+        }
     }
 
     fn create_blob(&self, blob: &BlobRecord, quota: u64) -> Result<(), StoreError> {

@@ -398,6 +398,8 @@ fn rosters(store: &dyn Store) {
     // device, which becomes its roster.
     let anonymous = in_group(&c0, Ordering::Advance(0), b"c0");
     assert!(matches!(store.submit(&anonymous, 1), Err(StoreError::GroupUnsealed)));
+    let group = b"roster group".as_slice();
+    assert!(matches!(store.check_member(group, &c0), Err(StoreError::GroupUnsealed)));
     let create = Submission {
         to: To::Group(GroupAuth { next: Some(&c1), device: Some(a), ..auth(&c0) }),
         welcome: Some((&to_b, b"welcome")),
@@ -433,8 +435,14 @@ fn rosters(store: &dyn Store) {
         removed: &to_b,
         ..in_group(&c1, Ordering::Advance(1), b"c1")
     };
+    store.check_member(group, &c1).expect("a member of epoch 1");
+    assert!(matches!(store.check_member(group, &wrong), Err(StoreError::NotMember)));
+    assert!(matches!(store.check_member(b"another", &c1), Err(StoreError::GroupUnsealed)));
     let done = store.submit(&swap, 1).expect("swap");
     assert_eq!((done.epoch, sorted(done.recipients)), (2, vec![a, b, c]));
+    // Checking membership follows the epoch as submissions do.
+    store.check_member(group, &c2).expect("a member of epoch 2");
+    assert!(matches!(store.check_member(group, &c1), Err(StoreError::StaleEpoch { current: 2 })));
     // b knows only the old credential: whatever epoch it claims, it is told to catch up (and
     // then learns it was removed); nothing it sends is taken.
     for epoch in [1, 2] {
