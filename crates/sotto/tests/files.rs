@@ -427,18 +427,58 @@ struct RawMember {
 }
 
 fn raw_member(server: &Server, address: &str) -> RawMember {
-    use sotto_core::mls::{self, Identity, Provider, Suite};
+    raw_member_of(server, address, &[sotto_core::mls::Suite::PostQuantum])
+}
+
+/// [`raw_member`] with one key package of each of `suites` on file.
+fn raw_member_of(server: &Server, address: &str, suites: &[sotto_core::mls::Suite]) -> RawMember {
+    use sotto_core::mls::{self, Identity, Provider};
     let (id, token, key) = common::api_device(server, address, None);
     let provider = Provider::new(openmls_memory_storage::MemoryStorage::default());
     key.store(&provider).expect("store key");
     let device =
         sotto_core::DeviceRef { address: address.parse().expect("address"), device_id: id };
     let me = Identity { device, key };
-    let kp = mls::key_packages(&provider, &me, Suite::PostQuantum, 1, false).expect("kp");
-    let body = serde_json::json!({ "key_packages": [common::b64(&kp[0])] }).to_string();
-    let (s, v) = server.http("POST", "/v1/keypackages", Some(&token), &body);
-    assert_eq!(s, 200, "{v}");
+    for suite in suites {
+        let kp = mls::key_packages(&provider, &me, *suite, 1, false).expect("kp");
+        let body = serde_json::json!({ "key_packages": [common::b64(&kp[0])] }).to_string();
+        let (s, v) = server.http("POST", "/v1/keypackages", Some(&token), &body);
+        assert_eq!(s, 200, "{v}");
+    }
     RawMember { token, provider }
+}
+
+#[test]
+fn a_chat_too_large_for_x_wing_claims_only_classical_key_packages() {
+    use sotto_core::mls::Suite;
+    let server = Server::start(&["--registration", "open", "--registration-rate", "1000"]);
+    let alice = User::register("alice", &server, "");
+    // 300 accounts: more devices than a post-quantum chat takes. Each has both kinds of key
+    // package on file, as every current device does.
+    let members: Vec<(String, RawMember)> = (0..300)
+        .map(|i| {
+            let address = format!("many{i}@localhost");
+            let m = raw_member_of(&server, &address, &[Suite::PostQuantum, Suite::Classical]);
+            (address, m)
+        })
+        .collect();
+    let addresses: Vec<&str> = members.iter().map(|(a, _)| a.as_str()).collect();
+    alice.ok(&["group", "create", "many", "--members", &addresses.join(",")]);
+    // Every member's classical package went into the chat; none lost its X-Wing one.
+    for (address, m) in members.iter().step_by(37) {
+        let (s, v) = server.http("GET", "/v1/keypackages", Some(&m.token), "");
+        assert_eq!(s, 200, "{v}");
+        let remaining = |suite: Suite| {
+            let stock = v["suites"].as_array().expect("suites");
+            let of = stock.iter().find(|x| x["ciphersuite"] == suite.code());
+            of.map_or(0, |of| of["remaining"].as_u64().expect("remaining"))
+        };
+        assert_eq!(
+            (remaining(Suite::PostQuantum), remaining(Suite::Classical)),
+            (1, 0),
+            "{address}: {v}"
+        );
+    }
 }
 
 fn blob_files(server: &Server) -> usize {
