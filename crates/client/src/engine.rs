@@ -803,6 +803,9 @@ impl Engine {
     /// one for a whole page of messages.
     pub fn frame(&mut self, frame: Result<Down, FrameError>) -> Option<Up> {
         match frame {
+            // A connection given up on (below) may still bring pages: they wait, unacknowledged,
+            // for the catch-up, which takes them in order after what was left.
+            Ok(Down::Messages(_)) if !self.connected => None,
             Ok(Down::Messages(page)) => {
                 let (processed, up_to) = match self.client.process_page(&page) {
                     Ok(done) => done?,
@@ -824,6 +827,12 @@ impl Engine {
                         let e = self.check_revoked(e);
                         self.events.push(Event::Notice { text: e.to_string() });
                     }
+                }
+                // Taken in part (its references named too much for memory): connecting again
+                // at once catches up with the rest.
+                if page.last().is_some_and(|m| m.seq > up_to) {
+                    self.connected = false;
+                    self.reconnect_at = self.client.now_ms();
                 }
                 Some(Up::Ack(proto::AckRequest { up_to }))
             }

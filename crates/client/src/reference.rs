@@ -19,6 +19,11 @@ const INLINE_MAX: usize = 1 << 20;
 /// of 100 (about 9 KB) is still copied; the welcome that creates such a group is not.
 const INLINE_FANOUT: u64 = 1 << 20;
 
+/// What the referenced messages of one page may hold in memory together: a page whose
+/// references name more is taken in parts (one message of up to
+/// [`reference::MAX_MESSAGE`] always fits).
+const READY_BYTES: u64 = 16 << 20;
+
 /// Whether a message of `len` bytes for `copies` queues goes by reference.
 pub(crate) fn goes_by_reference(len: usize, copies: usize) -> bool {
     len > INLINE_MAX || (len as u64).saturating_mul(copies as u64) > INLINE_FANOUT
@@ -112,12 +117,15 @@ impl Client {
     /// (not those this device sent: their copies are skipped). A fetch that may succeed later
     /// (the server unreachable, busy) fails the page, to be taken again; one that never will
     /// (no such file, a file that is not what its reference says) fails that message alone.
+    /// Stops before a reference that would take the page past [`READY_BYTES`]: then the page
+    /// is to be processed up to the last message returned, and the rest fetched again.
     pub(crate) fn ready<'a>(
         &mut self,
         page: &'a [proto::QueuedMessage],
     ) -> Result<Vec<Ready<'a>>, Error> {
         let done = db::last_seq(&self.conn)?;
         let mut token = None;
+        let mut held = 0u64;
         let mut out = Vec::with_capacity(page.len());
         for m in page.iter().filter(|m| m.seq > done) {
             let copy = self.open_copy(&m.message.0)?;
@@ -127,7 +135,9 @@ impl Client {
                 && !db::is_echo(&self.conn, c)?
             {
                 let fetched = match Reference::decode(c) {
+                    Ok(Some(r)) if held > 0 && held + r.size > READY_BYTES => break,
                     Ok(Some(r)) => {
+                        held += r.size;
                         let t = match &token {
                             Some(t) => t,
                             None => token.insert(self.token()?),
