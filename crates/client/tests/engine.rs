@@ -215,3 +215,138 @@ fn each_device_replaces_its_keys_in_every_chat_within_the_period() {
     send(&mut alice, "bob@localhost", "still fine").expect("sent");
     assert_eq!(texts(&pump(&mut bob, &mut *link)), ["still fine"]);
 }
+
+/// A device registered and logged in straight through the API; its token.
+fn api_token(w: &World, address: &str) -> String {
+    use sotto_client::transport::{Body, Method, Request};
+    use sotto_core::account::DeviceList;
+    use sotto_core::auth;
+    use sotto_core::mls::DeviceKey;
+    use sotto_proto::{self as proto, Bytes};
+    let call = |path: &str, token: Option<&str>, json: Vec<u8>| {
+        let request = Request { method: Method::Post, path, token, body: Body::Json(&json) };
+        let (status, body) = w.fake.raw(&request);
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        body
+    };
+    let key = DeviceKey::generate().expect("key");
+    let parsed: sotto_core::Address = address.parse().expect("address");
+    let (list, _, _) =
+        DeviceList::new_account(parsed.clone(), key.public(), 1_800_000_000).expect("list");
+    let register = proto::RegisterRequest {
+        address: address.into(),
+        invite: None,
+        device_key: Bytes(key.public().to_vec()),
+        signature: Bytes(
+            key.sign(&auth::registration_payload(&parsed, key.public())).expect("sign"),
+        ),
+        device_list: proto::SignedData { body: Bytes(list.body), signature: Bytes(list.signature) },
+    };
+    let body = call("/v1/register", None, serde_json::to_vec(&register).expect("json"));
+    let id = serde_json::from_slice::<proto::RegisterResponse>(&body).expect("answer").device_id;
+    let body = serde_json::to_vec(&proto::ChallengeRequest { device_id: id }).expect("json");
+    let ch: proto::ChallengeResponse =
+        serde_json::from_slice(&call("/v1/auth/challenge", None, body)).expect("challenge");
+    let signature = key.sign(&auth::challenge_payload("localhost", id, &ch.nonce.0)).expect("sign");
+    let body = serde_json::to_vec(&proto::TokenRequest {
+        device_id: id,
+        nonce: ch.nonce,
+        signature: Bytes(signature),
+    })
+    .expect("json");
+    serde_json::from_slice::<proto::TokenResponse>(&call("/v1/auth/token", None, body))
+        .expect("token")
+        .token
+}
+
+#[test]
+fn a_page_of_references_too_heavy_to_hold_is_taken_in_parts_and_loses_nothing() {
+    use sotto_client::transport::{Body, Method, Request};
+    use sotto_core::reference;
+    use sotto_proto as proto;
+    use std::sync::{Arc, Mutex};
+    let w = World::new();
+    let mut alice = Engine::new(w.client("alice"));
+    let mut bob = Engine::new(w.client("bob"));
+    let (link, _) = bob.tick();
+    let mut link = link.expect("bob connects");
+    alice.tick();
+    send(&mut alice, "bob@localhost", "first").expect("sent");
+    assert_eq!(texts(&pump(&mut bob, &mut *link)), ["first"]);
+
+    // A 10 MB file, and a server that shows bob references to it in place of alice's next
+    // three messages: a live page of three references, 30 MB, more than a page may hold.
+    let token = api_token(&w, "mallory@localhost");
+    let size = 10_000_000u64;
+    let new = serde_json::to_vec(&proto::NewBlob {
+        size: reference::sealed_len(size),
+        expires_in: None,
+        group: None,
+    })
+    .expect("json");
+    let request = Request {
+        method: Method::Post,
+        path: "/v1/blobs",
+        token: Some(&token),
+        body: Body::Json(&new),
+    };
+    let (status, body) = w.fake.raw(&request);
+    assert_eq!(status, 200);
+    let blob: proto::BlobStatus = serde_json::from_slice(&body).expect("status");
+    let id: [u8; 16] = blob.id.0.try_into().expect("16 bytes");
+    let (sealed, r) = reference::seal(id, &vec![9u8; size as usize]).expect("seal");
+    let path = format!("/v1/blobs/{}?offset=0", r.blob_hex());
+    let put = Request {
+        method: Method::Put,
+        path: &path,
+        token: Some(&token),
+        body: Body::Bytes(&sealed),
+    };
+    assert_eq!(w.fake.raw(&put).0, 200);
+    let swapped: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let seen = swapped.clone();
+    let wire = r.encode();
+    w.fake.script().rewrite = Some(Box::new(move |path, status, body| {
+        if !path.starts_with("/v1/queue?") || status != 200 {
+            return;
+        }
+        let mut page: proto::QueueResponse = serde_json::from_slice(body).expect("page");
+        let mut seen = seen.lock().expect("seen");
+        for m in &mut page.messages {
+            if seen.len() < 3 && !seen.contains(&m.seq) {
+                seen.push(m.seq);
+            }
+            if seen.contains(&m.seq) {
+                m.message.0 = wire.clone();
+            }
+        }
+        *body = serde_json::to_vec(&page).expect("json");
+    }));
+    for text in ["second", "third", "fourth", "fifth"] {
+        send(&mut alice, "bob@localhost", text).expect("sent");
+    }
+
+    // The live page is taken up to the first reference, and the connection given up; the
+    // catch-up on reconnecting takes the rest, in order, a reference at a time.
+    let mut events = pump(&mut bob, &mut *link);
+    for _ in 0..3 {
+        let (again, _) = bob.tick();
+        events.extend(bob.take_events());
+        if let Some(mut l) = again {
+            events.extend(pump(&mut bob, &mut *l));
+        }
+    }
+    assert_eq!(texts(&events), ["fifth"], "{events:?}");
+    let failed: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Failure { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        *swapped.lock().expect("seen"),
+        "each reference failed alone, once: {events:?}"
+    );
+}
