@@ -298,6 +298,14 @@ CREATE TABLE queue_key (
     given INTEGER NOT NULL DEFAULT 0
 );
 "#,
+    // The files that references named, once fetched: a reference names a file once, and one
+    // repeated (to make this device download a large file again and again) is refused.
+    r#"
+CREATE TABLE fetched_references (
+    blob BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// A counter of writes to MLS group state (the tables an `MlsGroup` is loaded from), which a
@@ -577,11 +585,21 @@ pub(crate) fn expect_echo(conn: &Connection, message: &[u8], now_ms: i64) -> Res
     Ok(())
 }
 
-/// Whether `message` is the copy of one this device submitted, without forgetting it.
-pub(crate) fn is_echo(conn: &Connection, message: &[u8]) -> Result<bool, Error> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM echoes WHERE digest = ?1")?
-        .exists([&echo_digest(message)[..]])?)
+/// Whether a reference named the file `blob` before (see [`fetched_reference`]).
+pub(crate) fn reference_fetched(conn: &Connection, blob: &[u8]) -> Result<bool, Error> {
+    Ok(conn.prepare_cached("SELECT 1 FROM fetched_references WHERE blob = ?1")?.exists([blob])?)
+}
+
+/// Notes that a reference's file was fetched, in the transaction of its message, and
+/// forgets notes older than any queued message.
+pub(crate) fn fetched_reference(conn: &Connection, blob: &[u8], now_ms: i64) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO fetched_references (blob, created_at) VALUES (?1, ?2)",
+    )?
+    .execute(params![blob, now_ms])?;
+    conn.prepare_cached("DELETE FROM fetched_references WHERE created_at < ?1")?
+        .execute([now_ms.saturating_sub(ECHO_KEEP_MS)])?;
+    Ok(())
 }
 
 /// Whether `message` is the copy of one this device submitted (then forgotten), and forgets

@@ -72,12 +72,25 @@ impl Client {
             // What is too large to copy into every queue goes once, by reference.
             let copies = mls::members(&p, group_id)?.len();
             let group = (group_id, &credential);
-            let commit = self.by_reference(group, &token, out.commit, copies)?;
+            // The group moved on meanwhile (the file's maker is checked against its epoch):
+            // the commit is dropped with the transaction, to be made again after catching up.
+            let stale = |e: Error| if e.is_stale_epoch() { Ok(None) } else { Err(e) };
+            let Some(commit) =
+                self.by_reference(group, &token, out.commit, copies).map(Some).or_else(stale)?
+            else {
+                return Ok(false);
+            };
             let welcome = match out.welcome.filter(|_| !welcome_to.is_empty()) {
-                Some(w) => Some(proto::Delivery {
-                    message: Bytes(self.by_reference(group, &token, w, welcome_to.len())?),
-                    recipients: welcome_to,
-                }),
+                Some(w) => {
+                    let Some(message) = self
+                        .by_reference(group, &token, w, welcome_to.len())
+                        .map(Some)
+                        .or_else(stale)?
+                    else {
+                        return Ok(false);
+                    };
+                    Some(proto::Delivery { message: Bytes(message), recipients: welcome_to })
+                }
                 None => None,
             };
             db::expect_echo(&tx, &commit, self.now_ms() as i64)?;

@@ -47,6 +47,9 @@ impl Client {
             }
         }
         backoff = Duration::from_millis(250);
+        // Pages that could not be taken (a message kept by reference the server would not
+        // hand out) are taken again after a wait that grows while they keep failing.
+        let mut failing = Duration::from_millis(250);
         while !stop() {
             let mut socket = match self.connect_live() {
                 Ok(s) => s,
@@ -75,7 +78,16 @@ impl Client {
                 Err(e) if e.server_code() == Some("device_revoked") => {
                     return Err(self.obey_revocation());
                 }
-                other => other?,
+                Err(e) if transient(&e) => {
+                    socket.close();
+                    if !wait(failing, stop) {
+                        return Ok(());
+                    }
+                    failing = (failing * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => failing = Duration::from_millis(250),
             }
             socket.close();
         }
@@ -97,13 +109,9 @@ impl Client {
             };
             match frame {
                 Ok(proto::live::Down::Messages(page)) => {
-                    let done = match self.process_page(&page) {
-                        // A message kept by reference could not be fetched: the connection is
-                        // given up, and the catch-up after reconnecting takes the page again.
-                        Err(e) if crate::outbox::transient(&e) => return Ok(()),
-                        other => other?,
-                    };
-                    let Some((processed, up_to)) = done else { continue };
+                    // A message kept by reference that could not be fetched fails the page: the
+                    // connection is given up, and the page comes again on the next one.
+                    let Some((processed, up_to)) = self.process_page(&page)? else { continue };
                     if !socket.send(&proto::live::Up::Ack(proto::AckRequest { up_to })) {
                         return Ok(());
                     }

@@ -220,6 +220,9 @@ impl Client {
         if seq <= db::last_seq(tx)? {
             return Ok(());
         }
+        if let Some(blob) = &m.fetched {
+            db::fetched_reference(tx, blob, self.now_ms() as i64)?;
+        }
         let data = match &m.copy {
             Ok(data) => &data[..],
             Err(reason) => {

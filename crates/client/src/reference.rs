@@ -13,8 +13,9 @@ use sotto_proto as proto;
 use crate::outbox::transient;
 use crate::*;
 
-/// A message longer than this goes by reference (a submission is at most 2 MiB of JSON)...
-const INLINE_MAX: usize = 1 << 20;
+/// A message longer than this goes by reference (a submission, commit and welcome together,
+/// is at most 2 MiB of JSON, base64 inside)...
+const INLINE_MAX: usize = 512 << 10;
 /// ...and so does one whose copies would together take more than this. A commit in a group
 /// of 100 (about 9 KB) is still copied; the welcome that creates such a group is not.
 const INLINE_FANOUT: u64 = 1 << 20;
@@ -39,6 +40,8 @@ pub(crate) struct Ready<'a> {
     pub(crate) copy: Result<Cow<'a, [u8]>, String>,
     /// For a reference: the message it names, or why that could not be had.
     pub(crate) referenced: Option<Result<Vec<u8>, String>>,
+    /// The file a reference named, once fetched (noted with the message's processing).
+    pub(crate) fetched: Option<[u8; 16]>,
 }
 
 impl Client {
@@ -65,7 +68,10 @@ impl Client {
         let anonymous = proto::NewBlob { size, expires_in: None, group: Some(group) };
         let (status, token): (proto::BlobStatus, _) =
             match self.api.post("/v1/blobs", &anonymous, None) {
-                Err(e) if e.server_code() == Some("group_unsealed") => {
+                // A group the server holds no sealed roster for, or whose files fill their
+                // quota (which a member could do on purpose), makes it with this device's
+                // token instead: the commit is made, though the server sees who made it.
+                Err(e) if matches!(e.server_code(), Some("group_unsealed" | "quota_exceeded")) => {
                     let mine = proto::NewBlob { size, expires_in: None, group: None };
                     (self.api.post("/v1/blobs", &mine, Some(token))?, Some(token))
                 }
@@ -114,7 +120,8 @@ impl Client {
     }
 
     /// Opens the copies of a page's new messages and fetches what references among them name
-    /// (not those this device sent: their copies are skipped). A fetch that may succeed later
+    /// — those this device sent too, though their copies are then skipped, so that the server
+    /// cannot tell the sender as the one member that did not fetch. A fetch that may succeed later
     /// (the server unreachable, busy) fails the page, to be taken again; one that never will
     /// (no such file, a file that is not what its reference says) fails that message alone.
     /// Stops before a reference that would take the page past [`READY_BYTES`]: then the page
@@ -126,18 +133,25 @@ impl Client {
         let done = db::last_seq(&self.conn)?;
         let mut token = None;
         let mut held = 0u64;
+        let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(page.len());
         for m in page.iter().filter(|m| m.seq > done) {
             let copy = self.open_copy(&m.message.0)?;
             let mut referenced = None;
+            let mut fetched_blob = None;
             if let Ok(c) = &copy
                 && reference::is_reference(c)
-                && !db::is_echo(&self.conn, c)?
             {
                 let fetched = match Reference::decode(c) {
                     Ok(Some(r)) if held > 0 && held + r.size > READY_BYTES => break,
+                    Ok(Some(r))
+                        if !seen.insert(r.blob) || db::reference_fetched(&self.conn, &r.blob)? =>
+                    {
+                        Err("it names a file an earlier reference named".into())
+                    }
                     Ok(Some(r)) => {
                         held += r.size;
+                        fetched_blob = Some(r.blob);
                         let t = match &token {
                             Some(t) => t,
                             None => token.insert(self.token()?),
@@ -152,7 +166,8 @@ impl Client {
                 };
                 referenced = Some(fetched);
             }
-            out.push(Ready { seq: m.seq, at: m.at, copy, referenced });
+            let fetched = fetched_blob.filter(|_| matches!(referenced, Some(Ok(_))));
+            out.push(Ready { seq: m.seq, at: m.at, copy, referenced, fetched });
         }
         Ok(out)
     }

@@ -274,38 +274,39 @@ fn a_page_of_references_too_heavy_to_hold_is_taken_in_parts_and_loses_nothing() 
     send(&mut alice, "bob@localhost", "first").expect("sent");
     assert_eq!(texts(&pump(&mut bob, &mut *link)), ["first"]);
 
-    // A 10 MB file, and a server that shows bob references to it in place of alice's next
-    // three messages: a live page of three references, 30 MB, more than a page may hold.
+    // Three 10 MB files, and a server that shows bob references to them in place of alice's
+    // next three messages: a live page of three references, 30 MB, more than a page may hold.
     let token = api_token(&w, "mallory@localhost");
     let size = 10_000_000u64;
-    let new = serde_json::to_vec(&proto::NewBlob {
-        size: reference::sealed_len(size),
-        expires_in: None,
-        group: None,
-    })
-    .expect("json");
-    let request = Request {
-        method: Method::Post,
-        path: "/v1/blobs",
-        token: Some(&token),
-        body: Body::Json(&new),
-    };
-    let (status, body) = w.fake.raw(&request);
-    assert_eq!(status, 200);
-    let blob: proto::BlobStatus = serde_json::from_slice(&body).expect("status");
-    let id: [u8; 16] = blob.id.0.try_into().expect("16 bytes");
-    let (sealed, r) = reference::seal(id, &vec![9u8; size as usize]).expect("seal");
-    let path = format!("/v1/blobs/{}?offset=0", r.blob_hex());
-    let put = Request {
-        method: Method::Put,
-        path: &path,
-        token: Some(&token),
-        body: Body::Bytes(&sealed),
-    };
-    assert_eq!(w.fake.raw(&put).0, 200);
+    let wires: Vec<Vec<u8>> = (0..3u8)
+        .map(|n| {
+            let new =
+                proto::NewBlob { size: reference::sealed_len(size), expires_in: None, group: None };
+            let new = serde_json::to_vec(&new).expect("json");
+            let request = Request {
+                method: Method::Post,
+                path: "/v1/blobs",
+                token: Some(&token),
+                body: Body::Json(&new),
+            };
+            let (status, body) = w.fake.raw(&request);
+            assert_eq!(status, 200);
+            let blob: proto::BlobStatus = serde_json::from_slice(&body).expect("status");
+            let id: [u8; 16] = blob.id.0.try_into().expect("16 bytes");
+            let (sealed, r) = reference::seal(id, &vec![n; size as usize]).expect("seal");
+            let path = format!("/v1/blobs/{}?offset=0", r.blob_hex());
+            let put = Request {
+                method: Method::Put,
+                path: &path,
+                token: Some(&token),
+                body: Body::Bytes(&sealed),
+            };
+            assert_eq!(w.fake.raw(&put).0, 200);
+            r.encode()
+        })
+        .collect();
     let swapped: Arc<Mutex<Vec<u64>>> = Arc::default();
     let seen = swapped.clone();
-    let wire = r.encode();
     w.fake.script().rewrite = Some(Box::new(move |path, status, body| {
         if !path.starts_with("/v1/queue?") || status != 200 {
             return;
@@ -316,8 +317,8 @@ fn a_page_of_references_too_heavy_to_hold_is_taken_in_parts_and_loses_nothing() 
             if seen.len() < 3 && !seen.contains(&m.seq) {
                 seen.push(m.seq);
             }
-            if seen.contains(&m.seq) {
-                m.message.0 = wire.clone();
+            if let Some(i) = seen.iter().position(|s| *s == m.seq) {
+                m.message.0 = wires[i].clone();
             }
         }
         *body = serde_json::to_vec(&page).expect("json");

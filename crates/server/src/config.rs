@@ -54,8 +54,11 @@ pub struct Config {
     pub registrations_per_hour_per_ip: u32,
     /// How often expired rows are swept, in seconds.
     pub sweep_interval_secs: u64,
-    /// Most bytes of files one account may keep on the server.
+    /// Most bytes of files one account may keep on the server (and one group, of the files of
+    /// messages kept by reference, which no account owns).
     pub blob_quota: u64,
+    /// Most bytes the files of all groups may take together.
+    pub group_file_quota: u64,
     /// Bytes a second that one device, and one group, may have stored in queues (counting a
     /// copy per recipient), in bursts of 64 seconds' worth.
     pub submit_bytes_per_second: u64,
@@ -142,6 +145,7 @@ impl Default for Config {
             registrations_per_hour_per_ip: 30,
             sweep_interval_secs: 300,
             blob_quota: 8 << 30,
+            group_file_quota: 64 << 30,
             submit_bytes_per_second: 8 << 20,
             account_grace_secs: 14 * 86_400,
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),

@@ -85,9 +85,9 @@ async fn world() -> World {
         expires_at: now + 3600,
         lifetime: 3600,
     };
-    store.create_blob(&blob, u64::MAX).expect("blob");
+    store.create_blob(&blob, u64::MAX, u64::MAX).expect("blob");
     let doomed = BlobRecord { id: vec![8u8; 16], ..blob };
-    store.create_blob(&doomed, u64::MAX).expect("blob");
+    store.create_blob(&doomed, u64::MAX, u64::MAX).expect("blob");
     std::fs::create_dir_all(dir.path().join("blobs")).expect("blobs dir");
     for id in [&blob_id, &doomed.id] {
         std::fs::write(dir.path().join("blobs").join(hex::encode(id)), b"").expect("blob file");

@@ -101,7 +101,7 @@ pub(super) async fn create(
     let now = unix_now();
     let id = sotto_core::random_bytes(16).map_err(|e| ApiError::internal("random id", &e))?;
     let path = blob_path(&state, &id);
-    let quota = state.config.blob_quota;
+    let (quota, pool) = (state.config.blob_quota, state.config.group_file_quota);
     let record_id = id.clone();
     let record = blocking(&state, move |s| {
         let address = match owner {
@@ -118,7 +118,7 @@ pub(super) async fn create(
             expires_at: now + INCOMPLETE_TTL,
             lifetime: req.expires_in.unwrap_or(u64::MAX),
         };
-        s.create_blob(&record, quota)?;
+        s.create_blob(&record, quota, pool)?;
         Ok(record)
     })
     .await?;
@@ -148,12 +148,21 @@ async fn anonymous_owner(
     group: &proto::BlobGroup,
     size: u64,
 ) -> Result<String, ApiError> {
+    // Such a file holds one MLS message: no larger than a client accepts to fetch.
+    let largest = sotto_core::reference::sealed_len(sotto_core::reference::MAX_MESSAGE);
+    if size > largest {
+        return Err(ApiError::bad_request(format!(
+            "a file made with a group's credential is at most {largest} bytes"
+        )));
+    }
     let credential = sotto_core::roster::GroupCredential::from_bytes(&group.credential.0)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let group_id = group.group_id.0.clone();
     if group_id.is_empty() || group_id.len() > 256 {
         return Err(ApiError::bad_request("a group id is 1 to 256 bytes"));
     }
+    // As many as submissions from the address may be made; each opens a sealed roster.
+    state.ip_submits.check(ip).map_err(|wait| ApiError::rate_limited("new files", wait))?;
     state
         .ip_bytes
         .check_n(ip, size as f64)
@@ -216,7 +225,10 @@ pub(super) async fn delete(
 /// upload, and the lifetime asked for is kept in `lifetime`.
 fn expiry(state: &AppState, blob: &BlobRecord, received: u64) -> u64 {
     if received == blob.size {
-        unix_now() + blob.lifetime.min(state.config.message_ttl_secs)
+        // A group's file outlives the copies that name it: they are queued after it is
+        // complete (days after, for a commit whose fate was in doubt).
+        let margin = if blob.device == 0 { INCOMPLETE_TTL } else { 0 };
+        unix_now() + blob.lifetime.min(state.config.message_ttl_secs) + margin
     } else {
         blob.expires_at
     }
@@ -326,6 +338,11 @@ pub(super) async fn upload(
     file.get_ref().sync_data().await.map_err(io_failed)?;
     crate::metrics::METRICS.file_bytes_in.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
     let received = offset + written;
+    // A request that brought nothing changes nothing: a complete file keeps its expiry
+    // (whoever holds the id of a group's file could otherwise keep it for ever).
+    if written == 0 {
+        return Ok(Json(status_of(&blob)));
+    }
     let expires_at = expiry(&state, &blob, received);
     let record_id = id.clone();
     if !blocking(&state, move |s| s.blob_received(&record_id, received, expires_at)).await? {

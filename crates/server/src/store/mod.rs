@@ -567,8 +567,10 @@ pub trait Store: Send + Sync + 'static {
         credential: &sotto_core::roster::GroupCredential,
     ) -> Result<(), StoreError>;
 
-    /// Records a new blob if its account's blobs stay within `quota` bytes.
-    fn create_blob(&self, blob: &BlobRecord, quota: u64) -> Result<(), StoreError>;
+    /// Records a new blob if its owner's blobs stay within `quota` bytes — and, for a group's
+    /// file (an owner `group:…`), all groups' files within `group_pool` bytes.
+    fn create_blob(&self, blob: &BlobRecord, quota: u64, group_pool: u64)
+    -> Result<(), StoreError>;
 
     /// A blob by id.
     fn blob(&self, id: &[u8]) -> Result<Option<BlobRecord>, StoreError>;

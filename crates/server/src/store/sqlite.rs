@@ -1795,19 +1795,30 @@ impl Store for SqliteStore {
         }
     }
 
-    fn create_blob(&self, blob: &BlobRecord, quota: u64) -> Result<(), StoreError> {
+    fn create_blob(
+        &self,
+        blob: &BlobRecord,
+        quota: u64,
+        group_pool: u64,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        let used: i64 = tx
-            .query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE address = ?1",
-                [&blob.address],
-                |r| r.get(0),
-            )
-            .map_err(backend)?;
-        let used = to_u64(used);
-        if used.saturating_add(blob.size) > quota {
-            return Err(StoreError::BlobQuota { used, quota });
+        let used = |sql: &str, owner: &str| -> Result<u64, StoreError> {
+            tx.query_row(sql, [owner], |r| r.get::<_, i64>(0)).map(to_u64).map_err(backend)
+        };
+        let mine =
+            used("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE address = ?1", &blob.address)?;
+        if mine.saturating_add(blob.size) > quota {
+            return Err(StoreError::BlobQuota { used: mine, quota });
+        }
+        if blob.address.starts_with("group:") {
+            let all = used(
+                "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE address >= ?1 AND address < 'group;'",
+                "group:",
+            )?;
+            if all.saturating_add(blob.size) > group_pool {
+                return Err(StoreError::BlobQuota { used: all, quota: group_pool });
+            }
         }
         tx.execute(
             "INSERT INTO blobs (id, device_id, address, size, received, created_at, expires_at,

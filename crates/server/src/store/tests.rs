@@ -364,12 +364,27 @@ fn blobs_and_quotas(store: &dyn Store) {
         expires_at: 100,
         lifetime: 1000,
     };
-    store.create_blob(&blob(b"b1", "q@x", 60), 100).expect("fits");
+    store.create_blob(&blob(b"b1", "q@x", 60), 100, 0).expect("fits");
     assert!(matches!(
-        store.create_blob(&blob(b"b2", "q@x", 41), 100),
+        store.create_blob(&blob(b"b2", "q@x", 41), 100, 1000),
         Err(StoreError::BlobQuota { used: 60, quota: 100 })
     ));
-    store.create_blob(&blob(b"b2", "other@x", 41), 100).expect("another account's quota");
+    store.create_blob(&blob(b"b2", "other@x", 41), 100, 0).expect("another account's quota");
+    // Groups' files keep within their group's quota and, together, within the pool; an
+    // account's files do not count towards the pool.
+    store.create_blob(&blob(b"g1", "group:aa", 60), 100, 100).expect("fits");
+    assert!(matches!(
+        store.create_blob(&blob(b"g2", "group:aa", 41), 100, 1000),
+        Err(StoreError::BlobQuota { used: 60, quota: 100 })
+    ));
+    assert!(matches!(
+        store.create_blob(&blob(b"g2", "group:bb", 41), 100, 100),
+        Err(StoreError::BlobQuota { used: 60, quota: 100 })
+    ));
+    store.create_blob(&blob(b"g2", "group:bb", 40), 100, 100).expect("the pool's last bytes");
+    for id in [b"g1", b"g2"] {
+        store.delete_blob(id).expect("delete");
+    }
     assert!(store.blob_received(b"b1", 60, 500).expect("received"));
     assert!(!store.blob_received(b"no such blob", 60, 500).expect("received"), "no row, no update");
     let b1 = store.blob(b"b1").expect("blob").expect("exists");

@@ -100,6 +100,11 @@ struct ServeArgs {
     /// Most bytes of attached files one account may keep on the server (K, M or G).
     #[arg(long, env = "SOTTO_BLOB_QUOTA", default_value = "8G", value_parser = parse_size)]
     blob_quota: u64,
+    /// Most bytes the files of messages kept by reference may take, all groups together
+    /// (such a file names no account: it is its group's, and each group keeps within
+    /// --blob-quota too). K, M or G.
+    #[arg(long, env = "SOTTO_GROUP_FILE_QUOTA", default_value = "64G", value_parser = parse_size)]
+    group_file_quota: u64,
     /// Bytes a second one device, and one group, may have queued (a copy per recipient
     /// counts; bursts of 64 seconds' worth). K, M or G.
     #[arg(long, env = "SOTTO_SUBMIT_RATE", default_value = "8M", value_parser = parse_size)]
@@ -528,6 +533,7 @@ fn main() -> anyhow::Result<()> {
         registrations_per_hour_per_ip: cli.serve.registration_rate.max(1),
         sweep_interval_secs: cli.serve.sweep_interval,
         blob_quota: cli.serve.blob_quota,
+        group_file_quota: cli.serve.group_file_quota,
         submit_bytes_per_second: cli.serve.submit_rate,
         account_grace_secs: cli.serve.account_grace,
         admin_listen: cli.serve.admin_listen.0,
@@ -679,6 +685,7 @@ fn config_check(config: &Config, json: bool) -> anyhow::Result<()> {
         "device_requests_per_second": config.device_requests_per_second,
         "registrations_per_hour_per_ip": config.registrations_per_hour_per_ip,
         "blob_quota": config.blob_quota,
+        "group_file_quota": config.group_file_quota,
         "submit_bytes_per_second": config.submit_bytes_per_second,
         "sweep_interval_secs": config.sweep_interval_secs,
         "account_grace_secs": config.account_grace_secs,
