@@ -1,7 +1,7 @@
 //! The account's devices: signed device lists (verified and pinned for every account this
 //! device talks to), linking a new device, revocation, remote wipe, and recovery.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -288,8 +288,12 @@ impl Client {
             Err(sotto_core::Error::UnknownGroup(_)) => return Ok(()),
             other => other?,
         };
-        let accounts: BTreeSet<Address> = members.iter().map(|(d, _)| d.address.clone()).collect();
-        for account in accounts {
+        // Each account's devices in the chat, so that a group of thousands is one pass.
+        let mut accounts: BTreeMap<Address, Vec<(&DeviceRef, &[u8])>> = BTreeMap::new();
+        for (device, key) in &members {
+            accounts.entry(device.address.clone()).or_default().push((device, key));
+        }
+        for (account, devices) in accounts {
             let list = match self.verified_list(&account) {
                 Ok((list, _)) => list,
                 Err(e @ Error::Untrusted(_)) => {
@@ -298,7 +302,7 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
-            for (device, key) in members.iter().filter(|(d, _)| d.address == account) {
+            for (device, key) in devices {
                 if !list.lists(key) {
                     db::add_notice(
                         &self.conn,
