@@ -828,12 +828,6 @@ impl Engine {
                         self.events.push(Event::Notice { text: e.to_string() });
                     }
                 }
-                // Taken in part (its references named too much for memory): connecting again
-                // at once catches up with the rest.
-                if page.last().is_some_and(|m| m.seq > up_to) {
-                    self.connected = false;
-                    self.reconnect_at = self.client.now_ms();
-                }
                 Some(Up::Ack(proto::AckRequest { up_to }))
             }
             Ok(Down::Acked(a)) => {

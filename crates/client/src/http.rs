@@ -258,7 +258,10 @@ impl Transport for HttpTransport {
         // Sent as it is read (chunked). It may take two minutes and then as long as 64 KiB/s
         // takes: a server that stops reading is given up on, a slow link is not.
         let allowed = Duration::from_secs(120 + len / (64 << 10));
-        let resp = authorize(self.agent.put(format!("{}{path}", self.base)), token)
+        // A file made with no token goes on a connection that never carried one, as every
+        // tokenless request does.
+        let agent = if token.is_some() { &self.agent } else { &self.anonymous };
+        let resp = authorize(agent.put(format!("{}{path}", self.base)), token)
             .header("Content-Type", "application/octet-stream")
             .config()
             .timeout_global(None)

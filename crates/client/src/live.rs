@@ -78,7 +78,12 @@ impl Client {
                 Err(e) if e.server_code() == Some("device_revoked") => {
                     return Err(self.obey_revocation());
                 }
-                Err(e) if transient(&e) => {
+                Err(e) if transient(&e) || e.server_code() == Some("unauthorized") => {
+                    // Fetching a file a reference names can find the token expired: log in
+                    // again on the next connection.
+                    if e.server_code() == Some("unauthorized") {
+                        self.api.forget_token();
+                    }
                     socket.close();
                     if !wait(failing, stop) {
                         return Ok(());
@@ -113,10 +118,6 @@ impl Client {
                     // connection is given up, and the page comes again on the next one.
                     let Some((processed, up_to)) = self.process_page(&page)? else { continue };
                     if !socket.send(&proto::live::Up::Ack(proto::AckRequest { up_to })) {
-                        return Ok(());
-                    }
-                    // Taken in part: the catch-up after reconnecting takes the rest.
-                    if page.last().is_some_and(|m| m.seq > up_to) {
                         return Ok(());
                     }
                     let report = self.finish_batch(processed, false)?;

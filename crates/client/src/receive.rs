@@ -152,13 +152,11 @@ impl Client {
             let page: proto::QueueResponse = self
                 .api
                 .get(&format!("/v1/queue?after={after}&limit={SYNC_PAGE}"), Some(&token))?;
-            let mut cut = false;
             if let Some((n, up_to)) = self.process_page(&page.messages)? {
                 processed += n;
                 self.ack(up_to)?;
-                cut = page.messages.last().is_some_and(|m| m.seq > up_to);
             }
-            if (!page.more && !cut) || page.messages.is_empty() {
+            if !page.more || page.messages.is_empty() {
                 return Ok(processed);
             }
         }
@@ -183,28 +181,29 @@ impl Client {
     /// Processes a page of queued messages, oldest first, in one local transaction with the
     /// new sync position: one write to disk for the page, not one per message. A crash, or the
     /// local database failing, leaves the whole page to be processed again; a message that
-    /// fails for its own reasons is recorded and the page goes on. Returns how many messages
-    /// the page held and the last one's seq (what to acknowledge), if any — or, for a page
-    /// taken only in part (see [`Client::ready`]), those of the part.
+    /// fails for its own reasons is recorded and the page goes on. A page whose references
+    /// name more than memory should hold at once (see [`Client::ready`]) is taken in parts,
+    /// each in a transaction of its own. Returns how many messages the page held and the last
+    /// one's seq (what to acknowledge), if any.
     pub(crate) fn process_page(
         &mut self,
         page: &[proto::QueuedMessage],
     ) -> Result<Option<(u64, u64)>, Error> {
         let Some(last) = page.last() else { return Ok(None) };
-        // Copies are opened, and what references name fetched, before the transaction; a page
-        // whose references name too much for memory is taken up to where they fit.
-        let ready = self.ready(page)?;
-        let up_to = match ready.last() {
-            Some(m) if page.iter().any(|p| p.seq > m.seq) => m.seq,
-            _ => last.seq,
-        };
-        let tx = begin(&self.conn)?;
-        let mut cache = PageCache::default();
-        for m in ready {
-            self.process_in(&tx, m, &mut cache)?;
+        let mut rest = page;
+        while !rest.is_empty() {
+            // Copies are opened, and what references name fetched, before the transaction.
+            let (ready, taken) = self.ready(rest)?;
+            let tx = begin(&self.conn)?;
+            let mut cache = PageCache::default();
+            for m in ready {
+                self.process_in(&tx, m, &mut cache)?;
+            }
+            tx.commit()?;
+            // At least one message is taken each time: only a reference after others stops.
+            rest = &rest[taken.max(1)..];
         }
-        tx.commit()?;
-        Ok(Some((page.iter().filter(|m| m.seq <= up_to).count() as u64, up_to)))
+        Ok(Some((page.len() as u64, last.seq)))
     }
 
     /// Processes one queued message inside `tx`, the page's transaction. What processing

@@ -124,18 +124,22 @@ impl Client {
     /// cannot tell the sender as the one member that did not fetch. A fetch that may succeed later
     /// (the server unreachable, busy) fails the page, to be taken again; one that never will
     /// (no such file, a file that is not what its reference says) fails that message alone.
-    /// Stops before a reference that would take the page past [`READY_BYTES`]: then the page
-    /// is to be processed up to the last message returned, and the rest fetched again.
+    /// Stops before a reference that would take what it holds past [`READY_BYTES`], and
+    /// returns with the messages made ready how many of the page's messages it went through:
+    /// the rest is to be made ready, and processed, apart.
     pub(crate) fn ready<'a>(
         &mut self,
         page: &'a [proto::QueuedMessage],
-    ) -> Result<Vec<Ready<'a>>, Error> {
+    ) -> Result<(Vec<Ready<'a>>, usize), Error> {
         let done = db::last_seq(&self.conn)?;
         let mut token = None;
         let mut held = 0u64;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(page.len());
-        for m in page.iter().filter(|m| m.seq > done) {
+        for (i, m) in page.iter().enumerate() {
+            if m.seq <= done {
+                continue;
+            }
             let copy = self.open_copy(&m.message.0)?;
             let mut referenced = None;
             let mut fetched_blob = None;
@@ -143,14 +147,18 @@ impl Client {
                 && reference::is_reference(c)
             {
                 let fetched = match Reference::decode(c) {
-                    Ok(Some(r)) if held > 0 && held + r.size > READY_BYTES => break,
+                    // Refused before anything is fetched or counted.
                     Ok(Some(r))
-                        if !seen.insert(r.blob) || db::reference_fetched(&self.conn, &r.blob)? =>
+                        if seen.contains(&r.blob)
+                            || db::reference_fetched(&self.conn, &r.blob)? =>
                     {
                         Err("it names a file an earlier reference named".into())
                     }
+                    Ok(Some(r)) if held > 0 && held + r.size > READY_BYTES => {
+                        return Ok((out, i));
+                    }
                     Ok(Some(r)) => {
-                        held += r.size;
+                        seen.insert(r.blob);
                         fetched_blob = Some(r.blob);
                         let t = match &token {
                             Some(t) => t,
@@ -158,7 +166,12 @@ impl Client {
                         };
                         match self.dereference(t, &r) {
                             Err(e) if transient(&e) => return Err(e),
-                            other => other.map_err(|e| e.to_string()),
+                            // Only what was fetched is held.
+                            Ok(message) => {
+                                held += message.len() as u64;
+                                Ok(message)
+                            }
+                            Err(e) => Err(e.to_string()),
                         }
                     }
                     Ok(None) => Err("not a message reference".into()),
@@ -169,7 +182,7 @@ impl Client {
             let fetched = fetched_blob.filter(|_| matches!(referenced, Some(Ok(_))));
             out.push(Ready { seq: m.seq, at: m.at, copy, referenced, fetched });
         }
-        Ok(out)
+        Ok((out, page.len()))
     }
 
     /// A queued copy opened with this device's queue key (copies queued before it gave the
