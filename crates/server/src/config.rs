@@ -57,7 +57,8 @@ pub struct Config {
     /// Most bytes of files one account may keep on the server (and one group, of the files of
     /// messages kept by reference, which no account owns).
     pub blob_quota: u64,
-    /// Most bytes the files of all groups may take together.
+    /// Most bytes the files of all groups may take together (counted as received: a file
+    /// announced and not uploaded takes no room here, and expires within the hour).
     pub group_file_quota: u64,
     /// Bytes a second that one device, and one group, may have stored in queues (counting a
     /// copy per recipient), in bursts of 64 seconds' worth.

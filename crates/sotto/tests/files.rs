@@ -666,6 +666,19 @@ fn large_welcomes_go_by_reference_and_hostile_references_fail_alone() {
     assert_eq!(named.iter().filter(|a| **a == "alice@localhost").count(), 1, "{owners:?}");
     assert!(named.iter().all(|a| *a == "alice@localhost" || *a == "mallory@localhost"));
     assert!(owners.iter().all(|(d, a)| *d != 0 || a.starts_with("group:")), "{owners:?}");
+    // A group's file not complete within the hour is not coming (the one made above with no
+    // bytes); a complete one outlives the copies that name it.
+    let lives: Vec<(bool, i64)> = db
+        .prepare("SELECT received = size, expires_at - created_at FROM blobs WHERE device_id = 0")
+        .expect("blobs")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert!(lives.iter().any(|(done, _)| !done) && lives.iter().any(|(done, _)| *done));
+    for (done, life) in &lives {
+        assert!(if *done { *life > 86_400 } else { *life == 3_600 }, "{lives:?}");
+    }
     // mallory, removed, can no longer make files for the group.
     let (s, v) = anonymous(&group_id, credential.as_bytes());
     assert!(s == 403 || s == 409, "{s} {v}");

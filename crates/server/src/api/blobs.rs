@@ -19,6 +19,8 @@ use crate::store::BlobRecord;
 const CHECKPOINT: u64 = 8 << 20;
 /// How long an unfinished upload may wait before it is deleted.
 const INCOMPLETE_TTL: u64 = 86_400;
+/// The same for a file made with a group's credential (a commit or welcome kept by reference).
+const GROUP_INCOMPLETE_TTL: u64 = 3_600;
 /// Largest blob: the largest file, encrypted.
 fn max_blob() -> u64 {
     sotto_core::attachment::encrypted_len(sotto_core::attachment::MAX_FILE)
@@ -99,6 +101,9 @@ pub(super) async fn create(
     };
     let device = device.unwrap_or(0);
     let now = unix_now();
+    // A group's file is one commit or welcome, uploaded as soon as it is made: what is not
+    // complete within the hour is not coming.
+    let unfinished = if owner.is_some() { GROUP_INCOMPLETE_TTL } else { INCOMPLETE_TTL };
     let id = sotto_core::random_bytes(16).map_err(|e| ApiError::internal("random id", &e))?;
     let path = blob_path(&state, &id);
     let (quota, pool) = (state.config.blob_quota, state.config.group_file_quota);
@@ -115,7 +120,7 @@ pub(super) async fn create(
             size: req.size,
             received: 0,
             created_at: now,
-            expires_at: now + INCOMPLETE_TTL,
+            expires_at: now + unfinished,
             lifetime: req.expires_in.unwrap_or(u64::MAX),
         };
         s.create_blob(&record, quota, pool)?;

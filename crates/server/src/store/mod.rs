@@ -568,7 +568,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Records a new blob if its owner's blobs stay within `quota` bytes — and, for a group's
-    /// file (an owner `group:…`), all groups' files within `group_pool` bytes.
+    /// file (an owner `group:…`), the bytes all groups' files hold (received so far) and its
+    /// own within `group_pool`.
     fn create_blob(&self, blob: &BlobRecord, quota: u64, group_pool: u64)
     -> Result<(), StoreError>;
 

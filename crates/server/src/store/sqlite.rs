@@ -1812,8 +1812,11 @@ impl Store for SqliteStore {
             return Err(StoreError::BlobQuota { used: mine, quota });
         }
         if blob.address.starts_with("group:") {
+            // Bytes received, not announced: a file made and never uploaded (which costs its
+            // maker nothing) holds no room in the pool, only in its group's quota.
             let all = used(
-                "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE address >= ?1 AND address < 'group;'",
+                "SELECT COALESCE(SUM(received), 0) FROM blobs
+                 WHERE address >= ?1 AND address < 'group;'",
                 "group:",
             )?;
             if all.saturating_add(blob.size) > group_pool {

@@ -370,19 +370,22 @@ fn blobs_and_quotas(store: &dyn Store) {
         Err(StoreError::BlobQuota { used: 60, quota: 100 })
     ));
     store.create_blob(&blob(b"b2", "other@x", 41), 100, 0).expect("another account's quota");
-    // Groups' files keep within their group's quota and, together, within the pool; an
+    // Groups' files keep within their group's quota (bytes announced) and, together, within
+    // the pool (bytes received: announcing costs nothing, so it holds no room there); an
     // account's files do not count towards the pool.
     store.create_blob(&blob(b"g1", "group:aa", 60), 100, 100).expect("fits");
     assert!(matches!(
         store.create_blob(&blob(b"g2", "group:aa", 41), 100, 1000),
         Err(StoreError::BlobQuota { used: 60, quota: 100 })
     ));
+    store.create_blob(&blob(b"g2", "group:bb", 41), 100, 100).expect("g1 holds nothing yet");
+    assert!(store.blob_received(b"g1", 60, 500).expect("received"));
     assert!(matches!(
-        store.create_blob(&blob(b"g2", "group:bb", 41), 100, 100),
+        store.create_blob(&blob(b"g3", "group:cc", 41), 100, 100),
         Err(StoreError::BlobQuota { used: 60, quota: 100 })
     ));
-    store.create_blob(&blob(b"g2", "group:bb", 40), 100, 100).expect("the pool's last bytes");
-    for id in [b"g1", b"g2"] {
+    store.create_blob(&blob(b"g3", "group:cc", 40), 100, 100).expect("the pool's last bytes");
+    for id in [b"g1", b"g2", b"g3"] {
         store.delete_blob(id).expect("delete");
     }
     assert!(store.blob_received(b"b1", 60, 500).expect("received"));
