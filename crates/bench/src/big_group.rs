@@ -144,7 +144,8 @@ fn step(bin: &Path, home: &Home, args: &[&str]) -> anyhow::Result<(Duration, u64
     c.args(args);
     let (took, peak, out) =
         timed(c).with_context(|| format!("{} {}", home.address, args.join(" ")))?;
-    eprintln!("  big group: {} {:?}: {:.2} s", home.address, args.first(), took.as_secs_f64());
+    let what = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+    eprintln!("  big group: {} `sotto {what}`: {:.2} s", home.address, took.as_secs_f64());
     Ok((took, peak, serde_json::from_slice(&out).unwrap_or(Value::Null)))
 }
 
