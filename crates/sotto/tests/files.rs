@@ -654,13 +654,7 @@ fn large_welcomes_go_by_reference_and_hostile_references_fail_alone() {
     // Only the group's first welcome (its creator submits with a token too) and mallory's
     // files name an uploader: the files of later commits were made with the group's
     // credential, as their submissions were.
-    let owners: Vec<(i64, String)> = db
-        .prepare("SELECT device_id, address FROM blobs")
-        .expect("blobs")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let owners: Vec<(i64, String)> = pairs(&db, "SELECT device_id, address FROM blobs");
     let named: Vec<&str> =
         owners.iter().filter(|(d, _)| *d != 0).map(|(_, a)| a.as_str()).collect();
     assert_eq!(named.iter().filter(|a| **a == "alice@localhost").count(), 1, "{owners:?}");
@@ -668,13 +662,10 @@ fn large_welcomes_go_by_reference_and_hostile_references_fail_alone() {
     assert!(owners.iter().all(|(d, a)| *d != 0 || a.starts_with("group:")), "{owners:?}");
     // A group's file not complete within the hour is not coming (the one made above with no
     // bytes); a complete one outlives the copies that name it.
-    let lives: Vec<(bool, i64)> = db
-        .prepare("SELECT received = size, expires_at - created_at FROM blobs WHERE device_id = 0")
-        .expect("blobs")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let lives: Vec<(bool, i64)> = pairs(
+        &db,
+        "SELECT received = size, expires_at - created_at FROM blobs WHERE device_id = 0",
+    );
     assert!(lives.iter().any(|(done, _)| !done) && lives.iter().any(|(done, _)| *done));
     for (done, life) in &lives {
         assert!(if *done { *life > 86_400 } else { *life == 3_600 }, "{lives:?}");
@@ -682,6 +673,19 @@ fn large_welcomes_go_by_reference_and_hostile_references_fail_alone() {
     // mallory, removed, can no longer make files for the group.
     let (s, v) = anonymous(&group_id, credential.as_bytes());
     assert!(s == 403 || s == 409, "{s} {v}");
+}
+
+/// The rows of a query of two columns.
+fn pairs<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+    db: &rusqlite::Connection,
+    sql: &str,
+) -> Vec<(A, B)> {
+    db.prepare(sql)
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
 }
 
 /// A PUT of `body`, with `token` if given; the status and the answer's text.
