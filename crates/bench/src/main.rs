@@ -27,8 +27,8 @@ struct Args {
     /// binary, beside one core's cipher speed), big-group (a group of --big-group-members
     /// created, joined, grown and shrunk with the `sotto` binary); and, only when named,
     /// sotto-json (Sotto's
-    /// relay with live connections speaking version 1, JSON frames one message each: the
-    /// reference for version 2's binary pages) and daemon (`sotto daemon` against `sotto
+    /// relay with live connections speaking version 1, JSON frames one message each, and its
+    /// backlog drained in JSON pages: the reference for version 2's binary pages) and daemon (`sotto daemon` against `sotto
     /// send` processes, and its notification latency).
     #[arg(
         long,
@@ -194,9 +194,10 @@ async fn main() -> anyhow::Result<()> {
                     say_relay(&r);
                     report.relay.push(r);
                 }
-                if a.backlog > 0 && system == "sotto" {
+                if a.backlog > 0 {
                     let server = SottoServer::start(&server_bin)?;
-                    let b = sotto::backlog(&server, a.devices.max(2), a.backlog).await?;
+                    let shape = (a.devices.max(2), a.backlog);
+                    let b = sotto::backlog(&server, shape, (system, version)).await?;
                     say_backlog(&b);
                     report.backlog.push(b);
                 }

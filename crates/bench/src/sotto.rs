@@ -479,11 +479,37 @@ async fn get<R: serde::de::DeserializeOwned>(
     exchange(http, path, req).await
 }
 
-/// The backlog workload: queues for offline devices are filled, then drained in pages.
+/// A page of a device's queue: in the binary form clients ask for
+/// (`sotto_proto::live::PAGE_MEDIA_TYPE`), or in JSON with version 1.
+async fn page(
+    http: &Http,
+    addr: SocketAddr,
+    (after, version): (u64, Version),
+    token: &str,
+) -> anyhow::Result<proto::QueueResponse> {
+    let path = format!("/v1/queue?after={after}&limit=500");
+    if version == Version::V1 {
+        return get(http, addr, &path, token).await;
+    }
+    let req = hyper::Request::get(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", proto::live::PAGE_MEDIA_TYPE)
+        .body(Full::new(Bytes::new()))?;
+    let resp = http.request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(proto::QueueResponse::from_binary(&bytes)?)
+}
+
+/// The backlog workload: queues for offline devices are filled, then drained in pages,
+/// binary ones or, with version 1, JSON; the result is named `system`.
 pub async fn backlog(
     server: &SottoServer,
-    devices: usize,
-    per_device: usize,
+    (devices, per_device): (usize, usize),
+    (system, version): (&str, Version),
 ) -> anyhow::Result<crate::BacklogResult> {
     let http = http_client();
     let addr = server.addr;
@@ -521,8 +547,7 @@ pub async fn backlog(
         drainers.push(tokio::spawn(async move {
             let (mut after, mut received) = (0u64, 0usize);
             loop {
-                let page: proto::QueueResponse =
-                    get(&http, addr, &format!("/v1/queue?after={after}&limit=500"), &token).await?;
+                let page = page(&http, addr, (after, version), &token).await?;
                 for m in &page.messages {
                     if !own_copy(&opened(&queue, me, &m.message.0)?, me) {
                         received += 1;
@@ -550,5 +575,5 @@ pub async fn backlog(
         drained += d.await??;
     }
     let drain = started.elapsed();
-    crate::BacklogResult::checked("sotto", devices, per_device, drained, fill, drain)
+    crate::BacklogResult::checked(system, devices, per_device, drained, fill, drain)
 }

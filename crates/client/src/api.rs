@@ -142,6 +142,27 @@ impl Api {
         self.call(&Request { method: Method::Get, path, token, body: Body::Empty })
     }
 
+    /// A page of this device's queue, asked for in binary ([`proto::live::PAGE_MEDIA_TYPE`]);
+    /// a server that answers in JSON (one from before the binary page) is read as well.
+    pub(crate) fn queue_page(
+        &self,
+        after: u64,
+        limit: u32,
+        token: &str,
+    ) -> Result<proto::QueueResponse, Error> {
+        let path = format!("/v1/queue?after={after}&limit={limit}");
+        let resp = self
+            .transport
+            .get_accepting(&path, Some(token), proto::live::PAGE_MEDIA_TYPE)
+            .map_err(|e| self.unreachable(e))?;
+        // A JSON answer starts with `{`; a binary page with its kind byte, which never is.
+        if !(200..300).contains(&resp.status) || resp.body.first() == Some(&b'{') {
+            return self.finish(resp);
+        }
+        proto::QueueResponse::from_binary(&resp.body)
+            .map_err(|e| Error::Protocol(format!("bad queue page: {e}")))
+    }
+
     pub(crate) fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,

@@ -231,6 +231,17 @@ impl Transport for HttpTransport {
         whole(result.map_err(failed)?)
     }
 
+    fn get_accepting(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        media_type: &str,
+    ) -> Result<Response, Failed> {
+        let agent = if token.is_some() { &self.agent } else { &self.anonymous };
+        let req = authorize(agent.get(format!("{}{path}", self.base)), token);
+        whole(req.header("Accept", media_type).call().map_err(failed)?)
+    }
+
     fn stream(&self, path: &str, offset: u64, token: &str) -> Result<Stream, Failed> {
         let mut req = authorize(self.agent.get(format!("{}{path}", self.base)), Some(token));
         if offset > 0 {

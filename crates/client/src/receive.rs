@@ -149,9 +149,7 @@ impl Client {
         loop {
             let token = self.token()?;
             let after = db::last_seq(&self.conn)?;
-            let page: proto::QueueResponse = self
-                .api
-                .get(&format!("/v1/queue?after={after}&limit={SYNC_PAGE}"), Some(&token))?;
+            let page = self.api.queue_page(after, SYNC_PAGE, &token)?;
             if let Some((n, up_to)) = self.process_page(&page.messages)? {
                 processed += n;
                 self.ack(up_to)?;

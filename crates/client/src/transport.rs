@@ -100,6 +100,18 @@ pub trait Transport: Send {
     fn base(&self) -> &str;
     /// Sends a request and reads the whole answer.
     fn call(&self, request: &Request<'_>) -> Result<Response, Failed>;
+    /// `GET`s `path`, naming `media_type` in `Accept` as the form the answer should take
+    /// (the binary queue page); the server may answer in JSON all the same. This default
+    /// names nothing, so JSON comes back.
+    fn get_accepting(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        media_type: &str,
+    ) -> Result<Response, Failed> {
+        let _ = media_type;
+        self.call(&Request { method: Method::Get, path, token, body: Body::Empty })
+    }
     /// `GET`s a byte stream from `offset` on.
     fn stream(&self, path: &str, offset: u64, token: &str) -> Result<Stream, Failed>;
     /// `PUT`s the `len` bytes `body` reads (an upload; with `token`, if given) and reads the

@@ -655,7 +655,7 @@ pub struct QueuedMessage {
 }
 
 /// `GET /v1/queue?after=SEQ&limit=N`: the authenticated device's queue, oldest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueResponse {
     /// Up to `limit` messages after `after`.

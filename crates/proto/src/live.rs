@@ -11,6 +11,10 @@
 //! A later version is a new subprotocol name: the server accepts the newest both sides know,
 //! and an older peer keeps working on what it offered.
 //!
+//! Catching up over HTTP (`GET /v1/queue`) uses the same message layout: a client that sends
+//! `Accept:` [`PAGE_MEDIA_TYPE`] gets the page in binary ([`QueueResponse::to_binary`]), with
+//! that media type as its `Content-Type`; any other client gets JSON, with base64 bodies.
+//!
 //! Binary layout (integers big-endian):
 //!
 //! ```text
@@ -18,6 +22,8 @@
 //!   0x01 (seq u64, at u64, len u32, message[len])+   queued messages, seq increasing; at 0 = unknown
 //!   0x02 up_to u64, removed u64                      an acknowledgement was applied
 //!   0x03 ErrorBody as JSON                           refused; the connection closes
+//!   0x04 more u8 (seq u64, at u64, len u32, message[len])*
+//!                                                    a page of GET /v1/queue; more is 0 or 1
 //! client → server
 //!   0x01 up_to u64                                   everything up to and including up_to is done
 //! ```
@@ -37,14 +43,20 @@
 
 use std::fmt;
 
-use crate::{AckRequest, AckResponse, Bytes, ClientFrame, ErrorBody, QueuedMessage, ServerFrame};
+use crate::{
+    AckRequest, AckResponse, Bytes, ClientFrame, ErrorBody, QueueResponse, QueuedMessage,
+    ServerFrame,
+};
 
 /// The WebSocket subprotocol of version 2 (binary frames, batched deliveries).
 pub const PROTOCOL_V2: &str = "sotto.2";
+/// The media type of a binary page of `GET /v1/queue` (see [`QueueResponse::to_binary`]).
+pub const PAGE_MEDIA_TYPE: &str = "application/vnd.sotto.page.2";
 
 const MESSAGES: u8 = 0x01;
 const ACKED: u8 = 0x02;
 const ERROR: u8 = 0x03;
+const PAGE: u8 = 0x04;
 const ACK: u8 = 0x01;
 /// Bytes before each message's own in a [`Down::Messages`] frame.
 const ENTRY_HEADER: usize = 8 + 8 + 4;
@@ -98,6 +110,8 @@ pub enum FrameError {
     TrailingBytes,
     /// A page holds no message.
     EmptyPage,
+    /// A page's "more" flag is neither 0 nor 1.
+    BadFlag(u8),
     /// A page's sequence numbers do not increase.
     OutOfOrder {
         /// The offending number.
@@ -116,6 +130,7 @@ impl fmt::Display for FrameError {
             FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k:#04x}"),
             FrameError::TrailingBytes => f.write_str("bytes after the frame's last field"),
             FrameError::EmptyPage => f.write_str("a page of messages holds none"),
+            FrameError::BadFlag(b) => write!(f, "a page's \"more\" flag is {b}, not 0 or 1"),
             FrameError::OutOfOrder { seq, after } => {
                 write!(f, "message {seq} follows {after}: sequence numbers must increase")
             }
@@ -151,6 +166,26 @@ impl<'a> Reader<'a> {
 
     fn end(&self) -> Result<(), FrameError> {
         if self.0.is_empty() { Ok(()) } else { Err(FrameError::TrailingBytes) }
+    }
+
+    /// Queued messages up to the end, each `(seq u64, at u64, len u32, message[len])`, seq
+    /// increasing; maybe none.
+    fn messages(&mut self) -> Result<Vec<QueuedMessage>, FrameError> {
+        let mut messages: Vec<QueuedMessage> = Vec::new();
+        while !self.0.is_empty() {
+            let seq = self.u64()?;
+            let at = self.u64()?;
+            let len = self.u32()? as usize;
+            let message = self.take(len)?.to_vec();
+            if let Some(last) = messages.last()
+                && seq <= last.seq
+            {
+                return Err(FrameError::OutOfOrder { seq, after: last.seq });
+            }
+            let at = (at != 0).then_some(at);
+            messages.push(QueuedMessage { seq, message: Bytes(message), at });
+        }
+        Ok(messages)
     }
 }
 
@@ -188,20 +223,7 @@ impl Down {
         let kind = r.take(1)?[0];
         match kind {
             MESSAGES => {
-                let mut messages: Vec<QueuedMessage> = Vec::new();
-                while !r.0.is_empty() {
-                    let seq = r.u64()?;
-                    let at = r.u64()?;
-                    let len = r.u32()? as usize;
-                    let message = r.take(len)?.to_vec();
-                    if let Some(last) = messages.last()
-                        && seq <= last.seq
-                    {
-                        return Err(FrameError::OutOfOrder { seq, after: last.seq });
-                    }
-                    let at = (at != 0).then_some(at);
-                    messages.push(QueuedMessage { seq, message: Bytes(message), at });
-                }
+                let messages = r.messages()?;
                 if messages.is_empty() {
                     return Err(FrameError::EmptyPage);
                 }
@@ -231,8 +253,44 @@ impl Down {
     }
 }
 
-/// Appends one message of a [`Down::Messages`] frame to `out`, which starts with
-/// [`messages_frame`]: for a server that writes pages straight from its store.
+impl QueueResponse {
+    /// The binary page ([`PAGE_MEDIA_TYPE`]).
+    pub fn to_binary(&self) -> Vec<u8> {
+        let size: usize = self.messages.iter().map(|m| ENTRY_HEADER + m.message.0.len()).sum();
+        let mut out = queue_page(self.more, size);
+        for m in &self.messages {
+            put_message(&mut out, m.seq, m.at.unwrap_or(0), &m.message.0);
+        }
+        out
+    }
+
+    /// Reads a binary page ([`PAGE_MEDIA_TYPE`]).
+    pub fn from_binary(page: &[u8]) -> Result<QueueResponse, FrameError> {
+        let mut r = Reader(page);
+        match r.take(1)?[0] {
+            PAGE => {}
+            other => return Err(FrameError::UnknownKind(other)),
+        }
+        let more = match r.take(1)?[0] {
+            0 => false,
+            1 => true,
+            other => return Err(FrameError::BadFlag(other)),
+        };
+        Ok(QueueResponse { messages: r.messages()?, more })
+    }
+}
+
+/// The start of a binary page of `GET /v1/queue` with room for `bytes` of messages and their
+/// headers; add each with [`put_message`].
+pub fn queue_page(more: bool, bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + bytes);
+    out.push(PAGE);
+    out.push(u8::from(more));
+    out
+}
+
+/// Appends one message of a [`Down::Messages`] frame or a [`queue_page`] to `out`: for a
+/// server that writes pages straight from its store.
 pub fn put_message(out: &mut Vec<u8>, seq: u64, at: u64, message: &[u8]) {
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&at.to_be_bytes());
@@ -358,6 +416,32 @@ mod tests {
         assert_eq!(Up::from_binary(&[ACK, 0, 0]), Err(FrameError::Truncated));
         assert_eq!(Up::from_binary(&[0x02; 9]), Err(FrameError::UnknownKind(0x02)));
         assert!(matches!(Up::from_text("{\"type\":\"nack\"}"), Err(FrameError::Json(_))));
+    }
+
+    #[test]
+    fn queue_pages_round_trip_and_refuse_what_is_malformed() {
+        for page in [
+            QueueResponse { messages: vec![], more: false },
+            QueueResponse { messages: vec![message(1, 0), message(9, 700)], more: true },
+        ] {
+            assert_eq!(QueueResponse::from_binary(&page.to_binary()), Ok(page));
+        }
+        let page = QueueResponse { messages: vec![message(5, 4)], more: false }.to_binary();
+        assert_eq!(&page[..2], &[PAGE, 0]);
+        assert_eq!(QueueResponse::from_binary(&[]), Err(FrameError::Truncated));
+        assert_eq!(QueueResponse::from_binary(&[PAGE]), Err(FrameError::Truncated));
+        assert_eq!(QueueResponse::from_binary(&[PAGE, 2]), Err(FrameError::BadFlag(2)));
+        assert_eq!(QueueResponse::from_binary(&[MESSAGES, 0]), Err(FrameError::UnknownKind(1)));
+        // A JSON answer (a server that does not know the binary page) is not read as one.
+        assert_eq!(QueueResponse::from_binary(b"{}"), Err(FrameError::UnknownKind(b'{')));
+        for cut in 3..page.len() {
+            assert_eq!(QueueResponse::from_binary(&page[..cut]), Err(FrameError::Truncated));
+        }
+        let backwards = QueueResponse { messages: vec![message(6, 1), message(2, 1)], more: true };
+        assert_eq!(
+            QueueResponse::from_binary(&backwards.to_binary()),
+            Err(FrameError::OutOfOrder { seq: 2, after: 6 })
+        );
     }
 
     #[test]

@@ -215,12 +215,20 @@ fn a_reader_that_never_reads_does_not_fill_server_memory() {
         "server memory grew from {before} KiB to {during} KiB for four stalled readers"
     );
     drop(sockets);
-    // The messages are still queued for when the device reads (in pages of bounded size).
+    // The messages are still queued for when the device reads (in pages of bounded size),
+    // in JSON or, asked for, in binary pages that hold the same.
     let (mut after, mut queued) = (0, 0);
     loop {
         let path = format!("/v1/queue?limit=500&after={after}");
         let (_, page) = server.http("GET", &path, Some(&slow_token), "");
         let messages = page["messages"].as_array().expect("messages");
+        let media = sotto_proto::live::PAGE_MEDIA_TYPE;
+        let (status, content_type, bytes) =
+            common::get_bytes(server.addr(), &path, &slow_token, media);
+        assert_eq!((status, content_type.as_str()), (200, media));
+        let binary = sotto_proto::QueueResponse::from_binary(&bytes).expect("a binary page");
+        let json: sotto_proto::QueueResponse = serde_json::from_value(page.clone()).expect("page");
+        assert_eq!(binary, json, "the binary page holds what the JSON one does");
         queued += messages.len();
         after = messages.last().and_then(|m| m["seq"].as_u64()).unwrap_or(after);
         if page["more"] != true {
@@ -228,4 +236,8 @@ fn a_reader_that_never_reads_does_not_fill_server_memory() {
         }
     }
     assert_eq!(queued, 97, "96 messages and the group's opening welcome");
+    // Any other Accept gets JSON.
+    let (_, content_type, _) =
+        common::get_bytes(server.addr(), "/v1/queue", &slow_token, "application/json, */*");
+    assert_eq!(content_type, "application/json");
 }

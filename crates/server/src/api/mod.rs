@@ -1336,11 +1336,14 @@ async fn submit(
     Ok(Json(proto::SubmitResponse { epoch: done.epoch, dropped: done.dropped }))
 }
 
+/// `GET /v1/queue`: a page of the device's queue, in JSON, or in binary for a client that
+/// accepts [`proto::live::PAGE_MEDIA_TYPE`] (no base64, no JSON on the catch-up path).
 async fn fetch(
     State(state): State<Shared>,
     AuthDevice(device): AuthDevice,
+    headers: axum::http::HeaderMap,
     query: Result<Query<proto::QueueQuery>, QueryRejection>,
-) -> Result<Json<proto::QueueResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let not_before = unix_now().saturating_sub(state.config.message_ttl_secs);
@@ -1350,13 +1353,33 @@ async fn fetch(
     crate::metrics::METRICS
         .delivered
         .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    if accepts(&headers, proto::live::PAGE_MEDIA_TYPE) {
+        let bytes = messages.iter().map(|(_, m, _)| m.len() + 20).sum();
+        let mut page = proto::live::queue_page(more, bytes);
+        for (seq, message, at) in &messages {
+            proto::live::put_message(&mut page, *seq, *at, message);
+        }
+        let content_type = [(axum::http::header::CONTENT_TYPE, proto::live::PAGE_MEDIA_TYPE)];
+        return Ok((content_type, page).into_response());
+    }
     Ok(Json(proto::QueueResponse {
         messages: messages
             .into_iter()
             .map(|(seq, m, at)| proto::QueuedMessage { seq, message: Bytes(m), at: Some(at) })
             .collect(),
         more,
-    }))
+    })
+    .into_response())
+}
+
+/// Whether the request's `Accept` names `media_type` (parameters such as `q` are not weighed:
+/// a client names the binary page only to get it).
+fn accepts(headers: &axum::http::HeaderMap, media_type: &str) -> bool {
+    headers.get_all(axum::http::header::ACCEPT).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| t.split(';').next().unwrap_or("").trim() == media_type)
+        })
+    })
 }
 
 async fn set_queue_key(

@@ -81,6 +81,9 @@ enum Input {
 enum Output {
     /// A JSON body of this schema.
     Json(&'static str),
+    /// A page of the queue: `QueueResponse` in JSON, or the binary page for a client whose
+    /// `Accept` names its media type.
+    Page,
     /// `{}`.
     Empty,
     /// `{"status": "..."}`.
@@ -424,7 +427,7 @@ fn operations() -> Vec<Op> {
             "A page of this device's queue.",
             Token,
             Nothing,
-            Json("QueueResponse"),
+            Page,
             &[AFTER, LIMIT],
             &[400, 401, 403],
         ),
@@ -538,6 +541,22 @@ fn operation(op: &Op) -> Operation {
         Output::Json(schema) => {
             builder.response("200", json(Ref::from_schema_name(schema).into(), "Done."))
         }
+        Output::Page => builder.response(
+            "200",
+            ResponseBuilder::new()
+                .description(
+                    "The page: JSON with base64 bodies, or, for a client whose Accept names \
+                     it, the binary layout of sotto_proto::live (no base64).",
+                )
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name("QueueResponse"))),
+                )
+                .content(
+                    sotto_proto::live::PAGE_MEDIA_TYPE,
+                    Content::new(Some(ObjectBuilder::new().schema_type(Type::String))),
+                ),
+        ),
         Output::Empty => builder.response("200", json(object(), "Done.")),
         Output::Document => builder.response("200", json(object(), "The OpenAPI document.")),
         Output::Status => builder.response(

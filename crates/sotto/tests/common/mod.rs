@@ -180,6 +180,30 @@ pub fn http_at(
     Some((status, json))
 }
 
+/// A raw `GET` of `path` at `addr` naming `accept` in `Accept`: the status, the
+/// `Content-Type` and the body's bytes (the server answers with a length, not chunks).
+pub fn get_bytes(addr: &str, path: &str, token: &str, accept: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nAccept: {accept}\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("answer");
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("headers end");
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    (status, content_type, raw[end + 4..].to_vec())
+}
+
 /// A live connection over plain TCP.
 pub type LiveSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 
