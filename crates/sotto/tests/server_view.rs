@@ -94,7 +94,9 @@ fn a_copy_of_the_servers_disk_shows_no_social_graph() {
         .prepare("SELECT name FROM pragma_table_info('queue')")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .expect("columns");
-    assert_eq!(columns, ["device_id", "seq", "message", "created_at", "expires_at"]);
+    // (`id` is the device's queue number above the copy's place in that queue: per device,
+    // like `seq`.)
+    assert_eq!(columns, ["id", "device_id", "seq", "created_at", "expires_at", "message"]);
     let queued: Vec<(u64, Vec<u8>, i64)> = db
         .prepare("SELECT device_id, message, created_at FROM queue")
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())

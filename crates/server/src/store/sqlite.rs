@@ -183,7 +183,148 @@ ALTER TABLE queue_per_device RENAME TO queue;
 CREATE INDEX queue_by_age ON queue(created_at);
 CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
 "#,
+    // Queued copies keyed by one integer (see `QueueSpan`): a device's queue number, given
+    // once and never moved, above its copy's local position, which counts one a copy. A
+    // table with row ids keeps a copy of 2 KiB in its leaf page, where a table without them
+    // (at most about 1 KiB of a row in the leaf on 4 KiB pages) put the rest in an overflow
+    // page of its own, so every append, read and delete touched two pages; a device's copies
+    // stay side by side, as before. The small columns come first, read without passing the
+    // message. `seq`, the position clients see, is kept beside: it moves ahead on a restore
+    // (backup.rs), which the local position does not.
+    r#"
+ALTER TABLE devices ADD COLUMN queue_no INTEGER;
+ALTER TABLE devices ADD COLUMN queue_local INTEGER NOT NULL DEFAULT 0;
+UPDATE devices SET queue_no = numbered.n
+    FROM (SELECT device_id, ROW_NUMBER() OVER (ORDER BY device_id) AS n FROM devices) AS numbered
+    WHERE devices.device_id = numbered.device_id;
+CREATE UNIQUE INDEX devices_by_queue_no ON devices(queue_no);
+CREATE TABLE queue_rows (
+    id INTEGER PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    message BLOB NOT NULL
+);
+INSERT INTO queue_rows (id, device_id, seq, created_at, expires_at, message)
+    SELECT (d.queue_no << 40) | ROW_NUMBER() OVER (PARTITION BY q.device_id ORDER BY q.seq),
+           q.device_id, q.seq, q.created_at, q.expires_at, q.message
+    FROM queue q JOIN devices d ON d.device_id = q.device_id
+    ORDER BY q.device_id, q.seq;
+UPDATE devices SET queue_local = (SELECT COUNT(*) FROM queue WHERE queue.device_id = devices.device_id);
+DROP TABLE queue;
+ALTER TABLE queue_rows RENAME TO queue;
+CREATE INDEX queue_by_age ON queue(created_at);
+CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
+"#,
 ];
+
+/// Bits of a queued copy's id that hold its local position; the device's queue number is
+/// above them. Local positions reach 2⁴⁰ per device (a million copies a day for three
+/// thousand years), queue numbers 2²³ (devices ever registered on the server).
+const LOCAL_BITS: u32 = 40;
+/// The largest queue number, and so the most devices a server registers.
+const MAX_QUEUE_NO: i64 = (1 << (63 - LOCAL_BITS)) - 1;
+
+/// The ids of one device's queued copies: `queue_no << 40 | local`, from `first` to `last`
+/// inclusive. Within it, ids and the positions clients see (`seq`) grow together.
+#[derive(Debug, Clone, Copy)]
+struct QueueSpan {
+    first: i64,
+    last: i64,
+}
+
+impl QueueSpan {
+    fn of(queue_no: i64) -> Self {
+        let base = queue_no.clamp(0, MAX_QUEUE_NO) << LOCAL_BITS;
+        QueueSpan { first: base, last: base | ((1 << LOCAL_BITS) - 1) }
+    }
+
+    /// The span of device `device`'s queue; an empty one for a device with none.
+    fn for_device(conn: &Connection, device: u64) -> Result<Self, StoreError> {
+        let no: Option<Option<i64>> = conn
+            .prepare_cached("SELECT queue_no FROM devices WHERE device_id = ?1")
+            .and_then(|mut q| q.query_row([to_i64(device)], |r| r.get(0)).optional())
+            .map_err(backend)?;
+        Ok(match no.flatten() {
+            Some(no) => QueueSpan::of(no),
+            None => QueueSpan { first: 0, last: -1 },
+        })
+    }
+
+    /// The id of the copy at local position `local`.
+    fn id(self, local: i64) -> i64 {
+        self.first | (local & ((1 << LOCAL_BITS) - 1))
+    }
+
+    /// The first copy at or after id `from` and at or before `to`: its id and `seq`.
+    fn probe(
+        self,
+        conn: &Connection,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<(i64, u64)>, StoreError> {
+        conn.prepare_cached(
+            "SELECT id, seq FROM queue WHERE id BETWEEN ?1 AND ?2 ORDER BY id LIMIT 1",
+        )
+        .and_then(|mut q| {
+            q.query_row([from, to], |r| Ok((r.get(0)?, to_u64(r.get(1)?)))).optional()
+        })
+        .map_err(backend)
+    }
+
+    /// The id of the first copy whose `seq` is above `after`, if any. Usually the queue's
+    /// first copy (what came before was acknowledged); otherwise a binary search over ids,
+    /// two lookups a halving, since `seq` grows with the id but may jump (a restore).
+    fn first_after(self, conn: &Connection, after: u64) -> Result<Option<i64>, StoreError> {
+        let Some((first, seq)) = self.probe(conn, self.first, self.last)? else {
+            return Ok(None);
+        };
+        if seq > after {
+            return Ok(Some(first));
+        }
+        let last: Option<(i64, u64)> = conn
+            .prepare_cached(
+                "SELECT id, seq FROM queue WHERE id BETWEEN ?1 AND ?2 ORDER BY id DESC LIMIT 1",
+            )
+            .and_then(|mut q| {
+                q.query_row([self.first, self.last], |r| Ok((r.get(0)?, to_u64(r.get(1)?))))
+                    .optional()
+            })
+            .map_err(backend)?;
+        let Some(last) = last.filter(|(_, seq)| *seq > after) else {
+            return Ok(None);
+        };
+        // Copy `a` has a seq at most `after`, copy `b` one above it, and no copy lies in
+        // [c, b); each turn halves c - a.
+        let (mut a, mut b, mut c) = (first, last.0, last.0);
+        loop {
+            // The copy after `a` is the answer if it is above `after`.
+            match self.probe(conn, a + 1, b)? {
+                Some((id, seq)) if seq > after => return Ok(Some(id)),
+                Some((id, _)) => a = id,
+                None => return Ok(Some(b)),
+            }
+            let mid = a + (c - a) / 2;
+            if mid <= a {
+                continue;
+            }
+            match self.probe(conn, mid, b)? {
+                Some((id, seq)) if seq <= after => a = id,
+                Some((id, _)) => (b, c) = (id, mid),
+                None => c = mid,
+            }
+        }
+    }
+
+    /// The ids of the copies whose `seq` is at most `up_to`: `(first, last)`, maybe empty.
+    fn up_to(self, conn: &Connection, up_to: u64) -> Result<(i64, i64), StoreError> {
+        Ok(match self.first_after(conn, up_to)? {
+            Some(id) => (self.first, id - 1),
+            None => (self.first, self.last),
+        })
+    }
+}
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
 /// transaction is on disk).
@@ -403,6 +544,24 @@ fn set_list(tx: &Connection, address: &str, list: &ListRecord) -> Result<(), Sto
     Ok(())
 }
 
+/// Adds a device with the next queue number; its id.
+fn insert_device(tx: &Connection, address: &str, key: &[u8], now: u64) -> Result<i64, StoreError> {
+    let queue_no: i64 = tx
+        .query_row("SELECT COALESCE(MAX(queue_no), 0) + 1 FROM devices", [], |r| r.get(0))
+        .map_err(backend)?;
+    if queue_no > MAX_QUEUE_NO {
+        return Err(StoreError::Backend(format!(
+            "this server has registered its most devices ({MAX_QUEUE_NO})"
+        )));
+    }
+    tx.execute(
+        "INSERT INTO devices (address, device_key, created_at, queue_no) VALUES (?1, ?2, ?3, ?4)",
+        params![address, key, to_i64(now), queue_no],
+    )
+    .map_err(backend)?;
+    Ok(tx.last_insert_rowid())
+}
+
 /// Revokes a device: it keeps its row (for display) and loses its queue and key packages.
 fn revoke_in(tx: &Connection, device: u64, now: u64) -> Result<(), StoreError> {
     let d = to_i64(device);
@@ -412,7 +571,9 @@ fn revoke_in(tx: &Connection, device: u64, now: u64) -> Result<(), StoreError> {
         params![d, to_i64(now)],
     )
     .map_err(backend)?;
-    tx.execute("DELETE FROM queue WHERE device_id = ?1", [d]).map_err(backend)?;
+    let span = QueueSpan::for_device(tx, device)?;
+    tx.execute("DELETE FROM queue WHERE id BETWEEN ?1 AND ?2", [span.first, span.last])
+        .map_err(backend)?;
     tx.execute("DELETE FROM queue_stats WHERE device_id = ?1", [d]).map_err(backend)?;
     tx.execute("DELETE FROM key_packages WHERE device_id = ?1", [d]).map_err(backend)?;
     Ok(())
@@ -961,12 +1122,12 @@ impl<'t> QueueWriter<'t> {
             )?,
             stats: prepare("SELECT messages, bytes FROM queue_stats WHERE device_id = ?1")?,
             next_seq: prepare(
-                "UPDATE devices SET queue_seq = queue_seq + 1 WHERE device_id = ?1
-                 RETURNING queue_seq",
+                "UPDATE devices SET queue_seq = queue_seq + 1, queue_local = queue_local + 1
+                 WHERE device_id = ?1 RETURNING queue_seq, queue_local, queue_no",
             )?,
             insert: prepare(
-                "INSERT INTO queue (device_id, seq, message, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO queue (id, device_id, seq, message, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?,
             count: prepare(
                 "INSERT INTO queue_stats (device_id, messages, bytes) VALUES (?1, 1, ?2)
@@ -1013,9 +1174,18 @@ impl<'t> QueueWriter<'t> {
         {
             return Err(StoreError::QueueFull { device });
         }
-        let seq: i64 = self.next_seq.query_row([to_i64(device)], |r| r.get(0)).map_err(backend)?;
+        let (seq, local, queue_no): (i64, i64, Option<i64>) = self
+            .next_seq
+            .query_row([to_i64(device)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(backend)?;
+        let queue_no = queue_no
+            .ok_or_else(|| StoreError::Backend(format!("device {device} has no queue number")))?;
+        if local >= 1 << LOCAL_BITS {
+            return Err(StoreError::Backend(format!("device {device}'s queue has run out of ids")));
+        }
+        let id = QueueSpan::of(queue_no).id(local);
         self.insert
-            .execute(params![to_i64(device), seq, message, self.now, self.expires_at])
+            .execute(params![id, to_i64(device), seq, message, self.now, self.expires_at])
             .map_err(backend)?;
         self.count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
         out.recipients.push(device);
@@ -1032,20 +1202,60 @@ impl<'t> QueueWriter<'t> {
     }
 }
 
+/// A page of device `device_id`'s queue after `after` (see [`Store::fetch`]), read inside
+/// one transaction.
+fn fetch_in(
+    tx: &Connection,
+    device_id: u64,
+    after: u64,
+    limit: u32,
+    not_before: u64,
+    max_bytes: usize,
+) -> Result<QueuePage, StoreError> {
+    let span = QueueSpan::for_device(tx, device_id)?;
+    let Some(start) = span.first_after(tx, after)? else {
+        return Ok((Vec::new(), false));
+    };
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT seq, message, created_at FROM queue WHERE id BETWEEN ?1 AND ?2
+             AND created_at >= ?4 ORDER BY id LIMIT ?3",
+        )
+        .map_err(backend)?;
+    let args = params![start, span.last, i64::from(limit) + 1, to_i64(not_before)];
+    let mut rows = stmt
+        .query_map(args, |r| Ok((to_u64(r.get(0)?), r.get::<_, Vec<u8>>(1)?, to_u64(r.get(2)?))))
+        .map_err(backend)?;
+    let mut messages = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows.by_ref() {
+        let (seq, message, at) = row.map_err(backend)?;
+        if messages.len() == limit as usize
+            || (!messages.is_empty() && bytes + message.len() > max_bytes)
+        {
+            return Ok((messages, true));
+        }
+        bytes += message.len();
+        messages.push((seq, message, at));
+    }
+    Ok((messages, false))
+}
+
 /// Removes acknowledged messages inside the writer's transaction (see [`Store::ack`]).
 fn ack_in(tx: &Connection, device_id: u64, up_to: u64) -> Result<u64, StoreError> {
-    let args = params![to_i64(device_id), to_i64(up_to)];
+    let (first, last) = QueueSpan::for_device(tx, device_id)?.up_to(tx, up_to)?;
+    let args = params![first, last];
     let (messages, bytes): (i64, i64) = tx
         .prepare_cached(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(message)), 0) FROM queue
-             WHERE device_id = ?1 AND seq <= ?2",
+             WHERE id BETWEEN ?1 AND ?2",
         )
         .and_then(|mut q| q.query_row(args, |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(backend)?;
     if messages == 0 {
         return Ok(0);
     }
-    tx.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2")
+    tx.prepare_cached("DELETE FROM queue WHERE id BETWEEN ?1 AND ?2")
         .and_then(|mut q| q.execute(args))
         .map_err(backend)?;
     uncount(tx, to_i64(device_id), messages, bytes)?;
@@ -1324,12 +1534,7 @@ impl Store for SqliteStore {
         )
         .map_err(backend)?;
         set_list(&tx, account.address, account.list)?;
-        tx.execute(
-            "INSERT INTO devices (address, device_key, created_at) VALUES (?1, ?2, ?3)",
-            params![account.address, account.device_key, to_i64(now)],
-        )
-        .map_err(backend)?;
-        let id = tx.last_insert_rowid();
+        let id = insert_device(&tx, account.address, account.device_key, now)?;
         tx.commit().map_err(backend)?;
         Ok(to_u64(id))
     }
@@ -1493,37 +1698,13 @@ impl Store for SqliteStore {
         not_before: u64,
         max_bytes: usize,
     ) -> Result<QueuePage, StoreError> {
-        let max_bytes = max_bytes.min(PAGE_MAX_BYTES);
-        let conn = match &self.reader {
+        let mut conn = match &self.reader {
             Some(reader) => reader.lock().unwrap_or_else(|p| p.into_inner()),
             None => self.conn(),
         };
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT seq, message, created_at FROM queue WHERE device_id = ?1 AND seq > ?2
-                 AND created_at >= ?4 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(backend)?;
-        let args =
-            params![to_i64(device_id), to_i64(after), i64::from(limit) + 1, to_i64(not_before)];
-        let mut rows = stmt
-            .query_map(args, |r| {
-                Ok((to_u64(r.get(0)?), r.get::<_, Vec<u8>>(1)?, to_u64(r.get(2)?)))
-            })
-            .map_err(backend)?;
-        let mut messages = Vec::new();
-        let mut bytes = 0usize;
-        for row in rows.by_ref() {
-            let (seq, message, at) = row.map_err(backend)?;
-            if messages.len() == limit as usize
-                || (!messages.is_empty() && bytes + message.len() > max_bytes)
-            {
-                return Ok((messages, true));
-            }
-            bytes += message.len();
-            messages.push((seq, message, at));
-        }
-        Ok((messages, false))
+        // One snapshot for the search and the read: the writer may delete meanwhile.
+        let tx = conn.transaction().map_err(backend)?;
+        fetch_in(&tx, device_id, after, limit, not_before, max_bytes.min(PAGE_MAX_BYTES))
     }
 
     fn sweep(
@@ -1611,12 +1792,7 @@ impl Store for SqliteStore {
             if key_taken(&tx, key)? {
                 return Err(StoreError::DeviceKeyTaken);
             }
-            tx.execute(
-                "INSERT INTO devices (address, device_key, created_at) VALUES (?1, ?2, ?3)",
-                params![address, key, to_i64(now)],
-            )
-            .map_err(backend)?;
-            id = Some(to_u64(tx.last_insert_rowid()));
+            id = Some(to_u64(insert_device(&tx, address, key, now)?));
         }
         for device in revoke {
             revoke_in(&tx, *device, now)?;
@@ -1894,6 +2070,132 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::store::NewAccount;
+
+    /// The first copy after a position is found by the shortcut or the search alike, whatever
+    /// gaps acknowledgements left and however far a restore moved the positions on.
+    #[test]
+    fn the_first_copy_after_a_position_is_found_across_gaps_and_jumps() {
+        let conn = Connection::open_in_memory().expect("db");
+        conn.execute_batch(
+            "CREATE TABLE queue (id INTEGER PRIMARY KEY, device_id INTEGER, seq INTEGER,
+                                 created_at INTEGER, expires_at INTEGER, message BLOB)",
+        )
+        .expect("table");
+        let span = QueueSpan::of(7);
+        // Another device's copies on either side must never be found.
+        for (no, seq) in [(6, 1_000_000), (8, 0)] {
+            let other = QueueSpan::of(no);
+            for local in [1, (1 << LOCAL_BITS) - 1] {
+                conn.execute(
+                    "INSERT INTO queue VALUES (?1, 0, ?2, 0, NULL, x'')",
+                    [other.id(local), seq],
+                )
+                .expect("row");
+            }
+        }
+        let empty = |after| span.first_after(&conn, after).expect("search");
+        assert_eq!(empty(0), None, "an empty queue");
+        // Local positions with holes (acknowledged, expired); seqs jumping twice (restores).
+        let mut rows = Vec::new();
+        let mut seq = 10u64;
+        for local in 1..400i64 {
+            seq += if local == 100 {
+                1_000_000
+            } else if local == 300 {
+                1 << 50
+            } else {
+                1
+            };
+            if local % 7 == 3 || (150..260).contains(&local) {
+                continue;
+            }
+            rows.push((span.id(local), seq));
+        }
+        for (id, seq) in &rows {
+            conn.execute(
+                "INSERT INTO queue VALUES (?1, 7, ?2, 0, NULL, x'')",
+                params![id, to_i64(*seq)],
+            )
+            .expect("row");
+        }
+        let mut afters: Vec<u64> = vec![0, 10, u64::MAX, (1 << 50) + 1_000_000];
+        for (_, seq) in &rows {
+            afters.extend([seq - 1, *seq, seq + 1, seq + 500_000]);
+        }
+        for after in afters {
+            let expected = rows.iter().find(|(_, s)| *s > after).map(|(id, _)| *id);
+            assert_eq!(span.first_after(&conn, after).expect("search"), expected, "after {after}");
+            let (first, last) = span.up_to(&conn, after).expect("range");
+            let covered: Vec<u64> =
+                rows.iter().filter(|(id, _)| (first..=last).contains(id)).map(|r| r.1).collect();
+            assert!(covered.iter().all(|s| *s <= after), "after {after}");
+            assert_eq!(covered.len(), rows.iter().filter(|(_, s)| *s <= after).count());
+        }
+    }
+
+    /// A database from before the queue's integer keys keeps every queued copy, in order,
+    /// under the positions clients know; new copies follow them.
+    #[test]
+    fn queues_move_to_integer_keys_whole_and_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            let before = MIGRATIONS.len() - 1;
+            for (i, m) in MIGRATIONS[..before].iter().enumerate() {
+                let tx = conn.transaction().expect("tx");
+                tx.execute_batch(m).expect("migration");
+                tx.pragma_update(None, "user_version", i as i64 + 1).expect("version");
+                tx.commit().expect("commit");
+            }
+            conn.execute_batch(
+                "INSERT INTO accounts (address, created_at) VALUES ('a@x', 1);
+                 INSERT INTO devices (device_id, address, device_key, created_at, queue_seq)
+                     VALUES (5, 'a@x', x'05', 1, 900), (9, 'a@x', x'09', 1, 40),
+                            (12, 'a@x', x'0c', 1, 0);
+                 INSERT INTO queue (device_id, seq, message, created_at) VALUES
+                     (9, 31, x'31', 100), (5, 700, x'0700', 100), (9, 12, x'12', 100),
+                     (5, 899, x'0899', 100), (9, 40, x'40', 100);",
+            )
+            .expect("old rows");
+        }
+        let store = SqliteStore::open(&path).expect("migrated");
+        let seqs = |device, after| -> Vec<(u64, Vec<u8>)> {
+            let (page, more) = store.fetch(device, after, 100, 0, PAGE_MAX_BYTES).expect("fetch");
+            assert!(!more);
+            page.into_iter().map(|(seq, m, _)| (seq, m)).collect()
+        };
+        assert_eq!(seqs(9, 0), vec![(12, vec![0x12]), (31, vec![0x31]), (40, vec![0x40])]);
+        assert_eq!(seqs(9, 12), vec![(31, vec![0x31]), (40, vec![0x40])]);
+        assert_eq!(seqs(5, 0), vec![(700, vec![0x07, 0x00]), (899, vec![0x08, 0x99])]);
+        assert_eq!(seqs(12, 0), vec![]);
+        // Acknowledging removes what it names and no more; new copies come after the old.
+        assert_eq!(store.ack(9, 31).expect("ack"), 2);
+        assert_eq!(seqs(9, 0), vec![(40, vec![0x40])]);
+        let relay = crate::store::tests::relay(&[9, 12], b"new", Ordering::None);
+        store.submit(&relay, 200).expect("queued");
+        assert_eq!(seqs(9, 0), vec![(40, vec![0x40]), (41, b"new".to_vec())]);
+        assert_eq!(seqs(12, 0), vec![(1, b"new".to_vec())]);
+        // A revoked device's queue goes, and nobody else's.
+        revoke_in(&store.conn(), 12, 300).expect("revoke");
+        assert_eq!(seqs(12, 0), vec![]);
+        assert_eq!(seqs(9, 40), vec![(41, b"new".to_vec())]);
+        // Devices keep their numbers apart; a new one takes the next.
+        let conn = store.conn();
+        let numbers: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT device_id, queue_no, queue_local FROM devices ORDER BY device_id")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("numbers");
+        assert_eq!(numbers, vec![(5, 1, 2), (9, 2, 4), (12, 3, 1)]);
+        let id = insert_device(&conn, "a@x", b"new", 2).expect("device");
+        let no: i64 = conn
+            .query_row("SELECT queue_no FROM devices WHERE device_id = ?1", [id], |r| r.get(0))
+            .expect("number");
+        assert_eq!(no, 4);
+    }
 
     /// Groups without a sealed roster — from before rosters, with a roster in the clear, or
     /// restored from a backup — are sealed by the first submission of an authenticated
