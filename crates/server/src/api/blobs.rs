@@ -99,7 +99,7 @@ pub(super) async fn create(
             ));
         }
     };
-    let device = device.unwrap_or(0);
+    let device = device.unwrap_or(BlobRecord::GROUP_FILE_DEVICE);
     let now = unix_now();
     // A group's file is one commit or welcome, uploaded as soon as it is made: what is not
     // complete within the hour is not coming.
@@ -178,7 +178,7 @@ async fn anonymous_owner(
         .group_bytes
         .check_n(group_id.clone(), size as f64)
         .map_err(|wait| ApiError::rate_limited("bytes stored in this group", wait))?;
-    Ok(format!("group:{}", hex::encode(&group_id)))
+    Ok(format!("{}{}", BlobRecord::GROUP_OWNER_PREFIX, hex::encode(&group_id)))
 }
 
 /// A blob this caller may write to: its own device's, or — with no token — one made with a
@@ -189,7 +189,7 @@ async fn own_blob(
     id: Vec<u8>,
 ) -> Result<BlobRecord, ApiError> {
     let blob = blocking(state, move |s| s.blob(&id)).await?;
-    blob.filter(|b| b.device == device.unwrap_or(0)).ok_or_else(no_blob)
+    blob.filter(|b| b.device == device.unwrap_or(BlobRecord::GROUP_FILE_DEVICE)).ok_or_else(no_blob)
 }
 
 /// `DELETE /v1/blobs/{id}`: the uploading account (any of its devices) takes its file back,
@@ -232,7 +232,7 @@ fn expiry(state: &AppState, blob: &BlobRecord, received: u64) -> u64 {
     if received == blob.size {
         // A group's file outlives the copies that name it: they are queued after it is
         // complete (days after, for a commit whose fate was in doubt).
-        let margin = if blob.device == 0 { INCOMPLETE_TTL } else { 0 };
+        let margin = if blob.is_group_file() { INCOMPLETE_TTL } else { 0 };
         unix_now() + blob.lifetime.min(state.config.message_ttl_secs) + margin
     } else {
         blob.expires_at

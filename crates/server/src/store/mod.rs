@@ -201,6 +201,18 @@ pub struct BlobRecord {
     pub lifetime: u64,
 }
 
+impl BlobRecord {
+    /// The device of a group's file, made with the group's credential and no token: none.
+    pub const GROUP_FILE_DEVICE: u64 = 0;
+    /// What starts the owner of a group's file, followed by the group id in hex.
+    pub const GROUP_OWNER_PREFIX: &'static str = "group:";
+
+    /// Whether this is a group's file (kept under the group, naming no device).
+    pub fn is_group_file(&self) -> bool {
+        self.device == Self::GROUP_FILE_DEVICE
+    }
+}
+
 /// A device link in progress: sealed parts, opaque to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRecord {

@@ -1987,13 +1987,14 @@ impl Store for SqliteStore {
         if mine.saturating_add(blob.size) > quota {
             return Err(StoreError::BlobQuota { used: mine, quota });
         }
-        if blob.address.starts_with("group:") {
+        if blob.is_group_file() {
             // Bytes received, not announced: a file made and never uploaded (which costs its
             // maker nothing) holds no room in the pool, only in its group's quota.
+            // (Every owner from "group:" up to "group;", the prefix's successor.)
             let all = used(
                 "SELECT COALESCE(SUM(received), 0) FROM blobs
                  WHERE address >= ?1 AND address < 'group;'",
-                "group:",
+                BlobRecord::GROUP_OWNER_PREFIX,
             )?;
             if all.saturating_add(blob.size) > group_pool {
                 return Err(StoreError::BlobQuota { used: all, quota: group_pool });
