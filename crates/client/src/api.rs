@@ -205,14 +205,16 @@ impl Api {
         self.finish(resp)
     }
 
-    /// `GET` a byte stream from `offset` (a `Range` request); the reader of its body.
+    /// `GET` a byte stream from `offset` (a `Range` request); the reader of its body, which
+    /// fails once `within` has passed if given (see [`Transport::stream`]).
     pub(crate) fn get_stream(
         &self,
         path: &str,
-        offset: u64,
+        (offset, within): (u64, Option<Duration>),
         token: &str,
     ) -> Result<impl std::io::Read + use<>, Error> {
-        let stream = self.transport.stream(path, offset, token).map_err(|e| self.unreachable(e))?;
+        let stream =
+            self.transport.stream(path, offset, token, within).map_err(|e| self.unreachable(e))?;
         if !(200..300).contains(&stream.status) {
             let mut body = Vec::new();
             let _ = std::io::Read::read_to_end(

@@ -596,11 +596,9 @@ impl Client {
             hash.update(&buf[..layout.data_len(chunk)]);
         }
         let token = self.token()?;
-        let mut reader = self.api.get_stream(
-            &format!("/v1/blobs/{blob}"),
-            have * SEALED_CHUNK as u64,
-            &token,
-        )?;
+        // A file of any size takes as long as it keeps coming.
+        let from = (have * SEALED_CHUNK as u64, None);
+        let mut reader = self.api.get_stream(&format!("/v1/blobs/{blob}"), from, &token)?;
         let url = self.api.base().to_string();
         let mut sink = Sink { file: &mut file, path: part, hash: &mut hash };
         open_chunks(&mut reader, &url, key, layout, have, &mut sink, progress)?;

@@ -242,7 +242,13 @@ impl Transport for HttpTransport {
         whole(req.header("Accept", media_type).call().map_err(failed)?)
     }
 
-    fn stream(&self, path: &str, offset: u64, token: &str) -> Result<Stream, Failed> {
+    fn stream(
+        &self,
+        path: &str,
+        offset: u64,
+        token: &str,
+        within: Option<Duration>,
+    ) -> Result<Stream, Failed> {
         let mut req = authorize(self.agent.get(format!("{}{path}", self.base)), Some(token));
         if offset > 0 {
             req = req.header("Range", format!("bytes={offset}-"));
@@ -251,7 +257,7 @@ impl Transport for HttpTransport {
             .config()
             .timeout_global(None)
             .timeout_recv_response(Some(Duration::from_secs(60)))
-            .timeout_recv_body(None)
+            .timeout_recv_body(within)
             .build()
             .call()
             .map_err(failed)?;

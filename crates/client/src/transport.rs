@@ -112,8 +112,15 @@ pub trait Transport: Send {
         let _ = media_type;
         self.call(&Request { method: Method::Get, path, token, body: Body::Empty })
     }
-    /// `GET`s a byte stream from `offset` on.
-    fn stream(&self, path: &str, offset: u64, token: &str) -> Result<Stream, Failed>;
+    /// `GET`s a byte stream from `offset` on. With `within`, the whole body must arrive in
+    /// that time (a read past it fails); without, it may take as long as it keeps coming.
+    fn stream(
+        &self,
+        path: &str,
+        offset: u64,
+        token: &str,
+        within: Option<Duration>,
+    ) -> Result<Stream, Failed>;
     /// `PUT`s the `len` bytes `body` reads (an upload; with `token`, if given) and reads the
     /// whole answer, allowing
     /// for a slow link. This default reads the body whole and sends it as [`Body::Bytes`]; a

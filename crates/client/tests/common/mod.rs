@@ -150,7 +150,13 @@ impl Transport for InMemory {
         Ok(Response { status, body })
     }
 
-    fn stream(&self, path: &str, _offset: u64, token: &str) -> Result<Stream, Failed> {
+    fn stream(
+        &self,
+        path: &str,
+        _offset: u64,
+        token: &str,
+        _within: Option<std::time::Duration>,
+    ) -> Result<Stream, Failed> {
         let request = Request { method: Method::Get, path, token: Some(token), body: Body::Empty };
         let (status, body) = self.0.raw(&request);
         Ok(Stream { status, body: Box::new(Cursor::new(body)) })
