@@ -184,7 +184,7 @@ CREATE INDEX queue_by_age ON queue(created_at);
 CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
 "#,
     // Queued copies keyed by one integer (see `QueueSpan`): a device's queue number, given
-    // once and never moved, above its copy's local position, which counts one a copy. A
+    // once and never moved, above the copy's local position, counting the device's copies. A
     // table with row ids keeps a copy of 2 KiB in its leaf page, where a table without them
     // (at most about 1 KiB of a row in the leaf on 4 KiB pages) put the rest in an overflow
     // page of its own, so every append, read and delete touched two pages; a device's copies
