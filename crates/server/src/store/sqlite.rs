@@ -192,12 +192,17 @@ CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
     // message. `seq`, the position clients see, is kept beside: it moves ahead on a restore
     // (backup.rs), which the local position does not.
     r#"
+CREATE TEMP TABLE queue_numbers_fit (devices INTEGER CHECK (devices <= 8388607));
+INSERT INTO queue_numbers_fit SELECT COUNT(*) FROM devices;
+DROP TABLE queue_numbers_fit;
 ALTER TABLE devices ADD COLUMN queue_no INTEGER;
 ALTER TABLE devices ADD COLUMN queue_local INTEGER NOT NULL DEFAULT 0;
 UPDATE devices SET queue_no = numbered.n
     FROM (SELECT device_id, ROW_NUMBER() OVER (ORDER BY device_id) AS n FROM devices) AS numbered
     WHERE devices.device_id = numbered.device_id;
 CREATE UNIQUE INDEX devices_by_queue_no ON devices(queue_no);
+CREATE INDEX devices_revoked_with_queue_no ON devices(queue_no)
+    WHERE revoked_at IS NOT NULL AND queue_no IS NOT NULL;
 CREATE TABLE queue_rows (
     id INTEGER PRIMARY KEY,
     device_id INTEGER NOT NULL,
@@ -221,9 +226,10 @@ CREATE INDEX queue_by_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
 
 /// Bits of a queued copy's id that hold its local position; the device's queue number is
 /// above them. Local positions reach 2⁴⁰ per device (a million copies a day for three
-/// thousand years), queue numbers 2²³ (devices ever registered on the server).
+/// thousand years), queue numbers 2²³ (devices not revoked at once: a revoked device's
+/// number, its queue emptied, goes to the next device registered).
 const LOCAL_BITS: u32 = 40;
-/// The largest queue number, and so the most devices a server registers.
+/// The largest queue number (the migration to queue numbers checks it as a literal).
 const MAX_QUEUE_NO: i64 = (1 << (63 - LOCAL_BITS)) - 1;
 
 /// The ids of one device's queued copies: `queue_no << 40 | local`, from `first` to `last`
@@ -235,21 +241,28 @@ struct QueueSpan {
 }
 
 impl QueueSpan {
-    fn of(queue_no: i64) -> Self {
-        let base = queue_no.clamp(0, MAX_QUEUE_NO) << LOCAL_BITS;
-        QueueSpan { first: base, last: base | ((1 << LOCAL_BITS) - 1) }
+    /// The span of queue number `queue_no`, which must be in range: no number outside it is
+    /// ever given, and one read from the database that is refuses rather than lands on
+    /// another device's queue.
+    fn of(queue_no: i64) -> Result<Self, StoreError> {
+        if !(1..=MAX_QUEUE_NO).contains(&queue_no) {
+            return Err(StoreError::Backend(format!("queue number {queue_no} is out of range")));
+        }
+        let base = queue_no << LOCAL_BITS;
+        Ok(QueueSpan { first: base, last: base | ((1 << LOCAL_BITS) - 1) })
     }
 
-    /// The span of device `device`'s queue; an empty one for a device with none.
+    /// The span of device `device`'s queue; an empty one for a device with none (unknown,
+    /// or revoked and its number given to another).
     fn for_device(conn: &Connection, device: u64) -> Result<Self, StoreError> {
         let no: Option<Option<i64>> = conn
             .prepare_cached("SELECT queue_no FROM devices WHERE device_id = ?1")
             .and_then(|mut q| q.query_row([to_i64(device)], |r| r.get(0)).optional())
             .map_err(backend)?;
-        Ok(match no.flatten() {
+        match no.flatten() {
             Some(no) => QueueSpan::of(no),
-            None => QueueSpan { first: 0, last: -1 },
-        })
+            None => Ok(QueueSpan { first: 0, last: -1 }),
+        }
     }
 
     /// The id of the copy at local position `local`.
@@ -544,14 +557,36 @@ fn set_list(tx: &Connection, address: &str, list: &ListRecord) -> Result<(), Sto
     Ok(())
 }
 
-/// Adds a device with the next queue number; its id.
+/// Adds a device with a queue number: a revoked device's, whose queue was emptied when it
+/// was revoked and is never filled again, or else the next one. Numbers in use are never more
+/// than the devices not revoked, however many come and go. Returns the new device's id.
 fn insert_device(tx: &Connection, address: &str, key: &[u8], now: u64) -> Result<i64, StoreError> {
-    let queue_no: i64 = tx
-        .query_row("SELECT COALESCE(MAX(queue_no), 0) + 1 FROM devices", [], |r| r.get(0))
+    let free: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT device_id, queue_no FROM devices
+             WHERE revoked_at IS NOT NULL AND queue_no IS NOT NULL LIMIT 1",
+        )
+        .and_then(|mut q| q.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(backend)?;
+    let queue_no = match free {
+        Some((revoked, no)) => {
+            tx.execute("UPDATE devices SET queue_no = NULL WHERE device_id = ?1", [revoked])
+                .map_err(backend)?;
+            // Nothing can be left of its queue; a copy left over would be the new device's.
+            tx.execute("DELETE FROM queue WHERE id BETWEEN ?1 AND ?2", {
+                let span = QueueSpan::of(no)?;
+                [span.first, span.last]
+            })
+            .map_err(backend)?;
+            no
+        }
+        None => tx
+            .query_row("SELECT COALESCE(MAX(queue_no), 0) + 1 FROM devices", [], |r| r.get(0))
+            .map_err(backend)?,
+    };
     if queue_no > MAX_QUEUE_NO {
         return Err(StoreError::Backend(format!(
-            "this server has registered its most devices ({MAX_QUEUE_NO})"
+            "this server has {MAX_QUEUE_NO} devices that are not revoked, its most"
         )));
     }
     tx.execute(
@@ -1183,7 +1218,7 @@ impl<'t> QueueWriter<'t> {
         if local >= 1 << LOCAL_BITS {
             return Err(StoreError::Backend(format!("device {device}'s queue has run out of ids")));
         }
-        let id = QueueSpan::of(queue_no).id(local);
+        let id = QueueSpan::of(queue_no)?.id(local);
         self.insert
             .execute(params![id, to_i64(device), seq, message, self.now, self.expires_at])
             .map_err(backend)?;
@@ -2082,10 +2117,10 @@ mod tests {
                                  created_at INTEGER, expires_at INTEGER, message BLOB)",
         )
         .expect("table");
-        let span = QueueSpan::of(7);
+        let span = QueueSpan::of(7).expect("span");
         // Another device's copies on either side must never be found.
         for (no, seq) in [(6, 1_000_000), (8, 0)] {
-            let other = QueueSpan::of(no);
+            let other = QueueSpan::of(no).expect("span");
             for local in [1, (1 << LOCAL_BITS) - 1] {
                 conn.execute(
                     "INSERT INTO queue VALUES (?1, 0, ?2, 0, NULL, x'')",
@@ -2181,21 +2216,32 @@ mod tests {
         revoke_in(&store.conn(), 12, 300).expect("revoke");
         assert_eq!(seqs(12, 0), vec![]);
         assert_eq!(seqs(9, 40), vec![(41, b"new".to_vec())]);
-        // Devices keep their numbers apart; a new one takes the next.
-        let conn = store.conn();
-        let numbers: Vec<(i64, i64, i64)> = conn
-            .prepare("SELECT device_id, queue_no, queue_local FROM devices ORDER BY device_id")
-            .expect("query")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("rows")
-            .collect::<Result<_, _>>()
-            .expect("numbers");
-        assert_eq!(numbers, vec![(5, 1, 2), (9, 2, 4), (12, 3, 1)]);
-        let id = insert_device(&conn, "a@x", b"new", 2).expect("device");
-        let no: i64 = conn
-            .query_row("SELECT queue_no FROM devices WHERE device_id = ?1", [id], |r| r.get(0))
-            .expect("number");
-        assert_eq!(no, 4);
+        // Devices keep their numbers apart; a new device takes a revoked one's number, and
+        // the revoked device no longer reaches that queue; then the next number.
+        let numbers = || -> Vec<(i64, Option<i64>, i64)> {
+            store
+                .conn()
+                .prepare("SELECT device_id, queue_no, queue_local FROM devices ORDER BY device_id")
+                .expect("query")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("numbers")
+        };
+        assert_eq!(numbers(), vec![(5, Some(1), 2), (9, Some(2), 4), (12, Some(3), 1)]);
+        let first = to_u64(insert_device(&store.conn(), "a@x", b"new", 2).expect("device"));
+        let second = to_u64(insert_device(&store.conn(), "a@x", b"newer", 2).expect("device"));
+        assert_eq!(
+            numbers()[2..],
+            [(12, None, 1), (to_i64(first), Some(3), 0), (to_i64(second), Some(4), 0)]
+        );
+        let to = [first];
+        let relay = crate::store::tests::relay(&to, b"to the new", Ordering::None);
+        store.submit(&relay, 400).expect("queued");
+        assert_eq!(seqs(first, 0), vec![(1, b"to the new".to_vec())]);
+        assert_eq!(seqs(12, 0), vec![], "the revoked device reads nothing of it");
+        assert_eq!(store.ack(12, u64::MAX).expect("ack"), 0, "nor deletes it");
+        assert_eq!(seqs(first, 0).len(), 1);
     }
 
     /// Groups without a sealed roster — from before rosters, with a roster in the clear, or
