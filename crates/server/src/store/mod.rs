@@ -207,9 +207,9 @@ impl BlobRecord {
     /// What starts the owner of a group's file, followed by the group id in hex.
     pub const GROUP_OWNER_PREFIX: &'static str = "group:";
 
-    /// Whether this is a group's file (kept under the group, naming no device).
+    /// Whether this is a group's file: kept under the group (its owner), naming no device.
     pub fn is_group_file(&self) -> bool {
-        self.device == Self::GROUP_FILE_DEVICE
+        self.address.starts_with(Self::GROUP_OWNER_PREFIX)
     }
 }
 
