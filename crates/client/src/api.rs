@@ -156,11 +156,14 @@ impl Api {
             .get_accepting(&path, Some(token), proto::live::PAGE_MEDIA_TYPE)
             .map_err(|e| self.unreachable(e))?;
         // A JSON answer starts with `{`; a binary page with its kind byte, which never is.
+        // Either way, its positions must increase.
+        let bad = |e: proto::live::FrameError| Error::Protocol(format!("bad queue page: {e}"));
         if !(200..300).contains(&resp.status) || resp.body.first() == Some(&b'{') {
-            return self.finish(resp);
+            let page: proto::QueueResponse = self.finish(resp)?;
+            page.check_order().map_err(bad)?;
+            return Ok(page);
         }
-        proto::QueueResponse::from_binary(&resp.body)
-            .map_err(|e| Error::Protocol(format!("bad queue page: {e}")))
+        proto::QueueResponse::from_binary(&resp.body).map_err(bad)
     }
 
     pub(crate) fn post<B: Serialize, R: DeserializeOwned>(

@@ -254,6 +254,17 @@ impl Down {
 }
 
 impl QueueResponse {
+    /// Checks what a page in either form must hold: sequence numbers that increase. (The
+    /// binary form is checked as it is read; a JSON page can be checked with this.)
+    pub fn check_order(&self) -> Result<(), FrameError> {
+        for pair in self.messages.windows(2) {
+            if pair[1].seq <= pair[0].seq {
+                return Err(FrameError::OutOfOrder { seq: pair[1].seq, after: pair[0].seq });
+            }
+        }
+        Ok(())
+    }
+
     /// The binary page ([`PAGE_MEDIA_TYPE`]).
     pub fn to_binary(&self) -> Vec<u8> {
         let size: usize = self.messages.iter().map(|m| ENTRY_HEADER + m.message.0.len()).sum();
@@ -442,6 +453,9 @@ mod tests {
             QueueResponse::from_binary(&backwards.to_binary()),
             Err(FrameError::OutOfOrder { seq: 2, after: 6 })
         );
+        assert_eq!(backwards.check_order(), Err(FrameError::OutOfOrder { seq: 2, after: 6 }));
+        let forwards = QueueResponse { messages: vec![message(2, 1), message(6, 1)], more: true };
+        assert_eq!(forwards.check_order(), Ok(()));
     }
 
     #[test]

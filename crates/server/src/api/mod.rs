@@ -1359,17 +1359,20 @@ async fn fetch(
         for (seq, message, at) in &messages {
             proto::live::put_message(&mut page, *seq, *at, message);
         }
-        let content_type = [(axum::http::header::CONTENT_TYPE, proto::live::PAGE_MEDIA_TYPE)];
-        return Ok((content_type, page).into_response());
+        let headers = [
+            (axum::http::header::CONTENT_TYPE, proto::live::PAGE_MEDIA_TYPE),
+            (axum::http::header::VARY, "accept"),
+        ];
+        return Ok((headers, page).into_response());
     }
-    Ok(Json(proto::QueueResponse {
+    let page = proto::QueueResponse {
         messages: messages
             .into_iter()
             .map(|(seq, m, at)| proto::QueuedMessage { seq, message: Bytes(m), at: Some(at) })
             .collect(),
         more,
-    })
-    .into_response())
+    };
+    Ok(([(axum::http::header::VARY, "accept")], Json(page)).into_response())
 }
 
 /// Whether the request's `Accept` names `media_type` (parameters such as `q` are not weighed:
@@ -1377,7 +1380,8 @@ async fn fetch(
 fn accepts(headers: &axum::http::HeaderMap, media_type: &str) -> bool {
     headers.get_all(axum::http::header::ACCEPT).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
-            v.split(',').any(|t| t.split(';').next().unwrap_or("").trim() == media_type)
+            v.split(',')
+                .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(media_type))
         })
     })
 }
