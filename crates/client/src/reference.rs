@@ -109,9 +109,10 @@ impl Client {
     /// Downloads and opens the message a reference names.
     fn dereference(&self, token: &str, r: &Reference) -> Result<Vec<u8>, Error> {
         let expected = r.sealed_len();
-        // Up to 64 MiB: a minute, and then as long as 64 KiB/s takes. A connection that went
-        // quiet (half open) is given up on then, and the page is taken again later.
-        let within = std::time::Duration::from_secs(60 + expected / (64 << 10));
+        // Up to 64 MiB: two minutes, and then as long as 8 KiB/s takes (a poor mobile link),
+        // so that a slow link gets there while a connection that went quiet (half open) is
+        // given up on in the end, and the page taken again later.
+        let within = std::time::Duration::from_secs(120 + expected / (8 << 10));
         let path = format!("/v1/blobs/{}", r.blob_hex());
         let stream = self.api.get_stream(&path, (0, Some(within)), token)?;
         // A server that sends more than the reference says is cut off one byte past it.
