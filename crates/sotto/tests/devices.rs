@@ -393,7 +393,8 @@ fn recovery_takes_the_account_back_and_contacts_see_the_key_change() {
 
     let out = run(&recovery_key.to_lowercase());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(alice.err(&["sync"]), "device_revoked");
+    let refused = alice.error(&["sync"]);
+    assert_eq!(refused["code"], "device_revoked", "{refused}");
 
     fresh.send(&bob.address, "it's me again");
     let v = bob.ok(&["sync"]);

@@ -353,13 +353,19 @@ impl User {
 
     /// Runs a command that must fail; returns its error code.
     pub fn err(&self, args: &[&str]) -> String {
+        self.error(args)["code"].as_str().expect("code").to_string()
+    }
+
+    /// Runs a command that must fail; its error (`code` and `message`), so that a test can
+    /// show the message when the code is not the one expected.
+    pub fn error(&self, args: &[&str]) -> Value {
         let out = self.run(args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "sotto {args:?} should have failed: {stdout}");
         let v: Value = serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("bad error JSON from {args:?}: {e}: {stdout}"));
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-        v["error"]["code"].as_str().expect("code").to_string()
+        v["error"].clone()
     }
 
     /// Syncs; returns the texts of new text messages as (sender, body).
