@@ -267,8 +267,8 @@ impl QueueResponse {
 
     /// The binary page ([`PAGE_MEDIA_TYPE`]).
     pub fn to_binary(&self) -> Vec<u8> {
-        let size: usize = self.messages.iter().map(|m| ENTRY_HEADER + m.message.0.len()).sum();
-        let mut out = queue_page(self.more, size);
+        let size: usize = self.messages.iter().map(|m| m.message.0.len()).sum();
+        let mut out = queue_page(self.more, self.messages.len(), size);
         for m in &self.messages {
             put_message(&mut out, m.seq, m.at.unwrap_or(0), &m.message.0);
         }
@@ -291,10 +291,10 @@ impl QueueResponse {
     }
 }
 
-/// The start of a binary page of `GET /v1/queue` with room for `bytes` of messages and their
-/// headers; add each with [`put_message`].
-pub fn queue_page(more: bool, bytes: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + bytes);
+/// The start of a binary page of `GET /v1/queue` with room for `count` messages of `bytes`
+/// in all, as [`messages_frame`]; add each with [`put_message`].
+pub fn queue_page(more: bool, count: usize, bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + count * ENTRY_HEADER + bytes);
     out.push(PAGE);
     out.push(u8::from(more));
     out

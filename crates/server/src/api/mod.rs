@@ -1354,8 +1354,8 @@ async fn fetch(
         .delivered
         .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
     if accepts(&headers, proto::live::PAGE_MEDIA_TYPE) {
-        let bytes = messages.iter().map(|(_, m, _)| m.len() + 20).sum();
-        let mut page = proto::live::queue_page(more, bytes);
+        let bytes = messages.iter().map(|(_, m, _)| m.len()).sum();
+        let mut page = proto::live::queue_page(more, messages.len(), bytes);
         for (seq, message, at) in &messages {
             proto::live::put_message(&mut page, *seq, *at, message);
         }
