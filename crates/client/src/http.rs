@@ -80,6 +80,31 @@ fn surely_not_sent(e: &ureq::Error) -> bool {
     }
 }
 
+/// Whether a request failed because its kept-alive connection closed under it before any
+/// answer: the server may close an idle connection, or one whose refused request it did not
+/// read, just after ureq's check that a pooled connection is still open. A request that
+/// means the same when repeated is then sent once more, on a new connection.
+fn closed_under(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    ))
+}
+
+/// Runs `send`, and once more if it failed as [`closed_under`] says and `repeatable`.
+fn once_more_if_closed<T>(
+    repeatable: bool,
+    send: impl Fn() -> Result<T, ureq::Error>,
+) -> Result<T, ureq::Error> {
+    match send() {
+        Err(e) if repeatable && closed_under(&e) => send(),
+        result => result,
+    }
+}
+
 fn failed(e: ureq::Error) -> Failed {
     Failed { not_sent: surely_not_sent(&e), reason: e.to_string() }
 }
@@ -196,7 +221,9 @@ impl Transport for HttpTransport {
     fn call(&self, request: &Request<'_>) -> Result<Response, Failed> {
         let url = format!("{}{}", self.base, request.path);
         let agent = if request.token.is_some() { &self.agent } else { &self.anonymous };
-        let result = match (request.method, request.body) {
+        // GET, PUT and DELETE mean the same when repeated; a POST is never sent twice here.
+        let repeatable = request.method != Method::Post;
+        let result = once_more_if_closed(repeatable, || match (request.method, request.body) {
             (Method::Get, _) => authorize(agent.get(&url), request.token).call(),
             (Method::Delete, _) => authorize(agent.delete(&url), request.token).call(),
             (Method::Post, Body::Empty) => authorize(agent.post(&url), request.token).send_empty(),
@@ -227,7 +254,7 @@ impl Transport for HttpTransport {
                     .header("Content-Type", "application/json")
                     .send(bytes)
             }
-        };
+        });
         whole(result.map_err(failed)?)
     }
 
@@ -238,8 +265,11 @@ impl Transport for HttpTransport {
         media_type: &str,
     ) -> Result<Response, Failed> {
         let agent = if token.is_some() { &self.agent } else { &self.anonymous };
-        let req = authorize(agent.get(format!("{}{path}", self.base)), token);
-        whole(req.header("Accept", media_type).call().map_err(failed)?)
+        let url = format!("{}{path}", self.base);
+        let result = once_more_if_closed(true, || {
+            authorize(agent.get(&url), token).header("Accept", media_type).call()
+        });
+        whole(result.map_err(failed)?)
     }
 
     fn stream(
@@ -430,5 +460,84 @@ impl LiveLink for WsLink {
     fn close(&mut self) {
         let _ = self.socket.close(None);
         let _ = self.socket.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Reads one request's head (these requests carry no body); false at end of stream.
+    fn read_head(reader: &mut BufReader<TcpStream>) -> bool {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) if line == "\r\n" => return true,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A server whose every connection answers its first request and then closes on reading
+    /// the second, unanswered, as a server closing a kept-alive connection at that moment
+    /// does. Returns its base URL and a count of requests it read.
+    fn closing_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                if !read_head(&mut reader) {
+                    continue;
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut out = stream;
+                if out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").is_err() {
+                    continue;
+                }
+                if read_head(&mut reader) {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                // Dropped unanswered.
+            }
+        });
+        (base, seen)
+    }
+
+    fn request(method: Method) -> Request<'static> {
+        Request { method, path: "/v1/anything", token: None, body: Body::Empty }
+    }
+
+    #[test]
+    fn a_repeatable_request_goes_again_when_its_pooled_connection_closes_unanswered() {
+        let (base, seen) = closing_server();
+        let http = HttpTransport::new(&base, None).expect("transport");
+        for _ in 0..3 {
+            let answer = http.call(&request(Method::Get)).expect("answered");
+            assert_eq!((answer.status, answer.body.as_slice()), (200, &b"{}"[..]));
+        }
+        // The first on a new connection; each later one first on the pooled connection,
+        // which closed, then on a new one.
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5);
+        let page = http.get_accepting("/v1/queue", None, "application/x-test").expect("answered");
+        assert_eq!(page.status, 200);
+    }
+
+    #[test]
+    fn a_post_is_not_sent_twice_when_its_pooled_connection_closes_unanswered() {
+        let (base, seen) = closing_server();
+        let http = HttpTransport::new(&base, None).expect("transport");
+        http.call(&request(Method::Post)).expect("the first is answered");
+        let failure = http.call(&request(Method::Post)).expect_err("closed unanswered");
+        assert!(!failure.not_sent, "it reached the server: its outcome is unknown");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }
