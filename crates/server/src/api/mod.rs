@@ -162,14 +162,13 @@ impl Notifier {
         }
     }
 
-    /// Keeps the copies just stored for the devices that are connected, then wakes them.
-    fn queued(&self, copies: Vec<crate::store::QueuedCopy>) {
+    /// Keeps the copies just committed for the devices that are connected, then wakes every
+    /// device that received one.
+    fn queued(&self, committed: crate::store::Committed) {
         let mut slots = self.lock();
         let Slots { map, bytes: total } = &mut *slots;
-        let mut woken = Vec::new();
-        for copy in copies {
+        for copy in committed.copies {
             let Some(slot) = map.get_mut(&copy.device) else { continue };
-            woken.push(copy.device);
             let len = copy.message.len();
             if len > RECENT_BYTES || *total + len > RECENT_TOTAL_BYTES {
                 continue;
@@ -191,7 +190,7 @@ impl Notifier {
         }
         drop(slots);
         // (Devices whose connections are all gone lose their slot here.)
-        self.notify(woken);
+        self.notify(committed.devices);
     }
 
     /// The copies that follow `after` in `device`'s queue without a gap, if the first of them
@@ -242,7 +241,7 @@ impl Notifier {
 pub(crate) struct AppState {
     store: Arc<dyn Store>,
     pub(crate) config: Config,
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
     /// Becomes true when the server is shutting down.
     stopping: watch::Receiver<bool>,
     /// Requests per authenticated device.
@@ -295,6 +294,11 @@ impl AppState {
             .barred_devices(config.account_grace_secs, config.clock.now_secs())?
             .into_iter()
             .collect();
+        // Copies reach the live connections from the store's writer, in the order they were
+        // committed: a connection then finds a device's copies in memory without a gap.
+        let notifier = Arc::new(Notifier::default());
+        let publish = notifier.clone();
+        store.publish_queued_to(Box::new(move |committed| publish.queued(committed)));
         Ok(AppState {
             revoked: std::sync::RwLock::new(revoked),
             barred: std::sync::RwLock::new(barred),
@@ -302,7 +306,7 @@ impl AppState {
             kt,
             uploading: Default::default(),
             store,
-            notifier: Notifier::default(),
+            notifier,
             stopping,
             device_rate: RateLimiter::new(per_second, per_second * 10.0),
             registration_rate: RateLimiter::new(per_hour / 3600.0, per_hour),
@@ -1332,7 +1336,7 @@ async fn submit(
     let metrics = &crate::metrics::METRICS;
     metrics.submissions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     metrics.queued.fetch_add(queued, std::sync::atomic::Ordering::Relaxed);
-    state.notifier.queued(done.copies);
+    // (The store's writer has kept the copies and woken their devices.)
     Ok(Json(proto::SubmitResponse { epoch: done.epoch, dropped: done.dropped }))
 }
 
@@ -1694,7 +1698,15 @@ async fn live_delivery(
 #[cfg(test)]
 mod notifier_tests {
     use super::*;
-    use crate::store::QueuedCopy;
+    use crate::store::{Committed, QueuedCopy};
+
+    /// What a commit of `copies` hands over.
+    fn committed(copies: Vec<QueuedCopy>) -> Committed {
+        let mut devices: Vec<u64> = copies.iter().map(|c| c.device).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        Committed { copies, devices }
+    }
 
     fn copy(device: u64, seq: u64, len: usize) -> QueuedCopy {
         QueuedCopy { device, seq, at: 60, message: vec![seq as u8; len] }
@@ -1708,21 +1720,21 @@ mod notifier_tests {
     fn copies_come_from_memory_only_without_a_gap() {
         let n = Notifier::default();
         // A device with no live connection keeps nothing.
-        n.queued(vec![copy(7, 1, 10)]);
+        n.queued(committed(vec![copy(7, 1, 10)]));
         assert!(n.recent(7, 0, 16, 1 << 20).is_none());
         let _live = n.subscribe(7);
         // Answered out of order, kept in order.
-        n.queued(vec![copy(7, 3, 10), copy(8, 1, 10)]);
-        n.queued(vec![copy(7, 2, 10)]);
+        n.queued(committed(vec![copy(7, 3, 10), copy(8, 1, 10)]));
+        n.queued(committed(vec![copy(7, 2, 10)]));
         let (page, more) = n.recent(7, 1, 16, 1 << 20).expect("from memory");
         assert_eq!((seqs(&page), more), (vec![2, 3], false));
         assert_eq!(page[0].2, 60);
         // What was sent is forgotten; a gap sends the reader to the store.
         assert!(n.recent(7, 3, 16, 1 << 20).is_none());
-        n.queued(vec![copy(7, 5, 10)]);
+        n.queued(committed(vec![copy(7, 5, 10)]));
         assert!(n.recent(7, 3, 16, 1 << 20).is_none(), "4 is missing");
         // Pages stop at the count and the byte limit (one copy at least).
-        n.queued((6..10).map(|s| copy(7, s, 100)).collect());
+        n.queued(committed((6..10).map(|s| copy(7, s, 100)).collect()));
         let (page, more) = n.recent(7, 4, 2, 1 << 20).expect("from memory");
         assert_eq!((seqs(&page), more), (vec![5, 6], true));
         let (page, more) = n.recent(7, 6, 16, 150).expect("from memory");
@@ -1733,18 +1745,18 @@ mod notifier_tests {
     fn memory_is_bounded_and_let_go() {
         let n = Notifier::default();
         let live = n.subscribe(1);
-        n.queued((1..=100).map(|s| copy(1, s, 10)).collect());
+        n.queued(committed((1..=100).map(|s| copy(1, s, 10)).collect()));
         // Only the newest are kept: the oldest come from the store.
         assert!(n.recent(1, 0, 16, 1 << 20).is_none());
         let first = 100 - RECENT_COPIES as u64;
         let (page, _) = n.recent(1, first, 100, 1 << 20).expect("the newest");
         assert_eq!(page.len(), RECENT_COPIES);
-        n.queued((101..=104).map(|s| copy(1, s, RECENT_BYTES / 2)).collect());
+        n.queued(committed((101..=104).map(|s| copy(1, s, RECENT_BYTES / 2)).collect()));
         let slot_bytes = n.lock().map.get(&1).map(|s| s.bytes).unwrap_or(0);
         assert!(slot_bytes <= RECENT_BYTES, "{slot_bytes} bytes kept");
         assert_eq!(n.lock().bytes, slot_bytes);
         // A copy larger than the budget is never kept.
-        n.queued(vec![copy(1, 105, RECENT_BYTES + 1)]);
+        n.queued(committed(vec![copy(1, 105, RECENT_BYTES + 1)]));
         assert!(n.recent(1, 104, 16, usize::MAX).is_none());
         // The last connection gone, the device's copies go.
         drop(live);
@@ -1759,12 +1771,23 @@ mod notifier_tests {
         let per = RECENT_BYTES / 2;
         let devices = 2 * RECENT_TOTAL_BYTES / per;
         let live: Vec<_> = (0..devices as u64).map(|d| n.subscribe(d)).collect();
-        n.queued((0..devices as u64).map(|d| copy(d, 1, per)).collect());
+        n.queued(committed((0..devices as u64).map(|d| copy(d, 1, per)).collect()));
         let total = n.lock().bytes;
         assert!(total <= RECENT_TOTAL_BYTES, "{total} bytes kept");
         // Those that found no room read the store; every device was woken all the same.
         assert!(n.recent(devices as u64 - 1, 0, 16, usize::MAX).is_none());
         assert!(n.recent(0, 0, 16, usize::MAX).is_some());
         assert!(live.iter().all(|rx| rx.has_changed().unwrap_or(false)));
+    }
+
+    #[test]
+    fn a_device_whose_copy_was_not_kept_is_woken_all_the_same() {
+        let n = Notifier::default();
+        let (near, far) = (n.subscribe(1), n.subscribe(2));
+        // A submission to a large group hands over the first copies only, and every device.
+        n.queued(Committed { copies: vec![copy(1, 1, 10)], devices: vec![1, 2] });
+        assert!(near.has_changed().unwrap_or(false) && far.has_changed().unwrap_or(false));
+        assert!(n.recent(1, 0, 16, 1 << 20).is_some());
+        assert!(n.recent(2, 0, 16, 1 << 20).is_none(), "device 2 reads the store");
     }
 }

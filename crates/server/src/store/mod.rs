@@ -319,9 +319,25 @@ pub struct Submitted {
     /// Bytes queued, all copies together.
     pub bytes: u64,
     /// The copies queued, as stored, the first [`COPIES_RETURNED_BYTES`] of them: a live
-    /// connection can deliver them from memory instead of reading them back.
+    /// connection can deliver them from memory instead of reading them back. Empty in the
+    /// answer when they went to a [`QueuedSink`] (see [`Store::publish_queued_to`]).
     pub copies: Vec<QueuedCopy>,
 }
+
+/// What a group commit queued, handed to a [`QueuedSink`]: the copies of its submissions (as
+/// [`Submitted::copies`], in the order they were committed, so each device's by increasing
+/// seq) and every device that received one, once each.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The copies, in commit order.
+    pub copies: Vec<QueuedCopy>,
+    /// Every device a copy was queued for, sorted.
+    pub devices: Vec<u64>,
+}
+
+/// Receives what each group commit queued, from the store's writer (see
+/// [`Store::publish_queued_to`]).
+pub type QueuedSink = Box<dyn Fn(Committed) + Send + Sync>;
 
 /// Most bytes of copies a submission returns in [`Submitted::copies`] (a message to a large
 /// group would otherwise be held twice in memory).
@@ -643,6 +659,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::ack`] for an async caller, as [`Store::submit_queued`].
     fn ack_queued(&self, device_id: u64, up_to: u64) -> Pending<u64>;
+
+    /// From now on hands what every committed submission queued to `sink`, a whole group
+    /// commit at once, in the order it was committed and before any of its submissions is
+    /// answered; the answers then carry no copies. (Answers resume their callers in any
+    /// order: publishing from there, a device's copies could arrive out of order.) Set once;
+    /// a later sink is ignored.
+    fn publish_queued_to(&self, sink: QueuedSink);
 
     /// Up to `limit` queued messages (and about `max_bytes`, at most [`PAGE_MAX_BYTES`]; a
     /// single larger message still comes alone) of a device with

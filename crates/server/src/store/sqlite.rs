@@ -9,10 +9,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sotto_core::queue::Sealer;
 
 use super::{
-    AccountChange, AccountRecord, AuditRecord, Barred, BlobRecord, DeviceRecord, GroupAuth,
-    GroupCredential, InviteRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount, Ordering,
-    PAGE_MAX_BYTES, Pending, QueueLimits, QueuePage, QueuedCopy, SignedBlob, Store, StoreError,
-    StoreTotals, Submission, Submitted, To, WipeRecord,
+    AccountChange, AccountRecord, AuditRecord, Barred, BlobRecord, Committed, DeviceRecord,
+    GroupAuth, GroupCredential, InviteRecord, KeyPackageStock, LinkRecord, ListRecord, NewAccount,
+    Ordering, PAGE_MAX_BYTES, Pending, QueueLimits, QueuePage, QueuedCopy, QueuedSink, SignedBlob,
+    Store, StoreError, StoreTotals, Submission, Submitted, To, WipeRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -341,7 +341,6 @@ impl QueueSpan {
 
 /// A [`Store`] on one SQLite database file (WAL mode, `synchronous=FULL`: a committed
 /// transaction is on disk).
-#[derive(Debug)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// A read-only connection for queue fetches (file databases only).
@@ -350,6 +349,17 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     /// Dropped with the store, which ends the checkpoint thread (file databases only).
     checkpoints: Option<mpsc::Sender<()>>,
+    /// Where the writer publishes what it queued (see [`Store::publish_queued_to`]).
+    sink: Arc<std::sync::OnceLock<QueuedSink>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("reader", &self.reader.is_some())
+            .field("publishes", &self.sink.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How often the checkpoint thread copies the write-ahead log into the database.
@@ -451,11 +461,13 @@ impl SqliteStore {
         let conn = Arc::new(Mutex::new(conn));
         let (tx, rx) = mpsc::channel();
         let shared = conn.clone();
+        let sink = Arc::new(std::sync::OnceLock::new());
+        let publish = sink.clone();
         std::thread::Builder::new()
             .name("sotto-store-writer".into())
-            .spawn(move || writer(shared, rx))
+            .spawn(move || writer(shared, rx, &publish))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { conn, reader: None, writer: tx, checkpoints: None })
+        Ok(SqliteStore { conn, reader: None, writer: tx, checkpoints: None, sink })
     }
 
     /// Hands a write to the writer thread; its answer comes once it is committed (or
@@ -773,7 +785,11 @@ fn wait<T>(from: mpsc::Receiver<Result<T, StoreError>>) -> Result<T, StoreError>
 /// The writer thread: takes every job waiting, runs each in a savepoint of one transaction and
 /// commits once, so concurrent writers share one fsync (group commit). Each job answers only
 /// after the commit that made it durable; a failed job rolls back alone.
-fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<Job>) {
+fn writer(
+    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Receiver<Job>,
+    sink: &std::sync::OnceLock<QueuedSink>,
+) {
     let mut sealers = Sealers::default();
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -785,15 +801,35 @@ fn writer(conn: Arc<Mutex<Connection>>, jobs: mpsc::Receiver<Job>) {
         }
         let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::time::Instant::now();
-        let results = run_batch(&mut conn, &batch, &mut sealers);
+        let mut results = run_batch(&mut conn, &batch, &mut sealers);
         drop(conn);
         let metrics = &crate::metrics::METRICS;
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         metrics.commit_batch.observe(batch.len() as f64);
+        if let Some(sink) = sink.get() {
+            publish(sink, &mut results);
+        }
         for (job, result) in batch.into_iter().zip(results) {
             job.answer(result);
         }
     }
+}
+
+/// Hands what a committed batch queued to `sink`, taking the copies out of the answers.
+fn publish(sink: &QueuedSink, results: &mut [Result<Done, StoreError>]) {
+    let mut committed = Committed::default();
+    for result in results {
+        if let Ok(Done::Submitted(s)) = result {
+            committed.copies.append(&mut s.copies);
+            committed.devices.extend_from_slice(&s.recipients);
+        }
+    }
+    if committed.devices.is_empty() {
+        return;
+    }
+    committed.devices.sort_unstable();
+    committed.devices.dedup();
+    sink(committed);
 }
 
 fn run_batch(
@@ -1196,8 +1232,8 @@ impl<'t> QueueWriter<'t> {
             Some(public) => Some(self.sealers.seal(device, public, message)?),
             None => None,
         };
-        let message = sealed.as_deref().unwrap_or(message);
-        let len = message.len() as u64;
+        let stored = sealed.as_deref().unwrap_or(message);
+        let len = stored.len() as u64;
         let (messages, bytes): (i64, i64) = self
             .stats
             .query_row([to_i64(device)], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1220,7 +1256,7 @@ impl<'t> QueueWriter<'t> {
         }
         let id = QueueSpan::of(queue_no)?.id(local);
         self.insert
-            .execute(params![id, to_i64(device), seq, message, self.now, self.expires_at])
+            .execute(params![id, to_i64(device), seq, stored, self.now, self.expires_at])
             .map_err(backend)?;
         self.count.execute(params![to_i64(device), to_i64(len)]).map_err(backend)?;
         out.recipients.push(device);
@@ -1230,7 +1266,7 @@ impl<'t> QueueWriter<'t> {
                 device,
                 seq: to_u64(seq),
                 at: to_u64(self.now),
-                message: message.to_vec(),
+                message: sealed.unwrap_or_else(|| message.to_vec()),
             });
         }
         Ok(())
@@ -1987,6 +2023,11 @@ impl Store for SqliteStore {
         let (to, answer) = tokio::sync::oneshot::channel();
         self.hand_over(Job::Ack(device_id, up_to, Answer::Async(to)));
         answer
+    }
+
+    fn publish_queued_to(&self, sink: QueuedSink) {
+        // Only the first sink counts, as documented.
+        let _ = self.sink.set(sink);
     }
 
     fn check_member(

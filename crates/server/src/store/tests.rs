@@ -175,6 +175,49 @@ fn queues_and_ordering(store: &dyn Store) {
     assert_eq!(store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch").0.len(), 2);
 }
 
+/// Every committed submission's copies reach the sink in commit order, with every device
+/// that received one, including those whose copies were too many bytes to hand over.
+fn committed_copies_are_published_in_order(store: &dyn Store) {
+    let a = store.register(&account("pa@x", b"pa", None), 1).expect("a");
+    let b = store.register(&account("pb@x", b"pb", None), 1).expect("b");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    store.publish_queued_to(Box::new(move |c| sink.lock().expect("sink").push(c)));
+    let (both, only_b) = ([a, b], [b]);
+    for m in [&b"one"[..], b"two"] {
+        let done = store.submit(&relay(&both, m, Ordering::None), 1).expect("submit");
+        assert!(done.copies.is_empty(), "the copies went to the sink");
+        assert_eq!(done.recipients, vec![a, b]);
+    }
+    // Too large to hand over twice: the second copy is not kept, its device is still named.
+    let large = vec![7u8; COPIES_RETURNED_BYTES as usize * 3 / 4];
+    store.submit(&relay(&both, &large, Ordering::None), 1).expect("large");
+    // A refused submission publishes nothing.
+    assert!(store.submit(&relay(&[a, 999], b"x", Ordering::None), 1).is_err());
+    store.submit(&relay(&only_b, b"three", Ordering::None), 1).expect("submit");
+    let seen = std::mem::take(&mut *seen.lock().expect("sink"));
+    let copies: Vec<_> = seen.iter().flat_map(|c| &c.copies).collect();
+    let of = |d: u64| -> Vec<(u64, &[u8])> {
+        copies.iter().filter(|c| c.device == d).map(|c| (c.seq, c.message.as_slice())).collect()
+    };
+    let (of_a, of_b) = (of(a), of(b));
+    assert_eq!(of_a.iter().map(|c| c.1).collect::<Vec<_>>(), vec![&b"one"[..], b"two", &large]);
+    assert_eq!(of_b.iter().map(|c| c.1).collect::<Vec<_>>(), vec![&b"one"[..], b"two", b"three"]);
+    for queue in [&of_a, &of_b] {
+        assert!(queue.windows(2).all(|w| w[0].0 < w[1].0), "by increasing seq");
+    }
+    // Each copy is the one stored.
+    let (stored, _) = store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch");
+    assert_eq!(stored.len(), 4);
+    assert_eq!(of_b.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1, 3].map(|i| stored[i].0));
+    assert!(seen.iter().all(|c| c.devices.windows(2).all(|w| w[0] < w[1])), "once each");
+    let named: std::collections::BTreeSet<u64> =
+        seen.iter().flat_map(|c| c.devices.iter().copied()).collect();
+    assert_eq!(named, [a, b].into());
+    let large_commit = seen.iter().find(|c| c.copies.iter().any(|m| m.message == large));
+    assert_eq!(large_commit.map(|c| c.devices.clone()), Some(vec![a, b]));
+}
+
 macro_rules! backends {
     ($($backend:ident => $make:expr;)*) => {$(
         mod $backend {
@@ -189,6 +232,7 @@ macro_rules! backends {
             #[test] fn wipes_and_links() { let (s, _g) = $make; super::wipes_and_links(&s) }
             #[test] fn blobs_and_quotas() { let (s, _g) = $make; super::blobs_and_quotas(&s) }
             #[test] fn rosters() { let (s, _g) = $make; super::rosters(&s) }
+            #[test] fn committed_copies_are_published_in_order() { let (s, _g) = $make; super::committed_copies_are_published_in_order(&s) }
         }
     )*};
 }
