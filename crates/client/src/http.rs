@@ -83,7 +83,8 @@ fn surely_not_sent(e: &ureq::Error) -> bool {
 /// Whether a request failed because its kept-alive connection closed under it before any
 /// answer: the server may close an idle connection, or one whose refused request it did not
 /// read, just after ureq's check that a pooled connection is still open. A request that
-/// means the same when repeated is then sent once more, on a new connection.
+/// means the same when repeated is then sent once more (on another connection: the closed
+/// one is not pooled again). The same errors on a fresh connection repeat it too, harmlessly.
 fn closed_under(e: &ureq::Error) -> bool {
     matches!(e, ureq::Error::Io(io) if matches!(
         io.kind(),
@@ -94,14 +95,17 @@ fn closed_under(e: &ureq::Error) -> bool {
     ))
 }
 
-/// Runs `send`, and once more if it failed as [`closed_under`] says and `repeatable`.
+/// Runs `send`, and once more if it failed as [`closed_under`] says and `repeatable`. A
+/// failure after a repeat never counts as surely not sent: the first may have arrived.
 fn once_more_if_closed<T>(
     repeatable: bool,
     send: impl Fn() -> Result<T, ureq::Error>,
-) -> Result<T, ureq::Error> {
+) -> Result<T, Failed> {
     match send() {
-        Err(e) if repeatable && closed_under(&e) => send(),
-        result => result,
+        Err(e) if repeatable && closed_under(&e) => {
+            send().map_err(|e| Failed { not_sent: false, ..failed(e) })
+        }
+        result => result.map_err(failed),
     }
 }
 
@@ -221,8 +225,10 @@ impl Transport for HttpTransport {
     fn call(&self, request: &Request<'_>) -> Result<Response, Failed> {
         let url = format!("{}{}", self.base, request.path);
         let agent = if request.token.is_some() { &self.agent } else { &self.anonymous };
-        // GET, PUT and DELETE mean the same when repeated; a POST is never sent twice here.
-        let repeatable = request.method != Method::Post;
+        // GET, PUT and DELETE of a JSON body or none mean the same when repeated; a POST, or
+        // a piece of an upload (at an offset, answered `wrong_offset` the second time), is
+        // never sent twice here.
+        let repeatable = request.method != Method::Post && !matches!(request.body, Body::Bytes(_));
         let result = once_more_if_closed(repeatable, || match (request.method, request.body) {
             (Method::Get, _) => authorize(agent.get(&url), request.token).call(),
             (Method::Delete, _) => authorize(agent.delete(&url), request.token).call(),
@@ -255,7 +261,7 @@ impl Transport for HttpTransport {
                     .send(bytes)
             }
         });
-        whole(result.map_err(failed)?)
+        whole(result?)
     }
 
     fn get_accepting(
@@ -269,7 +275,7 @@ impl Transport for HttpTransport {
         let result = once_more_if_closed(true, || {
             authorize(agent.get(&url), token).header("Accept", media_type).call()
         });
-        whole(result.map_err(failed)?)
+        whole(result?)
     }
 
     fn stream(

@@ -173,7 +173,8 @@ impl Notifier {
             if len > RECENT_BYTES || *total + len > RECENT_TOTAL_BYTES {
                 continue;
             }
-            // Concurrent submissions may answer out of order: keep the seqs sorted.
+            // The store hands copies over in commit order; sorted all the same, so that a
+            // copy out of order could only cost a read of the store, never a skipped copy.
             let at = slot.recent.partition_point(|(seq, ..)| *seq < copy.seq);
             slot.recent.insert(at, (copy.seq, copy.at, Arc::from(copy.message)));
             slot.bytes += len;
@@ -1723,7 +1724,7 @@ mod notifier_tests {
         n.queued(committed(vec![copy(7, 1, 10)]));
         assert!(n.recent(7, 0, 16, 1 << 20).is_none());
         let _live = n.subscribe(7);
-        // Answered out of order, kept in order.
+        // Handed over out of order, kept in order.
         n.queued(committed(vec![copy(7, 3, 10), copy(8, 1, 10)]));
         n.queued(committed(vec![copy(7, 2, 10)]));
         let (page, more) = n.recent(7, 1, 16, 1 << 20).expect("from memory");

@@ -829,7 +829,10 @@ fn publish(sink: &QueuedSink, results: &mut [Result<Done, StoreError>]) {
     }
     committed.devices.sort_unstable();
     committed.devices.dedup();
-    sink(committed);
+    // A sink that panicked must not take the writer, and every later write, with it.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(committed))).is_err() {
+        tracing::error!("handing queued copies to live connections failed; they read the store");
+    }
 }
 
 fn run_batch(
@@ -2027,7 +2030,9 @@ impl Store for SqliteStore {
 
     fn publish_queued_to(&self, sink: QueuedSink) {
         // Only the first sink counts, as documented.
-        let _ = self.sink.set(sink);
+        if self.sink.set(sink).is_err() {
+            tracing::warn!("a second sink for queued copies was ignored");
+        }
     }
 
     fn check_member(

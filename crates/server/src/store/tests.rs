@@ -180,14 +180,18 @@ fn queues_and_ordering(store: &dyn Store) {
 fn committed_copies_are_published_in_order(store: &dyn Store) {
     let a = store.register(&account("pa@x", b"pa", None), 1).expect("a");
     let b = store.register(&account("pb@x", b"pb", None), 1).expect("b");
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = seen.clone();
+    let sunk = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = sunk.clone();
     store.publish_queued_to(Box::new(move |c| sink.lock().expect("sink").push(c)));
+    // b's copies are sealed to its queue key: what is handed over is what is stored.
+    let key = sotto_core::queue::QueueKey::generate().expect("key");
+    store.set_queue_key(b, key.public()).expect("queue key");
     let (both, only_b) = ([a, b], [b]);
-    for m in [&b"one"[..], b"two"] {
+    for (n, m) in [&b"one"[..], b"two"].into_iter().enumerate() {
         let done = store.submit(&relay(&both, m, Ordering::None), 1).expect("submit");
         assert!(done.copies.is_empty(), "the copies went to the sink");
         assert_eq!(done.recipients, vec![a, b]);
+        assert_eq!(sunk.lock().expect("sink").len(), n + 1, "handed over before the answer");
     }
     // Too large to hand over twice: the second copy is not kept, its device is still named.
     let large = vec![7u8; COPIES_RETURNED_BYTES as usize * 3 / 4];
@@ -195,27 +199,44 @@ fn committed_copies_are_published_in_order(store: &dyn Store) {
     // A refused submission publishes nothing.
     assert!(store.submit(&relay(&[a, 999], b"x", Ordering::None), 1).is_err());
     store.submit(&relay(&only_b, b"three", Ordering::None), 1).expect("submit");
-    let seen = std::mem::take(&mut *seen.lock().expect("sink"));
+    let seen = std::mem::take(&mut *sunk.lock().expect("sink"));
     let copies: Vec<_> = seen.iter().flat_map(|c| &c.copies).collect();
     let of = |d: u64| -> Vec<(u64, &[u8])> {
         copies.iter().filter(|c| c.device == d).map(|c| (c.seq, c.message.as_slice())).collect()
     };
     let (of_a, of_b) = (of(a), of(b));
     assert_eq!(of_a.iter().map(|c| c.1).collect::<Vec<_>>(), vec![&b"one"[..], b"two", &large]);
-    assert_eq!(of_b.iter().map(|c| c.1).collect::<Vec<_>>(), vec![&b"one"[..], b"two", b"three"]);
+    let opened: Vec<Vec<u8>> = of_b.iter().map(|c| key.open(b, c.1).expect("opens")).collect();
+    assert_eq!(opened, [&b"one"[..], b"two", b"three"].map(<[u8]>::to_vec));
     for queue in [&of_a, &of_b] {
         assert!(queue.windows(2).all(|w| w[0].0 < w[1].0), "by increasing seq");
     }
-    // Each copy is the one stored.
+    // Each copy is the one stored, sealed bytes and all.
     let (stored, _) = store.fetch(b, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch");
     assert_eq!(stored.len(), 4);
-    assert_eq!(of_b.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1, 3].map(|i| stored[i].0));
+    let kept: Vec<(u64, &[u8])> =
+        [0, 1, 3].iter().map(|&i| (stored[i].0, stored[i].1.as_slice())).collect();
+    assert_eq!(of_b, kept);
     assert!(seen.iter().all(|c| c.devices.windows(2).all(|w| w[0] < w[1])), "once each");
     let named: std::collections::BTreeSet<u64> =
         seen.iter().flat_map(|c| c.devices.iter().copied()).collect();
     assert_eq!(named, [a, b].into());
     let large_commit = seen.iter().find(|c| c.copies.iter().any(|m| m.message == large));
     assert_eq!(large_commit.map(|c| c.devices.clone()), Some(vec![a, b]));
+
+    // Handed over together, submissions may share a group commit: its copies still come in
+    // the order they were committed.
+    let pending: Vec<_> =
+        (0..40u8).map(|n| store.submit_queued(&relay(&only_b, &[n], Ordering::None), 1)).collect();
+    for p in pending {
+        p.blocking_recv().expect("answered").expect("submitted");
+    }
+    let seen = std::mem::take(&mut *sunk.lock().expect("sink"));
+    let copies: Vec<_> = seen.iter().flat_map(|c| &c.copies).collect();
+    let order: Vec<u8> =
+        copies.iter().map(|c| key.open(b, &c.message).expect("opens")[0]).collect();
+    assert_eq!(order, (0..40).collect::<Vec<_>>());
+    assert!(copies.windows(2).all(|w| w[0].seq < w[1].seq), "by increasing seq");
 }
 
 macro_rules! backends {
