@@ -28,6 +28,15 @@ const MAX_HISTORY_BYTES: usize = 1_400_000;
 const JOIN_WAIT: Duration = Duration::from_secs(120);
 /// How often a waiting side polls the link.
 const POLL: Duration = Duration::from_millis(500);
+/// Most accounts whose device lists are pinned in one local transaction.
+const PIN_BATCH: usize = 500;
+
+/// A device list fetched and checked, not yet pinned.
+pub(crate) struct CheckedList {
+    list: DeviceList,
+    fetched: SignedList,
+    devices: Vec<proto::DeviceInfo>,
+}
 
 pub(crate) fn to_proto(s: &SignedList) -> proto::SignedData {
     proto::SignedData { body: Bytes(s.body.clone()), signature: Bytes(s.signature.clone()) }
@@ -168,6 +177,61 @@ impl Client {
         &mut self,
         address: &Address,
     ) -> Result<(DeviceList, Vec<proto::DeviceInfo>), Error> {
+        let checked = self.checked_list(address)?;
+        self.pin_checked(address, &checked)?;
+        Ok((checked.list, checked.devices))
+    }
+
+    /// [`Client::verified_list`] for many accounts, each answered on its own: fetched and
+    /// checked one by one, then pinned together, in one local transaction per
+    /// [`PIN_BATCH`] accounts (one at a time, joining a group of thousands waited for a disk
+    /// sync per member). Only a failure of the local store fails them all.
+    pub(crate) fn verified_lists(
+        &mut self,
+        addresses: &[Address],
+    ) -> Result<Vec<Result<DeviceList, Error>>, Error> {
+        let mut out = Vec::with_capacity(addresses.len());
+        for chunk in addresses.chunks(PIN_BATCH) {
+            // Checking may record directory roots (in transactions of its own): it is done
+            // before the pins' transaction begins.
+            let checked: Vec<_> = chunk.iter().map(|a| self.checked_list(a)).collect();
+            // (Inside a caller's transaction, the pins are part of it.)
+            let own = self.conn.is_autocommit();
+            if own {
+                self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            }
+            match self.pin_all(chunk, &checked) {
+                Ok(()) if own => self.conn.execute_batch("COMMIT")?,
+                Ok(()) => {}
+                Err(e) => {
+                    if own {
+                        // Nothing was pinned; the error says why.
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
+                    return Err(e);
+                }
+            }
+            out.extend(checked.into_iter().map(|c| c.map(|c| c.list)));
+        }
+        Ok(out)
+    }
+
+    fn pin_all(
+        &mut self,
+        addresses: &[Address],
+        checked: &[Result<CheckedList, Error>],
+    ) -> Result<(), Error> {
+        for (address, checked) in addresses.iter().zip(checked) {
+            if let Ok(checked) = checked {
+                self.pin_checked(address, checked)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches `address`'s device list and checks it (signature, succession from the list
+    /// pinned here, the key directory), pinning nothing.
+    fn checked_list(&mut self, address: &Address) -> Result<CheckedList, Error> {
         // A list stored an instant ago may still be on its way into the directory.
         for attempt in 0..4 {
             let token = self.token()?;
@@ -176,13 +240,7 @@ impl Client {
             let fetched = from_proto(&resp.device_list);
             let list = self.check_list(address, &fetched)?;
             match self.kt_check(address, &list.identity_key, &fetched)? {
-                KtCheck::Holds => {
-                    self.pin(address, &list, &fetched)?;
-                    if address == &self.me.device.address {
-                        self.remember_device_names(&list)?;
-                    }
-                    return Ok((list, resp.devices));
-                }
+                KtCheck::Holds => return Ok(CheckedList { list, fetched, devices: resp.devices }),
                 KtCheck::Differs if attempt < 3 => std::thread::sleep(POLL / 2),
                 KtCheck::Differs => break,
             }
@@ -191,6 +249,15 @@ impl Client {
             "key transparency: the directory does not hold the device list the server gave \
              for {address}; refusing it (the server may be substituting keys)"
         )))
+    }
+
+    /// Pins a checked list (and, for this account, remembers its devices' names).
+    fn pin_checked(&mut self, address: &Address, checked: &CheckedList) -> Result<(), Error> {
+        self.pin(address, &checked.list, &checked.fetched)?;
+        if address == &self.me.device.address {
+            self.remember_device_names(&checked.list)?;
+        }
+        Ok(())
     }
 
     /// Remembers the names of this account's listed devices: once a device is revoked or
@@ -293,9 +360,11 @@ impl Client {
         for (device, key) in &members {
             accounts.entry(device.address.clone()).or_default().push((device, key));
         }
-        for (account, devices) in accounts {
-            let list = match self.verified_list(&account) {
-                Ok((list, _)) => list,
+        let addresses: Vec<Address> = accounts.keys().cloned().collect();
+        let lists = self.verified_lists(&addresses)?;
+        for ((account, devices), list) in accounts.into_iter().zip(lists) {
+            let list = match list {
+                Ok(list) => list,
                 Err(e @ Error::Untrusted(_)) => {
                     db::add_notice(&self.conn, &e.to_string())?;
                     continue;

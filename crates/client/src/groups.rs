@@ -180,9 +180,9 @@ impl Client {
         let suite = self.chat_suite(&group_id)?;
         let devices = mls::members(&db::provider(&self.conn), &group_id)?.len();
         let mut packages = Vec::new();
-        for a in &addresses {
-            let list = self.verified_list(a)?.0;
-            packages.extend(self.claim_for(&group_id, a, None, &list)?);
+        let lists = self.verified_lists(&addresses)?;
+        for (a, list) in addresses.iter().zip(lists) {
+            packages.extend(self.claim_for(&group_id, a, None, &list?)?);
         }
         if suite == Suite::PostQuantum && devices + packages.len() > MAX_POST_QUANTUM_DEVICES {
             return Err(Error::Invalid(format!(

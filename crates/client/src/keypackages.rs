@@ -159,12 +159,14 @@ impl Client {
             false => published_suites(),
         };
         let me = self.me.device.address.clone();
-        let mut lists = Vec::with_capacity(accounts.len() + 1);
+        let everyone: Vec<Address> = accounts.iter().chain(std::iter::once(&me)).cloned().collect();
+        let verified = self.verified_lists(&everyone)?;
+        let mut lists = Vec::with_capacity(everyone.len());
         let mut packages = Vec::new();
-        for address in accounts.iter().chain(std::iter::once(&me)) {
-            let list = self.verified_list(address)?.0;
-            packages.extend(self.claim_listed(address, None, &list, &wanted)?);
-            lists.push((address.clone(), list));
+        for (address, list) in everyone.into_iter().zip(verified) {
+            let list = list?;
+            packages.extend(self.claim_listed(&address, None, &list, &wanted)?);
+            lists.push((address, list));
         }
         // A device's leaf lists, under its signature, the suites it published packages for;
         // it always has one of each on file (the last-resort ones are never used up). A

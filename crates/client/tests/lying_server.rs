@@ -540,3 +540,38 @@ fn a_server_that_holds_back_post_quantum_keys_is_caught() {
     let team = alice.add_members("team", &["carol@localhost".into()]).expect("carol added");
     assert!(team.members.contains(&"carol@localhost".to_string()), "{team:?}");
 }
+
+/// Joining a group, a member's device list that does not check out is reported alone: the
+/// join goes through and the other members' lists are taken.
+#[test]
+fn a_member_whose_device_list_is_forged_is_reported_alone_on_joining() {
+    let world = World::new();
+    let mut alice = world.client("alice");
+    let mut bob = world.client("bob");
+    let _carol = world.client("carol");
+    let members = ["bob@localhost".to_string(), "carol@localhost".to_string()];
+    alice.create_group("three", &members).expect("group");
+    // From now on the server hands out carol's list with its signature broken.
+    world.fake.script().rewrite = Some(Box::new(|path, status, body| {
+        if path == "/v1/users/carol@localhost/devices" && status == 200 {
+            let mut resp: proto::DevicesResponse = serde_json::from_slice(body).expect("list");
+            resp.device_list.signature.0[0] ^= 1;
+            *body = serde_json::to_vec(&resp).expect("json");
+        }
+    }));
+    let report = bob.sync().expect("bob joins all the same");
+    let about = |who: &str| report.notices.iter().filter(|n| n.contains(who)).count();
+    assert_eq!(about("carol@localhost"), 1, "{:?}", report.notices);
+    assert!(
+        report.notices.iter().any(|n| n.contains("carol@localhost") && n.contains("is bad")),
+        "{:?}",
+        report.notices
+    );
+    assert_eq!(about("alice@localhost"), 0, "{:?}", report.notices);
+    // Alice's list was taken: bob writes to the group and alice reads it.
+    let chats = bob.chats(false).expect("chats");
+    let group = chats.iter().find(|c| c.name.as_deref() == Some("three")).expect("joined");
+    bob.send_text(&Target::Chat(group.id.clone()), "hello").expect("bob writes");
+    let read = alice.sync().expect("alice syncs");
+    assert!(read.messages.iter().any(|m| m.body == "hello"), "{read:?}");
+}

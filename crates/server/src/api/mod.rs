@@ -123,7 +123,7 @@ struct Slot {
     /// Copies queued since its connections last took them, by increasing seq: `(seq, time
     /// queued, copy)`. At most [`RECENT_COPIES`] copies and [`RECENT_BYTES`] bytes; the
     /// oldest make room, and a connection that misses one reads the store instead.
-    recent: std::collections::VecDeque<(u64, u64, Arc<[u8]>)>,
+    recent: std::collections::VecDeque<(u64, u64, Vec<u8>)>,
     bytes: usize,
 }
 
@@ -176,7 +176,7 @@ impl Notifier {
             // The store hands copies over in commit order; sorted all the same, so that a
             // copy out of order could only cost a read of the store, never a skipped copy.
             let at = slot.recent.partition_point(|(seq, ..)| *seq < copy.seq);
-            slot.recent.insert(at, (copy.seq, copy.at, Arc::from(copy.message)));
+            slot.recent.insert(at, (copy.seq, copy.at, copy.message));
             slot.bytes += len;
             *total += len;
             while slot.recent.len() > RECENT_COPIES || slot.bytes > RECENT_BYTES {
