@@ -731,6 +731,14 @@ enum Done {
 }
 
 impl Job {
+    /// Whether nobody waits for this job's answer any more.
+    fn unwanted(&self) -> bool {
+        match self {
+            Job::Submit(_, _, to) => to.gone(),
+            Job::Ack(_, _, to) => to.gone(),
+        }
+    }
+
     /// Sends the job's answer.
     fn answer(self, result: Result<Done, StoreError>) {
         fn other<T>() -> Result<T, StoreError> {
@@ -761,6 +769,11 @@ enum Answer<T> {
 }
 
 impl<T> Answer<T> {
+    /// Whether an async caller has gone away (its request was dropped with its connection).
+    fn gone(&self) -> bool {
+        matches!(self, Answer::Async(to) if to.is_closed())
+    }
+
     fn send(self, result: Result<T, StoreError>) {
         // A caller that went away no longer wants it.
         let _ = match self {
@@ -850,6 +863,13 @@ fn run_batch(
     };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
+        // A job whose caller went away before it ran is not run: nobody learns its outcome,
+        // so the client repeats it (submissions carry their id, acknowledgements are
+        // cumulative), and requests dropped by the thousand cost the writer nothing.
+        if job.unwanted() {
+            results.push(Err(StoreError::Backend("the caller went away".into())));
+            continue;
+        }
         let sp = match tx.savepoint() {
             Ok(sp) => sp,
             Err(e) => return fail_all(e),
@@ -2403,5 +2423,34 @@ mod tests {
             ),
             Err(StoreError::NotMember)
         ));
+    }
+
+    /// A submission or acknowledgement whose caller went away before the writer took it is
+    /// not run; those still waited for are.
+    #[test]
+    fn jobs_nobody_waits_for_are_not_run() {
+        let store = SqliteStore::in_memory().expect("store");
+        let list = crate::store::tests::list(1);
+        let account =
+            NewAccount { address: "a@x", device_key: b"a", invite_hash: None, list: &list };
+        let a = store.register(&account, 1).expect("register");
+        let to_a = [a];
+        let relay = |m| crate::store::tests::relay(&to_a, m, Ordering::None);
+        // The writer waits for the connection while the jobs come in.
+        let held = store.conn();
+        let kept = store.submit_queued(&relay(b"kept"), 1);
+        drop(store.submit_queued(&relay(b"dropped"), 1));
+        drop(store.ack_queued(a, u64::MAX));
+        let last = store.submit_queued(&relay(b"last"), 1);
+        drop(held);
+        kept.blocking_recv().expect("answered").expect("stored");
+        last.blocking_recv().expect("answered").expect("stored");
+        let (page, _) = store.fetch(a, 0, 10, 0, PAGE_MAX_BYTES).expect("fetch");
+        let bodies: Vec<&[u8]> = page.iter().map(|(_, m, _)| m.as_slice()).collect();
+        assert_eq!(
+            bodies,
+            vec![&b"kept"[..], b"last"],
+            "the dropped acknowledgement removed nothing"
+        );
     }
 }
