@@ -32,7 +32,7 @@ const POLL: Duration = Duration::from_millis(500);
 const PIN_BATCH: usize = 500;
 
 /// A device list fetched and checked, not yet pinned.
-pub(crate) struct CheckedList {
+struct CheckedList {
     list: DeviceList,
     fetched: SignedList,
     devices: Vec<proto::DeviceInfo>,
@@ -200,16 +200,17 @@ impl Client {
             if own {
                 self.conn.execute_batch("BEGIN IMMEDIATE")?;
             }
-            match self.pin_all(chunk, &checked) {
-                Ok(()) if own => self.conn.execute_batch("COMMIT")?,
-                Ok(()) => {}
-                Err(e) => {
-                    if own {
-                        // Nothing was pinned; the error says why.
-                        let _ = self.conn.execute_batch("ROLLBACK");
-                    }
-                    return Err(e);
+            let pinned = self.pin_all(chunk, &checked).and_then(|()| match own {
+                true => Ok(self.conn.execute_batch("COMMIT")?),
+                false => Ok(()),
+            });
+            if let Err(e) = pinned {
+                // Nothing was pinned, and no transaction of ours is left open (a COMMIT that
+                // failed leaves it so); the error says why.
+                if own && !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
                 }
+                return Err(e);
             }
             out.extend(checked.into_iter().map(|c| c.map(|c| c.list)));
         }
